@@ -1,0 +1,68 @@
+"""The status shared by FineTuneJob and OptimizeJob.
+
+The status is written by the operator (and by ``slmops run``'s local engine into its run
+folder): it mirrors the run's phase, progress, results and failures.  Conditions follow the
+Kubernetes API conventions (type, status, reason, message, lastTransitionTime,
+observedGeneration), so ``kubectl wait --for=condition=Succeeded`` works.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from slmops_pipelines.specs import SpecModel
+
+JobPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
+
+
+class Condition(SpecModel):
+    """A standard Kubernetes condition."""
+
+    type: str = Field(description="Condition type: Ready, Succeeded, Failed, ...")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="CamelCase reason for the last transition.")
+    message: str = Field(default="", description="Human-readable details.")
+    last_transition_time: str | None = Field(default=None, description="RFC 3339 time of the last change.")
+    observed_generation: int | None = Field(default=None, description="Generation the condition was set for.")
+
+
+class Progress(SpecModel):
+    """Where a running job is."""
+
+    stage: str | None = Field(default=None, description="Current stage: data, train, evaluate, publish, ...")
+    step: int | None = Field(default=None, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, description="Optimizer steps planned.")
+    percent: int | None = Field(default=None, ge=0, le=100, description="Overall progress in percent.")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    eval_loss: float | None = Field(default=None, description="Latest eval loss.")
+    eta_seconds: int | None = Field(default=None, description="Estimated seconds to the end of training.")
+
+
+class RunRef(SpecModel):
+    """The backend run that executes the job."""
+
+    backend: str | None = Field(default=None, description="local or kfp.")
+    id: str | None = Field(default=None, description="Backend run id.")
+    name: str | None = Field(default=None, description="Backend run name.")
+    url: str | None = Field(default=None, description="Dashboard URL of the run.")
+
+
+class JobStatus(SpecModel):
+    """Observed state of a job."""
+
+    phase: JobPhase | None = Field(
+        default=None, description="Pending, Queued, Running, Succeeded, Failed, Cancelled."
+    )
+    conditions: list[Condition] = Field(default_factory=list, description="Standard conditions.")
+    observed_generation: int | None = Field(
+        default=None, description="Generation of the spec last acted upon."
+    )
+    progress: Progress | None = Field(default=None, description="Progress of the running job.")
+    run: RunRef | None = Field(default=None, description="The backend run.")
+    artifacts: dict[str, str] = Field(default_factory=dict, description="Artifact name to URI.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Summary metrics.")
+    message: str | None = Field(default=None, description="Latest human-readable message.")
+    start_time: str | None = Field(default=None, description="RFC 3339 time the run started.")
+    completion_time: str | None = Field(default=None, description="RFC 3339 time the run ended.")

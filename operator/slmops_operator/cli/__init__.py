@@ -1,0 +1,1 @@
+"""The ``slmops`` command line."""

@@ -1,0 +1,137 @@
+"""``slmops``: validate manifests, generate CRDs, run jobs locally, import models.
+
+Exit codes: 0 success, 1 the job failed, 2 invalid input (manifest, spec or data).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="slmops")
+def cli() -> None:
+    """slmops: fine-tune and optimize small language models, on a laptop or a Kubernetes cluster."""
+
+
+@cli.command()
+@click.option(
+    "--output-dir",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("crds"),
+    show_default=True,
+)
+@click.option("--check", is_flag=True, help="Exit 1 if the files on disk differ from the generated ones.")
+def crds(output_dir: Path, check: bool) -> None:
+    """Write the CustomResourceDefinitions generated from the API models."""
+    from slmops_operator.api.crd import all_crds, render_yaml
+
+    stale = []
+    for filename, crd in all_crds().items():
+        path = output_dir / filename
+        text = render_yaml(crd)
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path))
+            continue
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        console.print(f"wrote {path}")
+    if stale:
+        err_console.print(f"stale CRDs (run `slmops crds`): {', '.join(stale)}")
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, allow_dash=True))
+def validate(files: tuple[Path, ...]) -> None:
+    """Validate manifests (multi-document YAML) against the slmops.io/v1alpha1 API."""
+    from slmops_operator.api.manifests import ManifestError, load_resources
+
+    try:
+        resources = load_resources(files)
+    except ManifestError as exc:
+        for problem in exc.problems:
+            err_console.print(
+                f"[red]error[/red] {problem.document}: [bold]{problem.path or '(document)'}[/bold]: {problem.reason}",
+                highlight=False,
+            )
+        sys.exit(EXIT_INVALID)
+    for resource in resources:
+        console.print(f"[green]valid[/green] {resource.kind_name} {resource.name}", highlight=False)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, allow_dash=True))
+@click.option(
+    "--engine", type=click.Choice(["local"]), default="local", show_default=True, help="Where the job runs."
+)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Default output root for jobs without output.uri.",
+)
+def run(files: tuple[Path, ...], engine: str, runs_dir: Path) -> None:
+    """Run the jobs in FILES on this machine, in order."""
+    from slmops_operator.api.manifests import ManifestError, load_resources
+    from slmops_operator.cli.runner import run_resources
+
+    try:
+        resources = load_resources(files)
+    except ManifestError as exc:
+        for problem in exc.problems:
+            err_console.print(f"[red]error[/red] {problem}", highlight=False)
+        sys.exit(EXIT_INVALID)
+    sys.exit(run_resources(resources, runs_dir=runs_dir, console=console, err_console=err_console))
+
+
+@cli.group()
+def models() -> None:
+    """Model utilities."""
+
+
+@models.command("import-gguf")
+@click.argument("gguf", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+def import_gguf_cmd(gguf: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF file into a plain transformers model folder."""
+    from slmops_pipelines.models.gguf_import import import_gguf
+
+    if (out_dir / "config.json").exists():
+        console.print(f"{out_dir} exists: nothing to do")
+        return
+    import_gguf(gguf, out_dir)
+    console.print(f"wrote {out_dir}")
+
+
+def print_table(title: str, rows: list[tuple[str, object]]) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        if value is None:
+            continue
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def main() -> None:
+    cli(prog_name="slmops")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""``slmops run``: run validated resources with the local engine and print their results."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from slmops_operator.api.resources import FineTuneJob, Resource
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def _summary_table(name: str, outcome, wall: float) -> Table:
+    from slmops_pipelines.steps.report import summary_rows
+
+    table = Table(title=f"FineTuneJob {name}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    rows = summary_rows(outcome.metrics)
+    rows = [(k, v) for k, v in rows if k != "wall time (s)"] + [("wall time (s)", round(wall, 1))]
+    for key, value in rows:
+        if value is not None:
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    for key, uri in outcome.artifacts.items():
+        table.add_row(key, uri)
+    return table
+
+
+def run_finetune_job(job: FineTuneJob, *, runs_dir: Path, console: Console) -> int:
+    from slmops_operator.cli.progress import RichReporter
+    from slmops_pipelines.local import run_finetune
+
+    started = time.time()
+    console.rule(f"FineTuneJob {job.name}")
+    with RichReporter(console) as reporter:
+        outcome = run_finetune(
+            name=job.name,
+            namespace=job.namespace,
+            spec=job.spec,
+            output_uri=str(runs_dir / job.name),
+            reporter=reporter,
+        )
+    console.print(_summary_table(job.name, outcome, time.time() - started))
+    return EXIT_OK
+
+
+def run_resources(
+    resources: list[Resource], *, runs_dir: Path, console: Console, err_console: Console
+) -> int:
+    from slmops_pipelines.errors import InputError, JobError
+
+    for resource in resources:
+        if not isinstance(resource, FineTuneJob):
+            err_console.print(
+                f"[red]error[/red] {resource.kind_name} {resource.name}: the local engine does not run {resource.kind_name} yet"
+            )
+            return EXIT_INVALID
+        try:
+            run_finetune_job(resource, runs_dir=runs_dir, console=console)
+        except InputError as exc:
+            err_console.print(
+                f"[red]error[/red] {resource.kind_name} {resource.name}: spec.{exc}", highlight=False
+            )
+            return EXIT_INVALID
+        except JobError as exc:
+            err_console.print(
+                f"[red]failed[/red] {resource.kind_name} {resource.name}: {exc}", highlight=False
+            )
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            err_console.print(
+                f"[yellow]interrupted[/yellow] {resource.kind_name} {resource.name}: run it again to resume"
+            )
+            return 130
+    return EXIT_OK

@@ -1,0 +1,90 @@
+"""Resolve a model URI to a local folder.
+
+* a local folder or ``file://`` folder -- used in place;
+* a local ``.gguf`` file -- dequantized once into the cache (see :mod:`.gguf_import`);
+* ``s3://bucket/prefix`` -- downloaded once into the cache (a folder saved with save_pretrained);
+* ``hf://org/name[@revision]`` -- ``huggingface_hub.snapshot_download`` into the HF cache.
+
+The cache root is ``$SLMOPS_CACHE_DIR`` or ``~/.cache/slmops``.  Cache entries are written
+to a temporary name and renamed, so an interrupted download is never mistaken for a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from slmops_pipelines.errors import InputError
+from slmops_pipelines.specs import ModelSpec
+from slmops_pipelines.uris import parse_uri
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("SLMOPS_CACHE_DIR") or Path.home() / ".cache" / "slmops")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_model_folder(path: Path, uri: str) -> Path:
+    if not (path / "config.json").is_file():
+        raise InputError(f"{uri} is not a model folder (no config.json in {path})", field="model.uri")
+    return path
+
+
+def _from_gguf(path: Path) -> Path:
+    from slmops_pipelines.models.gguf_import import import_gguf
+
+    stat = path.stat()
+    target = (
+        cache_root() / "models" / f"{path.stem}-{_key(f'{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}')}"
+    )
+    if (target / "config.json").is_file():
+        return target
+    return import_gguf(path, target)
+
+
+def _from_s3(uri: str) -> Path:
+    from slmops_pipelines.storage import open_store
+
+    target = cache_root() / "models" / f"s3-{_key(uri)}"
+    if (target / "config.json").is_file():
+        return target
+    store = open_store(uri, field="model.uri")
+    store.check()
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not store.download_dir("", tmp):
+        raise InputError(f"no objects under {uri}", field="model.uri")
+    _check_model_folder(tmp, uri)
+    tmp.rename(target)
+    return target
+
+
+def _from_hub(repo: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=None))
+    except Exception as exc:  # offline, gated, missing repo: all end up here
+        raise InputError(f"cannot download hf://{repo}: {exc}", field="model.uri") from exc
+
+
+def resolve_model(spec: ModelSpec) -> Path:
+    """A local folder holding the model named by ``spec.uri``."""
+    parsed = parse_uri(spec.uri)
+    if parsed.scheme == "hf":
+        return _from_hub(parsed.repo, parsed.revision)
+    if parsed.scheme == "s3":
+        return _from_s3(spec.uri)
+    path = parsed.path.expanduser().resolve()
+    if not path.exists():
+        raise InputError(f"model not found: {path}", field="model.uri")
+    if path.is_file() and path.suffix == ".gguf":
+        return _from_gguf(path)
+    return _check_model_folder(path, spec.uri)

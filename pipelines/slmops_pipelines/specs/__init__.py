@@ -1,0 +1,43 @@
+"""Typed job specifications shared by the API models, the steps and the runners."""
+
+from slmops_pipelines.specs.base import SpecModel
+from slmops_pipelines.specs.common import (
+    DatasetSpec,
+    ModelSpec,
+    OutputSpec,
+    ResourcesSpec,
+    Toleration,
+)
+from slmops_pipelines.specs.finetune import (
+    EarlyStoppingSpec,
+    EvaluationSpec,
+    FineTuneJobSpec,
+    LoraSpec,
+    Method,
+    Precision,
+    TrainingSpec,
+)
+from slmops_pipelines.specs.optimize import (
+    OptimizeJobSpec,
+    OptimizeSource,
+    OptimizeTarget,
+)
+
+__all__ = [
+    "DatasetSpec",
+    "EarlyStoppingSpec",
+    "EvaluationSpec",
+    "FineTuneJobSpec",
+    "LoraSpec",
+    "Method",
+    "ModelSpec",
+    "OptimizeJobSpec",
+    "OptimizeSource",
+    "OptimizeTarget",
+    "OutputSpec",
+    "Precision",
+    "ResourcesSpec",
+    "SpecModel",
+    "Toleration",
+    "TrainingSpec",
+]

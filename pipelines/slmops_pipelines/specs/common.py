@@ -1,0 +1,258 @@
+"""Spec parts shared by FineTuneJob and OptimizeJob: model, dataset, output and resources."""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from slmops_pipelines.specs.base import SpecModel
+from slmops_pipelines.uris import UriError, parse_uri
+
+ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
+DatasetFormat = Literal["auto", "json", "jsonl", "csv", "parquet"]
+
+# "train", "train[:4096]", "train[4096:4224]", "train[:90%]", "validation[10%:]"
+_SPLIT_RE = re.compile(r"^[A-Za-z_][\w\-]*(\[-?\d*%?:-?\d*%?\])?$")
+
+
+def check_uri(value: str) -> str:
+    """Field validator body: a URI in one of the accepted forms."""
+    try:
+        parse_uri(value)
+    except UriError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def template_fields(template: str) -> list[str]:
+    """The ``{field}`` placeholders of a template, in order of first appearance."""
+    seen: list[str] = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not name or not name.isidentifier():
+            raise ValueError(
+                f"placeholder {{{name}}} is not a column name (use {{column}}; escape braces as {{{{ }}}})"
+            )
+        if name not in seen:
+            seen.append(name)
+    return seen
+
+
+class ModelSpec(SpecModel):
+    """Where the base model comes from and how to load it."""
+
+    uri: str = Field(
+        description=(
+            "The base model: hf://org/name[@revision] (Hugging Face Hub), s3://bucket/prefix (a folder "
+            "saved with save_pretrained), file:///path or a local path (a model folder, or a .gguf file "
+            "that is dequantized into a cached model folder)."
+        ),
+        min_length=1,
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Allow model code from the model repository to run (only for models you trust).",
+    )
+    dtype: ModelDtype = Field(
+        default="auto",
+        description="Dtype the base weights are loaded in; auto follows training.precision.",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, value: str) -> str:
+        return check_uri(value)
+
+
+class DatasetSpec(SpecModel):
+    """The training data and how each row becomes a training example."""
+
+    uri: str = Field(
+        description=(
+            "hf://org/name[@revision], s3://bucket/key, file:// or a local path.  A file (.json, .jsonl, "
+            ".csv, .parquet) is the split 'train'; a folder's files are splits named after the file stems "
+            "(train.jsonl, eval.jsonl, ...)."
+        ),
+        min_length=1,
+    )
+    format: DatasetFormat = Field(default="auto", description="File format; auto decides by file extension.")
+    train_split: str = Field(
+        default="train",
+        description="Split used for training, with optional slice: train, train[:4096], train[:90%].",
+    )
+    eval_split: str | None = Field(
+        default=None,
+        description="Held-out split for evaluation, with optional slice, e.g. train[4096:4224] or eval.",
+    )
+    eval_fraction: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Without evalSplit: fraction of the training rows held out for evaluation (seeded).",
+    )
+    text_template: str | None = Field(
+        default=None,
+        description="Whole training text from {column} placeholders; loss on every token.",
+    )
+    prompt_template: str | None = Field(
+        default=None,
+        description="The prompt from {column} placeholders (with completionTemplate, or with chatTemplate).",
+    )
+    completion_template: str | None = Field(
+        default=None,
+        description="The answer from {column} placeholders; the text the model learns to produce.",
+    )
+    chat_template: bool = Field(
+        default=False,
+        description=(
+            "Render examples with the tokenizer's chat template: from the messages column if the data has "
+            "one, else from promptTemplate/completionTemplate, else from the prompt and completion columns."
+        ),
+    )
+    messages_field: str = Field(
+        default="messages", description="Column holding chat messages (role, content)."
+    )
+    system_prompt: str | None = Field(
+        default=None, description="System message put before each prompt when chatTemplate is true."
+    )
+    completion_only_loss: bool | None = Field(
+        default=None,
+        description="Compute the loss on the answer tokens only.  Default: true whenever the answer is known.",
+    )
+    max_seq_length: int = Field(
+        default=512, ge=8, le=131072, description="Examples longer than this are truncated (and counted)."
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, value: str) -> str:
+        return check_uri(value)
+
+    @field_validator("train_split", "eval_split")
+    @classmethod
+    def _check_split(cls, value: str | None) -> str | None:
+        if value is not None and not _SPLIT_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a split (expected name or name[start:end], e.g. train[:4096])"
+            )
+        return value
+
+    @field_validator("text_template", "prompt_template", "completion_template")
+    @classmethod
+    def _check_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            template_fields(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_rendering(self) -> DatasetSpec:
+        if self.text_template and (self.prompt_template or self.completion_template):
+            raise ValueError("textTemplate excludes promptTemplate/completionTemplate: use one or the other")
+        if self.text_template and self.chat_template:
+            raise ValueError(
+                "textTemplate excludes chatTemplate: a chat is rendered from prompt and completion"
+            )
+        if not self.chat_template and bool(self.prompt_template) != bool(self.completion_template):
+            raise ValueError("promptTemplate and completionTemplate go together (or set chatTemplate: true)")
+        if not (self.text_template or self.prompt_template or self.chat_template):
+            raise ValueError("set textTemplate, promptTemplate+completionTemplate, or chatTemplate: true")
+        if self.text_template and self.completion_only_loss:
+            raise ValueError(
+                "completionOnlyLoss needs to know the answer: use promptTemplate+completionTemplate "
+                "or chatTemplate instead of textTemplate"
+            )
+        if self.eval_split and self.eval_fraction:
+            raise ValueError("evalSplit and evalFraction exclude each other")
+        return self
+
+    @property
+    def has_completion(self) -> bool:
+        return not self.text_template
+
+    @property
+    def loss_on_completion_only(self) -> bool:
+        if self.completion_only_loss is None:
+            return self.has_completion
+        return self.completion_only_loss
+
+
+class OutputSpec(SpecModel):
+    """Where the job's artifacts go."""
+
+    uri: str | None = Field(
+        default=None,
+        description=(
+            "s3://bucket/prefix or a local folder.  Default for local runs: ./runs/<metadata.name>; "
+            "the operator's configured default bucket on a cluster."
+        ),
+    )
+    credentials_secret: str | None = Field(
+        default=None,
+        description=(
+            "Name of a Secret in the job's namespace with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and "
+            "optionally AWS_ENDPOINT_URL / AWS_REGION.  Credentials are never written inline."
+        ),
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        max_length=253,
+    )
+    merged_model: bool = Field(
+        default=False, description="Also save the base model with the adapter merged into its weights."
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _check_output_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = parse_uri(check_uri(value))
+        if parsed.scheme == "hf":
+            raise ValueError("outputs go to s3:// or a local folder, not to hf://")
+        if parsed.scheme == "s3" and not parsed.key:
+            raise ValueError(
+                f"{value!r} names a bucket only: add a prefix, e.g. s3://{parsed.bucket}/jobs/name"
+            )
+        return value
+
+
+class Toleration(SpecModel):
+    """A Kubernetes toleration for the job's pods."""
+
+    key: str | None = Field(default=None, description="Taint key; empty matches all keys (with Exists).")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(default=None, ge=0, description="For NoExecute: how long to stay.")
+
+
+_QUANTITY = r"^([0-9]+(\.[0-9]+)?)(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
+
+
+class ResourcesSpec(SpecModel):
+    """Compute for the job: nodes, processes (GPUs) per node and pod resources."""
+
+    nodes: int = Field(
+        default=1, ge=1, le=1024, description="Nodes to train on (more than 1: a PyTorchJob/TrainJob)."
+    )
+    processes_per_node: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Training processes per node: GPUs per node on a cluster, CPU processes (gloo) without GPUs.",
+    )
+    cpu: Annotated[str, Field(pattern=_QUANTITY)] | None = Field(
+        default=None, description="CPU request, e.g. 8."
+    )
+    memory: Annotated[str, Field(pattern=_QUANTITY)] | None = Field(
+        default=None, description="Memory request, e.g. 32Gi."
+    )
+    gpu_resource: str = Field(default="nvidia.com/gpu", description="Extended resource name of a GPU.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the pods must match."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations for the pods.")

@@ -1,0 +1,151 @@
+"""The FineTuneJob spec: what to train, on what, how, and where the results go."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from slmops_pipelines.specs.base import SpecModel
+from slmops_pipelines.specs.common import DatasetSpec, ModelSpec, OutputSpec, ResourcesSpec
+
+Method = Literal["lora", "qlora", "dora", "full"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Scheduler = Literal[
+    "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
+]
+MatchMode = Literal["exact", "startsWith"]
+
+# The linear layers of attention and MLP blocks in Llama/Mistral/Qwen/Phi-style models.  An
+# explicit list (rather than PEFT's "all-linear") keeps the adapter portable to ONNX
+# Runtime GenAI's adapter format, which knows these names.
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraSpec(SpecModel):
+    """LoRA settings, used by the lora, qlora and dora methods."""
+
+    r: int = Field(default=16, ge=1, le=1024, description="Rank of the low-rank update matrices.")
+    alpha: int = Field(
+        default=32, ge=1, le=4096, description="Scaling numerator: the update is scaled by alpha/r."
+    )
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Module names to adapt.  Default: all linear layers of attention and MLP that the model has "
+            "(q/k/v/o_proj, gate/up/down_proj, or the model's equivalents)."
+        ),
+    )
+
+
+class EarlyStoppingSpec(SpecModel):
+    """Stop when the eval loss stops improving: the model has started to overfit."""
+
+    patience: int = Field(
+        default=3, ge=1, le=1000, description="Evaluations without improvement before stopping."
+    )
+    min_delta: float = Field(
+        default=0.0, ge=0, description="Smallest decrease of eval loss that counts as an improvement."
+    )
+
+
+class TrainingSpec(SpecModel):
+    """Optimiser, schedule, batch and checkpoint settings."""
+
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Optimizer steps to train (excludes epochs)."
+    )
+    epochs: float | None = Field(default=None, gt=0, le=1000, description="Passes over the training data.")
+    learning_rate: float = Field(default=1e-3, gt=0, le=1, description="Peak learning rate.")
+    scheduler: Scheduler = Field(default="linear", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1, description="Fraction of steps with linear warmup.")
+    weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
+    batch_size: int = Field(default=8, ge=1, le=4096, description="Examples per device per step.")
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=4096, description="Micro-batches per optimizer step."
+    )
+    precision: Precision = Field(
+        default="fp32", description="Compute precision: fp32, bf16 or fp16 (fp16 needs a GPU)."
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Trade compute for memory by recomputing activations (slower)."
+    )
+    seed: int = Field(default=42, ge=0, description="Seed for data order, initialisation and splits.")
+    logging_steps: int = Field(default=5, ge=1, description="Log training loss every N steps.")
+    eval_steps: int | None = Field(
+        default=None, ge=1, description="Compute eval loss every N steps (default: at the end)."
+    )
+    save_steps: int = Field(
+        default=50, ge=1, description="Checkpoint every N steps (resumable after a crash)."
+    )
+    save_total_limit: int | None = Field(
+        default=2, ge=1, description="Checkpoints kept; older ones are removed."
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        default=None, description="Stop when eval loss stops improving (needs evalSteps)."
+    )
+
+    @model_validator(mode="after")
+    def _check_length(self) -> TrainingSpec:
+        if self.max_steps is None and self.epochs is None:
+            self.epochs = 1.0
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError("set maxSteps or epochs, not both")
+        if self.early_stopping is not None:
+            if self.eval_steps is None:
+                raise ValueError("earlyStopping needs evalSteps: eval loss is what it watches")
+            if self.save_steps % self.eval_steps:
+                raise ValueError(
+                    f"with earlyStopping, saveSteps ({self.save_steps}) must be a multiple of evalSteps "
+                    f"({self.eval_steps}) so that the best checkpoint can be kept"
+                )
+        return self
+
+
+class EvaluationSpec(SpecModel):
+    """Generation-based evaluation on the eval split, of the base model and the fine-tuned one."""
+
+    accuracy: bool = Field(
+        default=True,
+        description="Generate an answer for each eval prompt and compare it to the expected one.",
+    )
+    match: MatchMode = Field(
+        default="exact",
+        description="exact: the answer equals the expected text; startsWith: it begins with it (case-insensitive, trimmed).",
+    )
+    compare_base: bool = Field(
+        default=True, description="Also evaluate the base model, for a before/after figure."
+    )
+    max_new_tokens: int = Field(
+        default=16, ge=1, le=4096, description="Token budget of each generated answer."
+    )
+    max_samples: int | None = Field(default=256, ge=1, description="Evaluate at most this many eval rows.")
+    batch_size: int = Field(default=16, ge=1, le=1024, description="Prompts generated together.")
+
+
+class FineTuneJobSpec(SpecModel):
+    """Fine-tune a language model with LoRA, QLoRA, DoRA or full training."""
+
+    model: ModelSpec = Field(description="The base model.")
+    dataset: DatasetSpec = Field(description="Training (and evaluation) data.")
+    method: Method = Field(default="lora", description="lora, qlora (4-bit base), dora, or full fine-tuning.")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="Adapter settings (lora, qlora, dora).")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Training loop settings.")
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, description="Evaluation after training."
+    )
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute for training.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Where artifacts are written.")
+
+    @model_validator(mode="after")
+    def _check_method(self) -> FineTuneJobSpec:
+        if self.method == "full" and self.output.merged_model:
+            raise ValueError(
+                "output.mergedModel applies to adapter methods; full fine-tuning saves the whole model"
+            )
+        if self.training.precision == "fp16" and self.method == "qlora":
+            # bitsandbytes 4-bit with fp16 compute overflows on most small models; bf16 or fp32 is safe.
+            raise ValueError("qlora with fp16 is unstable: use bf16 or fp32")
+        return self

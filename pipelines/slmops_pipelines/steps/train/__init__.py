@@ -1,0 +1,13 @@
+"""The training step: transformers Trainer + PEFT, launched with torchrun.
+
+* :mod:`.launch`   -- runs the step as ``torchrun --nproc-per-node N`` (the parent side);
+* :mod:`.__main__` -- the entry point each torchrun process executes;
+* :mod:`.trainer`  -- builds the model, data and ``transformers.Trainer`` and trains;
+* :mod:`.callbacks` -- progress events, complete-checkpoint marking;
+* :mod:`.checkpoints` -- finding the checkpoint to resume from;
+* :mod:`.methods`  -- lora, qlora, dora, full.
+"""
+
+from slmops_pipelines.steps.train.request import TrainRequest, TrainResult
+
+__all__ = ["TrainRequest", "TrainResult"]

@@ -1,0 +1,135 @@
+"""Run the training step with torchrun and follow its progress (the parent side).
+
+``processesPerNode`` processes are started with ``torch.distributed.run --standalone``
+(a free rendezvous port, so parallel jobs do not collide).  Every process runs
+:mod:`slmops_pipelines.steps.train.__main__`.  The parent tails the event log and calls
+``on_event`` for each new event: the CLI draws a progress bar from them, the operator will
+mirror them into ``status.progress``.
+
+On CPU-only machines each process gets ``cores // processes`` threads: torchrun would
+otherwise give each one thread and leave cores idle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from slmops_pipelines.errors import JobError
+from slmops_pipelines.steps.train.request import TrainRequest, TrainResult
+
+EventHandler = Callable[[dict], None]
+
+
+def torchrun_command(request_path: Path, processes: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "slmops_pipelines.steps.train",
+        str(request_path),
+    ]
+
+
+def _child_env(processes: int) -> dict[str, str]:
+    env = dict(os.environ)
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The parent may run from a source tree: make sure the children import the same code.
+    src_paths = [str(Path(__file__).resolve().parents[3])]
+    env["PYTHONPATH"] = os.pathsep.join([*src_paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def _die_with_parent() -> None:
+    """Have the kernel send SIGTERM to torchrun if the parent dies (even by SIGKILL).
+
+    torchrun forwards it to the workers; without this a killed ``slmops run`` would leave
+    orphaned trainers writing into the output folder while a rerun resumes from it.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class _EventTail:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def read_new(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with self.path.open() as fh:
+            fh.seek(self.offset)
+            chunk = fh.read()
+        complete, _, _rest = chunk.rpartition("\n")
+        if not complete:
+            return []
+        self.offset += len(complete) + 1
+        return [json.loads(line) for line in complete.split("\n") if line.strip()]
+
+
+def _failure_summary(log_path: Path) -> str:
+    lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+    errors = [line for line in lines if "Error" in line or "error:" in line]
+    detail = errors[-1].strip() if errors else (lines[-1].strip() if lines else "no output")
+    return detail[:500]
+
+
+def run_training(
+    request: TrainRequest, *, on_event: EventHandler | None = None, poll_s: float = 0.5
+) -> TrainResult:
+    """Train with ``resources.processesPerNode`` local processes; raise JobError on failure."""
+    processes = request.spec.resources.processes_per_node
+    logs = request.work_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    request_path = logs / "train_request.json"
+    request_path.write_text(request.model_dump_json(indent=2))
+    request.result_path.unlink(missing_ok=True)
+    tail = _EventTail(request.events_path)
+    log_path = logs / "train.log"
+    with log_path.open("a") as log:
+        proc = subprocess.Popen(
+            torchrun_command(request_path, processes),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_child_env(processes),
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            while proc.poll() is None:
+                time.sleep(poll_s)
+                for event in tail.read_new():
+                    if on_event:
+                        on_event(event)
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    for event in tail.read_new():
+        if on_event:
+            on_event(event)
+    if proc.returncode != 0 or not request.result_path.exists():
+        raise JobError(
+            f"training failed (exit code {proc.returncode}): {_failure_summary(log_path)}; full log: {log_path}",
+            field=None,
+            reason="TrainingFailed",
+        )
+    return TrainResult.model_validate_json(request.result_path.read_text())

@@ -1,0 +1,47 @@
+"""What the training processes are asked to do, and what they report back (JSON files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from slmops_pipelines.specs import FineTuneJobSpec
+
+
+class TrainRequest(BaseModel):
+    spec: FineTuneJobSpec
+    model_path: Path  # local folder of the base model
+    data_dir: Path  # output of data prep
+    work_dir: Path  # checkpoints/, adapter/ or model/, tensorboard/, logs/
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.work_dir / "checkpoints"
+
+    @property
+    def events_path(self) -> Path:
+        return self.work_dir / "logs" / "events.jsonl"
+
+    @property
+    def result_path(self) -> Path:
+        return self.work_dir / "logs" / "train_result.json"
+
+
+class TrainResult(BaseModel):
+    global_step: int
+    total_steps: int
+    world_size: int
+    resumed_from_step: int | None = None
+    stopped_early: bool = False
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    train_runtime_s: float
+    seconds_per_step: float | None = None
+    tokens_seen: int
+    tokens_per_second: float | None = None
+    peak_memory_mb: float
+    trainable_parameters: int
+    total_parameters: int
+    output: str  # "adapter" or "model"
+    log_history: list[dict]

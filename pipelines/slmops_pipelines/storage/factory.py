@@ -1,0 +1,42 @@
+"""Build the right :class:`ArtifactStore` for a URI.
+
+``s3://bucket/prefix`` opens an :class:`S3Store` (endpoint and credentials from the
+environment); ``file:///abs/path`` or a plain path opens a :class:`LocalStore`, relative
+paths being taken against the current working directory.  ``hf://`` names a model or
+dataset on the Hugging Face Hub: readable, but not a place to write artifacts.
+
+Opening a store does no I/O; call :meth:`ArtifactStore.check` to fail fast.  Every error
+carries ``field`` (e.g. ``output.uri``) so the user sees which spec field to fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slmops_pipelines.errors import StorageError
+from slmops_pipelines.storage.base import ArtifactStore
+from slmops_pipelines.uris import UriError, parse_uri
+
+
+def open_store(uri: str, *, field: str | None = None) -> ArtifactStore:
+    """The store rooted at ``uri``; raise StorageError (with ``field``) if it cannot be one."""
+    try:
+        parsed = parse_uri(uri)
+    except UriError as exc:
+        raise StorageError(str(exc), field=field) from exc
+
+    if parsed.scheme == "s3":
+        # Imported here so that local-only runs never import the S3 module.
+        from slmops_pipelines.storage.s3 import S3Store
+
+        return S3Store(parsed.bucket, parsed.key, field=field)
+    if parsed.scheme == "file":
+        from slmops_pipelines.storage.local import LocalStore
+
+        assert parsed.path is not None  # parse_uri sets it for every file URI
+        return LocalStore(Path.cwd() / parsed.path.expanduser(), field=field)
+    raise StorageError(
+        f"{uri!r} is a Hugging Face Hub repository and cannot be an artifact store; "
+        "use s3://bucket/prefix or a local path",
+        field=field,
+    )

@@ -1,0 +1,71 @@
+"""Parsing of the URIs that specs accept for models, datasets and outputs.
+
+Accepted forms:
+
+* ``hf://org/name[@revision]``  -- a Hugging Face Hub repository (models and datasets);
+* ``s3://bucket/key``           -- an object or prefix in S3-compatible storage;
+* ``file:///abs/path`` or a plain path (absolute, or relative to the working directory).
+
+Parsing is pure string work: nothing here touches the network or the disk.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Scheme = Literal["hf", "s3", "file"]
+
+_HF_RE = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.\-]*(?:/[\w.\-]+)?)(?:@(?P<rev>[\w.\-/]+))?$")
+_S3_RE = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
+
+
+@dataclass(frozen=True)
+class ParsedUri:
+    scheme: Scheme
+    raw: str
+    repo: str = ""  # hf
+    revision: str | None = None  # hf
+    bucket: str = ""  # s3
+    key: str = ""  # s3 (no leading or trailing slash)
+    path: Path | None = None  # file
+
+    def __str__(self) -> str:
+        return self.raw
+
+
+class UriError(ValueError):
+    pass
+
+
+def parse_uri(uri: str) -> ParsedUri:
+    """Parse ``uri`` or raise :class:`UriError` saying which forms are accepted."""
+    uri = uri.strip()
+    if not uri:
+        raise UriError("must not be empty")
+    if uri.startswith("hf://"):
+        match = _HF_RE.match(uri)
+        if not match:
+            raise UriError(f"{uri!r} is not a valid hf:// URI (expected hf://org/name[@revision])")
+        return ParsedUri("hf", uri, repo=match["repo"], revision=match["rev"])
+    if uri.startswith("s3://"):
+        match = _S3_RE.match(uri)
+        if not match:
+            raise UriError(f"{uri!r} is not a valid s3:// URI (expected s3://bucket[/key])")
+        return ParsedUri("s3", uri, bucket=match["bucket"], key=(match["key"] or "").strip("/"))
+    if uri.startswith("file://"):
+        return ParsedUri("file", uri, path=Path(uri[len("file://") :]))
+    if "://" in uri:
+        scheme = uri.split("://", 1)[0]
+        raise UriError(f"unsupported scheme {scheme!r} in {uri!r} (use hf://, s3://, file:// or a path)")
+    return ParsedUri("file", uri, path=Path(uri))
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join path segments onto a URI without doubling slashes."""
+    cleaned = [p.strip("/") for p in parts if p and p.strip("/")]
+    if not cleaned:
+        return base
+    return base.rstrip("/") + "/" + "/".join(cleaned)

@@ -1,0 +1,67 @@
+"""``slmops validate`` and ``slmops crds --check``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from slmops_operator.cli.main import cli
+from tests.conftest import REPO, finetune_manifest
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_examples_are_valid():
+    result = invoke("validate", str(REPO / "examples" / "finetune-smollm2.yaml"))
+    assert result.exit_code == 0, result.output
+    assert "valid FineTuneJob smollm2-tone" in result.output
+
+
+def test_multi_document_file_reports_each_problem_with_document_and_path(tmp_path: Path):
+    good = finetune_manifest("good", Path("/m"))
+    bad_steps = finetune_manifest("bad-steps", Path("/m"), training={"maxSteps": 0})
+    bad_method = finetune_manifest("bad-method", Path("/m"), method="sft")
+    unknown = finetune_manifest("unknown", Path("/m"), training={"learningrate": 0.1})
+    path = tmp_path / "jobs.yaml"
+    path.write_text(yaml.safe_dump_all([good, bad_steps, bad_method, unknown]))
+    result = invoke("validate", str(path))
+    assert result.exit_code == 2
+    out = " ".join(result.output.split())  # rich may wrap long lines
+    assert (
+        f"{path}#2 (FineTuneJob bad-steps): spec.training.maxSteps: Input should be greater than or equal to 1"
+        in out
+    )
+    assert f"{path}#3 (FineTuneJob bad-method): spec.method:" in out and "(got 'sft')" in out
+    assert f"{path}#4 (FineTuneJob unknown): spec.training.learningrate: unknown field" in out
+    assert "#1" not in out
+
+
+def test_wrong_kind_api_version_and_bad_yaml(tmp_path: Path):
+    (tmp_path / "kind.yaml").write_text(
+        "apiVersion: slmops.io/v1alpha1\nkind: TrainJob\nmetadata: {name: x}\n"
+    )
+    (tmp_path / "api.yaml").write_text("apiVersion: slmops.io/v1\nkind: FineTuneJob\nmetadata: {name: x}\n")
+    (tmp_path / "broken.yaml").write_text("spec: [unclosed\n")
+    result = invoke(
+        "validate", *(str(tmp_path / n) for n in ("kind.yaml", "api.yaml", "broken.yaml", "missing.yaml"))
+    )
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2
+    assert "kind: must be one of FineTuneJob, OptimizeJob (got 'TrainJob')" in out
+    assert "apiVersion: must be slmops.io/v1alpha1 (got 'slmops.io/v1')" in out
+    assert "invalid YAML" in out
+    assert "missing.yaml: (document): file not found" in out
+
+
+def test_crds_check_detects_drift(tmp_path: Path):
+    assert invoke("crds", "-o", str(tmp_path)).exit_code == 0
+    assert invoke("crds", "-o", str(tmp_path), "--check").exit_code == 0
+    target = next(tmp_path.glob("*.yaml"))
+    target.write_text(target.read_text() + "# edited\n")
+    result = invoke("crds", "-o", str(tmp_path), "--check")
+    assert result.exit_code == 1
+    assert "stale" in result.output

@@ -1,0 +1,90 @@
+"""Suite-wide fixtures: a tiny model built in-process, the demo data, an isolated cache.
+
+Nothing here downloads anything: models are tiny random Llamas (see tests/tiny.py); the S3
+server is a real SeaweedFS started by tests/fixtures/seaweedfs.py.  Tests marked ``slow``
+use the real SmolLM2 demo model and run only with ``--slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["tests.fixtures.seaweedfs"]
+
+REPO = Path(__file__).resolve().parents[1]
+TONE_DATA = REPO / "examples" / "data" / "tone"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="also run the slow tests that use SmolLM2")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow test: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Keep caches out of the user's home; never reach a model hub."""
+    cache = tmp_path_factory.mktemp("slmops-cache")
+    os.environ["SLMOPS_CACHE_DIR"] = str(cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["HF_HOME"] = str(cache / "hf")
+    return cache
+
+
+def tone_texts() -> list[str]:
+    rows = [json.loads(line) for line in (TONE_DATA / "train.jsonl").read_text().splitlines()]
+    return [f"{r['phrase']} {r['tone']}" for r in rows] + ["What is the tone of this phrase? Tone:"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tone_texts())
+
+
+@pytest.fixture
+def tone_data() -> Path:
+    return TONE_DATA
+
+
+def finetune_manifest(name: str, model: Path, **spec_overrides) -> dict:
+    """A FineTuneJob manifest for the tiny model on the tone data; overrides merge per section."""
+    spec = {
+        "model": {"uri": str(model)},
+        "dataset": {
+            "uri": str(TONE_DATA),
+            "trainSplit": "train[:64]",
+            "evalSplit": "eval[:16]",
+            "chatTemplate": True,
+            "promptTemplate": "Tone of: {phrase}",
+            "completionTemplate": "{tone}",
+            "maxSeqLength": 64,
+        },
+        "training": {"maxSteps": 4, "batchSize": 4, "saveSteps": 2, "loggingSteps": 1, "learningRate": 1e-3},
+        "evaluation": {"maxNewTokens": 4, "maxSamples": 8},
+    }
+    for section, value in spec_overrides.items():
+        if isinstance(value, dict) and isinstance(spec.get(section), dict):
+            spec[section] = {**spec[section], **value}
+        else:
+            spec[section] = value
+    return {
+        "apiVersion": "slmops.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": spec,
+    }

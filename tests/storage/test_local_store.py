@@ -1,0 +1,195 @@
+"""The local-folder artifact store and the URI dispatch of ``open_store``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from slmops_pipelines.errors import StorageError
+from slmops_pipelines.storage import ObjectInfo, open_store
+from slmops_pipelines.storage.local import TEMP_PREFIX, LocalStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "root")
+
+
+def test_round_trip_bytes_and_text(store: LocalStore) -> None:
+    store.write_bytes("a/b.bin", b"\x00\x01payload")
+    store.write_text("notes.txt", "héllo")
+    assert store.read_bytes("a/b.bin") == b"\x00\x01payload"
+    assert store.read_text("notes.txt") == "héllo"
+    assert store.exists("a/b.bin")
+    assert not store.exists("a/missing.bin")
+
+
+def test_uri_is_absolute_and_local_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = LocalStore(Path("rel/out"))
+    assert store.uri == str(tmp_path / "rel" / "out")
+    assert store.local_root() == tmp_path / "rel" / "out"
+    assert store.uri_of("x/y.json") == f"{tmp_path}/rel/out/x/y.json"
+
+
+def test_missing_key_names_the_path(store: LocalStore) -> None:
+    with pytest.raises(StorageError, match=r"root/nope\.json does not exist"):
+        store.read_bytes("nope.json")
+    with pytest.raises(StorageError, match="does not exist"):
+        store.download_file("nope.json", store.root.parent / "x")
+
+
+def test_overwrite_is_atomic_and_leaves_no_temp_files(store: LocalStore) -> None:
+    store.write_bytes("m/weights.bin", b"old")
+    store.write_bytes("m/weights.bin", b"new")
+    assert store.read_bytes("m/weights.bin") == b"new"
+    assert os.listdir(store.root / "m") == ["weights.bin"]
+
+
+def test_failed_write_keeps_old_file_and_removes_temp(store: LocalStore) -> None:
+    store.write_bytes("f.bin", b"old")
+
+    def explode(_out: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        store._atomic_write(store.root / "f.bin", explode)
+    assert store.read_bytes("f.bin") == b"old"
+    assert os.listdir(store.root) == ["f.bin"]
+
+
+def test_list_hides_in_flight_temp_files(store: LocalStore) -> None:
+    store.write_bytes("a.txt", b"1")
+    (store.root / f"{TEMP_PREFIX}b.txt.1234").write_bytes(b"partial")
+    assert [info.key for info in store.list()] == ["a.txt"]
+
+
+def test_upload_and_download_dir_round_trip(store: LocalStore, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    (source / "nested" / "deeper").mkdir(parents=True)
+    (source / "top.txt").write_text("top")
+    (source / "nested" / "mid.bin").write_bytes(b"\x01" * 10)
+    (source / "nested" / "deeper" / "leaf.json").write_text("{}")
+
+    keys = store.upload_dir(source, "run1/model")
+    assert keys == ["run1/model/nested/deeper/leaf.json", "run1/model/nested/mid.bin", "run1/model/top.txt"]
+
+    target = tmp_path / "dst"
+    paths = store.download_dir("run1/model", target)
+    assert sorted(p.relative_to(target).as_posix() for p in paths) == [
+        "nested/deeper/leaf.json",
+        "nested/mid.bin",
+        "top.txt",
+    ]
+    assert (target / "nested" / "mid.bin").read_bytes() == b"\x01" * 10
+    assert (target / "top.txt").read_text() == "top"
+
+
+def test_list_is_sorted_relative_and_folder_scoped(store: LocalStore) -> None:
+    for key in ["b/2.txt", "a/1.txt", "b/1.txt", "b-old/x.txt", "c.txt"]:
+        store.write_text(key, key)
+    assert [info.key for info in store.list()] == ["a/1.txt", "b-old/x.txt", "b/1.txt", "b/2.txt", "c.txt"]
+    # "b" is a folder: b-old/ is not under it.
+    assert list(store.list("b")) == [ObjectInfo("b/1.txt", 7), ObjectInfo("b/2.txt", 7)]
+    assert list(store.list("b/")) == list(store.list("b"))
+    assert list(store.list("missing")) == []
+
+
+def test_delete_prefix(store: LocalStore) -> None:
+    for key in ["ckpt/1/a", "ckpt/1/b", "ckpt/2/a", "ckpt-keep/a", "keep.txt"]:
+        store.write_text(key, "x")
+    assert store.delete_prefix("ckpt") == 3
+    assert [info.key for info in store.list()] == ["ckpt-keep/a", "keep.txt"]
+    assert not (store.root / "ckpt").exists()  # emptied folders go too
+    assert store.delete_prefix("ckpt") == 0
+
+
+def test_upload_file_onto_itself_is_a_noop(store: LocalStore) -> None:
+    store.write_bytes("same.bin", b"content")
+    path = store.root / "same.bin"
+    store.upload_file(path, "same.bin")
+    assert path.read_bytes() == b"content"
+
+
+def test_upload_and_download_file(store: LocalStore, tmp_path: Path) -> None:
+    source = tmp_path / "in.bin"
+    source.write_bytes(b"abc" * 1000)
+    store.upload_file(source, "deep/down/in.bin")
+    store.download_file("deep/down/in.bin", tmp_path / "out" / "copy.bin")
+    assert (tmp_path / "out" / "copy.bin").read_bytes() == b"abc" * 1000
+
+
+def test_keys_cannot_escape_the_root(store: LocalStore) -> None:
+    with pytest.raises(StorageError, match="outside"):
+        store.write_bytes("../escape.txt", b"x")
+    with pytest.raises(StorageError, match="empty key"):
+        store.read_bytes("")
+
+
+def test_check_creates_the_root(store: LocalStore) -> None:
+    assert not store.root.exists()
+    store.check()
+    assert store.root.is_dir()
+    assert os.listdir(store.root) == []  # the write probe is cleaned up
+
+
+def test_check_fails_when_root_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StorageError, match="not a folder"):
+        LocalStore(tmp_path / "file", field="output.uri").check()
+
+
+def test_check_fails_when_root_cannot_be_created(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StorageError, match=r"^output.uri: cannot write to .*/file/sub: "):
+        LocalStore(tmp_path / "file" / "sub", field="output.uri").check()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_check_fails_when_not_writable(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(StorageError, match="cannot write"):
+            LocalStore(locked).check()
+    finally:
+        locked.chmod(0o700)
+
+
+# -- open_store dispatch ---------------------------------------------------------------------
+
+
+def test_open_store_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = open_store("runs/out")
+    assert isinstance(relative, LocalStore)
+    assert relative.local_root() == tmp_path / "runs" / "out"
+    absolute = open_store(f"file://{tmp_path}/x")
+    assert isinstance(absolute, LocalStore)
+    assert absolute.uri == f"{tmp_path}/x"
+
+
+def test_open_store_s3_does_no_io() -> None:
+    from slmops_pipelines.storage.s3 import S3Store
+
+    store = open_store("s3://my-bucket/runs/job-1")
+    assert isinstance(store, S3Store)
+    assert (store.bucket, store.prefix, store.uri) == ("my-bucket", "runs/job-1", "s3://my-bucket/runs/job-1")
+    assert store.local_root() is None
+
+
+def test_open_store_rejects_hf_with_field() -> None:
+    with pytest.raises(StorageError, match="cannot be an artifact store") as info:
+        open_store("hf://HuggingFaceTB/SmolLM2-135M", field="output.uri")
+    assert info.value.field == "output.uri"
+    assert str(info.value).startswith("output.uri: ")
+
+
+def test_open_store_rejects_bad_uris_with_field() -> None:
+    with pytest.raises(StorageError, match="unsupported scheme") as info:
+        open_store("gs://bucket/x", field="output.uri")
+    assert info.value.field == "output.uri"
+    with pytest.raises(StorageError, match="must not be empty"):
+        open_store("  ", field="output.uri")
