@@ -5,6 +5,8 @@ Launched by torchrun (see :mod:`.launch`), once per process.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,10 +17,21 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m slmops_pipelines.steps.train REQUEST.json", file=sys.stderr)
         return 2
+    from slmops_pipelines.errors import JobError
     from slmops_pipelines.steps.train.trainer import train
 
     request = TrainRequest.model_validate_json(Path(argv[0]).read_text())
-    train(request)
+    try:
+        train(request)
+    except JobError as exc:
+        # Hand the parent the error as data, so that it re-raises it with its field and reason
+        # instead of scraping a traceback out of the log.
+        if int(os.environ.get("RANK", "0")) == 0:
+            request.error_path.parent.mkdir(parents=True, exist_ok=True)
+            request.error_path.write_text(
+                json.dumps({"message": exc.message, "field": exc.field, "reason": exc.reason})
+            )
+        raise
     return 0
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from slmops_pipelines.errors import JobError
+from slmops_pipelines.errors import InputError, JobError
 from slmops_pipelines.steps.train.request import TrainRequest, TrainResult
 
 EventHandler = Callable[[dict], None]
@@ -83,6 +83,12 @@ class _EventTail:
         return [json.loads(line) for line in complete.split("\n") if line.strip()]
 
 
+def _error_from_child(error: dict) -> JobError:
+    if error.get("reason") == "InvalidInput":
+        return InputError(error["message"], field=error.get("field"))
+    return JobError(error["message"], field=error.get("field"), reason=error.get("reason", "TrainingFailed"))
+
+
 def _failure_summary(log_path: Path) -> str:
     lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
     errors = [line for line in lines if "Error" in line or "error:" in line]
@@ -100,6 +106,7 @@ def run_training(
     request_path = logs / "train_request.json"
     request_path.write_text(request.model_dump_json(indent=2))
     request.result_path.unlink(missing_ok=True)
+    request.error_path.unlink(missing_ok=True)
     tail = _EventTail(request.events_path)
     log_path = logs / "train.log"
     with log_path.open("a") as log:
@@ -126,6 +133,8 @@ def run_training(
     for event in tail.read_new():
         if on_event:
             on_event(event)
+    if request.error_path.exists():
+        raise _error_from_child(json.loads(request.error_path.read_text()))
     if proc.returncode != 0 or not request.result_path.exists():
         raise JobError(
             f"training failed (exit code {proc.returncode}): {_failure_summary(log_path)}; full log: {log_path}",

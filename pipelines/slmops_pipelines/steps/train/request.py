@@ -24,6 +24,10 @@ class TrainRequest(BaseModel):
         return self.work_dir / "logs" / "events.jsonl"
 
     @property
+    def error_path(self) -> Path:
+        return self.work_dir / "logs" / "train_error.json"
+
+    @property
     def result_path(self) -> Path:
         return self.work_dir / "logs" / "train_result.json"
 

@@ -1,0 +1,114 @@
+"""The training step through torchrun: every method, two processes, errors from the children."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from slmops_pipelines.errors import InputError
+from slmops_pipelines.specs import FineTuneJobSpec
+from slmops_pipelines.steps.data import prepare_data
+from slmops_pipelines.steps.train.launch import run_training
+from slmops_pipelines.steps.train.request import TrainRequest
+from tests.conftest import finetune_manifest
+
+
+@pytest.fixture(scope="module")
+def data_dir(tiny_model: Path, tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer
+
+    spec = FineTuneJobSpec.model_validate(finetune_manifest("t", tiny_model)["spec"])
+    out = tmp_path_factory.mktemp("data")
+    prepare_data(
+        spec.dataset,
+        tokenizer=AutoTokenizer.from_pretrained(tiny_model),
+        out_dir=out,
+        seed=0,
+        cache_dir=out / "c",
+    )
+    return out
+
+
+def train(tiny_model: Path, data_dir: Path, work: Path, **overrides):
+    spec = FineTuneJobSpec.model_validate(finetune_manifest("t", tiny_model, **overrides)["spec"])
+    events: list[dict] = []
+    result = run_training(
+        TrainRequest(spec=spec, model_path=tiny_model, data_dir=data_dir, work_dir=work),
+        on_event=events.append,
+    )
+    return result, events
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_adapter_methods_produce_a_loadable_adapter(method, tiny_model, data_dir, tmp_path):
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result, events = train(tiny_model, data_dir, tmp_path, method=method)
+    assert result.global_step == 4 and result.world_size == 1 and result.output == "adapter"
+    assert result.trainable_parameters < result.total_parameters
+    assert result.train_loss is not None and result.eval_loss is not None and result.tokens_per_second > 0
+    config = PeftConfig.from_pretrained(tmp_path / "adapter")
+    assert set(config.target_modules) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+    assert getattr(config, "use_dora", False) is (method == "dora")
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), tmp_path / "adapter")
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "train_begin" and "step" in kinds and "save" in kinds and kinds[-1] == "evaluate"
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_full_fine_tuning_saves_a_whole_model(tiny_model, data_dir, tmp_path):
+    result, _ = train(tiny_model, data_dir, tmp_path, method="full")
+    assert result.output == "model" and result.trainable_parameters == result.total_parameters
+    assert (tmp_path / "model" / "config.json").exists()
+
+
+def test_qlora_trains_a_4bit_base_on_cpu(tiny_model, data_dir, tmp_path):
+    result, _ = train(
+        tiny_model, data_dir, tmp_path, method="qlora", lora={"targetModules": ["q_proj", "v_proj"]}
+    )
+    assert result.global_step == 4
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+    request = json.loads((tmp_path / "logs" / "train_request.json").read_text())
+    assert request["spec"]["method"] == "qlora"
+
+
+def test_two_processes_train_one_adapter(tiny_model, data_dir, tmp_path):
+    result, events = train(tiny_model, data_dir, tmp_path, resources={"processesPerNode": 2})
+    assert result.world_size == 2
+    assert events[0]["world_size"] == 2
+    assert len(list(tmp_path.glob("adapter/adapter_model.safetensors"))) == 1
+    # Both processes saw data: the token count is gathered over the world.
+    one, _ = train(tiny_model, data_dir, tmp_path / "single")
+    assert result.tokens_seen > one.tokens_seen
+
+
+def test_error_in_the_training_process_comes_back_with_its_field(tiny_model, data_dir, tmp_path):
+    with pytest.raises(InputError) as info:
+        train(tiny_model, data_dir, tmp_path, lora={"targetModules": ["attn_q"]})
+    assert info.value.field == "lora.targetModules"
+    assert "'attn_q' is not a linear layer" in info.value.message
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_resumes_from_the_latest_complete_checkpoint_only(tiny_model, data_dir, tmp_path):
+    train(tiny_model, data_dir, tmp_path, training={"maxSteps": 4, "saveSteps": 2})
+    checkpoints = tmp_path / "checkpoints"
+    # A checkpoint without the completeness marker (a save cut short) must be ignored.
+    shutil.copytree(checkpoints / "checkpoint-4", checkpoints / "checkpoint-5")
+    (checkpoints / "checkpoint-5" / ".slmops-complete").unlink()
+    result, events = train(tiny_model, data_dir, tmp_path, training={"maxSteps": 6, "saveSteps": 2})
+    assert result.resumed_from_step == 4 and result.global_step == 6
+    assert events[0]["resumed_from"] == 4
