@@ -79,7 +79,7 @@ def _restore_remote_checkpoint(store: ArtifactStore, work: Path) -> int | None:
 
 
 def _sync_checkpoint(store: ArtifactStore, work: Path, step: int) -> None:
-    """Upload checkpoint-N with its completeness marker last, then drop remote ones now gone locally."""
+    """Upload checkpoint-N if complete (its marker last), and drop remote ones gone locally."""
     from slmops_pipelines.steps.train.checkpoints import COMPLETE_MARKER
 
     folder = work / CHECKPOINTS / f"checkpoint-{step}"
@@ -88,13 +88,13 @@ def _sync_checkpoint(store: ArtifactStore, work: Path, step: int) -> None:
         if marker.exists():
             break
         time.sleep(0.1)
-    if not marker.exists():
-        return
-    prefix = f"{CHECKPOINTS}/checkpoint-{step}"
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != marker):
-        store.upload_file(path, f"{prefix}/{path.relative_to(folder).as_posix()}")
-    store.upload_file(marker, f"{prefix}/{COMPLETE_MARKER}")
-    local_names = {p.name for p in (work / CHECKPOINTS).iterdir()}
+    if marker.exists():
+        prefix = f"{CHECKPOINTS}/checkpoint-{step}"
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != marker):
+            store.upload_file(path, f"{prefix}/{path.relative_to(folder).as_posix()}")
+        store.upload_file(marker, f"{prefix}/{COMPLETE_MARKER}")
+    # The Trainer rotates old checkpoints away (saveTotalLimit): mirror that remotely.
+    local_names = {p.name for p in (work / CHECKPOINTS).iterdir()} if (work / CHECKPOINTS).is_dir() else set()
     remote_names = {info.key.split("/")[1] for info in store.list(CHECKPOINTS) if info.key.count("/") >= 2}
     for stale in sorted(remote_names - local_names):
         store.delete_prefix(f"{CHECKPOINTS}/{stale}")

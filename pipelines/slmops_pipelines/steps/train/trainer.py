@@ -84,6 +84,7 @@ def _training_arguments(request: TrainRequest, *, has_eval: bool, world_size: in
         ddp_backend=None if on_gpu or world_size == 1 else "gloo",
         ddp_find_unused_parameters=False if world_size > 1 else None,
         save_only_model=False,
+        prediction_loss_only=True,  # eval loss is all we need; never gather full logits
     )
     if training.early_stopping is not None and eval_every:
         kwargs.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
@@ -100,7 +101,9 @@ def _set_threads(local_world_size: int) -> None:
 def train(request: TrainRequest) -> TrainResult:
     import datasets
     import torch
-    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer, set_seed
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, EarlyStoppingCallback, set_seed
+
+    from slmops_pipelines.steps.train.loss import SparseLogitsTrainer
 
     rank, _local_rank, world_size = _world()
     _set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
@@ -138,7 +141,7 @@ def train(request: TrainRequest) -> TrainResult:
                 early_stopping_threshold=spec.training.early_stopping.min_delta,
             )
         )
-    trainer = Trainer(
+    trainer = SparseLogitsTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -147,6 +150,8 @@ def train(request: TrainRequest) -> TrainResult:
             DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
         ),
         callbacks=callbacks,
+        # SLMOPS_DENSE_LOGITS=1 turns the sparse LM head off (for benchmarks and debugging).
+        sparse_logits=spec.dataset.loss_on_completion_only and not os.environ.get("SLMOPS_DENSE_LOGITS"),
     )
     started = time.time()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)

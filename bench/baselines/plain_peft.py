@@ -1,0 +1,79 @@
+"""Baseline: what a user writes with plain transformers + peft (the tutorial recipe).
+
+Tokenize ``prompt + answer`` to a fixed 128 tokens (``padding="max_length"``), loss on every
+token, LoRA on the same modules as slmops, ``Trainer`` with SDPA attention in fp32.
+
+    python bench/baselines/plain_peft.py MODEL_DIR DATA.jsonl STEPS BATCH [--gradient-checkpointing]
+
+Prints one JSON line: train seconds, examples, real and padded tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def main() -> None:
+    import datasets
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+    model_dir, data, steps, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    checkpointing = "--gradient-checkpointing" in sys.argv
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = [json.loads(line) for line in open(data)]
+    prompt = "What is the tone of this phrase? Answer with one word: happy, sad, angry, fearful or calm.\n\n{phrase}"
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt.format(**r)}, {"role": "assistant", "content": r["tone"]}],
+            tokenize=False,
+        )
+        for r in rows
+    ]
+    encoded = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=128, add_special_tokens=False
+    )
+    encoded["labels"] = [list(ids) for ids in encoded["input_ids"]]
+    real_tokens = sum(sum(mask) for mask in encoded["attention_mask"][: steps * batch])
+    ds = datasets.Dataset.from_dict(dict(encoded))
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(
+        model, LoraConfig(r=16, lora_alpha=32, target_modules=targets, task_type="CAUSAL_LM")
+    )
+    args = TrainingArguments(
+        output_dir="/tmp/slmops-bench-plain",
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=1e-3,
+        logging_steps=steps,
+        save_strategy="no",
+        report_to=[],
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=42,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=ds)
+    started = time.time()
+    trainer.train()
+    seconds = time.time() - started
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "examples": steps * batch,
+                "real_tokens": real_tokens,
+                "padded_tokens": steps * batch * 128,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
