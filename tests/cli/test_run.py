@@ -72,3 +72,11 @@ def test_optimize_jobs_are_not_run_locally_yet(tmp_path):
     }
     result, out = run_cli(tmp_path, job)
     assert result.exit_code == 2 and "does not run OptimizeJob yet" in out
+
+
+def test_what_this_machine_cannot_do_fails_before_writing(tmp_path, tiny_model):
+    result, out = run_cli(tmp_path, finetune_manifest("multi", tiny_model, resources={"nodes": 2}))
+    assert result.exit_code == 2 and "spec.resources.nodes: 2 nodes need a cluster" in out
+    result, out = run_cli(tmp_path, finetune_manifest("half", tiny_model, training={"precision": "fp16"}))
+    assert result.exit_code == 2 and "spec.training.precision: fp16 training needs a CUDA GPU" in out
+    assert not (tmp_path / "runs").exists()

@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmops_pipelines.errors import JobError
+from slmops_pipelines.errors import InputError, JobError
 from slmops_pipelines.local.reporting import NullReporter, Reporter
 from slmops_pipelines.models import cache_root, resolve_model
 from slmops_pipelines.specs import FineTuneJobSpec
 from slmops_pipelines.steps import publish
 from slmops_pipelines.storage import ArtifactStore, open_store
-from slmops_pipelines.uris import join_uri
 
 CHECKPOINTS = "checkpoints"
 
@@ -100,6 +99,22 @@ def _sync_checkpoint(store: ArtifactStore, work: Path, step: int) -> None:
         store.delete_prefix(f"{CHECKPOINTS}/{stale}")
 
 
+def _check_local_resources(spec: FineTuneJobSpec) -> None:
+    """What this machine cannot do fails before anything is written."""
+    if spec.resources.nodes > 1:
+        raise InputError(
+            f"{spec.resources.nodes} nodes need a cluster (the kfp backend); the local engine runs on one node",
+            field="resources.nodes",
+        )
+    if spec.training.precision == "fp16":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(
+                "fp16 training needs a CUDA GPU; use bf16 or fp32 on CPU", field="training.precision"
+            )
+
+
 def _load_stored_metrics(store: ArtifactStore) -> dict[str, Any]:
     return publish.read_json(store, "metrics.json") or {}
 
@@ -124,6 +139,7 @@ def run_finetune(
         "specHash": spec_hash(spec),
     }
 
+    _check_local_resources(spec)
     reporter.stage("output", f"checking {output_uri}")
     store = open_store(output_uri, field="output.uri")
     store.check()
@@ -232,25 +248,26 @@ def run_finetune(
     return FineTuneOutcome(output_uri=store.uri, metrics=metrics, artifacts=_artifacts(store, manifest))
 
 
+# Artifact name -> file, or folder (trailing slash), relative to the output root.
+_ARTIFACTS = {
+    "adapter": "adapter/",
+    "model": "model/",
+    "merged": "merged/",
+    "tensorboard": "tensorboard/",
+    "metrics": "metrics.json",
+    "report": "report.html",
+    "lossCurve": "loss_curve.png",
+    "manifest": publish.MANIFEST,
+}
+
+
 def _artifacts(store: ArtifactStore, manifest: dict[str, Any]) -> dict[str, str]:
-    paths = {entry["path"] for entry in manifest.get("files", [])}
-    named = {
-        "adapter": "adapter/adapter_config.json",
-        "model": "model/config.json",
-        "merged": "merged/config.json",
-        "metrics": "metrics.json",
-        "report": "report.html",
-        "lossCurve": "loss_curve.png",
-        "tensorboard": "tensorboard/",
+    paths = [entry["path"] for entry in manifest.get("files", [])] + [publish.MANIFEST]
+    return {
+        name: store.uri_of(rel.rstrip("/"))
+        for name, rel in _ARTIFACTS.items()
+        if any(path == rel or (rel.endswith("/") and path.startswith(rel)) for path in paths)
     }
-    found = {}
-    for key, probe in named.items():
-        if probe in paths or (probe.endswith("/") and any(p.startswith(probe) for p in paths)):
-            found[key] = join_uri(
-                store.uri, probe.split("/")[0] if "/" in probe.rstrip("/") or probe.endswith("/") else probe
-            )
-    found["manifest"] = store.uri_of(publish.MANIFEST)
-    return found
 
 
 __all__ = ["FineTuneOutcome", "JobError", "run_finetune"]
