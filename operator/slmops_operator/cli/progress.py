@@ -1,14 +1,17 @@
-"""A rich progress display for local runs: stages, a training bar (step, loss, ETA)."""
+"""A rich progress display for local runs: stages, a training bar (step, loss, ETA).
+
+On a terminal the bar redraws in place; in a log (CI, ``kubectl logs``, a pipe) a live bar
+would print nothing until the end, so each logging step becomes one plain line instead.
+"""
 
 from __future__ import annotations
-
-import time
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -27,11 +30,10 @@ class RichReporter:
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=console,
-            transient=False,
         )
-        self.task = None
-        self.loss = "-"
-        self._stage_started = time.time()
+        self.task: TaskID | None = None
+        self.total_steps: int | None = None
+        self.eta_seconds: float | None = None
 
     def __enter__(self) -> RichReporter:
         return self
@@ -49,9 +51,16 @@ class RichReporter:
     def training_event(self, event: dict) -> None:
         kind = event.get("event")
         if kind == "train_begin":
-            resumed = event.get("resumed_from")
-            if resumed:
-                self.info(f"resuming from checkpoint at step {resumed}")
+            self.total_steps = event["total_steps"]
+            if event.get("resumed_from"):
+                self.info(f"resuming from checkpoint at step {event['resumed_from']}")
+        if self.console.is_terminal:
+            self._update_bar(kind, event)
+        else:
+            self._log_line(kind, event)
+
+    def _update_bar(self, kind: str | None, event: dict) -> None:
+        if kind == "train_begin":
             self.progress.start()
             self.task = self.progress.add_task(
                 "training", total=event["total_steps"], completed=event.get("step", 0), loss="-"
@@ -69,3 +78,12 @@ class RichReporter:
         elif kind == "train_end":
             self.progress.stop()
             self.task = None
+
+    def _log_line(self, kind: str | None, event: dict) -> None:
+        if kind == "step":
+            self.eta_seconds = event.get("eta_seconds")
+        elif kind == "log" and "loss" in event:
+            eta = f", ETA {self.eta_seconds:.0f}s" if self.eta_seconds is not None else ""
+            self.info(f"step {event['step']}/{self.total_steps}: loss {event['loss']:.4f}{eta}")
+        elif kind == "log" and "eval_loss" in event:
+            self.info(f"step {event['step']}: eval loss {event['eval_loss']:.4f}")

@@ -22,6 +22,7 @@ from typing import Any
 from slmops_pipelines.errors import InputError, JobError
 from slmops_pipelines.local.reporting import NullReporter, Reporter
 from slmops_pipelines.models import cache_root, resolve_model
+from slmops_pipelines.quiet import quiet_libraries
 from slmops_pipelines.specs import FineTuneJobSpec
 from slmops_pipelines.steps import publish
 from slmops_pipelines.storage import ArtifactStore, open_store
@@ -129,6 +130,7 @@ def run_finetune(
 ) -> FineTuneOutcome:
     """Run the job to completion (or resume it); raise JobError with a clear message on failure."""
     reporter = reporter or NullReporter()
+    quiet_libraries()
     started = time.time()
     output_uri = spec.output.uri or output_uri or default_output_uri(name)
     identity = {
@@ -142,6 +144,11 @@ def run_finetune(
     _check_local_resources(spec)
     reporter.stage("output", f"checking {output_uri}")
     store = open_store(output_uri, field="output.uri")
+    if spec.output.credentials_secret and store.local_root() is None:
+        reporter.info(
+            f"output.credentialsSecret ({spec.output.credentials_secret}) is mounted on a cluster; "
+            "this local run uses the AWS_* environment"
+        )
     store.check()
     finished = publish.claim_output(store, identity)
     if finished is not None:

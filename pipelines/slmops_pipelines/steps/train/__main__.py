@@ -18,6 +18,9 @@ def main(argv: list[str]) -> int:
         print("usage: python -m slmops_pipelines.steps.train REQUEST.json", file=sys.stderr)
         return 2
     from slmops_pipelines.errors import JobError
+    from slmops_pipelines.quiet import quiet_libraries
+
+    quiet_libraries()
     from slmops_pipelines.steps.train.trainer import train
 
     request = TrainRequest.model_validate_json(Path(argv[0]).read_text())

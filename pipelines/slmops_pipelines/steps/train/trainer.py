@@ -98,20 +98,10 @@ def _set_threads(local_world_size: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world_size)))
 
 
-def train(request: TrainRequest) -> TrainResult:
-    import datasets
-    import torch
-    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, EarlyStoppingCallback, set_seed
+def _load_model_and_tokenizer(request: TrainRequest):
+    from transformers import AutoTokenizer
 
-    from slmops_pipelines.steps.train.loss import SparseLogitsTrainer
-
-    rank, _local_rank, world_size = _world()
-    _set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
     spec = request.spec
-    set_seed(spec.training.seed)
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(request.work_dir / "tensorboard")
-    events = EventLog(request.events_path, enabled=rank == 0)
-
     tokenizer = AutoTokenizer.from_pretrained(
         request.model_path, trust_remote_code=spec.model.trust_remote_code
     )
@@ -121,44 +111,87 @@ def train(request: TrainRequest) -> TrainResult:
     model = method.load_model(request.model_path, spec)
     if spec.training.gradient_checkpointing:
         model.config.use_cache = False
-    model = method.wrap(model, spec)
+    return method, method.wrap(model, spec), tokenizer
 
-    train_ds = datasets.load_from_disk(str(request.data_dir / "train"))
-    eval_path = request.data_dir / "eval"
-    eval_ds = datasets.load_from_disk(str(eval_path)) if eval_path.exists() else None
 
-    args = _training_arguments(request, has_eval=eval_ds is not None, world_size=world_size)
-    resume = latest_complete_checkpoint(request.checkpoints_dir)
-    resumed_from = checkpoint_step(resume) if resume else None
+def _callbacks(spec, events: EventLog, *, world_size: int, resumed_from: int | None, has_eval: bool) -> list:
+    from transformers import EarlyStoppingCallback
+
     callbacks = [
         ProgressEvents(events, world_size=world_size, resumed_from=resumed_from),
         MarkCompleteCheckpoints(),
     ]
-    if spec.training.early_stopping is not None and eval_ds is not None:
+    if spec.training.early_stopping is not None and has_eval:
         callbacks.append(
             EarlyStoppingCallback(
                 early_stopping_patience=spec.training.early_stopping.patience,
                 early_stopping_threshold=spec.training.early_stopping.min_delta,
             )
         )
+    return callbacks
+
+
+def _training_seconds(elapsed: float, log_history: list[dict], resumed_from: int | None) -> float:
+    """Wall time of train() minus the periodic evaluations it ran: the figure speeds are based on."""
+    evaluating = sum(
+        h.get("eval_runtime", 0.0) for h in log_history if h.get("step", 0) > (resumed_from or 0)
+    )
+    return max(elapsed - evaluating, 1e-9)
+
+
+def _final_eval_loss(trainer, has_eval: bool) -> float | None:
+    """The eval loss of the model being saved, without evaluating twice at the same step."""
+    if not has_eval:
+        return None
+    state = trainer.state
+    if not trainer.args.load_best_model_at_end:
+        for entry in reversed(state.log_history):
+            if "eval_loss" in entry and entry.get("step") == state.global_step:
+                return entry["eval_loss"]
+    return trainer.evaluate().get("eval_loss")
+
+
+def train(request: TrainRequest) -> TrainResult:
+    import datasets
+    import torch
+    from transformers import DataCollatorForSeq2Seq, set_seed
+
+    from slmops_pipelines.steps.train.loss import SparseLogitsTrainer
+
+    rank, _local_rank, world_size = _world()
+    _set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    spec = request.spec
+    set_seed(spec.training.seed)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(request.work_dir / "tensorboard")
+    events = EventLog(request.events_path, enabled=rank == 0)
+    method, model, tokenizer = _load_model_and_tokenizer(request)
+
+    train_ds = datasets.load_from_disk(str(request.data_dir / "train"))
+    eval_path = request.data_dir / "eval"
+    eval_ds = datasets.load_from_disk(str(eval_path)) if eval_path.exists() else None
+    has_eval = eval_ds is not None
+
+    resume = latest_complete_checkpoint(request.checkpoints_dir)
+    resumed_from = checkpoint_step(resume) if resume else None
     trainer = SparseLogitsTrainer(
         model=model,
-        args=args,
+        args=_training_arguments(request, has_eval=has_eval, world_size=world_size),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=_WithoutLength(
             DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
         ),
-        callbacks=callbacks,
+        callbacks=_callbacks(
+            spec, events, world_size=world_size, resumed_from=resumed_from, has_eval=has_eval
+        ),
         # SLMOPS_DENSE_LOGITS=1 turns the sparse LM head off (for benchmarks and debugging).
         sparse_logits=spec.dataset.loss_on_completion_only and not os.environ.get("SLMOPS_DENSE_LOGITS"),
     )
     started = time.time()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    runtime = time.time() - started
-    eval_loss = None
-    if eval_ds is not None:
-        eval_loss = trainer.evaluate().get("eval_loss")
+    runtime = _training_seconds(time.time() - started, trainer.state.log_history, resumed_from)
+    eval_loss = _final_eval_loss(trainer, has_eval)
+    if eval_loss is not None:
         events.emit("evaluate", step=trainer.state.global_step, eval_loss=eval_loss)
 
     final_dir = request.work_dir / ("adapter" if method.uses_adapter else "model")
@@ -166,14 +199,43 @@ def train(request: TrainRequest) -> TrainResult:
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(final_dir))
 
+    result = _result(
+        trainer,
+        model,
+        output,
+        runtime=runtime,
+        resumed_from=resumed_from,
+        eval_loss=eval_loss,
+        saved_as=final_dir.name,
+    )
+    if trainer.is_world_process_zero():
+        request.result_path.write_text(json.dumps(result.model_dump(), indent=2))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return result
+
+
+def _result(
+    trainer,
+    model,
+    output,
+    *,
+    runtime: float,
+    resumed_from: int | None,
+    eval_loss: float | None,
+    saved_as: str,
+) -> TrainResult:
     state = trainer.state
     steps_this_run = state.global_step - (resumed_from or 0)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    result = TrainResult(
+    # Periodic evaluations run inside train(): keep them out of the training speed figures.
+    evaluating = sum(
+        h.get("eval_runtime", 0.0) for h in state.log_history if h.get("step", 0) > (resumed_from or 0)
+    )
+    runtime = max(runtime - evaluating, 1e-9)
+    return TrainResult(
         global_step=state.global_step,
         total_steps=state.max_steps,
-        world_size=world_size,
+        world_size=trainer.args.world_size,
         resumed_from_step=resumed_from,
         stopped_early=state.global_step < state.max_steps,
         train_loss=_finite(output.training_loss),
@@ -183,16 +245,11 @@ def train(request: TrainRequest) -> TrainResult:
         tokens_seen=int(state.num_input_tokens_seen or 0),
         tokens_per_second=_tokens_per_second(state, runtime, resumed_from),
         peak_memory_mb=_peak_memory_mb(),
-        trainable_parameters=trainable,
-        total_parameters=total,
-        output=final_dir.name,
+        trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        total_parameters=sum(p.numel() for p in model.parameters()),
+        output=saved_as,
         log_history=state.log_history,
     )
-    if trainer.is_world_process_zero():
-        request.result_path.write_text(json.dumps(result.model_dump(), indent=2))
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    return result
 
 
 class _WithoutLength:
