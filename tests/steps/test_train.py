@@ -112,3 +112,24 @@ def test_resumes_from_the_latest_complete_checkpoint_only(tiny_model, data_dir, 
     result, events = train(tiny_model, data_dir, tmp_path, training={"maxSteps": 6, "saveSteps": 2})
     assert result.resumed_from_step == 4 and result.global_step == 6
     assert events[0]["resumed_from"] == 4
+
+
+def test_early_stopping_stops_when_eval_loss_stops_improving(tiny_model, data_dir, tmp_path):
+    # A learning rate far too high makes the eval loss climb after the first evaluations.
+    result, events = train(
+        tiny_model,
+        data_dir,
+        tmp_path,
+        training={
+            "maxSteps": 40,
+            "learningRate": 0.5,
+            "evalSteps": 2,
+            "saveSteps": 2,
+            "earlyStopping": {"patience": 2},
+        },
+    )
+    assert result.stopped_early and result.global_step < 40
+    evals = [e["eval_loss"] for e in events if e["event"] == "log" and "eval_loss" in e]
+    assert len(evals) >= 3
+    # The best checkpoint is what gets saved, and its loss is what is reported.
+    assert result.eval_loss == pytest.approx(min(evals), rel=1e-4)
