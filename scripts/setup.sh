@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install slmops with everything it needs (idempotent, fast when nothing changed).
 #
-#   scripts/setup.sh            # train + dev extras
+#   scripts/setup.sh            # train + optimize + dev extras
 #
 # torch is pinned by constraints.txt to the CPU build this project is tested with; on a GPU
 # machine install the torch build you need first, then `pip install -e '.[train]'`.
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-EXTRAS=${EXTRAS:-train,dev}
+EXTRAS=${EXTRAS:-train,optimize,dev}
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV"

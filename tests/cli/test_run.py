@@ -60,18 +60,19 @@ def test_unreachable_s3_endpoint(tmp_path, tiny_model, monkeypatch):
     assert "output.uri" in out and "cannot reach S3 endpoint" in out
 
 
-def test_optimize_jobs_are_not_run_locally_yet(tmp_path):
+def test_optimize_job_whose_source_never_ran(tmp_path):
     job = {
         "apiVersion": "slmops.io/v1alpha1",
         "kind": "OptimizeJob",
         "metadata": {"name": "opt"},
         "spec": {
-            "source": {"model": {"uri": "/m"}},
+            "source": {"fineTuneJobRef": {"name": "ghost"}},
             "targets": [{"name": "t", "provider": "CPUExecutionProvider", "precision": "int4"}],
         },
     }
     result, out = run_cli(tmp_path, job)
-    assert result.exit_code == 2 and "does not run OptimizeJob yet" in out
+    assert result.exit_code == 2
+    assert "OptimizeJob opt: spec.source.fineTuneJobRef: FineTuneJob 'ghost' has not succeeded" in out
 
 
 def test_what_this_machine_cannot_do_fails_before_writing(tmp_path, tiny_model):

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from slmops_operator.api.resources import FineTuneJob, Resource
+from slmops_operator.api.resources import FineTuneJob, OptimizeJob, Resource
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -47,19 +47,48 @@ def run_finetune_job(job: FineTuneJob, *, runs_dir: Path, console: Console) -> i
     return EXIT_OK
 
 
+def run_optimize_job(job: OptimizeJob, *, runs_dir: Path, console: Console, outputs: dict[str, str]) -> int:
+    from slmops_operator.cli.progress import RichReporter
+    from slmops_pipelines.local.optimize import run_optimize
+    from slmops_pipelines.steps.optimize.report import comparison_rows
+
+    console.rule(f"OptimizeJob {job.name}")
+    with RichReporter(console) as reporter:
+        outcome = run_optimize(
+            name=job.name,
+            namespace=job.namespace,
+            spec=job.spec,
+            output_uri=str(runs_dir / job.name),
+            locate_job=lambda name: outputs.get(name, str(runs_dir / name)),
+            reporter=reporter,
+        )
+    if outcome.metrics.get("targets"):
+        header, rows = comparison_rows(outcome.metrics, compact=True)
+        table = Table(title=f"OptimizeJob {job.name}", title_justify="left")
+        for column in header:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    for key, uri in outcome.artifacts.items():
+        console.print(f"  {key}: {uri}", highlight=False)
+    return EXIT_OK
+
+
 def run_resources(
     resources: list[Resource], *, runs_dir: Path, console: Console, err_console: Console
 ) -> int:
+    """Run every resource in order; an OptimizeJob finds the FineTuneJobs run before it."""
     from slmops_pipelines.errors import InputError, JobError
 
+    outputs: dict[str, str] = {}  # FineTuneJob name -> output URI, for fineTuneJobRef
     for resource in resources:
-        if not isinstance(resource, FineTuneJob):
-            err_console.print(
-                f"[red]error[/red] {resource.kind_name} {resource.name}: the local engine does not run {resource.kind_name} yet"
-            )
-            return EXIT_INVALID
         try:
-            run_finetune_job(resource, runs_dir=runs_dir, console=console)
+            if isinstance(resource, FineTuneJob):
+                run_finetune_job(resource, runs_dir=runs_dir, console=console)
+                outputs[resource.name] = resource.spec.output.uri or str(runs_dir / resource.name)
+            elif isinstance(resource, OptimizeJob):
+                run_optimize_job(resource, runs_dir=runs_dir, console=console, outputs=outputs)
         except InputError as exc:
             err_console.print(
                 f"[red]error[/red] {resource.kind_name} {resource.name}: spec.{exc}", highlight=False

@@ -22,8 +22,11 @@ Provider = Literal[
     "OpenVINOExecutionProvider",
 ]
 TargetPrecision = Literal["fp32", "fp16", "int8", "int4"]
-Int4Algorithm = Literal["rtn", "hqq", "gptq", "awq"]
-Int8Mode = Literal["dynamic", "static"]
+# What the pinned tools implement: the model builder's RTN, onnxruntime's HQQ.  (GPTQ/AWQ need
+# calibration passes that neither tool runs on these graphs; k-quant produces an invalid graph
+# in onnxruntime-genai 0.13.2.)
+Int4Algorithm = Literal["rtn", "hqq"]
+Int8Mode = Literal["weightOnly", "dynamic"]
 OptimizeMetric = Literal["perplexity", "accuracy", "rouge", "bleu", "latency", "size"]
 
 PROVIDER_PRECISIONS: dict[str, set[str]] = {
@@ -109,12 +112,19 @@ class QuantizationSpec(SpecModel):
     """How weights are quantized for int4 and int8 targets."""
 
     int4_block_size: Literal[16, 32, 64, 128, 256] = Field(default=32, description="Weights per int4 scale.")
-    int4_algorithm: Int4Algorithm = Field(default="rtn", description="int4 algorithm: rtn, hqq, gptq or awq.")
-    int8_mode: Int8Mode = Field(
-        default="dynamic", description="int8: dynamic, or static with a calibration set."
+    int4_algorithm: Int4Algorithm = Field(
+        default="rtn", description="int4 algorithm: rtn (round to nearest) or hqq."
     )
-    calibration_samples: int = Field(
-        default=64, ge=1, le=100000, description="Rows used for static calibration."
+    lm_head_int8: bool = Field(
+        default=True,
+        description="With rtn int4, keep the output layer in int8: it is the layer most sensitive to quantization.",
+    )
+    int8_mode: Int8Mode = Field(
+        default="weightOnly",
+        description=(
+            "int8: weightOnly (block-wise int8 weights, MatMulNBits: accurate, fast decode) or dynamic "
+            "(int8 weights and activations, MatMulInteger: faster prefill, less accurate)."
+        ),
     )
 
 
@@ -140,8 +150,6 @@ class OptimizeTarget(SpecModel):
             raise ValueError(
                 f"target {self.name!r}: {self.provider} cannot run {self.precision} ({why}); supported: {supported}"
             )
-        if self.quantization.int8_mode == "static" and self.precision != "int8":
-            raise ValueError(f"target {self.name!r}: int8Mode static applies to int8 targets only")
         return self
 
 
@@ -201,4 +209,10 @@ class OptimizeJobSpec(SpecModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"target names must be unique: {', '.join(duplicates)}")
+        if self.source.adapters and len(self.source.adapters) > 1:
+            merged = [t.name for t in self.targets if t.merge_adapter]
+            if merged:
+                raise ValueError(
+                    f"target {merged[0]!r}: several adapters cannot be merged into one model; set mergeAdapter: false"
+                )
         return self

@@ -382,6 +382,23 @@ def prepare_data(
     return stats
 
 
+def evaluation_examples(
+    spec: DatasetSpec,
+    *,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    cache_dir: Path,
+    field_prefix: str = "dataset",
+) -> list[Example]:
+    """Rendered examples of the spec's eval split (or of its train split when it has none)."""
+    try:
+        _train, eval_raw, mode = check_dataset(spec, seed=seed, cache_dir=cache_dir)
+    except InputError as exc:
+        raise InputError(exc.message, field=f"{field_prefix}{exc.field.removeprefix('dataset')}") from exc
+    rows = eval_raw if eval_raw is not None else _train
+    return [render_example(row, spec, mode, tokenizer) for row in rows]
+
+
 def read_eval_examples(data_dir: Path) -> list[Example]:
     path = data_dir / "eval_prompts.jsonl"
     if not path.exists():

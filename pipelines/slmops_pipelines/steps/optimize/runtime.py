@@ -1,0 +1,62 @@
+"""Running an exported target with onnxruntime-genai (the runtime it is deployed with)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from slmops_pipelines.steps.optimize.measure import log_softmax_at
+
+
+class GenaiEngine:
+    def __init__(
+        self, folder: Path, *, provider: str = "cpu", adapters: dict[str, Path] | None = None
+    ) -> None:
+        import onnxruntime_genai as og
+
+        self._og = og
+        config = og.Config(str(folder))
+        config.clear_providers()
+        if provider != "cpu":
+            config.append_provider(provider)
+        self.model = og.Model(config)
+        self.adapters = None
+        self.active_adapter: str | None = None
+        if adapters:
+            self.adapters = og.Adapters(self.model)
+            for name, path in adapters.items():
+                self.adapters.load(str(path), name)
+
+    def use_adapter(self, name: str | None) -> None:
+        self.active_adapter = name
+
+    def _generator(self, max_length: int, *, min_length: int = 0):
+        params = self._og.GeneratorParams(self.model)
+        params.set_search_options(max_length=max_length, min_length=min_length, do_sample=False)
+        generator = self._og.Generator(self.model, params)
+        if self.active_adapter:
+            generator.set_active_adapter(self.adapters, self.active_adapter)
+        return generator
+
+    def greedy(
+        self, prompt_ids: list[int], max_new_tokens: int, *, ignore_eos: bool = False, on_token=None
+    ) -> list[int]:
+        total = len(prompt_ids) + max_new_tokens
+        generator = self._generator(total, min_length=total if ignore_eos else 0)
+        generator.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
+        out: list[int] = []
+        while not generator.is_done() and len(out) < max_new_tokens:
+            generator.generate_next_token()
+            out.append(int(generator.get_next_tokens()[0]))
+            if on_token:
+                on_token()
+        return out
+
+    def answer_nll(self, prompt_ids: list[int], answer_ids: list[int]) -> float:
+        sequence = prompt_ids + answer_ids
+        generator = self._generator(len(sequence) + 1)
+        generator.append_tokens(np.asarray(sequence, dtype=np.int32))
+        logits = np.asarray(generator.get_output("logits"))[0]  # (positions, vocab) after prefill
+        start = len(prompt_ids) - 1  # the logits at position p predict token p + 1
+        return -sum(log_softmax_at(logits[start + i], token) for i, token in enumerate(answer_ids))
