@@ -105,6 +105,12 @@ def test_optimize_rejects_precision_the_provider_cannot_run():
     assert "target 'trt'" in message and "TensorrtExecutionProvider cannot run fp32" in message
 
 
+def test_optimize_rejects_an_unknown_provider():
+    bad = {**OPT, "targets": [{"name": "npu", "provider": "QNNExecutionProvider", "precision": "int4"}]}
+    errors = errors_of(OptimizeJobSpec, bad)
+    assert "CPUExecutionProvider" in errors["targets[0].provider"]
+
+
 def test_optimize_rejects_two_sources_and_duplicate_targets():
     both = {**OPT, "source": {"model": {"uri": "/m"}, "fineTuneJobRef": {"name": "a"}}}
     assert "exactly one" in errors_of(OptimizeJobSpec, both)["source"]

@@ -1,7 +1,15 @@
-"""Running an exported target with onnxruntime-genai (the runtime it is deployed with)."""
+"""Running an exported target with onnxruntime-genai (the runtime it is deployed with).
+
+Threads: onnxruntime sizes its intra-op pool from the *physical* cores it detects, which on
+virtual machines is often fewer than the CPUs the process may use (here: one thread on a
+2-CPU VM, 95 decode tokens/s against 158 with two).  We set the pool to the CPUs this process
+is allowed to run on, as PyTorch does, so that both engines are measured alike.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +25,10 @@ class GenaiEngine:
 
         self._og = og
         config = og.Config(str(folder))
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        config.overlay(
+            json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}})
+        )
         config.clear_providers()
         if provider != "cpu":
             config.append_provider(provider)
