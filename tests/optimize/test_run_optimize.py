@@ -28,6 +28,11 @@ def optimize_job(name: str, source: dict, targets: list[dict], **evaluation) -> 
 CPU_INT4 = {"name": "cpu-int4", "provider": "CPUExecutionProvider", "precision": "int4"}
 CPU_INT8 = {"name": "cpu-int8", "provider": "CPUExecutionProvider", "precision": "int8"}
 CUDA_FP16 = {"name": "cuda-fp16", "provider": "CUDAExecutionProvider", "precision": "fp16"}
+CPU_INT8_STATIC = {
+    **CPU_INT8,
+    "name": "cpu-int8-static",
+    "quantization": {"int8Mode": "static", "calibrationSamples": 8},
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +54,7 @@ def optimized(runs: Path):
     job = optimize_job(
         "opt",
         {"fineTuneJobRef": {"name": "ft"}},
-        [CPU_INT4, CPU_INT8, CUDA_FP16],
+        [CPU_INT4, CPU_INT8, CPU_INT8_STATIC, CUDA_FP16],
         metrics=["accuracy", "perplexity", "latency", "size", "rouge", "bleu"],
         gates={"maxSizeMb": 100},
     )
@@ -62,7 +67,7 @@ def test_every_target_is_built_evaluated_and_compared(optimized):
     reference = doc["reference"]["finetuned_pytorch"]
     assert reference["latency"]["decode_tokens_per_s_p50"] > 0 and reference["total"] == 6
     assert doc["reference"]["base_pytorch"]["accuracy"] is not None  # the base model, for deltas
-    for name in ("cpu-int4", "cpu-int8"):
+    for name in ("cpu-int4", "cpu-int8", "cpu-int8-static"):
         metrics = doc["targets"][name]["metrics"]
         assert metrics["skipped"] is None
         assert metrics["total"] == 6 and metrics["perplexity"] > 1 and metrics["rouge_l"] is not None
@@ -203,3 +208,11 @@ def test_several_adapters_cannot_be_merged():
     with pytest.raises(ValidationError) as info:
         optimize_job("x", source, [CPU_INT4])
     assert "target 'cpu-int4': several adapters cannot be merged" in str(info.value)
+
+
+def test_static_int8_needs_calibration_data_before_anything_is_built(runs, tiny_model):
+    job = optimize_job("nocal", {"model": {"uri": str(tiny_model)}}, [CPU_INT8_STATIC])
+    with pytest.raises(InputError) as info:
+        run(job, runs)
+    assert "int8Mode static needs calibration rows" in info.value.message
+    assert not (runs / "nocal" / "targets").exists()

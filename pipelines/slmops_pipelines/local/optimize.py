@@ -266,6 +266,7 @@ def run_optimize(
         del base_model
     del model
 
+    calibration = _calibration(spec, source, tokenizer)
     available = available_providers()
     results: dict[str, dict[str, Any]] = {}
     gate_results = []
@@ -282,6 +283,7 @@ def run_optimize(
             examples=examples,
             common=common,
             reporter=reporter,
+            calibration=calibration,
         )
         gates = check_gates(target.name, spec.evaluation.gates, metrics, reference)
         gate_results += gates
@@ -356,6 +358,7 @@ def _build_and_measure(
     examples: list,
     common: dict[str, Any],
     reporter: Reporter,
+    calibration: list[list[int]] | None,
 ):
     """Export one target and measure it (or say why it cannot be measured here)."""
     from slmops_pipelines.steps.optimize.export import export_target
@@ -367,7 +370,12 @@ def _build_and_measure(
     reporter.stage("export", f"{target.name}: {target.provider} {target.precision}, {mode}")
     adapters = source.adapters if separate else None
     exported = export_target(
-        target, model_dir, work / "targets", cache_dir=cache_root() / "onnx-builder", adapters=adapters
+        target,
+        model_dir,
+        work / "targets",
+        cache_dir=cache_root() / "onnx-builder",
+        adapters=adapters,
+        calibration=calibration,
     )
     if target.provider not in available:
         reporter.info(f"{target.name}: built; evaluation skipped: provider not available")
@@ -378,6 +386,23 @@ def _build_and_measure(
     if adapters:
         engine.use_adapter(next(iter(adapters)))  # measured with the first adapter active
     return measure(engine, tokenizer, examples, size_mb=exported.size_bytes / 2**20, **common)
+
+
+def _calibration(spec: OptimizeJobSpec, source: ResolvedSource, tokenizer) -> list[list[int]] | None:
+    """Training rows for static int8 calibration; checked before anything is built."""
+    static = [t for t in spec.targets if t.precision == "int8" and t.quantization.int8_mode == "static"]
+    if not static:
+        return None
+    if source.dataset is None:
+        raise InputError(
+            f"target {static[0].name!r}: int8Mode static needs calibration rows: use a fineTuneJobRef source "
+            "or set evaluation.dataset",
+            field="targets",
+        )
+    from slmops_pipelines.steps.data import calibration_token_rows
+
+    limit = max(t.quantization.calibration_samples for t in static)
+    return calibration_token_rows(source.dataset, tokenizer=tokenizer, cache_dir=cache_root(), limit=limit)
 
 
 def measure_skipped(size_bytes: int, wanted: set[str]):

@@ -26,7 +26,7 @@ TargetPrecision = Literal["fp32", "fp16", "int8", "int4"]
 # calibration passes that neither tool runs on these graphs; k-quant produces an invalid graph
 # in onnxruntime-genai 0.13.2.)
 Int4Algorithm = Literal["rtn", "hqq"]
-Int8Mode = Literal["weightOnly", "dynamic"]
+Int8Mode = Literal["weightOnly", "dynamic", "static"]
 OptimizeMetric = Literal["perplexity", "accuracy", "rouge", "bleu", "latency", "size"]
 
 PROVIDER_PRECISIONS: dict[str, set[str]] = {
@@ -122,9 +122,16 @@ class QuantizationSpec(SpecModel):
     int8_mode: Int8Mode = Field(
         default="weightOnly",
         description=(
-            "int8: weightOnly (block-wise int8 weights, MatMulNBits: accurate, fast decode) or dynamic "
-            "(int8 weights and activations, MatMulInteger: faster prefill, less accurate)."
+            "int8: weightOnly (block-wise int8 weights, MatMulNBits: accurate, fast decode), dynamic "
+            "(int8 weights and activations, MatMulInteger: faster prefill, less accurate) or static "
+            "(activation ranges calibrated on training rows, QDQ)."
         ),
+    )
+    calibration_samples: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="int8Mode static: training rows used to calibrate activation ranges.",
     )
 
 

@@ -399,6 +399,22 @@ def evaluation_examples(
     return [render_example(row, spec, mode, tokenizer) for row in rows]
 
 
+def calibration_token_rows(
+    spec: DatasetSpec, *, tokenizer: PreTrainedTokenizerBase, cache_dir: Path, limit: int
+) -> list[list[int]]:
+    """Token ids of the first ``limit`` training rows (prompt and answer), for quantizer calibration."""
+    train = load_split(spec, spec.train_split, cache_dir=cache_dir, field_name="dataset.trainSplit")
+    mode = render_mode(spec, list(train.column_names))
+    rows = []
+    for row in train.select(range(min(limit, len(train)))):
+        example = render_example(row, spec, mode, tokenizer)
+        ids, _labels, _truncated = tokenize_example(
+            example, tokenizer, max_length=spec.max_seq_length, completion_only=False
+        )
+        rows.append(ids)
+    return rows
+
+
 def read_eval_examples(data_dir: Path) -> list[Example]:
     path = data_dir / "eval_prompts.jsonl"
     if not path.exists():

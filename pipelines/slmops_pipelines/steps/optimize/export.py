@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmops_pipelines.errors import JobError
+from slmops_pipelines.errors import InputError, JobError
 from slmops_pipelines.specs.optimize import OptimizeTarget
 from slmops_pipelines.steps.optimize.providers import PROVIDERS
 
@@ -122,10 +122,62 @@ def _quantize_int8_dynamic(folder: Path) -> None:
         use_external_data_format=True,
         extra_options={"MatMulConstBOnly": True},
     )
+    _replace_model(folder, staged)
+
+
+def _quantize_int8_static(folder: Path, calibration: list[list[int]]) -> None:
+    """Static int8 (QDQ): activation ranges measured by running the fp32 graph on calibration rows."""
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    source = folder / "model.onnx"
+    graph = onnx.load(str(source), load_external_data=False).graph
+    past = {
+        i.name: [d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in graph.input
+        if i.name.startswith("past_key_values")
+    }
+
+    class Rows(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter(calibration)
+
+        def get_next(self):
+            ids = next(self.rows, None)
+            if ids is None:
+                return None
+            feed = {
+                "input_ids": np.array([ids], dtype=np.int64),
+                "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+            }
+            for name, shape in past.items():  # an empty KV cache: the prompt is the whole context
+                feed[name] = np.zeros((1, shape[1], 0, shape[3]), dtype=np.float32)
+            return feed
+
+    staged = folder / "model.static.onnx"
+    quantize_static(
+        source,
+        staged,
+        Rows(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul"],
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+        use_external_data_format=True,
+        extra_options={"MatMulConstBOnly": True},
+    )
+    _replace_model(folder, staged)
+
+
+def _replace_model(folder: Path, staged: Path) -> None:
+    """Put a quantizer's output in place of model.onnx (and its external data file)."""
+    source = folder / "model.onnx"
     for old in (source, folder / "model.onnx.data"):
         old.unlink(missing_ok=True)
     staged.rename(source)
-    data = folder / "model.int8.onnx.data"
+    data = staged.with_name(staged.name + ".data")
     if data.exists():
         _rewrite_external_data_name(source, data.name, "model.onnx.data")
         data.rename(folder / "model.onnx.data")
@@ -210,6 +262,7 @@ def export_target(
     *,
     cache_dir: Path,
     adapters: dict[str, Path] | None = None,
+    calibration: list[list[int]] | None = None,
 ) -> ExportedModel:
     """Build ``out_root/<target.name>`` (an onnxruntime-genai model folder) from a HF model folder.
 
@@ -240,6 +293,14 @@ def export_target(
         graph_inputs = extract_lora_inputs(partial / "model.onnx")
     if target.precision == "int8" and target.quantization.int8_mode == "dynamic":
         _quantize_int8_dynamic(partial)
+    elif target.precision == "int8" and target.quantization.int8_mode == "static":
+        if not calibration:
+            raise InputError(
+                f"target {target.name!r}: int8Mode static needs calibration rows (a fineTuneJobRef source or "
+                "evaluation.dataset)",
+                field="targets",
+            )
+        _quantize_int8_static(partial, calibration[: target.quantization.calibration_samples])
     elif target.precision == "int8":
         _quantize_nbits(partial, bits=8, block_size=32, exclude=lora_nodes)
     elif target.precision == "int4" and target.quantization.int4_algorithm == "hqq":
