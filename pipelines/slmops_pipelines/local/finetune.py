@@ -11,7 +11,6 @@ everything else at publish).  Resumption and idempotence come from the output lo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -20,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from slmops_pipelines.errors import InputError, JobError
+from slmops_pipelines.local.outputs import job_identity, open_output, work_dir
 from slmops_pipelines.local.reporting import NullReporter, Reporter
 from slmops_pipelines.models import cache_root, resolve_model
 from slmops_pipelines.quiet import quiet_libraries
 from slmops_pipelines.specs import FineTuneJobSpec
 from slmops_pipelines.steps import publish
-from slmops_pipelines.storage import ArtifactStore, open_store
+from slmops_pipelines.storage import ArtifactStore
 
 CHECKPOINTS = "checkpoints"
 
@@ -38,22 +38,8 @@ class FineTuneOutcome:
     already_complete: bool = False
 
 
-def spec_hash(spec: FineTuneJobSpec) -> str:
-    canonical = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 def default_output_uri(name: str, runs_dir: Path | str = "runs") -> str:
     return str(Path(runs_dir) / name)
-
-
-def _work_dir(store: ArtifactStore) -> Path:
-    local = store.local_root()
-    if local is not None:
-        return local
-    work = cache_root() / "work" / hashlib.sha256(store.uri.encode()).hexdigest()[:16]
-    work.mkdir(parents=True, exist_ok=True)
-    return work
 
 
 def _restore_remote_checkpoint(store: ArtifactStore, work: Path) -> int | None:
@@ -133,24 +119,16 @@ def run_finetune(
     quiet_libraries()
     started = time.time()
     output_uri = spec.output.uri or output_uri or default_output_uri(name)
-    identity = {
-        "apiVersion": "slmops.io/v1alpha1",
-        "kind": "FineTuneJob",
-        "namespace": namespace,
-        "name": name,
-        "specHash": spec_hash(spec),
-    }
+    identity = job_identity("FineTuneJob", namespace, name, spec)
 
     _check_local_resources(spec)
     reporter.stage("output", f"checking {output_uri}")
-    store = open_store(output_uri, field="output.uri")
-    if spec.output.credentials_secret and store.local_root() is None:
+    if spec.output.credentials_secret and output_uri.startswith("s3://"):
         reporter.info(
             f"output.credentialsSecret ({spec.output.credentials_secret}) is mounted on a cluster; "
             "this local run uses the AWS_* environment"
         )
-    store.check()
-    finished = publish.claim_output(store, identity)
+    store, finished = open_output(output_uri, identity)
     if finished is not None:
         reporter.info(f"{output_uri} already holds this job's finished output: nothing to do")
         return FineTuneOutcome(
@@ -159,7 +137,7 @@ def run_finetune(
             artifacts=_artifacts(store, finished),
             already_complete=True,
         )
-    work = _work_dir(store)
+    work = work_dir(store)
     remote = store.local_root() is None
     if remote:
         _restore_remote_checkpoint(store, work)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from slmops_pipelines.errors import InputError, JobError
+from slmops_pipelines.local.outputs import job_identity, open_output, work_dir
 from slmops_pipelines.local.reporting import NullReporter, Reporter
 from slmops_pipelines.models import cache_root, resolve_model
 from slmops_pipelines.models.load import load_causal_lm
@@ -56,12 +57,6 @@ class OptimizeOutcome:
 class GateError(JobError):
     def __init__(self, message: str) -> None:
         super().__init__(message, field="evaluation.gates", reason="GateViolated")
-
-
-def spec_hash(spec: OptimizeJobSpec) -> str:
-    return hashlib.sha256(
-        json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
-    ).hexdigest()
 
 
 # -- source ----------------------------------------------------------------------------------
@@ -170,15 +165,6 @@ def load_merged(source: ResolvedSource, base_path: Path, out_dir: Path):
 # -- the run ---------------------------------------------------------------------------------
 
 
-def _work_dir(store: ArtifactStore) -> Path:
-    local = store.local_root()
-    if local is not None:
-        return local
-    work = cache_root() / "work" / hashlib.sha256(store.uri.encode()).hexdigest()[:16]
-    work.mkdir(parents=True, exist_ok=True)
-    return work
-
-
 def _examples(spec: OptimizeJobSpec, source: ResolvedSource, tokenizer) -> list:
     if source.dataset is None:
         return []
@@ -222,23 +208,15 @@ def run_optimize(
     quiet_libraries()
     started = time.time()
     output_uri = spec.output.uri or output_uri
-    identity = {
-        "apiVersion": "slmops.io/v1alpha1",
-        "kind": "OptimizeJob",
-        "namespace": namespace,
-        "name": name,
-        "specHash": spec_hash(spec),
-    }
+    identity = job_identity("OptimizeJob", namespace, name, spec)
     reporter.stage("output", f"checking {output_uri}")
-    store = open_store(output_uri, field="output.uri")
-    store.check()
-    finished = publish.claim_output(store, identity)
+    store, finished = open_output(output_uri, identity)
     if finished is not None:
         reporter.info(f"{output_uri} already holds this job's finished output: nothing to do")
         return OptimizeOutcome(
             store.uri, publish.read_json(store, "metrics.json") or {}, already_complete=True
         )
-    work = _work_dir(store)
+    work = work_dir(store)
 
     reporter.stage("source", "resolving the model to optimize")
     source = resolve_source(spec, locate_job, work)

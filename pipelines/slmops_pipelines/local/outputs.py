@@ -1,0 +1,46 @@
+"""What every local job does with its output location: identity, claim, work folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from slmops_pipelines.models import cache_root
+from slmops_pipelines.specs import SpecModel
+from slmops_pipelines.steps import publish
+from slmops_pipelines.storage import ArtifactStore, open_store
+
+
+def spec_hash(spec: SpecModel) -> str:
+    canonical = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def job_identity(kind: str, namespace: str, name: str, spec: SpecModel) -> dict[str, Any]:
+    """What makes two runs 'the same job' for output ownership (see steps/publish.py)."""
+    return {
+        "apiVersion": "slmops.io/v1alpha1",
+        "kind": kind,
+        "namespace": namespace,
+        "name": name,
+        "specHash": spec_hash(spec),
+    }
+
+
+def open_output(uri: str, identity: dict[str, Any]) -> tuple[ArtifactStore, dict[str, Any] | None]:
+    """Check the store, claim it for this job; return it and this job's manifest if already finished."""
+    store = open_store(uri, field="output.uri")
+    store.check()
+    return store, publish.claim_output(store, identity)
+
+
+def work_dir(store: ArtifactStore) -> Path:
+    """The output folder itself for local stores, a staging folder in the cache for remote ones."""
+    local = store.local_root()
+    if local is not None:
+        return local
+    work = cache_root() / "work" / hashlib.sha256(store.uri.encode()).hexdigest()[:16]
+    work.mkdir(parents=True, exist_ok=True)
+    return work
