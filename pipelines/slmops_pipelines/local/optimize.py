@@ -223,6 +223,7 @@ def run_optimize(
     base_path = resolve_model(source.base)
     model, tokenizer, merged_dir = load_merged(source, base_path, work / "merged")
     examples = _examples(spec, source, tokenizer)
+    calibration = _calibration(spec, source, tokenizer)  # fails fast, before minutes of measuring
     wanted = set(spec.evaluation.metrics)
     common = dict(wanted=wanted, match=spec.evaluation.match, max_new_tokens=spec.evaluation.max_new_tokens)
 
@@ -244,7 +245,6 @@ def run_optimize(
         del base_model
     del model
 
-    calibration = _calibration(spec, source, tokenizer)
     available = available_providers()
     results: dict[str, dict[str, Any]] = {}
     gate_results = []
