@@ -4,7 +4,8 @@ This is what ``slmops run job.yaml`` uses, what the operator's ``local`` backend
 worker process, and what the tests drive.  The KFP pipelines call the very same steps.
 """
 
-from slmops_pipelines.local.finetune import FineTuneOutcome, run_finetune
+from slmops_pipelines.local.finetune import run_finetune
+from slmops_pipelines.local.outputs import JobOutcome
 from slmops_pipelines.local.reporting import NullReporter, Reporter
 
-__all__ = ["FineTuneOutcome", "NullReporter", "Reporter", "run_finetune"]
+__all__ = ["JobOutcome", "NullReporter", "Reporter", "run_finetune"]

@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmops_pipelines.errors import InputError, JobError
-from slmops_pipelines.local.outputs import job_identity, open_output, work_dir
+from slmops_pipelines.errors import InputError
+from slmops_pipelines.local.outputs import JobOutcome, job_identity, open_output, work_dir
 from slmops_pipelines.local.reporting import NullReporter, Reporter
 from slmops_pipelines.models import cache_root, resolve_model
 from slmops_pipelines.quiet import quiet_libraries
@@ -28,14 +27,6 @@ from slmops_pipelines.steps import publish
 from slmops_pipelines.storage import ArtifactStore
 
 CHECKPOINTS = "checkpoints"
-
-
-@dataclass
-class FineTuneOutcome:
-    output_uri: str
-    metrics: dict[str, Any]
-    artifacts: dict[str, str] = field(default_factory=dict)
-    already_complete: bool = False
 
 
 def default_output_uri(name: str, runs_dir: Path | str = "runs") -> str:
@@ -113,7 +104,7 @@ def run_finetune(
     spec: FineTuneJobSpec,
     output_uri: str | None = None,
     reporter: Reporter | None = None,
-) -> FineTuneOutcome:
+) -> JobOutcome:
     """Run the job to completion (or resume it); raise JobError with a clear message on failure."""
     reporter = reporter or NullReporter()
     quiet_libraries()
@@ -131,7 +122,7 @@ def run_finetune(
     store, finished = open_output(output_uri, identity)
     if finished is not None:
         reporter.info(f"{output_uri} already holds this job's finished output: nothing to do")
-        return FineTuneOutcome(
+        return JobOutcome(
             output_uri=store.uri,
             metrics=_load_stored_metrics(store),
             artifacts=_artifacts(store, finished),
@@ -230,7 +221,7 @@ def run_finetune(
     )
     if remote:
         shutil.rmtree(work, ignore_errors=True)
-    return FineTuneOutcome(output_uri=store.uri, metrics=metrics, artifacts=_artifacts(store, manifest))
+    return JobOutcome(output_uri=store.uri, metrics=metrics, artifacts=_artifacts(store, manifest))
 
 
 # Artifact name -> file, or folder (trailing slash), relative to the output root.
@@ -255,4 +246,4 @@ def _artifacts(store: ArtifactStore, manifest: dict[str, Any]) -> dict[str, str]
     }
 
 
-__all__ = ["FineTuneOutcome", "JobError", "run_finetune"]
+__all__ = ["run_finetune"]

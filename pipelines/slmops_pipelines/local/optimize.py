@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from slmops_pipelines.errors import InputError, JobError
-from slmops_pipelines.local.outputs import job_identity, open_output, work_dir
+from slmops_pipelines.local.outputs import JobOutcome, job_identity, open_output, work_dir
 from slmops_pipelines.local.reporting import NullReporter, Reporter
 from slmops_pipelines.models import cache_root, resolve_model
 from slmops_pipelines.models.load import load_causal_lm
@@ -44,14 +44,6 @@ class ResolvedSource:
     dataset: DatasetSpec | None  # evaluation data
     description: dict[str, Any] = field(default_factory=dict)
     adapters: dict[str, Path] = field(default_factory=dict)  # name -> PEFT folder, kept separate on request
-
-
-@dataclass
-class OptimizeOutcome:
-    output_uri: str
-    metrics: dict[str, Any]
-    artifacts: dict[str, str] = field(default_factory=dict)
-    already_complete: bool = False
 
 
 class GateError(JobError):
@@ -198,7 +190,7 @@ def run_optimize(
     output_uri: str,
     locate_job: JobLocator,
     reporter: Reporter | None = None,
-) -> OptimizeOutcome:
+) -> JobOutcome:
     from slmops_pipelines.steps.optimize.gates import check_gates
     from slmops_pipelines.steps.optimize.measure import measure
     from slmops_pipelines.steps.optimize.providers import available_providers
@@ -213,9 +205,7 @@ def run_optimize(
     store, finished = open_output(output_uri, identity)
     if finished is not None:
         reporter.info(f"{output_uri} already holds this job's finished output: nothing to do")
-        return OptimizeOutcome(
-            store.uri, publish.read_json(store, "metrics.json") or {}, already_complete=True
-        )
+        return JobOutcome(store.uri, publish.read_json(store, "metrics.json") or {}, already_complete=True)
     work = work_dir(store)
 
     reporter.stage("source", "resolving the model to optimize")
@@ -321,7 +311,7 @@ def run_optimize(
             "manifest": store.uri_of(publish.MANIFEST),
         }
     )
-    return OptimizeOutcome(store.uri, metrics_doc, artifacts)
+    return JobOutcome(store.uri, metrics_doc, artifacts)
 
 
 def _build_and_measure(

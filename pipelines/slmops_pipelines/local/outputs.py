@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,16 @@ from slmops_pipelines.models import cache_root
 from slmops_pipelines.specs import SpecModel
 from slmops_pipelines.steps import publish
 from slmops_pipelines.storage import ArtifactStore, open_store
+
+
+@dataclass
+class JobOutcome:
+    """What a finished (or already complete) local job returns."""
+
+    output_uri: str
+    metrics: dict[str, Any]
+    artifacts: dict[str, str] = field(default_factory=dict)
+    already_complete: bool = False
 
 
 def spec_hash(spec: SpecModel) -> str:
