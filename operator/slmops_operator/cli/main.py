@@ -10,13 +10,11 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
+
+from slmops_operator.cli.runner import EXIT_FAILED, EXIT_INVALID
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
-
-EXIT_FAILED = 1
-EXIT_INVALID = 2
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -116,17 +114,6 @@ def import_gguf_cmd(gguf: Path, out_dir: Path) -> None:
         return
     import_gguf(gguf, out_dir)
     console.print(f"wrote {out_dir}")
-
-
-def print_table(title: str, rows: list[tuple[str, object]]) -> None:
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in rows:
-        if value is None:
-            continue
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    console.print(table)
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ class SpecModel(BaseModel):
         populate_by_name=True,
         extra="forbid",
         validate_default=True,
-        use_attribute_docstrings=False,
     )
 
     def to_manifest(self) -> dict[str, Any]:
