@@ -5,7 +5,7 @@ worker process, and what the tests drive.  The KFP pipelines call the very same 
 """
 
 from slmops_pipelines.local.finetune import run_finetune
-from slmops_pipelines.local.outputs import JobOutcome
 from slmops_pipelines.local.reporting import NullReporter, Reporter
+from slmops_pipelines.stages.outputs import JobOutcome
 
 __all__ = ["JobOutcome", "NullReporter", "Reporter", "run_finetune"]

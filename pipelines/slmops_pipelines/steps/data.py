@@ -333,6 +333,12 @@ def check_dataset(
     return train_raw, eval_raw, mode
 
 
+def fingerprint_dataset(spec: DatasetSpec, *, seed: int, cache_dir: Path) -> str:
+    """Check the dataset (as :func:`check_dataset`) and return the fingerprint data prep would record."""
+    train_raw, eval_raw, _mode = check_dataset(spec, seed=seed, cache_dir=cache_dir)
+    return _fingerprint({"train": train_raw, **({"eval": eval_raw} if eval_raw is not None else {})}, spec)
+
+
 def prepare_data(
     spec: DatasetSpec,
     *,

@@ -67,6 +67,11 @@ class ModelMetrics:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict) -> ModelMetrics:
+        latency = data.get("latency")
+        return cls(**{**data, "latency": Latency(**latency) if latency else None})
+
 
 def generate_answers(engine: Engine, tokenizer, examples: list[Example], *, max_new_tokens: int) -> list[str]:
     answers = []

@@ -1,0 +1,312 @@
+"""The stages of a FineTuneJob: inspect -> prepare data -> train -> evaluate -> report -> publish.
+
+Both engines run these functions and nothing else: the local engine
+(:mod:`slmops_pipelines.local.finetune`) calls them in one process over one work folder;
+the KFP components (:mod:`slmops_pipelines.kubeflow.tasks`) call one each, in their own
+pods, over the folders of their input and output artifacts.  So every stage takes and
+returns plain folders and JSON-able values, never objects that live in memory between
+stages.
+
+Folder contract (what a stage reads and writes):
+
+* data folder: ``train/``, ``eval/`` (datasets on disk), ``eval_prompts.jsonl``, ``stats.json``
+* train folder: ``adapter/`` or ``model/``, ``tensorboard/``, ``logs/train_result.json``;
+  ``checkpoints/`` while it runs (mirrored to a checkpoint store when the folder is not
+  the output itself, so that a new pod resumes)
+* the published output: the train folder's results, ``merged/`` (optional), ``metrics.json``,
+  ``loss_curve.png``, ``report.html``, then ``manifest.json`` last
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slmops_pipelines.errors import InputError
+from slmops_pipelines.models import cache_root, resolve_model
+from slmops_pipelines.specs import FineTuneJobSpec
+from slmops_pipelines.stages.outputs import job_identity, open_output
+from slmops_pipelines.steps import publish
+from slmops_pipelines.storage import ArtifactStore
+
+CHECKPOINTS = "checkpoints"
+TRAIN_RESULT = "logs/train_result.json"
+EVALUATION = "evaluation.json"
+
+# Artifact name -> file, or folder (trailing slash), relative to the output root.
+OUTPUT_ARTIFACTS = {
+    "adapter": "adapter/",
+    "model": "model/",
+    "merged": "merged/",
+    "tensorboard": "tensorboard/",
+    "metrics": "metrics.json",
+    "report": "report.html",
+    "lossCurve": "loss_curve.png",
+    "manifest": publish.MANIFEST,
+}
+
+
+@dataclass
+class Inspection:
+    """What the first stage found out: where the output goes and whether the job is done."""
+
+    store: ArtifactStore
+    identity: dict[str, Any]
+    finished: dict[str, Any] | None  # this job's manifest, when a previous run completed it
+
+
+# -- inspect -----------------------------------------------------------------------------------
+
+
+def check_placement(spec: FineTuneJobSpec, *, multi_node: bool) -> None:
+    """What this placement cannot do fails before anything is written."""
+    if spec.resources.nodes > 1 and not multi_node:
+        raise InputError(
+            f"{spec.resources.nodes} nodes need a cluster (the kfp backend); the local engine runs on one node",
+            field="resources.nodes",
+        )
+    if spec.training.precision == "fp16":
+        import torch
+
+        if not torch.cuda.is_available() and not multi_node:
+            raise InputError(
+                "fp16 training needs a CUDA GPU; use bf16 or fp32 on CPU", field="training.precision"
+            )
+
+
+def inspect_output(*, name: str, namespace: str, spec: FineTuneJobSpec, output_uri: str) -> Inspection:
+    """Check and claim the output location (refusing another job's); find a finished run."""
+    identity = job_identity("FineTuneJob", namespace, name, spec)
+    store, finished = open_output(output_uri, identity)
+    return Inspection(store=store, identity=identity, finished=finished)
+
+
+def dataset_fingerprint(spec: FineTuneJobSpec) -> str:
+    """The fingerprint of the dataset's content and rendering: part of every cache key downstream."""
+    from slmops_pipelines.steps.data import fingerprint_dataset
+
+    return fingerprint_dataset(spec.dataset, seed=spec.training.seed, cache_dir=cache_root())
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def load_tokenizer(spec: FineTuneJobSpec, model_path: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=spec.model.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def prepare_data(spec: FineTuneJobSpec, *, data_dir: Path, model_path: Path, loaded=None):
+    """Render and tokenize the dataset into ``data_dir``; return its DataStats."""
+    from slmops_pipelines.steps.data import prepare_data as prepare
+
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return prepare(
+        spec.dataset,
+        tokenizer=load_tokenizer(spec, model_path),
+        out_dir=data_dir,
+        seed=spec.training.seed,
+        cache_dir=cache_root(),
+        loaded=loaded,
+    )
+
+
+def read_data_stats(data_dir: Path) -> dict[str, Any]:
+    return json.loads((data_dir / "stats.json").read_text())
+
+
+# -- train ---------------------------------------------------------------------------------------
+
+
+def restore_checkpoint(store: ArtifactStore, work: Path) -> int | None:
+    """Download the latest complete checkpoint from ``store``; return its step."""
+    from slmops_pipelines.steps.train.checkpoints import COMPLETE_MARKER, checkpoint_step
+
+    steps = sorted(
+        {
+            checkpoint_step(Path(info.key).parent)
+            for info in store.list(CHECKPOINTS)
+            if info.key.endswith("/" + COMPLETE_MARKER)
+        }
+        - {None}
+    )
+    if not steps:
+        return None
+    name = f"checkpoint-{steps[-1]}"
+    target = work / CHECKPOINTS / name
+    if not (target / COMPLETE_MARKER).exists():
+        shutil.rmtree(target, ignore_errors=True)
+        store.download_dir(f"{CHECKPOINTS}/{name}", target)
+    return steps[-1]
+
+
+def sync_checkpoint(store: ArtifactStore, work: Path, step: int) -> None:
+    """Upload checkpoint-N if complete (its marker last), and drop stored ones gone locally."""
+    from slmops_pipelines.steps.train.checkpoints import COMPLETE_MARKER
+
+    folder = work / CHECKPOINTS / f"checkpoint-{step}"
+    marker = folder / COMPLETE_MARKER
+    for _ in range(20):  # the marker follows the Trainer's save by a moment
+        if marker.exists():
+            break
+        time.sleep(0.1)
+    if marker.exists():
+        prefix = f"{CHECKPOINTS}/checkpoint-{step}"
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != marker):
+            store.upload_file(path, f"{prefix}/{path.relative_to(folder).as_posix()}")
+        store.upload_file(marker, f"{prefix}/{COMPLETE_MARKER}")
+    # The Trainer rotates old checkpoints away (saveTotalLimit): mirror that in the store.
+    local_dir = work / CHECKPOINTS
+    local_names = {p.name for p in local_dir.iterdir()} if local_dir.is_dir() else set()
+    stored_names = {info.key.split("/")[1] for info in store.list(CHECKPOINTS) if info.key.count("/") >= 2}
+    for stale in sorted(stored_names - local_names):
+        store.delete_prefix(f"{CHECKPOINTS}/{stale}")
+
+
+def train(
+    spec: FineTuneJobSpec,
+    *,
+    model_path: Path,
+    data_dir: Path,
+    work: Path,
+    checkpoint_store: ArtifactStore | None = None,
+    on_event: Callable[[dict], None] | None = None,
+):
+    """Train on this node with torchrun; return the TrainResult (also in ``logs/train_result.json``).
+
+    With a ``checkpoint_store`` (the output, when ``work`` is not the output itself) training
+    resumes from the latest complete checkpoint stored there and mirrors new ones as saved.
+    """
+    from slmops_pipelines.steps.train.launch import run_training
+    from slmops_pipelines.steps.train.request import TrainRequest
+
+    if checkpoint_store is not None:
+        restore_checkpoint(checkpoint_store, work)
+
+    def handle(event: dict) -> None:
+        if on_event is not None:
+            on_event(event)
+        if checkpoint_store is not None and event.get("event") == "save":
+            sync_checkpoint(checkpoint_store, work, int(event["step"]))
+
+    request = TrainRequest(spec=spec, model_path=model_path, data_dir=data_dir, work_dir=work)
+    return run_training(request, on_event=handle)
+
+
+def read_train_result(work: Path):
+    from slmops_pipelines.steps.train.request import TrainResult
+
+    return TrainResult.model_validate_json((work / TRAIN_RESULT).read_text())
+
+
+# -- evaluate ------------------------------------------------------------------------------------
+
+
+def evaluate(
+    spec: FineTuneJobSpec,
+    *,
+    model_path: Path,
+    train_dir: Path,
+    data_dir: Path,
+    merged_dir: Path | None,
+) -> dict[str, Any] | None:
+    """Task accuracy of the fine-tuned (and base) model; the merged model when asked for."""
+    from slmops_pipelines.steps.data import read_eval_examples
+    from slmops_pipelines.steps.evaluate import evaluate_finetune
+
+    result = read_train_result(train_dir)
+    evaluation = evaluate_finetune(
+        spec,
+        base_path=model_path,
+        result_dir=train_dir / result.output,
+        examples=read_eval_examples(data_dir),
+        merged_dir=merged_dir,
+    )
+    return evaluation.to_json() if evaluation else None
+
+
+# -- report and publish --------------------------------------------------------------------------
+
+
+def write_report(
+    *,
+    name: str,
+    namespace: str,
+    spec: FineTuneJobSpec,
+    data_stats: dict[str, Any],
+    train_dir: Path,
+    evaluation: dict[str, Any] | None,
+    out_dir: Path,
+    wall_time_s: float,
+) -> dict[str, Any]:
+    """``metrics.json``, ``loss_curve.png`` and ``report.html`` into ``out_dir``; return the metrics."""
+    from slmops_pipelines.steps.report import plot_loss_curve
+    from slmops_pipelines.steps.report import write_report as render
+
+    result = read_train_result(train_dir)
+    metrics = {
+        "job": {"name": name, "namespace": namespace, "method": spec.method},
+        "data": data_stats,
+        "train": result.model_dump(exclude={"log_history"}),
+        "evaluation": evaluation,
+        "log_history": result.log_history,
+        "wall_time_s": round(wall_time_s, 1),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot = plot_loss_curve(result.log_history, out_dir / "loss_curve.png", title=f"{name}: {spec.method}")
+    render(metrics, out_dir, title=f"FineTuneJob {name}", plot=plot)
+    return metrics
+
+
+def publish_output(
+    inspection: Inspection,
+    *,
+    spec: FineTuneJobSpec,
+    out_dir: Path,
+    model_path: Path,
+    fingerprint: str,
+) -> dict[str, Any]:
+    """Drop the resume state, upload ``out_dir`` when the store is remote, write the manifest last."""
+    store = inspection.store
+    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
+    if store.local_root() is None or store.local_root().resolve() != out_dir.resolve():
+        store.delete_prefix(CHECKPOINTS)
+    return publish.write_manifest(
+        store,
+        out_dir,
+        identity=inspection.identity,
+        spec=spec.model_dump(mode="json", by_alias=True),
+        inputs={
+            "model": {"uri": spec.model.uri, "resolvedPath": str(model_path)},
+            "dataset": {"uri": spec.dataset.uri, "fingerprint": fingerprint},
+        },
+        exclude=(".slmops/",),
+    )
+
+
+def output_artifacts(store: ArtifactStore, manifest: dict[str, Any]) -> dict[str, str]:
+    """Artifact name -> URI for what the manifest lists."""
+    paths = [entry["path"] for entry in manifest.get("files", [])] + [publish.MANIFEST]
+    return {
+        name: store.uri_of(rel.rstrip("/"))
+        for name, rel in OUTPUT_ARTIFACTS.items()
+        if any(path == rel or (rel.endswith("/") and path.startswith(rel)) for path in paths)
+    }
+
+
+def stored_metrics(store: ArtifactStore) -> dict[str, Any]:
+    return publish.read_json(store, "metrics.json") or {}
+
+
+def resolve_base_model(spec: FineTuneJobSpec) -> Path:
+    return resolve_model(spec.model)

@@ -1,0 +1,466 @@
+"""The stages of an OptimizeJob: prepare the source -> build and measure each target -> finish.
+
+Both engines run these functions: the local engine one after another in one process, the
+KFP pipeline as one component for the source, one per target in a ``dsl.ParallelFor``,
+and one that collects them.  They hand each other folders:
+
+* the **prepared source** folder (:func:`prepare_source`): ``merged/`` (the fine-tuned
+  model with its adapter merged, fp32: what merged targets are exported from, and the fair
+  reference), ``adapters/<name>/`` (PEFT adapters kept separate on request),
+  ``examples.jsonl`` (rendered evaluation rows), ``calibration.json`` (token rows for
+  static int8), ``reference.json`` (the PyTorch measurements), ``source.json`` (the rest);
+* a **target** folder per target (:func:`build_target`): the ONNX model; its metrics,
+  comparisons and gate results are returned as a JSON-able result;
+* the output (:func:`finish`): ``targets/<name>/``, ``metrics.json``, ``report.html``,
+  then ``manifest.json`` last -- or no manifest when a gate was violated.
+
+The source is a finished FineTuneJob (found through ``locate_job``: ``slmops run`` passes
+where the jobs of the same invocation, or ``./runs/<name>``, wrote their outputs; a
+pipeline passes the FineTuneJob's output URI) or a model with an optional adapter.  A
+FineTuneJob output without ``manifest.json`` has not succeeded, and is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slmops_pipelines.errors import InputError, JobError
+from slmops_pipelines.models import cache_root, resolve_model
+from slmops_pipelines.models.load import load_causal_lm
+from slmops_pipelines.specs import DatasetSpec, FineTuneJobSpec, ModelSpec, OptimizeJobSpec
+from slmops_pipelines.specs.optimize import OptimizeTarget
+from slmops_pipelines.steps import publish
+from slmops_pipelines.storage import ArtifactStore, open_store
+
+JobLocator = Callable[[str], str]
+Say = Callable[[str, str], None]  # (stage, message)
+
+SOURCE_JSON = "source.json"
+REFERENCE_JSON = "reference.json"
+EXAMPLES = "examples.jsonl"
+CALIBRATION = "calibration.json"
+
+
+@dataclass
+class ResolvedSource:
+    base: ModelSpec
+    adapter_dir: Path | None  # the PEFT adapter to merge (the first one when there are several)
+    full_model_dir: Path | None  # a fully fine-tuned model (no adapter)
+    dataset: DatasetSpec | None  # evaluation data
+    description: dict[str, Any] = field(default_factory=dict)
+    adapters: dict[str, Path] = field(default_factory=dict)  # name -> PEFT folder, kept separate on request
+
+
+class GateError(JobError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="evaluation.gates", reason="GateViolated")
+
+
+def _quiet(_stage: str, _message: str) -> None:
+    pass
+
+
+# -- source ----------------------------------------------------------------------------------
+
+
+def _fetch_dir(store: ArtifactStore, prefix: str, work: Path) -> Path:
+    local = store.local_root()
+    if local is not None:
+        return local / prefix
+    target = work / "source" / prefix
+    shutil.rmtree(target, ignore_errors=True)
+    store.download_dir(prefix, target)
+    return target
+
+
+def _from_finetune_job(name: str, locate_job: JobLocator, work: Path) -> ResolvedSource:
+    uri = locate_job(name)
+    store = open_store(uri, field="source.fineTuneJobRef")
+    store.check()
+    manifest = publish.read_json(store, publish.MANIFEST)
+    if manifest is None:
+        raise InputError(
+            f"FineTuneJob {name!r} has not succeeded: no manifest.json at {store.uri}",
+            field="source.fineTuneJobRef",
+        )
+    job_spec = FineTuneJobSpec.model_validate(manifest["spec"])
+    paths = {entry["path"] for entry in manifest["files"]}
+    adapter = _fetch_dir(store, "adapter", work) if "adapter/adapter_config.json" in paths else None
+    full = _fetch_dir(store, "model", work) if adapter is None else None
+    return ResolvedSource(
+        base=job_spec.model,
+        adapter_dir=adapter,
+        full_model_dir=full,
+        dataset=job_spec.dataset,
+        description={"fineTuneJob": name, "output": store.uri, "specHash": manifest["job"].get("specHash")},
+        adapters={name: adapter} if adapter is not None else {},
+    )
+
+
+def _local_or_s3_dir(uri: str, work: Path, field_name: str) -> Path:
+    from slmops_pipelines.uris import parse_uri
+
+    parsed = parse_uri(uri)
+    if parsed.scheme == "s3":
+        store = open_store(uri, field=field_name)
+        store.check()
+        return _fetch_dir(store, "", work / hashlib.sha256(uri.encode()).hexdigest()[:12])
+    path = parsed.path.expanduser().resolve()
+    if not path.is_dir():
+        raise InputError(f"adapter folder not found: {path}", field=field_name)
+    return path
+
+
+def resolve_source(spec: OptimizeJobSpec, locate_job: JobLocator, work: Path) -> ResolvedSource:
+    source = spec.source
+    if source.fine_tune_job_ref is not None:
+        resolved = _from_finetune_job(source.fine_tune_job_ref.name, locate_job, work)
+    else:
+        refs = [source.adapter] if source.adapter else list(source.adapters or [])
+        field_of = "source.adapter.uri" if source.adapter else "source.adapters"
+        adapters = {ref.name: _local_or_s3_dir(ref.uri, work, field_of) for ref in refs}
+        first = next(iter(adapters.values()), None)
+        resolved = ResolvedSource(
+            base=source.model, adapter_dir=first, full_model_dir=None, dataset=None, adapters=adapters
+        )
+    if spec.evaluation.dataset is not None:
+        resolved.dataset = spec.evaluation.dataset
+    return resolved
+
+
+def _base_field(source: ResolvedSource) -> str:
+    return "source.fineTuneJobRef" if source.description.get("fineTuneJob") else "source.model.uri"
+
+
+def load_merged(source: ResolvedSource, base_path: Path, out_dir: Path):
+    """The fine-tuned model with its adapter merged, fp32, saved to ``out_dir`` (also the reference)."""
+    from transformers import AutoTokenizer
+
+    trust = source.base.trust_remote_code
+    if source.full_model_dir is not None:
+        model_dir = source.full_model_dir
+        model = load_causal_lm(model_dir, field="source", trust_remote_code=trust)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust)
+        return model, tokenizer, model_dir
+    tokenizer = AutoTokenizer.from_pretrained(source.adapter_dir or base_path, trust_remote_code=trust)
+    model = load_causal_lm(base_path, field=_base_field(source), trust_remote_code=trust)
+    if source.adapter_dir is None:
+        return model, tokenizer, base_path
+    from peft import PeftModel
+
+    try:
+        model = PeftModel.from_pretrained(model, source.adapter_dir).merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise InputError(
+            f"the adapter at {source.adapter_dir} does not fit the base model {source.base.uri}: {str(exc)[:300]}",
+            field="source",
+        ) from exc
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return model, tokenizer, out_dir
+
+
+# -- stage 1: the prepared source ------------------------------------------------------------
+
+
+def _examples(spec: OptimizeJobSpec, source: ResolvedSource, tokenizer) -> list:
+    if source.dataset is None:
+        return []
+    from slmops_pipelines.steps.data import evaluation_examples
+
+    field_name = (
+        "evaluation.dataset" if spec.evaluation.dataset is not None else "source.fineTuneJobRef.dataset"
+    )
+    examples = evaluation_examples(
+        source.dataset, tokenizer=tokenizer, seed=0, cache_dir=cache_root(), field_prefix=field_name
+    )
+    limit = spec.evaluation.max_samples
+    return examples[:limit] if limit else examples
+
+
+def _calibration(spec: OptimizeJobSpec, source: ResolvedSource, tokenizer) -> list[list[int]] | None:
+    """Training rows for static int8 calibration; checked before anything is built."""
+    static = [t for t in spec.targets if t.precision == "int8" and t.quantization.int8_mode == "static"]
+    if not static:
+        return None
+    if source.dataset is None:
+        raise InputError(
+            f"target {static[0].name!r}: int8Mode static needs calibration rows: use a fineTuneJobRef source "
+            "or set evaluation.dataset",
+            field="targets",
+        )
+    from slmops_pipelines.steps.data import calibration_token_rows
+
+    limit = max(t.quantization.calibration_samples for t in static)
+    return calibration_token_rows(source.dataset, tokenizer=tokenizer, cache_dir=cache_root(), limit=limit)
+
+
+def _folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 2**20
+
+
+def _relative(path: Path, root: Path) -> str:
+    """Paths inside the prepared folder travel with it (a KFP artifact); others stay absolute."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def prepare_source(
+    spec: OptimizeJobSpec, *, locate_job: JobLocator, prepared_dir: Path, say: Say = _quiet
+) -> dict[str, Any]:
+    """Resolve and merge the source, render the evaluation rows, measure the PyTorch references.
+
+    Everything the target stages need lands in ``prepared_dir``; returns ``source.json``.
+    """
+    from slmops_pipelines.steps.optimize.measure import measure
+    from slmops_pipelines.steps.optimize.reference import TorchEngine
+
+    prepared_dir.mkdir(parents=True, exist_ok=True)
+    say("source", "resolving the model to optimize")
+    source = resolve_source(spec, locate_job, prepared_dir)
+    base_path = resolve_model(source.base)
+    model, tokenizer, model_dir = load_merged(source, base_path, prepared_dir / "merged")
+    adapters = {}
+    for name, folder in source.adapters.items():  # copied: a target pod sees only this folder
+        target = prepared_dir / "adapters" / name
+        if folder.resolve() != target.resolve():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(folder, target)
+        adapters[name] = f"adapters/{name}"
+    examples = _examples(spec, source, tokenizer)
+    calibration = _calibration(spec, source, tokenizer)  # fails fast, before minutes of measuring
+    wanted = set(spec.evaluation.metrics)
+    common = dict(wanted=wanted, match=spec.evaluation.match, max_new_tokens=spec.evaluation.max_new_tokens)
+
+    say("reference", "measuring the fine-tuned PyTorch model (fp32)")
+    reference = measure(
+        TorchEngine(model, tokenizer), tokenizer, examples, size_mb=_folder_mb(model_dir), **common
+    )
+    base_metrics = None
+    if source.adapter_dir is not None and examples:
+        say("reference", "measuring the base model")
+        base_model = load_causal_lm(
+            base_path, field=_base_field(source), trust_remote_code=source.base.trust_remote_code
+        )
+        base_metrics = measure(
+            TorchEngine(base_model, tokenizer),
+            tokenizer,
+            examples,
+            size_mb=None,
+            **{**common, "wanted": wanted - {"latency", "size"}},
+        )
+        del base_model
+    del model
+
+    with (prepared_dir / EXAMPLES).open("w") as fh:
+        for example in examples:
+            fh.write(json.dumps(asdict(example)) + "\n")
+    (prepared_dir / CALIBRATION).write_text(json.dumps(calibration))
+    (prepared_dir / REFERENCE_JSON).write_text(
+        json.dumps(
+            {
+                "finetuned_pytorch": reference.to_json(),
+                "base_pytorch": base_metrics.to_json() if base_metrics else None,
+            },
+            indent=2,
+        )
+    )
+    described = {
+        "base": source.base.model_dump(mode="json", by_alias=True),
+        # None: the base model itself, which every pod resolves from its own model cache.
+        "modelDir": None if model_dir == base_path else _relative(model_dir, prepared_dir),
+        "adapters": adapters,
+        "description": {**(source.description or {"model": source.base.uri}), "baseModel": source.base.uri},
+        "evaluationRows": len(examples),
+    }
+    (prepared_dir / SOURCE_JSON).write_text(json.dumps(described, indent=2))
+    return described
+
+
+def _prepared_path(prepared_dir: Path, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else prepared_dir / path
+
+
+def target_names(spec: OptimizeJobSpec) -> list[str]:
+    return [target.name for target in spec.targets]
+
+
+# -- stage 2: one target ---------------------------------------------------------------------
+
+
+def _deltas(metrics: dict[str, Any], against: dict[str, Any]) -> dict[str, float]:
+    deltas = {}
+    for key in ("accuracy", "perplexity", "rouge_l", "bleu"):
+        if metrics.get(key) is not None and against.get(key) is not None:
+            deltas[key] = metrics[key] - against[key]
+    ours, theirs = metrics.get("latency"), against.get("latency")
+    if ours and theirs:
+        deltas["decode_speedup"] = ours["decode_tokens_per_s_p50"] / theirs["decode_tokens_per_s_p50"]
+        deltas["prefill_speedup"] = theirs["prefill_ms_p50"] / ours["prefill_ms_p50"]
+    return deltas
+
+
+def _target(spec: OptimizeJobSpec, name: str) -> OptimizeTarget:
+    for target in spec.targets:
+        if target.name == name:
+            return target
+    raise InputError(f"no target named {name!r}", field="targets")
+
+
+def build_target(
+    spec: OptimizeJobSpec, *, target_name: str, prepared_dir: Path, targets_dir: Path, say: Say = _quiet
+) -> dict[str, Any]:
+    """Export one target into ``targets_dir/<name>``, measure it, check its gates; return its result."""
+    from transformers import AutoTokenizer
+
+    from slmops_pipelines.steps.data import Example
+    from slmops_pipelines.steps.optimize.export import export_target
+    from slmops_pipelines.steps.optimize.gates import check_gates
+    from slmops_pipelines.steps.optimize.measure import ModelMetrics, measure
+    from slmops_pipelines.steps.optimize.providers import PROVIDERS, available_providers
+    from slmops_pipelines.steps.optimize.runtime import GenaiEngine
+
+    target = _target(spec, target_name)
+    described = json.loads((prepared_dir / SOURCE_JSON).read_text())
+    base = ModelSpec.model_validate(described["base"])
+    model_dir = (
+        _prepared_path(prepared_dir, described["modelDir"]) if described["modelDir"] else resolve_model(base)
+    )
+    adapters = {name: _prepared_path(prepared_dir, rel) for name, rel in described["adapters"].items()}
+    separate = not target.merge_adapter and bool(adapters)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=base.trust_remote_code)
+    lines = (prepared_dir / EXAMPLES).read_text().splitlines()
+    examples = [Example(**json.loads(line)) for line in lines if line.strip()]
+    calibration = json.loads((prepared_dir / CALIBRATION).read_text())
+    references = json.loads((prepared_dir / REFERENCE_JSON).read_text())
+    reference = ModelMetrics.from_json(references["finetuned_pytorch"])
+    wanted = set(spec.evaluation.metrics)
+    common = dict(wanted=wanted, match=spec.evaluation.match, max_new_tokens=spec.evaluation.max_new_tokens)
+
+    mode = f"{len(adapters)} separate adapter(s)" if separate else "merged"
+    say("export", f"{target.name}: {target.provider} {target.precision}, {mode}")
+    exported = export_target(
+        target,
+        resolve_model(base) if separate else model_dir,
+        targets_dir,
+        cache_dir=cache_root() / "onnx-builder",
+        adapters=adapters if separate else None,
+        calibration=calibration,
+    )
+    if target.provider not in available_providers():
+        say("evaluate", f"{target.name}: built; evaluation skipped: provider not available")
+        metrics = ModelMetrics(
+            size_mb=exported.size_bytes / 2**20 if "size" in wanted else None,
+            skipped="provider not available",
+        )
+    else:
+        say("evaluate", f"{target.name} with onnxruntime-genai")
+        files = {name: exported.path / f"{name}.onnx_adapter" for name in adapters} if separate else None
+        engine = GenaiEngine(exported.path, provider=PROVIDERS[target.provider].genai_name, adapters=files)
+        if files:
+            engine.use_adapter(next(iter(files)))  # measured with the first adapter active
+        metrics = measure(engine, tokenizer, examples, size_mb=exported.size_bytes / 2**20, **common)
+    gates = check_gates(target.name, spec.evaluation.gates, metrics, reference)
+    as_json = metrics.to_json()
+    base_reference = references.get("base_pytorch")
+    result = {
+        "name": target.name,
+        "provider": target.provider,
+        "precision": target.precision,
+        "mergeAdapter": target.merge_adapter,
+        "adapters": sorted(adapters) if separate else [],
+        "path": f"targets/{target.name}",
+        "metrics": as_json,
+        "vsFinetuned": _deltas(as_json, references["finetuned_pytorch"]),
+        "vsBase": _deltas(as_json, base_reference) if base_reference else {},
+        "gates": [asdict(g) for g in gates],
+    }
+    return result
+
+
+# -- stage 3: collect, report, gate, publish -------------------------------------------------
+
+
+def write_report(
+    spec: OptimizeJobSpec,
+    *,
+    name: str,
+    namespace: str,
+    prepared_dir: Path,
+    results: list[dict[str, Any]],
+    out_dir: Path,
+    wall_time_s: float,
+) -> dict[str, Any]:
+    """``metrics.json`` and ``report.html`` into ``out_dir`` (targets in spec order); return the metrics."""
+    from slmops_pipelines.steps.optimize.report import write_optimize_report
+
+    described = json.loads((prepared_dir / SOURCE_JSON).read_text())
+    references = json.loads((prepared_dir / REFERENCE_JSON).read_text())
+    by_name = {result["name"]: result for result in results}
+    ordered = {t.name: by_name[t.name] for t in spec.targets if t.name in by_name}
+    metrics_doc = {
+        "job": {"name": name, "namespace": namespace},
+        "source": described["description"],
+        "evaluation": {"rows": described["evaluationRows"], "metrics": sorted(spec.evaluation.metrics)},
+        "reference": references,
+        "targets": {key: {k: v for k, v in value.items() if k != "name"} for key, value in ordered.items()},
+        "gates": [gate for result in ordered.values() for gate in result["gates"]],
+        "wall_time_s": round(wall_time_s, 1),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics_doc, indent=2))
+    write_optimize_report(metrics_doc, out_dir, title=f"OptimizeJob {name}")
+    return metrics_doc
+
+
+def violated_gates(metrics_doc: dict[str, Any]) -> list[str]:
+    from slmops_pipelines.steps.optimize.gates import GateResult
+
+    return [GateResult(**g).describe() for g in metrics_doc["gates"] if g["passed"] is False]
+
+
+def publish_output(
+    store: ArtifactStore,
+    *,
+    spec: OptimizeJobSpec,
+    identity: dict[str, Any],
+    out_dir: Path,
+    metrics_doc: dict[str, Any],
+) -> dict[str, str]:
+    """Fail on violated gates (metrics and report stay, no manifest); else publish; return artifact URIs."""
+    violated = violated_gates(metrics_doc)
+    if violated:
+        if store.local_root() is None or store.local_root().resolve() != out_dir.resolve():
+            for rel in ("metrics.json", "report.html"):
+                store.upload_file(out_dir / rel, rel)
+        raise GateError("; ".join(violated))
+    publish.write_manifest(
+        store,
+        out_dir,
+        identity=identity,
+        spec=spec.model_dump(mode="json", by_alias=True),
+        inputs={"source": metrics_doc["source"], "baseModel": metrics_doc["source"]["baseModel"]},
+        exclude=(".slmops/", "prepared/"),
+    )
+    artifacts = {t: store.uri_of(f"targets/{t}") for t in metrics_doc["targets"]}
+    artifacts.update(
+        {
+            "metrics": store.uri_of("metrics.json"),
+            "report": store.uri_of("report.html"),
+            "manifest": store.uri_of(publish.MANIFEST),
+        }
+    )
+    return artifacts
