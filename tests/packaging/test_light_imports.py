@@ -16,6 +16,7 @@ def test_operator_and_specs_import_without_heavy_libraries():
         "import slmops_operator.api, slmops_operator.api.crd, slmops_operator.api.manifests\n"
         "import slmops_operator.cli.main, slmops_operator.cli.runner\n"
         "import slmops_pipelines.specs, slmops_pipelines.storage, slmops_pipelines.local\n"
+        "import slmops_pipelines.kubeflow.pipelines, slmops_pipelines.kubeflow.local_engine\n"
         f"loaded = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )
@@ -36,6 +37,7 @@ def test_crds_and_validate_work_without_torch_installed(tmp_path):
     for args in (
         ["crds", "--check", "-o", str(REPO / "crds")],
         ["validate", str(REPO / "examples" / "finetune-smollm2.yaml")],
+        ["compile", "--check", "-o", str(REPO / "pipelines" / "compiled")],
     ):
         proc = subprocess.run(
             [sys.executable, "-m", "slmops_operator.cli.main", *args], env=env, capture_output=True, text=True

@@ -52,6 +52,41 @@ def crds(output_dir: Path, check: bool) -> None:
         sys.exit(EXIT_FAILED)
 
 
+@cli.command("compile")
+@click.option(
+    "--output-dir",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("pipelines/compiled"),
+    show_default=True,
+)
+@click.option("--registry", default=None, help="Image registry of the components (default: ghcr.io/slmops).")
+@click.option("--check", is_flag=True, help="Exit 1 if the files on disk differ from the compiled ones.")
+def compile_cmd(output_dir: Path, registry: str | None, check: bool) -> None:
+    """Compile the KFP pipelines to IR YAML, ready to upload in a KFP dashboard."""
+    import tempfile
+
+    from slmops_pipelines.kubeflow.images import Images
+    from slmops_pipelines.kubeflow.pipelines import compile_all
+
+    images = Images.default(registry=registry)
+    if not check:
+        for path in compile_all(output_dir, images=images):
+            console.print(f"wrote {path}")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = compile_all(Path(tmp), images=images)
+        stale = [
+            str(output_dir / path.name)
+            for path in fresh
+            if not (output_dir / path.name).exists()
+            or (output_dir / path.name).read_text() != path.read_text()
+        ]
+    if stale:
+        err_console.print(f"stale pipelines (run `slmops compile`): {', '.join(stale)}")
+        sys.exit(EXIT_FAILED)
+
+
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, allow_dash=True))
 def validate(files: tuple[Path, ...]) -> None:
@@ -74,7 +109,11 @@ def validate(files: tuple[Path, ...]) -> None:
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, allow_dash=True))
 @click.option(
-    "--engine", type=click.Choice(["local"]), default="local", show_default=True, help="Where the job runs."
+    "--engine",
+    type=click.Choice(["local", "kfp-local"]),
+    default="local",
+    show_default=True,
+    help="local: the embedded engine; kfp-local: the compiled KFP pipeline, run by kfp.local.",
 )
 @click.option(
     "--runs-dir",
@@ -94,7 +133,9 @@ def run(files: tuple[Path, ...], engine: str, runs_dir: Path) -> None:
         for problem in exc.problems:
             err_console.print(f"[red]error[/red] {problem}", highlight=False)
         sys.exit(EXIT_INVALID)
-    sys.exit(run_resources(resources, runs_dir=runs_dir, console=console, err_console=err_console))
+    sys.exit(
+        run_resources(resources, runs_dir=runs_dir, console=console, err_console=err_console, engine=engine)
+    )
 
 
 @cli.group()

@@ -1,4 +1,8 @@
-"""``slmops run``: run validated resources with the local engine and print their results."""
+"""``slmops run``: run validated resources on this machine and print their results.
+
+Two engines run the same stages: ``local`` (the default: one process, a progress bar) and
+``kfp-local`` (the compiled KFP pipeline, each step its own process, through ``kfp.local``).
+"""
 
 from __future__ import annotations
 
@@ -29,39 +33,65 @@ def _summary_table(name: str, outcome, wall: float) -> Table:
     return table
 
 
-def run_finetune_job(job: FineTuneJob, *, runs_dir: Path, console: Console) -> int:
+def run_finetune_job(job: FineTuneJob, *, runs_dir: Path, console: Console, engine: str = "local") -> int:
     from slmops_operator.cli.progress import RichReporter
-    from slmops_pipelines.local import run_finetune
 
     started = time.time()
     console.rule(f"FineTuneJob {job.name}")
-    with RichReporter(console) as reporter:
-        outcome = run_finetune(
-            name=job.name,
-            namespace=job.namespace,
-            spec=job.spec,
-            output_uri=str(runs_dir / job.name),
-            reporter=reporter,
+    if engine == "kfp-local":
+        from slmops_pipelines.kubeflow.local_engine import run_finetune_kfp_local
+
+        outcome = run_finetune_kfp_local(
+            name=job.name, namespace=job.namespace, spec=job.spec, output_uri=str(runs_dir / job.name)
         )
+    else:
+        from slmops_pipelines.local import run_finetune
+
+        with RichReporter(console) as reporter:
+            outcome = run_finetune(
+                name=job.name,
+                namespace=job.namespace,
+                spec=job.spec,
+                output_uri=str(runs_dir / job.name),
+                reporter=reporter,
+            )
     console.print(_summary_table(job.name, outcome, time.time() - started))
     return EXIT_OK
 
 
-def run_optimize_job(job: OptimizeJob, *, runs_dir: Path, console: Console, outputs: dict[str, str]) -> int:
+def run_optimize_job(
+    job: OptimizeJob, *, runs_dir: Path, console: Console, outputs: dict[str, str], engine: str = "local"
+) -> int:
     from slmops_operator.cli.progress import RichReporter
-    from slmops_pipelines.local.optimize import run_optimize
     from slmops_pipelines.steps.optimize.report import comparison_rows
 
+    def locate_job(name: str) -> str:
+        return outputs.get(name, str(runs_dir / name))
+
     console.rule(f"OptimizeJob {job.name}")
-    with RichReporter(console) as reporter:
-        outcome = run_optimize(
+    if engine == "kfp-local":
+        from slmops_pipelines.kubeflow.local_engine import run_optimize_kfp_local
+
+        ref = job.spec.source.fine_tune_job_ref
+        outcome = run_optimize_kfp_local(
             name=job.name,
             namespace=job.namespace,
             spec=job.spec,
             output_uri=str(runs_dir / job.name),
-            locate_job=lambda name: outputs.get(name, str(runs_dir / name)),
-            reporter=reporter,
+            source_uri=locate_job(ref.name) if ref else "",
         )
+    else:
+        from slmops_pipelines.local.optimize import run_optimize
+
+        with RichReporter(console) as reporter:
+            outcome = run_optimize(
+                name=job.name,
+                namespace=job.namespace,
+                spec=job.spec,
+                output_uri=str(runs_dir / job.name),
+                locate_job=locate_job,
+                reporter=reporter,
+            )
     if outcome.metrics.get("targets"):
         header, rows = comparison_rows(outcome.metrics, compact=True)
         table = Table(title=f"OptimizeJob {job.name}", title_justify="left")
@@ -76,7 +106,12 @@ def run_optimize_job(job: OptimizeJob, *, runs_dir: Path, console: Console, outp
 
 
 def run_resources(
-    resources: list[Resource], *, runs_dir: Path, console: Console, err_console: Console
+    resources: list[Resource],
+    *,
+    runs_dir: Path,
+    console: Console,
+    err_console: Console,
+    engine: str = "local",
 ) -> int:
     """Run every resource in order; an OptimizeJob finds the FineTuneJobs run before it."""
     from slmops_pipelines.errors import InputError, JobError
@@ -85,10 +120,10 @@ def run_resources(
     for resource in resources:
         try:
             if isinstance(resource, FineTuneJob):
-                run_finetune_job(resource, runs_dir=runs_dir, console=console)
+                run_finetune_job(resource, runs_dir=runs_dir, console=console, engine=engine)
                 outputs[resource.name] = resource.spec.output.uri or str(runs_dir / resource.name)
             elif isinstance(resource, OptimizeJob):
-                run_optimize_job(resource, runs_dir=runs_dir, console=console, outputs=outputs)
+                run_optimize_job(resource, runs_dir=runs_dir, console=console, outputs=outputs, engine=engine)
         except InputError as exc:
             err_console.print(
                 f"[red]error[/red] {resource.kind_name} {resource.name}: spec.{exc}", highlight=False

@@ -251,8 +251,19 @@ class ResourcesSpec(SpecModel):
     memory: Annotated[str, Field(pattern=_QUANTITY)] | None = Field(
         default=None, description="Memory request, e.g. 32Gi."
     )
+    gpus_per_node: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="GPUs per node on a cluster (default: processesPerNode; 0 trains on CPU).",
+    )
     gpu_resource: str = Field(default="nvidia.com/gpu", description="Extended resource name of a GPU.")
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Node labels the pods must match."
     )
     tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations for the pods.")
+
+    @property
+    def gpus(self) -> int:
+        """GPUs each training pod asks for."""
+        return self.processes_per_node if self.gpus_per_node is None else self.gpus_per_node

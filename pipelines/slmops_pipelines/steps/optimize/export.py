@@ -282,10 +282,17 @@ def export_target(
         template, modules = prepare_template(model_dir, adapters, out_root / "work", field="source")
         layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
         lora_nodes = lora_node_names(layers, modules)
+    # One scratch folder per build: the builder empties its cache folder when it finishes, which
+    # would pull it from under a target built at the same time (a ParallelFor on one node).
+    scratch = cache_dir / f"{target.name}.{os.getpid()}"
+    scratch.mkdir(parents=True, exist_ok=True)
     command = builder_command(
-        target, model_dir, partial, cache_dir, template_adapter=template, lora_nodes=lora_nodes
+        target, model_dir, partial, scratch, template_adapter=template, lora_nodes=lora_nodes
     )
-    _run_builder(command, logs / f"build-{target.name}.log", target.name)
+    try:
+        _run_builder(command, logs / f"build-{target.name}.log", target.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     graph_inputs = {}
     if adapters:
         from slmops_pipelines.steps.optimize.adapters import extract_lora_inputs

@@ -1,0 +1,240 @@
+"""The KFP components: one-line bodies that call :mod:`slmops_pipelines.kubeflow.tasks`.
+
+KFP ships each function's source to the pod (a "lightweight" component), so a body may use
+only what it imports itself; it imports :mod:`.tasks` from the slmops installed in the
+image.  :func:`make_components` binds the functions to images (``install_kfp_package=False``:
+the images carry kfp and slmops, nothing is installed at run time).
+
+No ``from __future__ import annotations`` here: KFP reads the annotations to type the
+component's inputs and outputs.
+"""
+
+from typing import Callable, List, NamedTuple  # noqa: UP035 -- KFP's type parser wants typing's List
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from slmops_pipelines.kubeflow.images import Images
+
+# -- FineTuneJob -------------------------------------------------------------------------------
+
+
+def inspect_finetune(spec: dict, job: dict, output_uri: str) -> NamedTuple(
+    "Inspection", [("fingerprint", str), ("started_at", float)]
+):
+    """Claim the output location and fingerprint the dataset."""
+    from collections import namedtuple
+
+    from slmops_pipelines.kubeflow import tasks
+
+    fingerprint, started_at = tasks.inspect_finetune(spec=spec, job=job, output_uri=output_uri)
+    return namedtuple("Inspection", ["fingerprint", "started_at"])(fingerprint, started_at)
+
+
+def prepare_data(
+    spec: dict, output_uri: str, fingerprint: str, data: Output[Dataset], data_metrics: Output[Metrics]
+):
+    """Render and tokenize the dataset."""
+    from slmops_pipelines.kubeflow import tasks
+
+    tasks.prepare_data(
+        spec=spec, output_uri=output_uri, fingerprint=fingerprint, data_dir=data.path, metrics=data_metrics
+    )
+
+
+def train(
+    spec: dict,
+    job: dict,
+    output_uri: str,
+    data: Input[Dataset],
+    model: Output[Model],
+    train_metrics: Output[Metrics],
+):
+    """Train the adapter (or model): torchrun here, or a PyTorchJob/TrainJob for several nodes."""
+    from slmops_pipelines.kubeflow import tasks
+
+    tasks.train(
+        spec=spec,
+        job=job,
+        output_uri=output_uri,
+        data_dir=data.path,
+        model_dir=model.path,
+        metrics=train_metrics,
+    )
+
+
+def evaluate_finetune(
+    spec: dict,
+    output_uri: str,
+    data: Input[Dataset],
+    model: Input[Model],
+    evaluation: Output[Artifact],
+    merged: Output[Model],
+    eval_metrics: Output[Metrics],
+):
+    """Task accuracy of the fine-tuned and the base model; the merged model when asked for."""
+    from slmops_pipelines.kubeflow import tasks
+
+    tasks.evaluate_finetune(
+        spec=spec,
+        output_uri=output_uri,
+        data_dir=data.path,
+        model_dir=model.path,
+        evaluation_path=evaluation.path,
+        merged_dir=merged.path,
+        metrics=eval_metrics,
+    )
+
+
+def publish_finetune(
+    spec: dict,
+    job: dict,
+    output_uri: str,
+    fingerprint: str,
+    started_at: float,
+    data: Input[Dataset],
+    model: Input[Model],
+    evaluation: Input[Artifact],
+    merged: Input[Model],
+    report: Output[HTML],
+    artifacts: Output[Markdown],
+    summary: Output[Metrics],
+) -> str:
+    """Write metrics, loss curve and report; upload everything; write the manifest last."""
+    from slmops_pipelines.kubeflow import tasks
+
+    return tasks.publish_finetune(
+        spec=spec,
+        job=job,
+        output_uri=output_uri,
+        fingerprint=fingerprint,
+        started_at=started_at,
+        data_dir=data.path,
+        model_dir=model.path,
+        evaluation_path=evaluation.path,
+        merged_dir=merged.path,
+        report_path=report.path,
+        summary_path=artifacts.path,
+        metrics=summary,
+    )
+
+
+# -- OptimizeJob -------------------------------------------------------------------------------
+
+
+def inspect_optimize(spec: dict, job: dict, output_uri: str, source_uri: str) -> NamedTuple(
+    "Inspection", [("fingerprint", str), ("started_at", float)]
+):
+    """Claim the output location and fingerprint the source."""
+    from collections import namedtuple
+
+    from slmops_pipelines.kubeflow import tasks
+
+    fingerprint, started_at = tasks.inspect_optimize(
+        spec=spec, job=job, output_uri=output_uri, source_uri=source_uri
+    )
+    return namedtuple("Inspection", ["fingerprint", "started_at"])(fingerprint, started_at)
+
+
+def plan_targets(spec: dict) -> list:
+    """The names of the targets, one ParallelFor iteration each."""
+    from slmops_pipelines.kubeflow import tasks
+
+    return tasks.plan_targets(spec=spec)
+
+
+def prepare_source(
+    spec: dict,
+    output_uri: str,
+    source_uri: str,
+    fingerprint: str,
+    prepared: Output[Model],
+    reference_metrics: Output[Metrics],
+):
+    """Merge the adapter, render the evaluation rows and measure the PyTorch references."""
+    from slmops_pipelines.kubeflow import tasks
+
+    tasks.prepare_optimize_source(
+        spec=spec,
+        output_uri=output_uri,
+        source_uri=source_uri,
+        fingerprint=fingerprint,
+        prepared_dir=prepared.path,
+        metrics=reference_metrics,
+    )
+
+
+def build_target(
+    spec: dict,
+    output_uri: str,
+    target_name: str,
+    prepared: Input[Model],
+    target: Output[Model],
+    target_metrics: Output[Metrics],
+):
+    """Export one target to ONNX, quantize it, measure it and check its gates."""
+    from slmops_pipelines.kubeflow import tasks
+
+    tasks.build_target(
+        spec=spec,
+        output_uri=output_uri,
+        target_name=target_name,
+        prepared_dir=prepared.path,
+        target_dir=target.path,
+        metrics=target_metrics,
+    )
+
+
+def publish_optimize(
+    spec: dict,
+    job: dict,
+    output_uri: str,
+    started_at: float,
+    prepared: Input[Model],
+    targets: Input[List[Model]],  # noqa: UP006
+    report: Output[HTML],
+    artifacts: Output[Markdown],
+    summary: Output[Metrics],
+) -> str:
+    """Collect the targets, write the comparison report, apply the gates, publish."""
+    from slmops_pipelines.kubeflow import tasks
+
+    return tasks.publish_optimize(
+        spec=spec,
+        job=job,
+        output_uri=output_uri,
+        started_at=started_at,
+        prepared_dir=prepared.path,
+        target_dirs=[t.path for t in targets],
+        report_path=report.path,
+        summary_path=artifacts.path,
+        metrics=summary,
+    )
+
+
+class Components(NamedTuple):
+    inspect_finetune: Callable
+    prepare_data: Callable
+    train: Callable
+    evaluate_finetune: Callable
+    publish_finetune: Callable
+    inspect_optimize: Callable
+    plan_targets: Callable
+    prepare_source: Callable
+    build_target: Callable
+    publish_optimize: Callable
+
+
+_TRAINER = (inspect_finetune, prepare_data, train, evaluate_finetune, publish_finetune)
+_OPTIMIZER = (inspect_optimize, plan_targets, prepare_source, build_target, publish_optimize)
+
+
+def make_components(images: Images) -> Components:
+    """The components, each bound to the image of its family."""
+
+    def bind(func, image: str):
+        return dsl.component(func, base_image=image, install_kfp_package=False)
+
+    bound = {f.__name__: bind(f, images.trainer) for f in _TRAINER}
+    bound.update({f.__name__: bind(f, images.optimizer) for f in _OPTIMIZER})
+    return Components(**bound)

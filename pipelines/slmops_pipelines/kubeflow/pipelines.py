@@ -1,0 +1,204 @@
+"""The pipelines: ``finetune``, ``optimize``, and ``finetune-optimize`` chaining both.
+
+Each is built by a factory from a :class:`~.placement.Placement` and the
+:class:`~.images.Images`, so that the operator can compile one per job (its GPUs, nodes and
+Secret) while ``slmops compile`` writes general-purpose ones to ``pipelines/compiled/``.
+
+Parameters of every pipeline: the resource's ``spec`` (a dict, camelCase: what
+``kubectl get -o json`` shows), a ``job`` context (name, namespace, uid, labels; see
+:class:`~.tasks.JobContext`) and the ``output_uri``; ``optimize`` also takes the
+``source_uri`` of the FineTuneJob it optimizes (empty for a model/adapter source).
+
+The graphs::
+
+    finetune:  inspect -> prepare-data -> train -> evaluate-finetune -> publish-finetune
+    optimize:  inspect -> prepare-source -> ParallelFor(plan-targets: build-target) -> publish-optimize
+
+``inspect`` and ``publish`` look at the world (claims, fingerprints, the output location) and
+are never cached; every other step is cached on its inputs: the spec, the dataset (or
+source) fingerprint, and the artifacts of the step before it.
+"""
+
+# No ``from __future__ import annotations``: KFP reads the pipeline functions' annotations.
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from slmops_pipelines.kubeflow.components import Components, make_components
+from slmops_pipelines.kubeflow.images import Images
+from slmops_pipelines.kubeflow.placement import Placement
+
+COMPILED_DIR = Path(__file__).resolve().parents[2] / "compiled"
+
+
+def _finetune_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any):
+    inspect = p.uncached(c.inspect_finetune(spec=spec, job=job, output_uri=output_uri))
+    inspect.set_display_name("inspect")
+    data = p.common(
+        c.prepare_data(spec=spec, output_uri=output_uri, fingerprint=inspect.outputs["fingerprint"])
+    )
+    data.set_display_name("prepare data")
+    train = p.compute(
+        c.train(spec=spec, job=job, output_uri=output_uri, data=data.outputs["data"]), gpus=p.gpus
+    )
+    train.set_display_name("train")
+    evaluate = p.compute(
+        c.evaluate_finetune(
+            spec=spec, output_uri=output_uri, data=data.outputs["data"], model=train.outputs["model"]
+        ),
+        gpus=min(p.gpus, 1),
+        requests=False,
+    )
+    evaluate.set_display_name("evaluate")
+    publish = p.uncached(
+        c.publish_finetune(
+            spec=spec,
+            job=job,
+            output_uri=output_uri,
+            fingerprint=inspect.outputs["fingerprint"],
+            started_at=inspect.outputs["started_at"],
+            data=data.outputs["data"],
+            model=train.outputs["model"],
+            evaluation=evaluate.outputs["evaluation"],
+            merged=evaluate.outputs["merged"],
+        )
+    )
+    publish.set_display_name("publish")
+    return publish
+
+
+def _optimize_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any, source_uri: Any):
+    from kfp import dsl
+
+    inspect = p.uncached(c.inspect_optimize(spec=spec, job=job, output_uri=output_uri, source_uri=source_uri))
+    inspect.set_display_name("inspect")
+    prepared = p.common(
+        c.prepare_source(
+            spec=spec,
+            output_uri=output_uri,
+            source_uri=source_uri,
+            fingerprint=inspect.outputs["fingerprint"],
+        )
+    )
+    prepared.set_display_name("prepare source")
+    # A task of its own: kfp.local (like the dashboard) iterates over a task's single output.
+    plan = p.common(c.plan_targets(spec=spec))
+    plan.set_display_name("plan targets")
+    with dsl.ParallelFor(items=plan.output, parallelism=p.target_parallelism) as target_name:
+        target = p.compute(
+            c.build_target(
+                spec=spec,
+                output_uri=output_uri,
+                target_name=target_name,
+                prepared=prepared.outputs["prepared"],
+            ),
+            gpus=p.target_gpus,
+            requests=False,
+        )
+        target.set_display_name("build target")
+    publish = p.uncached(
+        c.publish_optimize(
+            spec=spec,
+            job=job,
+            output_uri=output_uri,
+            started_at=inspect.outputs["started_at"],
+            prepared=prepared.outputs["prepared"],
+            targets=dsl.Collected(target.outputs["target"]),
+        )
+    )
+    publish.set_display_name("publish")
+    return publish
+
+
+def finetune_pipeline(*, placement: Placement | None = None, images: Images | None = None) -> Callable:
+    from kfp import dsl
+
+    c, p = make_components(images or Images.default()), placement or Placement.default()
+
+    @dsl.pipeline(
+        name="slmops-finetune",
+        description="slmops FineTuneJob: data prep, LoRA/QLoRA/DoRA or full fine-tuning, evaluation, publish.",
+    )
+    def finetune(spec: dict, job: dict, output_uri: str) -> str:
+        return _finetune_steps(c, p, spec=spec, job=job, output_uri=output_uri).outputs["Output"]
+
+    return finetune
+
+
+def optimize_pipeline(*, placement: Placement | None = None, images: Images | None = None) -> Callable:
+    from kfp import dsl
+
+    c, p = make_components(images or Images.default()), placement or Placement.default(gpus=0)
+
+    @dsl.pipeline(
+        name="slmops-optimize",
+        description="slmops OptimizeJob: ONNX export and quantization per target, measured and gated.",
+    )
+    def optimize(spec: dict, job: dict, output_uri: str, source_uri: str = "") -> str:
+        return _optimize_steps(
+            c, p, spec=spec, job=job, output_uri=output_uri, source_uri=source_uri
+        ).outputs["Output"]
+
+    return optimize
+
+
+def finetune_optimize_pipeline(
+    *,
+    finetune_placement: Placement | None = None,
+    optimize_placement: Placement | None = None,
+    images: Images | None = None,
+) -> Callable:
+    from kfp import dsl
+
+    c = make_components(images or Images.default())
+    fp = finetune_placement or Placement.default()
+    op = optimize_placement or Placement.default(gpus=0)
+
+    @dsl.pipeline(
+        name="slmops-finetune-optimize",
+        description="slmops FineTuneJob followed by an OptimizeJob of its result, in one run.",
+    )
+    def finetune_optimize(
+        finetune_spec: dict,
+        finetune_job: dict,
+        finetune_output_uri: str,
+        optimize_spec: dict,
+        optimize_job: dict,
+        optimize_output_uri: str,
+    ) -> str:
+        published = _finetune_steps(
+            c, fp, spec=finetune_spec, job=finetune_job, output_uri=finetune_output_uri
+        )
+        return _optimize_steps(
+            c,
+            op,
+            spec=optimize_spec,
+            job=optimize_job,
+            output_uri=optimize_output_uri,
+            source_uri=published.outputs["Output"],
+        ).outputs["Output"]
+
+    return finetune_optimize
+
+
+PIPELINES: dict[str, Callable[..., Callable]] = {
+    "finetune": finetune_pipeline,
+    "optimize": optimize_pipeline,
+    "finetune-optimize": finetune_optimize_pipeline,
+}
+
+
+def compile_pipeline(pipeline: Callable, path: Path) -> Path:
+    from kfp import compiler
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(path))
+    return path
+
+
+def compile_all(out_dir: Path = COMPILED_DIR, *, images: Images | None = None) -> list[Path]:
+    """Write every pipeline, with the default placement, as ``<name>.yaml`` in ``out_dir``."""
+    return [
+        compile_pipeline(factory(images=images), out_dir / f"{name}.yaml")
+        for name, factory in PIPELINES.items()
+    ]

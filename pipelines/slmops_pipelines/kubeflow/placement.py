@@ -1,0 +1,146 @@
+"""Where each component's pod runs and what it gets: GPUs, nodes, the S3 Secret, the model cache.
+
+A :class:`Placement` is decided when a pipeline is compiled: the operator compiles one per
+job from its ``spec.resources`` (compiling takes milliseconds and needs no torch), and
+``slmops compile`` writes the general-purpose pipelines with :meth:`Placement.default`.
+
+What goes where, and why:
+
+* training and fine-tune evaluation get the GPUs, the CPU/memory requests, the node
+  selector and the tolerations (GPU pools are usually tainted);
+* optimize targets get a GPU only when a target's provider needs one (CUDA, TensorRT);
+* every pod gets the S3 credentials Secret as ``AWS_*`` variables (optional keys: an
+  endpoint for MinIO/Ceph/SeaweedFS, a region) and, when configured, the model cache
+  volume, so that a model is downloaded once per cluster rather than once per pod.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from slmops_pipelines.specs import FineTuneJobSpec, OptimizeJobSpec
+from slmops_pipelines.specs.common import ResourcesSpec
+
+if TYPE_CHECKING:
+    from kfp.dsl import PipelineTask
+
+CACHE_MOUNT = "/var/cache/slmops"
+GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
+# Secret key -> environment variable; every key is optional (IRSA/instance roles need none).
+S3_SECRET_KEYS = {
+    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN": "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
+    "AWS_REGION": "AWS_REGION",
+}
+
+
+class Placement(BaseModel):
+    """Pod placement for one compiled pipeline."""
+
+    gpus: int = Field(default=0, ge=0, description="GPUs for the training and evaluation pods.")
+    target_gpus: int = Field(default=0, ge=0, description="GPUs for each optimize target's pod.")
+    gpu_resource: str = Field(default="nvidia.com/gpu", description="Extended resource name of a GPU.")
+    cpu: str | None = Field(default=None, description="CPU request of the training pod.")
+    memory: str | None = Field(default=None, description="Memory request of the training pod.")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    credentials_secret: str | None = Field(
+        default=None, description="Secret with the S3 credentials (keys as in S3_SECRET_KEYS)."
+    )
+    cache_pvc: str | None = Field(default=None, description="PersistentVolumeClaim for the model cache.")
+    target_parallelism: int = Field(default=4, ge=1, description="Optimize targets built at once.")
+    caching: bool = Field(default=True, description="Reuse the outputs of steps whose inputs did not change.")
+
+    @classmethod
+    def default(cls, *, gpus: int = 1) -> Placement:
+        """The pipelines in ``pipelines/compiled/``: GPUs for training, the chart's Secret and cache."""
+        return cls(gpus=gpus, credentials_secret="slmops-s3", cache_pvc="slmops-model-cache")
+
+    @classmethod
+    def local(cls) -> Placement:
+        """``kfp.local`` ignores Kubernetes settings; nothing may override the local environment."""
+        return cls()
+
+    @classmethod
+    def for_resources(
+        cls, resources: ResourcesSpec, *, credentials_secret: str | None, cache_pvc: str | None, **extra: Any
+    ) -> Placement:
+        return cls(
+            gpus=resources.gpus,
+            gpu_resource=resources.gpu_resource,
+            cpu=resources.cpu,
+            memory=resources.memory,
+            node_selector=dict(resources.node_selector),
+            tolerations=[
+                t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in resources.tolerations
+            ],
+            credentials_secret=credentials_secret,
+            cache_pvc=cache_pvc,
+            **extra,
+        )
+
+    @classmethod
+    def for_finetune(cls, spec: FineTuneJobSpec, *, cache_pvc: str | None = None) -> Placement:
+        return cls.for_resources(
+            spec.resources, credentials_secret=spec.output.credentials_secret, cache_pvc=cache_pvc
+        )
+
+    @classmethod
+    def for_optimize(cls, spec: OptimizeJobSpec, *, cache_pvc: str | None = None) -> Placement:
+        needs_gpu = any(t.provider in GPU_PROVIDERS for t in spec.targets)
+        return cls.for_resources(
+            spec.resources,
+            credentials_secret=spec.output.credentials_secret,
+            cache_pvc=cache_pvc,
+            target_gpus=max(1, spec.resources.gpus) if needs_gpu else 0,
+        ).model_copy(update={"gpus": 0})
+
+    # -- applying it to tasks ----------------------------------------------------------------
+
+    def common(self, task: PipelineTask) -> PipelineTask:
+        """What every pod gets: the S3 Secret and the model cache."""
+        from kfp import kubernetes
+
+        if self.credentials_secret:
+            kubernetes.use_secret_as_env(
+                task, secret_name=self.credentials_secret, secret_key_to_env=S3_SECRET_KEYS, optional=True
+            )
+        if self.cache_pvc:
+            kubernetes.mount_pvc(task, pvc_name=self.cache_pvc, mount_path=CACHE_MOUNT)
+            task.set_env_variable("SLMOPS_CACHE_DIR", CACHE_MOUNT)
+        task.set_caching_options(enable_caching=self.caching)
+        return task
+
+    def compute(self, task: PipelineTask, *, gpus: int, requests: bool = True) -> PipelineTask:
+        """A pod that does the heavy work: GPUs, requests, node selector and tolerations."""
+        from kfp import kubernetes
+
+        self.common(task)
+        if gpus:
+            task.set_accelerator_type(self.gpu_resource).set_accelerator_limit(gpus)
+        if requests and self.cpu:
+            task.set_cpu_request(self.cpu)
+        if requests and self.memory:
+            task.set_memory_request(self.memory)
+        for key, value in sorted(self.node_selector.items()):
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for toleration in self.tolerations:
+            kubernetes.add_toleration(
+                task,
+                key=toleration.get("key"),
+                operator=toleration.get("operator", "Equal"),
+                value=toleration.get("value"),
+                effect=toleration.get("effect"),
+                toleration_seconds=toleration.get("tolerationSeconds"),
+            )
+        return task
+
+    def uncached(self, task: PipelineTask) -> PipelineTask:
+        """Steps that look at the world (claims, fingerprints, publishing) always run."""
+        self.common(task)
+        task.set_caching_options(enable_caching=False)
+        return task

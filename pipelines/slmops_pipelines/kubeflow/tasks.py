@@ -1,0 +1,484 @@
+"""What each KFP component does: the shared stages over the folders of its artifacts.
+
+A component's body is one call into this module (see :mod:`.components`), so the logic is
+ordinary, importable, testable Python; KFP only decides where it runs and moves the
+artifacts.  Artifacts are folders (``Dataset``, ``Model``) or files (``HTML``,
+``Markdown``); ``Metrics`` artifacts get the scalars the dashboard shows.
+
+Every task takes the job's ``spec`` (the resource's ``spec``, camelCase, as a dict) and a
+``job`` context (:class:`JobContext`) as parameters, so the spec is part of every cache key;
+data prep also takes the dataset fingerprint, and what follows it takes its output artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+from slmops_pipelines.errors import InputError, JobError
+from slmops_pipelines.specs import FineTuneJobSpec, OptimizeJobSpec
+
+
+class MetricsArtifact(Protocol):
+    path: str
+    metadata: dict
+
+    def log_metric(self, metric: str, value: float) -> None: ...
+
+
+class JobContext(BaseModel):
+    """Who the run is for: identity, labels to pass on, and how to train on many nodes."""
+
+    name: str
+    namespace: str = "default"
+    uid: str = ""
+    generation: int = 0
+    labels: dict[str, str] = Field(default_factory=dict)
+    distributed_engine: Literal["pytorchjob", "trainjob"] = "pytorchjob"
+    trainer_image: str = ""  # the image of the distributed workers (default: the trainer image)
+
+
+def _log(metrics: MetricsArtifact, values: dict[str, Any]) -> None:
+    """Log scalars for the dashboard; also write them to the artifact's file.
+
+    The file matters: kfp.local's cache treats an output artifact whose file does not
+    exist as gone, so a step with only-logged metrics would never be reused.
+    """
+    for key, value in values.items():
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int | float):
+            metrics.log_metric(key, round(float(value), 6))
+    Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(metrics.path).write_text(json.dumps(dict(metrics.metadata), indent=2, sort_keys=True))
+
+
+def _say(stage: str, message: str) -> None:
+    print(f"[slmops] {stage}: {message}", flush=True)
+
+
+def _print_event(event: dict) -> None:
+    kind = event.get("event")
+    if kind in ("log", "evaluate", "train_end", "save"):
+        fields = {k: v for k, v in event.items() if k != "event"}
+        print(f"[slmops] train {kind}: {json.dumps(fields, default=str)}", flush=True)
+
+
+ERROR_KEY = ".slmops/error.json"
+
+
+def _record_error(output_uri: str, step: str, exc: JobError) -> None:
+    """Leave the failure, with its spec field, where every engine and the operator can read it."""
+    from slmops_pipelines.storage import open_store
+
+    try:
+        open_store(output_uri).write_text(
+            ERROR_KEY,
+            json.dumps({"step": step, "message": exc.message, "field": exc.field, "reason": exc.reason}),
+        )
+    except Exception as store_error:  # the output itself may be what failed: say so, keep the cause
+        print(f"[slmops] could not record the error at {output_uri}: {store_error}", flush=True)
+
+
+def reports_errors(func):
+    """A task that fails with a JobError records it in the output location, then fails."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(**kwargs):
+        try:
+            return func(**kwargs)
+        except JobError as exc:
+            print(f"[slmops] {func.__name__} failed: {exc}", flush=True)
+            _record_error(kwargs["output_uri"], func.__name__, exc)
+            raise
+
+    return wrapper
+
+
+def read_error(output_uri: str) -> JobError | None:
+    """The error a task recorded in this output location, if any."""
+    from slmops_pipelines.storage import open_store
+
+    store = open_store(output_uri)
+    if not store.exists(ERROR_KEY):
+        return None
+    data = json.loads(store.read_text(ERROR_KEY))
+    if data.get("reason") == "InvalidInput":
+        return InputError(data["message"], field=data.get("field"))
+    return JobError(data["message"], field=data.get("field"), reason=data.get("reason") or "Failed")
+
+
+def _clear_error(output_uri: str) -> None:
+    from slmops_pipelines.storage import open_store
+
+    store = open_store(output_uri)
+    if store.exists(ERROR_KEY):
+        store.delete_prefix(ERROR_KEY)
+
+
+def _copy_into(src: Path, dst: Path) -> None:
+    """Copy the contents of ``src`` into ``dst`` (merging folders)."""
+    if src.is_dir():
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+
+
+def _markdown_links(title: str, artifacts: dict[str, str]) -> str:
+    rows = "\n".join(f"| {name} | `{uri}` |" for name, uri in artifacts.items())
+    return f"### {title}\n\n| artifact | URI |\n|---|---|\n{rows}\n"
+
+
+# -- FineTuneJob -------------------------------------------------------------------------------
+
+
+@reports_errors
+def inspect_finetune(*, spec: dict, job: dict, output_uri: str) -> tuple[str, float]:
+    """Claim the output (refusing another job's) and fingerprint the dataset; never cached."""
+    from slmops_pipelines.stages import finetune as stages
+
+    started = time.time()
+    parsed, ctx = FineTuneJobSpec.model_validate(spec), JobContext.model_validate(job)
+    stages.inspect_output(name=ctx.name, namespace=ctx.namespace, spec=parsed, output_uri=output_uri)
+    _clear_error(output_uri)  # a previous run's failure is not this run's
+    fingerprint = stages.dataset_fingerprint(parsed)
+    _say("inspect", f"output {output_uri} claimed; dataset {fingerprint[:19]}")
+    return fingerprint, started
+
+
+@reports_errors
+def prepare_data(
+    *, spec: dict, output_uri: str, fingerprint: str, data_dir: str, metrics: MetricsArtifact
+) -> None:
+    from slmops_pipelines.stages import finetune as stages
+
+    parsed = FineTuneJobSpec.model_validate(spec)
+    model_path = stages.resolve_base_model(parsed)
+    stats = stages.prepare_data(parsed, data_dir=Path(data_dir), model_path=model_path)
+    if stats.fingerprint != fingerprint:  # the dataset changed between inspect and now
+        raise InputError(
+            f"the dataset changed while the run started ({fingerprint[:19]} -> {stats.fingerprint[:19]})",
+            field="dataset.uri",
+        )
+    _say("data", f"{stats.train.rows} training rows, {stats.eval.rows if stats.eval else 0} eval rows")
+    _log(
+        metrics,
+        {
+            "train_rows": stats.train.rows,
+            "train_tokens": stats.train.tokens,
+            "train_truncated": stats.train.truncated,
+            "eval_rows": stats.eval.rows if stats.eval else 0,
+        },
+    )
+
+
+@reports_errors
+def train(
+    *, spec: dict, job: dict, output_uri: str, data_dir: str, model_dir: str, metrics: MetricsArtifact
+) -> None:
+    """Train on this pod (torchrun) or, with ``nodes > 1``, on a PyTorchJob/TrainJob; fill ``model_dir``."""
+    from slmops_pipelines.stages import finetune as stages
+    from slmops_pipelines.storage import open_store
+
+    parsed, ctx = FineTuneJobSpec.model_validate(spec), JobContext.model_validate(job)
+    store = open_store(output_uri, field="output.uri")
+    work = Path(model_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    if parsed.resources.nodes > 1:
+        from slmops_pipelines.kubeflow.distributed.train import train_on_cluster
+
+        train_on_cluster(parsed, ctx, store=store, data_dir=Path(data_dir), work=work, say=_say)
+    else:
+        _say("train", f"{parsed.method} with {parsed.resources.processes_per_node} process(es)")
+        stages.train(
+            parsed,
+            model_path=stages.resolve_base_model(parsed),
+            data_dir=Path(data_dir),
+            work=work,
+            checkpoint_store=store,
+            on_event=_print_event,
+        )
+    shutil.rmtree(work / stages.CHECKPOINTS, ignore_errors=True)  # resume state lives in the output
+    result = stages.read_train_result(work)
+    _log(
+        metrics,
+        {
+            "train_loss": result.train_loss,
+            "eval_loss": result.eval_loss,
+            "steps": result.global_step,
+            "tokens_per_second": result.tokens_per_second,
+            "train_runtime_s": result.train_runtime_s,
+            "peak_memory_mb": result.peak_memory_mb,
+            "trainable_parameters": result.trainable_parameters,
+        },
+    )
+
+
+@reports_errors
+def evaluate_finetune(
+    *,
+    spec: dict,
+    output_uri: str,
+    data_dir: str,
+    model_dir: str,
+    evaluation_path: str,
+    merged_dir: str,
+    metrics: MetricsArtifact,
+) -> None:
+    from slmops_pipelines.stages import finetune as stages
+
+    parsed = FineTuneJobSpec.model_validate(spec)
+    merged = Path(merged_dir)
+    merged.mkdir(parents=True, exist_ok=True)  # an empty folder when no merged model is asked for
+    evaluation = stages.evaluate(
+        parsed,
+        model_path=stages.resolve_base_model(parsed),
+        train_dir=Path(model_dir),
+        data_dir=Path(data_dir),
+        merged_dir=merged if parsed.output.merged_model else None,
+    )
+    Path(evaluation_path).write_text(json.dumps(evaluation))
+    if evaluation:
+        _log(metrics, {"accuracy": evaluation["finetuned"]["accuracy"]})
+        if evaluation.get("base"):
+            _log(metrics, {"base_accuracy": evaluation["base"]["accuracy"]})
+
+
+@reports_errors
+def publish_finetune(
+    *,
+    spec: dict,
+    job: dict,
+    output_uri: str,
+    fingerprint: str,
+    started_at: float,
+    data_dir: str,
+    model_dir: str,
+    evaluation_path: str,
+    merged_dir: str,
+    report_path: str,
+    summary_path: str,
+    metrics: MetricsArtifact,
+) -> str:
+    """Assemble the output as the local engine lays it out, publish it (manifest last); return its URI."""
+    from slmops_pipelines.stages import finetune as stages
+
+    parsed, ctx = FineTuneJobSpec.model_validate(spec), JobContext.model_validate(job)
+    with tempfile.TemporaryDirectory(prefix="slmops-publish-") as tmp:
+        out = Path(tmp)
+        _copy_into(Path(model_dir), out)
+        _copy_into(Path(data_dir), out / "data")
+        if any(Path(merged_dir).iterdir()) if Path(merged_dir).is_dir() else False:
+            _copy_into(Path(merged_dir), out / "merged")
+        evaluation = json.loads(Path(evaluation_path).read_text())
+        report = stages.write_report(
+            name=ctx.name,
+            namespace=ctx.namespace,
+            spec=parsed,
+            data_stats=stages.read_data_stats(Path(data_dir)),
+            train_dir=out,
+            evaluation=evaluation,
+            out_dir=out,
+            wall_time_s=time.time() - started_at,
+        )
+        shutil.copyfile(out / "report.html", report_path)
+        inspection = stages.inspect_output(
+            name=ctx.name, namespace=ctx.namespace, spec=parsed, output_uri=output_uri
+        )
+        manifest = stages.publish_output(
+            inspection,
+            spec=parsed,
+            out_dir=out,
+            model_path=stages.resolve_base_model(parsed),
+            fingerprint=fingerprint,
+        )
+    artifacts = stages.output_artifacts(inspection.store, manifest)
+    Path(summary_path).write_text(_markdown_links(f"FineTuneJob {ctx.namespace}/{ctx.name}", artifacts))
+    train_result = report["train"]
+    finetuned = (evaluation or {}).get("finetuned") or {}
+    _log(
+        metrics,
+        {
+            "train_loss": train_result.get("train_loss"),
+            "eval_loss": train_result.get("eval_loss"),
+            "accuracy": finetuned.get("accuracy"),
+            "wall_time_s": report["wall_time_s"],
+        },
+    )
+    _say("publish", f"{inspection.store.uri}: {len(manifest['files'])} files, manifest last")
+    return inspection.store.uri
+
+
+# -- OptimizeJob -------------------------------------------------------------------------------
+
+
+def _source_locator(source_uri: str):
+    def locate(name: str) -> str:
+        if not source_uri:
+            raise InputError(
+                f"FineTuneJob {name!r}: the run was started without its output location",
+                field="source.fineTuneJobRef",
+            )
+        return source_uri
+
+    return locate
+
+
+def source_fingerprint(spec: OptimizeJobSpec, source_uri: str) -> str:
+    """What identifies the source's content: the FineTuneJob's manifest, or the adapters' listings."""
+    from slmops_pipelines.steps import publish
+    from slmops_pipelines.storage import open_store
+
+    digest = hashlib.sha256()
+    if spec.source.fine_tune_job_ref is not None:
+        store = open_store(_source_locator(source_uri)(spec.source.fine_tune_job_ref.name))
+        if not store.exists(publish.MANIFEST):
+            raise InputError(
+                f"FineTuneJob {spec.source.fine_tune_job_ref.name!r} has not succeeded: no manifest.json at "
+                f"{store.uri}",
+                field="source.fineTuneJobRef",
+            )
+        digest.update(store.read_text(publish.MANIFEST).encode())
+    else:
+        digest.update(spec.source.model.uri.encode())
+        refs = [spec.source.adapter] if spec.source.adapter else list(spec.source.adapters or [])
+        for ref in refs:
+            digest.update(f"\0{ref.name}\0{ref.uri}\0".encode())
+            for info in open_store(ref.uri, field="source.adapters").list(""):
+                digest.update(f"{info.key}:{info.size}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+@reports_errors
+def inspect_optimize(*, spec: dict, job: dict, output_uri: str, source_uri: str) -> tuple[str, float]:
+    """Claim the output and fingerprint the source; never cached."""
+    from slmops_pipelines.stages.outputs import job_identity, open_output
+
+    started = time.time()
+    parsed, ctx = OptimizeJobSpec.model_validate(spec), JobContext.model_validate(job)
+    open_output(output_uri, job_identity("OptimizeJob", ctx.namespace, ctx.name, parsed))
+    _clear_error(output_uri)
+    fingerprint = source_fingerprint(parsed, source_uri)
+    _say("inspect", f"output {output_uri} claimed; source {fingerprint[:19]}")
+    return fingerprint, started
+
+
+def plan_targets(*, spec: dict) -> list[str]:
+    from slmops_pipelines.stages import optimize as stages
+
+    return stages.target_names(OptimizeJobSpec.model_validate(spec))
+
+
+@reports_errors
+def prepare_optimize_source(
+    *,
+    spec: dict,
+    output_uri: str,
+    source_uri: str,
+    fingerprint: str,
+    prepared_dir: str,
+    metrics: MetricsArtifact,
+) -> None:
+    from slmops_pipelines.stages import optimize as stages
+
+    parsed = OptimizeJobSpec.model_validate(spec)
+    stages.prepare_source(
+        parsed, locate_job=_source_locator(source_uri), prepared_dir=Path(prepared_dir), say=_say
+    )
+    reference = json.loads((Path(prepared_dir) / stages.REFERENCE_JSON).read_text())
+    _log(metrics, _target_scalars(reference["finetuned_pytorch"], prefix="pytorch_"))
+    if reference.get("base_pytorch"):
+        _log(metrics, {"base_accuracy": reference["base_pytorch"].get("accuracy")})
+
+
+def _target_scalars(measured: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    latency = measured.get("latency") or {}
+    return {
+        f"{prefix}accuracy": measured.get("accuracy"),
+        f"{prefix}perplexity": measured.get("perplexity"),
+        f"{prefix}decode_tokens_per_s": latency.get("decode_tokens_per_s_p50"),
+        f"{prefix}prefill_ms_p50": latency.get("prefill_ms_p50"),
+        f"{prefix}size_mb": measured.get("size_mb"),
+    }
+
+
+@reports_errors
+def build_target(
+    *,
+    spec: dict,
+    output_uri: str,
+    target_name: str,
+    prepared_dir: str,
+    target_dir: str,
+    metrics: MetricsArtifact,
+) -> None:
+    """Export, measure and gate one target; ``target_dir`` gets ``model/`` and ``result.json``."""
+    from slmops_pipelines.stages import optimize as stages
+
+    parsed = OptimizeJobSpec.model_validate(spec)
+    out = Path(target_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="slmops-target-") as tmp:
+        result = stages.build_target(
+            parsed, target_name=target_name, prepared_dir=Path(prepared_dir), targets_dir=Path(tmp), say=_say
+        )
+        shutil.rmtree(out / "model", ignore_errors=True)
+        shutil.move(str(Path(tmp) / target_name), str(out / "model"))
+        _copy_into(Path(tmp) / "logs", out / "logs")  # the builder's log, published as the local engine does
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    _log(metrics, _target_scalars(result["metrics"]))
+    _log(metrics, {"decode_speedup": result["vsFinetuned"].get("decode_speedup")})
+
+
+@reports_errors
+def publish_optimize(
+    *,
+    spec: dict,
+    job: dict,
+    output_uri: str,
+    started_at: float,
+    prepared_dir: str,
+    target_dirs: list[str],
+    report_path: str,
+    summary_path: str,
+    metrics: MetricsArtifact,
+) -> str:
+    """Collect the targets, write metrics and report, apply the gates, publish; return the output URI."""
+    from slmops_pipelines.stages import optimize as stages
+    from slmops_pipelines.stages.outputs import job_identity, open_output
+
+    parsed, ctx = OptimizeJobSpec.model_validate(spec), JobContext.model_validate(job)
+    identity = job_identity("OptimizeJob", ctx.namespace, ctx.name, parsed)
+    store, _finished = open_output(output_uri, identity)
+    with tempfile.TemporaryDirectory(prefix="slmops-publish-") as tmp:
+        out = Path(tmp)
+        results = []
+        for folder in map(Path, target_dirs):
+            result = json.loads((folder / "result.json").read_text())
+            shutil.copytree(folder / "model", out / "targets" / result["name"])
+            _copy_into(folder / "logs", out / "targets" / "logs")
+            results.append(result)
+        metrics_doc = stages.write_report(
+            parsed,
+            name=ctx.name,
+            namespace=ctx.namespace,
+            prepared_dir=Path(prepared_dir),
+            results=results,
+            out_dir=out,
+            wall_time_s=time.time() - started_at,
+        )
+        shutil.copyfile(out / "report.html", report_path)
+        for name, entry in metrics_doc["targets"].items():
+            _log(metrics, _target_scalars(entry["metrics"], prefix=f"{name}_"))
+        artifacts = stages.publish_output(
+            store, spec=parsed, identity=identity, out_dir=out, metrics_doc=metrics_doc
+        )
+    Path(summary_path).write_text(_markdown_links(f"OptimizeJob {ctx.namespace}/{ctx.name}", artifacts))
+    _say("publish", f"{store.uri}: {len(results)} target(s), manifest last")
+    return store.uri

@@ -1,0 +1,136 @@
+"""The compiled pipelines: committed and fresh, placement from the job, what is cached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from slmops_operator.api import FineTuneJob, OptimizeJob
+from slmops_operator.cli.main import cli
+from slmops_pipelines.kubeflow.pipelines import compile_pipeline, finetune_pipeline, optimize_pipeline
+from slmops_pipelines.kubeflow.placement import Placement
+from tests.conftest import REPO, finetune_manifest
+
+
+def test_committed_pipelines_are_fresh():
+    result = CliRunner().invoke(cli, ["compile", "--check", "-o", str(REPO / "pipelines" / "compiled")])
+    assert result.exit_code == 0, result.output
+
+
+def test_check_reports_a_stale_pipeline(tmp_path):
+    assert CliRunner().invoke(cli, ["compile", "-o", str(tmp_path)]).exit_code == 0
+    (tmp_path / "optimize.yaml").write_text("stale")
+    result = CliRunner().invoke(cli, ["compile", "--check", "-o", str(tmp_path)])
+    assert result.exit_code == 1 and "optimize.yaml" in result.output
+
+
+def load(path: Path) -> dict:
+    """The pipeline spec, with the platform spec (the second document) under ``platforms``."""
+    spec, *platform = yaml.safe_load_all(path.read_text())
+    return {**spec, **(platform[0] if platform else {})}
+
+
+def executors(doc: dict) -> dict:
+    return doc["deploymentSpec"]["executors"]
+
+
+def kubernetes_config(doc: dict) -> dict:
+    return doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def tasks_of(doc: dict) -> dict:
+    return doc["root"]["dag"]["tasks"]
+
+
+def test_finetune_placement_comes_from_the_job(tmp_path, tiny_model):
+    job = FineTuneJob.model_validate(
+        finetune_manifest(
+            "placed",
+            tiny_model,
+            resources={
+                "processesPerNode": 4,
+                "cpu": "16",
+                "memory": "64Gi",
+                "gpuResource": "amd.com/gpu",
+                "nodeSelector": {"pool": "gpu-a100"},
+                "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            },
+            output={"uri": "s3://bucket/jobs/placed", "credentialsSecret": "team-s3"},
+        )
+    )
+    placement = Placement.for_finetune(job.spec, cache_pvc="models")
+    doc = load(compile_pipeline(finetune_pipeline(placement=placement), tmp_path / "p.yaml"))
+    train = executors(doc)["exec-train"]["container"]
+    assert train["resources"]["accelerator"] == {
+        "count": "4",
+        "resourceCount": "4",
+        "resourceType": "amd.com/gpu",
+        "type": "amd.com/gpu",
+    }
+    assert train["resources"]["cpuRequest"] == 16 and train["resources"]["memoryRequest"] == 68.719476736
+    assert train["image"].startswith("ghcr.io/slmops/slmops-trainer:")
+    k8s = kubernetes_config(doc)
+    assert k8s["exec-train"]["nodeSelector"] == {"labels": {"pool": "gpu-a100"}}
+    assert k8s["exec-train"]["tolerations"] == [{"effect": "NoSchedule", "key": "gpu", "operator": "Exists"}]
+    assert "nodeSelector" not in k8s["exec-prepare-data"]  # CPU steps go wherever there is room
+    for name in ("exec-inspect-finetune", "exec-prepare-data", "exec-train", "exec-publish-finetune"):
+        secret = k8s[name]["secretAsEnv"][0]
+        assert secret["secretName"] == "team-s3" and secret["optional"] is True
+        assert {m["envVar"] for m in secret["keyToEnv"]} >= {"AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL"}
+        assert k8s[name]["pvcMount"][0]["mountPath"] == "/var/cache/slmops"
+    evaluate = executors(doc)["exec-evaluate-finetune"]["container"]
+    assert evaluate["resources"]["accelerator"]["count"] == "1"  # generation needs one GPU, not four
+
+
+def test_inspect_and_publish_are_never_cached(tmp_path):
+    doc = load(compile_pipeline(finetune_pipeline(), tmp_path / "f.yaml"))
+    caching = {
+        name: task.get("cachingOptions", {}).get("enableCache", False) for name, task in tasks_of(doc).items()
+    }
+    assert caching == {
+        "inspect-finetune": False,
+        "prepare-data": True,
+        "train": True,
+        "evaluate-finetune": True,
+        "publish-finetune": False,
+    }
+    # Every cached step takes the spec; data prep also the dataset's fingerprint.
+    inputs = tasks_of(doc)["prepare-data"]["inputs"]["parameters"]
+    assert inputs["fingerprint"]["taskOutputParameter"]["producerTask"] == "inspect-finetune"
+    assert inputs["spec"]["componentInputParameter"] == "spec"
+
+
+def test_optimize_fans_out_over_targets_with_gpus_only_where_needed(tmp_path):
+    spec = {
+        "source": {"model": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"}},
+        "targets": [
+            {"name": "cpu-int4", "provider": "CPUExecutionProvider", "precision": "int4"},
+            {"name": "cuda-fp16", "provider": "CUDAExecutionProvider", "precision": "fp16"},
+        ],
+    }
+    job = OptimizeJob.model_validate(
+        {"apiVersion": "slmops.io/v1alpha1", "kind": "OptimizeJob", "metadata": {"name": "o"}, "spec": spec}
+    )
+    placement = Placement.for_optimize(job.spec)
+    assert placement.target_gpus == 1 and placement.gpus == 0
+    doc = load(compile_pipeline(optimize_pipeline(placement=placement), tmp_path / "o.yaml"))
+    loop = tasks_of(doc)["for-loop-1"]
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--plan-targets-Output"
+    assert loop["iteratorPolicy"]["parallelismLimit"] == 4
+    build = executors(doc)["exec-build-target"]["container"]
+    assert build["resources"]["accelerator"]["count"] == "1"
+    assert build["image"].startswith("ghcr.io/slmops/slmops-optimizer:")
+    assert "accelerator" not in executors(doc)["exec-prepare-source"]["container"].get("resources", {})
+    publish_inputs = tasks_of(doc)["publish-optimize"]["inputs"]["artifacts"]["targets"]
+    assert publish_inputs["taskOutputArtifact"]["producerTask"] == "for-loop-1"
+
+
+def test_components_install_nothing_at_run_time():
+    for path in sorted((REPO / "pipelines" / "compiled").glob("*.yaml")):
+        text = path.read_text()
+        assert "pip install" not in text, path.name
+        for executor in executors(load(path)).values():
+            image = executor["container"]["image"]
+            assert ":" in image and not image.endswith(":latest"), image
