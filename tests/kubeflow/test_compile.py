@@ -134,3 +134,22 @@ def test_components_install_nothing_at_run_time():
         for executor in executors(load(path)).values():
             image = executor["container"]["image"]
             assert ":" in image and not image.endswith(":latest"), image
+
+
+def test_chained_pipeline_feeds_the_finetune_output_to_optimize():
+    doc = load(REPO / "pipelines" / "compiled" / "finetune-optimize.yaml")
+    tasks = tasks_of(doc)
+    assert {"inspect-finetune", "train", "publish-finetune", "inspect-optimize", "publish-optimize"} <= set(
+        tasks
+    )
+    for name in ("inspect-optimize", "prepare-source"):
+        source = tasks[name]["inputs"]["parameters"]["source_uri"]["taskOutputParameter"]
+        assert source == {"outputParameterKey": "Output", "producerTask": "publish-finetune"}
+    assert set(doc["root"]["inputDefinitions"]["parameters"]) == {
+        "finetune_spec",
+        "finetune_job",
+        "finetune_output_uri",
+        "optimize_spec",
+        "optimize_job",
+        "optimize_output_uri",
+    }

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmops_pipelines.stages.finetune import restore_checkpoint as _restore_remote_checkpoint
-from slmops_pipelines.stages.finetune import sync_checkpoint as _sync_checkpoint
 from slmops_pipelines.steps.train.checkpoints import COMPLETE_MARKER
+from slmops_pipelines.steps.train.checkpoints import restore_checkpoint as _restore_remote_checkpoint
+from slmops_pipelines.steps.train.checkpoints import sync_checkpoint as _sync_checkpoint
 from slmops_pipelines.storage import open_store
 
 

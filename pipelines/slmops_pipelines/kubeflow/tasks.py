@@ -42,6 +42,7 @@ class JobContext(BaseModel):
     generation: int = 0
     labels: dict[str, str] = Field(default_factory=dict)
     distributed_engine: Literal["pytorchjob", "trainjob"] = "pytorchjob"
+    trainjob_runtime: str = "torch-distributed"  # the ClusterTrainingRuntime of a TrainJob
     trainer_image: str = ""  # the image of the distributed workers (default: the trainer image)
 
 
@@ -193,7 +194,9 @@ def train(
     if parsed.resources.nodes > 1:
         from slmops_pipelines.kubeflow.distributed.train import train_on_cluster
 
-        train_on_cluster(parsed, ctx, store=store, data_dir=Path(data_dir), work=work, say=_say)
+        train_on_cluster(
+            parsed, ctx, store=store, data_dir=Path(data_dir), work=work, say=_say, on_event=_print_event
+        )
     else:
         _say("train", f"{parsed.method} with {parsed.resources.processes_per_node} process(es)")
         stages.train(
@@ -274,8 +277,9 @@ def publish_finetune(
         out = Path(tmp)
         _copy_into(Path(model_dir), out)
         _copy_into(Path(data_dir), out / "data")
-        if any(Path(merged_dir).iterdir()) if Path(merged_dir).is_dir() else False:
-            _copy_into(Path(merged_dir), out / "merged")
+        merged = Path(merged_dir)
+        if merged.is_dir() and any(merged.iterdir()):  # empty unless output.mergedModel
+            _copy_into(merged, out / "merged")
         evaluation = json.loads(Path(evaluation_path).read_text())
         report = stages.write_report(
             name=ctx.name,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +31,9 @@ from slmops_pipelines.models import cache_root, resolve_model
 from slmops_pipelines.specs import FineTuneJobSpec
 from slmops_pipelines.stages.outputs import job_identity, open_output
 from slmops_pipelines.steps import publish
+from slmops_pipelines.steps.train.checkpoints import CHECKPOINTS, restore_checkpoint, sync_checkpoint
 from slmops_pipelines.storage import ArtifactStore
 
-CHECKPOINTS = "checkpoints"
 TRAIN_RESULT = "logs/train_result.json"
 EVALUATION = "evaluation.json"
 
@@ -125,51 +124,6 @@ def read_data_stats(data_dir: Path) -> dict[str, Any]:
 
 
 # -- train ---------------------------------------------------------------------------------------
-
-
-def restore_checkpoint(store: ArtifactStore, work: Path) -> int | None:
-    """Download the latest complete checkpoint from ``store``; return its step."""
-    from slmops_pipelines.steps.train.checkpoints import COMPLETE_MARKER, checkpoint_step
-
-    steps = sorted(
-        {
-            checkpoint_step(Path(info.key).parent)
-            for info in store.list(CHECKPOINTS)
-            if info.key.endswith("/" + COMPLETE_MARKER)
-        }
-        - {None}
-    )
-    if not steps:
-        return None
-    name = f"checkpoint-{steps[-1]}"
-    target = work / CHECKPOINTS / name
-    if not (target / COMPLETE_MARKER).exists():
-        shutil.rmtree(target, ignore_errors=True)
-        store.download_dir(f"{CHECKPOINTS}/{name}", target)
-    return steps[-1]
-
-
-def sync_checkpoint(store: ArtifactStore, work: Path, step: int) -> None:
-    """Upload checkpoint-N if complete (its marker last), and drop stored ones gone locally."""
-    from slmops_pipelines.steps.train.checkpoints import COMPLETE_MARKER
-
-    folder = work / CHECKPOINTS / f"checkpoint-{step}"
-    marker = folder / COMPLETE_MARKER
-    for _ in range(20):  # the marker follows the Trainer's save by a moment
-        if marker.exists():
-            break
-        time.sleep(0.1)
-    if marker.exists():
-        prefix = f"{CHECKPOINTS}/checkpoint-{step}"
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != marker):
-            store.upload_file(path, f"{prefix}/{path.relative_to(folder).as_posix()}")
-        store.upload_file(marker, f"{prefix}/{COMPLETE_MARKER}")
-    # The Trainer rotates old checkpoints away (saveTotalLimit): mirror that in the store.
-    local_dir = work / CHECKPOINTS
-    local_names = {p.name for p in local_dir.iterdir()} if local_dir.is_dir() else set()
-    stored_names = {info.key.split("/")[1] for info in store.list(CHECKPOINTS) if info.key.count("/") >= 2}
-    for stale in sorted(stored_names - local_names):
-        store.delete_prefix(f"{CHECKPOINTS}/{stale}")
 
 
 def train(

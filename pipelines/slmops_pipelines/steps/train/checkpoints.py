@@ -9,8 +9,15 @@ from marked ones.
 from __future__ import annotations
 
 import re
+import shutil
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from slmops_pipelines.storage import ArtifactStore
+
+CHECKPOINTS = "checkpoints"
 COMPLETE_MARKER = ".slmops-complete"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -31,3 +38,47 @@ def complete_checkpoints(folder: Path) -> list[Path]:
 def latest_complete_checkpoint(folder: Path) -> Path | None:
     done = complete_checkpoints(folder)
     return done[-1] if done else None
+
+
+# -- mirrored to a store, for pods that come and go ------------------------------------------
+
+
+def restore_checkpoint(store: ArtifactStore, work: Path) -> int | None:
+    """Download the latest complete checkpoint from ``store``; return its step."""
+    steps = sorted(
+        {
+            checkpoint_step(Path(info.key).parent)
+            for info in store.list(CHECKPOINTS)
+            if info.key.endswith("/" + COMPLETE_MARKER)
+        }
+        - {None}
+    )
+    if not steps:
+        return None
+    name = f"checkpoint-{steps[-1]}"
+    target = work / CHECKPOINTS / name
+    if not (target / COMPLETE_MARKER).exists():
+        shutil.rmtree(target, ignore_errors=True)
+        store.download_dir(f"{CHECKPOINTS}/{name}", target)
+    return steps[-1]
+
+
+def sync_checkpoint(store: ArtifactStore, work: Path, step: int) -> None:
+    """Upload checkpoint-N if complete (its marker last), and drop stored ones gone locally."""
+    folder = work / CHECKPOINTS / f"checkpoint-{step}"
+    marker = folder / COMPLETE_MARKER
+    for _ in range(20):  # the marker follows the Trainer's save by a moment
+        if marker.exists():
+            break
+        time.sleep(0.1)
+    if marker.exists():
+        prefix = f"{CHECKPOINTS}/checkpoint-{step}"
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != marker):
+            store.upload_file(path, f"{prefix}/{path.relative_to(folder).as_posix()}")
+        store.upload_file(marker, f"{prefix}/{COMPLETE_MARKER}")
+    # The Trainer rotates old checkpoints away (saveTotalLimit): mirror that in the store.
+    local_dir = work / CHECKPOINTS
+    local_names = {p.name for p in local_dir.iterdir()} if local_dir.is_dir() else set()
+    stored_names = {info.key.split("/")[1] for info in store.list(CHECKPOINTS) if info.key.count("/") >= 2}
+    for stale in sorted(stored_names - local_names):
+        store.delete_prefix(f"{CHECKPOINTS}/{stale}")

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmops_pipelines.errors import InputError, JobError
@@ -26,13 +27,52 @@ from slmops_pipelines.steps.train.request import TrainRequest, TrainResult
 EventHandler = Callable[[dict], None]
 
 
-def torchrun_command(request_path: Path, processes: int) -> list[str]:
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the nodes of a multi-node run meet: given by the engine that started the pods."""
+
+    nodes: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Rendezvous:
+        """Read what a PyTorchJob or a TrainJob sets (``PET_*``, else ``MASTER_*``/``RANK``)."""
+        env = dict(os.environ if env is None else env)
+
+        def first(*names: str) -> str:
+            for name in names:
+                if env.get(name):
+                    return env[name]
+            raise JobError(
+                f"multi-node training needs {' or '.join(names)} in the environment (set by the PyTorchJob/TrainJob)",
+                reason="TrainingFailed",
+            )
+
+        return cls(
+            nodes=int(first("PET_NNODES", "WORLD_SIZE")),
+            node_rank=int(first("PET_NODE_RANK", "RANK", "JOB_COMPLETION_INDEX")),
+            master_addr=first("PET_MASTER_ADDR", "MASTER_ADDR"),
+            master_port=int(first("PET_MASTER_PORT", "MASTER_PORT")),
+        )
+
+
+def torchrun_command(request_path: Path, processes: int, rendezvous: Rendezvous | None = None) -> list[str]:
+    if rendezvous is None:  # one node: a private rendezvous on a free port
+        where = ["--standalone", "--nnodes=1"]
+    else:
+        where = [
+            f"--nnodes={rendezvous.nodes}",
+            f"--node-rank={rendezvous.node_rank}",
+            f"--master-addr={rendezvous.master_addr}",
+            f"--master-port={rendezvous.master_port}",
+        ]
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
-        "--nnodes=1",
+        *where,
         f"--nproc-per-node={processes}",
         "-m",
         "slmops_pipelines.steps.train",
@@ -97,9 +137,17 @@ def _failure_summary(log_path: Path) -> str:
 
 
 def run_training(
-    request: TrainRequest, *, on_event: EventHandler | None = None, poll_s: float = 0.5
-) -> TrainResult:
-    """Train with ``resources.processesPerNode`` local processes; raise JobError on failure."""
+    request: TrainRequest,
+    *,
+    on_event: EventHandler | None = None,
+    poll_s: float = 0.5,
+    rendezvous: Rendezvous | None = None,
+) -> TrainResult | None:
+    """Train with ``resources.processesPerNode`` processes on this node; raise JobError on failure.
+
+    With a ``rendezvous`` this node joins a multi-node run; the result (and the events) come
+    from global rank 0, so only node 0 returns a TrainResult -- the others return None.
+    """
     processes = request.spec.resources.processes_per_node
     logs = request.work_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -111,7 +159,7 @@ def run_training(
     log_path = logs / "train.log"
     with log_path.open("a") as log:
         proc = subprocess.Popen(
-            torchrun_command(request_path, processes),
+            torchrun_command(request_path, processes, rendezvous),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=_child_env(processes),
@@ -135,6 +183,8 @@ def run_training(
             on_event(event)
     if request.error_path.exists():
         raise _error_from_child(json.loads(request.error_path.read_text()))
+    if proc.returncode == 0 and rendezvous is not None and rendezvous.node_rank != 0:
+        return None
     if proc.returncode != 0 or not request.result_path.exists():
         raise JobError(
             f"training failed (exit code {proc.returncode}): {_failure_summary(log_path)}; full log: {log_path}",

@@ -1,0 +1,193 @@
+"""The workload objects for multi-node training: a PyTorchJob or a TrainJob.
+
+Both run the same container: the trainer image with
+``python -m slmops_pipelines.steps.train.node STAGING_URI OUTPUT_URI`` (see
+:mod:`slmops_pipelines.steps.train.node`), once per node, with ``processesPerNode`` torchrun
+processes each.  The engine supplies the rendezvous (``PET_*``/``MASTER_*`` variables);
+nothing here is a launcher of our own.
+
+* **PyTorchJob** (Kubeflow Training Operator, ``kubeflow.org/v1``): a ``Master`` and
+  ``nodes - 1`` ``Worker`` replicas, ``nprocPerNode``, restart on failure (a restarted node
+  resumes from the last complete checkpoint).
+* **TrainJob** (Kubeflow Trainer v2, ``trainer.kubeflow.org/v1alpha1``, v2.0/v2.1 API): the
+  ``torch-distributed`` ClusterTrainingRuntime (configurable), ``numNodes``,
+  ``numProcPerNode``, ``resourcesPerNode``; node selector, tolerations and volumes through
+  ``podTemplateOverrides`` on the ``node`` job.
+
+Labels link the workload to its FineTuneJob (``slmops.io/finetunejob``, ``slmops.io/job-uid``)
+and carry ``kueue.x-k8s.io/queue-name`` through, so that Kueue admits the workload itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from slmops_pipelines.kubeflow.placement import CACHE_MOUNT, S3_SECRET_KEYS
+from slmops_pipelines.specs import FineTuneJobSpec
+
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+JOB_LABEL = "slmops.io/finetunejob"
+UID_LABEL = "slmops.io/job-uid"
+ENGINES = {
+    "pytorchjob": ("kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"),
+    "trainjob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"),
+}
+NODE_MODULE = ["python", "-m", "slmops_pipelines.steps.train.node"]
+
+
+@dataclass
+class Workload:
+    """Everything that decides the workload object, from the job and the run."""
+
+    name: str  # of the workload object
+    namespace: str
+    job_name: str  # the FineTuneJob
+    job_uid: str
+    spec: FineTuneJobSpec
+    image: str
+    staging_uri: str
+    output_uri: str
+    labels: dict[str, str] = field(default_factory=dict)
+    runtime: str = "torch-distributed"  # TrainJob: the ClusterTrainingRuntime
+
+
+def workload_name(job_name: str, key: str) -> str:
+    """A DNS-1035 name, stable for one job and run (so a retried step adopts its workload)."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    base = re.sub(r"[^a-z0-9-]", "-", job_name.lower()).strip("-")[: 63 - len("slmops--") - 8] or "job"
+    name = f"slmops-{base}-{digest}"
+    return name if name[0].isalpha() else f"s{name[1:]}"
+
+
+def _labels(w: Workload) -> dict[str, str]:
+    labels = {
+        "app.kubernetes.io/managed-by": "slmops",
+        "app.kubernetes.io/component": "trainer",
+        JOB_LABEL: w.job_name[:63],
+    }
+    if w.job_uid:
+        labels[UID_LABEL] = w.job_uid
+    if QUEUE_LABEL in w.labels:
+        labels[QUEUE_LABEL] = w.labels[QUEUE_LABEL]
+    return labels
+
+
+def _env(w: Workload) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "SLMOPS_CACHE_DIR", "value": CACHE_MOUNT},
+        {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    secret = w.spec.output.credentials_secret
+    if secret:
+        env += [
+            {"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+            for key, var in S3_SECRET_KEYS.items()
+        ]
+    return env
+
+
+def _resources(w: Workload) -> dict[str, Any]:
+    r = w.spec.resources
+    requests = {k: v for k, v in (("cpu", r.cpu), ("memory", r.memory)) if v}
+    limits = {r.gpu_resource: str(r.gpus)} if r.gpus else {}
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def _volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A scratch model cache, and shared memory for NCCL (the default 64 MiB /dev/shm is too small)."""
+    volumes = [{"name": "cache", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    mounts = [{"name": "cache", "mountPath": CACHE_MOUNT}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    return volumes, mounts
+
+
+def _tolerations(w: Workload) -> list[dict[str, Any]]:
+    return [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in w.spec.resources.tolerations]
+
+
+def pytorchjob(w: Workload) -> dict[str, Any]:
+    volumes, mounts = _volumes()
+    pod_spec: dict[str, Any] = {
+        "containers": [
+            {
+                "name": "pytorch",  # the Training Operator looks for this container name
+                "image": w.image,
+                "command": NODE_MODULE,
+                "args": [w.staging_uri, w.output_uri],
+                "env": _env(w),
+                "resources": _resources(w),
+                "volumeMounts": mounts,
+            }
+        ],
+        "volumes": volumes,
+    }
+    if w.spec.resources.node_selector:
+        pod_spec["nodeSelector"] = dict(w.spec.resources.node_selector)
+    if w.spec.resources.tolerations:
+        pod_spec["tolerations"] = _tolerations(w)
+    labels = _labels(w)
+
+    def replica(count: int) -> dict[str, Any]:
+        return {
+            "replicas": count,
+            "restartPolicy": "OnFailure",
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        }
+
+    nodes = w.spec.resources.nodes
+    replicas = {"Master": replica(1)}
+    if nodes > 1:
+        replicas["Worker"] = replica(nodes - 1)
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": {"name": w.name, "namespace": w.namespace, "labels": labels},
+        "spec": {
+            "nprocPerNode": str(w.spec.resources.processes_per_node),
+            "runPolicy": {"backoffLimit": 3, "cleanPodPolicy": "Running"},
+            "pytorchReplicaSpecs": replicas,
+        },
+    }
+
+
+def trainjob(w: Workload) -> dict[str, Any]:
+    volumes, mounts = _volumes()
+    override: dict[str, Any] = {"volumes": volumes, "containers": [{"name": "node", "volumeMounts": mounts}]}
+    if w.spec.resources.node_selector:
+        override["nodeSelector"] = dict(w.spec.resources.node_selector)
+    if w.spec.resources.tolerations:
+        override["tolerations"] = _tolerations(w)
+    labels = _labels(w)
+    return {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": {"name": w.name, "namespace": w.namespace, "labels": labels},
+        "spec": {
+            "runtimeRef": {
+                "name": w.runtime,
+                "apiGroup": "trainer.kubeflow.org",
+                "kind": "ClusterTrainingRuntime",
+            },
+            "labels": labels,  # onto the JobSet and its Jobs
+            "trainer": {
+                "image": w.image,
+                "command": NODE_MODULE,
+                "args": [w.staging_uri, w.output_uri],
+                "env": _env(w),
+                "numNodes": w.spec.resources.nodes,
+                "numProcPerNode": w.spec.resources.processes_per_node,
+                "resourcesPerNode": _resources(w),
+            },
+            "podTemplateOverrides": [{"targetJobs": [{"name": "node"}], "spec": override}],
+        },
+    }
+
+
+BUILDERS = {"pytorchjob": pytorchjob, "trainjob": trainjob}
+
+
+def build(engine: str, w: Workload) -> dict[str, Any]:
+    return BUILDERS[engine](w)
