@@ -96,10 +96,13 @@ def test_inspect_and_publish_are_never_cached(tmp_path):
         "evaluate-finetune": True,
         "publish-finetune": False,
     }
-    # Every cached step takes the spec; data prep also the dataset's fingerprint.
-    inputs = tasks_of(doc)["prepare-data"]["inputs"]["parameters"]
-    assert inputs["fingerprint"]["taskOutputParameter"]["producerTask"] == "inspect-finetune"
-    assert inputs["spec"]["componentInputParameter"] == "spec"
+    # Every cached step takes its view of the spec from inspect; data prep also the fingerprint.
+    views = {"prepare-data": "data_spec", "train": "train_spec", "evaluate-finetune": "eval_spec"}
+    for task, view in views.items():
+        spec = tasks_of(doc)[task]["inputs"]["parameters"]["spec"]["taskOutputParameter"]
+        assert spec == {"outputParameterKey": view, "producerTask": "inspect-finetune"}
+    fingerprint = tasks_of(doc)["prepare-data"]["inputs"]["parameters"]["fingerprint"]
+    assert fingerprint["taskOutputParameter"]["producerTask"] == "inspect-finetune"
 
 
 def test_optimize_fans_out_over_targets_with_gpus_only_where_needed(tmp_path):

@@ -395,3 +395,12 @@ async def test_sigterm_deletes_the_workload(kmock, prepared, s3_server, tmp_path
     assert "cancelled: deleting PyTorchJob" in output
     deletes = [r for r in kmock["delete"] if str(r.url).endswith(f"/pytorchjobs/{job['metadata']['name']}")]
     assert len(deletes) == 1, output
+
+
+def test_job_context_reads_the_pipeline_parameter():
+    ctx = JobContext.model_validate(
+        {"name": "a", "namespace": "ns", "distributedEngine": "trainjob", "trainjobRuntime": "torch-cuda"}
+    )
+    assert ctx.distributed_engine == "trainjob" and ctx.trainjob_runtime == "torch-cuda"
+    with pytest.raises(ValueError, match="distributedEngine"):
+        JobContext.model_validate({"name": "a", "distributedEngine": "mpijob"})

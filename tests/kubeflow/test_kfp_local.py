@@ -154,3 +154,14 @@ def test_cli_engine_kfp_local_names_the_field(tiny_model, tmp_path):
     )
     assert result.exit_code == 2, result.output
     assert "FineTuneJob cli-bad: spec.dataset.promptTemplate" in " ".join(result.output.split())
+
+
+def test_an_evaluation_change_reuses_data_and_training(kfp_finished, tiny_model, caplog):
+    out, _ = kfp_finished
+    shutil.rmtree(out)  # the job's new spec may take over its location once the old output is gone
+    j = job("tiny-kfp", tiny_model, output={"mergedModel": True}, evaluation={"maxSamples": 4})
+    with caplog.at_level(logging.INFO):
+        outcome = run_finetune_kfp_local(name=j.name, spec=j.spec, output_uri=str(out))
+    hits = set(re.findall(r"Task (\S+) cache hit", caplog.text))
+    assert hits == {"prepare-data", "train"}
+    assert outcome.metrics["evaluation"]["finetuned"]["total"] == 4

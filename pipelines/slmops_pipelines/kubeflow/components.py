@@ -20,15 +20,24 @@ from slmops_pipelines.kubeflow.images import Images
 
 
 def inspect_finetune(spec: dict, job: dict, output_uri: str) -> NamedTuple(
-    "Inspection", [("fingerprint", str), ("started_at", float)]
+    "Inspection",
+    [
+        ("fingerprint", str),
+        ("started_at", float),
+        ("data_spec", dict),
+        ("train_spec", dict),
+        ("eval_spec", dict),
+    ],
 ):
-    """Claim the output location and fingerprint the dataset."""
+    """Claim the output location, fingerprint the dataset, derive each step's view of the spec."""
     from collections import namedtuple
 
     from slmops_pipelines.kubeflow import tasks
 
-    fingerprint, started_at = tasks.inspect_finetune(spec=spec, job=job, output_uri=output_uri)
-    return namedtuple("Inspection", ["fingerprint", "started_at"])(fingerprint, started_at)
+    outputs = tasks.inspect_finetune(spec=spec, job=job, output_uri=output_uri)
+    return namedtuple("Inspection", ["fingerprint", "started_at", "data_spec", "train_spec", "eval_spec"])(
+        *outputs
+    )
 
 
 def prepare_data(
@@ -123,21 +132,19 @@ def publish_finetune(
 
 
 def inspect_optimize(spec: dict, job: dict, output_uri: str, source_uri: str) -> NamedTuple(
-    "Inspection", [("fingerprint", str), ("started_at", float)]
+    "Inspection", [("fingerprint", str), ("started_at", float), ("source_spec", dict)]
 ):
-    """Claim the output location and fingerprint the source."""
+    """Claim the output location, fingerprint the source, derive the source step's view of the spec."""
     from collections import namedtuple
 
     from slmops_pipelines.kubeflow import tasks
 
-    fingerprint, started_at = tasks.inspect_optimize(
-        spec=spec, job=job, output_uri=output_uri, source_uri=source_uri
-    )
-    return namedtuple("Inspection", ["fingerprint", "started_at"])(fingerprint, started_at)
+    outputs = tasks.inspect_optimize(spec=spec, job=job, output_uri=output_uri, source_uri=source_uri)
+    return namedtuple("Inspection", ["fingerprint", "started_at", "source_spec"])(*outputs)
 
 
 def plan_targets(spec: dict) -> list:
-    """The names of the targets, one ParallelFor iteration each."""
+    """One view of the spec per target, one ParallelFor iteration each."""
     from slmops_pipelines.kubeflow import tasks
 
     return tasks.plan_targets(spec=spec)
@@ -167,18 +174,16 @@ def prepare_source(
 def build_target(
     spec: dict,
     output_uri: str,
-    target_name: str,
     prepared: Input[Model],
     target: Output[Model],
     target_metrics: Output[Metrics],
 ):
-    """Export one target to ONNX, quantize it, measure it and check its gates."""
+    """Export the view's target to ONNX, quantize it, measure it and check its gates."""
     from slmops_pipelines.kubeflow import tasks
 
     tasks.build_target(
         spec=spec,
         output_uri=output_uri,
-        target_name=target_name,
         prepared_dir=prepared.path,
         target_dir=target.path,
         metrics=target_metrics,

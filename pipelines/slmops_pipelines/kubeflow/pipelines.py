@@ -35,16 +35,26 @@ def _finetune_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_
     inspect = p.uncached(c.inspect_finetune(spec=spec, job=job, output_uri=output_uri))
     inspect.set_display_name("inspect")
     data = p.common(
-        c.prepare_data(spec=spec, output_uri=output_uri, fingerprint=inspect.outputs["fingerprint"])
+        c.prepare_data(
+            spec=inspect.outputs["data_spec"],
+            output_uri=output_uri,
+            fingerprint=inspect.outputs["fingerprint"],
+        )
     )
     data.set_display_name("prepare data")
     train = p.compute(
-        c.train(spec=spec, job=job, output_uri=output_uri, data=data.outputs["data"]), gpus=p.gpus
+        c.train(
+            spec=inspect.outputs["train_spec"], job=job, output_uri=output_uri, data=data.outputs["data"]
+        ),
+        gpus=p.gpus,
     )
     train.set_display_name("train")
     evaluate = p.compute(
         c.evaluate_finetune(
-            spec=spec, output_uri=output_uri, data=data.outputs["data"], model=train.outputs["model"]
+            spec=inspect.outputs["eval_spec"],
+            output_uri=output_uri,
+            data=data.outputs["data"],
+            model=train.outputs["model"],
         ),
         gpus=min(p.gpus, 1),
         requests=False,
@@ -74,7 +84,7 @@ def _optimize_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_
     inspect.set_display_name("inspect")
     prepared = p.common(
         c.prepare_source(
-            spec=spec,
+            spec=inspect.outputs["source_spec"],
             output_uri=output_uri,
             source_uri=source_uri,
             fingerprint=inspect.outputs["fingerprint"],
@@ -84,14 +94,9 @@ def _optimize_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_
     # A task of its own: kfp.local (like the dashboard) iterates over a task's single output.
     plan = p.common(c.plan_targets(spec=spec))
     plan.set_display_name("plan targets")
-    with dsl.ParallelFor(items=plan.output, parallelism=p.target_parallelism) as target_name:
+    with dsl.ParallelFor(items=plan.output, parallelism=p.target_parallelism) as target_spec:
         target = p.compute(
-            c.build_target(
-                spec=spec,
-                output_uri=output_uri,
-                target_name=target_name,
-                prepared=prepared.outputs["prepared"],
-            ),
+            c.build_target(spec=target_spec, output_uri=output_uri, prepared=prepared.outputs["prepared"]),
             gpus=p.target_gpus,
             requests=False,
         )

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 from slmops_pipelines.errors import InputError, JobError
 from slmops_pipelines.specs import FineTuneJobSpec, OptimizeJobSpec
@@ -34,12 +35,16 @@ class MetricsArtifact(Protocol):
 
 
 class JobContext(BaseModel):
-    """Who the run is for: identity, labels to pass on, and how to train on many nodes."""
+    """Who the run is for: identity, labels to pass on, and how to train on many nodes.
+
+    The pipelines' ``job`` parameter, in camelCase (``distributedEngine``) like the API.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
     name: str
     namespace: str = "default"
     uid: str = ""
-    generation: int = 0
     labels: dict[str, str] = Field(default_factory=dict)
     distributed_engine: Literal["pytorchjob", "trainjob"] = "pytorchjob"
     trainjob_runtime: str = "torch-distributed"  # the ClusterTrainingRuntime of a TrainJob
@@ -140,8 +145,13 @@ def _markdown_links(title: str, artifacts: dict[str, str]) -> str:
 
 
 @reports_errors
-def inspect_finetune(*, spec: dict, job: dict, output_uri: str) -> tuple[str, float]:
-    """Claim the output (refusing another job's) and fingerprint the dataset; never cached."""
+def inspect_finetune(*, spec: dict, job: dict, output_uri: str) -> tuple[str, float, dict, dict, dict]:
+    """Claim the output (refusing another job's), fingerprint the dataset, derive the steps' views.
+
+    Never cached: it looks at the world.  Returns the fingerprint, the start time and the
+    ``data``, ``train`` and ``evaluate`` views of the spec (see :mod:`.cache_keys`).
+    """
+    from slmops_pipelines.kubeflow.cache_keys import finetune_views
     from slmops_pipelines.stages import finetune as stages
 
     started = time.time()
@@ -150,7 +160,8 @@ def inspect_finetune(*, spec: dict, job: dict, output_uri: str) -> tuple[str, fl
     _clear_error(output_uri)  # a previous run's failure is not this run's
     fingerprint = stages.dataset_fingerprint(parsed)
     _say("inspect", f"output {output_uri} claimed; dataset {fingerprint[:19]}")
-    return fingerprint, started
+    views = finetune_views(parsed)
+    return fingerprint, started, views["data"], views["train"], views["evaluate"]
 
 
 @reports_errors
@@ -360,8 +371,9 @@ def source_fingerprint(spec: OptimizeJobSpec, source_uri: str) -> str:
 
 
 @reports_errors
-def inspect_optimize(*, spec: dict, job: dict, output_uri: str, source_uri: str) -> tuple[str, float]:
-    """Claim the output and fingerprint the source; never cached."""
+def inspect_optimize(*, spec: dict, job: dict, output_uri: str, source_uri: str) -> tuple[str, float, dict]:
+    """Claim the output, fingerprint the source, derive the source step's view; never cached."""
+    from slmops_pipelines.kubeflow.cache_keys import optimize_source_view
     from slmops_pipelines.stages.outputs import job_identity, open_output
 
     started = time.time()
@@ -370,13 +382,14 @@ def inspect_optimize(*, spec: dict, job: dict, output_uri: str, source_uri: str)
     _clear_error(output_uri)
     fingerprint = source_fingerprint(parsed, source_uri)
     _say("inspect", f"output {output_uri} claimed; source {fingerprint[:19]}")
-    return fingerprint, started
+    return fingerprint, started, optimize_source_view(parsed)
 
 
-def plan_targets(*, spec: dict) -> list[str]:
-    from slmops_pipelines.stages import optimize as stages
+def plan_targets(*, spec: dict) -> list[dict]:
+    """One spec view per target: the ParallelFor's items."""
+    from slmops_pipelines.kubeflow.cache_keys import optimize_target_views
 
-    return stages.target_names(OptimizeJobSpec.model_validate(spec))
+    return optimize_target_views(OptimizeJobSpec.model_validate(spec))
 
 
 @reports_errors
@@ -417,15 +430,15 @@ def build_target(
     *,
     spec: dict,
     output_uri: str,
-    target_name: str,
     prepared_dir: str,
     target_dir: str,
     metrics: MetricsArtifact,
 ) -> None:
-    """Export, measure and gate one target; ``target_dir`` gets ``model/`` and ``result.json``."""
+    """Export, measure and gate the target of this view; ``target_dir`` gets ``model/`` and ``result.json``."""
     from slmops_pipelines.stages import optimize as stages
 
     parsed = OptimizeJobSpec.model_validate(spec)
+    target_name = parsed.targets[0].name
     out = Path(target_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="slmops-target-") as tmp:

@@ -20,6 +20,7 @@ from slmops_pipelines.kubeflow.distributed import launcher
 from slmops_pipelines.kubeflow.distributed.manifests import Workload, build, workload_name
 from slmops_pipelines.kubeflow.images import Images
 from slmops_pipelines.specs import FineTuneJobSpec
+from slmops_pipelines.stages.outputs import spec_hash
 from slmops_pipelines.steps.train import node
 from slmops_pipelines.storage import ArtifactStore, open_store
 
@@ -95,7 +96,8 @@ def train_on_cluster(
 
     namespace = workload_namespace(ctx.namespace)
     workload = Workload(
-        name=workload_name(ctx.name, f"{ctx.namespace}/{ctx.name}/{ctx.uid}/{ctx.generation}"),
+        # The same job and training spec: the same workload (a retried step adopts it).
+        name=workload_name(ctx.name, f"{ctx.namespace}/{ctx.name}/{ctx.uid}/{spec_hash(spec)}"),
         namespace=namespace,
         job_name=ctx.name,
         job_uid=ctx.uid,
