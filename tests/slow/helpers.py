@@ -11,12 +11,24 @@ from tests.conftest import REPO
 MODEL = REPO / ".cache" / "models" / "SmolLM2-135M-Instruct"
 
 
-def run_examples(*files: str, runs_dir: Path, timeout: int) -> subprocess.CompletedProcess:
-    """``slmops run FILES --runs-dir RUNS`` from the repo root, preparing the demo model if needed."""
+def run_examples(
+    *files: str, runs_dir: Path, timeout: int, engine: str = "local"
+) -> subprocess.CompletedProcess:
+    """``slmops run FILES --runs-dir RUNS --engine E`` from the repo root, preparing the demo model if needed."""
     if not (MODEL / "config.json").exists():
         subprocess.run([str(REPO / "scripts" / "prepare_demo_model.sh")], check=True)
     proc = subprocess.run(
-        [sys.executable, "-m", "slmops_operator.cli.main", "run", *files, "--runs-dir", str(runs_dir)],
+        [
+            sys.executable,
+            "-m",
+            "slmops_operator.cli.main",
+            "run",
+            *files,
+            "--runs-dir",
+            str(runs_dir),
+            "--engine",
+            engine,
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
