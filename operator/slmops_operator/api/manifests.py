@@ -67,7 +67,7 @@ def format_loc(loc: Iterable[str | int]) -> str:
     return out
 
 
-def _reason(error: dict[str, Any]) -> str:
+def describe_error(error: dict[str, Any]) -> str:
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
@@ -111,7 +111,10 @@ def parse_document(doc: Document) -> Resource:
         return KINDS[kind].model_validate(body)
     except ValidationError as exc:
         raise ManifestError(
-            [Problem(doc.label, format_loc(e["loc"]), _reason(e)) for e in exc.errors(include_url=False)]
+            [
+                Problem(doc.label, format_loc(e["loc"]), describe_error(e))
+                for e in exc.errors(include_url=False)
+            ]
         ) from None
 
 

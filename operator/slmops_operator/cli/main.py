@@ -138,6 +138,39 @@ def run(files: tuple[Path, ...], engine: str, runs_dir: Path) -> None:
     )
 
 
+@cli.command("operator")
+@click.option(
+    "--backend", type=click.Choice(["kfp", "local"]), default=None, help="Overrides SLMOPS_BACKEND."
+)
+@click.option(
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    help="Watch only this namespace (repeatable; overrides SLMOPS_NAMESPACES; default: all).",
+)
+@click.option("--kfp-host", default=None, help="Overrides SLMOPS_KFP_HOST.")
+@click.option("--max-running-per-namespace", type=int, default=None)
+@click.option("--liveness-port", type=int, default=8081, show_default=True)
+def operator_cmd(
+    backend: str | None,
+    namespaces: tuple[str, ...],
+    kfp_host: str | None,
+    max_running_per_namespace: int | None,
+    liveness_port: int,
+) -> None:
+    """Run the operator (KUBECONFIG or the pod's service account; settings from SLMOPS_* variables)."""
+    from slmops_operator.runtime import run
+    from slmops_operator.settings import OperatorSettings
+
+    settings = OperatorSettings.from_env(
+        backend=backend,
+        namespaces=list(namespaces) or None,
+        kfp_host=kfp_host,
+        max_running_per_namespace=max_running_per_namespace,
+    )
+    run(settings, liveness_port=liveness_port)
+
+
 @cli.group()
 def models() -> None:
     """Model utilities."""

@@ -19,7 +19,10 @@ from slmops_pipelines.specs import FineTuneJobSpec, OptimizeJobSpec
 
 
 def _dump(spec: FineTuneJobSpec | OptimizeJobSpec) -> dict[str, Any]:
-    return spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    # suspend and ttlSecondsAfterFinished say how the job is operated: no step reads them.
+    return spec.model_dump(
+        mode="json", by_alias=True, exclude_none=True, exclude={"suspend", "ttl_seconds_after_finished"}
+    )
 
 
 def finetune_views(spec: FineTuneJobSpec) -> dict[str, dict[str, Any]]:

@@ -138,6 +138,15 @@ class FineTuneJobSpec(SpecModel):
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute for training.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where artifacts are written.")
+    suspend: bool = Field(
+        default=False,
+        description="Stop the job's run (or keep it from starting); false again resumes it from its last checkpoint.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        description="Delete the resource this many seconds after it finished (its artifacts stay).",
+    )
 
     @model_validator(mode="after")
     def _check_method(self) -> FineTuneJobSpec:

@@ -24,8 +24,13 @@ class JobOutcome:
     already_complete: bool = False
 
 
+# Fields that say how the job is operated, not what it produces: changing them keeps its output.
+OPERATIONAL_FIELDS = {"suspend", "ttl_seconds_after_finished"}
+
+
 def spec_hash(spec: SpecModel) -> str:
-    canonical = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True)
+    fields = {name for name in OPERATIONAL_FIELDS if name in type(spec).model_fields}
+    canonical = json.dumps(spec.model_dump(mode="json", by_alias=True, exclude=fields), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -1,0 +1,81 @@
+"""What a backend is asked to run, and what it reports back."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from slmops_operator.api.status import RunRef
+from slmops_pipelines.specs import FineTuneJobSpec, OptimizeJobSpec
+
+RunPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled"]
+
+
+def run_name(kind: str, namespace: str, name: str, uid: str, generation: int) -> str:
+    """Deterministic: a retried handler or a restarted operator finds the run instead of starting another."""
+    digest = hashlib.sha256(f"{kind}/{namespace}/{name}/{uid}/{generation}".encode()).hexdigest()[:10]
+    prefix = "ftj" if kind == "FineTuneJob" else "optj"
+    return f"{prefix}-{namespace}-{name}"[:52].rstrip("-") + f"-{digest}"
+
+
+@dataclass
+class JobRequest:
+    """One job, as a backend needs it."""
+
+    kind: Literal["FineTuneJob", "OptimizeJob"]
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: FineTuneJobSpec | OptimizeJobSpec
+    output_uri: str
+    labels: dict[str, str] = field(default_factory=dict)
+    source_uri: str = ""  # OptimizeJob with fineTuneJobRef: the FineTuneJob's output
+
+    @property
+    def run_name(self) -> str:
+        return run_name(self.kind, self.namespace, self.name, self.uid, self.generation)
+
+    def job_context(self, *, distributed_engine: str) -> dict[str, Any]:
+        """The pipelines' ``job`` parameter (see slmops_pipelines.kubeflow.tasks.JobContext)."""
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "uid": self.uid,
+            "labels": dict(self.labels),
+            "distributedEngine": distributed_engine,
+        }
+
+
+@dataclass
+class RunState:
+    """What the backend knows about a run."""
+
+    phase: RunPhase
+    message: str = ""
+    reason: str = ""
+    spec_field: str | None = None  # the spec field a failure is about
+    progress: dict[str, Any] | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed", "Cancelled")
+
+
+class Backend(Protocol):
+    name: str
+
+    async def submit(self, request: JobRequest) -> RunRef:
+        """Start the job's run, or find the one already started under ``request.run_name``."""
+
+    async def state(self, run: RunRef, request: JobRequest) -> RunState:
+        """The run's phase, progress and, once finished, results or failure."""
+
+    async def cancel(self, run: RunRef) -> None:
+        """Stop the run (idempotent)."""
+
+    async def close(self) -> None:
+        """Release what the backend holds (worker processes, clients)."""

@@ -1,0 +1,165 @@
+"""The local backend: each job in a worker process next to the operator.
+
+For laptops, tests and clusters without Kubeflow Pipelines.  A job's run is the process
+``python -m slmops_operator.backends.local_worker`` with a request file and a state file in
+``SLMOPS_LOCAL_STATE_DIR``, both named after the run.  The state file is the only channel:
+
+* ``submit`` starts the worker unless the state file shows one alive (its pid) or finished,
+  so a retried handler or a restarted operator adopts the run instead of starting another;
+* ``state`` reads the file; a worker that died without finishing (the operator's pod was
+  replaced, the machine rebooted) is started again, and the local engine resumes it from
+  its last complete checkpoint;
+* ``cancel`` sends SIGTERM to the worker's session (the engine stops its trainers).
+
+Workers run in their own session: they outlive an operator restart and are adopted by pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from slmops_operator.api.status import RunRef
+from slmops_operator.backends.base import JobRequest, RunState
+
+
+def _alive(pid: int | None, run_name: str) -> bool:
+    """True when ``pid`` is a live worker of this run (not a recycled pid)."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
+    return not zombie and "local_worker" in cmdline and run_name in cmdline
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, settings) -> None:
+        self.state_dir = Path(settings.local_state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.children: dict[str, subprocess.Popen] = {}
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _paths(self, run: str) -> tuple[Path, Path, Path]:
+        return (
+            self.state_dir / f"{run}.request.json",
+            self.state_dir / f"{run}.state.json",
+            self.state_dir / f"{run}.log",
+        )
+
+    def _read_state(self, run: str) -> dict[str, Any] | None:
+        path = self._paths(run)[1]
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    def _start(self, request: JobRequest) -> None:
+        request_path, state_path, log_path = self._paths(request.run_name)
+        request_path.write_text(
+            json.dumps(
+                {
+                    "runName": request.run_name,
+                    "kind": request.kind,
+                    "namespace": request.namespace,
+                    "name": request.name,
+                    "spec": request.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+                    "outputUri": request.output_uri,
+                    "sourceUri": request.source_uri,
+                }
+            )
+        )
+        with log_path.open("a") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "slmops_operator.backends.local_worker",
+                    str(request_path),
+                    str(state_path),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self.children[request.run_name] = proc
+        state_path.write_text(json.dumps({"pid": proc.pid, "runName": request.run_name, "phase": "Pending"}))
+
+    def _reap(self, run: str) -> None:
+        child = self.children.get(run)
+        if child is not None and child.poll() is not None:
+            del self.children[run]
+
+    def _ref(self, request: JobRequest) -> RunRef:
+        return RunRef(backend="local", id=request.run_name, name=request.run_name, url=None)
+
+    # -- the Backend protocol ------------------------------------------------------------------
+
+    async def submit(self, request: JobRequest) -> RunRef:
+        state = self._read_state(request.run_name)
+        self._reap(request.run_name)
+        finished = state is not None and state.get("phase") in ("Succeeded", "Failed", "Cancelled")
+        if not finished and not _alive((state or {}).get("pid"), request.run_name):
+            await asyncio.to_thread(self._start, request)
+        return self._ref(request)
+
+    async def state(self, run: RunRef, request: JobRequest) -> RunState:
+        self._reap(run.id)
+        state = self._read_state(run.id) or {}
+        phase = state.get("phase", "Pending")
+        if phase in ("Succeeded", "Failed", "Cancelled"):
+            return RunState(
+                phase=phase,
+                message=state.get("message", ""),
+                reason=state.get("reason", ""),
+                spec_field=state.get("field"),
+                progress=state.get("progress"),
+                artifacts=state.get("artifacts") or {},
+                metrics=state.get("metrics") or {},
+            )
+        if not _alive(state.get("pid"), run.id):
+            # The worker is gone without a verdict: start it again; the engine resumes.
+            await asyncio.to_thread(self._start, request)
+            return RunState(phase="Running", message="the worker stopped unexpectedly: resumed")
+        return RunState(phase="Running" if phase == "Running" else "Pending", progress=state.get("progress"))
+
+    async def cancel(self, run: RunRef) -> None:
+        state = self._read_state(run.id) or {}
+        pid = state.get("pid")
+        if _alive(pid, run.id):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            for _ in range(300):  # the engine stops its trainers first
+                if not _alive(pid, run.id):
+                    break
+                self._reap(run.id)
+                await asyncio.sleep(0.1)
+            else:
+                os.killpg(pid, signal.SIGKILL)
+        state = self._read_state(run.id) or {}
+        if state.get("phase") not in ("Succeeded", "Failed", "Cancelled"):
+            (self.state_dir / f"{run.id}.state.json").write_text(
+                json.dumps({**state, "phase": "Cancelled", "message": "cancelled", "reason": "Cancelled"})
+            )
+
+    async def close(self) -> None:
+        """Workers keep running: a restarted operator adopts them."""
+        for run in list(self.children):
+            self._reap(run)

@@ -1,0 +1,169 @@
+"""One job of the local backend: ``python -m slmops_operator.backends.local_worker REQUEST.json STATE.json``.
+
+Runs the job with the local engine (the same stages as every engine) in its own process
+and session, and keeps ``STATE.json`` current: the phase, the progress of training (step,
+losses, ETA) and, at the end, the artifacts and the summary metrics, or the failure with
+its reason and spec field.  The operator only reads that file.
+
+SIGTERM (a cancelled or deleted job) interrupts the engine, which stops its trainers; the
+state becomes Cancelled.  The process is the leader of its own session so that the
+operator can signal it with its children, and so that it survives an operator restart:
+the new operator adopts it by its pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from slmops_operator.status_summary import summary_metrics
+
+WRITE_INTERVAL_S = 1.0
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """Atomically: the operator never reads half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
+
+
+class StateReporter:
+    """The engine's Reporter, writing progress into the state file (at most once a second)."""
+
+    def __init__(self, path: Path, base: dict[str, Any]) -> None:
+        self.path, self.base = path, base
+        self.progress: dict[str, Any] = {"stage": "starting"}
+        self.started = time.time()
+        self.train_started: float | None = None
+        self.first_step: int = 0
+        self.last_write = 0.0
+
+    def _write(self, force: bool = False) -> None:
+        if force or time.time() - self.last_write >= WRITE_INTERVAL_S:
+            write_state(self.path, {**self.base, "phase": "Running", "progress": self.progress})
+            self.last_write = time.time()
+
+    def stage(self, name: str, message: str) -> None:
+        self.progress = {**self.progress, "stage": name, "message": message}
+        self._write(force=True)
+
+    def info(self, message: str) -> None:
+        self.progress = {**self.progress, "message": message}
+        self._write()
+
+    def training_event(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "train_begin":
+            self.train_started, self.first_step = time.time(), int(event.get("step") or 0)
+            self.progress = {**self.progress, "step": self.first_step, "totalSteps": event.get("total_steps")}
+        elif kind == "step":
+            step, total = int(event["step"]), event.get("total_steps") or self.progress.get("totalSteps")
+            self.progress = {**self.progress, "step": step, "totalSteps": total}
+            if total and self.train_started and step > self.first_step:
+                rate = (time.time() - self.train_started) / (step - self.first_step)
+                self.progress["etaSeconds"] = int(rate * (total - step))
+                self.progress["percent"] = int(100 * step / total)
+        elif kind == "log" and "loss" in event:
+            self.progress = {**self.progress, "loss": float(event["loss"])}
+        elif kind in ("log", "evaluate") and "eval_loss" in event:
+            self.progress = {**self.progress, "evalLoss": float(event["eval_loss"])}
+        self._write(force=kind in ("train_begin", "train_end", "save"))
+
+
+def run(request: dict[str, Any], state_path: Path) -> int:
+    from slmops_pipelines.errors import InputError, JobError
+    from slmops_pipelines.specs import FineTuneJobSpec, OptimizeJobSpec
+
+    base = {"pid": os.getpid(), "runName": request["runName"]}
+    reporter = StateReporter(state_path, base)
+    reporter.stage("starting", f"{request['kind']} {request['namespace']}/{request['name']}")
+    try:
+        if request["kind"] == "FineTuneJob":
+            from slmops_pipelines.local import run_finetune
+
+            outcome = run_finetune(
+                name=request["name"],
+                namespace=request["namespace"],
+                spec=FineTuneJobSpec.model_validate(request["spec"]),
+                output_uri=request["outputUri"],
+                reporter=reporter,
+            )
+        else:
+            from slmops_pipelines.local.optimize import run_optimize
+
+            source = request.get("sourceUri") or ""
+            outcome = run_optimize(
+                name=request["name"],
+                namespace=request["namespace"],
+                spec=OptimizeJobSpec.model_validate(request["spec"]),
+                output_uri=request["outputUri"],
+                locate_job=lambda _name: source,
+                reporter=reporter,
+            )
+    except KeyboardInterrupt:
+        write_state(state_path, {**base, "phase": "Cancelled", "message": "cancelled", "reason": "Cancelled"})
+        return 130
+    except JobError as exc:
+        write_state(
+            state_path,
+            {
+                **base,
+                "phase": "Failed",
+                "message": exc.message,
+                "reason": exc.reason,
+                "field": exc.field,
+                "progress": reporter.progress,
+            },
+        )
+        return 2 if isinstance(exc, InputError) else 1
+    except Exception as exc:  # a bug, not a bad input: say what it was, keep the traceback in the log
+        import traceback
+
+        traceback.print_exc()
+        write_state(
+            state_path,
+            {
+                **base,
+                "phase": "Failed",
+                "message": f"{type(exc).__name__}: {exc}"[:1000],
+                "reason": "InternalError",
+            },
+        )
+        return 1
+    write_state(
+        state_path,
+        {
+            **base,
+            "phase": "Succeeded",
+            "message": "already complete" if outcome.already_complete else "done",
+            "artifacts": {"output": outcome.output_uri, **outcome.artifacts},
+            "metrics": summary_metrics(request["kind"], outcome.metrics),
+            "progress": {**reporter.progress, "stage": "done", "percent": 100},
+        },
+    )
+    return 0
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(
+            "usage: python -m slmops_operator.backends.local_worker REQUEST.json STATE.json", file=sys.stderr
+        )
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)
+    request = json.loads(Path(argv[0]).read_text())
+    return run(request, Path(argv[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

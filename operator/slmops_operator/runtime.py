@@ -1,0 +1,114 @@
+"""Build and run the operator: settings -> backend -> handlers on a private registry -> kopf.
+
+``slmops operator`` calls :func:`run`; tests call :func:`build_operator` and run
+``kopf.operator`` themselves (against an API emulator), so everything the operator is made
+of is assembled here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from slmops_operator.backends import Backend, make_backend
+from slmops_operator.handlers import jobs, validation
+from slmops_operator.handlers.kube import KubeApi
+from slmops_operator.metrics import OperatorMetrics
+from slmops_operator.settings import OperatorSettings
+
+
+@dataclass
+class Operator:
+    registry: kopf.OperatorRegistry
+    settings: OperatorSettings
+    kopf_settings: kopf.OperatorSettings
+    reconciler: jobs.Reconciler
+
+    @property
+    def backend(self) -> Backend:
+        return self.reconciler.backend
+
+    @property
+    def metrics(self) -> OperatorMetrics:
+        return self.reconciler.metrics
+
+    async def run(self, *, stop_flag=None, ready_flag=None, liveness_endpoint: str | None = None) -> None:
+        await kopf.operator(
+            registry=self.registry,
+            settings=self.kopf_settings,
+            clusterwide=not self.settings.namespaces,
+            namespaces=self.settings.namespaces,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            liveness_endpoint=liveness_endpoint,
+        )
+
+
+def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: its service account; elsewhere: KUBECONFIG."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+def kopf_settings_for(settings: OperatorSettings) -> kopf.OperatorSettings:
+    ks = kopf.OperatorSettings()
+    # One replica (Deployment strategy Recreate): kopf's peering pauses operators, it does not elect.
+    ks.peering.standalone = True
+    ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="slmops.io")
+    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="slmops.io")
+    ks.persistence.finalizer = "slmops.io/finalizer"
+    ks.posting.level = logging.WARNING  # Events come from the handlers, one per transition
+    ks.networking.error_backoffs = [1, 2, 5, 10, 30]
+    ks.watching.server_timeout = 300
+    ks.batching.error_delays = [1, 2, 5, 10, 30]
+    return ks
+
+
+def build_operator(
+    settings: OperatorSettings,
+    *,
+    backend: Backend | None = None,
+    login=default_login,
+    serve_metrics: bool = True,
+) -> Operator:
+    registry = kopf.OperatorRegistry()
+    kube = KubeApi()
+    metrics = OperatorMetrics()
+    reconciler = jobs.Reconciler(settings, backend or make_backend(settings), metrics, kube)
+
+    @kopf.on.login(registry=registry)
+    def login_handler(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kube.remember(login(**kwargs))
+
+    @kopf.on.startup(registry=registry)
+    def startup(logger: logging.Logger, **_: Any) -> None:
+        if serve_metrics and settings.metrics_port:
+            metrics.serve(settings.metrics_port)
+        scope = ", ".join(settings.namespaces) if settings.namespaces else "all namespaces"
+        logger.info(f"slmops operator: {settings.backend} backend, watching {scope}")
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await reconciler.backend.close()
+
+    jobs.register(registry, reconciler)
+    ks = kopf_settings_for(settings)
+    webhook = settings.webhook_server()
+    if webhook is not None:
+        validation.register(registry)
+        ks.admission.server = webhook
+    return Operator(registry, settings, ks, reconciler)
+
+
+def run(
+    settings: OperatorSettings, *, liveness_port: int = 8081, webhook: kopf.WebhookServer | None = None
+) -> None:
+    """Run until SIGINT/SIGTERM: structured JSON logs, a liveness endpoint, metrics, the webhook."""
+    kopf.configure(log_format=kopf.LogFormat.JSON, verbose=False)
+    operator = build_operator(settings)
+    if webhook is not None:
+        operator.kopf_settings.admission.server = webhook
+    asyncio.run(operator.run(liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz"))

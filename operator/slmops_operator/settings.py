@@ -1,0 +1,97 @@
+"""The operator's settings: environment variables (``SLMOPS_*``), overridden by ``slmops operator`` flags.
+
+Every setting has a documented variable so that the Helm chart can set it without a
+command line; the flags exist for laptops and tests.
+
+=====================================  ===================================================
+variable                               meaning
+=====================================  ===================================================
+``SLMOPS_BACKEND``                     ``kfp`` (default in a cluster) or ``local``
+``SLMOPS_NAMESPACES``                  comma-separated namespaces to watch; empty: all
+``SLMOPS_MAX_RUNNING_PER_NAMESPACE``   running jobs per namespace; the rest wait as Queued (0: no limit)
+``SLMOPS_DELETE_ARTIFACTS``            ``true``: deleting a job also deletes its artifacts
+``SLMOPS_DEFAULT_OUTPUT``              output root for jobs without ``output.uri`` (``s3://bucket/prefix``)
+``SLMOPS_POLL_SECONDS``                how often a running job's run is polled
+``SLMOPS_KFP_HOST``                    KFP API endpoint, e.g. ``http://ml-pipeline.kubeflow:8888``
+``SLMOPS_KFP_UI``                      KFP dashboard URL for ``status.run.url`` (default: the host)
+``SLMOPS_KFP_AUTH``                    ``serviceaccount`` (a projected token) or ``none``
+``SLMOPS_KFP_TOKEN_PATH``              where that token is mounted
+``SLMOPS_DISTRIBUTED_ENGINE``          ``pytorchjob`` or ``trainjob``, for ``resources.nodes > 1``
+``SLMOPS_CACHE_PVC``                   PersistentVolumeClaim for the pipelines' model cache
+``SLMOPS_IMAGE_REGISTRY``              registry of the trainer/optimizer images
+``SLMOPS_LOCAL_WORKERS``               jobs the local backend runs at once
+``SLMOPS_LOCAL_STATE_DIR``             where the local backend keeps run state
+``SLMOPS_METRICS_PORT``                Prometheus metrics port (0: off)
+``SLMOPS_WEBHOOK_PORT``                validating webhook port (0: no webhook)
+``SLMOPS_WEBHOOK_CERT_DIR``            ``tls.crt`` and ``tls.key`` for it (cert-manager's layout)
+``SLMOPS_WEBHOOK_INSECURE``            ``true``: plain HTTP (behind a TLS-terminating proxy, or tests)
+=====================================  ===================================================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+ENV_PREFIX = "SLMOPS_"
+
+
+class OperatorSettings(BaseModel):
+    backend: Literal["kfp", "local"] = "kfp"
+    namespaces: list[str] = Field(default_factory=list, description="Empty: all namespaces.")
+    max_running_per_namespace: int = Field(default=0, ge=0)
+    delete_artifacts: bool = False
+    default_output: str = ""
+    poll_seconds: float = Field(default=10.0, gt=0)
+    kfp_host: str = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+    kfp_ui: str = ""
+    kfp_auth: Literal["serviceaccount", "none"] = "serviceaccount"
+    kfp_token_path: Path = Path("/var/run/secrets/kfp/token")
+    distributed_engine: Literal["pytorchjob", "trainjob"] = "pytorchjob"
+    cache_pvc: str = ""
+    image_registry: str = ""
+    local_workers: int = Field(default=1, ge=1)
+    local_state_dir: Path = Path.home() / ".cache" / "slmops" / "operator"
+    metrics_port: int = Field(default=8080, ge=0, le=65535)
+    webhook_port: int = Field(default=9443, ge=0, le=65535)
+    webhook_addr: str = "0.0.0.0"
+    webhook_cert_dir: Path = Path("/tmp/k8s-webhook-server/serving-certs")
+    webhook_insecure: bool = False
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> OperatorSettings:
+        """Read ``SLMOPS_*`` variables; explicit ``overrides`` (flags) win over them."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is None or raw == "":
+                continue
+            if name == "namespaces":
+                values[name] = [ns.strip() for ns in raw.split(",") if ns.strip()]
+            elif field.annotation is bool:
+                values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)
+
+    def webhook_server(self):
+        """kopf's webhook server for these settings (None: no webhook)."""
+        import kopf
+
+        if not self.webhook_port:
+            return None
+        cert, key = self.webhook_cert_dir / "tls.crt", self.webhook_cert_dir / "tls.key"
+        if self.webhook_insecure or not cert.exists():
+            return kopf.WebhookServer(addr=self.webhook_addr, port=self.webhook_port, insecure=True)
+        return kopf.WebhookServer(
+            addr=self.webhook_addr, port=self.webhook_port, certfile=str(cert), pkeyfile=str(key)
+        )
+
+    @property
+    def dashboard(self) -> str:
+        return (self.kfp_ui or self.kfp_host).rstrip("/")

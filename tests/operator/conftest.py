@@ -1,0 +1,149 @@
+"""The real operator (kopf) against the strict Kubernetes API emulator, over HTTP.
+
+``kube`` serves the API; ``operator_factory`` builds an operator with the given settings
+(and backend) and runs it as a task on the test's loop until the test ends -- or until the
+test stops it, to start another one (a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import kmock
+import kopf
+import pytest
+import pytest_asyncio
+
+from slmops_operator.runtime import Operator, build_operator
+from slmops_operator.settings import OperatorSettings
+from tests.fixtures.kube_emulator import StrictKubernetesEmulator, declare_slmops
+from tests.fixtures.seaweedfs import free_ports
+
+API = "/apis/slmops.io/v1alpha1/namespaces"
+
+
+def _no_keepalive(url):
+    # kopf waits (5 s) on exit for every task started on its loop, the emulator's keep-alive
+    # handlers for the test's own client included: closing connections ends them at once.
+    return aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(force_close=True))
+
+
+@pytest_asyncio.fixture
+async def kube() -> AsyncIterator[StrictKubernetesEmulator]:
+    async with StrictKubernetesEmulator() as emulator, kmock.Server(emulator, client_fct=_no_keepalive):
+        declare_slmops(emulator)
+        yield emulator
+
+
+def local_settings(tmp_path: Path, **overrides) -> OperatorSettings:
+    return OperatorSettings(
+        backend="local",
+        local_state_dir=tmp_path / "operator-state",
+        default_output=str(tmp_path / "outputs"),
+        poll_seconds=0.3,
+        metrics_port=0,
+        webhook_addr="127.0.0.1",
+        webhook_port=free_ports(1)[0],
+        webhook_insecure=True,
+        **overrides,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_operator(kube, settings: OperatorSettings, **kwargs) -> AsyncIterator[Operator]:
+    """The operator, running on the test's loop until the block ends.
+
+    Use it in the test's body, not in a fixture: on exit kopf cancels every task started
+    after it, and a fixture's finalizer is one.  Stopping goes through the stop flag: a
+    cancelled ``kopf.operator`` would arm a SIGKILL of the whole process.
+    """
+    server = str(kube.url).rstrip("/")
+    operator = build_operator(
+        settings,
+        login=lambda **_: kopf.ConnectionInfo(server=server, insecure=True, default_namespace="default"),
+        serve_metrics=False,
+        **kwargs,
+    )
+    ks = operator.kopf_settings
+    ks.networking.request_timeout = 10
+    ks.networking.error_backoffs = [0.1, 0.2, 0.5]
+    ks.watching.connect_timeout = 2
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(operator.run(stop_flag=stop, ready_flag=ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        yield operator
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+        # kopf installed SIGINT/SIGTERM handlers on the test's loop; give them back.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_signal_handler(sig)
+
+
+async def create(kube, namespace: str, plural: str, body: dict) -> dict:
+    response = await kube.post(f"{API}/{namespace}/{plural}", json=body)
+    assert response.status in (200, 201), await response.text()
+    return await response.json()
+
+
+async def patch(kube, namespace: str, plural: str, name: str, body: dict) -> dict:
+    response = await kube.patch(
+        f"{API}/{namespace}/{plural}/{name}",
+        json=body,
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def delete(kube, namespace: str, plural: str, name: str) -> None:
+    response = await kube.delete(f"{API}/{namespace}/{plural}/{name}")
+    assert response.status in (200, 202), await response.text()
+
+
+def current(kube, namespace: str, plural: str, name: str) -> dict | None:
+    """The object as the API server holds it now (None once deleted)."""
+    try:
+        obj = kube.objects[f"slmops.io/v1alpha1/{plural}", namespace, name]
+    except KeyError:
+        return None
+    return None if obj.deleted else obj.raw
+
+
+def events(kube, namespace: str, name: str) -> list[dict]:
+    found = []
+    for (resource, ns, _n), obj in list(kube.objects.items()):
+        if resource.plural == "events" and ns == namespace and not obj.deleted:
+            if obj.raw.get("involvedObject", {}).get("name") == name:
+                found.append(obj.raw)
+    return found
+
+
+async def wait_until(predicate, *, timeout: float = 120, interval: float = 0.2, what: str = "condition"):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_workers(tmp_path):
+    """A failed test must not leave local-backend workers training in the background."""
+    yield
+    import json
+    import os
+
+    for state in (tmp_path / "operator-state").glob("*.state.json"):
+        with contextlib.suppress(Exception):
+            os.killpg(json.loads(state.read_text())["pid"], signal.SIGKILL)
