@@ -12,6 +12,7 @@ variable                               meaning
 ``SLMOPS_DELETE_ARTIFACTS``            ``true``: deleting a job also deletes its artifacts
 ``SLMOPS_DEFAULT_OUTPUT``              output root for jobs without ``output.uri`` (``s3://bucket/prefix``)
 ``SLMOPS_POLL_SECONDS``                how often a running job's run is polled
+``SLMOPS_BACKEND_RETRIES``             failed backend calls (with exponential backoff) before status says so
 ``SLMOPS_KFP_HOST``                    KFP API endpoint, e.g. ``http://ml-pipeline.kubeflow:8888``
 ``SLMOPS_KFP_UI``                      KFP dashboard URL for ``status.run.url`` (default: the host)
 ``SLMOPS_KFP_AUTH``                    ``serviceaccount`` (a projected token) or ``none``
@@ -46,6 +47,7 @@ class OperatorSettings(BaseModel):
     delete_artifacts: bool = False
     default_output: str = ""
     poll_seconds: float = Field(default=10.0, gt=0)
+    backend_retries: int = Field(default=5, ge=1, description="Failed backend calls before status says so.")
     kfp_host: str = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
     kfp_ui: str = ""
     kfp_auth: Literal["serviceaccount", "none"] = "serviceaccount"

@@ -21,6 +21,7 @@ import pytest_asyncio
 
 from slmops_operator.runtime import Operator, build_operator
 from slmops_operator.settings import OperatorSettings
+from tests.fixtures.fake_kfp import FakeKfp
 from tests.fixtures.kube_emulator import StrictKubernetesEmulator, declare_slmops
 from tests.fixtures.seaweedfs import free_ports
 
@@ -135,6 +136,15 @@ async def wait_until(predicate, *, timeout: float = 120, interval: float = 0.2, 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(interval)
+
+
+@pytest_asyncio.fixture
+async def fake_kfp() -> AsyncIterator[FakeKfp]:
+    fake = FakeKfp()
+    async with kmock.RawHandler() as handler, kmock.Server(handler, client_fct=_no_keepalive):
+        fake.attach(handler)
+        fake.url = str(handler.url).rstrip("/")
+        yield fake
 
 
 @pytest.fixture(autouse=True)

@@ -52,6 +52,8 @@ class Reconciler:
         self.settings, self.backend, self.metrics, self.kube = settings, backend, metrics, kube
         self.submitting: dict[str, set[str]] = {}  # namespace -> runs submitted, not yet seen Running
         self.locks: dict[str, asyncio.Lock] = {}
+        self.failures: dict[str, int] = {}  # job uid -> consecutive failed backend calls
+        self.next_attempt: dict[str, float] = {}  # job uid -> monotonic time of the next backend call
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -78,17 +80,28 @@ class Reconciler:
             source_uri=source_uri,
         )
 
-    async def _backend_call(self, operation: str, coro):
+    def backing_off(self, uid: str) -> bool:
+        return time.monotonic() < self.next_attempt.get(uid, 0.0)
+
+    async def _backend_call(self, operation: str, coro, *, uid: str = ""):
+        """Call the backend; count consecutive failures per job and back off exponentially."""
         try:
-            return await coro
-        except kopf.PermanentError:
-            raise
+            result = await coro
         except Exception as exc:
             self.metrics.backend_errors.labels(backend=self.backend.name, operation=operation).inc()
-            raise kopf.TemporaryError(
-                f"{self.backend.name} backend: {operation} failed: {exc}",
-                delay=min(60.0, self.settings.poll_seconds * 2),
-            ) from exc
+            failures = self.failures[uid] = self.failures.get(uid, 0) + 1
+            delay = min(60.0, self.settings.poll_seconds * 2**failures)
+            self.next_attempt[uid] = time.monotonic() + delay
+            raise BackendUnavailable(self.backend.name, operation, failures, exc) from exc
+        self.failures.pop(uid, None)
+        self.next_attempt.pop(uid, None)
+        return result
+
+
+class BackendUnavailable(Exception):
+    def __init__(self, backend: str, operation: str, attempts: int, cause: Exception) -> None:
+        super().__init__(f"{backend} backend: {operation} failed ({attempts} attempt(s)): {cause}")
+        self.backend, self.operation, self.attempts = backend, operation, attempts
 
 
 def _transition(
@@ -122,6 +135,54 @@ def _transition(
         )
         if metrics is not None:
             metrics.transitions.labels(kind=body.get("kind", ""), phase=phase).inc()
+
+
+def request_uid(meta: kopf.Meta) -> str:
+    return meta.get("uid") or ""
+
+
+def _backend_trouble(
+    reconciler: Reconciler,
+    exc: BackendUnavailable,
+    *,
+    body: kopf.Body,
+    meta: kopf.Meta,
+    status: dict[str, Any],
+    patch: kopf.Patch,
+    logger: logging.Logger,
+) -> None:
+    """Retry with backoff; after ``SLMOPS_BACKEND_RETRIES`` say so in status (and fail a job never started)."""
+    logger.warning(str(exc))
+    if exc.attempts < reconciler.settings.backend_retries:
+        return
+    generation = int(meta.get("generation") or 1)
+    message = f"{exc} (host: {reconciler.settings.kfp_host})" if exc.backend == "kfp" else str(exc)
+    if exc.operation == "submit" and not (status.get("run") or {}).get("name"):
+        _transition(
+            body,
+            status,
+            patch,
+            "Failed",
+            reason="BackendUnreachable",
+            message=message,
+            generation=generation,
+            metrics=reconciler.metrics,
+        )
+        return
+    from slmops_operator.handlers.conditions import set_condition
+
+    conditions = set_condition(
+        list(status.get("conditions") or []),
+        "BackendAvailable",
+        "False",
+        reason="BackendUnreachable",
+        message=message,
+        generation=generation,
+    )
+    patch.status["conditions"] = conditions
+    patch.status["message"] = message[:1024]
+    if exc.attempts == reconciler.settings.backend_retries:
+        kopf.event(body, type="Warning", reason="BackendUnreachable", message=message[:1024])
 
 
 def _progress(state: RunState) -> dict[str, Any] | None:
@@ -158,6 +219,9 @@ async def reconcile(
     logger: logging.Logger,
 ) -> None:
     started = time.perf_counter()
+    uid = meta.get("uid") or ""
+    if reconciler.backing_off(uid):
+        return
     try:
         await _reconcile(
             reconciler,
@@ -169,6 +233,10 @@ async def reconcile(
             finetunejobs_index=finetunejobs_index,
             active=active or set(),
             logger=logger,
+        )
+    except BackendUnavailable as exc:
+        _backend_trouble(
+            reconciler, exc, body=body, meta=meta, status=dict(status or {}), patch=patch, logger=logger
         )
     finally:
         reconciler.metrics.reconcile_seconds.labels(kind=kind).observe(time.perf_counter() - started)
@@ -215,13 +283,11 @@ async def _reconcile(
         return
 
     # Suspended: stop what runs; a resumed job gets a new run (new generation) that resumes.
-    run_name = reconciler.request(resource, meta).run_name
-    run = _run_ref(status, run_name)
     if resource.spec.suspend:
         previous = status.get("run") or {}
-        if previous.get("name") and phase not in FINISHED:
+        if previous.get("name") and phase == "Running":
             await reconciler._backend_call(
-                "cancel", reconciler.backend.cancel(RunRef.model_validate(previous))
+                "cancel", reconciler.backend.cancel(RunRef.model_validate(previous)), uid=request_uid(meta)
             )
         go("Pending", reason="Suspended", message="spec.suspend is true", suspended=True)
         return
@@ -255,12 +321,13 @@ async def _reconcile(
     except kopf.PermanentError as exc:
         go("Failed", reason="InvalidSpec", message=str(exc))
         return
+    run = _run_ref(status, request.run_name)
 
     if run is None:
         await _start(reconciler, request, go, active)
         return
 
-    state = await reconciler._backend_call("state", reconciler.backend.state(run, request))
+    state = await reconciler._backend_call("state", reconciler.backend.state(run, request), uid=request.uid)
     extra: dict[str, Any] = {}
     progress = _progress(state)
     if progress:
@@ -274,7 +341,7 @@ async def _reconcile(
     elif state.phase == "Cancelled":
         go("Cancelled", reason="RunCancelled", message=state.message or "cancelled", extra=extra)
     else:
-        reconciler.submitting.get(resource.namespace, set()).discard(run_name)  # the index has it now
+        reconciler.submitting.get(resource.namespace, set()).discard(request.run_name)  # the index has it now
         go(
             "Running",
             reason="RunRunning",
@@ -298,7 +365,7 @@ async def _start(reconciler: Reconciler, request: JobRequest, go, active: set[st
                     message=f"{len(active)} of {limit} jobs running in {namespace}; waiting for a slot",
                 )
                 return
-        run = await reconciler._backend_call("submit", reconciler.backend.submit(request))
+        run = await reconciler._backend_call("submit", reconciler.backend.submit(request), uid=request.uid)
         reconciler.submitting.setdefault(namespace, set()).add(request.run_name)
     go(
         "Running",
@@ -338,7 +405,7 @@ async def on_delete(
     status = dict(status or {})
     run = status.get("run") or {}
     if run.get("name") and status.get("phase") not in FINISHED:
-        await reconciler._backend_call("cancel", reconciler.backend.cancel(RunRef.model_validate(run)))
+        await reconciler.backend.cancel(RunRef.model_validate(run))
         logger.info(f"cancelled run {run['name']}")
     if reconciler.settings.delete_artifacts:
         uri = (status.get("artifacts") or {}).get("output")

@@ -1,0 +1,230 @@
+"""The KFP backend: each job is a Kubeflow Pipelines run.
+
+* **submit** compiles the job's pipeline with its own placement (GPUs, node selector,
+  tolerations, Secret; milliseconds, no torch), then looks in the namespace's experiment
+  (``slmops-<namespace>``) for a run named after the job (namespace, name, uid,
+  generation) and submits one only if there is none: an operator restart or a retried
+  handler never starts a second run;
+* **state** maps the run's state; once it succeeded the artifacts and summary metrics come
+  from the job's output location (``manifest.json``, ``metrics.json``), and a failure's
+  reason and spec field from ``.slmops/error.json`` there (written by the failing step);
+* **cancel** terminates the run.
+
+``kfp.Client`` is synchronous: every call runs in a thread, off the operator's event loop.
+The service-account token (``SLMOPS_KFP_AUTH=serviceaccount``) is read again when it
+changes on disk (projected tokens rotate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from slmops_operator.api.status import RunRef
+from slmops_operator.backends.base import JobRequest, RunState
+from slmops_operator.status_summary import summary_metrics
+
+# KFP v2beta1 runtime states -> our run phases.
+STATES = {
+    "PENDING": "Pending",
+    "RUNTIME_STATE_UNSPECIFIED": "Pending",
+    "PAUSED": "Pending",
+    "RUNNING": "Running",
+    "CANCELING": "Running",
+    "SUCCEEDED": "Succeeded",
+    "SKIPPED": "Succeeded",
+    "FAILED": "Failed",
+    "CANCELED": "Cancelled",
+}
+
+
+class KfpBackend:
+    name = "kfp"
+
+    def __init__(self, settings, *, client_factory=None) -> None:
+        self.settings = settings
+        self._client_factory = client_factory
+        self._client = None
+        self._token_stamp: float | None = None
+        self._lock = threading.Lock()
+
+    # -- the client ----------------------------------------------------------------------------
+
+    def _token(self) -> tuple[str | None, float | None]:
+        path = Path(self.settings.kfp_token_path)
+        if self.settings.kfp_auth != "serviceaccount" or not path.exists():
+            return None, None
+        return path.read_text().strip(), path.stat().st_mtime
+
+    def _probe(self, token: str | None) -> None:
+        """One quick health check: kfp.Client's own retries take half a minute to give up."""
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.settings.kfp_host.rstrip('/')}/apis/v2beta1/healthz")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise ConnectionError(f"KFP is not reachable at {self.settings.kfp_host}: {exc}") from exc
+
+    def client(self):
+        with self._lock:
+            token, stamp = self._token()
+            if self._client is None or stamp != self._token_stamp:
+                if self._client_factory is None:
+                    self._probe(token)
+                if self._client_factory is not None:
+                    self._client = self._client_factory()
+                else:
+                    import kfp
+
+                    self._client = kfp.Client(host=self.settings.kfp_host, existing_token=token)
+                self._token_stamp = stamp
+            return self._client
+
+    # -- submit --------------------------------------------------------------------------------
+
+    def _experiment_id(self, client, namespace: str) -> str:
+        return client.create_experiment(name=f"slmops-{namespace}").experiment_id
+
+    def _find_run(self, client, experiment_id: str, run_name: str):
+        flt = json.dumps(
+            {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": run_name}]}
+        )
+        response = client.list_runs(experiment_id=experiment_id, filter=flt, page_size=10)
+        runs = [r for r in (response.runs or []) if r.display_name == run_name]
+        return runs[0] if runs else None
+
+    def _compile(self, request: JobRequest, path: Path) -> None:
+        from slmops_pipelines.kubeflow.images import Images
+        from slmops_pipelines.kubeflow.pipelines import compile_pipeline, finetune_pipeline, optimize_pipeline
+        from slmops_pipelines.kubeflow.placement import Placement
+
+        images = Images.default(registry=self.settings.image_registry or None)
+        pvc = self.settings.cache_pvc or None
+        if request.kind == "FineTuneJob":
+            pipeline = finetune_pipeline(
+                placement=Placement.for_finetune(request.spec, cache_pvc=pvc), images=images
+            )
+        else:
+            pipeline = optimize_pipeline(
+                placement=Placement.for_optimize(request.spec, cache_pvc=pvc), images=images
+            )
+        compile_pipeline(pipeline, path)
+
+    def _arguments(self, request: JobRequest) -> dict[str, Any]:
+        from slmops_pipelines.kubeflow.local_engine import spec_argument
+
+        arguments = {
+            "spec": spec_argument(request.spec),
+            "job": request.job_context(distributed_engine=self.settings.distributed_engine),
+            "output_uri": request.output_uri,
+        }
+        if request.kind == "OptimizeJob":
+            arguments["source_uri"] = request.source_uri
+        return arguments
+
+    def _ref(self, run_id: str, run_name: str) -> RunRef:
+        return RunRef(
+            backend="kfp", id=run_id, name=run_name, url=f"{self.settings.dashboard}/#/runs/details/{run_id}"
+        )
+
+    def _submit(self, request: JobRequest) -> RunRef:
+        client = self.client()
+        experiment_id = self._experiment_id(client, request.namespace)
+        existing = self._find_run(client, experiment_id, request.run_name)
+        if existing is not None:
+            return self._ref(existing.run_id, request.run_name)
+        with tempfile.TemporaryDirectory(prefix="slmops-pipeline-") as tmp:
+            path = Path(tmp) / f"{request.run_name}.yaml"
+            self._compile(request, path)
+            result = client.create_run_from_pipeline_package(
+                str(path),
+                arguments=self._arguments(request),
+                run_name=request.run_name,
+                experiment_id=experiment_id,
+            )
+        return self._ref(result.run_id, request.run_name)
+
+    async def submit(self, request: JobRequest) -> RunRef:
+        return await asyncio.to_thread(self._submit, request)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _outputs(self, request: JobRequest) -> tuple[dict[str, str], dict[str, float]]:
+        from slmops_pipelines.steps import publish
+        from slmops_pipelines.storage import open_store
+
+        store = open_store(request.output_uri)
+        manifest = publish.read_json(store, publish.MANIFEST) or {}
+        artifacts = {"output": store.uri}
+        if request.kind == "FineTuneJob":
+            from slmops_pipelines.stages.finetune import output_artifacts
+
+            artifacts.update(output_artifacts(store, manifest))
+        else:
+            artifacts.update({"metrics": store.uri_of("metrics.json"), "report": store.uri_of("report.html")})
+            artifacts["manifest"] = store.uri_of(publish.MANIFEST)
+        metrics_doc = publish.read_json(store, "metrics.json") or {}
+        if request.kind == "OptimizeJob":
+            artifacts.update(
+                {name: store.uri_of(f"targets/{name}") for name in metrics_doc.get("targets", {})}
+            )
+        return artifacts, summary_metrics(request.kind, metrics_doc)
+
+    def _failure(self, request: JobRequest, run) -> RunState:
+        from slmops_pipelines.kubeflow.tasks import read_error
+
+        try:
+            recorded = read_error(request.output_uri)
+        except Exception:  # the output itself may be unreachable: fall back to KFP's message
+            recorded = None
+        if recorded is not None:
+            return RunState(
+                phase="Failed", message=recorded.message, reason=recorded.reason, spec_field=recorded.field
+            )
+        error = getattr(run, "error", None)
+        message = getattr(error, "message", None) or "the pipeline run failed"
+        return RunState(phase="Failed", message=message, reason="PipelineFailed")
+
+    @staticmethod
+    def _stage(run) -> dict[str, Any] | None:
+        details = getattr(run, "run_details", None)
+        tasks = getattr(details, "task_details", None) or []
+        running = [
+            t.display_name for t in tasks if str(getattr(t, "state", "")) == "RUNNING" and t.display_name
+        ]
+        done = [t for t in tasks if str(getattr(t, "state", "")) in ("SUCCEEDED", "SKIPPED")]
+        if not tasks:
+            return None
+        return {"stage": running[-1] if running else f"{len(done)} step(s) done"}
+
+    def _state(self, run_ref: RunRef, request: JobRequest) -> RunState:
+        run = self.client().get_run(run_ref.id)
+        phase = STATES.get(str(run.state or "RUNTIME_STATE_UNSPECIFIED"), "Running")
+        if phase == "Succeeded":
+            artifacts, metrics = self._outputs(request)
+            return RunState(
+                phase="Succeeded", message="the pipeline run succeeded", artifacts=artifacts, metrics=metrics
+            )
+        if phase == "Failed":
+            return self._failure(request, run)
+        if phase == "Cancelled":
+            return RunState(phase="Cancelled", message="the pipeline run was terminated")
+        return RunState(phase=phase, progress=self._stage(run))
+
+    async def state(self, run: RunRef, request: JobRequest) -> RunState:
+        return await asyncio.to_thread(self._state, run, request)
+
+    async def cancel(self, run: RunRef) -> None:
+        await asyncio.to_thread(lambda: self.client().terminate_run(run.id))
+
+    async def close(self) -> None:
+        self._client = None

@@ -1,0 +1,148 @@
+"""The kfp backend against a fake KFP API: submit once, poll, succeed, fail, cancel, KFP down."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from slmops_operator.settings import OperatorSettings
+from tests.conftest import finetune_manifest
+from tests.fixtures.seaweedfs import free_ports
+from tests.operator.conftest import create, current, delete, running_operator, wait_until
+
+
+def kfp_settings(tmp_path: Path, fake, **overrides) -> OperatorSettings:
+    return OperatorSettings(
+        backend="kfp",
+        kfp_host=fake.url,
+        kfp_ui="https://kfp.example.com",
+        kfp_auth="none",
+        poll_seconds=0.3,
+        backend_retries=3,
+        default_output=str(tmp_path / "outputs"),
+        metrics_port=0,
+        webhook_addr="127.0.0.1",
+        webhook_port=free_ports(1)[0],
+        webhook_insecure=True,
+        **{"local_state_dir": tmp_path / "state", **overrides},
+    )
+
+
+def job(name: str, model: Path, **overrides) -> dict:
+    manifest = finetune_manifest(name, model, **overrides)
+    manifest["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-queue"}
+    return manifest
+
+
+def phase(kube, name: str) -> str | None:
+    return ((current(kube, "default", "finetunejobs", name) or {}).get("status") or {}).get("phase")
+
+
+def publish_outputs(out: Path) -> None:
+    """What the pipeline's publish step leaves behind."""
+    (out / "adapter").mkdir(parents=True, exist_ok=True)
+    (out / "adapter" / "adapter_config.json").write_text("{}")
+    metrics = {
+        "train": {"train_loss": 0.25, "tokens_per_second": 900.0},
+        "evaluation": {"finetuned": {"accuracy": 0.9}},
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    files = [{"path": "adapter/adapter_config.json"}, {"path": "metrics.json"}]
+    (out / "manifest.json").write_text(json.dumps({"files": files}))
+
+
+async def test_submit_poll_succeed(kube, fake_kfp, tiny_model, tmp_path):
+    async with running_operator(kube, kfp_settings(tmp_path, fake_kfp)):
+        await create(kube, "default", "finetunejobs", job("tone", tiny_model))
+        await wait_until(lambda: phase(kube, "tone") == "Running", what="Running")
+        assert len(fake_kfp.created) == 1
+        run = fake_kfp.created[0]
+        status = current(kube, "default", "finetunejobs", "tone")["status"]
+        assert run["display_name"] == status["run"]["name"] and status["run"]["backend"] == "kfp"
+        assert status["run"]["url"] == f"https://kfp.example.com/#/runs/details/{run['run_id']}"
+        assert fake_kfp.experiments[run["experiment_id"]]["display_name"] == "slmops-default"
+        parameters = run["runtime_config"]["parameters"]
+        assert parameters["output_uri"] == str(tmp_path / "outputs" / "default" / "tone")
+        assert parameters["spec"]["training"]["maxSteps"] == 4
+        assert parameters["job"]["name"] == "tone" and parameters["job"]["uid"]
+        assert parameters["job"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
+        assert run["pipeline_spec"]["pipelineInfo"]["name"] == "slmops-finetune"
+
+        fake_kfp.set_state(run["run_id"], "RUNNING")
+        publish_outputs(tmp_path / "outputs" / "default" / "tone")
+        fake_kfp.set_state(run["run_id"], "SUCCEEDED")
+        await wait_until(lambda: phase(kube, "tone") == "Succeeded", what="Succeeded")
+        status = current(kube, "default", "finetunejobs", "tone")["status"]
+        assert status["artifacts"]["adapter"] == str(tmp_path / "outputs" / "default" / "tone" / "adapter")
+        assert status["metrics"] == {"trainLoss": 0.25, "tokensPerSecond": 900.0, "accuracy": 0.9}
+        assert len(fake_kfp.created) == 1
+
+
+async def test_failure_reports_the_field_the_step_recorded(kube, fake_kfp, tiny_model, tmp_path):
+    async with running_operator(kube, kfp_settings(tmp_path, fake_kfp)):
+        await create(kube, "default", "finetunejobs", job("bad", tiny_model))
+        await wait_until(lambda: fake_kfp.created, what="a run")
+        error = tmp_path / "outputs" / "default" / "bad" / ".slmops" / "error.json"
+        error.parent.mkdir(parents=True)
+        error.write_text(
+            json.dumps(
+                {
+                    "message": "no column 'sentence' (columns: phrase, tone)",
+                    "field": "dataset.promptTemplate",
+                    "reason": "InvalidInput",
+                }
+            )
+        )
+        fake_kfp.set_state(fake_kfp.created[0]["run_id"], "FAILED", error="task prepare-data failed")
+        await wait_until(lambda: phase(kube, "bad") == "Failed", what="Failed")
+        status = current(kube, "default", "finetunejobs", "bad")["status"]
+        assert (
+            status["message"] == "spec.dataset.promptTemplate: no column 'sentence' (columns: phrase, tone)"
+        )
+        failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+        assert failed["status"] == "True" and failed["reason"] == "InvalidInput"
+
+
+async def test_failure_without_a_record_uses_the_runs_error(kube, fake_kfp, tiny_model, tmp_path):
+    async with running_operator(kube, kfp_settings(tmp_path, fake_kfp)):
+        await create(kube, "default", "finetunejobs", job("oom", tiny_model))
+        await wait_until(lambda: fake_kfp.created, what="a run")
+        fake_kfp.set_state(fake_kfp.created[0]["run_id"], "FAILED", error="pod train OOMKilled")
+        await wait_until(lambda: phase(kube, "oom") == "Failed", what="Failed")
+        assert "OOMKilled" in current(kube, "default", "finetunejobs", "oom")["status"]["message"]
+
+
+async def test_deleting_the_job_terminates_its_run(kube, fake_kfp, tiny_model, tmp_path):
+    async with running_operator(kube, kfp_settings(tmp_path, fake_kfp)):
+        await create(kube, "default", "finetunejobs", job("gone", tiny_model))
+        await wait_until(lambda: phase(kube, "gone") == "Running", what="Running")
+        await delete(kube, "default", "finetunejobs", "gone")
+        await wait_until(lambda: current(kube, "default", "finetunejobs", "gone") is None, what="deletion")
+        assert fake_kfp.terminated == [fake_kfp.created[0]["run_id"]]
+
+
+async def test_a_restarted_operator_finds_the_run_instead_of_submitting_another(
+    kube, fake_kfp, tiny_model, tmp_path
+):
+    settings = kfp_settings(tmp_path, fake_kfp)
+    async with running_operator(kube, settings):
+        await create(kube, "default", "finetunejobs", job("again", tiny_model))
+        await wait_until(lambda: fake_kfp.created, what="a run")
+    # The status write may or may not have landed before the stop; either way, start again.
+    async with running_operator(kube, settings):
+        await wait_until(lambda: phase(kube, "again") == "Running", what="Running after the restart")
+        publish_outputs(tmp_path / "outputs" / "default" / "again")
+        fake_kfp.set_state(fake_kfp.created[0]["run_id"], "SUCCEEDED")
+        await wait_until(lambda: phase(kube, "again") == "Succeeded", what="Succeeded")
+    assert len(fake_kfp.created) == 1
+
+
+async def test_kfp_unreachable_retries_then_says_so(kube, fake_kfp, tiny_model, tmp_path):
+    fake_kfp.down = True
+    async with running_operator(kube, kfp_settings(tmp_path, fake_kfp)):
+        await create(kube, "default", "finetunejobs", job("down", tiny_model))
+        await wait_until(lambda: phase(kube, "down") == "Failed", timeout=60, what="Failed")
+        status = current(kube, "default", "finetunejobs", "down")["status"]
+        assert "BackendUnreachable" in [c["reason"] for c in status["conditions"]]
+        assert "3 attempt(s)" in status["message"] and fake_kfp.url in status["message"]
+        assert not fake_kfp.created
