@@ -48,3 +48,19 @@ def test_sync_and_restore(tmp_path: Path, s3_env, s3_bucket):
 
 def test_restore_without_checkpoints(tmp_path: Path, s3_env, s3_bucket):
     assert _restore_remote_checkpoint(open_store(f"s3://{s3_bucket}/jobs/none"), tmp_path) is None
+
+
+def test_a_checkpoint_rotated_away_during_upload_is_dropped(tmp_path: Path):
+    """The Trainer deletes old checkpoints (saveTotalLimit) while the parent still uploads them."""
+    import shutil
+
+    class RotatingStore(type(open_store(str(tmp_path / "out")))):
+        def upload_file(self, local: Path, key: str) -> None:
+            shutil.rmtree(tmp_path / "work" / "checkpoints" / "checkpoint-2", ignore_errors=True)
+            super().upload_file(local, key)
+
+    store = RotatingStore(tmp_path / "out")
+    work = tmp_path / "work"
+    make_checkpoint(work, 2, complete=True)
+    _sync_checkpoint(store, work, 2)  # no error: a newer checkpoint exists
+    assert not [info.key for info in store.list("checkpoints")]

@@ -5,9 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from prometheus_client import generate_latest
+
 from slmops_pipelines.storage import open_store
 from tests.conftest import finetune_manifest
-from tests.operator.conftest import create, current, events, local_settings, running_operator, wait_until
+from tests.operator.conftest import (
+    create,
+    current,
+    delete,
+    events,
+    local_settings,
+    patch,
+    running_operator,
+    wait_until,
+)
 
 
 def optimize_manifest(name: str, ref: str) -> dict:
@@ -28,8 +39,12 @@ def condition(obj: dict, type_: str) -> dict:
 
 
 async def test_finetune_then_optimize(kube, tiny_model: Path, tmp_path, s3_env, s3_bucket):
-    async with running_operator(kube, local_settings(tmp_path)):
+    async with running_operator(kube, local_settings(tmp_path)) as operator:
         await _finetune_then_optimize(kube, tiny_model, s3_env, s3_bucket)
+    exposition = generate_latest(operator.metrics.registry).decode()
+    assert 'slmops_transitions_total{kind="FineTuneJob",phase="Succeeded"} 1.0' in exposition
+    assert 'slmops_jobs{kind="FineTuneJob",phase="Succeeded"} 1.0' in exposition
+    assert "slmops_reconcile_seconds_count" in exposition
 
 
 async def _finetune_then_optimize(kube, tiny_model: Path, s3_env, s3_bucket) -> None:
@@ -95,3 +110,88 @@ async def _finetune_then_optimize(kube, tiny_model: Path, s3_env, s3_bucket) -> 
     assert open_store(opt["status"]["artifacts"]["manifest"].rsplit("/", 1)[0]).exists(
         "targets/cpu-int4/genai_config.json"
     )
+
+
+def phase_of(kube, name: str) -> str | None:
+    return ((current(kube, "default", "finetunejobs", name) or {}).get("status") or {}).get("phase")
+
+
+def long_job(name: str, model: Path, **overrides) -> dict:
+    return finetune_manifest(
+        name, model, training={"maxSteps": 400, "saveSteps": 5, "loggingSteps": 1}, **overrides
+    )
+
+
+async def test_deleting_a_running_job_stops_its_worker(kube, tiny_model: Path, tmp_path):
+    async with running_operator(kube, local_settings(tmp_path)):
+        await create(kube, "default", "finetunejobs", long_job("stop-me", tiny_model))
+        obj = await wait_until(
+            lambda: (
+                (o := current(kube, "default", "finetunejobs", "stop-me"))
+                and (o.get("status", {}).get("progress") or {}).get("step")
+                and o
+            ),
+            what="training to make progress",
+        )
+        state_file = tmp_path / "operator-state" / f"{obj['status']['run']['name']}.state.json"
+        pid = json.loads(state_file.read_text())["pid"]
+        await delete(kube, "default", "finetunejobs", "stop-me")
+        await wait_until(lambda: current(kube, "default", "finetunejobs", "stop-me") is None, what="deletion")
+    assert json.loads(state_file.read_text())["phase"] == "Cancelled"
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+async def test_a_restarted_operator_adopts_the_running_worker(kube, tiny_model: Path, tmp_path):
+    settings = local_settings(tmp_path)
+    body = finetune_manifest("adopt", tiny_model, training={"maxSteps": 30, "loggingSteps": 1})
+    async with running_operator(kube, settings):
+        await create(kube, "default", "finetunejobs", body)
+        await wait_until(
+            lambda: (
+                (current(kube, "default", "finetunejobs", "adopt") or {}).get("status", {}).get("progress")
+                or {}
+            ).get("step"),
+            what="training to make progress",
+        )
+    # The operator is gone; its worker trains on.  A new operator takes over.
+    async with running_operator(kube, settings):
+        await wait_until(
+            lambda: phase_of(kube, "adopt") in ("Succeeded", "Failed"), timeout=240, what="the end"
+        )
+    obj = current(kube, "default", "finetunejobs", "adopt")
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    starts = (tmp_path / "operator-state" / f"{obj['status']['run']['name']}.starts").read_text().split()
+    assert len(starts) == 1  # one worker, adopted: no duplicate run
+    assert [e["reason"] for e in events(kube, "default", "adopt")].count("Accepted") == 1
+
+
+async def test_the_namespace_limit_queues_and_suspend_holds(kube, tiny_model: Path, tmp_path):
+    settings = local_settings(tmp_path, max_running_per_namespace=1)
+    seen: dict[str, set] = {"first": set(), "second": set(), "held": set()}
+
+    def record() -> None:
+        for name in seen:
+            if phase := phase_of(kube, name):
+                seen[name].add(phase)
+
+    async with running_operator(kube, settings):
+        await create(kube, "default", "finetunejobs", finetune_manifest("held", tiny_model, suspend=True))
+        await create(kube, "default", "finetunejobs", finetune_manifest("first", tiny_model))
+        await wait_until(lambda: phase_of(kube, "first") == "Running", what="the first job to run")
+        await create(kube, "default", "finetunejobs", finetune_manifest("second", tiny_model))
+
+        def both_done() -> bool:
+            record()
+            return {phase_of(kube, "first"), phase_of(kube, "second")} == {"Succeeded"}
+
+        await wait_until(both_done, timeout=240, what="both jobs")
+        assert "Queued" in seen["second"]  # it waited for the first one's slot
+        held = current(kube, "default", "finetunejobs", "held")["status"]
+        assert held["phase"] == "Pending" and "run" not in held
+        suspended = next(c for c in held["conditions"] if c["type"] == "Suspended")
+        assert suspended["status"] == "True"
+
+        await patch(kube, "default", "finetunejobs", "held", {"spec": {"suspend": False}})
+        await wait_until(lambda: phase_of(kube, "held") == "Succeeded", timeout=240, what="the resumed job")
+        status = current(kube, "default", "finetunejobs", "held")["status"]
+        assert status["observedGeneration"] == 2

@@ -98,6 +98,8 @@ class LocalBackend:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         self.children[request.run_name] = proc
+        with (self.state_dir / f"{request.run_name}.starts").open("a") as starts:  # an audit trail of starts
+            starts.write(f"{proc.pid}\n")
         state_path.write_text(json.dumps({"pid": proc.pid, "runName": request.run_name, "phase": "Pending"}))
 
     def _reap(self, run: str) -> None:

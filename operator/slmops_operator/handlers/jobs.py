@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 import kopf
@@ -433,6 +434,10 @@ def index_active_jobs(*, namespace: str, status: kopf.Status, **_: Any) -> dict:
     return {namespace: run} if run and status.get("phase") in ACTIVE else {}
 
 
+def index_phases(*, status: kopf.Status, param: str, **_: Any) -> dict:
+    return {param: (dict(status or {}).get("phase") or "Pending")}
+
+
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
     """Register every job handler on ``registry``."""
     poll = reconciler.settings.poll_seconds
@@ -468,11 +473,14 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
                 active=active,
                 **wanted,
             )
+            phases = kwargs.get(f"phases_{KINDS[param].plural}") or {}
+            reconciler.metrics.set_phase_counts(param, Counter(phases.get(param, [])))
 
         @kopf.on.delete(GROUP, VERSION, plural, registry=registry, id=f"finalize-{plural}", param=kind)
         async def finalize(body: kopf.Body, status: kopf.Status, logger: logging.Logger, **_: Any) -> None:
             await on_delete(reconciler, body=body, status=status, logger=logger)
 
         kopf.index(GROUP, VERSION, plural, registry=registry, id=f"active_jobs_{plural}")(index_active_jobs)
+        kopf.index(GROUP, VERSION, plural, registry=registry, id=f"phases_{plural}", param=kind)(index_phases)
 
     kopf.index(GROUP, VERSION, "finetunejobs", registry=registry, id="finetunejobs_index")(index_finetunejobs)

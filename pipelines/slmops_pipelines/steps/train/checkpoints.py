@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from slmops_pipelines.errors import StorageError
+
 if TYPE_CHECKING:
     from slmops_pipelines.storage import ArtifactStore
 
@@ -73,9 +75,17 @@ def sync_checkpoint(store: ArtifactStore, work: Path, step: int) -> None:
         time.sleep(0.1)
     if marker.exists():
         prefix = f"{CHECKPOINTS}/checkpoint-{step}"
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != marker):
-            store.upload_file(path, f"{prefix}/{path.relative_to(folder).as_posix()}")
-        store.upload_file(marker, f"{prefix}/{COMPLETE_MARKER}")
+        try:
+            for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != marker):
+                store.upload_file(path, f"{prefix}/{path.relative_to(folder).as_posix()}")
+            store.upload_file(marker, f"{prefix}/{COMPLETE_MARKER}")
+        except (StorageError, OSError):
+            if folder.exists():
+                raise
+            # The Trainer rotated this checkpoint away (saveTotalLimit) while it was being
+            # uploaded: a newer one exists.  Without its marker the partial copy never counts;
+            # drop it.
+            store.delete_prefix(prefix)
     # The Trainer rotates old checkpoints away (saveTotalLimit): mirror that in the store.
     local_dir = work / CHECKPOINTS
     local_names = {p.name for p in local_dir.iterdir()} if local_dir.is_dir() else set()
