@@ -123,7 +123,7 @@ def long_job(name: str, model: Path, **overrides) -> dict:
 
 
 async def test_deleting_a_running_job_stops_its_worker(kube, tiny_model: Path, tmp_path):
-    async with running_operator(kube, local_settings(tmp_path)):
+    async with running_operator(kube, local_settings(tmp_path, delete_artifacts=True)):
         await create(kube, "default", "finetunejobs", long_job("stop-me", tiny_model))
         obj = await wait_until(
             lambda: (
@@ -138,6 +138,9 @@ async def test_deleting_a_running_job_stops_its_worker(kube, tiny_model: Path, t
         await delete(kube, "default", "finetunejobs", "stop-me")
         await wait_until(lambda: current(kube, "default", "finetunejobs", "stop-me") is None, what="deletion")
     assert json.loads(state_file.read_text())["phase"] == "Cancelled"
+    assert not list(
+        (tmp_path / "outputs" / "default" / "stop-me").rglob("*.safetensors")
+    )  # artifacts deleted
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
@@ -195,3 +198,38 @@ async def test_the_namespace_limit_queues_and_suspend_holds(kube, tiny_model: Pa
         await wait_until(lambda: phase_of(kube, "held") == "Succeeded", timeout=240, what="the resumed job")
         status = current(kube, "default", "finetunejobs", "held")["status"]
         assert status["observedGeneration"] == 2
+
+
+async def test_a_bad_dataset_fails_the_job_and_its_dependents(kube, tiny_model: Path, tmp_path):
+    async with running_operator(kube, local_settings(tmp_path)):
+        await create(kube, "default", "optimizejobs", optimize_manifest("bad-opt", "bad"))
+        body = finetune_manifest("bad", tiny_model, dataset={"promptTemplate": "Tone of: {sentence}"})
+        body["spec"]["ttlSecondsAfterFinished"] = 2
+        await create(kube, "default", "finetunejobs", body)
+        failed = await wait_until(
+            lambda: (
+                (o := current(kube, "default", "finetunejobs", "bad"))
+                and o.get("status", {}).get("phase") == "Failed"
+                and o
+            ),
+            what="the FineTuneJob to fail",
+        )
+        assert failed["status"]["message"].startswith("spec.dataset.promptTemplate: ")
+        assert "sentence" in failed["status"]["message"]
+        assert (
+            next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")["reason"]
+            == "InvalidInput"
+        )
+        await wait_until(
+            lambda: (
+                (current(kube, "default", "optimizejobs", "bad-opt") or {}).get("status", {}).get("phase")
+                == "Failed"
+            ),
+            what="the OptimizeJob to fail",
+        )
+        assert (
+            current(kube, "default", "optimizejobs", "bad-opt")["status"]["conditions"][-2]["reason"]
+            == "FineTuneJobFailed"
+        )
+        # ttlSecondsAfterFinished: the finished job goes away; its outputs would stay.
+        await wait_until(lambda: current(kube, "default", "finetunejobs", "bad") is None, what="the TTL")

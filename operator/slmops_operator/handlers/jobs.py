@@ -410,6 +410,12 @@ async def on_delete(
         logger.info(f"cancelled run {run['name']}")
     if reconciler.settings.delete_artifacts:
         uri = (status.get("artifacts") or {}).get("output")
+        if not uri:  # not finished: whatever it wrote so far
+            try:
+                kind = body.get("kind", "")
+                uri = reconciler.output_uri(KINDS[kind].model_validate(dict(body)))
+            except Exception:  # an invalid object never ran: nothing to delete
+                uri = None
         if uri:
             from slmops_pipelines.storage import open_store
 
