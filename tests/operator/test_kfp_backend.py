@@ -69,6 +69,19 @@ async def test_submit_poll_succeed(kube, fake_kfp, tiny_model, tmp_path):
         assert run["pipeline_spec"]["pipelineInfo"]["name"] == "slmops-finetune"
 
         fake_kfp.set_state(run["run_id"], "RUNNING")
+        # The train step mirrors its progress into the output location; status follows.
+        progress = tmp_path / "outputs" / "default" / "tone" / ".slmops" / "progress.json"
+        progress.parent.mkdir(parents=True, exist_ok=True)
+        progress.write_text(
+            json.dumps({"stage": "train", "step": 3, "totalSteps": 6, "loss": 1.25, "etaSeconds": 9})
+        )
+
+        def progress_shown():
+            status = current(kube, "default", "finetunejobs", "tone")["status"]
+            return (status.get("progress") or {}).get("step") == 3 and status["progress"]
+
+        shown = await wait_until(progress_shown, what="progress in status")
+        assert shown == {"stage": "train", "step": 3, "totalSteps": 6, "loss": 1.25, "etaSeconds": 9}
         publish_outputs(tmp_path / "outputs" / "default" / "tone")
         fake_kfp.set_state(run["run_id"], "SUCCEEDED")
         await wait_until(lambda: phase(kube, "tone") == "Succeeded", what="Succeeded")

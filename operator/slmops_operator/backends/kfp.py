@@ -195,16 +195,26 @@ class KfpBackend:
         return RunState(phase="Failed", message=message, reason="PipelineFailed")
 
     @staticmethod
-    def _stage(run) -> dict[str, Any] | None:
+    def _progress(run, request: JobRequest) -> dict[str, Any] | None:
+        """The running step from the run's task details; training progress from the output location."""
+        from slmops_pipelines.stages.progress import PROGRESS_KEY
+        from slmops_pipelines.storage import open_store
+
+        progress: dict[str, Any] = {}
+        try:
+            store = open_store(request.output_uri)
+            if store.exists(PROGRESS_KEY):
+                progress = json.loads(store.read_text(PROGRESS_KEY))
+        except Exception:  # progress is best effort
+            progress = {}
         details = getattr(run, "run_details", None)
         tasks = getattr(details, "task_details", None) or []
         running = [
             t.display_name for t in tasks if str(getattr(t, "state", "")) == "RUNNING" and t.display_name
         ]
-        done = [t for t in tasks if str(getattr(t, "state", "")) in ("SUCCEEDED", "SKIPPED")]
-        if not tasks:
-            return None
-        return {"stage": running[-1] if running else f"{len(done)} step(s) done"}
+        if running:
+            progress["stage"] = running[-1]
+        return progress or None
 
     def _state(self, run_ref: RunRef, request: JobRequest) -> RunState:
         run = self.client().get_run(run_ref.id)
@@ -218,7 +228,7 @@ class KfpBackend:
             return self._failure(request, run)
         if phase == "Cancelled":
             return RunState(phase="Cancelled", message="the pipeline run was terminated")
-        return RunState(phase=phase, progress=self._stage(run))
+        return RunState(phase=phase, progress=self._progress(run, request))
 
     async def state(self, run: RunRef, request: JobRequest) -> RunState:
         return await asyncio.to_thread(self._state, run, request)

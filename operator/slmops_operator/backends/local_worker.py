@@ -37,12 +37,15 @@ class StateReporter:
     """The engine's Reporter, writing progress into the state file (at most once a second)."""
 
     def __init__(self, path: Path, base: dict[str, Any]) -> None:
+        from slmops_pipelines.stages.progress import ProgressTracker
+
         self.path, self.base = path, base
-        self.progress: dict[str, Any] = {"stage": "starting"}
-        self.started = time.time()
-        self.train_started: float | None = None
-        self.first_step: int = 0
+        self.tracker = ProgressTracker()
         self.last_write = 0.0
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        return self.tracker.progress
 
     def _write(self, force: bool = False) -> None:
         if force or time.time() - self.last_write >= WRITE_INTERVAL_S:
@@ -50,30 +53,15 @@ class StateReporter:
             self.last_write = time.time()
 
     def stage(self, name: str, message: str) -> None:
-        self.progress = {**self.progress, "stage": name, "message": message}
+        self.tracker.stage(name, message)
         self._write(force=True)
 
     def info(self, message: str) -> None:
-        self.progress = {**self.progress, "message": message}
         self._write()
 
     def training_event(self, event: dict) -> None:
-        kind = event.get("event")
-        if kind == "train_begin":
-            self.train_started, self.first_step = time.time(), int(event.get("step") or 0)
-            self.progress = {**self.progress, "step": self.first_step, "totalSteps": event.get("total_steps")}
-        elif kind == "step":
-            step, total = int(event["step"]), event.get("total_steps") or self.progress.get("totalSteps")
-            self.progress = {**self.progress, "step": step, "totalSteps": total}
-            if total and self.train_started and step > self.first_step:
-                rate = (time.time() - self.train_started) / (step - self.first_step)
-                self.progress["etaSeconds"] = int(rate * (total - step))
-                self.progress["percent"] = int(100 * step / total)
-        elif kind == "log" and "loss" in event:
-            self.progress = {**self.progress, "loss": float(event["loss"])}
-        elif kind in ("log", "evaluate") and "eval_loss" in event:
-            self.progress = {**self.progress, "evalLoss": float(event["eval_loss"])}
-        self._write(force=kind in ("train_begin", "train_end", "save"))
+        self.tracker.event(event)
+        self._write(force=event.get("event") in ("train_begin", "train_end", "save"))
 
 
 def run(request: dict[str, Any], state_path: Path) -> int:

@@ -196,17 +196,25 @@ def train(
 ) -> None:
     """Train on this pod (torchrun) or, with ``nodes > 1``, on a PyTorchJob/TrainJob; fill ``model_dir``."""
     from slmops_pipelines.stages import finetune as stages
+    from slmops_pipelines.stages.progress import StoredProgress
     from slmops_pipelines.storage import open_store
 
     parsed, ctx = FineTuneJobSpec.model_validate(spec), JobContext.model_validate(job)
     store = open_store(output_uri, field="output.uri")
     work = Path(model_dir)
     work.mkdir(parents=True, exist_ok=True)
+    progress = StoredProgress(store)  # the operator mirrors it into status.progress
+    progress.stage("train")
+
+    def on_event(event: dict) -> None:
+        _print_event(event)
+        progress.event(event)
+
     if parsed.resources.nodes > 1:
         from slmops_pipelines.kubeflow.distributed.train import train_on_cluster
 
         train_on_cluster(
-            parsed, ctx, store=store, data_dir=Path(data_dir), work=work, say=_say, on_event=_print_event
+            parsed, ctx, store=store, data_dir=Path(data_dir), work=work, say=_say, on_event=on_event
         )
     else:
         _say("train", f"{parsed.method} with {parsed.resources.processes_per_node} process(es)")
@@ -216,8 +224,9 @@ def train(
             data_dir=Path(data_dir),
             work=work,
             checkpoint_store=store,
-            on_event=_print_event,
+            on_event=on_event,
         )
+    progress.flush()
     shutil.rmtree(work / stages.CHECKPOINTS, ignore_errors=True)  # resume state lives in the output
     result = stages.read_train_result(work)
     _log(
