@@ -18,7 +18,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 stamp="$VENV/.slmops-installed"
-want=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)-$EXTRAS
+want=$(cat pyproject.toml constraints.txt scripts/setup.sh scripts/fetch_helm.sh | sha256sum | cut -d' ' -f1)-$EXTRAS
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -27,5 +27,8 @@ echo "setup: installing slmops[$EXTRAS] into $VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[$EXTRAS]" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import slmops_operator, slmops_pipelines" # fail loudly if the install did not take
+case ",$EXTRAS," in
+  *,dev,*) VENV="$VENV" scripts/fetch_helm.sh ;;  # helm lint/template in the test suite
+esac
 echo "$want" > "$stamp"
 echo "setup: done"

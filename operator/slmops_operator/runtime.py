@@ -64,6 +64,9 @@ def kopf_settings_for(settings: OperatorSettings) -> kopf.OperatorSettings:
     ks.networking.error_backoffs = [1, 2, 5, 10, 30]
     ks.watching.server_timeout = 300
     ks.batching.error_delays = [1, 2, 5, 10, 30]
+    if settings.namespaces:
+        # A list of namespaces gets Roles, not a ClusterRole: no cluster-wide scanning.
+        ks.scanning.disabled = True
     return ks
 
 

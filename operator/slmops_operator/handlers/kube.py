@@ -14,6 +14,9 @@ import kopf
 
 
 class KubeApi:
+    # (API group, resource, verb) of every call below: the RBAC rules must allow them.
+    CALLS = frozenset({("slmops.io", "finetunejobs", "delete"), ("slmops.io", "optimizejobs", "delete")})
+
     def __init__(self) -> None:
         self.info: kopf.ConnectionInfo | None = None
 

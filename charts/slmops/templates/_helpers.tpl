@@ -1,0 +1,50 @@
+{{/* Names and labels shared by every template. */}}
+{{- define "slmops.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "slmops.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "slmops.labels" -}}
+{{ include "slmops.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "slmops.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "slmops.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "slmops.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "slmops.webhookSecret" -}}
+{{- printf "%s-webhook-tls" (include "slmops.fullname" .) -}}
+{{- end -}}
+
+{{/* The operator's permissions on its own resources (mirrors slmops_operator/permissions.py). */}}
+{{- define "slmops.jobRules" -}}
+- apiGroups: [slmops.io]
+  resources: [finetunejobs, optimizejobs]
+  verbs: [get, list, watch, patch, delete]
+- apiGroups: [slmops.io]
+  resources: [finetunejobs/status, optimizejobs/status]
+  verbs: [get, patch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}

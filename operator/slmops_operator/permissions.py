@@ -1,0 +1,40 @@
+"""The Kubernetes permissions the operator needs: exactly what it calls, nothing more.
+
+* its resources: ``get``/``list``/``watch`` (kopf's watches, indexes and timers), ``patch``
+  (kopf's annotations and finalizer), ``delete`` (``ttlSecondsAfterFinished``, through
+  :class:`slmops_operator.handlers.kube.KubeApi`);
+* their ``status`` subresource: ``get``/``patch``;
+* ``events``: ``create`` (one per transition);
+* watching all namespaces: ``namespaces`` and ``customresourcedefinitions``, ``list``/``watch``
+  (kopf's namespace and resource observers; off when a list of namespaces is given).
+
+The Helm chart renders these rules (``charts/slmops/templates/rbac.yaml``); a test checks
+the rendered rules against this module, and this module against the handlers and calls
+in the code.
+"""
+
+from __future__ import annotations
+
+from slmops_operator.api.resources import GROUP, KINDS
+
+JOB_VERBS = ["get", "list", "watch", "patch", "delete"]
+STATUS_VERBS = ["get", "patch"]
+
+
+def operator_rules(*, clusterwide: bool) -> list[dict[str, list[str]]]:
+    plurals = sorted(cls.plural for cls in KINDS.values())
+    rules = [
+        {"apiGroups": [GROUP], "resources": plurals, "verbs": JOB_VERBS},
+        {"apiGroups": [GROUP], "resources": [f"{p}/status" for p in plurals], "verbs": STATUS_VERBS},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    ]
+    if clusterwide:
+        rules += [
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+            {
+                "apiGroups": ["apiextensions.k8s.io"],
+                "resources": ["customresourcedefinitions"],
+                "verbs": ["list", "watch"],
+            },
+        ]
+    return rules

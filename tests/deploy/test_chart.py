@@ -1,0 +1,161 @@
+"""The Helm chart: lint, render in every mode, validate the manifests, and keep RBAC honest."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slmops_operator.api.resources import GROUP, KINDS
+from slmops_operator.handlers.kube import KubeApi
+from slmops_operator.permissions import operator_rules
+from slmops_operator.runtime import build_operator
+from slmops_operator.settings import OperatorSettings
+from tests.conftest import REPO
+
+CHART = REPO / "charts" / "slmops"
+VARIANTS = {
+    "default": [],
+    "namespaced": ["--set", "watchNamespaces={team-a,team-b}"],
+    "cert-manager": [
+        "--set",
+        "webhook.certManager.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+    ],
+    "local-backend": ["--set", "backend=local", "--set", "kfp.auth=none", "--set", "webhook.enabled=false"],
+    "pipeline-runner": ["--set", "pipelineRunner.rbac=true", "--set", "s3.credentialsSecret=s3"],
+}
+
+
+def helm() -> str:
+    found = Path(sys.executable).parent / "helm"
+    path = str(found) if found.exists() else shutil.which("helm")
+    assert path, "helm is missing: scripts/setup.sh installs it (scripts/fetch_helm.sh)"
+    return path
+
+
+def render(*args: str) -> list[dict]:
+    proc = subprocess.run(
+        [helm(), "template", "slmops", str(CHART), "--namespace", "slmops-system", *args],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def of_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_lint_strict():
+    proc = subprocess.run([helm(), "lint", "--strict", str(CHART)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rendered_manifests_pass_strict_validation(variant):
+    import kubernetes_validate
+
+    docs = render(*VARIANTS[variant])
+    for doc in docs:
+        if doc["apiVersion"].startswith(("cert-manager.io/", "monitoring.coreos.com/")):
+            continue  # CRDs of other projects: no schema offline
+        kubernetes_validate.validate(doc, "1.37", strict=True)
+
+
+def test_values_schema_refuses_bad_values():
+    proc = subprocess.run(
+        [helm(), "template", "x", str(CHART), "--set", "image.tag=latest"], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "image" in proc.stderr
+
+
+def test_crds_are_the_generated_ones_and_come_first():
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        assert (CHART / "files" / "crds" / path.name).read_text() == path.read_text(), path.name
+    crds = of_kind(render(), "CustomResourceDefinition")
+    assert {c["metadata"]["name"] for c in crds} == {f"{cls.plural}.{GROUP}" for cls in KINDS.values()}
+    for crd in crds:
+        assert crd["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"] == "-1"
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_the_deployment_is_one_hardened_replica():
+    [deployment] = of_kind(render(), "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    [container] = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["image"] == "ghcr.io/slmops/slmops-operator:0.1.0"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    settings = set(OperatorSettings.model_fields)
+    for name in env:
+        if name.startswith("SLMOPS_"):
+            assert name.removeprefix("SLMOPS_").lower() in settings, name  # every variable is a setting
+
+
+def normalized(rules: list[dict]) -> set[tuple]:
+    return {
+        (tuple(r["apiGroups"]), res, verb) for r in rules for res in r["resources"] for verb in r["verbs"]
+    }
+
+
+def test_rbac_is_exactly_what_the_operator_needs():
+    [cluster_role] = of_kind(render(), "ClusterRole")
+    assert normalized(cluster_role["rules"]) == normalized(operator_rules(clusterwide=True))
+    roles = of_kind(render(*VARIANTS["namespaced"]), "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    for role in roles:
+        assert normalized(role["rules"]) == normalized(operator_rules(clusterwide=False))
+    assert not of_kind(render(*VARIANTS["namespaced"]), "ClusterRole")
+
+
+def test_the_rules_cover_every_handler_and_call(tmp_path):
+    allowed = normalized(operator_rules(clusterwide=False))
+    operator = build_operator(
+        OperatorSettings(backend="local", local_state_dir=tmp_path, metrics_port=0), serve_metrics=False
+    )
+    handlers = [
+        *operator.registry._spawning.get_all_handlers(),
+        *operator.registry._changing.get_all_handlers(),
+    ]
+    handlers += operator.registry._indexing.get_all_handlers()
+    assert handlers
+    for handler in handlers:
+        plural = handler.selector.plural or handler.selector.any_name  # kopf keeps a positional name here
+        for verb in ("get", "list", "watch", "patch"):
+            assert (("slmops.io",), plural, verb) in allowed, (plural, verb)
+        assert (("slmops.io",), f"{plural}/status", "patch") in allowed
+    for group, resource, verb in KubeApi.CALLS:
+        assert ((group,), resource, verb) in allowed
+    assert (("",), "events", "create") in allowed  # kopf.event() for every transition
+
+
+def test_webhook_paths_are_the_operators_handler_ids():
+    [config] = of_kind(render(), "ValidatingWebhookConfiguration")
+    paths = {w["clientConfig"]["service"]["path"] for w in config["webhooks"]}
+    assert paths == {f"/validate-{cls.plural}" for cls in KINDS.values()}
+    [secret] = of_kind(render(), "Secret")
+    assert {"tls.crt", "tls.key", "ca.crt"} <= set(secret["data"])
+
+
+def test_pipeline_runner_may_run_multi_node_training():
+    roles = [
+        r
+        for r in of_kind(render(*VARIANTS["pipeline-runner"]), "Role")
+        if "distributed" in r["metadata"]["name"]
+    ]
+    [role] = roles
+    assert normalized(role["rules"]) == {
+        (("kubeflow.org",), "pytorchjobs", v) for v in ("get", "create", "delete")
+    } | {(("trainer.kubeflow.org",), "trainjobs", v) for v in ("get", "create", "delete")}
