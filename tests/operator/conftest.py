@@ -56,7 +56,9 @@ def local_settings(tmp_path: Path, **overrides) -> OperatorSettings:
 
 
 @contextlib.asynccontextmanager
-async def running_operator(kube, settings: OperatorSettings, **kwargs) -> AsyncIterator[Operator]:
+async def running_operator(
+    kube, settings: OperatorSettings, *, liveness_endpoint: str | None = None, **kwargs
+) -> AsyncIterator[Operator]:
     """The operator, running on the test's loop until the block ends.
 
     Use it in the test's body, not in a fixture: on exit kopf cancels every task started
@@ -75,7 +77,9 @@ async def running_operator(kube, settings: OperatorSettings, **kwargs) -> AsyncI
     ks.networking.error_backoffs = [0.1, 0.2, 0.5]
     ks.watching.connect_timeout = 2
     stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(operator.run(stop_flag=stop, ready_flag=ready))
+    task = asyncio.create_task(
+        operator.run(stop_flag=stop, ready_flag=ready, liveness_endpoint=liveness_endpoint)
+    )
     try:
         await asyncio.wait_for(ready.wait(), 10)
         yield operator
