@@ -5,7 +5,7 @@ the calls for one object and applies the status patch after each.  A reconciliat
 the resource and its status, asks the backend (never the other way round), and writes at
 most one status patch and one Event per transition:
 
-1. finished for this generation -> only ``ttlSecondsAfterFinished`` remains to honour;
+1. finished -> final: only ``ttlSecondsAfterFinished`` remains to honour;
 2. ``spec.suspend`` -> cancel the run if there is one; Pending with ``Suspended=True``;
 3. an OptimizeJob's ``fineTuneJobRef`` -> Pending until that job Succeeded (its output is
    the source), Failed when it Failed;
@@ -279,7 +279,11 @@ async def _reconcile(
         return
 
     phase = status.get("phase")
-    if phase in FINISHED and status.get("observedGeneration") == generation:
+    if phase in FINISHED:
+        # Final: only suspend and ttlSecondsAfterFinished may change (the webhook sees to it),
+        # and neither reruns a finished job.
+        if status.get("observedGeneration") != generation:
+            patch.status["observedGeneration"] = generation
         await _honour_ttl(reconciler, resource, status, logger)
         return
 
