@@ -23,8 +23,10 @@ def summary_metrics(kind: str, doc: dict[str, Any]) -> dict[str, float]:
     if kind == "FineTuneJob":
         train = doc.get("train") or {}
         evaluation = doc.get("evaluation") or {}
+        tuned = evaluation.get("finetuned") or {}
         return _floats(
             {
+                **(tuned.get("metrics") or {}),
                 "trainLoss": train.get("train_loss"),
                 "evalLoss": train.get("eval_loss"),
                 "accuracy": (evaluation.get("finetuned") or {}).get("accuracy"),

@@ -86,7 +86,7 @@ def run_finetune_kfp_local(
     from slmops_pipelines.steps import publish
 
     output_uri = spec.output.uri or output_uri
-    stages.check_placement(spec, multi_node=False)
+    stages.check_inputs(spec, multi_node=False)
     inspection = stages.inspect_output(name=name, namespace=namespace, spec=spec, output_uri=output_uri)
     if inspection.finished is None:
         pipeline = _load_compiled(finetune_pipeline(placement=Placement.local()), "finetune")

@@ -156,6 +156,7 @@ def inspect_finetune(*, spec: dict, job: dict, output_uri: str) -> tuple[str, fl
 
     started = time.time()
     parsed, ctx = FineTuneJobSpec.model_validate(spec), JobContext.model_validate(job)
+    stages.check_inputs(parsed, multi_node=True)
     stages.inspect_output(name=ctx.name, namespace=ctx.namespace, spec=parsed, output_uri=output_uri)
     _clear_error(output_uri)  # a previous run's failure is not this run's
     fingerprint = stages.dataset_fingerprint(parsed)

@@ -40,7 +40,7 @@ def run_finetune(
     started = time.time()
     output_uri = spec.output.uri or output_uri or default_output_uri(name)
 
-    stages.check_placement(spec, multi_node=False)
+    stages.check_inputs(spec, multi_node=False)
     reporter.stage("output", f"checking {output_uri}")
     if spec.output.credentials_secret and output_uri.startswith("s3://"):
         reporter.info(

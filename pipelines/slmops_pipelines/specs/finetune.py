@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -123,6 +123,13 @@ class EvaluationSpec(SpecModel):
     )
     max_samples: int | None = Field(default=256, ge=1, description="Evaluate at most this many eval rows.")
     batch_size: int = Field(default=16, ge=1, le=1024, description="Prompts generated together.")
+    metrics: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")]] = Field(
+        default_factory=list,
+        description=(
+            "More metrics of the generated answers, by name: f1 (macro F1, built in) or a plug-in "
+            "registered under the entry point group slmops.metrics."
+        ),
+    )
 
 
 class FineTuneJobSpec(SpecModel):

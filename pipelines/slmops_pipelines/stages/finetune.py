@@ -78,6 +78,14 @@ def check_placement(spec: FineTuneJobSpec, *, multi_node: bool) -> None:
             )
 
 
+def check_inputs(spec: FineTuneJobSpec, *, multi_node: bool) -> None:
+    """Everything that can be checked before a byte is written: placement, metric names."""
+    from slmops_pipelines.steps.metrics import check_metrics
+
+    check_placement(spec, multi_node=multi_node)
+    check_metrics(spec.evaluation.metrics)
+
+
 def inspect_output(*, name: str, namespace: str, spec: FineTuneJobSpec, output_uri: str) -> Inspection:
     """Check and claim the output location (refusing another job's); find a finished run."""
     identity = job_identity("FineTuneJob", namespace, name, spec)

@@ -28,6 +28,7 @@ class AccuracyResult:
     total: int
     seconds: float
     samples: list[dict[str, str]] = field(default_factory=list)  # a few (expected, generated) pairs
+    metrics: dict[str, float] = field(default_factory=dict)  # evaluation.metrics, by name
 
 
 def normalize(text: str) -> str:
@@ -78,7 +79,10 @@ def accuracy(
     match: str,
     max_new_tokens: int,
     batch_size: int,
+    metrics: list[str] | tuple[str, ...] = (),
 ) -> AccuracyResult:
+    from slmops_pipelines.steps.metrics import compute_metrics
+
     started = time.time()
     answers = generate_answers(
         model,
@@ -98,6 +102,7 @@ def accuracy(
         total=len(hits),
         seconds=time.time() - started,
         samples=samples,
+        metrics=compute_metrics(list(metrics), [a.strip() for a in answers], [e.answer for e in examples]),
     )
 
 
@@ -144,7 +149,10 @@ def evaluate_finetune(
     result = None
     if evaluation.accuracy and examples and spec.dataset.has_completion:
         kwargs = dict(
-            match=evaluation.match, max_new_tokens=evaluation.max_new_tokens, batch_size=evaluation.batch_size
+            match=evaluation.match,
+            max_new_tokens=evaluation.max_new_tokens,
+            batch_size=evaluation.batch_size,
+            metrics=evaluation.metrics,
         )
         finetuned = accuracy(model, tokenizer, examples, **kwargs)
         base = None

@@ -78,6 +78,11 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
             "accuracy, fine-tuned",
             f"{tuned['accuracy']:.1%} ({tuned['correct']}/{tuned['total']})" if tuned else None,
         ),
+        *[
+            (f"{name}, {which}", value)
+            for which, result in (("base model", base), ("fine-tuned", tuned))
+            for name, value in ((result or {}).get("metrics") or {}).items()
+        ],
         ("wall time (s)", metrics.get("wall_time_s")),
     ]
 
