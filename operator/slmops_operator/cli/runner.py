@@ -56,7 +56,27 @@ def run_finetune_job(job: FineTuneJob, *, runs_dir: Path, console: Console, engi
                 reporter=reporter,
             )
     console.print(_summary_table(job.name, outcome, time.time() - started))
+    if outcome.metrics.get("search"):
+        console.print(_leaderboard(outcome.metrics["search"]))
     return EXIT_OK
+
+
+def _leaderboard(search: dict) -> Table:
+    """Every trial of a search, best first; the winner is the job's result."""
+    table = Table(
+        title=f"Search: {search['strategy']}, {search['metric']} ({search['direction']}), best trial {search['best_trial']}",
+        title_justify="left",
+    )
+    for column in ("trial", "state", search["metric"], "settings"):
+        table.add_column(column)
+    for trial in search["trials"]:
+        value = "" if trial["value"] is None else f"{trial['value']:.4g}"
+        settings = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["params"].items()
+        )
+        style = "bold green" if trial["trial"] == search["best_trial"] else None
+        table.add_row(str(trial["trial"]), trial["state"].lower(), value, settings, style=style)
+    return table
 
 
 def run_optimize_job(

@@ -156,6 +156,12 @@ def inspect_finetune(*, spec: dict, job: dict, output_uri: str) -> tuple[str, fl
 
     started = time.time()
     parsed, ctx = FineTuneJobSpec.model_validate(spec), JobContext.model_validate(job)
+    if parsed.search is not None:
+        raise InputError(
+            "hyperparameter search runs with the local engine (slmops run, the operator's local backend); "
+            "the pipeline does not fan trials out yet",
+            field="search",
+        )
     stages.check_inputs(parsed, multi_node=True)
     stages.inspect_output(name=ctx.name, namespace=ctx.namespace, spec=parsed, output_uri=output_uri)
     _clear_error(output_uri)  # a previous run's failure is not this run's

@@ -77,19 +77,25 @@ def run_finetune(
         f"{stats.eval.rows if stats.eval else 0} eval rows, fingerprint {stats.fingerprint[:19]}"
     )
 
-    reporter.stage("train", f"{spec.method} with {spec.resources.processes_per_node} process(es)")
-    stages.train(
-        spec,
-        model_path=model_path,
-        data_dir=data_dir,
-        work=work,
-        checkpoint_store=store if remote else None,
-        on_event=reporter.training_event,
-    )
+    search = None
+    evaluated_spec = spec
+    if spec.search is not None:
+        search = _search(spec, model_path=model_path, data_dir=data_dir, work=work, reporter=reporter)
+        evaluated_spec = FineTuneJobSpec.model_validate(search["trial_spec"])
+    else:
+        reporter.stage("train", f"{spec.method} with {spec.resources.processes_per_node} process(es)")
+        stages.train(
+            spec,
+            model_path=model_path,
+            data_dir=data_dir,
+            work=work,
+            checkpoint_store=store if remote else None,
+            on_event=reporter.training_event,
+        )
 
     reporter.stage("evaluate", "generating answers for the eval split")
     evaluation = stages.evaluate(
-        spec,
+        evaluated_spec,
         model_path=model_path,
         train_dir=work,
         data_dir=data_dir,
@@ -106,16 +112,53 @@ def run_finetune(
         evaluation=evaluation,
         out_dir=work,
         wall_time_s=time.time() - started,
+        search=search,
     )
 
     reporter.stage("publish", f"writing {output_uri}")
     manifest = stages.publish_output(
-        inspection, spec=spec, out_dir=work, model_path=model_path, fingerprint=stats.fingerprint
+        inspection,
+        spec=spec,
+        out_dir=work,
+        model_path=model_path,
+        fingerprint=stats.fingerprint,
+        search=search,
     )
     if remote:
         shutil.rmtree(work, ignore_errors=True)
     return JobOutcome(
         output_uri=store.uri, metrics=metrics, artifacts=stages.output_artifacts(store, manifest)
+    )
+
+
+def _search(
+    spec: FineTuneJobSpec, *, model_path: Path, data_dir: Path, work: Path, reporter: Reporter
+) -> dict:
+    """The trials of ``spec.search``, one stage each, on the data prepared once."""
+    from slmops_pipelines.stages.search import run_search
+
+    search = spec.search
+    reporter.stage(
+        "search",
+        f"{search.trials} trial(s), {search.strategy}, {search.parallelism} at a time, by {search.metric}",
+    )
+
+    def train(tspec: FineTuneJobSpec, *, work: Path, on_event) -> object:
+        return stages.train(tspec, model_path=model_path, data_dir=data_dir, work=work, on_event=on_event)
+
+    def evaluate(tspec: FineTuneJobSpec, *, train_dir: Path):
+        return stages.evaluate(
+            tspec, model_path=model_path, train_dir=train_dir, data_dir=data_dir, merged_dir=None
+        )
+
+    return run_search(
+        spec,
+        model_path=model_path,
+        data_dir=data_dir,
+        work=work,
+        train=train,
+        evaluate=evaluate,
+        say=lambda stage, message: reporter.info(f"{stage}: {message}"),
     )
 
 

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from slmops_pipelines.specs.base import SpecModel
 from slmops_pipelines.specs.common import DatasetSpec, ModelSpec, OutputSpec, ResourcesSpec
+from slmops_pipelines.specs.search import SearchSpec
 
 Method = Literal["lora", "qlora", "dora", "full"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -145,6 +146,9 @@ class FineTuneJobSpec(SpecModel):
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute for training.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where artifacts are written.")
+    search: SearchSpec | None = Field(
+        default=None, description="Try many recipes (hyperparameter search) and keep the best trial."
+    )
     suspend: bool = Field(
         default=False,
         description="Stop the job's run (or keep it from starting); false again resumes it from its last checkpoint.",
@@ -161,6 +165,21 @@ class FineTuneJobSpec(SpecModel):
             raise ValueError(
                 "output.mergedModel applies to adapter methods; full fine-tuning saves the whole model"
             )
+        if self.search is not None:
+            known = {"eval_loss", "train_loss", "accuracy", *self.evaluation.metrics}
+            if self.search.metric not in known:
+                raise ValueError(
+                    f"search.metric {self.search.metric!r} is not measured by this job; "
+                    f"choose one of {', '.join(sorted(known))} (or add it to evaluation.metrics)"
+                )
+            if self.search.metric == "eval_loss" and not (
+                self.dataset.eval_split or self.dataset.eval_fraction
+            ):
+                raise ValueError(
+                    "search.metric eval_loss needs an eval split (dataset.evalSplit or evalFraction)"
+                )
+            if self.method == "full" and any(name.startswith("lora.") for name in self.search.space):
+                raise ValueError("search.space has lora.* parameters but method is full")
         if self.training.precision == "fp16" and self.method == "qlora":
             # bitsandbytes 4-bit with fp16 compute overflows on most small models; bf16 or fp32 is safe.
             raise ValueError("qlora with fp16 is unstable: use bf16 or fp32")

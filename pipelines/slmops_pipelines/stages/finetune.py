@@ -209,6 +209,7 @@ def write_report(
     evaluation: dict[str, Any] | None,
     out_dir: Path,
     wall_time_s: float,
+    search: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``metrics.json``, ``loss_curve.png`` and ``report.html`` into ``out_dir``; return the metrics."""
     from slmops_pipelines.steps.report import plot_loss_curve
@@ -222,11 +223,17 @@ def write_report(
         "evaluation": evaluation,
         "log_history": result.log_history,
         "wall_time_s": round(wall_time_s, 1),
+        **({"search": search} if search else {}),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot = plot_loss_curve(result.log_history, out_dir / "loss_curve.png", title=f"{name}: {spec.method}")
-    render(metrics, out_dir, title=f"FineTuneJob {name}", plot=plot)
+    search_plot = None
+    if search:
+        from slmops_pipelines.stages.search import plot_search
+
+        search_plot = plot_search(search, out_dir / "search.png")
+    render(metrics, out_dir, title=f"FineTuneJob {name}", plot=plot, search_plot=search_plot)
     return metrics
 
 
@@ -237,6 +244,7 @@ def publish_output(
     out_dir: Path,
     model_path: Path,
     fingerprint: str,
+    search: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Drop the resume state, upload ``out_dir`` when the store is remote, write the manifest last."""
     store = inspection.store
@@ -251,6 +259,12 @@ def publish_output(
         inputs={
             "model": {"uri": spec.model.uri, "resolvedPath": str(model_path)},
             "dataset": {"uri": spec.dataset.uri, "fingerprint": fingerprint},
+            # The result is the best trial's: the manifest says which, with its settings.
+            **(
+                {"search": {"bestTrial": search["best_trial"], "params": search["best_params"]}}
+                if search
+                else {}
+            ),
         },
         exclude=(".slmops/",),
     )

@@ -87,11 +87,36 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
-def write_report(metrics: dict[str, Any], out_dir: Path, *, title: str, plot: Path | None) -> Path:
-    image = ""
-    if plot and plot.exists():
-        encoded = base64.b64encode(plot.read_bytes()).decode()
-        image = f'<img alt="loss curve" src="data:image/png;base64,{encoded}">'
+def _embedded(plot: Path | None, alt: str) -> str:
+    if not plot or not plot.exists():
+        return ""
+    encoded = base64.b64encode(plot.read_bytes()).decode()
+    return f'<img alt="{alt}" src="data:image/png;base64,{encoded}">'
+
+
+def _leaderboard(metrics: dict[str, Any], search_plot: Path | None) -> str:
+    search = metrics.get("search")
+    if not search:
+        return ""
+
+    def row(trial: dict[str, Any]) -> str:
+        value = "" if trial["value"] is None else f"{trial['value']:.4g}"
+        params = html.escape(json.dumps(trial["params"]))
+        return f"<tr><td>{trial['trial']}</td><td>{trial['state']}</td><td>{value}</td><td>{params}</td></tr>"
+
+    rows = "".join(row(t) for t in search["trials"])
+    return (
+        f"<h2>Search: {html.escape(search['strategy'])}, {html.escape(search['metric'])} "
+        f"({html.escape(search['direction'])}), best trial {search['best_trial']}</h2>"
+        f"<table><tr><th>trial</th><th>state</th><th>{html.escape(search['metric'])}</th><th>params</th></tr>{rows}</table>"
+        f"{_embedded(search_plot, 'metric against parameters')}"
+    )
+
+
+def write_report(
+    metrics: dict[str, Any], out_dir: Path, *, title: str, plot: Path | None, search_plot: Path | None = None
+) -> Path:
+    image = _embedded(plot, "loss curve")
     samples = ((metrics.get("evaluation") or {}).get("finetuned") or {}).get("samples", [])
     sample_rows = "".join(
         f"<tr><td>{html.escape(s['expected'])}</td><td>{html.escape(s['generated'])}</td></tr>"
@@ -112,6 +137,7 @@ th{{background:#f4f4f4}} img{{max-width:100%}} pre{{background:#f8f8f8;padding:1
 <h1>{html.escape(title)}</h1>
 {_table(summary_rows(metrics))}
 {image}
+{_leaderboard(metrics, search_plot)}
 {sample_table}
 <h2>Data</h2><pre>{html.escape(json.dumps(metrics.get("data", {}), indent=2))}</pre>
 </body></html>

@@ -1,0 +1,293 @@
+"""Hyperparameter search: trials of one FineTuneJob, the best one becomes the job's result.
+
+An Optuna study drives the trials (grid, random or TPE sampler, seeded; median pruning on
+the eval loss).  Each trial is the job's own spec with the trial's settings applied, trained
+and evaluated by the same stages as any job, into ``trials/trial-NNN/`` of the job's
+output: its adapter, logs, TensorBoard events and ``trial.json``.  Trials share the data
+prepared once.  ``parallelism`` trials run side by side (threads, each driving its own
+torchrun processes).
+
+* pruning: the eval loss of each evaluation is reported to the study; a trial worse than
+  the median of the others at that step is stopped (its trainers are terminated);
+* a failing trial is recorded as failed and the search goes on; only when every trial
+  fails does the job fail, with the first trial's error;
+* at the end the best trial's results are copied to the job's root (``adapter/`` ...), so
+  that the job's artifacts, its manifest and any OptimizeJob that refers to it use them,
+  and the leaderboard (every trial: number, state, value, settings) goes into
+  ``metrics.json`` and the report (a table and a plot of the metric against each setting).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from slmops_pipelines.errors import JobError
+from slmops_pipelines.specs import FineTuneJobSpec
+from slmops_pipelines.specs.search import PARAMETERS, SearchSpec
+
+TRIALS = "trials"
+RESULT_FOLDERS = ("adapter", "model", "tensorboard", "logs", "merged")
+
+
+def trial_spec(spec: FineTuneJobSpec, params: dict[str, float]) -> FineTuneJobSpec:
+    """The job's spec with a trial's settings applied (and no search of its own)."""
+    data = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data.pop("search", None)
+    for path, value in params.items():
+        section, key = path.split(".", 1)
+        data.setdefault(section, {})[key] = int(value) if PARAMETERS[path][0] == "int" else value
+    return FineTuneJobSpec.model_validate(data)
+
+
+def _suggest(trial, search: SearchSpec) -> dict[str, float]:
+    params = {}
+    for name, parameter in search.space.items():
+        kind = PARAMETERS[name][0]
+        if parameter.values is not None:
+            params[name] = trial.suggest_categorical(name, list(parameter.values))
+        elif kind == "int":
+            params[name] = trial.suggest_int(name, int(parameter.low), int(parameter.high), log=parameter.log)
+        else:
+            params[name] = trial.suggest_float(name, parameter.low, parameter.high, log=parameter.log)
+    return params
+
+
+def _grid(search: SearchSpec) -> dict[str, list[float]]:
+    grid = {}
+    for name, parameter in search.space.items():
+        if parameter.values is not None:
+            grid[name] = list(parameter.values)
+        else:  # an integer range (validated)
+            grid[name] = list(range(int(parameter.low), int(parameter.high) + 1))
+    return grid
+
+
+def planned_trials(search: SearchSpec) -> list[dict[str, float]]:
+    """Grid and random trials, drawn up front from the seed.
+
+    Drawn before any trial runs, so that parallel trials (threads asking the sampler in
+    whatever order they get to it) still try exactly the same settings: the same seed, the
+    same trials.  TPE adapts to results, so it samples as it goes (repeatable when trials
+    run one at a time).
+    """
+    import itertools
+    import math
+    import random
+
+    rng = random.Random(search.seed)
+    if search.strategy == "grid":
+        grid = _grid(search)
+        names = sorted(grid)
+        combos = [
+            dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))
+        ]
+        rng.shuffle(combos)
+        return combos[: search.trials]
+    plans = []
+    for _ in range(search.trials):
+        params: dict[str, float] = {}
+        for name in sorted(search.space):
+            parameter, kind = search.space[name], PARAMETERS[name][0]
+            if parameter.values is not None:
+                params[name] = rng.choice(parameter.values)
+                continue
+            low, high = parameter.low, parameter.high
+            value = (
+                math.exp(rng.uniform(math.log(low), math.log(high)))
+                if parameter.log
+                else rng.uniform(low, high)
+            )
+            params[name] = min(int(high), max(int(low), round(value))) if kind == "int" else value
+        plans.append(params)
+    return plans
+
+
+def make_study(search: SearchSpec):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if search.strategy == "tpe":
+        sampler = optuna.samplers.TPESampler(
+            seed=search.seed, n_startup_trials=max(1, min(4, search.trials // 2))
+        )
+    else:
+        sampler = optuna.samplers.RandomSampler(
+            seed=search.seed
+        )  # every trial is enqueued: see planned_trials
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+        if search.pruning == "median"
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(direction=search.goal, sampler=sampler, pruner=pruner)
+    if search.strategy != "tpe":
+        for params in planned_trials(search):
+            study.enqueue_trial(params)
+    return study
+
+
+def objective_value(search: SearchSpec, train_result, evaluation: dict[str, Any] | None) -> float:
+    if search.metric == "eval_loss":
+        value = train_result.eval_loss
+    elif search.metric == "train_loss":
+        value = train_result.train_loss
+    else:
+        tuned = (evaluation or {}).get("finetuned") or {}
+        value = (
+            tuned.get("accuracy")
+            if search.metric == "accuracy"
+            else (tuned.get("metrics") or {}).get(search.metric)
+        )
+    if value is None:
+        raise JobError(
+            f"the trial did not measure {search.metric}", field="search.metric", reason="SearchFailed"
+        )
+    return float(value)
+
+
+def run_search(
+    spec: FineTuneJobSpec,
+    *,
+    model_path: Path,
+    data_dir: Path,
+    work: Path,
+    train: Callable[..., Any],
+    evaluate: Callable[..., dict[str, Any] | None],
+    say: Callable[[str, str], None],
+) -> dict[str, Any]:
+    """Run the study; copy the best trial's results into ``work``; return the search summary.
+
+    ``train(spec, work=...) -> TrainResult`` and ``evaluate(spec, train_dir=...)`` are the
+    job's own stages (bound to the model and data by the caller).
+    """
+    import optuna
+
+    search = spec.search
+    study = make_study(search)
+    errors: dict[int, str] = {}
+    lock = threading.Lock()
+    needs_answers = search.metric not in ("eval_loss", "train_loss")
+
+    def objective(trial) -> float:
+        params = _suggest(trial, search)
+        tspec = trial_spec(spec, params)
+        folder = work / TRIALS / f"trial-{trial.number:03d}"
+        shutil.rmtree(folder, ignore_errors=True)
+        say("trial", f"{trial.number}: {json.dumps(params)}")
+
+        def on_event(event: dict) -> None:
+            if "eval_loss" in event and event.get("step") is not None:
+                trial.report(float(event["eval_loss"]), int(event["step"]))
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"eval loss {event['eval_loss']:.4g} at step {event['step']}")
+
+        state, value = "FAIL", None
+        try:
+            result = train(tspec, work=folder, on_event=on_event)
+            evaluation = (
+                evaluate(
+                    tspec.model_copy(
+                        update={"evaluation": tspec.evaluation.model_copy(update={"compare_base": False})}
+                    ),
+                    train_dir=folder,
+                )
+                if needs_answers
+                else None
+            )
+            value = objective_value(search, result, evaluation)
+            state = "COMPLETE"
+            return value
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
+        except JobError as exc:
+            with lock:
+                errors[trial.number] = str(exc)
+            raise
+        finally:
+            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "trial.json").write_text(
+                json.dumps(
+                    {"trial": trial.number, "params": params, "state": state, "value": value}, indent=2
+                )
+            )
+
+    study.optimize(objective, n_trials=search.trials, n_jobs=search.parallelism, catch=(JobError,))
+    trials = sorted(study.trials, key=lambda t: t.number)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        first = min(errors) if errors else None
+        detail = f": trial {first}: {errors[first]}" if first is not None else ""
+        raise JobError(
+            f"every one of {len(trials)} trials failed or was pruned{detail}", reason="SearchFailed"
+        )
+    best = study.best_trial
+    best_dir = work / TRIALS / f"trial-{best.number:03d}"
+    for name in RESULT_FOLDERS:
+        shutil.rmtree(work / name, ignore_errors=True)
+        if (best_dir / name).is_dir():
+            shutil.copytree(best_dir / name, work / name)
+    say(
+        "search", f"best trial {best.number}: {search.metric} {best.value:.4g} with {json.dumps(best.params)}"
+    )
+    leaderboard = [
+        {
+            "trial": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            "params": t.params,
+            **({"error": errors[t.number]} if t.number in errors else {}),
+        }
+        for t in trials
+    ]
+    reverse = search.goal == "maximize"
+    leaderboard.sort(key=lambda t: (t["value"] is None, -(t["value"] or 0) if reverse else (t["value"] or 0)))
+    return {
+        "strategy": search.strategy,
+        "metric": search.metric,
+        "direction": search.goal,
+        "seed": search.seed,
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_params": best.params,
+        "trials": leaderboard,
+        "counts": {
+            state: sum(t["state"] == state for t in leaderboard) for state in ("COMPLETE", "PRUNED", "FAIL")
+        },
+        "trial_spec": trial_spec(spec, best.params).model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+
+
+def plot_search(summary: dict[str, Any], out_path: Path) -> Path | None:
+    """The metric against each searched setting, one panel per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in summary["trials"] if t["value"] is not None]
+    names = sorted({name for t in done for name in t["params"]})
+    if not done or not names:
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        xs = [t["params"][name] for t in done]
+        ys = [t["value"] for t in done]
+        ax.scatter(xs, ys, color="#1f77b4")
+        best = next(t for t in done if t["trial"] == summary["best_trial"])
+        ax.scatter([best["params"][name]], [best["value"]], color="#d62728", label="best")
+        if name in ("training.learningRate",) and min(xs) > 0:
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel(summary["metric"])
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
