@@ -39,7 +39,7 @@ def fake_train(losses):
     return train
 
 
-def search_of(spec, tmp_path, losses) -> dict:
+def search_of(spec, tmp_path, losses, progress: list | None = None) -> dict:
     return run_search(
         spec,
         model_path=tmp_path,
@@ -48,6 +48,7 @@ def search_of(spec, tmp_path, losses) -> dict:
         train=fake_train(losses),
         evaluate=lambda *_a, **_k: None,
         say=lambda *_: None,
+        on_progress=(progress.append if progress is not None else lambda _c: None),
     )
 
 
@@ -59,9 +60,22 @@ GRID = {
 
 
 def test_the_best_trial_wins_and_its_results_are_the_jobs(tmp_path):
+    progress: list = []
     summary = search_of(
-        spec_with({**GRID, "pruning": "none"}), tmp_path, {"curve": lambda lr, step: lr * 100 + 1 / step}
+        spec_with({**GRID, "pruning": "none"}),
+        tmp_path,
+        {"curve": lambda lr, step: lr * 100 + 1 / step},
+        progress,
     )
+    assert progress[-1] == {
+        "total": 4,
+        "done": 4,
+        "running": 0,
+        "pruned": 0,
+        "failed": 0,
+        "bestTrial": summary["best_trial"],
+        "bestValue": summary["best_value"],
+    }
     assert summary["best_params"] == {"training.learningRate": 0.001}
     assert [t["state"] for t in summary["trials"]] == ["COMPLETE"] * 4
     assert [t["value"] for t in summary["trials"]] == sorted(

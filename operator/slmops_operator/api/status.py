@@ -38,6 +38,19 @@ class Progress(SpecModel):
     loss: float | None = Field(default=None, description="Latest training loss.")
     eval_loss: float | None = Field(default=None, description="Latest eval loss.")
     eta_seconds: int | None = Field(default=None, description="Estimated seconds to the end of training.")
+    trials: TrialsProgress | None = Field(default=None, description="Hyperparameter search: trials so far.")
+
+
+class TrialsProgress(SpecModel):
+    """Where a hyperparameter search is."""
+
+    total: int | None = Field(default=None, description="Trials planned.")
+    done: int | None = Field(default=None, description="Trials finished (complete, pruned or failed).")
+    running: int | None = Field(default=None, description="Trials running now.")
+    pruned: int | None = Field(default=None, description="Trials stopped early by the pruner.")
+    failed: int | None = Field(default=None, description="Trials that failed.")
+    best_trial: int | None = Field(default=None, description="The best trial so far.")
+    best_value: float | None = Field(default=None, description="Its value of search.metric.")
 
 
 class RunRef(SpecModel):

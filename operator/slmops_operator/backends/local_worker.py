@@ -59,6 +59,10 @@ class StateReporter:
     def info(self, message: str) -> None:
         self._write()
 
+    def search_progress(self, counts: dict) -> None:
+        self.tracker.trials(counts)
+        self._write(force=True)
+
     def training_event(self, event: dict) -> None:
         self.tracker.event(event)
         self._write(force=event.get("event") in ("train_begin", "train_end", "save"))

@@ -48,6 +48,19 @@ class RichReporter:
     def info(self, message: str) -> None:
         self.console.print(f"           {message}", style="dim")
 
+    def search_progress(self, counts: dict) -> None:
+        if counts["running"] == 0 and counts["done"] == 0:
+            return
+        best = (
+            ""
+            if counts.get("bestTrial") is None
+            else f", best: trial {counts['bestTrial']} ({counts['bestValue']:.4g})"
+        )
+        self.info(
+            f"trials {counts['done']}/{counts['total']} done, {counts['running']} running, "
+            f"{counts['pruned']} pruned, {counts['failed']} failed{best}"
+        )
+
     def training_event(self, event: dict) -> None:
         kind = event.get("event")
         if kind == "train_begin":

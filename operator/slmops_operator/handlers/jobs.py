@@ -198,6 +198,7 @@ def _progress(state: RunState) -> dict[str, Any] | None:
         "loss": p.get("loss"),
         "evalLoss": p.get("evalLoss"),
         "etaSeconds": p.get("etaSeconds"),
+        "trials": p.get("trials"),
     }
     return {k: v for k, v in progress.items() if v is not None}
 

@@ -159,6 +159,7 @@ def _search(
         train=train,
         evaluate=evaluate,
         say=lambda stage, message: reporter.info(f"{stage}: {message}"),
+        on_progress=reporter.search_progress,
     )
 
 

@@ -15,6 +15,9 @@ class Reporter(Protocol):
     def info(self, message: str) -> None:
         """Something worth telling the user."""
 
+    def search_progress(self, counts: dict) -> None:
+        """A hyperparameter search's trials so far (total, done, running, pruned, failed, bestTrial, bestValue)."""
+
 
 class NullReporter:
     def stage(self, name: str, message: str) -> None:
@@ -24,4 +27,7 @@ class NullReporter:
         pass
 
     def info(self, message: str) -> None:
+        pass
+
+    def search_progress(self, counts: dict) -> None:
         pass

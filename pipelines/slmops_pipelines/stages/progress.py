@@ -47,6 +47,10 @@ class ProgressTracker:
         elif kind in ("log", "evaluate") and "eval_loss" in event:
             self.progress = {**self.progress, "evalLoss": float(event["eval_loss"])}
 
+    def trials(self, counts: dict[str, Any]) -> None:
+        """A search's trials so far (total, done, running, pruned, failed, bestTrial, bestValue)."""
+        self.progress = {**self.progress, "trials": {k: v for k, v in counts.items() if v is not None}}
+
 
 class StoredProgress:
     """Write a tracker's progress into an artifact store now and then (and on important events)."""

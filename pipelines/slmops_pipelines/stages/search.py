@@ -159,6 +159,7 @@ def run_search(
     train: Callable[..., Any],
     evaluate: Callable[..., dict[str, Any] | None],
     say: Callable[[str, str], None],
+    on_progress: Callable[[dict[str, Any]], None] = lambda _counts: None,
 ) -> dict[str, Any]:
     """Run the study; copy the best trial's results into ``work``; return the search summary.
 
@@ -172,6 +173,23 @@ def run_search(
     errors: dict[int, str] = {}
     lock = threading.Lock()
     needs_answers = search.metric not in ("eval_loss", "train_loss")
+    tally = {"total": search.trials, "done": 0, "running": 0, "pruned": 0, "failed": 0}
+    best: dict[str, Any] = {}
+
+    def record(state: str | None, number: int | None = None, value: float | None = None) -> None:
+        with lock:
+            if state is None:
+                tally["running"] += 1
+            else:
+                tally["running"] -= 1
+                tally["done"] += 1
+                tally["pruned"] += state == "PRUNED"
+                tally["failed"] += state == "FAIL"
+                better = (lambda a, b: a > b) if search.goal == "maximize" else (lambda a, b: a < b)
+                if state == "COMPLETE" and (not best or better(value, best["value"])):
+                    best.update(trial=number, value=value)
+            counts = {**tally, "bestTrial": best.get("trial"), "bestValue": best.get("value")}
+        on_progress(counts)
 
     def objective(trial) -> float:
         params = _suggest(trial, search)
@@ -179,6 +197,7 @@ def run_search(
         folder = work / TRIALS / f"trial-{trial.number:03d}"
         shutil.rmtree(folder, ignore_errors=True)
         say("trial", f"{trial.number}: {json.dumps(params)}")
+        record(None)
 
         def on_event(event: dict) -> None:
             if "eval_loss" in event and event.get("step") is not None:
@@ -210,6 +229,7 @@ def run_search(
                 errors[trial.number] = str(exc)
             raise
         finally:
+            record(state, trial.number, value)
             shutil.rmtree(folder / "checkpoints", ignore_errors=True)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "trial.json").write_text(
