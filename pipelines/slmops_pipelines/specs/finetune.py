@@ -87,6 +87,10 @@ class TrainingSpec(SpecModel):
     early_stopping: EarlyStoppingSpec | None = Field(
         default=None, description="Stop when eval loss stops improving (needs evalSteps)."
     )
+    loss: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")] = Field(
+        default="cross_entropy",
+        description="Training loss by name: cross_entropy, or a plug-in registered under the entry point group slmops.losses.",
+    )
 
     @model_validator(mode="after")
     def _check_length(self) -> TrainingSpec:

@@ -79,11 +79,13 @@ def check_placement(spec: FineTuneJobSpec, *, multi_node: bool) -> None:
 
 
 def check_inputs(spec: FineTuneJobSpec, *, multi_node: bool) -> None:
-    """Everything that can be checked before a byte is written: placement, metric names."""
+    """Everything that can be checked before a byte is written: placement, metric and loss names."""
     from slmops_pipelines.steps.metrics import check_metrics
+    from slmops_pipelines.steps.train.losses import get_loss
 
     check_placement(spec, multi_node=multi_node)
     check_metrics(spec.evaluation.metrics)
+    get_loss(spec.training.loss)
 
 
 def inspect_output(*, name: str, namespace: str, spec: FineTuneJobSpec, output_uri: str) -> Inspection:

@@ -28,34 +28,59 @@ def supports_sparse_logits(model: torch.nn.Module) -> bool:
 
 
 def sparse_causal_lm_loss(
-    model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: torch.Tensor | int | None
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    num_items_in_batch: torch.Tensor | int | None,
+    *,
+    loss_fn=None,
+    sparse: bool = True,
 ) -> tuple[torch.Tensor, object]:
+    """Next-token loss over the labelled positions; logits computed only there when ``sparse``.
+
+    ``loss_fn(logits, targets)`` returns the summed loss (default: cross-entropy); a plug-in
+    loss (``training.loss``) takes its place, on either path.
+    """
     labels = inputs["labels"]
     next_labels = labels[:, 1:]
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = next_labels != IGNORE_INDEX
     model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-    outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
-    logits = outputs.logits.float()  # (labelled positions, vocab)
+    if sparse:
+        outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
+        logits = outputs.logits.float()  # (labelled positions, vocab)
+    else:
+        outputs = model(**model_inputs, use_cache=False)
+        logits = outputs.logits[keep].float()
     targets = next_labels[keep[:, :-1]]
-    loss = F.cross_entropy(logits, targets, reduction="sum")
+    loss = (loss_fn or _cross_entropy_sum)(logits, targets)
     divisor = num_items_in_batch if num_items_in_batch is not None else targets.numel()
     if torch.is_tensor(divisor):
         divisor = divisor.to(loss.device)
     return loss / divisor, outputs
 
 
-class SparseLogitsTrainer(Trainer):
-    """A Trainer whose loss computes logits only at labelled positions (when the model allows)."""
+def _cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, targets, reduction="sum")
 
-    def __init__(self, *args, sparse_logits: bool = True, **kwargs) -> None:
+
+class SparseLogitsTrainer(Trainer):
+    """A Trainer whose loss computes logits only at labelled positions (when the model allows).
+
+    With a plug-in ``loss_fn`` the loss is always computed here (sparse or not), so that the
+    plug-in sees the same (positions, vocabulary) logits either way.
+    """
+
+    def __init__(self, *args, sparse_logits: bool = True, loss_fn=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.sparse_logits = sparse_logits and supports_sparse_logits(self.model)
+        self.loss_fn = loss_fn
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not self.sparse_logits or "labels" not in inputs:
+        if "labels" not in inputs or (not self.sparse_logits and self.loss_fn is None):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss, outputs = sparse_causal_lm_loss(model, inputs, num_items_in_batch)
+        loss, outputs = sparse_causal_lm_loss(
+            model, inputs, num_items_in_batch, loss_fn=self.loss_fn, sparse=self.sparse_logits
+        )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # As Trainer.compute_loss: num_items_in_batch was summed over processes, DDP averages gradients.
             loss = loss * self.accelerator.num_processes

@@ -157,6 +157,8 @@ def train(request: TrainRequest) -> TrainResult:
     from transformers import DataCollatorForSeq2Seq, set_seed
 
     from slmops_pipelines.steps.train.loss import SparseLogitsTrainer
+    from slmops_pipelines.steps.train.losses import DEFAULT as DEFAULT_LOSS
+    from slmops_pipelines.steps.train.losses import get_loss
 
     rank, _local_rank, world_size = _world()
     _set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
@@ -186,6 +188,7 @@ def train(request: TrainRequest) -> TrainResult:
         ),
         # SLMOPS_DENSE_LOGITS=1 turns the sparse LM head off (for benchmarks and debugging).
         sparse_logits=spec.dataset.loss_on_completion_only and not os.environ.get("SLMOPS_DENSE_LOGITS"),
+        loss_fn=None if spec.training.loss == DEFAULT_LOSS else get_loss(spec.training.loss),
     )
     started = time.time()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
