@@ -156,3 +156,25 @@ def test_chained_pipeline_feeds_the_finetune_output_to_optimize():
         "optimize_job",
         "optimize_output_uri",
     }
+
+
+def test_a_search_fans_out_with_the_jobs_parallelism(tmp_path, tiny_model):
+    from slmops_pipelines.kubeflow.pipelines import finetune_search_pipeline
+
+    job = FineTuneJob.model_validate(
+        finetune_manifest(
+            "s",
+            tiny_model,
+            search={"trials": 6, "parallelism": 3, "space": {"lora.r": {"values": [4, 8, 16]}}},
+        )
+    )
+    doc = load(
+        compile_pipeline(
+            finetune_search_pipeline(placement=Placement.for_finetune(job.spec)), tmp_path / "s.yaml"
+        )
+    )
+    loop = tasks_of(doc)["for-loop-1"]
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--plan-trials-Output"
+    assert loop["iteratorPolicy"]["parallelismLimit"] == 3
+    evaluate = tasks_of(doc)["evaluate-finetune"]["inputs"]["parameters"]["spec"]["taskOutputParameter"]
+    assert evaluate == {"outputParameterKey": "Output", "producerTask": "pick-best"}  # the best trial's spec

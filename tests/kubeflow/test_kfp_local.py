@@ -165,3 +165,31 @@ def test_an_evaluation_change_reuses_data_and_training(kfp_finished, tiny_model,
     hits = set(re.findall(r"Task (\S+) cache hit", caplog.text))
     assert hits == {"prepare-data", "train"}
     assert outcome.metrics["evaluation"]["finetuned"]["total"] == 4
+
+
+def test_a_search_fans_trials_out_and_publishes_the_best(tiny_model, tmp_path):
+    j = job(
+        "tiny-search",
+        tiny_model,
+        training={"maxSteps": 2, "evalSteps": 2, "saveSteps": 2},
+        search={
+            "strategy": "random",
+            "trials": 3,
+            "parallelism": 2,
+            "seed": 5,
+            "space": {"training.learningRate": {"low": 1e-5, "high": 5e-2, "log": True}},
+        },
+    )
+    out = tmp_path / "out"
+    outcome = run_finetune_kfp_local(name=j.name, spec=j.spec, output_uri=str(out))
+    search = outcome.metrics["search"]
+    assert [t["trial"] for t in sorted(search["trials"], key=lambda t: t["trial"])] == [0, 1, 2]
+    done = [t for t in search["trials"] if t["state"] == "COMPLETE"]
+    assert search["best_value"] == min(t["value"] for t in done)
+    best = out / "trials" / f"trial-{search['best_trial']:03d}"
+    assert sha256(out / "adapter" / "adapter_model.safetensors") == sha256(
+        best / "adapter" / "adapter_model.safetensors"
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"]["search"]["bestTrial"] == search["best_trial"]
+    assert "best trial" in (out / "report.html").read_text()

@@ -104,15 +104,19 @@ class KfpBackend:
 
     def _compile(self, request: JobRequest, path: Path) -> None:
         from slmops_pipelines.kubeflow.images import Images
-        from slmops_pipelines.kubeflow.pipelines import compile_pipeline, finetune_pipeline, optimize_pipeline
+        from slmops_pipelines.kubeflow.pipelines import (
+            compile_pipeline,
+            finetune_pipeline,
+            finetune_search_pipeline,
+            optimize_pipeline,
+        )
         from slmops_pipelines.kubeflow.placement import Placement
 
         images = Images.default(registry=self.settings.image_registry or None)
         pvc = self.settings.cache_pvc or None
         if request.kind == "FineTuneJob":
-            pipeline = finetune_pipeline(
-                placement=Placement.for_finetune(request.spec, cache_pvc=pvc), images=images
-            )
+            factory = finetune_search_pipeline if request.spec.search else finetune_pipeline
+            pipeline = factory(placement=Placement.for_finetune(request.spec, cache_pvc=pvc), images=images)
         else:
             pipeline = optimize_pipeline(
                 placement=Placement.for_optimize(request.spec, cache_pvc=pvc), images=images

@@ -128,6 +128,91 @@ def publish_finetune(
     )
 
 
+# -- hyperparameter search -------------------------------------------------------------------
+
+
+def plan_trials(spec: dict) -> list:
+    """The trials of spec.search, drawn from its seed: one ParallelFor iteration each."""
+    from slmops_pipelines.kubeflow import tasks
+
+    return tasks.plan_trials(spec=spec)
+
+
+def train_trial(
+    spec: dict,
+    trial: dict,
+    output_uri: str,
+    data: Input[Dataset],
+    trial_model: Output[Model],
+    trial_metrics: Output[Metrics],
+):
+    """Train and score one trial (a failed trial is recorded, not raised)."""
+    from slmops_pipelines.kubeflow import tasks
+
+    tasks.train_trial(
+        spec=spec,
+        trial=trial,
+        output_uri=output_uri,
+        data_dir=data.path,
+        trial_dir=trial_model.path,
+        metrics=trial_metrics,
+    )
+
+
+def pick_best(
+    spec: dict,
+    output_uri: str,
+    trials: Input[List[Model]],  # noqa: UP006
+    best: Output[Model],
+    search: Output[Artifact],
+) -> dict:
+    """The leaderboard; the best trial's results become the model; its spec is returned."""
+    from slmops_pipelines.kubeflow import tasks
+
+    return tasks.pick_best(
+        spec=spec,
+        output_uri=output_uri,
+        trial_dirs=[t.path for t in trials],
+        best_dir=best.path,
+        search_dir=search.path,
+    )
+
+
+def publish_finetune_search(
+    spec: dict,
+    job: dict,
+    output_uri: str,
+    fingerprint: str,
+    started_at: float,
+    data: Input[Dataset],
+    model: Input[Model],
+    evaluation: Input[Artifact],
+    merged: Input[Model],
+    search: Input[Artifact],
+    report: Output[HTML],
+    artifacts: Output[Markdown],
+    summary: Output[Metrics],
+) -> str:
+    """Publish as publish-finetune does, with every trial and the leaderboard."""
+    from slmops_pipelines.kubeflow import tasks
+
+    return tasks.publish_finetune(
+        spec=spec,
+        job=job,
+        output_uri=output_uri,
+        fingerprint=fingerprint,
+        started_at=started_at,
+        data_dir=data.path,
+        model_dir=model.path,
+        evaluation_path=evaluation.path,
+        merged_dir=merged.path,
+        report_path=report.path,
+        summary_path=artifacts.path,
+        metrics=summary,
+        search_dir=search.path,
+    )
+
+
 # -- OptimizeJob -------------------------------------------------------------------------------
 
 
@@ -223,6 +308,10 @@ class Components(NamedTuple):
     train: Callable
     evaluate_finetune: Callable
     publish_finetune: Callable
+    plan_trials: Callable
+    train_trial: Callable
+    pick_best: Callable
+    publish_finetune_search: Callable
     inspect_optimize: Callable
     plan_targets: Callable
     prepare_source: Callable
@@ -230,7 +319,17 @@ class Components(NamedTuple):
     publish_optimize: Callable
 
 
-_TRAINER = (inspect_finetune, prepare_data, train, evaluate_finetune, publish_finetune)
+_TRAINER = (
+    inspect_finetune,
+    prepare_data,
+    train,
+    evaluate_finetune,
+    publish_finetune,
+    plan_trials,
+    train_trial,
+    pick_best,
+    publish_finetune_search,
+)
 _OPTIMIZER = (inspect_optimize, plan_targets, prepare_source, build_target, publish_optimize)
 
 

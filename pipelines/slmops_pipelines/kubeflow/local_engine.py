@@ -81,7 +81,7 @@ def _job(name: str, namespace: str) -> dict[str, Any]:
 def run_finetune_kfp_local(
     *, name: str, namespace: str = "default", spec: FineTuneJobSpec, output_uri: str
 ) -> JobOutcome:
-    from slmops_pipelines.kubeflow.pipelines import finetune_pipeline
+    from slmops_pipelines.kubeflow.pipelines import finetune_pipeline, finetune_search_pipeline
     from slmops_pipelines.stages import finetune as stages
     from slmops_pipelines.steps import publish
 
@@ -89,7 +89,19 @@ def run_finetune_kfp_local(
     stages.check_inputs(spec, multi_node=False)
     inspection = stages.inspect_output(name=name, namespace=namespace, spec=spec, output_uri=output_uri)
     if inspection.finished is None:
-        pipeline = _load_compiled(finetune_pipeline(placement=Placement.local()), "finetune")
+        placement = Placement.for_finetune(spec).model_copy(
+            update={
+                "gpus": 0,
+                "credentials_secret": None,
+                "cache_pvc": None,
+                "node_selector": {},
+                "tolerations": [],
+            }
+        )
+        factory, name_ = (
+            (finetune_search_pipeline, "finetune-search") if spec.search else (finetune_pipeline, "finetune")
+        )
+        pipeline = _load_compiled(factory(placement=placement), name_)
         _run(
             pipeline,
             output_uri=output_uri,

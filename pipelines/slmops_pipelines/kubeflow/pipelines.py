@@ -12,6 +12,8 @@ Parameters of every pipeline: the resource's ``spec`` (a dict, camelCase: what
 The graphs::
 
     finetune:  inspect -> prepare-data -> train -> evaluate-finetune -> publish-finetune
+    finetune-search:  inspect -> prepare-data -> ParallelFor(plan-trials: train-trial) -> pick-best
+                      -> evaluate-finetune -> publish-finetune-search
     optimize:  inspect -> prepare-source -> ParallelFor(plan-targets: build-target) -> publish-optimize
 
 ``inspect`` and ``publish`` look at the world (claims, fingerprints, the output location) and
@@ -77,6 +79,60 @@ def _finetune_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_
     return publish
 
 
+def _finetune_search_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any):
+    from kfp import dsl
+
+    inspect = p.uncached(c.inspect_finetune(spec=spec, job=job, output_uri=output_uri))
+    inspect.set_display_name("inspect")
+    data = p.common(
+        c.prepare_data(
+            spec=inspect.outputs["data_spec"],
+            output_uri=output_uri,
+            fingerprint=inspect.outputs["fingerprint"],
+        )
+    )
+    data.set_display_name("prepare data")
+    plan = p.common(c.plan_trials(spec=spec))
+    plan.set_display_name("plan trials")
+    with dsl.ParallelFor(items=plan.output, parallelism=p.trial_parallelism) as trial_item:
+        trial = p.compute(
+            c.train_trial(spec=spec, trial=trial_item, output_uri=output_uri, data=data.outputs["data"]),
+            gpus=p.gpus,
+        )
+        trial.set_display_name("trial")
+    best = p.common(
+        c.pick_best(spec=spec, output_uri=output_uri, trials=dsl.Collected(trial.outputs["trial_model"]))
+    )
+    best.set_display_name("pick the best trial")
+    evaluate = p.compute(
+        c.evaluate_finetune(
+            spec=best.outputs["Output"],
+            output_uri=output_uri,
+            data=data.outputs["data"],
+            model=best.outputs["best"],
+        ),
+        gpus=min(p.gpus, 1),
+        requests=False,
+    )
+    evaluate.set_display_name("evaluate")
+    publish = p.uncached(
+        c.publish_finetune_search(
+            spec=spec,
+            job=job,
+            output_uri=output_uri,
+            fingerprint=inspect.outputs["fingerprint"],
+            started_at=inspect.outputs["started_at"],
+            data=data.outputs["data"],
+            model=best.outputs["best"],
+            evaluation=evaluate.outputs["evaluation"],
+            merged=evaluate.outputs["merged"],
+            search=best.outputs["search"],
+        )
+    )
+    publish.set_display_name("publish")
+    return publish
+
+
 def _optimize_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any, source_uri: Any):
     from kfp import dsl
 
@@ -128,6 +184,21 @@ def finetune_pipeline(*, placement: Placement | None = None, images: Images | No
         return _finetune_steps(c, p, spec=spec, job=job, output_uri=output_uri).outputs["Output"]
 
     return finetune
+
+
+def finetune_search_pipeline(*, placement: Placement | None = None, images: Images | None = None) -> Callable:
+    from kfp import dsl
+
+    c, p = make_components(images or Images.default()), placement or Placement.default()
+
+    @dsl.pipeline(
+        name="slmops-finetune-search",
+        description="slmops FineTuneJob with spec.search: trials side by side, the best one published.",
+    )
+    def finetune_search(spec: dict, job: dict, output_uri: str) -> str:
+        return _finetune_search_steps(c, p, spec=spec, job=job, output_uri=output_uri).outputs["Output"]
+
+    return finetune_search
 
 
 def optimize_pipeline(*, placement: Placement | None = None, images: Images | None = None) -> Callable:
@@ -188,6 +259,7 @@ def finetune_optimize_pipeline(
 
 PIPELINES: dict[str, Callable[..., Callable]] = {
     "finetune": finetune_pipeline,
+    "finetune-search": finetune_search_pipeline,
     "optimize": optimize_pipeline,
     "finetune-optimize": finetune_optimize_pipeline,
 }

@@ -53,6 +53,7 @@ class Placement(BaseModel):
     )
     cache_pvc: str | None = Field(default=None, description="PersistentVolumeClaim for the model cache.")
     target_parallelism: int = Field(default=4, ge=1, description="Optimize targets built at once.")
+    trial_parallelism: int = Field(default=2, ge=1, description="Search trials trained at once.")
     caching: bool = Field(default=True, description="Reuse the outputs of steps whose inputs did not change.")
 
     @classmethod
@@ -86,7 +87,10 @@ class Placement(BaseModel):
     @classmethod
     def for_finetune(cls, spec: FineTuneJobSpec, *, cache_pvc: str | None = None) -> Placement:
         return cls.for_resources(
-            spec.resources, credentials_secret=spec.output.credentials_secret, cache_pvc=cache_pvc
+            spec.resources,
+            credentials_secret=spec.output.credentials_secret,
+            cache_pvc=cache_pvc,
+            trial_parallelism=spec.search.parallelism if spec.search else 2,
         )
 
     @classmethod

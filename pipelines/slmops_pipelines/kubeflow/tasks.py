@@ -156,11 +156,11 @@ def inspect_finetune(*, spec: dict, job: dict, output_uri: str) -> tuple[str, fl
 
     started = time.time()
     parsed, ctx = FineTuneJobSpec.model_validate(spec), JobContext.model_validate(job)
-    if parsed.search is not None:
+    if parsed.search is not None and parsed.search.strategy == "tpe":
         raise InputError(
-            "hyperparameter search runs with the local engine (slmops run, the operator's local backend); "
-            "the pipeline does not fan trials out yet",
-            field="search",
+            "tpe chooses each trial from the results of the ones before: on a pipeline, whose trials run "
+            "side by side in their own pods, use random or grid (or run tpe with the local engine)",
+            field="search.strategy",
         )
     stages.check_inputs(parsed, multi_node=True)
     stages.inspect_output(name=ctx.name, namespace=ctx.namespace, spec=parsed, output_uri=output_uri)
@@ -295,14 +295,18 @@ def publish_finetune(
     report_path: str,
     summary_path: str,
     metrics: MetricsArtifact,
+    search_dir: str = "",
 ) -> str:
     """Assemble the output as the local engine lays it out, publish it (manifest last); return its URI."""
     from slmops_pipelines.stages import finetune as stages
 
     parsed, ctx = FineTuneJobSpec.model_validate(spec), JobContext.model_validate(job)
+    search = json.loads((Path(search_dir) / "summary.json").read_text()) if search_dir else None
     with tempfile.TemporaryDirectory(prefix="slmops-publish-") as tmp:
         out = Path(tmp)
         _copy_into(Path(model_dir), out)
+        if search_dir:
+            _copy_into(Path(search_dir) / "trials", out / "trials")
         _copy_into(Path(data_dir), out / "data")
         merged = Path(merged_dir)
         if merged.is_dir() and any(merged.iterdir()):  # empty unless output.mergedModel
@@ -317,6 +321,7 @@ def publish_finetune(
             evaluation=evaluation,
             out_dir=out,
             wall_time_s=time.time() - started_at,
+            search=search,
         )
         shutil.copyfile(out / "report.html", report_path)
         inspection = stages.inspect_output(
@@ -328,6 +333,7 @@ def publish_finetune(
             out_dir=out,
             model_path=stages.resolve_base_model(parsed),
             fingerprint=fingerprint,
+            search=search,
         )
     artifacts = stages.output_artifacts(inspection.store, manifest)
     Path(summary_path).write_text(_markdown_links(f"FineTuneJob {ctx.namespace}/{ctx.name}", artifacts))
@@ -344,6 +350,91 @@ def publish_finetune(
     )
     _say("publish", f"{inspection.store.uri}: {len(manifest['files'])} files, manifest last")
     return inspection.store.uri
+
+
+# -- hyperparameter search (fan-out) ----------------------------------------------------------
+
+
+def plan_trials(*, spec: dict) -> list[dict]:
+    """The trials of ``spec.search``, drawn from its seed: one ParallelFor iteration each."""
+    from slmops_pipelines.stages.search import planned_trials
+
+    parsed = FineTuneJobSpec.model_validate(spec)
+    return [{"trial": n, "params": params} for n, params in enumerate(planned_trials(parsed.search))]
+
+
+@reports_errors
+def train_trial(
+    *, spec: dict, trial: dict, output_uri: str, data_dir: str, trial_dir: str, metrics: MetricsArtifact
+) -> None:
+    """Train (and, for answer metrics, evaluate) one trial; a failure is the trial's, not the run's."""
+    from slmops_pipelines.stages import finetune as stages
+    from slmops_pipelines.stages.search import objective_value, trial_spec
+
+    parsed = FineTuneJobSpec.model_validate(spec)
+    tspec = trial_spec(parsed, trial["params"])
+    work = Path(trial_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    model_path = stages.resolve_base_model(tspec)
+    number = int(trial["trial"])  # numbers travel as protobuf Struct values: floats
+    result: dict[str, Any] = {
+        "trial": number,
+        "params": trial["params"],
+        "state": "FAIL",
+        "value": None,
+    }
+    _say("trial", f"{number}: {json.dumps(trial['params'])}")
+    try:
+        train_result = stages.train(
+            tspec, model_path=model_path, data_dir=Path(data_dir), work=work, on_event=_print_event
+        )
+        evaluation = None
+        if parsed.search.metric not in ("eval_loss", "train_loss"):
+            quick = tspec.evaluation.model_copy(update={"compare_base": False})
+            evaluation = stages.evaluate(
+                tspec.model_copy(update={"evaluation": quick}),
+                model_path=model_path,
+                train_dir=work,
+                data_dir=Path(data_dir),
+                merged_dir=None,
+            )
+        result.update(state="COMPLETE", value=objective_value(parsed.search, train_result, evaluation))
+    except JobError as exc:
+        result["error"] = str(exc)
+        _say("trial", f"{number} failed: {exc}")
+    finally:
+        shutil.rmtree(work / stages.CHECKPOINTS, ignore_errors=True)
+        (work / "trial.json").write_text(json.dumps(result, indent=2))
+    _log(metrics, {parsed.search.metric: result["value"], "trial": number})
+
+
+@reports_errors
+def pick_best(*, spec: dict, output_uri: str, trial_dirs: list[str], best_dir: str, search_dir: str) -> dict:
+    """The leaderboard from every trial; the best trial's results as the model; return its spec."""
+    from slmops_pipelines.stages.search import RESULT_FOLDERS, adopt_best, summarize
+
+    parsed = FineTuneJobSpec.model_validate(spec)
+    results, folders = [], {}
+    for folder in map(Path, trial_dirs):
+        result = json.loads((folder / "trial.json").read_text())
+        result["trial"] = int(result["trial"])
+        results.append(result)
+        folders[result["trial"]] = folder
+    summary = summarize(parsed, sorted(results, key=lambda r: r["trial"]))
+    adopt_best(folders[summary["best_trial"]], Path(best_dir))
+    search = Path(search_dir)
+    for number, folder in sorted(folders.items()):
+        target = search / "trials" / f"trial-{number:03d}"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (*RESULT_FOLDERS, "trial.json"):
+            source = folder / name
+            if source.is_dir():
+                shutil.copytree(source, target / name, dirs_exist_ok=True)
+            elif source.is_file():
+                shutil.copyfile(source, target / name)
+    (search / "summary.json").write_text(json.dumps(summary, indent=2))
+    _say("search", f"best trial {summary['best_trial']}: {summary['metric']} {summary['best_value']:.4g}")
+    return summary["trial_spec"]
 
 
 # -- OptimizeJob -------------------------------------------------------------------------------

@@ -239,24 +239,7 @@ def run_search(
             )
 
     study.optimize(objective, n_trials=search.trials, n_jobs=search.parallelism, catch=(JobError,))
-    trials = sorted(study.trials, key=lambda t: t.number)
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
-        first = min(errors) if errors else None
-        detail = f": trial {first}: {errors[first]}" if first is not None else ""
-        raise JobError(
-            f"every one of {len(trials)} trials failed or was pruned{detail}", reason="SearchFailed"
-        )
-    best = study.best_trial
-    best_dir = work / TRIALS / f"trial-{best.number:03d}"
-    for name in RESULT_FOLDERS:
-        shutil.rmtree(work / name, ignore_errors=True)
-        if (best_dir / name).is_dir():
-            shutil.copytree(best_dir / name, work / name)
-    say(
-        "search", f"best trial {best.number}: {search.metric} {best.value:.4g} with {json.dumps(best.params)}"
-    )
-    leaderboard = [
+    results = [
         {
             "trial": t.number,
             "state": t.state.name,
@@ -264,23 +247,59 @@ def run_search(
             "params": t.params,
             **({"error": errors[t.number]} if t.number in errors else {}),
         }
-        for t in trials
+        for t in sorted(study.trials, key=lambda t: t.number)
     ]
-    reverse = search.goal == "maximize"
-    leaderboard.sort(key=lambda t: (t["value"] is None, -(t["value"] or 0) if reverse else (t["value"] or 0)))
+    summary = summarize(spec, results)
+    adopt_best(work / TRIALS / f"trial-{summary['best_trial']:03d}", work)
+    say("search", f"best trial {summary['best_trial']}: {search.metric} {summary['best_value']:.4g}")
+    return summary
+
+
+def adopt_best(best_dir: Path, work: Path) -> None:
+    """The best trial's results become the job's (adapter/ or model/, logs, TensorBoard)."""
+    for name in RESULT_FOLDERS:
+        shutil.rmtree(work / name, ignore_errors=True)
+        if (best_dir / name).is_dir():
+            shutil.copytree(best_dir / name, work / name)
+
+
+def summarize(spec: FineTuneJobSpec, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The leaderboard (best first) and the winner, from every trial's result; fails if none completed.
+
+    A result is ``{"trial", "state" (COMPLETE, PRUNED, FAIL), "value", "params", "error"?}``:
+    what ``trial.json`` holds, whichever engine ran the trial.
+    """
+    search = spec.search
+    complete = [r for r in results if r["state"] == "COMPLETE" and r["value"] is not None]
+    if not complete:
+        failed = sorted((r for r in results if r.get("error")), key=lambda r: r["trial"])
+        detail = f": trial {failed[0]['trial']}: {failed[0]['error']}" if failed else ""
+        raise JobError(
+            f"every one of {len(results)} trials failed or was pruned{detail}", reason="SearchFailed"
+        )
+    maximize = search.goal == "maximize"
+    best = (max if maximize else min)(
+        complete, key=lambda r: (r["value"], -r["trial"] if maximize else r["trial"])
+    )
+    leaderboard = sorted(
+        results,
+        key=lambda r: (r["value"] is None, -(r["value"] or 0) if maximize else (r["value"] or 0), r["trial"]),
+    )
     return {
         "strategy": search.strategy,
         "metric": search.metric,
         "direction": search.goal,
         "seed": search.seed,
-        "best_trial": best.number,
-        "best_value": best.value,
-        "best_params": best.params,
+        "best_trial": best["trial"],
+        "best_value": best["value"],
+        "best_params": best["params"],
         "trials": leaderboard,
         "counts": {
-            state: sum(t["state"] == state for t in leaderboard) for state in ("COMPLETE", "PRUNED", "FAIL")
+            state: sum(r["state"] == state for r in results) for state in ("COMPLETE", "PRUNED", "FAIL")
         },
-        "trial_spec": trial_spec(spec, best.params).model_dump(mode="json", by_alias=True, exclude_none=True),
+        "trial_spec": trial_spec(spec, best["params"]).model_dump(
+            mode="json", by_alias=True, exclude_none=True
+        ),
     }
 
 
