@@ -233,3 +233,22 @@ async def test_a_bad_dataset_fails_the_job_and_its_dependents(kube, tiny_model: 
         )
         # ttlSecondsAfterFinished: the finished job goes away; its outputs would stay.
         await wait_until(lambda: current(kube, "default", "finetunejobs", "bad") is None, what="the TTL")
+
+
+async def test_a_search_shows_its_trials_in_status(kube, tiny_model: Path, tmp_path):
+    body = finetune_manifest(
+        "searched",
+        tiny_model,
+        training={"maxSteps": 2},
+        search={"strategy": "grid", "trials": 2, "space": {"lora.r": {"values": [4, 8]}}},
+    )
+    async with running_operator(kube, local_settings(tmp_path)):
+        await create(kube, "default", "finetunejobs", body)
+        await wait_until(
+            lambda: phase_of(kube, "searched") in ("Succeeded", "Failed"), timeout=240, what="the end"
+        )
+    status = current(kube, "default", "finetunejobs", "searched")["status"]
+    assert status["phase"] == "Succeeded", status
+    trials = status["progress"]["trials"]
+    assert trials["total"] == 2 and trials["done"] == 2 and trials["running"] == 0
+    assert trials["bestTrial"] in (0, 1) and trials["bestValue"] > 0
