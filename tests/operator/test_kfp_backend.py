@@ -159,3 +159,41 @@ async def test_kfp_unreachable_retries_then_says_so(kube, fake_kfp, tiny_model, 
         assert "BackendUnreachable" in [c["reason"] for c in status["conditions"]]
         assert "3 attempt(s)" in status["message"] and fake_kfp.url in status["message"]
         assert not fake_kfp.created
+
+
+async def test_a_searchs_trials_show_in_status(kube, fake_kfp, tiny_model, tmp_path):
+    body = job(
+        "hpo", tiny_model, search={"trials": 4, "parallelism": 2, "space": {"lora.r": {"values": [4, 8]}}}
+    )
+    async with running_operator(kube, kfp_settings(tmp_path, fake_kfp)):
+        await create(kube, "default", "finetunejobs", body)
+        await wait_until(lambda: fake_kfp.created, what="a run")
+        run = fake_kfp.created[0]
+        assert run["pipeline_spec"]["pipelineInfo"]["name"] == "slmops-finetune-search"
+        trials = tmp_path / "outputs" / "default" / "hpo" / ".slmops" / "trials"
+        trials.mkdir(parents=True, exist_ok=True)
+        (trials / "trial-000.json").write_text(
+            json.dumps({"trial": 0, "state": "COMPLETE", "value": 0.7, "params": {}})
+        )
+        (trials / "trial-001.json").write_text(
+            json.dumps({"trial": 1, "state": "COMPLETE", "value": 0.4, "params": {}})
+        )
+        (trials / "trial-002.json").write_text(
+            json.dumps({"trial": 2, "state": "RUNNING", "value": None, "params": {}})
+        )
+        fake_kfp.set_state(run["run_id"], "RUNNING")
+
+        def shown():
+            status = current(kube, "default", "finetunejobs", "hpo").get("status") or {}
+            return (status.get("progress") or {}).get("trials")
+
+        trials_status = await wait_until(shown, what="trials in status")
+        assert trials_status == {
+            "total": 4,
+            "done": 2,
+            "running": 1,
+            "pruned": 0,
+            "failed": 0,
+            "bestTrial": 1,
+            "bestValue": 0.4,
+        }

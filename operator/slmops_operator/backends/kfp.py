@@ -211,6 +211,13 @@ class KfpBackend:
                 progress = json.loads(store.read_text(PROGRESS_KEY))
         except Exception:  # progress is best effort
             progress = {}
+        if request.kind == "FineTuneJob" and request.spec.search is not None:
+            from slmops_pipelines.kubeflow.tasks import trial_counts
+
+            try:
+                progress["trials"] = trial_counts(request.output_uri, request.spec)
+            except Exception:  # progress is best effort
+                pass
         details = getattr(run, "run_details", None)
         tasks = getattr(details, "task_details", None) or []
         running = [

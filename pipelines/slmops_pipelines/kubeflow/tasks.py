@@ -165,6 +165,10 @@ def inspect_finetune(*, spec: dict, job: dict, output_uri: str) -> tuple[str, fl
     stages.check_inputs(parsed, multi_node=True)
     stages.inspect_output(name=ctx.name, namespace=ctx.namespace, spec=parsed, output_uri=output_uri)
     _clear_error(output_uri)  # a previous run's failure is not this run's
+    if parsed.search is not None:  # nor its trials
+        from slmops_pipelines.storage import open_store
+
+        open_store(output_uri).delete_prefix(TRIALS_PREFIX)
     fingerprint = stages.dataset_fingerprint(parsed)
     _say("inspect", f"output {output_uri} claimed; dataset {fingerprint[:19]}")
     views = finetune_views(parsed)
@@ -384,6 +388,8 @@ def train_trial(
         "value": None,
     }
     _say("trial", f"{number}: {json.dumps(trial['params'])}")
+    record = _trial_recorder(output_uri, number)
+    record({**result, "state": "RUNNING"})
     try:
         train_result = stages.train(
             tspec, model_path=model_path, data_dir=Path(data_dir), work=work, on_event=_print_event
@@ -405,7 +411,49 @@ def train_trial(
     finally:
         shutil.rmtree(work / stages.CHECKPOINTS, ignore_errors=True)
         (work / "trial.json").write_text(json.dumps(result, indent=2))
+        record(result)
     _log(metrics, {parsed.search.metric: result["value"], "trial": number})
+
+
+TRIALS_PREFIX = ".slmops/trials"
+
+
+def _trial_recorder(output_uri: str, number: int):
+    """Each trial's state in the output location, where the operator counts them for status."""
+    from slmops_pipelines.storage import open_store
+
+    store = open_store(output_uri)
+
+    def record(state: dict[str, Any]) -> None:
+        try:
+            store.write_text(f"{TRIALS_PREFIX}/trial-{number:03d}.json", json.dumps(state))
+        except Exception as exc:  # best effort: status, not results
+            print(f"[slmops] could not record trial {number}: {exc}", flush=True)
+
+    return record
+
+
+def trial_counts(output_uri: str, spec: FineTuneJobSpec) -> dict[str, Any] | None:
+    """total/done/running/pruned/failed/bestTrial/bestValue from the recorded trials (None: no search)."""
+    from slmops_pipelines.storage import open_store
+
+    if spec.search is None:
+        return None
+    store = open_store(output_uri)
+    states = [json.loads(store.read_text(info.key)) for info in store.list(TRIALS_PREFIX)]
+    done = [t for t in states if t["state"] != "RUNNING"]
+    complete = [t for t in done if t["state"] == "COMPLETE" and t["value"] is not None]
+    pick = max if spec.search.goal == "maximize" else min
+    best = pick(complete, key=lambda t: t["value"]) if complete else None
+    return {
+        "total": spec.search.trials,
+        "done": len(done),
+        "running": len(states) - len(done),
+        "pruned": sum(t["state"] == "PRUNED" for t in done),
+        "failed": sum(t["state"] == "FAIL" for t in done),
+        "bestTrial": best["trial"] if best else None,
+        "bestValue": best["value"] if best else None,
+    }
 
 
 @reports_errors
