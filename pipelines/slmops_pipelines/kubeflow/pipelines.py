@@ -33,7 +33,8 @@ from slmops_pipelines.kubeflow.placement import Placement
 COMPILED_DIR = Path(__file__).resolve().parents[2] / "compiled"
 
 
-def _finetune_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any):
+def _inspect_and_prepare(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any):
+    """The first two steps of every FineTuneJob pipeline."""
     inspect = p.uncached(c.inspect_finetune(spec=spec, job=job, output_uri=output_uri))
     inspect.set_display_name("inspect")
     data = p.common(
@@ -44,6 +45,39 @@ def _finetune_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_
         )
     )
     data.set_display_name("prepare data")
+    return inspect, data
+
+
+def _evaluate_and_publish(
+    c: Components, p: Placement, publisher, *, spec, job, output_uri, inspect, data, eval_spec, model, **extra
+):
+    """The last two steps of every FineTuneJob pipeline: evaluate ``model``, then publish."""
+    evaluate = p.compute(
+        c.evaluate_finetune(spec=eval_spec, output_uri=output_uri, data=data.outputs["data"], model=model),
+        gpus=min(p.gpus, 1),
+        requests=False,
+    )
+    evaluate.set_display_name("evaluate")
+    publish = p.uncached(
+        publisher(
+            spec=spec,
+            job=job,
+            output_uri=output_uri,
+            fingerprint=inspect.outputs["fingerprint"],
+            started_at=inspect.outputs["started_at"],
+            data=data.outputs["data"],
+            model=model,
+            evaluation=evaluate.outputs["evaluation"],
+            merged=evaluate.outputs["merged"],
+            **extra,
+        )
+    )
+    publish.set_display_name("publish")
+    return publish
+
+
+def _finetune_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any):
+    inspect, data = _inspect_and_prepare(c, p, spec=spec, job=job, output_uri=output_uri)
     train = p.compute(
         c.train(
             spec=inspect.outputs["train_spec"], job=job, output_uri=output_uri, data=data.outputs["data"]
@@ -51,47 +85,24 @@ def _finetune_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_
         gpus=p.gpus,
     )
     train.set_display_name("train")
-    evaluate = p.compute(
-        c.evaluate_finetune(
-            spec=inspect.outputs["eval_spec"],
-            output_uri=output_uri,
-            data=data.outputs["data"],
-            model=train.outputs["model"],
-        ),
-        gpus=min(p.gpus, 1),
-        requests=False,
+    return _evaluate_and_publish(
+        c,
+        p,
+        c.publish_finetune,
+        spec=spec,
+        job=job,
+        output_uri=output_uri,
+        inspect=inspect,
+        data=data,
+        eval_spec=inspect.outputs["eval_spec"],
+        model=train.outputs["model"],
     )
-    evaluate.set_display_name("evaluate")
-    publish = p.uncached(
-        c.publish_finetune(
-            spec=spec,
-            job=job,
-            output_uri=output_uri,
-            fingerprint=inspect.outputs["fingerprint"],
-            started_at=inspect.outputs["started_at"],
-            data=data.outputs["data"],
-            model=train.outputs["model"],
-            evaluation=evaluate.outputs["evaluation"],
-            merged=evaluate.outputs["merged"],
-        )
-    )
-    publish.set_display_name("publish")
-    return publish
 
 
 def _finetune_search_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any):
     from kfp import dsl
 
-    inspect = p.uncached(c.inspect_finetune(spec=spec, job=job, output_uri=output_uri))
-    inspect.set_display_name("inspect")
-    data = p.common(
-        c.prepare_data(
-            spec=inspect.outputs["data_spec"],
-            output_uri=output_uri,
-            fingerprint=inspect.outputs["fingerprint"],
-        )
-    )
-    data.set_display_name("prepare data")
+    inspect, data = _inspect_and_prepare(c, p, spec=spec, job=job, output_uri=output_uri)
     plan = p.common(c.plan_trials(spec=spec))
     plan.set_display_name("plan trials")
     with dsl.ParallelFor(items=plan.output, parallelism=p.trial_parallelism) as trial_item:
@@ -104,33 +115,19 @@ def _finetune_search_steps(c: Components, p: Placement, *, spec: Any, job: Any, 
         c.pick_best(spec=spec, output_uri=output_uri, trials=dsl.Collected(trial.outputs["trial_model"]))
     )
     best.set_display_name("pick the best trial")
-    evaluate = p.compute(
-        c.evaluate_finetune(
-            spec=best.outputs["Output"],
-            output_uri=output_uri,
-            data=data.outputs["data"],
-            model=best.outputs["best"],
-        ),
-        gpus=min(p.gpus, 1),
-        requests=False,
+    return _evaluate_and_publish(
+        c,
+        p,
+        c.publish_finetune_search,
+        spec=spec,
+        job=job,
+        output_uri=output_uri,
+        inspect=inspect,
+        data=data,
+        eval_spec=best.outputs["Output"],  # the best trial's spec
+        model=best.outputs["best"],
+        search=best.outputs["search"],
     )
-    evaluate.set_display_name("evaluate")
-    publish = p.uncached(
-        c.publish_finetune_search(
-            spec=spec,
-            job=job,
-            output_uri=output_uri,
-            fingerprint=inspect.outputs["fingerprint"],
-            started_at=inspect.outputs["started_at"],
-            data=data.outputs["data"],
-            model=best.outputs["best"],
-            evaluation=evaluate.outputs["evaluation"],
-            merged=evaluate.outputs["merged"],
-            search=best.outputs["search"],
-        )
-    )
-    publish.set_display_name("publish")
-    return publish
 
 
 def _optimize_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any, source_uri: Any):
