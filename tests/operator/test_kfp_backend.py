@@ -197,3 +197,34 @@ async def test_a_searchs_trials_show_in_status(kube, fake_kfp, tiny_model, tmp_p
             "bestTrial": 1,
             "bestValue": 0.4,
         }
+
+
+async def test_jobs_with_one_placement_share_one_compiled_package(
+    fake_kfp, tiny_model, tmp_path, monkeypatch
+):
+    import slmops_pipelines.kubeflow.pipelines as pipelines
+    from slmops_operator.backends.base import JobRequest
+    from slmops_operator.backends.kfp import KfpBackend
+    from slmops_pipelines.specs import FineTuneJobSpec
+
+    compiled = []
+    real_compile = pipelines.compile_pipeline
+    monkeypatch.setattr(
+        pipelines, "compile_pipeline", lambda p, path: (compiled.append(path), real_compile(p, path))
+    )
+
+    def request(name: str, **overrides) -> JobRequest:
+        spec = FineTuneJobSpec.model_validate(job(name, tiny_model, **overrides)["spec"])
+        return JobRequest("FineTuneJob", "default", name, f"uid-{name}", 1, spec, str(tmp_path / name))
+
+    backend = KfpBackend(kfp_settings(tmp_path, fake_kfp))
+    for name in ("a", "b"):
+        await backend.submit(request(name, training={"maxSteps": 3 if name == "a" else 5}))
+    await backend.submit(request("big", resources={"gpusPerNode": 2, "nodeSelector": {"gpu": "h200"}}))
+    assert len(compiled) == 2  # a and b differ in spec only (a run argument), not in placement
+    runs = {run["runtime_config"]["parameters"]["job"]["name"]: run for run in fake_kfp.created}
+    assert runs["a"]["runtime_config"]["parameters"]["spec"]["training"]["maxSteps"] == 3
+    assert runs["b"]["runtime_config"]["parameters"]["spec"]["training"]["maxSteps"] == 5
+    assert "h200" not in json.dumps(runs["a"]) and "h200" in json.dumps(runs["big"])
+    assert len(fake_kfp.experiments) == 1
+    await backend.close()

@@ -1,10 +1,14 @@
 """The KFP backend: each job is a Kubeflow Pipelines run.
 
 * **submit** compiles the job's pipeline with its own placement (GPUs, node selector,
-  tolerations, Secret; milliseconds, no torch), then looks in the namespace's experiment
+  tolerations, Secret; no torch), then looks in the namespace's experiment
   (``slmops-<namespace>``) for a run named after the job (namespace, name, uid,
   generation) and submits one only if there is none: an operator restart or a retried
-  handler never starts a second run;
+  handler never starts a second run.  A compiled package depends only on the pipeline and
+  the placement, not on the job's spec (that is a run argument): packages are kept per
+  placement (the last 64), since building and dumping one is most of an operator's CPU per
+  job (``bench/operator.py``).  Experiment ids are kept per namespace and forgotten when a
+  submission fails (the experiment may have been deleted);
 * **state** maps the run's state; once it succeeded the artifacts and summary metrics come
   from the job's output location (``manifest.json``, ``metrics.json``), and a failure's
   reason and spec field from ``.slmops/error.json`` there (written by the failing step);
@@ -18,7 +22,9 @@ changes on disk (projected tokens rotate).
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -42,6 +48,9 @@ STATES = {
 }
 
 
+PACKAGES_KEPT = 64  # compiled pipeline packages kept, one per distinct placement
+
+
 class KfpBackend:
     name = "kfp"
 
@@ -51,6 +60,10 @@ class KfpBackend:
         self._client = None
         self._token_stamp: float | None = None
         self._lock = threading.Lock()
+        self._experiments: dict[str, str] = {}
+        self._packages: collections.OrderedDict[str, Path] = collections.OrderedDict()
+        self._packages_lock = threading.Lock()
+        self._package_dir: Path | None = None
 
     # -- the client ----------------------------------------------------------------------------
 
@@ -92,7 +105,9 @@ class KfpBackend:
     # -- submit --------------------------------------------------------------------------------
 
     def _experiment_id(self, client, namespace: str) -> str:
-        return client.create_experiment(name=f"slmops-{namespace}").experiment_id
+        if namespace not in self._experiments:
+            self._experiments[namespace] = client.create_experiment(name=f"slmops-{namespace}").experiment_id
+        return self._experiments[namespace]
 
     def _find_run(self, client, experiment_id: str, run_name: str):
         flt = json.dumps(
@@ -102,10 +117,9 @@ class KfpBackend:
         runs = [r for r in (response.runs or []) if r.display_name == run_name]
         return runs[0] if runs else None
 
-    def _compile(self, request: JobRequest, path: Path) -> None:
+    def _pipeline_and_key(self, request: JobRequest):
         from slmops_pipelines.kubeflow.images import Images
         from slmops_pipelines.kubeflow.pipelines import (
-            compile_pipeline,
             finetune_pipeline,
             finetune_search_pipeline,
             optimize_pipeline,
@@ -116,12 +130,30 @@ class KfpBackend:
         pvc = self.settings.cache_pvc or None
         if request.kind == "FineTuneJob":
             factory = finetune_search_pipeline if request.spec.search else finetune_pipeline
-            pipeline = factory(placement=Placement.for_finetune(request.spec, cache_pvc=pvc), images=images)
+            placement = Placement.for_finetune(request.spec, cache_pvc=pvc)
         else:
-            pipeline = optimize_pipeline(
-                placement=Placement.for_optimize(request.spec, cache_pvc=pvc), images=images
-            )
-        compile_pipeline(pipeline, path)
+            factory, placement = optimize_pipeline, Placement.for_optimize(request.spec, cache_pvc=pvc)
+        key = json.dumps([factory.__name__, placement.model_dump(mode="json"), repr(images)], sort_keys=True)
+        return key, lambda: factory(placement=placement, images=images)
+
+    def _package(self, request: JobRequest) -> Path:
+        """The compiled pipeline package for this job's pipeline and placement (kept, LRU)."""
+        from slmops_pipelines.kubeflow.pipelines import compile_pipeline
+
+        key, build = self._pipeline_and_key(request)
+        with self._packages_lock:
+            if key in self._packages:
+                self._packages.move_to_end(key)
+                return self._packages[key]
+            if self._package_dir is None:
+                self._package_dir = Path(tempfile.mkdtemp(prefix="slmops-pipelines-"))
+            path = self._package_dir / f"pipeline-{len(self._packages)}-{abs(hash(key)):x}.yaml"
+            compile_pipeline(build(), path)
+            self._packages[key] = path
+            while len(self._packages) > PACKAGES_KEPT:
+                _, old = self._packages.popitem(last=False)
+                old.unlink(missing_ok=True)
+            return path
 
     def _arguments(self, request: JobRequest) -> dict[str, Any]:
         from slmops_pipelines.kubeflow.local_engine import spec_argument
@@ -142,19 +174,20 @@ class KfpBackend:
 
     def _submit(self, request: JobRequest) -> RunRef:
         client = self.client()
-        experiment_id = self._experiment_id(client, request.namespace)
-        existing = self._find_run(client, experiment_id, request.run_name)
-        if existing is not None:
-            return self._ref(existing.run_id, request.run_name)
-        with tempfile.TemporaryDirectory(prefix="slmops-pipeline-") as tmp:
-            path = Path(tmp) / f"{request.run_name}.yaml"
-            self._compile(request, path)
+        try:
+            experiment_id = self._experiment_id(client, request.namespace)
+            existing = self._find_run(client, experiment_id, request.run_name)
+            if existing is not None:
+                return self._ref(existing.run_id, request.run_name)
             result = client.create_run_from_pipeline_package(
-                str(path),
+                str(self._package(request)),
                 arguments=self._arguments(request),
                 run_name=request.run_name,
                 experiment_id=experiment_id,
             )
+        except Exception:
+            self._experiments.pop(request.namespace, None)  # it may have been deleted
+            raise
         return self._ref(result.run_id, request.run_name)
 
     async def submit(self, request: JobRequest) -> RunRef:
@@ -249,3 +282,6 @@ class KfpBackend:
 
     async def close(self) -> None:
         self._client = None
+        if self._package_dir is not None:
+            shutil.rmtree(self._package_dir, ignore_errors=True)
+            self._package_dir, self._packages = None, collections.OrderedDict()
