@@ -133,3 +133,32 @@ def test_early_stopping_stops_when_eval_loss_stops_improving(tiny_model, data_di
     assert len(evals) >= 3
     # The best checkpoint is what gets saved, and its loss is what is reported.
     assert result.eval_loss == pytest.approx(min(evals), rel=1e-4)
+
+
+def test_training_speed_counts_the_whole_loop_and_not_the_final_evaluation_twice():
+    from types import SimpleNamespace
+
+    import torch
+
+    from slmops_pipelines.steps.train.trainer import _result, _training_seconds
+
+    history = [
+        {"step": 10, "eval_loss": 1.0, "eval_runtime": 2.0},  # a periodic evaluation inside train()
+        {"step": 20, "train_runtime": 12.0},
+    ]
+    runtime = _training_seconds(12.0, history, None)
+    assert runtime == 10.0
+    history.append({"step": 20, "eval_loss": 0.5, "eval_runtime": 3.0})  # the final one, after train()
+    state = SimpleNamespace(global_step=20, max_steps=20, log_history=history, num_input_tokens_seen=1000)
+    trainer = SimpleNamespace(state=state, args=SimpleNamespace(world_size=1))
+    result = _result(
+        trainer,
+        torch.nn.Linear(2, 2),
+        SimpleNamespace(training_loss=0.7),
+        runtime=runtime,
+        resumed_from=None,
+        eval_loss=0.5,
+        saved_as="adapter",
+    )
+    assert result.train_runtime_s == 10.0 and result.tokens_per_second == 100.0
+    assert result.seconds_per_step == 0.5

@@ -249,7 +249,7 @@ def prepare_source(
         TorchEngine(model, tokenizer), tokenizer, examples, size_mb=_folder_mb(model_dir), **common
     )
     base_metrics = None
-    if source.adapter_dir is not None and examples:
+    if source.adapter_dir is not None and examples and wanted - {"latency", "size"}:
         say("reference", "measuring the base model")
         base_model = load_causal_lm(
             base_path, field=_base_field(source), trust_remote_code=source.base.trust_remote_code

@@ -144,10 +144,13 @@ def evaluate_finetune(
 ) -> FineTuneEvaluation | None:
     """Accuracy of the fine-tuned (and base) model; optionally save the merged model too."""
     evaluation = spec.evaluation
-    model, tokenizer = load_finetuned(spec, base_path, result_dir)
     examples = examples[: evaluation.max_samples] if evaluation.max_samples else examples
+    wants_accuracy = bool(evaluation.accuracy and examples and spec.dataset.has_completion)
+    if not wants_accuracy and merged_dir is None:
+        return None  # nothing to do: do not load the model for it
+    model, tokenizer = load_finetuned(spec, base_path, result_dir)
     result = None
-    if evaluation.accuracy and examples and spec.dataset.has_completion:
+    if wants_accuracy:
         kwargs = dict(
             match=evaluation.match,
             max_new_tokens=evaluation.max_new_tokens,

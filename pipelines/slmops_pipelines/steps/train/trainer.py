@@ -230,11 +230,8 @@ def _result(
 ) -> TrainResult:
     state = trainer.state
     steps_this_run = state.global_step - (resumed_from or 0)
-    # Periodic evaluations run inside train(): keep them out of the training speed figures.
-    evaluating = sum(
-        h.get("eval_runtime", 0.0) for h in state.log_history if h.get("step", 0) > (resumed_from or 0)
-    )
-    runtime = max(runtime - evaluating, 1e-9)
+    # ``runtime`` is train()'s wall time net of its periodic evaluations (_training_seconds);
+    # the final evaluation runs after train() and was never part of it.
     return TrainResult(
         global_step=state.global_step,
         total_steps=state.max_steps,

@@ -1,7 +1,10 @@
 """The operator under load: time from ``kubectl apply`` to a submitted KFP run, and its memory.
 
-    .venv/bin/python bench/operator.py                 # 1, 100 and 1000 FineTuneJobs
-    .venv/bin/python bench/operator.py --jobs 1 10     # any sizes
+(Not ``bench/operator.py``: a module of that name beside the other scripts would shadow the
+standard library's ``operator`` for every script run from this folder.)
+
+    .venv/bin/python bench/operator_load.py                 # 1, 100 and 1000 FineTuneJobs
+    .venv/bin/python bench/operator_load.py --jobs 1 10     # any sizes
 
 For each size, one after the other and each from scratch:
 
@@ -25,19 +28,13 @@ count in the operator's RSS or CPU, but their latency does count in the clock.
 
 from __future__ import annotations
 
-import sys
-
-# Run as ``python bench/operator.py``, this file's folder comes first on sys.path, and this
-# module would shadow the standard library's ``operator`` (imported by nearly everything).
-# Drop the folder before any other import.
-sys.path[:] = [p for p in sys.path if p != __file__.rpartition("/")[0]]
-
 import argparse
 import asyncio
 import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections import Counter
