@@ -13,6 +13,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def python_path() -> str:
+    """slmops' source folders first, then whatever PYTHONPATH already holds (e.g. carried wheels)."""
+    extra = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    return os.pathsep.join([str(REPO / "pipelines"), str(REPO / "operator"), *extra])
+
 
 @dataclass
 class Measured:

@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -46,7 +47,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from _measure import machine, run_measured  # noqa: E402
+from _measure import machine, python_path, run_measured  # noqa: E402
 
 MODEL = REPO / ".cache" / "models" / "SmolLM2-135M-Instruct"
 DATA = REPO / "examples" / "data" / "tone"
@@ -95,9 +96,10 @@ def run_slmops(args: argparse.Namespace, work: Path) -> dict:
     import yaml
 
     out = work / "slmops-out"
+    shutil.rmtree(out, ignore_errors=True)  # a rerun in the same --work starts clean
     job = work / "slmops-job.yaml"
     job.write_text(yaml.safe_dump(slmops_job(args, out), sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "pipelines"), str(REPO / "operator")])}
+    env = {**os.environ, "PYTHONPATH": python_path()}
     cmd = [sys.executable, "-c", "from slmops_operator.cli.main import main; main()", "run", str(job)]
     measured = run_measured(cmd, env=env, log=work / "slmops.log")
     if measured.returncode:
@@ -114,6 +116,7 @@ def run_slmops(args: argparse.Namespace, work: Path) -> dict:
 
 def run_plain(args: argparse.Namespace, work: Path) -> dict:
     adapter = work / "plain-adapter"
+    shutil.rmtree(adapter, ignore_errors=True)
     cmd = [
         sys.executable,
         str(REPO / "bench" / "baselines" / "plain_peft.py"),
@@ -160,6 +163,7 @@ def run_olive(args: argparse.Namespace, work: Path) -> dict:
     if not olive.exists():
         raise RuntimeError(f"Olive is not installed at {args.olive_venv}: run bench/setup_olive.sh")
     out = work / "olive-out"
+    shutil.rmtree(out, ignore_errors=True)
     cmd = [
         str(olive),
         "finetune",

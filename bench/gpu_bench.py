@@ -32,7 +32,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "pipelines"), str(REPO / "operator")]
+sys.path[:0] = [str(REPO / "bench"), str(REPO), str(REPO / "pipelines"), str(REPO / "operator")]
+
+from _measure import python_path  # noqa: E402
 
 BIG = {"hidden": 1536, "layers": 28, "heads": 12, "kv_heads": 2, "mlp": 8960, "vocab": 4096}
 SMOKE = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "mlp": 128, "vocab": 512}
@@ -84,15 +86,31 @@ def write_dataset(folder: Path, *, rows: int, words: int) -> Path:
     return folder
 
 
+class Budget:
+    """The script's time limit: a part that would start after it is reported as skipped."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+BUDGET = Budget(450)
+
+
 def slmops(job: dict, work: Path, name: str) -> dict:
     import yaml
 
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "pipelines"), str(REPO / "operator")])}
+    env = {**os.environ, "PYTHONPATH": python_path()}
     cmd = [sys.executable, "-c", "from slmops_operator.cli.main import main; main()", "run", str(path)]
     started = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=max(BUDGET.left(), 1))
+    except subprocess.TimeoutExpired as exc:
+        raise TimeoutError(f"{name} ran past the time budget") from exc
     if done.returncode:
         raise RuntimeError(f"{name} failed:\n{(done.stdout + done.stderr)[-3000:]}")
     metrics = json.loads((Path(job["spec"]["output"]["uri"]) / "metrics.json").read_text())
@@ -159,20 +177,26 @@ def measure_training(
     )
     rows = []
     for method in ("lora", "qlora"):
-        if method == "qlora":
-            reason = qlora_unavailable()
-            if reason:
-                rows.append({"part": "QLoRA training", "skipped": reason})
-                continue
-        metrics = slmops(
-            train_job(model, data, work / f"out-{method}", method=method, args=args, smoke=args.smoke),
-            work,
-            f"train-{method}",
-        )
+        part = "LoRA training" if method == "lora" else "QLoRA training"
+        reason = qlora_unavailable() if method == "qlora" else None
+        if reason is None and BUDGET.left() < 60:
+            reason = "the time budget is spent"
+        if reason:
+            rows.append({"part": part, "skipped": reason})
+            continue
+        try:
+            metrics = slmops(
+                train_job(model, data, work / f"out-{method}", method=method, args=args, smoke=args.smoke),
+                work,
+                f"train-{method}",
+            )
+        except TimeoutError as exc:
+            rows.append({"part": part, "skipped": str(exc)})
+            continue
         train = metrics["train"]
         tokens_per_s = train["tokens_per_second"]
         row = {
-            "part": f"{method.upper() if method == 'qlora' else 'LoRA'} training",
+            "part": part,
             "tokens_per_s": tokens_per_s,
             "seconds_per_step": train["seconds_per_step"],
             "peak_memory_mb": train.get("peak_memory_mb"),
@@ -210,7 +234,7 @@ def measure_onnx(args, model: Path, work: Path) -> list[dict]:
     if args.smoke:
         targets, provider = [("cpu-int4", "CPUExecutionProvider", "int4")], "cpu"
     else:
-        reason = genai_cuda_unavailable()
+        reason = genai_cuda_unavailable() or ("the time budget is spent" if BUDGET.left() < 90 else None)
         if reason:
             return [{"part": "ONNX decode (CUDA fp16, int4)", "skipped": reason}]
         targets = [
@@ -235,7 +259,10 @@ def measure_onnx(args, model: Path, work: Path) -> list[dict]:
             "output": {"uri": str(out)},
         },
     }
-    metrics = slmops(job, work, "onnx")
+    try:
+        metrics = slmops(job, work, "onnx")
+    except TimeoutError as exc:
+        return [{"part": "ONNX decode", "skipped": str(exc)}]
     tokenizer = AutoTokenizer.from_pretrained(model)
     rows = []
     for name, _provider, _precision in targets:
@@ -278,7 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=None)
     parser.add_argument("--latency-runs", type=int, default=None)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--budget", type=float, default=450, help="seconds; later parts are skipped past it")
     args = parser.parse_args(argv)
+    global BUDGET
+    BUDGET = Budget(args.budget)
     defaults = (
         {"steps": 2, "batch": 2, "seq_len": 64, "latency_runs": 1}
         if args.smoke

@@ -15,7 +15,12 @@ For each precision, from the same base model and LoRA adapter (merged into the w
   GPTQ then the model builder for int4, the model builder then static int8 quantization for
   int8.  Both calibrate on wikitext-2 from the Hugging Face Hub; with no hub here, the
   workflow Olive writes (``--dry_run --save_config_file``) runs with the task's training rows
-  as calibration data instead, and its clock is that ``olive run``.
+  as calibration data instead, and its clock is that ``olive run``.  Olive's int4 workflow
+  refuses a model with an adapter at its GPTQ pass, so Olive's MergeAdapterWeights pass
+  merges it first, for both precisions; and its GPTQ groups of 128 do not divide the demo
+  model's hidden size (576), so they are set to 32, the block size of its model builder; and
+  its int8 workflow asks the model builder for an int8 export, which onnxruntime-genai 0.13
+  does not have, so the builder exports fp32 and Olive's static quantization makes it int8.
 
 Then one harness measures every model the same way, PyTorch fp32 (adapter merged, transformers)
 as the baseline: slmops' measuring code (``slmops_pipelines.steps.optimize.measure``), which
@@ -46,6 +51,7 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -55,7 +61,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "pipelines"), str(REPO / "operator")]
 
-from _measure import machine, run_measured  # noqa: E402
+from _measure import machine, python_path, run_measured  # noqa: E402
 
 MODEL = REPO / ".cache" / "models" / "SmolLM2-135M-Instruct"
 ADAPTER = REPO / "runs" / "smollm2-tone" / "adapter"
@@ -77,7 +83,10 @@ def slmops_job(args: argparse.Namespace, precision: str, out: Path) -> dict:
         "kind": "OptimizeJob",
         "metadata": {"name": f"bench-cpu-{precision}"},
         "spec": {
-            "source": {"model": {"uri": str(args.model)}, "adapter": {"uri": str(args.adapter)}},
+            "source": {
+                "model": {"uri": str(args.model)},
+                "adapter": {"name": "tuned", "uri": str(args.adapter)},
+            },
             "targets": [
                 {"name": f"cpu-{precision}", "provider": "CPUExecutionProvider", "precision": precision}
             ],
@@ -91,9 +100,10 @@ def produce_slmops(args: argparse.Namespace, precision: str, work: Path, tokeniz
     import yaml
 
     out = work / f"slmops-{precision}"
+    shutil.rmtree(out, ignore_errors=True)  # a rerun in the same --work starts clean
     job = work / f"slmops-{precision}.yaml"
     job.write_text(yaml.safe_dump(slmops_job(args, precision, out), sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "pipelines"), str(REPO / "operator")])}
+    env = {**os.environ, "PYTHONPATH": python_path()}
     cmd = [sys.executable, "-c", "from slmops_operator.cli.main import main; main()", "run", str(job)]
     measured = run_measured(cmd, env=env, log=work / f"slmops-{precision}.log")
     if measured.returncode:
@@ -115,6 +125,10 @@ def calibration_rows(args: argparse.Namespace, tokenizer, work: Path) -> Path:
     return path
 
 
+def max_positions(model: Path) -> int:
+    return int(json.loads((model / "config.json").read_text()).get("max_position_embeddings", 512))
+
+
 def olive_config(args: argparse.Namespace, precision: str, work: Path, tokenizer) -> Path:
     """``olive optimize``'s own workflow, with a local calibration set in place of the Hub's.
 
@@ -127,6 +141,7 @@ def olive_config(args: argparse.Namespace, precision: str, work: Path, tokenizer
     if not olive.exists():
         raise RuntimeError(f"Olive is not installed at {args.olive_venv}: run bench/setup_olive.sh")
     out = work / f"olive-{precision}"
+    shutil.rmtree(out, ignore_errors=True)
     cmd = [
         str(olive),
         "optimize",
@@ -164,14 +179,27 @@ def olive_config(args: argparse.Namespace, precision: str, work: Path, tokenizer
             "strategy": "line-by-line",
             "add_special_tokens": False,
             "max_samples": 128,
-            "max_seq_len": 512,
+            # Olive's own length, within the model's positions (the tiny test model has 256).
+            "max_seq_len": min(512, max_positions(args.model)),
             "text_cols": ["text"],
         },
     }
     config["data_configs"] = [calibration]
+    # Olive's own int4 workflow stops at GPTQ with "Model already has an adapter": merge the
+    # adapter first with Olive's MergeAdapterWeights pass (slmops merges it too).
+    config["passes"] = {"merge_adapter": {"type": "MergeAdapterWeights"}, **config["passes"]}
     for name, settings in config["passes"].items():
         if settings["type"] in ("Gptq", "OnnxStaticQuantization"):
             settings["data_config"] = "calibration"
+        if settings["type"] == "Gptq":
+            # GPTQ's default groups of 128 do not divide SmolLM2-135M's hidden size (576): the
+            # workflow fails after quantizing, when it packs.  32 is the block size Olive gives
+            # its model builder in the same workflow.
+            settings["group_size"] = 32
+        if settings["type"] == "ModelBuilder" and settings.get("precision") == "int8":
+            # onnxruntime-genai 0.13's model builder has no int8 precision (KeyError in
+            # set_onnx_dtype): export fp32 and let the workflow's static quantization make it int8.
+            settings["precision"] = "fp32"
         if "calibration_providers" in settings:
             settings["calibration_providers"] = ["CPUExecutionProvider"]
         print(f"   olive pass {name}: {settings['type']}", flush=True)
@@ -397,18 +425,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="slmops-bench-optimize-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        if not args.no_torch:
-            print("-- PyTorch fp32 ...", flush=True)
-            rows["PyTorch fp32"] = {"produce_s": None, **measure_torch(args, tokenizer, examples)}
+        # Every model first (a failing tool fails fast), then every measurement.
         for precision in precisions:
             for tool in tools:
                 name = f"{tool} cpu-{precision}"
-                print(f"-- {name} ...", flush=True)
+                print(f"-- producing {name} ...", flush=True)
                 produce = produce_slmops if tool == "slmops" else produce_olive
                 seconds, folder = produce(args, precision, work, tokenizer)
                 rows[name] = {"produce_s": seconds, "folder": str(folder)}
-                rows[name].update(measure_onnx(args, folder, tokenizer, examples, config))
-                print(json.dumps({"model": name, **rows[name]}), flush=True)
+        if not args.no_torch:
+            print("-- measuring PyTorch fp32 ...", flush=True)
+            rows = {"PyTorch fp32": {"produce_s": None, **measure_torch(args, tokenizer, examples)}, **rows}
+        for name, row in rows.items():
+            if "folder" in row:
+                print(f"-- measuring {name} ...", flush=True)
+                row.update(measure_onnx(args, Path(row["folder"]), tokenizer, examples, config))
+                print(json.dumps({"model": name, **row}), flush=True)
 
     for row in rows.values():
         row["bound_tok_s"] = bandwidth / row["bytes_per_token"]
