@@ -88,7 +88,12 @@ def slmops_job(args: argparse.Namespace, precision: str, out: Path) -> dict:
                 "adapter": {"name": "tuned", "uri": str(args.adapter)},
             },
             "targets": [
-                {"name": f"cpu-{precision}", "provider": "CPUExecutionProvider", "precision": precision}
+                {
+                    "name": f"cpu-{precision}",
+                    "provider": "CPUExecutionProvider",
+                    "precision": precision,
+                    "quantization": args.slmops_quantization,
+                }
             ],
             "evaluation": {"metrics": ["size"]},
             "output": {"uri": str(out)},
@@ -396,6 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-rows", type=int, default=100)
     parser.add_argument("--latency-runs", type=int, default=10)
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch fp32 baseline")
+    parser.add_argument(
+        "--slmops-quantization",
+        type=json.loads,
+        default={},
+        help='the slmops target\'s quantization section, as JSON (ablations), e.g. \'{"lmHeadInt8": false}\'',
+    )
     parser.add_argument("--olive-venv", type=Path, default=OLIVE_VENV)
     parser.add_argument("--work", type=Path, help="keep logs and models here (default: a temp folder)")
     parser.add_argument("--json", type=Path, help="also write the figures here")

@@ -1,0 +1,149 @@
+"""Each benchmark script, run with its smallest settings on the tiny model.
+
+Benchmarks measure and are never asserted on speed (docs/benchmarks.md holds the figures);
+these tests only keep the scripts working: every tool runs, every figure is produced, the
+correctness half of a benchmark (one run per job) holds.  Olive is installed into its own
+venv by bench/setup_olive.sh, as a user of the benchmarks would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, TONE_DATA
+
+BENCH = REPO / "bench"
+OLIVE_VENV = REPO / ".cache" / "bench" / "olive-venv"
+
+
+def run(command: list, *, timeout: int = 900) -> str:
+    env = {**os.environ, "PYTHON": sys.executable}  # bench/gpu.sh: this interpreter, not a guess
+    done = subprocess.run(
+        [str(c) for c in command], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env
+    )
+    assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def olive() -> Path:
+    run(["bash", BENCH / "setup_olive.sh"])
+    return OLIVE_VENV
+
+
+@pytest.fixture(scope="module")
+def finetune_run(tmp_path_factory, tiny_model: Path, olive: Path) -> tuple[Path, str]:
+    work = tmp_path_factory.mktemp("bench-finetune")
+    out = run(
+        [
+            sys.executable,
+            BENCH / "finetune.py",
+            "--model",
+            tiny_model,
+            "--data",
+            TONE_DATA,
+            "--steps",
+            2,
+            "--batch",
+            2,
+            "--max-seq-len",
+            256,  # the tiny model's byte-level tokenizer makes long rows
+            "--eval-rows",
+            4,
+            "--olive-venv",
+            olive,
+            "--work",
+            work,
+            "--json",
+            work / "figures.json",
+        ]
+    )
+    return work, out
+
+
+def test_finetune_bench_runs_every_tool_and_judges_each(finetune_run):
+    work, out = finetune_run
+    figures = json.loads((work / "figures.json").read_text())
+    assert list(figures) == ["slmops", "plain", "olive"]
+    for tool, r in figures.items():
+        assert r["wall_s"] > r["train_s"] > 0, tool
+        assert r["tokens_per_s"] > 0 and r["peak_rss_mb"] > 50, tool
+        assert r["rows"] == 4 and 0 <= r["accuracy"] <= 1 and r["eval_loss"] > 0, tool
+        assert (Path(r["adapter"]) / "adapter_config.json").exists(), tool
+    assert "| slmops |" in out and "tokens/s: slmops" in out and "wall time: slmops" in out
+
+
+def test_optimize_bench_builds_and_measures_both_tools(finetune_run, tiny_model: Path, olive: Path, tmp_path):
+    work, _ = finetune_run
+    out = run(
+        [
+            sys.executable,
+            BENCH / "optimize.py",
+            "--model",
+            tiny_model,
+            "--adapter",
+            work / "slmops-out" / "adapter",
+            "--data",
+            TONE_DATA,
+            "--precisions",
+            "int4",
+            "--eval-rows",
+            4,
+            "--latency-runs",
+            1,
+            "--olive-venv",
+            olive,
+            "--work",
+            tmp_path,
+            "--json",
+            tmp_path / "figures.json",
+        ]
+    )
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert figures["bandwidth_bytes_per_s"] > 1e8
+    models = figures["models"]
+    assert list(models) == ["PyTorch fp32", "slmops cpu-int4", "olive cpu-int4"]
+    for name, r in models.items():
+        assert r["decode_tok_s_p50"] > 0 and r["bound_tok_s"] > 0 and r["bytes_per_token"] > 0, name
+        assert r["rows"] == 4 and r["size_mb"] > 0, name
+    assert models["slmops cpu-int4"]["produce_s"] > 0 and models["olive cpu-int4"]["produce_s"] > 0
+    # int4 weights are smaller than fp32 ones: what one token reads shrinks with them.
+    assert models["slmops cpu-int4"]["bytes_per_token"] < models["PyTorch fp32"]["bytes_per_token"]
+    assert "int4 decode: slmops" in out and "bandwidth bound" in out
+
+
+def test_operator_bench_gives_each_job_exactly_one_run(tmp_path):
+    out = run(
+        [
+            sys.executable,
+            BENCH / "operator_load.py",
+            "--jobs",
+            1,
+            5,
+            "--settle",
+            1,
+            "--json",
+            tmp_path / "figures.json",
+        ]
+    )
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert [r["jobs"] for r in figures] == [1, 5]
+    for r in figures:
+        assert r["runs"] == r["jobs_with_exactly_one_run"] == r["jobs"]
+        assert 0 < r["p50_s"] <= r["p95_s"] and r["rss_peak_mb"] > r["rss_idle_mb"] * 0.9 > 0
+    assert "| 5 | 5 | 5/5 |" in out
+
+
+def test_gpu_script_runs_its_smoke_mode_on_the_cpu(tmp_path):
+    out = run(["bash", BENCH / "gpu.sh", "--smoke", "--json", tmp_path / "figures.json"], timeout=600)
+    rows = {r["part"]: r for r in json.loads((tmp_path / "figures.json").read_text())["rows"]}
+    assert rows["LoRA training"]["tokens_per_s"] > 0
+    assert rows["QLoRA training"]["skipped"]  # no CUDA here: said, not estimated
+    assert rows["ONNX decode cpu-int4"]["tokens_per_s"] > 0
+    assert "| LoRA training |" in out
