@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         "--slmops-quantization",
         type=json.loads,
         default={},
-        help='the slmops target\'s quantization section, as JSON (ablations), e.g. \'{"lmHeadInt8": false}\'',
+        help="the slmops target's quantization section, as JSON (ablations), e.g. '{\"lmHeadInt8\": false}'",
     )
     parser.add_argument("--olive-venv", type=Path, default=OLIVE_VENV)
     parser.add_argument("--work", type=Path, help="keep logs and models here (default: a temp folder)")
