@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -57,9 +59,17 @@ def tree_rss(pid: int) -> int:
 
 
 def run_measured(
-    cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, log: Path
+    cmd: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    log: Path,
+    timeout: float | None = None,
 ) -> Measured:
-    """Run ``cmd`` to completion, output to ``log``; wall time and peak tree RSS."""
+    """Run ``cmd`` to completion, output to ``log``; wall time and peak tree RSS.
+
+    Past ``timeout`` seconds the command is killed and ``TimeoutError`` raised.
+    """
     peak = 0
     with open(log, "w") as out:
         started = time.perf_counter()
@@ -74,11 +84,36 @@ def run_measured(
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        returncode = process.wait()
+        try:
+            returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            process.kill()
+            process.wait()
+            raise TimeoutError(f"{cmd[0]} ran past {timeout:.0f} s") from exc
+        finally:
+            done.set()
+            sampler.join()
         wall = time.perf_counter() - started
-        done.set()
-        sampler.join()
     return Measured(returncode, wall, peak / 2**20, Path(log).read_text())
+
+
+def run_slmops(job: dict, *, work: Path, name: str, timeout: float | None = None) -> Measured:
+    """``slmops run`` of ``job`` (written to ``work/NAME.yaml``), from a clean output folder.
+
+    Raises ``RuntimeError`` with the end of the job's output when it fails.
+    """
+    import yaml
+
+    out = Path(job["spec"]["output"]["uri"])
+    shutil.rmtree(out, ignore_errors=True)  # a rerun in the same work folder starts clean
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(job, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": python_path()}
+    cmd = [sys.executable, "-c", "from slmops_operator.cli.main import main; main()", "run", str(path)]
+    measured = run_measured(cmd, env=env, log=work / f"{name}.log", timeout=timeout)
+    if measured.returncode:
+        raise RuntimeError(f"slmops run {name} failed:\n{measured.output[-3000:]}")
+    return measured
 
 
 def machine() -> str:

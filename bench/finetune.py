@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import sys
@@ -47,14 +46,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from _measure import machine, python_path, run_measured  # noqa: E402
+from _measure import machine, run_measured, run_slmops  # noqa: E402
+from judge import PROMPT  # noqa: E402  (the task's prompt, as the judge asks it)
 
 MODEL = REPO / ".cache" / "models" / "SmolLM2-135M-Instruct"
 DATA = REPO / "examples" / "data" / "tone"
 OLIVE_VENV = REPO / ".cache" / "bench" / "olive-venv"
-PROMPT = (
-    "What is the tone of this phrase? Answer with one word: happy, sad, angry, fearful or calm.\n\n{phrase}"
-)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TOOLS = ("slmops", "plain", "olive")
 
@@ -92,18 +89,9 @@ def slmops_job(args: argparse.Namespace, out: Path) -> dict:
     }
 
 
-def run_slmops(args: argparse.Namespace, work: Path) -> dict:
-    import yaml
-
+def train_with_slmops(args: argparse.Namespace, work: Path) -> dict:
     out = work / "slmops-out"
-    shutil.rmtree(out, ignore_errors=True)  # a rerun in the same --work starts clean
-    job = work / "slmops-job.yaml"
-    job.write_text(yaml.safe_dump(slmops_job(args, out), sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": python_path()}
-    cmd = [sys.executable, "-c", "from slmops_operator.cli.main import main; main()", "run", str(job)]
-    measured = run_measured(cmd, env=env, log=work / "slmops.log")
-    if measured.returncode:
-        raise RuntimeError(f"slmops failed:\n{measured.output[-3000:]}")
+    measured = run_slmops(slmops_job(args, out), work=work, name="slmops")
     train = json.loads((out / "metrics.json").read_text())["train"]
     return {
         "wall_s": measured.wall_s,
@@ -114,7 +102,7 @@ def run_slmops(args: argparse.Namespace, work: Path) -> dict:
     }
 
 
-def run_plain(args: argparse.Namespace, work: Path) -> dict:
+def train_with_plain(args: argparse.Namespace, work: Path) -> dict:
     adapter = work / "plain-adapter"
     shutil.rmtree(adapter, ignore_errors=True)
     cmd = [
@@ -158,7 +146,7 @@ def olive_rows(args: argparse.Namespace, work: Path) -> Path:
     return path
 
 
-def run_olive(args: argparse.Namespace, work: Path) -> dict:
+def train_with_olive(args: argparse.Namespace, work: Path) -> dict:
     olive = args.olive_venv / "bin" / "olive"
     if not olive.exists():
         raise RuntimeError(f"Olive is not installed at {args.olive_venv}: run bench/setup_olive.sh")
@@ -225,7 +213,7 @@ def run_olive(args: argparse.Namespace, work: Path) -> dict:
     }
 
 
-RUNNERS = {"slmops": run_slmops, "plain": run_plain, "olive": run_olive}
+RUNNERS = {"slmops": train_with_slmops, "plain": train_with_plain, "olive": train_with_olive}
 
 
 def judge(args: argparse.Namespace, adapter: str, work: Path, name: str) -> dict:

@@ -61,15 +61,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "pipelines"), str(REPO / "operator")]
 
-from _measure import machine, python_path, run_measured  # noqa: E402
+from _measure import machine, run_measured, run_slmops  # noqa: E402
+from judge import PROMPT  # noqa: E402  (the task's prompt, as the judge asks it)
 
 MODEL = REPO / ".cache" / "models" / "SmolLM2-135M-Instruct"
 ADAPTER = REPO / "runs" / "smollm2-tone" / "adapter"
 DATA = REPO / "examples" / "data" / "tone"
 OLIVE_VENV = REPO / ".cache" / "bench" / "olive-venv"
-PROMPT = (
-    "What is the tone of this phrase? Answer with one word: happy, sad, angry, fearful or calm.\n\n{phrase}"
-)
 PRECISIONS = ("int4", "int8")
 TOOLS = ("slmops", "olive")
 
@@ -102,17 +100,8 @@ def slmops_job(args: argparse.Namespace, precision: str, out: Path) -> dict:
 
 
 def produce_slmops(args: argparse.Namespace, precision: str, work: Path, tokenizer) -> tuple[float, Path]:
-    import yaml
-
     out = work / f"slmops-{precision}"
-    shutil.rmtree(out, ignore_errors=True)  # a rerun in the same --work starts clean
-    job = work / f"slmops-{precision}.yaml"
-    job.write_text(yaml.safe_dump(slmops_job(args, precision, out), sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": python_path()}
-    cmd = [sys.executable, "-c", "from slmops_operator.cli.main import main; main()", "run", str(job)]
-    measured = run_measured(cmd, env=env, log=work / f"slmops-{precision}.log")
-    if measured.returncode:
-        raise RuntimeError(f"slmops {precision} failed:\n{measured.output[-3000:]}")
+    measured = run_slmops(slmops_job(args, precision, out), work=work, name=f"slmops-{precision}")
     return measured.wall_s, out / "targets" / f"cpu-{precision}"
 
 
