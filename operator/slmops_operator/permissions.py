@@ -5,6 +5,9 @@
   :class:`slmops_operator.handlers.kube.KubeApi`);
 * their ``status`` subresource: ``get``/``patch``;
 * ``events``: ``create`` (one per transition);
+* ``secrets``: ``get`` where jobs live (a job's own Secrets, see :mod:`slmops_operator.credentials`);
+  with standalone KFP, ``create``/``update``/``delete`` in the KFP namespace only, for the
+  run-owned copies (:func:`secret_copy_rules`);
 * watching all namespaces: ``namespaces`` and ``customresourcedefinitions``, ``list``/``watch``
   (kopf's namespace and resource observers; off when a list of namespaces is given).
 
@@ -27,6 +30,7 @@ def operator_rules(*, clusterwide: bool) -> list[dict[str, list[str]]]:
         {"apiGroups": [GROUP], "resources": plurals, "verbs": JOB_VERBS},
         {"apiGroups": [GROUP], "resources": [f"{p}/status" for p in plurals], "verbs": STATUS_VERBS},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     ]
     if clusterwide:
         rules += [
@@ -38,3 +42,8 @@ def operator_rules(*, clusterwide: bool) -> list[dict[str, list[str]]]:
             },
         ]
     return rules
+
+
+def secret_copy_rules() -> list[dict[str, list[str]]]:
+    """Standalone KFP, in the KFP namespace: the run-owned copies of jobs' Secrets."""
+    return [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "update", "delete"]}]

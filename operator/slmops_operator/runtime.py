@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 
 from slmops_operator.backends import Backend, make_backend
+from slmops_operator.credentials import Credentials
 from slmops_operator.handlers import jobs, validation
 from slmops_operator.handlers.kube import KubeApi
 from slmops_operator.metrics import OperatorMetrics
@@ -80,7 +81,9 @@ def build_operator(
     registry = kopf.OperatorRegistry()
     kube = KubeApi()
     metrics = OperatorMetrics()
-    reconciler = jobs.Reconciler(settings, backend or make_backend(settings), metrics, kube)
+    credentials = Credentials(kube)
+    backend = backend or make_backend(settings, credentials=credentials)
+    reconciler = jobs.Reconciler(settings, backend, metrics, kube, credentials=credentials)
 
     @kopf.on.login(registry=registry)
     def login_handler(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -101,7 +104,7 @@ def build_operator(
     ks = kopf_settings_for(settings)
     webhook = settings.webhook_server()
     if webhook is not None:
-        validation.register(registry)
+        validation.register(registry, settings)
         ks.admission.server = webhook
     return Operator(registry, settings, ks, reconciler)
 

@@ -14,6 +14,9 @@ variable                               meaning
 ``SLMOPS_POLL_SECONDS``                how often a running job's run is polled
 ``SLMOPS_BACKEND_RETRIES``             failed backend calls (with exponential backoff) before status says so
 ``SLMOPS_KFP_HOST``                    KFP API endpoint, e.g. ``http://ml-pipeline.kubeflow:8888``
+``SLMOPS_KFP_MULTI_USER``              ``true``: multi-user KFP (profiles), runs in the job's namespace;
+                                       ``false``: standalone; empty: ask KFP (``/apis/v2beta1/healthz``)
+``SLMOPS_KFP_NAMESPACE``               standalone KFP: the namespace its pipeline pods run in
 ``SLMOPS_KFP_UI``                      KFP dashboard URL for ``status.run.url`` (default: the host)
 ``SLMOPS_KFP_AUTH``                    ``serviceaccount`` (a projected token) or ``none``
 ``SLMOPS_KFP_TOKEN_PATH``              where that token is mounted
@@ -22,6 +25,8 @@ variable                               meaning
 ``SLMOPS_IMAGE_REGISTRY``              registry of the trainer/optimizer images
 ``SLMOPS_LOCAL_WORKERS``               jobs the local backend runs at once
 ``SLMOPS_LOCAL_STATE_DIR``             where the local backend keeps run state
+``SLMOPS_LOCAL_ALLOWED_ROOTS``         local backend: comma-separated folders that model, dataset and
+                                       adapter paths must lie under (empty: any path)
 ``SLMOPS_METRICS_PORT``                Prometheus metrics port (0: off)
 ``SLMOPS_WEBHOOK_PORT``                validating webhook port (0: no webhook)
 ``SLMOPS_WEBHOOK_CERT_DIR``            ``tls.crt`` and ``tls.key`` for it (cert-manager's layout)
@@ -51,12 +56,18 @@ class OperatorSettings(BaseModel):
     kfp_host: str = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
     kfp_ui: str = ""
     kfp_auth: Literal["serviceaccount", "none"] = "serviceaccount"
+    kfp_multi_user: bool | None = Field(default=None, description="None: ask KFP's healthz.")
+    kfp_namespace: str = Field(default="kubeflow", description="Standalone KFP: where its pods run.")
     kfp_token_path: Path = Path("/var/run/secrets/kfp/token")
     distributed_engine: Literal["pytorchjob", "trainjob"] = "pytorchjob"
     cache_pvc: str = ""
     image_registry: str = ""
     local_workers: int = Field(default=1, ge=1)
     local_state_dir: Path = Path.home() / ".cache" / "slmops" / "operator"
+    local_allowed_roots: list[Path] = Field(
+        default_factory=list,
+        description="Local backend: where model/dataset paths may point (empty: anywhere).",
+    )
     metrics_port: int = Field(default=8080, ge=0, le=65535)
     webhook_port: int = Field(default=9443, ge=0, le=65535)
     webhook_addr: str = "0.0.0.0"
@@ -72,8 +83,8 @@ class OperatorSettings(BaseModel):
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is None or raw == "":
                 continue
-            if name == "namespaces":
-                values[name] = [ns.strip() for ns in raw.split(",") if ns.strip()]
+            if name in ("namespaces", "local_allowed_roots"):
+                values[name] = [item.strip() for item in raw.split(",") if item.strip()]
             elif field.annotation is bool:
                 values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
             else:
@@ -90,7 +101,9 @@ class OperatorSettings(BaseModel):
         cert, key = self.webhook_cert_dir / "tls.crt", self.webhook_cert_dir / "tls.key"
         if self.webhook_insecure or not cert.exists():
             return kopf.WebhookServer(addr=self.webhook_addr, port=self.webhook_port, insecure=True)
-        return kopf.WebhookServer(
+        from slmops_operator.handlers.webhook_server import ReloadingWebhookServer
+
+        return ReloadingWebhookServer(  # a renewed certificate is served without a restart
             addr=self.webhook_addr, port=self.webhook_port, certfile=str(cert), pkeyfile=str(key)
         )
 

@@ -56,7 +56,13 @@ def parse_uri(uri: str) -> ParsedUri:
             raise UriError(f"{uri!r} is not a valid s3:// URI (expected s3://bucket[/key])")
         return ParsedUri("s3", uri, bucket=match["bucket"], key=(match["key"] or "").strip("/"))
     if uri.startswith("file://"):
-        return ParsedUri("file", uri, path=Path(uri[len("file://") :]))
+        path = uri[len("file://") :]
+        if not path.startswith("/"):
+            # file://runs/x would name the host "runs": a file URI carries an absolute path.
+            raise UriError(
+                f"{uri!r}: file:// takes an absolute path (file:///abs/path); use a plain path for a relative one"
+            )
+        return ParsedUri("file", uri, path=Path(path))
     if "://" in uri:
         scheme = uri.split("://", 1)[0]
         raise UriError(f"unsupported scheme {scheme!r} in {uri!r} (use hf://, s3://, file:// or a path)")

@@ -12,7 +12,7 @@ import yaml
 
 from slmops_operator.api.resources import GROUP, KINDS
 from slmops_operator.handlers.kube import KubeApi
-from slmops_operator.permissions import operator_rules
+from slmops_operator.permissions import operator_rules, secret_copy_rules
 from slmops_operator.runtime import build_operator
 from slmops_operator.settings import OperatorSettings
 from tests.conftest import REPO
@@ -113,7 +113,11 @@ def normalized(rules: list[dict]) -> set[tuple]:
 def test_rbac_is_exactly_what_the_operator_needs():
     [cluster_role] = of_kind(render(), "ClusterRole")
     assert normalized(cluster_role["rules"]) == normalized(operator_rules(clusterwide=True))
-    roles = of_kind(render(*VARIANTS["namespaced"]), "Role")
+    roles = [
+        r
+        for r in of_kind(render(*VARIANTS["namespaced"]), "Role")
+        if "run-secrets" not in r["metadata"]["name"]
+    ]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert normalized(role["rules"]) == normalized(operator_rules(clusterwide=False))
@@ -139,6 +143,22 @@ def test_the_rules_cover_every_handler_and_call(tmp_path):
     for group, resource, verb in KubeApi.CALLS:
         assert ((group,), resource, verb) in allowed
     assert (("",), "events", "create") in allowed  # kopf.event() for every transition
+    copies = normalized(secret_copy_rules())
+    for group, resource, verb in KubeApi.COPY_CALLS:
+        assert ((group,), resource, verb) in copies
+
+
+def test_secret_copies_are_allowed_only_in_the_kfp_namespace():
+    """Standalone KFP: the run-owned copies; multi-user KFP and the local backend copy nothing."""
+    [role] = [
+        r
+        for r in of_kind(render("--set", "kfp.namespace=pipelines"), "Role")
+        if "run-secrets" in r["metadata"]["name"]
+    ]
+    assert role["metadata"]["namespace"] == "pipelines"
+    assert normalized(role["rules"]) == normalized(secret_copy_rules())
+    for variant in (["--set", "kfp.multiUser=true"], VARIANTS["local-backend"]):
+        assert not [r for r in of_kind(render(*variant), "Role") if "run-secrets" in r["metadata"]["name"]]
 
 
 def test_webhook_paths_are_the_operators_handler_ids():

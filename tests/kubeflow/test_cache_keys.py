@@ -37,10 +37,12 @@ def test_the_output_location_is_in_no_view():
     assert base == moved
 
 
-def test_the_secret_reaches_training_and_merging_reaches_evaluation():
+def test_merging_reaches_evaluation_and_secrets_reach_no_step():
+    """Secrets reach pods (and multi-node workers) as mounts, not through the spec: renaming one reuses the cache."""
     v = views(output={"credentialsSecret": "team-s3", "mergedModel": True})
-    assert v["train"]["output"] == {"credentialsSecret": "team-s3"}
+    assert "output" not in v["train"]
     assert v["evaluate"]["output"] == {"mergedModel": True}
+    assert views(output={"credentialsSecret": "other"})["train"] == views()["train"]
 
 
 def optimize_spec(*targets: dict, gates: dict | None = None) -> OptimizeJobSpec:

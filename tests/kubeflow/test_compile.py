@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from slmops_operator.api import FineTuneJob, OptimizeJob
 from slmops_operator.cli.main import cli
 from slmops_pipelines.kubeflow.pipelines import compile_pipeline, finetune_pipeline, optimize_pipeline
-from slmops_pipelines.kubeflow.placement import Placement
+from slmops_pipelines.kubeflow.placement import Placement, SecretMount
 from tests.conftest import REPO, finetune_manifest
 
 
@@ -60,7 +60,9 @@ def test_finetune_placement_comes_from_the_job(tmp_path, tiny_model):
             output={"uri": "s3://bucket/jobs/placed", "credentialsSecret": "team-s3"},
         )
     )
-    placement = Placement.for_finetune(job.spec, cache_pvc="models")
+    # The operator passes the mounts it made of the job's Secret: exactly the keys it holds.
+    mount = SecretMount(name="run-1-output", key_to_env={"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID"})
+    placement = Placement.for_finetune(job.spec, cache_pvc="models", secrets=[mount])
     doc = load(compile_pipeline(finetune_pipeline(placement=placement), tmp_path / "p.yaml"))
     train = executors(doc)["exec-train"]["container"]
     assert train["resources"]["accelerator"] == {
@@ -76,9 +78,9 @@ def test_finetune_placement_comes_from_the_job(tmp_path, tiny_model):
     assert k8s["exec-train"]["tolerations"] == [{"effect": "NoSchedule", "key": "gpu", "operator": "Exists"}]
     assert "nodeSelector" not in k8s["exec-prepare-data"]  # CPU steps go wherever there is room
     for name in ("exec-inspect-finetune", "exec-prepare-data", "exec-train", "exec-publish-finetune"):
-        secret = k8s[name]["secretAsEnv"][0]
-        assert secret["secretName"] == "team-s3" and secret["optional"] is True
-        assert {m["envVar"] for m in secret["keyToEnv"]} >= {"AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL"}
+        [secret] = k8s[name]["secretAsEnv"]
+        assert secret["secretName"] == "run-1-output" and not secret.get("optional")  # never optional
+        assert [m["envVar"] for m in secret["keyToEnv"]] == ["AWS_ACCESS_KEY_ID"]
         assert k8s[name]["pvcMount"][0]["mountPath"] == "/var/cache/slmops"
     evaluate = executors(doc)["exec-evaluate-finetune"]["container"]
     assert evaluate["resources"]["accelerator"]["count"] == "1"  # generation needs one GPU, not four

@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from slmops_operator.api import FineTuneJob
+from slmops_pipelines.credentials import S3_KEYS
 from slmops_pipelines.errors import InputError, JobError
 from slmops_pipelines.kubeflow.distributed import launcher
 from slmops_pipelines.kubeflow.distributed.train import STAGING, train_on_cluster
@@ -52,6 +53,13 @@ def context(engine: str = "pytorchjob") -> JobContext:
         labels={"kueue.x-k8s.io/queue-name": "gpu-queue", "unrelated": "x"},
         distributed_engine=engine,
         trainer_image="registry.example/slmops-trainer:1.2.3",
+        # What the operator mounted on the run's pods (a run-owned copy of the job's Secret).
+        secrets=[
+            {
+                "name": "ftj-team-a-ft-multi-output",
+                "keyToEnv": {k: k for k in S3_KEYS if k != "AWS_SESSION_TOKEN"},
+            }
+        ],
     )
 
 
@@ -220,8 +228,9 @@ async def test_pytorchjob_trains_on_two_nodes(kmock, api, prepared, s3_server, t
     assert container["name"] == "pytorch" and container["image"] == "registry.example/slmops-trainer:1.2.3"
     assert container["command"] == ["python", "-m", "slmops_pipelines.steps.train.node"]
     assert container["args"] == [store.uri_of(STAGING), store.uri]
-    secret_refs = {v["valueFrom"]["secretKeyRef"]["name"] for v in container["env"] if "valueFrom" in v}
-    assert secret_refs == {"team-s3"}
+    secret_refs = [v["valueFrom"]["secretKeyRef"] for v in container["env"] if "valueFrom" in v]
+    assert {r["name"] for r in secret_refs} == {"ftj-team-a-ft-multi-output"}
+    assert len(secret_refs) == 4 and not any(r.get("optional") for r in secret_refs)  # never optional
     assert "limits" not in container["resources"]  # gpusPerNode: 0 trains on CPU
 
     # The Training Operator's part: two pods, joined by the rendezvous it provides.

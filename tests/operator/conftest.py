@@ -22,8 +22,9 @@ import pytest_asyncio
 from slmops_operator.runtime import Operator, build_operator
 from slmops_operator.settings import OperatorSettings
 from tests.fixtures.fake_kfp import FakeKfp
-from tests.fixtures.kube_emulator import StrictKubernetesEmulator, declare_slmops
+from tests.fixtures.kube_emulator import StrictKubernetesEmulator, Webhook, declare_slmops
 from tests.fixtures.seaweedfs import free_ports
+from tests.fixtures.webhook_tls import make_webhook_certs
 
 API = "/apis/slmops.io/v1alpha1/namespaces"
 
@@ -41,17 +42,27 @@ async def kube() -> AsyncIterator[StrictKubernetesEmulator]:
         yield emulator
 
 
+def webhook_settings(tmp_path: Path) -> dict:
+    """The webhook on a free port, over HTTPS with its own CA (the emulated API server verifies it)."""
+    return {
+        "webhook_addr": "127.0.0.1",
+        "webhook_port": free_ports(1)[0],
+        "webhook_cert_dir": make_webhook_certs(tmp_path / "webhook-certs"),
+        "webhook_insecure": False,
+    }
+
+
 def local_settings(tmp_path: Path, **overrides) -> OperatorSettings:
     return OperatorSettings(
-        backend="local",
-        local_state_dir=tmp_path / "operator-state",
-        default_output=str(tmp_path / "outputs"),
-        poll_seconds=0.3,
-        metrics_port=0,
-        webhook_addr="127.0.0.1",
-        webhook_port=free_ports(1)[0],
-        webhook_insecure=True,
-        **overrides,
+        **{
+            "backend": "local",
+            "local_state_dir": tmp_path / "operator-state",
+            "default_output": str(tmp_path / "outputs"),
+            "poll_seconds": 0.3,
+            "metrics_port": 0,
+            **webhook_settings(tmp_path),
+            **overrides,
+        }
     )
 
 
@@ -72,6 +83,11 @@ async def running_operator(
         serve_metrics=False,
         **kwargs,
     )
+    if settings.webhook_port and not settings.webhook_insecure and kube.webhook is None:
+        # The API server now sends every create and update of our resources to the webhook.
+        kube.webhook = Webhook(
+            url=f"https://127.0.0.1:{settings.webhook_port}", cafile=str(settings.webhook_cert_dir / "ca.crt")
+        )
     ks = operator.kopf_settings
     ks.networking.request_timeout = 10
     ks.networking.error_backoffs = [0.1, 0.2, 0.5]
@@ -84,6 +100,7 @@ async def running_operator(
         await asyncio.wait_for(ready.wait(), 10)
         yield operator
     finally:
+        kube.webhook = None  # no operator, no webhook: as if its configuration were removed
         stop.set()
         await asyncio.wait_for(task, 60)
         # kopf installed SIGINT/SIGTERM handlers on the test's loop; give them back.
@@ -96,6 +113,30 @@ async def create(kube, namespace: str, plural: str, body: dict) -> dict:
     response = await kube.post(f"{API}/{namespace}/{plural}", json=body)
     assert response.status in (200, 201), await response.text()
     return await response.json()
+
+
+async def create_secret(kube, namespace: str, name: str, data: dict[str, str]) -> None:
+    """A Secret in ``namespace``, as ``kubectl create secret generic`` makes it."""
+    import base64
+
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+    response = await kube.post(f"/api/v1/namespaces/{namespace}/secrets", json=body)
+    assert response.status in (200, 201), await response.text()
+
+
+def s3_secret_data(server) -> dict[str, str]:
+    return {
+        "AWS_ACCESS_KEY_ID": server.access_key,
+        "AWS_SECRET_ACCESS_KEY": server.secret_key,
+        "AWS_ENDPOINT_URL": server.endpoint_url,
+        "AWS_REGION": server.region,
+    }
 
 
 async def patch(kube, namespace: str, plural: str, name: str, body: dict) -> dict:
@@ -142,12 +183,24 @@ async def wait_until(predicate, *, timeout: float = 120, interval: float = 0.2, 
         await asyncio.sleep(interval)
 
 
-@pytest_asyncio.fixture
-async def fake_kfp() -> AsyncIterator[FakeKfp]:
-    fake = FakeKfp()
+@contextlib.asynccontextmanager
+async def serving(fake: FakeKfp) -> AsyncIterator[FakeKfp]:
     async with kmock.RawHandler() as handler, kmock.Server(handler, client_fct=_no_keepalive):
         fake.attach(handler)
         fake.url = str(handler.url).rstrip("/")
+        yield fake
+
+
+@pytest_asyncio.fixture
+async def fake_kfp() -> AsyncIterator[FakeKfp]:
+    async with serving(FakeKfp()) as fake:
+        yield fake
+
+
+@pytest_asyncio.fixture
+async def multi_user_kfp() -> AsyncIterator[FakeKfp]:
+    """KFP with Kubeflow profiles: every call must name a namespace, as the real API server wants."""
+    async with serving(FakeKfp(multi_user=True)) as fake:
         yield fake
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from slmops_operator.settings import OperatorSettings
 from tests.conftest import finetune_manifest
-from tests.fixtures.seaweedfs import free_ports
-from tests.operator.conftest import create, current, delete, running_operator, wait_until
+from tests.operator.conftest import create, current, delete, running_operator, wait_until, webhook_settings
 
 
 def kfp_settings(tmp_path: Path, fake, **overrides) -> OperatorSettings:
@@ -19,12 +18,9 @@ def kfp_settings(tmp_path: Path, fake, **overrides) -> OperatorSettings:
         kfp_auth="none",
         poll_seconds=0.3,
         backend_retries=3,
-        default_output=str(tmp_path / "outputs"),
         metrics_port=0,
-        webhook_addr="127.0.0.1",
-        webhook_port=free_ports(1)[0],
-        webhook_insecure=True,
-        **{"local_state_dir": tmp_path / "state", **overrides},
+        **webhook_settings(tmp_path),
+        **{"local_state_dir": tmp_path / "state", "default_output": str(tmp_path / "outputs"), **overrides},
     )
 
 

@@ -11,12 +11,14 @@ from slmops_pipelines.storage import open_store
 from tests.conftest import finetune_manifest
 from tests.operator.conftest import (
     create,
+    create_secret,
     current,
     delete,
     events,
     local_settings,
     patch,
     running_operator,
+    s3_secret_data,
     wait_until,
 )
 
@@ -30,6 +32,7 @@ def optimize_manifest(name: str, ref: str) -> dict:
             "source": {"fineTuneJobRef": {"name": ref}},
             "targets": [{"name": "cpu-int4", "provider": "CPUExecutionProvider", "precision": "int4"}],
             "evaluation": {"maxNewTokens": 4, "maxSamples": 4, "metrics": ["accuracy", "size"]},
+            "output": {"credentialsSecret": "team-s3"},  # reads its source from S3
         },
     }
 
@@ -60,8 +63,13 @@ async def _finetune_then_optimize(kube, tiny_model: Path, s3_env, s3_bucket) -> 
     waiting = current(kube, "default", "optimizejobs", "tone-opt")["status"]
     assert "waiting for FineTuneJob tone" in waiting["message"]
 
+    # The worker gets the job's Secret, never the operator's own AWS_* (s3_env sets those).
+    await create_secret(kube, "default", "team-s3", s3_secret_data(s3_env))
     body = finetune_manifest(
-        "tone", tiny_model, output={"uri": f"s3://{s3_bucket}/jobs/tone"}, training={"maxSteps": 6}
+        "tone",
+        tiny_model,
+        output={"uri": f"s3://{s3_bucket}/jobs/tone", "credentialsSecret": "team-s3"},
+        training={"maxSteps": 6},
     )
     await create(kube, "default", "finetunejobs", body)
     phases, progress = [], []

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from pathlib import Path
 
-import aiohttp
-
 from slmops_operator.handlers.validation import problems_of
 from tests.conftest import finetune_manifest
-from tests.operator.conftest import local_settings, running_operator
+from tests.fixtures.webhook_tls import make_webhook_certs
+from tests.operator.conftest import (
+    API,
+    create,
+    current,
+    delete,
+    local_settings,
+    patch,
+    running_operator,
+    wait_until,
+)
 
 MODEL = Path("/models/tiny")
 
@@ -61,36 +68,124 @@ def test_the_spec_is_immutable_but_suspend_and_ttl():
     assert problem.startswith("spec.training: the spec is immutable once created")
 
 
-async def test_the_webhook_server_refuses_over_http(kube, tmp_path):
+async def test_the_api_server_asks_the_webhook_over_https(kube, tmp_path):
+    """What only the webhook knows (this operator's own folders) is refused at create, over HTTPS."""
     settings = local_settings(tmp_path)
-    body = finetune_manifest("bad", MODEL, training={"maxSteps": 0})
-    body["metadata"]["namespace"] = "default"
-    review = {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "0b7a",
-            "kind": {"group": "slmops.io", "version": "v1alpha1", "kind": "FineTuneJob"},
-            "resource": {"group": "slmops.io", "version": "v1alpha1", "resource": "finetunejobs"},
-            "operation": "CREATE",
-            "namespace": "default",
-            "name": "bad",
-            "object": body,
-            "oldObject": None,
-            "userInfo": {"username": "someone"},
-            "dryRun": False,
-        },
-    }
     async with running_operator(kube, settings):
-        url = f"http://127.0.0.1:{settings.webhook_port}/validate-finetunejobs"
-        for _ in range(100):  # the webhook server starts beside the operator, not before it
-            try:
-                async with aiohttp.ClientSession() as session, session.post(url, json=review) as response:
-                    assert response.status == 200
-                    answer = (await response.json())["response"]
-                    break
-            except aiohttp.ClientConnectorError:
-                await asyncio.sleep(0.1)
-    assert answer["uid"] == "0b7a" and answer["allowed"] is False
-    assert answer["status"]["code"] == 422
-    assert "spec.training.maxSteps" in answer["status"]["message"]
+        body = finetune_manifest("bad", MODEL, output={"uri": settings.default_output})
+        response = await kube.post(f"{API}/default/finetunejobs", json=body)
+        assert response.status == 422
+        message = (await response.json())["message"]
+        assert message.startswith(
+            'admission webhook "finetunejobs.slmops.io" denied the request: spec.output.uri:'
+        )
+        assert current(kube, "default", "finetunejobs", "bad") is None
+
+
+async def test_a_renewed_certificate_is_served_without_a_restart(kube, tmp_path):
+    """cert-manager renews the certificate and the CA injector the caBundle: the webhook keeps answering."""
+    settings = local_settings(tmp_path)
+    async with running_operator(kube, settings):
+        body = finetune_manifest("bad", MODEL, output={"uri": settings.default_output})
+        first = await kube.post(f"{API}/default/finetunejobs", json=body)
+        assert first.status == 422 and "denied the request" in (await first.json())["message"]
+        make_webhook_certs(settings.webhook_cert_dir)  # a new CA and certificate, in place
+        renewed = await kube.post(f"{API}/default/finetunejobs", json=body)
+        # Verified against the new CA: the answer comes from the webhook, not a TLS failure.
+        assert renewed.status == 422 and "denied the request" in (await renewed.json())["message"]
+
+
+async def test_the_api_server_refuses_what_the_crd_refuses_before_any_webhook(kube, tmp_path):
+    body = finetune_manifest("bad", MODEL, training={"maxSteps": 4, "seed": 2**40})
+    response = await kube.post(f"{API}/default/finetunejobs", json=body)  # no operator, no webhook
+    assert response.status == 422
+    assert "spec.training.seed" in (await response.json())["message"]
+
+
+async def test_no_object_is_locked_in_by_a_stricter_release(kube, tmp_path):
+    """An object admitted before (here: with no webhook) can always lose its finalizer, be relabelled, be deleted."""
+    settings = local_settings(tmp_path)
+    body = finetune_manifest(
+        "old", MODEL, output={"uri": settings.default_output}
+    )  # refused by today's webhook
+    body["metadata"]["finalizers"] = ["example.com/keep"]
+    await create(kube, "default", "finetunejobs", body)
+    async with running_operator(kube, settings.model_copy(update={"poll_seconds": 60})):
+        await patch(kube, "default", "finetunejobs", "old", {"metadata": {"labels": {"team": "a"}}})
+        changed = await kube.patch(
+            f"{API}/default/finetunejobs/old",
+            json={"spec": {"training": {"learningRate": 0.5}}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert changed.status == 422 and "immutable" in (await changed.json())["message"]
+        await wait_until(
+            lambda: (
+                "slmops.io/finalizer"
+                in current(kube, "default", "finetunejobs", "old")["metadata"]["finalizers"]
+            ),
+            what="the operator's finalizer",
+        )
+        await delete(kube, "default", "finetunejobs", "old")
+        await wait_until(  # the operator's own metadata update passed the webhook
+            lambda: (
+                current(kube, "default", "finetunejobs", "old")["metadata"]["finalizers"]
+                == ["example.com/keep"]
+            ),
+            what="the operator to release its finalizer",
+        )
+        await patch(kube, "default", "finetunejobs", "old", {"metadata": {"finalizers": []}})
+        await wait_until(lambda: current(kube, "default", "finetunejobs", "old") is None, what="deletion")
+
+
+# -- what depends on the operator's setup: its own folders, the backend, allowed roots ---------------
+
+
+def test_an_output_at_or_above_the_operators_own_folders(tmp_path):
+    settings = local_settings(tmp_path)
+    for uri in (settings.default_output, str(settings.local_state_dir), str(tmp_path), f"file://{tmp_path}"):
+        problems = problems_of(
+            "FineTuneJob", finetune_manifest("j", MODEL, output={"uri": uri}), settings=settings
+        )
+        assert problems and all(p.startswith("spec.output.uri:") for p in problems), uri
+    below = f"{settings.default_output}/default/j"
+    assert (
+        problems_of("FineTuneJob", finetune_manifest("j", MODEL, output={"uri": below}), settings=settings)
+        == []
+    )
+
+
+def test_the_default_output_root_in_s3(tmp_path):
+    settings = local_settings(tmp_path).model_copy(update={"default_output": "s3://bucket/slmops"})
+    for uri, refused in (
+        ("s3://bucket/slmops", True),
+        ("s3://bucket/slmops/", True),
+        ("s3://bucket/slmops/a/b", False),
+    ):
+        problems = problems_of(
+            "FineTuneJob", finetune_manifest("j", MODEL, output={"uri": uri}), settings=settings
+        )
+        assert bool(problems) == refused, (uri, problems)
+
+
+def test_a_local_output_with_the_kfp_backend(tmp_path):
+    settings = local_settings(tmp_path).model_copy(update={"backend": "kfp", "default_output": "s3://b/o"})
+    [problem] = problems_of(
+        "FineTuneJob", finetune_manifest("j", MODEL, output={"uri": "/data/out/j"}), settings=settings
+    )
+    assert problem.startswith("spec.output.uri:") and "s3://" in problem
+
+
+def test_local_inputs_outside_the_allowed_roots(tmp_path):
+    settings = local_settings(tmp_path).model_copy(
+        update={"local_allowed_roots": [Path("/models"), Path("/data")]}
+    )
+    body = finetune_manifest("j", MODEL)  # the tone data lies in the repository, not under /data
+    [problem] = problems_of("FineTuneJob", body, settings=settings)
+    assert problem.startswith("spec.dataset.uri:") and "SLMOPS_LOCAL_ALLOWED_ROOTS" in problem
+    body["spec"]["dataset"]["uri"] = "/data/../etc/passwd"
+    [problem] = problems_of("FineTuneJob", body, settings=settings)
+    assert problem.startswith("spec.dataset.uri:")
+    body["spec"]["dataset"]["uri"] = "/data/tone"
+    assert problems_of("FineTuneJob", body, settings=settings) == []
+    body["spec"]["model"]["uri"] = "hf://org/model"
+    assert problems_of("FineTuneJob", body, settings=settings) == []

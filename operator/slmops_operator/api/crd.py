@@ -11,7 +11,11 @@ truth (``slmops crds`` writes the files; a test fails when the committed ones dr
 * ``additionalProperties: false`` (``extra="forbid"``) is dropped: structural schemas forbid
   it beside ``properties``; the API server prunes unknown fields and ``kubectl`` reports them
   with ``--validate=strict``, and ``slmops validate`` / the webhook reject them;
-* ``title`` is dropped; descriptions, defaults, enums, bounds, patterns and ``required`` stay.
+* ``title`` is dropped; descriptions, defaults, enums, bounds, patterns and ``required`` stay;
+* CEL rules declared on the models (``x-kubernetes-validations``, see
+  :func:`slmops_pipelines.specs.base.cel_rules`) stay where they were declared, and the spec
+  gets one transition rule (``oldSelf``) per immutable field: every field but
+  :data:`~slmops_operator.api.resources.MUTABLE_SPEC_FIELDS`.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from slmops_operator.api.resources import GROUP, KINDS, VERSION, Resource
+from slmops_operator.api.resources import GROUP, KINDS, MUTABLE_SPEC_FIELDS, VERSION, Resource
 from slmops_operator.api.status import JobStatus
+from slmops_pipelines.specs.base import CEL_KEY
 
 _DROP_KEYS = {"title", "$defs", "discriminator"}
 
@@ -150,11 +155,31 @@ def model_schema(model: type) -> dict[str, Any]:
     return to_structural(raw, raw.get("$defs", {}))
 
 
+def immutability_rules(spec_schema: dict[str, Any]) -> list[dict[str, str]]:
+    """One transition rule per immutable spec field: present as before, and equal to it."""
+    rules = []
+    for name in spec_schema.get("properties", {}):
+        if name in MUTABLE_SPEC_FIELDS:
+            continue
+        rules.append(
+            {
+                "rule": f"has(self.{name}) == has(oldSelf.{name}) && (!has(self.{name}) || self.{name} == oldSelf.{name})",
+                "message": (
+                    f"spec.{name} is immutable once created (only {' and '.join(sorted(MUTABLE_SPEC_FIELDS))} "
+                    "may change); create a new job instead"
+                ),
+                "fieldPath": f".{name}",
+            }
+        )
+    return rules
+
+
 def crd_for(resource: type[Resource]) -> dict[str, Any]:
     """The apiextensions.k8s.io/v1 CRD of one resource kind."""
     spec_model = resource.model_fields["spec"].annotation
     spec_schema = model_schema(spec_model)
     spec_schema["description"] = (resource.__doc__ or "").strip() or spec_schema.get("description", "")
+    spec_schema[CEL_KEY] = [*spec_schema.get(CEL_KEY, []), *immutability_rules(spec_schema)]
     status_schema = model_schema(JobStatus)
     plural = resource.plural
     return {

@@ -17,6 +17,9 @@ from slmops_pipelines.specs import FineTuneJobSpec, OptimizeJobSpec, SpecModel
 GROUP = "slmops.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+# The spec fields that may change after creation: they change how a job is run, not what it
+# produces.  Every other spec field is immutable (the CRD's CEL rules and the webhook).
+MUTABLE_SPEC_FIELDS = frozenset({"suspend", "ttlSecondsAfterFinished"})
 
 
 class ObjectMeta(BaseModel):

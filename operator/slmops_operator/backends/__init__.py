@@ -12,15 +12,15 @@ else about them.
 from slmops_operator.backends.base import Backend, JobRequest, RunState
 
 
-def make_backend(settings) -> Backend:
-    """The backend the settings ask for."""
+def make_backend(settings, *, credentials=None) -> Backend:
+    """The backend the settings ask for (``credentials``: reads and copies a job's Secrets)."""
     if settings.backend == "local":
         from slmops_operator.backends.local import LocalBackend
 
-        return LocalBackend(settings)
+        return LocalBackend(settings, credentials=credentials)
     from slmops_operator.backends.kfp import KfpBackend
 
-    return KfpBackend(settings)
+    return KfpBackend(settings, credentials=credentials)
 
 
 __all__ = ["Backend", "JobRequest", "RunState", "make_backend"]

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from slmops_operator.api.status import RunRef
+from slmops_operator.credentials import ResolvedSecret
+from slmops_pipelines.credentials import secret_refs
 from slmops_pipelines.specs import FineTuneJobSpec, OptimizeJobSpec
 
 RunPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled"]
@@ -32,6 +34,13 @@ class JobRequest:
     output_uri: str
     labels: dict[str, str] = field(default_factory=dict)
     source_uri: str = ""  # OptimizeJob with fineTuneJobRef: the FineTuneJob's output
+    # The job's Secrets, read in its namespace before submitting (values in memory only).
+    secrets: list[ResolvedSecret] | None = field(default=None, repr=False)
+
+    @property
+    def secrets_named(self) -> bool:
+        """Whether the spec names any Secret (its run may hold copies of them)."""
+        return bool(secret_refs(self.spec))
 
     @property
     def run_name(self) -> str:

@@ -1,10 +1,14 @@
 """The KFP backend: each job is a Kubeflow Pipelines run.
 
 * **submit** compiles the job's pipeline with its own placement (GPUs, node selector,
-  tolerations, Secret; no torch), then looks in the namespace's experiment
+  tolerations, Secrets; no torch), then looks in the namespace's experiment
   (``slmops-<namespace>``) for a run named after the job (namespace, name, uid,
   generation) and submits one only if there is none: an operator restart or a retried
-  handler never starts a second run.  A compiled package depends only on the pipeline and
+  handler never starts a second run.  With **multi-user KFP** (Kubeflow profiles;
+  ``SLMOPS_KFP_MULTI_USER``, or what ``/apis/v2beta1/healthz`` says) the experiment and the
+  run are created in the job's namespace, so its pods mount the job's own Secrets; with
+  standalone KFP the pods run in ``SLMOPS_KFP_NAMESPACE`` and mount run-owned copies of
+  them (see :mod:`slmops_operator.credentials`), deleted when the run ends.  A compiled package depends only on the pipeline and
   the placement, not on the job's spec (that is a run argument): packages are kept per
   placement (the last 64), since building and dumping one is most of an operator's CPU per
   job (``bench/operator.py``).  Experiment ids are kept per namespace and forgotten when a
@@ -54,8 +58,10 @@ PACKAGES_KEPT = 64  # compiled pipeline packages kept, one per distinct placemen
 class KfpBackend:
     name = "kfp"
 
-    def __init__(self, settings, *, client_factory=None) -> None:
+    def __init__(self, settings, *, client_factory=None, credentials=None) -> None:
         self.settings = settings
+        self.credentials = credentials
+        self._multi_user: bool | None = settings.kfp_multi_user
         self._client_factory = client_factory
         self._client = None
         self._token_stamp: float | None = None
@@ -87,6 +93,26 @@ class KfpBackend:
         except (urllib.error.URLError, OSError) as exc:
             raise ConnectionError(f"KFP is not reachable at {self.settings.kfp_host}: {exc}") from exc
 
+    def multi_user(self) -> bool:
+        """Multi-user KFP (profiles)?  The setting, else what KFP's healthz says (asked once)."""
+        if self._multi_user is None:
+            import urllib.request
+
+            request = urllib.request.Request(f"{self.settings.kfp_host.rstrip('/')}/apis/v2beta1/healthz")
+            token, _ = self._token()
+            if token:
+                request.add_header("Authorization", f"Bearer {token}")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    self._multi_user = bool(json.loads(response.read() or b"{}").get("multi_user"))
+            except (OSError, ValueError) as exc:
+                raise ConnectionError(f"KFP is not reachable at {self.settings.kfp_host}: {exc}") from exc
+        return self._multi_user
+
+    def run_namespace(self, request: JobRequest) -> str:
+        """Where the run's pods run: the job's namespace (multi-user) or KFP's own."""
+        return request.namespace if self.multi_user() else self.settings.kfp_namespace
+
     def client(self):
         with self._lock:
             token, stamp = self._token()
@@ -104,43 +130,52 @@ class KfpBackend:
 
     # -- submit --------------------------------------------------------------------------------
 
-    def _experiment_id(self, client, namespace: str) -> str:
+    def _experiment_id(self, client, request: JobRequest) -> str:
+        namespace = request.namespace
         if namespace not in self._experiments:
-            self._experiments[namespace] = client.create_experiment(name=f"slmops-{namespace}").experiment_id
+            owner = namespace if self.multi_user() else None  # standalone KFP has no namespaces
+            self._experiments[namespace] = client.create_experiment(
+                name=f"slmops-{namespace}", namespace=owner
+            ).experiment_id
         return self._experiments[namespace]
 
-    def _find_run(self, client, experiment_id: str, run_name: str):
+    def _find_run(self, client, experiment_id: str, request: JobRequest):
         flt = json.dumps(
-            {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": run_name}]}
+            {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": request.run_name}]}
         )
-        response = client.list_runs(experiment_id=experiment_id, filter=flt, page_size=10)
-        runs = [r for r in (response.runs or []) if r.display_name == run_name]
+        namespace = request.namespace if self.multi_user() else None
+        response = client.list_runs(
+            experiment_id=experiment_id, namespace=namespace, filter=flt, page_size=10
+        )
+        runs = [r for r in (response.runs or []) if r.display_name == request.run_name]
         return runs[0] if runs else None
 
-    def _pipeline_and_key(self, request: JobRequest):
+    def _pipeline_and_key(self, request: JobRequest, mounts: list[dict[str, Any]]):
         from slmops_pipelines.kubeflow.images import Images
         from slmops_pipelines.kubeflow.pipelines import (
             finetune_pipeline,
             finetune_search_pipeline,
             optimize_pipeline,
         )
-        from slmops_pipelines.kubeflow.placement import Placement
+        from slmops_pipelines.kubeflow.placement import Placement, SecretMount
 
         images = Images.default(registry=self.settings.image_registry or None)
         pvc = self.settings.cache_pvc or None
+        secrets = [SecretMount.model_validate(m) for m in mounts]
         if request.kind == "FineTuneJob":
             factory = finetune_search_pipeline if request.spec.search else finetune_pipeline
-            placement = Placement.for_finetune(request.spec, cache_pvc=pvc)
+            placement = Placement.for_finetune(request.spec, cache_pvc=pvc, secrets=secrets)
         else:
-            factory, placement = optimize_pipeline, Placement.for_optimize(request.spec, cache_pvc=pvc)
+            factory = optimize_pipeline
+            placement = Placement.for_optimize(request.spec, cache_pvc=pvc, secrets=secrets)
         key = json.dumps([factory.__name__, placement.model_dump(mode="json"), repr(images)], sort_keys=True)
         return key, lambda: factory(placement=placement, images=images)
 
-    def _package(self, request: JobRequest) -> Path:
+    def _package(self, request: JobRequest, mounts: list[dict[str, Any]]) -> Path:
         """The compiled pipeline package for this job's pipeline and placement (kept, LRU)."""
         from slmops_pipelines.kubeflow.pipelines import compile_pipeline
 
-        key, build = self._pipeline_and_key(request)
+        key, build = self._pipeline_and_key(request, mounts)
         with self._packages_lock:
             if key in self._packages:
                 self._packages.move_to_end(key)
@@ -155,14 +190,13 @@ class KfpBackend:
                 old.unlink(missing_ok=True)
             return path
 
-    def _arguments(self, request: JobRequest) -> dict[str, Any]:
+    def _arguments(self, request: JobRequest, mounts: list[dict[str, Any]]) -> dict[str, Any]:
         from slmops_pipelines.kubeflow.local_engine import spec_argument
 
-        arguments = {
-            "spec": spec_argument(request.spec),
-            "job": request.job_context(distributed_engine=self.settings.distributed_engine),
-            "output_uri": request.output_uri,
-        }
+        job = request.job_context(distributed_engine=self.settings.distributed_engine)
+        if mounts:  # names and keys only: multi-node workers mount the same Secrets
+            job["secrets"] = mounts
+        arguments = {"spec": spec_argument(request.spec), "job": job, "output_uri": request.output_uri}
         if request.kind == "OptimizeJob":
             arguments["source_uri"] = request.source_uri
         return arguments
@@ -172,26 +206,51 @@ class KfpBackend:
             backend="kfp", id=run_id, name=run_name, url=f"{self.settings.dashboard}/#/runs/details/{run_id}"
         )
 
-    def _submit(self, request: JobRequest) -> RunRef:
+    def _submit(self, request: JobRequest, mounts: list[dict[str, Any]]) -> RunRef:
         client = self.client()
         try:
-            experiment_id = self._experiment_id(client, request.namespace)
-            existing = self._find_run(client, experiment_id, request.run_name)
+            experiment_id = self._experiment_id(client, request)
+            existing = self._find_run(client, experiment_id, request)
             if existing is not None:
                 return self._ref(existing.run_id, request.run_name)
             result = client.create_run_from_pipeline_package(
-                str(self._package(request)),
-                arguments=self._arguments(request),
+                str(self._package(request, mounts)),
+                arguments=self._arguments(request, mounts),
                 run_name=request.run_name,
                 experiment_id=experiment_id,
+                namespace=request.namespace if self.multi_user() else None,
             )
         except Exception:
             self._experiments.pop(request.namespace, None)  # it may have been deleted
             raise
         return self._ref(result.run_id, request.run_name)
 
+    async def _mounts(self, request: JobRequest) -> list[dict[str, Any]]:
+        """The Secrets the run's pods mount: the job's own (multi-user) or run-owned copies."""
+        from slmops_operator.credentials import own_mounts
+
+        secrets = request.secrets or []
+        if not secrets:
+            return []
+        if await asyncio.to_thread(self.multi_user):
+            return own_mounts(secrets)
+        if self.credentials is None:
+            raise RuntimeError("standalone KFP needs the operator's API connection to copy Secrets")
+        return await self.credentials.stage_copies(
+            secrets,
+            run_name=request.run_name,
+            namespace=self.settings.kfp_namespace,
+            job={"kind": request.kind, "namespace": request.namespace, "name": request.name},
+        )
+
     async def submit(self, request: JobRequest) -> RunRef:
-        return await asyncio.to_thread(self._submit, request)
+        mounts = await self._mounts(request)
+        return await asyncio.to_thread(self._submit, request, mounts)
+
+    async def _release(self, run_name: str) -> None:
+        """Delete the run's Secret copies (standalone KFP; nothing to do in multi-user mode)."""
+        if self.credentials is not None and not await asyncio.to_thread(self.multi_user):
+            await self.credentials.release_copies(run_name=run_name, namespace=self.settings.kfp_namespace)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -275,10 +334,14 @@ class KfpBackend:
         return RunState(phase=phase, progress=self._progress(run, request))
 
     async def state(self, run: RunRef, request: JobRequest) -> RunState:
-        return await asyncio.to_thread(self._state, run, request)
+        state = await asyncio.to_thread(self._state, run, request)
+        if state.finished and request.secrets_named:
+            await self._release(run.name)
+        return state
 
     async def cancel(self, run: RunRef) -> None:
         await asyncio.to_thread(lambda: self.client().terminate_run(run.id))
+        await self._release(run.name)
 
     async def close(self) -> None:
         self._client = None

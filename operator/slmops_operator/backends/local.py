@@ -11,6 +11,11 @@ For laptops, tests and clusters without Kubeflow Pipelines.  A job's run is the 
   its last complete checkpoint;
 * ``cancel`` sends SIGTERM to the worker's session (the engine stops its trainers).
 
+A worker never inherits the operator's own credentials (``AWS_*``, ``HF_TOKEN``...): it
+starts from the operator's environment less those, plus the job's Secrets, read in the
+job's namespace (see :mod:`slmops_operator.credentials`).  Values are passed in the
+environment only, never written to the state folder.
+
 Workers run in their own session: they outlive an operator restart and are adopted by pid.
 """
 
@@ -27,6 +32,7 @@ from typing import Any
 
 from slmops_operator.api.status import RunRef
 from slmops_operator.backends.base import JobRequest, RunState
+from slmops_pipelines.credentials import without_ambient_credentials
 
 
 def _alive(pid: int | None, run_name: str) -> bool:
@@ -45,7 +51,8 @@ def _alive(pid: int | None, run_name: str) -> bool:
 class LocalBackend:
     name = "local"
 
-    def __init__(self, settings) -> None:
+    def __init__(self, settings, *, credentials=None) -> None:
+        self.credentials = credentials
         self.state_dir = Path(settings.local_state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.children: dict[str, subprocess.Popen] = {}
@@ -77,6 +84,7 @@ class LocalBackend:
                     "kind": request.kind,
                     "namespace": request.namespace,
                     "name": request.name,
+                    "uid": request.uid,
                     "spec": request.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
                     "outputUri": request.output_uri,
                     "sourceUri": request.source_uri,
@@ -95,12 +103,25 @@ class LocalBackend:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=self._worker_env(request),
             )
         self.children[request.run_name] = proc
         with (self.state_dir / f"{request.run_name}.starts").open("a") as starts:  # an audit trail of starts
             starts.write(f"{proc.pid}\n")
         state_path.write_text(json.dumps({"pid": proc.pid, "runName": request.run_name, "phase": "Pending"}))
+
+    @staticmethod
+    def _worker_env(request: JobRequest) -> dict[str, str]:
+        env = without_ambient_credentials(dict(os.environ))
+        for secret in request.secrets or []:
+            env.update(secret.env())
+        return {**env, "PYTHONUNBUFFERED": "1"}
+
+    async def _with_secrets(self, request: JobRequest) -> JobRequest:
+        """A worker started again (after a crash or restart) needs the job's Secrets again."""
+        if request.secrets is None and request.secrets_named and self.credentials is not None:
+            request.secrets = await self.credentials.resolve(request.namespace, request.spec)
+        return request
 
     def _reap(self, run: str) -> None:
         child = self.children.get(run)
@@ -117,7 +138,7 @@ class LocalBackend:
         self._reap(request.run_name)
         finished = state is not None and state.get("phase") in ("Succeeded", "Failed", "Cancelled")
         if not finished and not _alive((state or {}).get("pid"), request.run_name):
-            await asyncio.to_thread(self._start, request)
+            await asyncio.to_thread(self._start, await self._with_secrets(request))
         return self._ref(request)
 
     async def state(self, run: RunRef, request: JobRequest) -> RunState:
@@ -136,7 +157,7 @@ class LocalBackend:
             )
         if not _alive(state.get("pid"), run.id):
             # The worker is gone without a verdict: start it again; the engine resumes.
-            await asyncio.to_thread(self._start, request)
+            await asyncio.to_thread(self._start, await self._with_secrets(request))
             return RunState(phase="Running", message="the worker stopped unexpectedly: resumed")
         return RunState(phase="Running" if phase == "Running" else "Pending", progress=state.get("progress"))
 

@@ -85,6 +85,7 @@ def run(request: dict[str, Any], state_path: Path) -> int:
                 spec=FineTuneJobSpec.model_validate(request["spec"]),
                 output_uri=request["outputUri"],
                 reporter=reporter,
+                uid=request.get("uid", ""),
             )
         else:
             from slmops_pipelines.local.optimize import run_optimize
@@ -97,6 +98,7 @@ def run(request: dict[str, Any], state_path: Path) -> int:
                 output_uri=request["outputUri"],
                 locate_job=lambda _name: source,
                 reporter=reporter,
+                uid=request.get("uid", ""),
             )
     except KeyboardInterrupt:
         write_state(state_path, {**base, "phase": "Cancelled", "message": "cancelled", "reason": "Cancelled"})

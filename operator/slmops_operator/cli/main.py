@@ -100,6 +100,7 @@ def validate(files: tuple[Path, ...]) -> None:
             err_console.print(
                 f"[red]error[/red] {problem.document}: [bold]{problem.path or '(document)'}[/bold]: {problem.reason}",
                 highlight=False,
+                soft_wrap=True,  # one line per problem, whatever the terminal's width (grep, CI logs)
             )
         sys.exit(EXIT_INVALID)
     for resource in resources:

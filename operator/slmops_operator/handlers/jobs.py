@@ -35,6 +35,8 @@ import kopf
 from slmops_operator.api.resources import GROUP, VERSION, FineTuneJob, OptimizeJob, Resource
 from slmops_operator.api.status import RunRef
 from slmops_operator.backends.base import Backend, JobRequest, RunState
+from slmops_operator.credentials import Credentials, MissingCredentials
+from slmops_operator.handlers import validation
 from slmops_operator.handlers.conditions import FINISHED, changed, phase_patch
 from slmops_operator.handlers.kube import KubeApi
 from slmops_operator.metrics import OperatorMetrics
@@ -48,9 +50,16 @@ class Reconciler:
     """The state the handlers share: settings, the backend, metrics, in-flight submissions."""
 
     def __init__(
-        self, settings: OperatorSettings, backend: Backend, metrics: OperatorMetrics, kube: KubeApi
+        self,
+        settings: OperatorSettings,
+        backend: Backend,
+        metrics: OperatorMetrics,
+        kube: KubeApi,
+        *,
+        credentials: Credentials | None = None,
     ) -> None:
         self.settings, self.backend, self.metrics, self.kube = settings, backend, metrics, kube
+        self.credentials = credentials or Credentials(kube)
         self.submitting: dict[str, set[str]] = {}  # namespace -> runs submitted, not yet seen Running
         self.locks: dict[str, asyncio.Lock] = {}
         self.failures: dict[str, int] = {}  # job uid -> consecutive failed backend calls
@@ -273,13 +282,20 @@ async def _reconcile(
             metrics=metrics,
         )
 
+    phase = status.get("phase")
+    if phase not in FINISHED:
+        # The webhook may be bypassed or not installed: the same checks, once more.
+        problems = validation.problems_of(kind, dict(body), settings=reconciler.settings)
+        if problems:
+            go("Failed", reason="InvalidSpec", message="; ".join(problems)[:1000])
+            return
     try:
         resource = KINDS[kind].model_validate(dict(body))
-    except Exception as exc:  # the webhook was bypassed (or not installed): say so, once
-        go("Failed", reason="InvalidSpec", message=str(exc)[:1000])
+    except Exception as exc:  # a finished job of an older, looser release: keep its verdict
+        if phase not in FINISHED:
+            go("Failed", reason="InvalidSpec", message=str(exc)[:1000])
         return
 
-    phase = status.get("phase")
     if phase in FINISHED:
         # Final: only suspend and ttlSecondsAfterFinished may change (the webhook sees to it),
         # and neither reruns a finished job.
@@ -371,6 +387,11 @@ async def _start(reconciler: Reconciler, request: JobRequest, go, active: set[st
                     message=f"{len(active)} of {limit} jobs running in {namespace}; waiting for a slot",
                 )
                 return
+        try:  # only what the job's own namespace holds, checked before anything starts
+            request.secrets = await reconciler.credentials.resolve(request.namespace, request.spec)
+        except MissingCredentials as exc:
+            go("Failed", reason="MissingCredentials", message=str(exc))
+            return
         run = await reconciler._backend_call("submit", reconciler.backend.submit(request), uid=request.uid)
         reconciler.submitting.setdefault(namespace, set()).add(request.run_name)
     go(
@@ -407,7 +428,7 @@ async def _honour_ttl(
 async def on_delete(
     reconciler: Reconciler, *, body: kopf.Body, status: kopf.Status, logger: logging.Logger
 ) -> None:
-    """The finalizer: cancel the run; delete the artifacts when the operator is told to."""
+    """The finalizer: cancel the run; delete the artifacts the job owns when the operator is told to."""
     status = dict(status or {})
     run = status.get("run") or {}
     if run.get("name") and status.get("phase") not in FINISHED:
@@ -422,10 +443,24 @@ async def on_delete(
             except Exception:  # an invalid object never ran: nothing to delete
                 uri = None
         if uri:
-            from slmops_pipelines.storage import open_store
+            uid = (body.get("metadata") or {}).get("uid") or ""
+            cleanup = await asyncio.to_thread(delete_owned_artifacts, uri, uid, reconciler.settings)
+            logger.info(f"deleted {cleanup.deleted} artifact object(s) under {uri}")
+            if cleanup.kept:
+                kopf.event(
+                    body, type="Normal", reason="ArtifactsKept", message="; ".join(cleanup.kept)[:1024]
+                )
 
-            deleted = await asyncio.to_thread(open_store(uri).delete_prefix, "")
-            logger.info(f"deleted {deleted} artifact object(s) under {uri}")
+
+def delete_owned_artifacts(uri: str, uid: str, settings: OperatorSettings):
+    """Delete the output at ``uri`` if this job (``uid``) claimed it; never the operator's own roots."""
+    from slmops_pipelines.steps.publish import Cleanup, delete_owned_output
+    from slmops_pipelines.storage import open_store
+
+    refused = validation.output_problems(uri, settings.model_copy(update={"backend": "local"}))
+    if refused:  # an output of an older release, or admitted without the webhook
+        return Cleanup(kept=[f"{uri}: not deleted, {problem.split(': ', 1)[1]}" for problem in refused])
+    return delete_owned_output(open_store(uri), uid=uid)
 
 
 def index_finetunejobs(*, namespace: str, name: str, status: kopf.Status, **_: Any) -> dict:

@@ -2,7 +2,8 @@
 
 kopf logs in once (see :mod:`slmops_operator.runtime`); the login handler hands the
 connection here too, so both talk to the same API server with the same credentials.
-Today that is one call: deleting a finished job whose ``ttlSecondsAfterFinished`` passed.
+The calls: deleting a finished job whose ``ttlSecondsAfterFinished`` passed, and reading,
+copying and deleting a job's Secrets (see :mod:`slmops_operator.credentials`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ import kopf
 
 class KubeApi:
     # (API group, resource, verb) of every call below: the RBAC rules must allow them.
-    CALLS = frozenset({("slmops.io", "finetunejobs", "delete"), ("slmops.io", "optimizejobs", "delete")})
+    CALLS = frozenset(
+        {
+            ("slmops.io", "finetunejobs", "delete"),
+            ("slmops.io", "optimizejobs", "delete"),
+            ("", "secrets", "get"),  # a job's Secrets, in its namespace
+        }
+    )
+    # Standalone KFP only: the run-owned copies of a job's Secrets, in the KFP namespace.
+    COPY_CALLS = frozenset({("", "secrets", "create"), ("", "secrets", "update"), ("", "secrets", "delete")})
 
     def __init__(self) -> None:
         self.info: kopf.ConnectionInfo | None = None
@@ -41,11 +50,46 @@ class KubeApi:
             return {"Authorization": f"{info.scheme} {info.token}"}
         return {}
 
-    async def delete(self, path: str) -> None:
-        """DELETE ``path``; a 404 means it is gone already."""
+    def _url(self, path: str) -> str:
         if self.info is None:
             raise kopf.TemporaryError("not logged in to the Kubernetes API yet", delay=5)
-        url = self.info.server.rstrip("/") + path
+        return self.info.server.rstrip("/") + path
+
+    async def get(self, path: str) -> dict | None:
+        """GET ``path`` as JSON; None when it does not exist."""
+        url = self._url(path)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, headers=self._headers(), ssl=self._ssl()) as response:
+                if response.status == 404:
+                    return None
+                if response.status == 403:
+                    raise PermissionError(f"GET {path}: forbidden for the operator's service account")
+                if response.status != 200:
+                    raise kopf.TemporaryError(
+                        f"GET {path}: {response.status} {await response.text()}", delay=10
+                    )
+                return await response.json()
+
+    async def apply(self, collection: str, name: str, body: dict) -> None:
+        """Create ``body`` in ``collection``, or replace the object of that name (a retried call)."""
+        async with aiohttp.ClientSession() as session:
+            kwargs = {"headers": self._headers(), "ssl": self._ssl(), "json": body}
+            async with session.post(self._url(collection), **kwargs) as response:
+                if response.status in (200, 201):
+                    return
+                if response.status != 409:
+                    raise kopf.TemporaryError(
+                        f"POST {collection}: {response.status} {await response.text()}", delay=10
+                    )
+            async with session.put(self._url(f"{collection}/{name}"), **kwargs) as response:
+                if response.status not in (200, 201):
+                    raise kopf.TemporaryError(
+                        f"PUT {collection}/{name}: {response.status} {await response.text()}", delay=10
+                    )
+
+    async def delete(self, path: str) -> None:
+        """DELETE ``path``; a 404 means it is gone already."""
+        url = self._url(path)
         async with aiohttp.ClientSession() as session:
             async with session.delete(url, headers=self._headers(), ssl=self._ssl()) as response:
                 if response.status not in (200, 202, 404):

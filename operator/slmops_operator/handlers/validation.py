@@ -1,51 +1,164 @@
 """The validating admission webhook: bad specs are refused with the field and the reason.
 
-Beyond the CRD's structural schema (types, enums, bounds), the webhook runs the API
-models' own validation, which knows what a schema cannot say: a precision that a provider
-cannot run, several adapters merged into one model, a target named twice, qlora in fp16,
-an output location that is not a URI we can write.  It also enforces the update policy:
-**a job's spec is immutable once created**, except ``suspend`` and
+Admission has three layers, so that safety never hangs on one webhook replica:
+
+1. the CRD's structural schema (types, enums, bounds, patterns) and its CEL rules
+   (``x-kubernetes-validations``: exactly one source, templates that exclude each other,
+   immutability of the spec through ``oldSelf``), enforced by the API server itself;
+2. this webhook, which runs the API models' own validation -- what CEL cannot say: a
+   precision that a provider cannot run, a metric that needs answers the data does not
+   have -- and the checks that depend on how this operator is set up (:func:`setup_problems`);
+3. the reconciler, which runs the same checks again (the webhook may be bypassed or not
+   installed) and fails the job with reason ``InvalidSpec``.
+
+The update policy: **a job's spec is immutable once created**, except ``suspend`` and
 ``ttlSecondsAfterFinished`` -- a run's results must describe the spec shown on the
-resource; to change a job, create a new one.
+resource; to change a job, create a new one.  Updates that leave the spec as it was
+(metadata: finalizers, labels, annotations) always pass, and deletes are never sent
+here: a stricter release of the webhook can never lock an existing object in.
 """
 
 from __future__ import annotations
 
+import posixpath
+from pathlib import Path
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
 from slmops_operator.api.manifests import describe_error, format_loc
-from slmops_operator.api.resources import GROUP, KINDS, VERSION
+from slmops_operator.api.resources import GROUP, KINDS, MUTABLE_SPEC_FIELDS, VERSION
+from slmops_operator.settings import OperatorSettings
 
-MUTABLE = {"suspend", "ttlSecondsAfterFinished"}
 
-
-def problems_of(kind: str, body: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+def problems_of(
+    kind: str,
+    body: dict[str, Any],
+    old: dict[str, Any] | None = None,
+    *,
+    settings: OperatorSettings | None = None,
+) -> list[str]:
     """Every problem with the object, as ``path: reason`` lines; empty when it is fine."""
+    spec = body.get("spec") or {}
+    if old is not None and (old.get("spec") or {}) == spec:
+        return []  # metadata or status only: never refused (finalizers must always come off)
     problems: list[str] = []
     try:
         KINDS[kind].model_validate({**body, "status": None})
     except ValidationError as exc:
         problems += [f"{format_loc(e['loc'])}: {describe_error(e)}" for e in exc.errors(include_url=False)]
-    spec = body.get("spec") or {}
     uri = ((spec.get("output") or {}).get("uri")) or ""
     if uri and not uri.startswith(("s3://", "/", "file://")):
         problems.append(f"spec.output.uri: must be s3://bucket/prefix or an absolute path (got {uri!r})")
+    if settings is not None:
+        problems += setup_problems(spec, settings)
     if old is not None:
-        before = {k: v for k, v in (old.get("spec") or {}).items() if k not in MUTABLE}
-        after = {k: v for k, v in spec.items() if k not in MUTABLE}
-        for key in sorted(set(before) | set(after)):
-            if before.get(key) != after.get(key):
-                problems.append(
-                    f"spec.{key}: the spec is immutable once created (only suspend and ttlSecondsAfterFinished "
-                    "may change); create a new job instead"
-                )
+        problems += immutability_problems(old.get("spec") or {}, spec)
     return problems
 
 
-def register(registry: kopf.OperatorRegistry) -> None:
+def immutability_problems(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    problems = []
+    for key in sorted((set(before) | set(after)) - MUTABLE_SPEC_FIELDS):
+        if before.get(key) != after.get(key):
+            problems.append(
+                f"spec.{key}: the spec is immutable once created (only suspend and ttlSecondsAfterFinished "
+                "may change); create a new job instead"
+            )
+    return problems
+
+
+# -- what depends on this operator's setup ------------------------------------------------------
+
+
+def _local_path(uri: str) -> str | None:
+    """The normalized path of a local URI; None for s3:// and hf://."""
+    if uri.startswith(("s3://", "hf://")):
+        return None
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return posixpath.normpath(path) if path.startswith("/") else None
+
+
+def _contains(outer: str, inner: str) -> bool:
+    """True when location ``inner`` is ``outer`` or lies under it (both normalized)."""
+    outer, inner = outer.rstrip("/"), inner.rstrip("/")
+    return inner == outer or inner.startswith(outer + "/")
+
+
+def _reserved_roots(settings: OperatorSettings) -> dict[str, str]:
+    roots = {"the operator's state folder (SLMOPS_LOCAL_STATE_DIR)": str(settings.local_state_dir)}
+    if settings.default_output:
+        roots["the default output root (SLMOPS_DEFAULT_OUTPUT)"] = settings.default_output
+    elif settings.backend == "local":
+        roots["the default output root"] = str(settings.local_state_dir / "outputs")
+    return {
+        what: (_local_path(root) or root.rstrip("/")) for what, root in roots.items() if root and root != "."
+    }
+
+
+def output_problems(uri: str, settings: OperatorSettings) -> list[str]:
+    """An output must not hold the operator's own folders, nor be one pipeline pods cannot reach."""
+    problems = []
+    local = _local_path(uri)
+    location = local or uri.rstrip("/")
+    for what, root in _reserved_roots(settings).items():
+        if _contains(location, root):
+            problems.append(
+                f"spec.output.uri: {uri!r} is or holds {what}; a job's output is a folder of its own "
+                "(leave output.uri empty to get one under the default root)"
+            )
+    if local is not None and settings.backend == "kfp":
+        problems.append(
+            f"spec.output.uri: {uri!r} is a local path, and this operator runs jobs as Kubeflow "
+            "pipelines whose pods cannot see it: use s3://bucket/prefix"
+        )
+    return problems
+
+
+def _input_uris(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, uri) of every model, dataset and adapter the spec reads."""
+    found = []
+    for field in ("model", "dataset"):
+        if uri := (spec.get(field) or {}).get("uri"):
+            found.append((f"spec.{field}.uri", uri))
+    source = spec.get("source") or {}
+    if uri := (source.get("model") or {}).get("uri"):
+        found.append(("spec.source.model.uri", uri))
+    if uri := (source.get("adapter") or {}).get("uri"):
+        found.append(("spec.source.adapter.uri", uri))
+    for i, adapter in enumerate(source.get("adapters") or []):
+        if isinstance(adapter, dict) and adapter.get("uri"):
+            found.append((f"spec.source.adapters[{i}].uri", adapter["uri"]))
+    if uri := (((spec.get("evaluation") or {}).get("dataset")) or {}).get("uri"):
+        found.append(("spec.evaluation.dataset.uri", uri))
+    return found
+
+
+def input_problems(spec: dict[str, Any], settings: OperatorSettings) -> list[str]:
+    """In local mode, with allowed roots set, local inputs must lie under one of them."""
+    if settings.backend != "local" or not settings.local_allowed_roots:
+        return []
+    roots = [posixpath.normpath(str(Path(r))) for r in settings.local_allowed_roots]
+    problems = []
+    for field, uri in _input_uris(spec):
+        if uri.startswith(("s3://", "hf://")):
+            continue
+        local = _local_path(uri)
+        if local is None or not any(_contains(root, local) for root in roots):
+            problems.append(
+                f"{field}: {uri!r} is outside the folders this operator may read "
+                f"(SLMOPS_LOCAL_ALLOWED_ROOTS: {', '.join(roots)})"
+            )
+    return problems
+
+
+def setup_problems(spec: dict[str, Any], settings: OperatorSettings) -> list[str]:
+    uri = ((spec.get("output") or {}).get("uri")) or ""
+    return (output_problems(uri, settings) if uri else []) + input_problems(spec, settings)
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings | None = None) -> None:
     for kind, cls in KINDS.items():
 
         @kopf.on.validate(
@@ -58,6 +171,6 @@ def register(registry: kopf.OperatorRegistry) -> None:
             operations=["CREATE", "UPDATE"],
         )
         def validate(body: kopf.Body, old: kopf.Body | None, param: str, **_: Any) -> None:
-            problems = problems_of(param, dict(body), dict(old) if old else None)
+            problems = problems_of(param, dict(body), dict(old) if old else None, settings=settings)
             if problems:
                 raise kopf.AdmissionError("; ".join(problems), code=422)

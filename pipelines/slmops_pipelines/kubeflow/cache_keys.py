@@ -28,7 +28,6 @@ def _dump(spec: FineTuneJobSpec | OptimizeJobSpec) -> dict[str, Any]:
 def finetune_views(spec: FineTuneJobSpec) -> dict[str, dict[str, Any]]:
     """``data``, ``train`` and ``evaluate`` views of a FineTuneJob spec."""
     full = _dump(spec)
-    secret = {"credentialsSecret": spec.output.credentials_secret} if spec.output.credentials_secret else {}
     return {
         # Rendering and tokenizing: the tokenizer, the data and the split seed.
         "data": {
@@ -36,9 +35,9 @@ def finetune_views(spec: FineTuneJobSpec) -> dict[str, dict[str, Any]]:
             "dataset": full["dataset"],
             "training": {"seed": spec.training.seed},
         },
-        # Training: everything but evaluation and where the results go (the Secret reaches
-        # the pods of multi-node runs).
-        "train": {**{k: v for k, v in full.items() if k not in ("evaluation", "output")}, "output": secret},
+        # Training: everything but evaluation and where the results go (multi-node workers get
+        # the run's Secrets from the job context, not from the spec).
+        "train": {k: v for k, v in full.items() if k not in ("evaluation", "output")},
         # Evaluation: the model, the method, the evaluation settings, whether to merge.
         "evaluate": {
             **{k: v for k, v in full.items() if k not in ("resources", "output")},

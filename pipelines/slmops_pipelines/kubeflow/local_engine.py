@@ -92,7 +92,7 @@ def run_finetune_kfp_local(
         placement = Placement.for_finetune(spec).model_copy(
             update={
                 "gpus": 0,
-                "credentials_secret": None,
+                "secrets": [],
                 "cache_pvc": None,
                 "node_selector": {},
                 "tolerations": [],

@@ -9,16 +9,17 @@ What goes where, and why:
 * training and fine-tune evaluation get the GPUs, the CPU/memory requests, the node
   selector and the tolerations (GPU pools are usually tainted);
 * optimize targets get a GPU only when a target's provider needs one (CUDA, TensorRT);
-* every pod gets the S3 credentials Secret as ``AWS_*`` variables (optional keys: an
-  endpoint for MinIO/Ceph/SeaweedFS, a region) and, when configured, the model cache
-  volume, so that a model is downloaded once per cluster rather than once per pod.
+* every pod gets the job's Secrets (:class:`SecretMount`: exactly the keys the operator saw
+  in them, never ``optional``, so a Secret that goes missing stops the pod instead of
+  silently running without credentials) and, when configured, the model cache volume, so
+  that a model is downloaded once per cluster rather than once per pod.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from slmops_pipelines.specs import FineTuneJobSpec, OptimizeJobSpec
 from slmops_pipelines.specs.common import ResourcesSpec
@@ -28,14 +29,18 @@ if TYPE_CHECKING:
 
 CACHE_MOUNT = "/var/cache/slmops"
 GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
-# Secret key -> environment variable; every key is optional (IRSA/instance roles need none).
-S3_SECRET_KEYS = {
-    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN": "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
-    "AWS_REGION": "AWS_REGION",
-}
+# The general-purpose pipelines (``slmops compile``) mount the chart's Secret with these keys.
+DEFAULT_SECRET = "slmops-s3"
+DEFAULT_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
+
+
+class SecretMount(BaseModel):
+    """A Secret mounted as variables: its name, and Secret key -> variable (all required)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str
+    key_to_env: dict[str, str] = Field(alias="keyToEnv")
 
 
 class Placement(BaseModel):
@@ -48,8 +53,8 @@ class Placement(BaseModel):
     memory: str | None = Field(default=None, description="Memory request of the training pod.")
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
-    credentials_secret: str | None = Field(
-        default=None, description="Secret with the S3 credentials (keys as in S3_SECRET_KEYS)."
+    secrets: list[SecretMount] = Field(
+        default_factory=list, description="Secrets every pod mounts as variables (never optional)."
     )
     cache_pvc: str | None = Field(default=None, description="PersistentVolumeClaim for the model cache.")
     target_parallelism: int = Field(default=4, ge=1, description="Optimize targets built at once.")
@@ -59,7 +64,8 @@ class Placement(BaseModel):
     @classmethod
     def default(cls, *, gpus: int = 1) -> Placement:
         """The pipelines in ``pipelines/compiled/``: GPUs for training, the chart's Secret and cache."""
-        return cls(gpus=gpus, credentials_secret="slmops-s3", cache_pvc="slmops-model-cache")
+        secret = SecretMount(name=DEFAULT_SECRET, key_to_env={k: k for k in DEFAULT_SECRET_KEYS})
+        return cls(gpus=gpus, secrets=[secret], cache_pvc="slmops-model-cache")
 
     @classmethod
     def local(cls) -> Placement:
@@ -68,7 +74,7 @@ class Placement(BaseModel):
 
     @classmethod
     def for_resources(
-        cls, resources: ResourcesSpec, *, credentials_secret: str | None, cache_pvc: str | None, **extra: Any
+        cls, resources: ResourcesSpec, *, secrets: list[SecretMount], cache_pvc: str | None, **extra: Any
     ) -> Placement:
         return cls(
             gpus=resources.gpus,
@@ -79,26 +85,30 @@ class Placement(BaseModel):
             tolerations=[
                 t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in resources.tolerations
             ],
-            credentials_secret=credentials_secret,
+            secrets=list(secrets),
             cache_pvc=cache_pvc,
             **extra,
         )
 
     @classmethod
-    def for_finetune(cls, spec: FineTuneJobSpec, *, cache_pvc: str | None = None) -> Placement:
+    def for_finetune(
+        cls, spec: FineTuneJobSpec, *, cache_pvc: str | None = None, secrets: list[SecretMount] = ()
+    ) -> Placement:
         return cls.for_resources(
             spec.resources,
-            credentials_secret=spec.output.credentials_secret,
+            secrets=secrets,
             cache_pvc=cache_pvc,
             trial_parallelism=spec.search.parallelism if spec.search else 2,
         )
 
     @classmethod
-    def for_optimize(cls, spec: OptimizeJobSpec, *, cache_pvc: str | None = None) -> Placement:
+    def for_optimize(
+        cls, spec: OptimizeJobSpec, *, cache_pvc: str | None = None, secrets: list[SecretMount] = ()
+    ) -> Placement:
         needs_gpu = any(t.provider in GPU_PROVIDERS for t in spec.targets)
         return cls.for_resources(
             spec.resources,
-            credentials_secret=spec.output.credentials_secret,
+            secrets=secrets,
             cache_pvc=cache_pvc,
             target_gpus=max(1, spec.resources.gpus) if needs_gpu else 0,
         ).model_copy(update={"gpus": 0})
@@ -106,12 +116,12 @@ class Placement(BaseModel):
     # -- applying it to tasks ----------------------------------------------------------------
 
     def common(self, task: PipelineTask) -> PipelineTask:
-        """What every pod gets: the S3 Secret and the model cache."""
+        """What every pod gets: the Secrets and the model cache."""
         from kfp import kubernetes
 
-        if self.credentials_secret:
+        for secret in self.secrets:
             kubernetes.use_secret_as_env(
-                task, secret_name=self.credentials_secret, secret_key_to_env=S3_SECRET_KEYS, optional=True
+                task, secret_name=secret.name, secret_key_to_env=dict(secret.key_to_env), optional=False
             )
         if self.cache_pvc:
             kubernetes.mount_pvc(task, pvc_name=self.cache_pvc, mount_path=CACHE_MOUNT)

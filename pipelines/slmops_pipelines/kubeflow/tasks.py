@@ -49,6 +49,8 @@ class JobContext(BaseModel):
     distributed_engine: Literal["pytorchjob", "trainjob"] = "pytorchjob"
     trainjob_runtime: str = "torch-distributed"  # the ClusterTrainingRuntime of a TrainJob
     trainer_image: str = ""  # the image of the distributed workers (default: the trainer image)
+    # The Secrets the run's pods mount ({name, keyToEnv}; names, never values): workers get them too.
+    secrets: list[dict[str, Any]] = Field(default_factory=list)
 
 
 def _log(metrics: MetricsArtifact, values: dict[str, Any]) -> None:
@@ -163,7 +165,9 @@ def inspect_finetune(*, spec: dict, job: dict, output_uri: str) -> tuple[str, fl
             field="search.strategy",
         )
     stages.check_inputs(parsed, multi_node=True)
-    stages.inspect_output(name=ctx.name, namespace=ctx.namespace, spec=parsed, output_uri=output_uri)
+    stages.inspect_output(
+        name=ctx.name, namespace=ctx.namespace, spec=parsed, output_uri=output_uri, uid=ctx.uid
+    )
     _clear_error(output_uri)  # a previous run's failure is not this run's
     if parsed.search is not None:  # nor its trials
         from slmops_pipelines.storage import open_store
@@ -329,7 +333,7 @@ def publish_finetune(
         )
         shutil.copyfile(out / "report.html", report_path)
         inspection = stages.inspect_output(
-            name=ctx.name, namespace=ctx.namespace, spec=parsed, output_uri=output_uri
+            name=ctx.name, namespace=ctx.namespace, spec=parsed, output_uri=output_uri, uid=ctx.uid
         )
         manifest = stages.publish_output(
             inspection,
@@ -533,7 +537,7 @@ def inspect_optimize(*, spec: dict, job: dict, output_uri: str, source_uri: str)
 
     started = time.time()
     parsed, ctx = OptimizeJobSpec.model_validate(spec), JobContext.model_validate(job)
-    open_output(output_uri, job_identity("OptimizeJob", ctx.namespace, ctx.name, parsed))
+    open_output(output_uri, job_identity("OptimizeJob", ctx.namespace, ctx.name, parsed, ctx.uid))
     _clear_error(output_uri)
     fingerprint = source_fingerprint(parsed, source_uri)
     _say("inspect", f"output {output_uri} claimed; source {fingerprint[:19]}")
@@ -626,7 +630,7 @@ def publish_optimize(
     from slmops_pipelines.stages.outputs import job_identity, open_output
 
     parsed, ctx = OptimizeJobSpec.model_validate(spec), JobContext.model_validate(job)
-    identity = job_identity("OptimizeJob", ctx.namespace, ctx.name, parsed)
+    identity = job_identity("OptimizeJob", ctx.namespace, ctx.name, parsed, ctx.uid)
     store, _finished = open_output(output_uri, identity)
     with tempfile.TemporaryDirectory(prefix="slmops-publish-") as tmp:
         out = Path(tmp)

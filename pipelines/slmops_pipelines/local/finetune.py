@@ -33,6 +33,7 @@ def run_finetune(
     spec: FineTuneJobSpec,
     output_uri: str | None = None,
     reporter: Reporter | None = None,
+    uid: str = "",
 ) -> JobOutcome:
     """Run the job to completion (or resume it); raise JobError with a clear message on failure."""
     reporter = reporter or NullReporter()
@@ -42,12 +43,13 @@ def run_finetune(
 
     stages.check_inputs(spec, multi_node=False)
     reporter.stage("output", f"checking {output_uri}")
-    if spec.output.credentials_secret and output_uri.startswith("s3://"):
-        reporter.info(
-            f"output.credentialsSecret ({spec.output.credentials_secret}) is mounted on a cluster; "
-            "this local run uses the AWS_* environment"
-        )
-    inspection = stages.inspect_output(name=name, namespace=namespace, spec=spec, output_uri=output_uri)
+    from slmops_pipelines.credentials import secret_refs
+
+    for ref in secret_refs(spec):
+        reporter.info(f"{ref.field} ({ref.name}) is read on a cluster; this local run uses your environment")
+    inspection = stages.inspect_output(
+        name=name, namespace=namespace, spec=spec, output_uri=output_uri, uid=uid
+    )
     store = inspection.store
     if inspection.finished is not None:
         reporter.info(f"{output_uri} already holds this job's finished output: nothing to do")

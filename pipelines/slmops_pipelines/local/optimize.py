@@ -31,12 +31,13 @@ def run_optimize(
     output_uri: str,
     locate_job: JobLocator,
     reporter: Reporter | None = None,
+    uid: str = "",
 ) -> JobOutcome:
     reporter = reporter or NullReporter()
     quiet_libraries()
     started = time.time()
     output_uri = spec.output.uri or output_uri
-    identity = job_identity("OptimizeJob", namespace, name, spec)
+    identity = job_identity("OptimizeJob", namespace, name, spec, uid)
     reporter.stage("output", f"checking {output_uri}")
     store, finished = open_output(output_uri, identity)
     if finished is not None:

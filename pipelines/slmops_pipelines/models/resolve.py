@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+from slmops_pipelines.credentials import hf_token, s3_credentials
 from slmops_pipelines.errors import InputError
 from slmops_pipelines.specs import ModelSpec
 from slmops_pipelines.uris import parse_uri
@@ -55,7 +56,7 @@ def _from_s3(uri: str) -> Path:
     target = cache_root() / "models" / f"s3-{_key(uri)}"
     if (target / "config.json").is_file():
         return target
-    store = open_store(uri, field="model.uri")
+    store = open_store(uri, field="model.uri", credentials=s3_credentials("model"))
     store.check()
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -70,7 +71,7 @@ def _from_hub(repo: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo, revision=revision, allow_patterns=None))
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=None, token=hf_token("model")))
     except Exception as exc:  # offline, gated, missing repo: all end up here
         raise InputError(f"cannot download hf://{repo}: {exc}", field="model.uri") from exc
 

@@ -4,6 +4,11 @@ Kubernetes manifests use camelCase; Python uses snake_case.  Every spec model ac
 (``populate_by_name``), serialises to camelCase (``by_alias``), and rejects unknown fields
 (``extra="forbid"``) so that a typo in a manifest is an error rather than a silently ignored
 setting.  Field descriptions double as the CRD's ``description`` texts and ``slmops explain``.
+
+Cross-field rules are pydantic validators (what ``slmops validate`` and the webhook run);
+those that CEL can express are also declared with :func:`cel_rules` next to them, and land
+in the CRD as ``x-kubernetes-validations``, so that the API server enforces them even when
+no webhook answers.  A test evaluates every rule against the validator it mirrors.
 """
 
 from __future__ import annotations
@@ -12,6 +17,22 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
+
+CEL_KEY = "x-kubernetes-validations"
+
+
+def cel_rules(*rules: tuple[str, str]) -> ConfigDict:
+    """A model config carrying CEL ``(rule, message)`` pairs into the model's JSON schema.
+
+    Rules are written against a manifest as the API server stores it (camelCase, defaults
+    applied where the schema has them); optional fields are guarded with ``has()``.
+    """
+    return ConfigDict(json_schema_extra={CEL_KEY: [{"rule": r, "message": m} for r, m in rules]})
+
+
+def has_true(path: str) -> str:
+    """CEL: ``path`` is set and true (a boolean field that may be absent)."""
+    return f"(has({path}) && {path})"
 
 
 class SpecModel(BaseModel):

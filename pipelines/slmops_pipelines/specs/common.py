@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from slmops_pipelines.specs.base import SpecModel
+from slmops_pipelines.specs.base import SpecModel, cel_rules, has_true
 from slmops_pipelines.uris import UriError, parse_uri
+
+# Bounds the runtime has: numpy/torch seeds are 32-bit; beyond these a job cannot finish anyway.
+MAX_SEED = 2**32 - 1
+MAX_STEPS = 10_000_000
+MAX_SAMPLES = 1_000_000
+MAX_TTL_SECONDS = 366 * 24 * 3600  # a year: longer is "keep it", which is no TTL at all
 
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 DatasetFormat = Literal["auto", "json", "jsonl", "csv", "parquet"]
@@ -25,6 +31,29 @@ def check_uri(value: str) -> str:
     except UriError as exc:
         raise ValueError(str(exc)) from None
     return value
+
+
+def is_filesystem_root(path) -> bool:
+    """``/``, ``//``, ``/.``, ``/..``: every spelling of the root (no disk access)."""
+    import posixpath
+
+    text = str(path)
+    return text.startswith("/") and posixpath.normpath(text) in ("/", "//")
+
+
+SECRET_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"  # a DNS subdomain, as Kubernetes names Secrets
+
+
+def access_secret_field() -> Any:
+    return Field(
+        default=None,
+        description=(
+            "Name of a Secret in the job's namespace for a gated or private source: HF_TOKEN for hf://, "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (optionally AWS_ENDPOINT_URL, AWS_REGION) for s3://."
+        ),
+        pattern=SECRET_NAME,
+        max_length=253,
+    )
 
 
 def template_fields(template: str) -> list[str]:
@@ -61,6 +90,7 @@ class ModelSpec(SpecModel):
         default="auto",
         description="Dtype the base weights are loaded in; auto follows training.precision.",
     )
+    access_secret: str | None = access_secret_field()
 
     @field_validator("uri")
     @classmethod
@@ -68,8 +98,32 @@ class ModelSpec(SpecModel):
         return check_uri(value)
 
 
+_CHAT = has_true("self.chatTemplate")
+
+
 class DatasetSpec(SpecModel):
     """The training data and how each row becomes a training example."""
+
+    model_config = cel_rules(
+        (
+            "!has(self.textTemplate) || (!has(self.promptTemplate) && !has(self.completionTemplate))",
+            "textTemplate excludes promptTemplate/completionTemplate: use one or the other",
+        ),
+        (f"!(has(self.textTemplate) && {_CHAT})", "textTemplate excludes chatTemplate"),
+        (
+            f"{_CHAT} || has(self.promptTemplate) == has(self.completionTemplate)",
+            "promptTemplate and completionTemplate go together (or set chatTemplate: true)",
+        ),
+        (
+            f"has(self.textTemplate) || has(self.promptTemplate) || {_CHAT}",
+            "set textTemplate, promptTemplate+completionTemplate, or chatTemplate: true",
+        ),
+        (
+            "!(has(self.textTemplate) && has(self.completionOnlyLoss) && self.completionOnlyLoss)",
+            "completionOnlyLoss needs to know the answer: not with textTemplate",
+        ),
+        ("!(has(self.evalSplit) && has(self.evalFraction))", "evalSplit and evalFraction exclude each other"),
+    )
 
     uri: str = Field(
         description=(
@@ -80,6 +134,7 @@ class DatasetSpec(SpecModel):
         min_length=1,
     )
     format: DatasetFormat = Field(default="auto", description="File format; auto decides by file extension.")
+    access_secret: str | None = access_secret_field()
     train_split: str = Field(
         default="train",
         description="Split used for training, with optional slice: train, train[:4096], train[:90%].",
@@ -215,6 +270,11 @@ class OutputSpec(SpecModel):
             raise ValueError(
                 f"{value!r} names a bucket only: add a prefix, e.g. s3://{parsed.bucket}/jobs/name"
             )
+        if parsed.scheme == "file" and is_filesystem_root(parsed.path):
+            raise ValueError(
+                f"{value!r} is the filesystem root: a job writes (and, when deleted, may remove) its whole "
+                "output folder, so give it a folder of its own"
+            )
         return value
 
 
@@ -259,11 +319,34 @@ class ResourcesSpec(SpecModel):
     )
     gpu_resource: str = Field(default="nvidia.com/gpu", description="Extended resource name of a GPU.")
     node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels the pods must match."
+        default_factory=dict, max_length=64, description="Node labels the pods must match."
     )
-    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations for the pods.")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=64, description="Tolerations for the pods."
+    )
 
     @property
     def gpus(self) -> int:
         """GPUs each training pod asks for."""
         return self.processes_per_node if self.gpus_per_node is None else self.gpus_per_node
+
+
+# Operational fields of both job kinds: they change how a job is run, never what it produces,
+# so they are the only spec fields that may change after creation (see OPERATIONAL_FIELDS).
+def suspend_field() -> Any:
+    return Field(
+        default=False,
+        description="Stop the job's run (or keep it from starting); false again resumes it from its last checkpoint.",
+    )
+
+
+def ttl_field() -> Any:
+    return Field(
+        default=None,
+        ge=0,
+        le=MAX_TTL_SECONDS,
+        description=(
+            "Delete the resource this many seconds after it finished (at most a year).  Its artifacts stay, "
+            "unless the operator is set to delete artifacts with their job (SLMOPS_DELETE_ARTIFACTS)."
+        ),
+    )

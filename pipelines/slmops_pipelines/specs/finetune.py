@@ -6,8 +6,18 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from slmops_pipelines.specs.base import SpecModel
-from slmops_pipelines.specs.common import DatasetSpec, ModelSpec, OutputSpec, ResourcesSpec
+from slmops_pipelines.specs.base import SpecModel, cel_rules, has_true
+from slmops_pipelines.specs.common import (
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_STEPS,
+    DatasetSpec,
+    ModelSpec,
+    OutputSpec,
+    ResourcesSpec,
+    suspend_field,
+    ttl_field,
+)
 from slmops_pipelines.specs.search import SearchSpec
 
 Method = Literal["lora", "qlora", "dora", "full"]
@@ -31,9 +41,10 @@ class LoraSpec(SpecModel):
         default=32, ge=1, le=4096, description="Scaling numerator: the update is scaled by alpha/r."
     )
     dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] | None = Field(
+    target_modules: list[Annotated[str, Field(max_length=256)]] | None = Field(
         default=None,
         min_length=1,
+        max_length=64,
         description=(
             "Module names to adapt.  Default: all linear layers of attention and MLP that the model has "
             "(q/k/v/o_proj, gate/up/down_proj, or the model's equivalents)."
@@ -55,8 +66,13 @@ class EarlyStoppingSpec(SpecModel):
 class TrainingSpec(SpecModel):
     """Optimiser, schedule, batch and checkpoint settings."""
 
+    model_config = cel_rules(
+        ("!(has(self.maxSteps) && has(self.epochs))", "set maxSteps or epochs, not both"),
+        ("!has(self.earlyStopping) || has(self.evalSteps)", "earlyStopping needs evalSteps"),
+    )
+
     max_steps: int | None = Field(
-        default=None, ge=1, description="Optimizer steps to train (excludes epochs)."
+        default=None, ge=1, le=MAX_STEPS, description="Optimizer steps to train (excludes epochs)."
     )
     epochs: float | None = Field(default=None, gt=0, le=1000, description="Passes over the training data.")
     learning_rate: float = Field(default=1e-3, gt=0, le=1, description="Peak learning rate.")
@@ -73,16 +89,21 @@ class TrainingSpec(SpecModel):
     gradient_checkpointing: bool = Field(
         default=False, description="Trade compute for memory by recomputing activations (slower)."
     )
-    seed: int = Field(default=42, ge=0, description="Seed for data order, initialisation and splits.")
-    logging_steps: int = Field(default=5, ge=1, description="Log training loss every N steps.")
+    seed: int = Field(
+        default=42,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed for data order, initialisation and splits (0 to 2^32-1: what numpy and torch accept).",
+    )
+    logging_steps: int = Field(default=5, ge=1, le=MAX_STEPS, description="Log training loss every N steps.")
     eval_steps: int | None = Field(
-        default=None, ge=1, description="Compute eval loss every N steps (default: at the end)."
+        default=None, ge=1, le=MAX_STEPS, description="Compute eval loss every N steps (default: at the end)."
     )
     save_steps: int = Field(
-        default=50, ge=1, description="Checkpoint every N steps (resumable after a crash)."
+        default=50, ge=1, le=MAX_STEPS, description="Checkpoint every N steps (resumable after a crash)."
     )
     save_total_limit: int | None = Field(
-        default=2, ge=1, description="Checkpoints kept; older ones are removed."
+        default=2, ge=1, le=1000, description="Checkpoints kept; older ones are removed."
     )
     early_stopping: EarlyStoppingSpec | None = Field(
         default=None, description="Stop when eval loss stops improving (needs evalSteps)."
@@ -126,12 +147,15 @@ class EvaluationSpec(SpecModel):
     max_new_tokens: int = Field(
         default=16, ge=1, le=4096, description="Token budget of each generated answer."
     )
-    max_samples: int | None = Field(default=256, ge=1, description="Evaluate at most this many eval rows.")
+    max_samples: int | None = Field(
+        default=256, ge=1, le=MAX_SAMPLES, description="Evaluate at most this many eval rows."
+    )
     batch_size: int = Field(default=16, ge=1, le=1024, description="Prompts generated together.")
-    metrics: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")]] = Field(
+    metrics: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", max_length=128)]] = Field(
         default_factory=list,
+        max_length=32,
         description=(
-            "More metrics of the generated answers, by name: f1 (macro F1, built in) or a plug-in "
+            "More metrics of the generated answers, by name: accuracy or f1 (macro F1), built in, or a plug-in "
             "registered under the entry point group slmops.metrics."
         ),
     )
@@ -139,6 +163,23 @@ class EvaluationSpec(SpecModel):
 
 class FineTuneJobSpec(SpecModel):
     """Fine-tune a language model with LoRA, QLoRA, DoRA or full training."""
+
+    model_config = cel_rules(
+        (
+            f"!(has(self.method) && self.method == 'full' && has(self.output) && {has_true('self.output.mergedModel')})",
+            "output.mergedModel applies to adapter methods; full fine-tuning saves the whole model",
+        ),
+        (
+            "!(has(self.method) && self.method == 'qlora' && has(self.training) "
+            "&& has(self.training.precision) && self.training.precision == 'fp16')",
+            "qlora with fp16 is unstable: use bf16 or fp32",
+        ),
+        (
+            "!(has(self.evaluation) && has(self.evaluation.metrics) && size(self.evaluation.metrics) > 0 "
+            "&& has(self.dataset.textTemplate))",
+            "evaluation.metrics compare generated answers with expected ones: dataset.textTemplate has no answer",
+        ),
+    )
 
     model: ModelSpec = Field(description="The base model.")
     dataset: DatasetSpec = Field(description="Training (and evaluation) data.")
@@ -153,15 +194,8 @@ class FineTuneJobSpec(SpecModel):
     search: SearchSpec | None = Field(
         default=None, description="Try many recipes (hyperparameter search) and keep the best trial."
     )
-    suspend: bool = Field(
-        default=False,
-        description="Stop the job's run (or keep it from starting); false again resumes it from its last checkpoint.",
-    )
-    ttl_seconds_after_finished: int | None = Field(
-        default=None,
-        ge=0,
-        description="Delete the resource this many seconds after it finished (its artifacts stay).",
-    )
+    suspend: bool = suspend_field()
+    ttl_seconds_after_finished: int | None = ttl_field()
 
     @model_validator(mode="after")
     def _check_method(self) -> FineTuneJobSpec:
@@ -184,6 +218,12 @@ class FineTuneJobSpec(SpecModel):
                 )
             if self.method == "full" and any(name.startswith("lora.") for name in self.search.space):
                 raise ValueError("search.space has lora.* parameters but method is full")
+        if self.evaluation.metrics and self.dataset.text_template:
+            raise ValueError(
+                f"evaluation.metrics ({', '.join(self.evaluation.metrics)}) compare generated answers with the "
+                "expected ones, and dataset.textTemplate has no answer: use promptTemplate+completionTemplate "
+                "or chatTemplate"
+            )
         if self.training.precision == "fp16" and self.method == "qlora":
             # bitsandbytes 4-bit with fp16 compute overflows on most small models; bf16 or fp32 is safe.
             raise ValueError("qlora with fp16 is unstable: use bf16 or fp32")

@@ -7,12 +7,22 @@ all read it.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from slmops_pipelines.specs.base import SpecModel
-from slmops_pipelines.specs.common import DatasetSpec, ModelSpec, OutputSpec, ResourcesSpec, check_uri
+from slmops_pipelines.specs.base import SpecModel, cel_rules
+from slmops_pipelines.specs.common import (
+    MAX_SAMPLES,
+    DatasetSpec,
+    ModelSpec,
+    OutputSpec,
+    ResourcesSpec,
+    check_uri,
+    suspend_field,
+    ttl_field,
+)
 
 Provider = Literal[
     "CPUExecutionProvider",
@@ -28,6 +38,7 @@ TargetPrecision = Literal["fp32", "fp16", "int8", "int4"]
 Int4Algorithm = Literal["rtn", "hqq"]
 Int8Mode = Literal["weightOnly", "dynamic", "static"]
 OptimizeMetric = Literal["perplexity", "accuracy", "rouge", "bleu", "latency", "size"]
+ANSWER_METRICS = ("accuracy", "rouge", "bleu")
 
 PROVIDER_PRECISIONS: dict[str, set[str]] = {
     "CPUExecutionProvider": {"fp32", "int8", "int4"},
@@ -54,11 +65,27 @@ WHY_NOT = {
 }
 
 
+_ADAPTER_NAME = r"^[A-Za-z0-9][\w.\-]*$"
+_GENERIC_FOLDERS = {"adapter", "adapters", "lora", "final", "output", "model"}
+
+
+def default_adapter_name(uri: str) -> str:
+    """The adapter's folder name (its parent's for a generic one: runs/tone/adapter -> tone)."""
+    parts = [p for p in re.split(r"[/\\]", uri.split("://", 1)[-1]) if p not in ("", ".", "..")]
+    while len(parts) > 1 and parts[-1].lower() in _GENERIC_FOLDERS:
+        parts.pop()
+    name = re.sub(r"[^\w.\-]", "-", parts[-1] if parts else "").lstrip("._-")[:63]
+    return name or "adapter"
+
+
 class AdapterRef(SpecModel):
     """One LoRA adapter of the source base model."""
 
-    name: str = Field(
-        pattern=r"^[A-Za-z0-9][\w.\-]*$", max_length=63, description="Name to select the adapter by."
+    name: str | None = Field(
+        default=None,
+        pattern=_ADAPTER_NAME,
+        max_length=63,
+        description="Name to select the adapter by (default: its folder's name).",
     )
     uri: str = Field(
         min_length=1, description="Adapter folder (PEFT format): s3://, file:// or a local path."
@@ -68,6 +95,12 @@ class AdapterRef(SpecModel):
     @classmethod
     def _check_uri(cls, value: str) -> str:
         return check_uri(value)
+
+    @model_validator(mode="after")
+    def _default_name(self) -> AdapterRef:
+        if self.name is None:
+            self.name = default_adapter_name(self.uri)
+        return self
 
 
 class FineTuneJobRef(SpecModel):
@@ -81,6 +114,20 @@ class FineTuneJobRef(SpecModel):
 class OptimizeSource(SpecModel):
     """What to optimize: a FineTuneJob's result, or a model with zero, one or several adapters."""
 
+    model_config = cel_rules(
+        ("has(self.fineTuneJobRef) != has(self.model)", "set exactly one of fineTuneJobRef and model"),
+        (
+            "!has(self.fineTuneJobRef) || (!has(self.adapter) && !has(self.adapters))",
+            "adapter/adapters go with model, not with fineTuneJobRef",
+        ),
+        ("!(has(self.adapter) && has(self.adapters))", "set adapter or adapters, not both"),
+        (
+            "!has(self.adapters) || self.adapters.all(a, !has(a.name) "
+            "|| self.adapters.filter(b, has(b.name) && b.name == a.name).size() == 1)",
+            "adapter names must be unique",
+        ),
+    )
+
     fine_tune_job_ref: FineTuneJobRef | None = Field(
         default=None, description="Use this FineTuneJob's base model and adapter."
     )
@@ -89,6 +136,7 @@ class OptimizeSource(SpecModel):
     adapters: list[AdapterRef] | None = Field(
         default=None,
         min_length=1,
+        max_length=64,
         description="Several adapters of model, kept separate and chosen per request.",
     )
 
@@ -135,8 +183,21 @@ class QuantizationSpec(SpecModel):
     )
 
 
+def _provider_precision_rule() -> str:
+    """CEL: the precision is one the provider can run (from PROVIDER_PRECISIONS)."""
+    table = ", ".join(
+        f"'{provider}': [{', '.join(repr(p) for p in sorted(precisions))}]"
+        for provider, precisions in PROVIDER_PRECISIONS.items()
+    )
+    return f"self.precision in {{{table}}}[self.provider]"
+
+
 class OptimizeTarget(SpecModel):
     """One optimized model: an execution provider and a precision."""
+
+    model_config = cel_rules(
+        (_provider_precision_rule(), "this provider cannot run this precision (see the provider table)")
+    )
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63, description="Target name.")
     provider: Provider = Field(description="ONNX Runtime execution provider the model is built for.")
@@ -187,18 +248,49 @@ class OptimizeEvaluationSpec(SpecModel):
     metrics: list[OptimizeMetric] = Field(
         default_factory=lambda: ["perplexity", "accuracy", "latency", "size"],
         min_length=1,
+        max_length=6,
         description="Metrics to compute per target.",
     )
     match: Literal["exact", "startsWith"] = Field(
         default="exact", description="How accuracy compares answers."
     )
     max_new_tokens: int = Field(default=16, ge=1, le=4096, description="Token budget of generated answers.")
-    max_samples: int | None = Field(default=128, ge=1, description="Evaluate at most this many rows.")
+    max_samples: int | None = Field(
+        default=128, ge=1, le=MAX_SAMPLES, description="Evaluate at most this many rows."
+    )
     gates: Gates = Field(default_factory=Gates, description="Gates relative to the fine-tuned PyTorch model.")
+
+    @model_validator(mode="after")
+    def _check_answers(self) -> OptimizeEvaluationSpec:
+        """accuracy, rouge and bleu compare generated answers with expected ones: a textTemplate has none."""
+        if self.dataset is None or not self.dataset.text_template:
+            return self
+        needs_answer = [m for m in self.metrics if m in ANSWER_METRICS]
+        if needs_answer and "metrics" in self.model_fields_set:
+            raise ValueError(
+                f"metrics {', '.join(needs_answer)} compare generated answers with the expected ones, and "
+                "dataset.textTemplate has no answer: use promptTemplate+completionTemplate or chatTemplate, "
+                "or drop them from metrics"
+            )
+        # The default list asks for them; without answers it measures what it can.
+        self.metrics = [m for m in self.metrics if m not in ANSWER_METRICS] or ["perplexity"]
+        return self
 
 
 class OptimizeJobSpec(SpecModel):
     """Convert a model to ONNX and optimize it for one or more execution providers."""
+
+    model_config = cel_rules(
+        (
+            "self.targets.all(t, self.targets.filter(u, u.name == t.name).size() == 1)",
+            "target names must be unique",
+        ),
+        (
+            "!has(self.source.adapters) || size(self.source.adapters) < 2 "
+            "|| self.targets.all(t, has(t.mergeAdapter) && !t.mergeAdapter)",
+            "several adapters cannot be merged into one model; set mergeAdapter: false on every target",
+        ),
+    )
 
     source: OptimizeSource = Field(description="The model (and adapters) to optimize.")
     targets: list[OptimizeTarget] = Field(
@@ -209,15 +301,8 @@ class OptimizeJobSpec(SpecModel):
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute for the conversion.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where artifacts are written.")
-    suspend: bool = Field(
-        default=False,
-        description="Stop the job's run (or keep it from starting); false again resumes it from its last checkpoint.",
-    )
-    ttl_seconds_after_finished: int | None = Field(
-        default=None,
-        ge=0,
-        description="Delete the resource this many seconds after it finished (its artifacts stay).",
-    )
+    suspend: bool = suspend_field()
+    ttl_seconds_after_finished: int | None = ttl_field()
 
     @model_validator(mode="after")
     def _check_targets(self) -> OptimizeJobSpec:

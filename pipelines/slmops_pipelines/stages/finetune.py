@@ -88,9 +88,11 @@ def check_inputs(spec: FineTuneJobSpec, *, multi_node: bool) -> None:
     get_loss(spec.training.loss)
 
 
-def inspect_output(*, name: str, namespace: str, spec: FineTuneJobSpec, output_uri: str) -> Inspection:
+def inspect_output(
+    *, name: str, namespace: str, spec: FineTuneJobSpec, output_uri: str, uid: str = ""
+) -> Inspection:
     """Check and claim the output location (refusing another job's); find a finished run."""
-    identity = job_identity("FineTuneJob", namespace, name, spec)
+    identity = job_identity("FineTuneJob", namespace, name, spec, uid)
     store, finished = open_output(output_uri, identity)
     return Inspection(store=store, identity=identity, finished=finished)
 

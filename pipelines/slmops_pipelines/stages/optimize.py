@@ -188,6 +188,28 @@ def _examples(spec: OptimizeJobSpec, source: ResolvedSource, tokenizer) -> list:
     return examples[:limit] if limit else examples
 
 
+def wanted_metrics(spec: OptimizeJobSpec, source: ResolvedSource) -> set[str]:
+    """The metrics to measure: accuracy, ROUGE and BLEU need answers, which a textTemplate has not.
+
+    Validation refuses them for an ``evaluation.dataset`` with a textTemplate; a FineTuneJob's
+    data is only known here.  Asked for by name: the job fails naming the field; by default:
+    they are left out.
+    """
+    from slmops_pipelines.specs.optimize import ANSWER_METRICS
+
+    wanted = set(spec.evaluation.metrics)
+    if source.dataset is None or not source.dataset.text_template or not wanted & set(ANSWER_METRICS):
+        return wanted
+    if "metrics" in spec.evaluation.model_fields_set:
+        named = ", ".join(sorted(wanted & set(ANSWER_METRICS)))
+        raise InputError(
+            f"{named} compare generated answers with expected ones, and the evaluation data "
+            "(dataset.textTemplate) has no answer: drop them or evaluate on data with a completion",
+            field="evaluation.metrics",
+        )
+    return (wanted - set(ANSWER_METRICS)) or {"perplexity"}
+
+
 def _calibration(spec: OptimizeJobSpec, source: ResolvedSource, tokenizer) -> list[list[int]] | None:
     """Training rows for static int8 calibration; checked before anything is built."""
     static = [t for t in spec.targets if t.precision == "int8" and t.quantization.int8_mode == "static"]
@@ -239,9 +261,9 @@ def prepare_source(
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(folder, target)
         adapters[name] = f"adapters/{name}"
+    wanted = wanted_metrics(spec, source)  # fails fast, as the two below
     examples = _examples(spec, source, tokenizer)
     calibration = _calibration(spec, source, tokenizer)  # fails fast, before minutes of measuring
-    wanted = set(spec.evaluation.metrics)
     common = dict(wanted=wanted, match=spec.evaluation.match, max_new_tokens=spec.evaluation.max_new_tokens)
 
     say("reference", "measuring the fine-tuned PyTorch model (fp32)")
@@ -284,6 +306,7 @@ def prepare_source(
         "adapters": adapters,
         "description": {**(source.description or {"model": source.base.uri}), "baseModel": source.base.uri},
         "evaluationRows": len(examples),
+        "metrics": sorted(wanted),
     }
     (prepared_dir / SOURCE_JSON).write_text(json.dumps(described, indent=2))
     return described
@@ -347,7 +370,7 @@ def build_target(
     calibration = json.loads((prepared_dir / CALIBRATION).read_text())
     references = json.loads((prepared_dir / REFERENCE_JSON).read_text())
     reference = ModelMetrics.from_json(references["finetuned_pytorch"])
-    wanted = set(spec.evaluation.metrics)
+    wanted = set(described.get("metrics") or spec.evaluation.metrics)
     common = dict(wanted=wanted, match=spec.evaluation.match, max_new_tokens=spec.evaluation.max_new_tokens)
 
     mode = f"{len(adapters)} separate adapter(s)" if separate else "merged"

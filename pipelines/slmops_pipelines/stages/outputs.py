@@ -34,15 +34,22 @@ def spec_hash(spec: SpecModel) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def job_identity(kind: str, namespace: str, name: str, spec: SpecModel) -> dict[str, Any]:
-    """What makes two runs 'the same job' for output ownership (see steps/publish.py)."""
-    return {
+def job_identity(kind: str, namespace: str, name: str, spec: SpecModel, uid: str = "") -> dict[str, Any]:
+    """What makes two runs 'the same job' for output ownership (see steps/publish.py).
+
+    ``uid`` (a cluster object's) is recorded, not compared: deleting a job deletes only the
+    output whose claim names its uid.
+    """
+    identity = {
         "apiVersion": "slmops.io/v1alpha1",
         "kind": kind,
         "namespace": namespace,
         "name": name,
         "specHash": spec_hash(spec),
     }
+    if uid:
+        identity["uid"] = uid
+    return identity
 
 
 def open_output(uri: str, identity: dict[str, Any]) -> tuple[ArtifactStore, dict[str, Any] | None]:

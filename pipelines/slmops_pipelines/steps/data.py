@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from slmops_pipelines.credentials import hf_token, s3_credentials
 from slmops_pipelines.errors import InputError
 from slmops_pipelines.specs import DatasetSpec
 from slmops_pipelines.specs.common import template_fields
@@ -111,7 +112,9 @@ def _fetch_s3_dataset(uri: str, cache_dir: Path) -> Path:
     target = cache_dir / "datasets" / digest
     parent, _, leaf = parsed.key.rpartition("/")
     store = open_store(
-        f"s3://{parsed.bucket}/{parent}" if parent else f"s3://{parsed.bucket}", field="dataset.uri"
+        f"s3://{parsed.bucket}/{parent}" if parent else f"s3://{parsed.bucket}",
+        field="dataset.uri",
+        credentials=s3_credentials("dataset"),
     )
     store.check()
     if store.exists(leaf):  # a single object
@@ -138,7 +141,11 @@ def load_split(spec: DatasetSpec, split: str, *, cache_dir: Path, field_name: st
     try:
         if parsed.scheme == "hf":
             return datasets.load_dataset(
-                parsed.repo, revision=parsed.revision, split=split, cache_dir=hf_cache
+                parsed.repo,
+                revision=parsed.revision,
+                split=split,
+                cache_dir=hf_cache,
+                token=hf_token("dataset"),
             )
         path = _fetch_s3_dataset(spec.uri, cache_dir) if parsed.scheme == "s3" else parsed.path
         builder, files = _local_data_files(path.expanduser().resolve(), spec.format)

@@ -12,6 +12,7 @@ another job's claim or manifest is refused rather than overwritten.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -75,29 +76,87 @@ def read_json(store: ArtifactStore, key: str) -> dict[str, Any] | None:
 def claim_output(
     store: ArtifactStore, identity: dict[str, Any], *, field: str = "output.uri"
 ) -> dict[str, Any] | None:
-    """Make sure ``store`` is free or ours; return our finished manifest if the job is already done."""
-    for key in (MANIFEST, CLAIM):
-        existing = read_json(store, key)
+    """Make sure ``store`` is free or ours; return our finished manifest if the job is already done.
+
+    The claim records the job's ``uid`` when it has one (a cluster's job): deleting the job
+    deletes only an output whose claim names that uid.  A job recreated under the same name
+    with the same spec is the same job: it takes the claim over.
+    """
+    manifest, claim = read_json(store, MANIFEST), read_json(store, CLAIM)
+    for existing in (manifest, claim):
         if existing is None:
             continue
         owner = existing.get("job") or existing
-        if _same_job(owner, identity):
-            if key == MANIFEST:
-                return existing
-            break
-        raise InputError(
-            f"{store.uri} already holds the output of {owner.get('kind')} {owner.get('namespace')}/{owner.get('name')} "
-            f"(spec {str(owner.get('specHash', ''))[:12]}); choose another output.uri or delete that output",
-            field=field,
-        )
-    else:
+        if not _same_job(owner, identity):
+            raise InputError(
+                f"{store.uri} already holds the output of {owner.get('kind')} {owner.get('namespace')}/{owner.get('name')} "
+                f"(spec {str(owner.get('specHash', ''))[:12]}); choose another output.uri or delete that output",
+                field=field,
+            )
+    if claim is None or (identity.get("uid") and claim.get("uid") != identity.get("uid")):
         store.write_text(CLAIM, json.dumps(identity, indent=2))
-    return None
+    return manifest
 
 
 def _same_job(owner: dict[str, Any], identity: dict[str, Any]) -> bool:
     keys = ("kind", "namespace", "name", "specHash")
     return all(owner.get(k) == identity.get(k) for k in keys)
+
+
+# -- deleting what a job owns --------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Cleanup:
+    """What deleting a job's output did: objects deleted, and what was left behind and why."""
+
+    deleted: int = 0
+    kept: list[str] = dataclasses.field(default_factory=list)
+
+
+def _owner_of(store: ArtifactStore, prefix: str) -> dict[str, Any] | None:
+    """The job that claimed (or published) the output at ``prefix``, if any."""
+    for key in (CLAIM, MANIFEST):
+        document = read_json(store, f"{prefix}/{key}" if prefix else key)
+        if document is not None:
+            return document.get("job") or document
+    return None
+
+
+def _describe(owner: dict[str, Any]) -> str:
+    return f"{owner.get('kind')} {owner.get('namespace')}/{owner.get('name')} (uid {owner.get('uid') or 'unknown'})"
+
+
+def delete_owned_output(store: ArtifactStore, *, uid: str) -> Cleanup:
+    """Delete the output at ``store`` only if its claim names job ``uid``; never another job's.
+
+    * no claim (the job never started, or never got this far): nothing is deleted;
+    * a claim of another job (a job that pointed its output at someone else's and was refused):
+      nothing is deleted;
+    * outputs of other jobs nested under this one (their claim or manifest below the root)
+      are left as they are;
+    * the claim goes last, so that an interrupted delete can be done again.
+    """
+    owner = _owner_of(store, "")
+    if not uid or owner is None:
+        return Cleanup(kept=[f"{store.uri}: never claimed by this job, nothing deleted"])
+    if owner.get("uid") != uid:
+        return Cleanup(kept=[f"{store.uri}: claimed by {_describe(owner)}, not this job: nothing deleted"])
+    keys = [info.key for info in store.list("")]
+    foreign: list[str] = []
+    for key in keys:
+        for marker in (CLAIM, MANIFEST):
+            if key.endswith("/" + marker):
+                prefix = key[: -len(marker) - 1]
+                nested = _owner_of(store, prefix)
+                if nested is not None and nested.get("uid") != uid and not _same_job(nested, owner):
+                    foreign.append(prefix)
+    foreign = sorted(set(foreign))
+    doomed = [k for k in keys if k != CLAIM and not any(k.startswith(f + "/") for f in foreign)]
+    deleted = store.delete_keys(doomed)
+    deleted += store.delete_keys([CLAIM])
+    kept = [f"{store.uri_of(f)}: the output of {_describe(_owner_of(store, f) or {})}, kept" for f in foreign]
+    return Cleanup(deleted=deleted, kept=kept)
 
 
 def write_manifest(

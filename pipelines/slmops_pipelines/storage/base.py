@@ -58,6 +58,10 @@ class ArtifactStore(abc.ABC):
         """Delete every object under ``prefix``; return how many were deleted."""
 
     @abc.abstractmethod
+    def delete_keys(self, keys: list[str]) -> int:
+        """Delete exactly these objects (missing ones are fine); return how many were asked for."""
+
+    @abc.abstractmethod
     def local_root(self) -> Path | None:
         """The local folder behind the store, or None for remote stores."""
 

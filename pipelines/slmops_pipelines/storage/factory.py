@@ -18,8 +18,14 @@ from slmops_pipelines.storage.base import ArtifactStore
 from slmops_pipelines.uris import UriError, parse_uri
 
 
-def open_store(uri: str, *, field: str | None = None) -> ArtifactStore:
-    """The store rooted at ``uri``; raise StorageError (with ``field``) if it cannot be one."""
+def open_store(
+    uri: str, *, field: str | None = None, credentials: dict[str, str] | None = None
+) -> ArtifactStore:
+    """The store rooted at ``uri``; raise StorageError (with ``field``) if it cannot be one.
+
+    ``credentials`` (S3Store keyword arguments, see :func:`slmops_pipelines.credentials.s3_credentials`)
+    replace the default ``AWS_*`` environment for this store only.
+    """
     try:
         parsed = parse_uri(uri)
     except UriError as exc:
@@ -29,7 +35,7 @@ def open_store(uri: str, *, field: str | None = None) -> ArtifactStore:
         # Imported here so that local-only runs never import the S3 module.
         from slmops_pipelines.storage.s3 import S3Store
 
-        return S3Store(parsed.bucket, parsed.key, field=field)
+        return S3Store(parsed.bucket, parsed.key, field=field, **(credentials or {}))
     if parsed.scheme == "file":
         from slmops_pipelines.storage.local import LocalStore
 

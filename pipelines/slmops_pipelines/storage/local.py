@@ -98,6 +98,20 @@ class LocalStore(ArtifactStore):
             self._prune_empty_dirs(base)
         return len(infos)
 
+    def delete_keys(self, keys: list[str]) -> int:
+        paths = [self._path(key) for key in keys]
+        with self._os_errors("delete", self.root):
+            for path in paths:
+                path.unlink(missing_ok=True)
+            for folder in sorted({p.parent for p in paths}, key=lambda p: len(p.parts), reverse=True):
+                while folder != self.root and self.root in folder.parents:  # empty folders go too
+                    try:
+                        folder.rmdir()
+                    except OSError:  # not empty (or gone): its parents are not empty either
+                        break
+                    folder = folder.parent
+        return len(paths)
+
     def local_root(self) -> Path | None:
         return self.root
 

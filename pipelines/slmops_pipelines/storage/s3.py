@@ -157,6 +157,12 @@ class S3Store(ArtifactStore):
             self._delete_batch(prefix, keys[start : start + DELETE_BATCH])
         return len(keys)
 
+    def delete_keys(self, keys: list[str]) -> int:
+        full = [self._full_key(key) for key in keys]
+        for start in range(0, len(full), DELETE_BATCH):
+            self._delete_batch("", full[start : start + DELETE_BATCH])
+        return len(full)
+
     def local_root(self) -> Path | None:
         return None
 

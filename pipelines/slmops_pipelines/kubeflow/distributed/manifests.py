@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from slmops_pipelines.kubeflow.placement import CACHE_MOUNT, S3_SECRET_KEYS
+from slmops_pipelines.kubeflow.placement import CACHE_MOUNT, SecretMount
 from slmops_pipelines.specs import FineTuneJobSpec
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -52,6 +52,7 @@ class Workload:
     output_uri: str
     labels: dict[str, str] = field(default_factory=dict)
     runtime: str = "torch-distributed"  # TrainJob: the ClusterTrainingRuntime
+    secrets: list[dict[str, Any]] = field(default_factory=list)  # the run's mounts, by name
 
 
 def workload_name(job_name: str, key: str) -> str:
@@ -81,11 +82,10 @@ def _env(w: Workload) -> list[dict[str, Any]]:
         {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    secret = w.spec.output.credentials_secret
-    if secret:
+    for mount in (SecretMount.model_validate(m) for m in w.secrets):  # the pipeline pods' own, required
         env += [
-            {"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
-            for key, var in S3_SECRET_KEYS.items()
+            {"name": var, "valueFrom": {"secretKeyRef": {"name": mount.name, "key": key}}}
+            for key, var in sorted(mount.key_to_env.items())
         ]
     return env
 

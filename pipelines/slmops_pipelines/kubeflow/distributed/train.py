@@ -107,6 +107,7 @@ def train_on_cluster(
         output_uri=store.uri,
         labels=ctx.labels,
         runtime=ctx.trainjob_runtime,
+        secrets=list(ctx.secrets),
     )
     body = build(ctx.distributed_engine, workload)
     client = client or launcher.WorkloadClient(ctx.distributed_engine)

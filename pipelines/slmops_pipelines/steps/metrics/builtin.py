@@ -29,4 +29,14 @@ def macro_f1(predictions: list[str], references: list[str]) -> float:
     return sum(scores) / len(scores)
 
 
-BUILTIN = {"f1": macro_f1}
+def accuracy(predictions: list[str], references: list[str]) -> float:
+    """Share of answers equal to the expected one (trimmed, case-folded, final period ignored)."""
+    if len(predictions) != len(references):
+        raise ValueError("predictions and references differ in length")
+    if not references:
+        return 0.0
+    hits = sum(_normalize(p) == _normalize(r) for p, r in zip(predictions, references, strict=True))
+    return hits / len(references)
+
+
+BUILTIN = {"f1": macro_f1, "accuracy": accuracy}

@@ -1,0 +1,121 @@
+"""A job's Secrets on a shared cluster: read only in the job's own namespace, handed only to its run.
+
+The promise to a platform team: **a job can use only credentials its own namespace holds.**
+Whatever backend runs it, the operator reads each Secret the spec names (see
+:mod:`slmops_pipelines.credentials`) from the job's namespace through the API, and:
+
+* a Secret that does not exist, or holds none of the keys its purpose uses, fails the job at
+  start with reason ``MissingCredentials``, naming the field and the Secret;
+* **multi-user KFP** (profiles): runs are created in the job's namespace, so their pods
+  mount the job's own Secret, with exactly the keys it holds (never ``optional``);
+* **standalone KFP**: pods run in the KFP namespace, where a tenant's Secret does not exist
+  (and where the operator-wide Secret does).  The operator copies the job's Secret into the
+  KFP namespace under a name owned by the run (``<run>-<purpose>``, labelled
+  ``slmops.io/run``), mounts the copy, and deletes it when the run finishes, is cancelled or
+  its job deleted.  Cost: ``get`` on Secrets where jobs live, ``create``/``update``/``delete``
+  on Secrets in the KFP namespace (docs/operator.md);
+* **local backend**: the worker process starts from the operator's environment *less* every
+  credential variable (``AWS_*``, ``HF_TOKEN``...) and gets the job's Secrets as variables.
+
+Values live in memory only: never in status, events, logs, KFP parameters or files (the
+Secret copy is an API object, as the original is).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from typing import Any
+
+from slmops_pipelines.credentials import SecretRef, secret_refs
+
+RUN_LABEL = "slmops.io/run"
+
+
+class MissingCredentials(Exception):
+    """A Secret the spec names cannot be used: the job fails, naming the field and the Secret."""
+
+    def __init__(self, ref: SecretRef, namespace: str, why: str) -> None:
+        super().__init__(f"spec.{ref.field}: Secret {ref.name!r} {why} in namespace {namespace}")
+        self.ref, self.namespace = ref, namespace
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedSecret:
+    """A Secret read from the job's namespace: only the keys its purpose uses (base64, as stored)."""
+
+    ref: SecretRef
+    data: dict[str, str] = dataclasses.field(repr=False)  # never printed
+
+    def env(self) -> dict[str, str]:
+        """Variables for a process (the local backend's worker)."""
+        return {self.ref.env_name(k): base64.b64decode(v).decode() for k, v in sorted(self.data.items())}
+
+    def key_to_env(self) -> dict[str, str]:
+        """Secret key -> variable, for a pod's ``secretKeyRef``s."""
+        return {k: self.ref.env_name(k) for k in sorted(self.data)}
+
+
+def copy_name(run_name: str, purpose: str) -> str:
+    return f"{run_name}-{purpose}"
+
+
+class Credentials:
+    """Reads, copies and releases Secrets through the operator's API connection."""
+
+    def __init__(self, kube) -> None:
+        self.kube = kube
+
+    async def resolve(self, namespace: str, spec: Any) -> list[ResolvedSecret]:
+        """Every Secret the spec names, read in ``namespace``; MissingCredentials if one is unusable."""
+        resolved = []
+        for ref in secret_refs(spec):
+            try:
+                secret = await self.kube.get(f"/api/v1/namespaces/{namespace}/secrets/{ref.name}")
+            except PermissionError:
+                raise MissingCredentials(
+                    ref, namespace, "cannot be read by the operator (its service account may not get Secrets)"
+                ) from None
+            if secret is None:
+                raise MissingCredentials(ref, namespace, "does not exist")
+            data = {k: v for k, v in (secret.get("data") or {}).items() if k in ref.keys and v}
+            if not data:
+                raise MissingCredentials(ref, namespace, f"holds none of the keys {', '.join(ref.keys)}")
+            resolved.append(ResolvedSecret(ref, data))
+        return resolved
+
+    async def stage_copies(
+        self, secrets: list[ResolvedSecret], *, run_name: str, namespace: str, job: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        """Copy each Secret into ``namespace`` under a name the run owns; return the mounts."""
+        mounts = []
+        for secret in secrets:
+            name = copy_name(run_name, secret.ref.purpose)
+            body = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": {RUN_LABEL: run_name, "app.kubernetes.io/managed-by": "slmops"},
+                    "annotations": {
+                        "slmops.io/source": f"{job['namespace']}/{secret.ref.name}",
+                        "slmops.io/job": f"{job['kind']} {job['namespace']}/{job['name']}",
+                    },
+                },
+                "data": dict(secret.data),
+            }
+            await self.kube.apply(f"/api/v1/namespaces/{namespace}/secrets", name, body)
+            mounts.append({"name": name, "keyToEnv": secret.key_to_env()})
+        return mounts
+
+    async def release_copies(self, *, run_name: str, namespace: str) -> None:
+        """Delete the run's Secret copies (idempotent)."""
+        for purpose in ("output", "model", "dataset"):
+            await self.kube.delete(f"/api/v1/namespaces/{namespace}/secrets/{copy_name(run_name, purpose)}")
+
+
+def own_mounts(secrets: list[ResolvedSecret]) -> list[dict[str, Any]]:
+    """Mounts of the job's own Secrets (multi-user KFP: the pods run in the job's namespace)."""
+    return [{"name": s.ref.name, "keyToEnv": s.key_to_env()} for s in secrets]

@@ -1,0 +1,127 @@
+"""Credentials a job reads its inputs and writes its output with: which Secret, which keys, which variables.
+
+A job names Secrets, never values: ``spec.output.credentialsSecret`` (S3 keys for the
+output), ``spec.model.accessSecret`` and ``spec.dataset.accessSecret`` (``HF_TOKEN`` for a
+gated or private ``hf://`` repository, or S3 keys for an ``s3://`` one).  Each Secret has a
+**purpose**, and each purpose its own environment variables, so that a model's token and a
+dataset's keys never meet:
+
+===========  ===========================  ============================================
+purpose      spec field                   variables (Secret key ``K``)
+===========  ===========================  ============================================
+output       output.credentialsSecret     ``K`` (the AWS SDK's own: ``AWS_ACCESS_KEY_ID``...)
+model        model.accessSecret           ``SLMOPS_MODEL_K``
+dataset      dataset.accessSecret         ``SLMOPS_DATASET_K``
+===========  ===========================  ============================================
+
+On a cluster the operator reads each Secret in the job's namespace (a missing one fails the
+job with reason ``MissingCredentials``) and mounts exactly the keys it holds, never as
+``optional``; the steps then read the variables through :func:`s3_credentials` and
+:func:`hf_token`.  A local ``slmops run`` has no Secrets: the user's own environment
+(``AWS_*``, ``HF_TOKEN``) is used, as every other tool does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+S3_KEYS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+)
+HF_KEYS = ("HF_TOKEN",)
+# What the local backend never hands its workers from its own environment.
+AMBIENT_CREDENTIALS = (
+    "AWS_",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_API_TOKEN",
+    "SLMOPS_MODEL_",
+    "SLMOPS_DATASET_",
+)
+
+
+@dataclass(frozen=True)
+class Purpose:
+    name: str
+    env_prefix: str
+    keys: tuple[str, ...]
+
+
+PURPOSES = {
+    "output": Purpose("output", "", S3_KEYS),
+    "model": Purpose("model", "SLMOPS_MODEL_", S3_KEYS + HF_KEYS),
+    "dataset": Purpose("dataset", "SLMOPS_DATASET_", S3_KEYS + HF_KEYS),
+}
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A Secret a spec names: for what, where in the spec, and its name."""
+
+    purpose: str
+    field: str  # in manifest spelling, without "spec."
+    name: str
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return PURPOSES[self.purpose].keys
+
+    def env_name(self, key: str) -> str:
+        return PURPOSES[self.purpose].env_prefix + key
+
+
+def secret_refs(spec: Any) -> list[SecretRef]:
+    """Every Secret a FineTuneJob or OptimizeJob spec names, in a stable order."""
+    refs = []
+    if spec.output.credentials_secret:
+        refs.append(SecretRef("output", "output.credentialsSecret", spec.output.credentials_secret))
+    model = getattr(spec, "model", None) or getattr(getattr(spec, "source", None), "model", None)
+    model_field = "model.accessSecret" if getattr(spec, "model", None) else "source.model.accessSecret"
+    if model is not None and model.access_secret:
+        refs.append(SecretRef("model", model_field, model.access_secret))
+    dataset = getattr(spec, "dataset", None)
+    dataset_field = "dataset.accessSecret"
+    if dataset is None and getattr(spec, "evaluation", None) is not None:
+        dataset, dataset_field = spec.evaluation.dataset, "evaluation.dataset.accessSecret"
+    if dataset is not None and dataset.access_secret:
+        refs.append(SecretRef("dataset", dataset_field, dataset.access_secret))
+    return refs
+
+
+# -- what the steps read -------------------------------------------------------------------------
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value or None
+
+
+def s3_credentials(purpose: str) -> dict[str, str]:
+    """Keyword arguments for S3Store from the purpose's variables; empty: the default AWS_* ones."""
+    prefix = PURPOSES[purpose].env_prefix
+    if not prefix or not _env(prefix + "AWS_ACCESS_KEY_ID"):
+        return {}
+    found = {
+        "access_key": _env(prefix + "AWS_ACCESS_KEY_ID"),
+        "secret_key": _env(prefix + "AWS_SECRET_ACCESS_KEY"),
+        "session_token": _env(prefix + "AWS_SESSION_TOKEN"),
+        "endpoint_url": _env(prefix + "AWS_ENDPOINT_URL"),
+        "region": _env(prefix + "AWS_REGION"),
+    }
+    return {k: v for k, v in found.items() if v}
+
+
+def hf_token(purpose: str) -> str | None:
+    """The purpose's Hugging Face token; None: the library's default (``HF_TOKEN``, a login)."""
+    return _env(PURPOSES[purpose].env_prefix + "HF_TOKEN")
+
+
+def without_ambient_credentials(env: dict[str, str]) -> dict[str, str]:
+    """``env`` less every credential variable (the local backend's workers start from this)."""
+    return {k: v for k, v in env.items() if not k.startswith(AMBIENT_CREDENTIALS)}
