@@ -54,3 +54,22 @@ def test_s3_model_is_downloaded_once(tiny_model: Path, s3_env, s3_bucket):
     assert (first / "config.json").read_bytes() == (tiny_model / "config.json").read_bytes()
     store.delete_prefix("")  # the cache answers now
     assert resolve_model(ModelSpec(uri=f"s3://{s3_bucket}/models/tiny")) == first
+
+
+def test_a_private_s3_model_is_read_with_the_models_own_keys(
+    tiny_model: Path, s3_env, s3_bucket, monkeypatch
+):
+    """model.accessSecret reaches the pod as SLMOPS_MODEL_AWS_*; the output's AWS_* keys are not used for it."""
+    from slmops_pipelines.storage import open_store
+
+    open_store(f"s3://{s3_bucket}/private/tiny").upload_dir(tiny_model, "")
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": s3_env.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_env.secret_key,
+        "AWS_ENDPOINT_URL": s3_env.endpoint_url,
+    }.items():
+        monkeypatch.setenv(f"SLMOPS_MODEL_{key}", value)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "the-outputs-key")  # wrong for the model's bucket
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "the-outputs-secret")
+    found = resolve_model(ModelSpec(uri=f"s3://{s3_bucket}/private/tiny"))
+    assert (found / "config.json").read_bytes() == (tiny_model / "config.json").read_bytes()
