@@ -13,6 +13,8 @@ variable                               meaning
 ``SLMOPS_DEFAULT_OUTPUT``              output root for jobs without ``output.uri`` (``s3://bucket/prefix``)
 ``SLMOPS_POLL_SECONDS``                how often a running job's run is polled
 ``SLMOPS_BACKEND_RETRIES``             failed backend calls (with exponential backoff) before status says so
+``SLMOPS_FINALIZER_TIMEOUT``            seconds a deleted job's cleanup (cancel, artifacts) is retried
+                                       before the finalizer is released with a Warning Event
 ``SLMOPS_KFP_HOST``                    KFP API endpoint, e.g. ``http://ml-pipeline.kubeflow:8888``
 ``SLMOPS_KFP_MULTI_USER``              ``true``: multi-user KFP (profiles), runs in the job's namespace;
                                        ``false``: standalone; empty: ask KFP (``/apis/v2beta1/healthz``)
@@ -24,6 +26,8 @@ variable                               meaning
 ``SLMOPS_CACHE_PVC``                   PersistentVolumeClaim for the pipelines' model cache
 ``SLMOPS_IMAGE_REGISTRY``              registry of the trainer/optimizer images
 ``SLMOPS_LOCAL_WORKERS``               jobs the local backend runs at once
+``SLMOPS_LOCAL_MAX_RESTARTS``          times a worker that died without a verdict is started again
+                                       before the job fails with reason ``WorkerLost``
 ``SLMOPS_LOCAL_STATE_DIR``             where the local backend keeps run state
 ``SLMOPS_LOCAL_ALLOWED_ROOTS``         local backend: comma-separated folders that model, dataset and
                                        adapter paths must lie under (empty: any path)
@@ -53,6 +57,9 @@ class OperatorSettings(BaseModel):
     default_output: str = ""
     poll_seconds: float = Field(default=10.0, gt=0)
     backend_retries: int = Field(default=5, ge=1, description="Failed backend calls before status says so.")
+    finalizer_timeout: float = Field(
+        default=300.0, gt=0, description="Seconds a deleted job's cleanup is retried before giving up."
+    )
     kfp_host: str = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
     kfp_ui: str = ""
     kfp_auth: Literal["serviceaccount", "none"] = "serviceaccount"
@@ -63,6 +70,9 @@ class OperatorSettings(BaseModel):
     cache_pvc: str = ""
     image_registry: str = ""
     local_workers: int = Field(default=1, ge=1)
+    local_max_restarts: int = Field(
+        default=3, ge=0, description="Restarts of a worker lost without a verdict."
+    )
     local_state_dir: Path = Path.home() / ".cache" / "slmops" / "operator"
     local_allowed_roots: list[Path] = Field(
         default_factory=list,

@@ -12,15 +12,19 @@ from tests.operator.conftest import create, current, delete, running_operator, w
 
 def kfp_settings(tmp_path: Path, fake, **overrides) -> OperatorSettings:
     return OperatorSettings(
-        backend="kfp",
-        kfp_host=fake.url,
-        kfp_ui="https://kfp.example.com",
-        kfp_auth="none",
-        poll_seconds=0.3,
-        backend_retries=3,
-        metrics_port=0,
-        **webhook_settings(tmp_path),
-        **{"local_state_dir": tmp_path / "state", "default_output": str(tmp_path / "outputs"), **overrides},
+        **{
+            "backend": "kfp",
+            "kfp_host": fake.url,
+            "kfp_ui": "https://kfp.example.com",
+            "kfp_auth": "none",
+            "poll_seconds": 0.3,
+            "backend_retries": 3,
+            "metrics_port": 0,
+            "local_state_dir": tmp_path / "state",
+            "default_output": str(tmp_path / "outputs"),
+            **webhook_settings(tmp_path),
+            **overrides,
+        }
     )
 
 

@@ -74,6 +74,11 @@ class JobStatus(SpecModel):
     )
     progress: Progress | None = Field(default=None, description="Progress of the running job.")
     run: RunRef | None = Field(default=None, description="The backend run.")
+    run_attempt: int | None = Field(
+        default=None,
+        ge=1,
+        description="The job's run number: 1, then one more each time a suspended job resumes after its run was cancelled.",
+    )
     artifacts: dict[str, str] = Field(default_factory=dict, description="Artifact name to URI.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Summary metrics.")
     message: str | None = Field(default=None, description="Latest human-readable message.")

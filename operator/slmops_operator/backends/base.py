@@ -14,9 +14,14 @@ from slmops_pipelines.specs import FineTuneJobSpec, OptimizeJobSpec
 RunPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled"]
 
 
-def run_name(kind: str, namespace: str, name: str, uid: str, generation: int) -> str:
-    """Deterministic: a retried handler or a restarted operator finds the run instead of starting another."""
-    digest = hashlib.sha256(f"{kind}/{namespace}/{name}/{uid}/{generation}".encode()).hexdigest()[:10]
+def run_name(kind: str, namespace: str, name: str, uid: str, attempt: int) -> str:
+    """Deterministic: a retried handler or a restarted operator finds the run instead of starting another.
+
+    ``attempt`` counts the job's runs (``status.runAttempt``): it moves only when a suspended
+    job whose run was cancelled resumes, never on an edit (a TTL, a label, a quick suspend
+    and resume the operator did not act on), so an edit never starts a second run.
+    """
+    digest = hashlib.sha256(f"{kind}/{namespace}/{name}/{uid}/{attempt}".encode()).hexdigest()[:10]
     prefix = "ftj" if kind == "FineTuneJob" else "optj"
     return f"{prefix}-{namespace}-{name}"[:52].rstrip("-") + f"-{digest}"
 
@@ -29,7 +34,7 @@ class JobRequest:
     namespace: str
     name: str
     uid: str
-    generation: int
+    attempt: int  # the job's run number: 1, then one more for each resume after a cancelled run
     spec: FineTuneJobSpec | OptimizeJobSpec
     output_uri: str
     labels: dict[str, str] = field(default_factory=dict)
@@ -44,7 +49,7 @@ class JobRequest:
 
     @property
     def run_name(self) -> str:
-        return run_name(self.kind, self.namespace, self.name, self.uid, self.generation)
+        return run_name(self.kind, self.namespace, self.name, self.uid, self.attempt)
 
     def job_context(self, *, distributed_engine: str) -> dict[str, Any]:
         """The pipelines' ``job`` parameter (see slmops_pipelines.kubeflow.tasks.JobContext)."""
@@ -68,6 +73,9 @@ class RunState:
     progress: dict[str, Any] | None = None
     artifacts: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    # A run that succeeded but whose results could not be read (a bucket the operator may not
+    # read, say): the reconciler retries, then fails the job with this message.
+    outputs_error: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -84,7 +92,7 @@ class Backend(Protocol):
         """The run's phase, progress and, once finished, results or failure."""
 
     async def cancel(self, run: RunRef) -> None:
-        """Stop the run (idempotent)."""
+        """Stop the run (idempotent: a run that is gone is stopped)."""
 
     async def close(self) -> None:
         """Release what the backend holds (worker processes, clients)."""

@@ -2,8 +2,8 @@
 
 * **submit** compiles the job's pipeline with its own placement (GPUs, node selector,
   tolerations, Secrets; no torch), then looks in the namespace's experiment
-  (``slmops-<namespace>``) for a run named after the job (namespace, name, uid,
-  generation) and submits one only if there is none: an operator restart or a retried
+  (``slmops-<namespace>``) for a run named after the job (namespace, name, uid, run
+  number) and submits one only if there is none: an operator restart or a retried
   handler never starts a second run.  With **multi-user KFP** (Kubeflow profiles;
   ``SLMOPS_KFP_MULTI_USER``, or what ``/apis/v2beta1/healthz`` says) the experiment and the
   run are created in the job's namespace, so its pods mount the job's own Secrets; with
@@ -16,7 +16,11 @@
 * **state** maps the run's state; once it succeeded the artifacts and summary metrics come
   from the job's output location (``manifest.json``, ``metrics.json``), and a failure's
   reason and spec field from ``.slmops/error.json`` there (written by the failing step);
-* **cancel** terminates the run.
+* **cancel** terminates the run; a run KFP no longer knows (404) is cancelled already;
+* a run KFP no longer knows while the job waits for it (deleted in the dashboard, a KFP
+  database restored from backup) fails the job with reason ``RunLost``; a succeeded run
+  whose results cannot be read is reported as such (``RunState.outputs_error``), and the
+  reconciler retries before failing the job.
 
 ``kfp.Client`` is synchronous: every call runs in a thread, off the operator's event loop.
 The service-account token (``SLMOPS_KFP_AUTH=serviceaccount``) is read again when it
@@ -320,10 +324,22 @@ class KfpBackend:
         return progress or None
 
     def _state(self, run_ref: RunRef, request: JobRequest) -> RunState:
-        run = self.client().get_run(run_ref.id)
+        try:
+            run = self.client().get_run(run_ref.id)
+        except Exception as exc:
+            if not _not_found(exc):
+                raise
+            return RunState(
+                phase="Failed",
+                reason="RunLost",
+                message=f"run {run_ref.name} ({run_ref.id}) no longer exists in KFP: deleted outside slmops?",
+            )
         phase = STATES.get(str(run.state or "RUNTIME_STATE_UNSPECIFIED"), "Running")
         if phase == "Succeeded":
-            artifacts, metrics = self._outputs(request)
+            try:
+                artifacts, metrics = self._outputs(request)
+            except Exception as exc:  # a bucket the operator may not read, a torn manifest
+                return RunState(phase="Succeeded", outputs_error=f"{type(exc).__name__}: {exc}"[:500])
             return RunState(
                 phase="Succeeded", message="the pipeline run succeeded", artifacts=artifacts, metrics=metrics
             )
@@ -339,8 +355,15 @@ class KfpBackend:
             await self._release(run.name)
         return state
 
+    def _terminate(self, run: RunRef) -> None:
+        try:
+            self.client().terminate_run(run.id)
+        except Exception as exc:
+            if not _not_found(exc):  # gone is as good as terminated
+                raise
+
     async def cancel(self, run: RunRef) -> None:
-        await asyncio.to_thread(lambda: self.client().terminate_run(run.id))
+        await asyncio.to_thread(self._terminate, run)
         await self._release(run.name)
 
     async def close(self) -> None:
@@ -348,3 +371,8 @@ class KfpBackend:
         if self._package_dir is not None:
             shutil.rmtree(self._package_dir, ignore_errors=True)
             self._package_dir, self._packages = None, collections.OrderedDict()
+
+
+def _not_found(exc: Exception) -> bool:
+    """A KFP API answer 404 (kfp_server_api's ApiException carries the HTTP status)."""
+    return getattr(exc, "status", None) == 404

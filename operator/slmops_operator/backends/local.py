@@ -8,7 +8,9 @@ For laptops, tests and clusters without Kubeflow Pipelines.  A job's run is the 
   so a retried handler or a restarted operator adopts the run instead of starting another;
 * ``state`` reads the file; a worker that died without finishing (the operator's pod was
   replaced, the machine rebooted) is started again, and the local engine resumes it from
-  its last complete checkpoint;
+  its last complete checkpoint -- at most ``SLMOPS_LOCAL_MAX_RESTARTS`` times: a worker
+  that keeps dying (killed for memory, say) fails the job with reason ``WorkerLost`` and
+  how it died;
 * ``cancel`` sends SIGTERM to the worker's session (the engine stops its trainers).
 
 A worker never inherits the operator's own credentials (``AWS_*``, ``HF_TOKEN``...): it
@@ -53,6 +55,8 @@ class LocalBackend:
 
     def __init__(self, settings, *, credentials=None) -> None:
         self.credentials = credentials
+        self.max_restarts = settings.local_max_restarts
+        self.exits: dict[str, int] = {}  # run -> exit status of our own child that ended
         self.state_dir = Path(settings.local_state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.children: dict[str, subprocess.Popen] = {}
@@ -75,7 +79,7 @@ class LocalBackend:
 
     # -- the worker ----------------------------------------------------------------------------
 
-    def _start(self, request: JobRequest) -> None:
+    def _start(self, request: JobRequest, *, restarts: int = 0) -> None:
         request_path, state_path, log_path = self._paths(request.run_name)
         request_path.write_text(
             json.dumps(
@@ -108,7 +112,11 @@ class LocalBackend:
         self.children[request.run_name] = proc
         with (self.state_dir / f"{request.run_name}.starts").open("a") as starts:  # an audit trail of starts
             starts.write(f"{proc.pid}\n")
-        state_path.write_text(json.dumps({"pid": proc.pid, "runName": request.run_name, "phase": "Pending"}))
+        state_path.write_text(
+            json.dumps(
+                {"pid": proc.pid, "runName": request.run_name, "phase": "Pending", "restarts": restarts}
+            )
+        )
 
     @staticmethod
     def _worker_env(request: JobRequest) -> dict[str, str]:
@@ -126,7 +134,34 @@ class LocalBackend:
     def _reap(self, run: str) -> None:
         child = self.children.get(run)
         if child is not None and child.poll() is not None:
+            self.exits[run] = child.returncode
             del self.children[run]
+
+    def _how_it_died(self, run: str) -> str:
+        code = self.exits.get(run)
+        if code is None:
+            return "exit status unknown: it was not started by this operator process"
+        if code < 0:
+            return f"killed by {signal.Signals(-code).name}" + (
+                " (out of memory?)" if code == -signal.SIGKILL else ""
+            )
+        return f"exit code {code}"
+
+    async def _worker_lost(self, run: RunRef, request: JobRequest, state: dict[str, Any]) -> RunState:
+        """The worker died without a verdict: start it again (it resumes), or give up after the limit."""
+        restarts = int(state.get("restarts") or 0)
+        if restarts < self.max_restarts:
+            await asyncio.to_thread(self._start, await self._with_secrets(request), restarts=restarts + 1)
+            return RunState(
+                phase="Running", message=f"the worker stopped unexpectedly: resumed ({restarts + 1})"
+            )
+        message = (
+            f"the worker died without a verdict {restarts + 1} time(s) "
+            f"(SLMOPS_LOCAL_MAX_RESTARTS={self.max_restarts}); last: {self._how_it_died(run.id)}"
+        )
+        failed = {**state, "phase": "Failed", "reason": "WorkerLost", "message": message}
+        (self.state_dir / f"{run.id}.state.json").write_text(json.dumps(failed))
+        return RunState(phase="Failed", reason="WorkerLost", message=message, progress=state.get("progress"))
 
     def _ref(self, request: JobRequest) -> RunRef:
         return RunRef(backend="local", id=request.run_name, name=request.run_name, url=None)
@@ -156,9 +191,7 @@ class LocalBackend:
                 metrics=state.get("metrics") or {},
             )
         if not _alive(state.get("pid"), run.id):
-            # The worker is gone without a verdict: start it again; the engine resumes.
-            await asyncio.to_thread(self._start, await self._with_secrets(request))
-            return RunState(phase="Running", message="the worker stopped unexpectedly: resumed")
+            return await self._worker_lost(run, request, state)
         return RunState(phase="Running" if phase == "Running" else "Pending", progress=state.get("progress"))
 
     async def cancel(self, run: RunRef) -> None:

@@ -72,7 +72,11 @@ def run(request: dict[str, Any], state_path: Path) -> int:
     from slmops_pipelines.errors import InputError, JobError
     from slmops_pipelines.specs import FineTuneJobSpec, OptimizeJobSpec
 
-    base = {"pid": os.getpid(), "runName": request["runName"]}
+    try:  # the operator counts this run's restarts in the file: keep the count
+        restarts = int(json.loads(state_path.read_text()).get("restarts") or 0)
+    except (OSError, ValueError):
+        restarts = 0
+    base = {"pid": os.getpid(), "runName": request["runName"], "restarts": restarts}
     reporter = StateReporter(state_path, base)
     reporter.stage("starting", f"{request['kind']} {request['namespace']}/{request['name']}")
     try:

@@ -16,7 +16,10 @@ Failed         False      False       True        reason and message say why (an
 Cancelled      False      False       False       the run was stopped
 =============  =========  ==========  ==========  =====================================
 
-A ``Suspended`` condition is True while ``spec.suspend`` holds the job.
+A ``Suspended`` condition is True while ``spec.suspend`` holds the job.  Two conditions say
+what is wrong while the job keeps its phase, and recover when it passes:
+``BackendAvailable`` (calls to the backend fail) and ``OutputsReadable`` (a succeeded run's
+results cannot be read yet).
 """
 
 from __future__ import annotations
@@ -123,3 +126,19 @@ def changed(status: dict[str, Any] | None, patch: dict[str, Any]) -> bool:
         elif status.get(key) != value:
             return True
     return False
+
+
+def condition_status(status: dict[str, Any] | None, type_: str) -> str | None:
+    """The status ("True", "False", "Unknown") of one condition, None when absent."""
+    found = next((c for c in (status or {}).get("conditions") or [] if c.get("type") == type_), None)
+    return found.get("status") if found else None
+
+
+def backend_recovered(conditions: list[dict[str, Any]], *, generation: int | None) -> list[dict[str, Any]]:
+    """After a successful backend call: trouble conditions that were False turn True."""
+    for type_, reason in (("BackendAvailable", "BackendReachable"), ("OutputsReadable", "OutputsRead")):
+        if condition_status({"conditions": conditions}, type_) == "False":
+            conditions = set_condition(
+                conditions, type_, "True", reason=reason, message="", generation=generation
+            )
+    return conditions

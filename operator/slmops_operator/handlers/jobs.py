@@ -15,11 +15,13 @@ most one status patch and one Event per transition:
 5. a run -> mirror its phase, progress, artifacts and metrics, or its failure (reason,
    message and the spec field it is about).
 
-Deleting a resource cancels its run (the finalizer's ``on.delete``) and, with
-``SLMOPS_DELETE_ARTIFACTS``, deletes its output.  The spec is immutable once created (the
-webhook refuses changes but ``suspend`` and ``ttlSecondsAfterFinished``), so a generation
-change only ever suspends or resumes a job; a resumed job gets a new run, which resumes
-from the last checkpoint of the same output.
+Deleting a resource cancels its run and, with ``SLMOPS_DELETE_ARTIFACTS``, deletes the
+output it owns (:mod:`.finalizer`, bounded by ``SLMOPS_FINALIZER_TIMEOUT``).  The spec is
+immutable once created (the CRD's CEL rules and the webhook refuse changes but ``suspend``
+and ``ttlSecondsAfterFinished``).  **A job has at most one active run**: runs are named
+after the job's uid and its run number (``status.runAttempt``), not its generation, so an
+edit never starts a run; the number moves only when a suspended job, whose run the
+operator cancelled, resumes: the new run resumes from the last checkpoint of the same output.
 """
 
 from __future__ import annotations
@@ -36,8 +38,15 @@ from slmops_operator.api.resources import GROUP, VERSION, FineTuneJob, OptimizeJ
 from slmops_operator.api.status import RunRef
 from slmops_operator.backends.base import Backend, JobRequest, RunState
 from slmops_operator.credentials import Credentials, MissingCredentials
-from slmops_operator.handlers import validation
-from slmops_operator.handlers.conditions import FINISHED, changed, phase_patch
+from slmops_operator.handlers import finalizer, validation
+from slmops_operator.handlers.conditions import (
+    FINISHED,
+    backend_recovered,
+    changed,
+    condition_status,
+    phase_patch,
+    set_condition,
+)
 from slmops_operator.handlers.kube import KubeApi
 from slmops_operator.metrics import OperatorMetrics
 from slmops_operator.settings import OperatorSettings
@@ -60,7 +69,8 @@ class Reconciler:
     ) -> None:
         self.settings, self.backend, self.metrics, self.kube = settings, backend, metrics, kube
         self.credentials = credentials or Credentials(kube)
-        self.submitting: dict[str, set[str]] = {}  # namespace -> runs submitted, not yet seen Running
+        self.submitting: dict[str, set[str]] = {}  # namespace -> runs submitted, not yet seen in any state
+        self.output_failures: dict[str, int] = {}  # job uid -> failed reads of a succeeded run's results
         self.locks: dict[str, asyncio.Lock] = {}
         self.failures: dict[str, int] = {}  # job uid -> consecutive failed backend calls
         self.next_attempt: dict[str, float] = {}  # job uid -> monotonic time of the next backend call
@@ -77,18 +87,24 @@ class Reconciler:
             raise kopf.PermanentError("output.uri is required: this operator has no SLMOPS_DEFAULT_OUTPUT")
         return f"{root.rstrip('/')}/{resource.namespace}/{resource.name}"
 
-    def request(self, resource: Resource, meta: kopf.Meta, source_uri: str = "") -> JobRequest:
+    def request(
+        self, resource: Resource, meta: kopf.Meta, source_uri: str = "", *, attempt: int = 1
+    ) -> JobRequest:
         return JobRequest(
             kind=resource.kind_name,
             namespace=resource.namespace,
             name=resource.name,
             uid=meta.get("uid") or "",
-            generation=int(meta.get("generation") or 1),
+            attempt=attempt,
             spec=resource.spec,
             output_uri=self.output_uri(resource),
             labels=dict(meta.get("labels") or {}),
             source_uri=source_uri,
         )
+
+    def release_slot(self, namespace: str, run_name: str) -> None:
+        """The run was seen (in any state), cancelled or deleted: the index or nothing holds it now."""
+        self.submitting.get(namespace, set()).discard(run_name)
 
     def backing_off(self, uid: str) -> bool:
         return time.monotonic() < self.next_attempt.get(uid, 0.0)
@@ -126,11 +142,17 @@ def _transition(
     suspended: bool = False,
     extra: dict[str, Any] | None = None,
     metrics: OperatorMetrics | None = None,
+    backend_ok: bool = False,
 ) -> None:
-    """Write the phase (and ``extra``) into the patch; post an Event when the phase changes."""
+    """Write the phase (and ``extra``) into the patch; post an Event when the phase changes.
+
+    ``backend_ok``: this pass reached the backend, so a ``BackendAvailable=False`` recovers.
+    """
     update = phase_patch(
         status, phase, reason=reason, message=message, generation=generation, suspended=suspended
     )
+    if backend_ok:
+        update["conditions"] = backend_recovered(update["conditions"], generation=generation)
     update.update(extra or {})
     if not changed(status, update):
         return
@@ -179,8 +201,6 @@ def _backend_trouble(
             metrics=reconciler.metrics,
         )
         return
-    from slmops_operator.handlers.conditions import set_condition
-
     conditions = set_condition(
         list(status.get("conditions") or []),
         "BackendAvailable",
@@ -268,7 +288,9 @@ async def _reconcile(
     generation = int(meta.get("generation") or 1)
     metrics = reconciler.metrics
 
-    def go(phase: str, *, reason: str, message: str = "", suspended: bool = False, extra=None) -> None:
+    def go(
+        phase: str, *, reason: str, message: str = "", suspended: bool = False, extra=None, backend_ok=False
+    ) -> None:
         _transition(
             body,
             status,
@@ -280,6 +302,7 @@ async def _reconcile(
             suspended=suspended,
             extra=extra,
             metrics=metrics,
+            backend_ok=backend_ok,
         )
 
     phase = status.get("phase")
@@ -304,13 +327,14 @@ async def _reconcile(
         await _honour_ttl(reconciler, resource, status, logger)
         return
 
-    # Suspended: stop what runs; a resumed job gets a new run (new generation) that resumes.
+    # Suspended: stop what runs; once resumed, the job's next run resumes from its checkpoint.
     if resource.spec.suspend:
         previous = status.get("run") or {}
         if previous.get("name") and phase == "Running":
             await reconciler._backend_call(
                 "cancel", reconciler.backend.cancel(RunRef.model_validate(previous)), uid=request_uid(meta)
             )
+            reconciler.release_slot(resource.namespace, previous["name"])
         go("Pending", reason="Suspended", message="spec.suspend is true", suspended=True)
         return
 
@@ -339,7 +363,7 @@ async def _reconcile(
         source_uri = dependency["output"]
 
     try:
-        request = reconciler.request(resource, meta, source_uri)
+        request = reconciler.request(resource, meta, source_uri, attempt=run_attempt(status))
     except kopf.PermanentError as exc:
         go("Failed", reason="InvalidSpec", message=str(exc))
         return
@@ -350,26 +374,67 @@ async def _reconcile(
         return
 
     state = await reconciler._backend_call("state", reconciler.backend.state(run, request), uid=request.uid)
+    reconciler.release_slot(resource.namespace, request.run_name)  # seen: the index has it, or it ended
+    _mirror(reconciler, request, run, state, go, status)
+
+
+def run_attempt(status: dict[str, Any]) -> int:
+    """The job's current run number; one more when a suspended job whose run was cancelled resumes."""
+    attempt = int(status.get("runAttempt") or 1)
+    resumed = condition_status(status, "Suspended") == "True" and (status.get("run") or {}).get("name")
+    return attempt + 1 if resumed else attempt
+
+
+def _mirror(reconciler: Reconciler, request: JobRequest, run: RunRef, state: RunState, go, status) -> None:
+    """The run's state, into the job's phase, progress, results or failure."""
     extra: dict[str, Any] = {}
     progress = _progress(state)
     if progress:
         extra["progress"] = progress
-    if state.phase == "Succeeded":
+    if state.phase == "Succeeded" and state.outputs_error:
+        _outputs_unreadable(reconciler, request, state, go, status, extra)
+    elif state.phase == "Succeeded":
+        reconciler.output_failures.pop(request.uid, None)
         extra.update(artifacts=state.artifacts, metrics=state.metrics)
-        go("Succeeded", reason="RunSucceeded", message=state.message or "done", extra=extra)
+        go("Succeeded", reason="RunSucceeded", message=state.message or "done", extra=extra, backend_ok=True)
     elif state.phase == "Failed":
         where = f"spec.{state.spec_field}: " if state.spec_field else ""
-        go("Failed", reason=state.reason or "RunFailed", message=f"{where}{state.message}", extra=extra)
+        message = f"{where}{state.message}"
+        go("Failed", reason=state.reason or "RunFailed", message=message, extra=extra, backend_ok=True)
     elif state.phase == "Cancelled":
-        go("Cancelled", reason="RunCancelled", message=state.message or "cancelled", extra=extra)
-    else:
-        reconciler.submitting.get(resource.namespace, set()).discard(request.run_name)  # the index has it now
         go(
-            "Running",
-            reason="RunRunning",
-            message=state.message or f"{state.phase.lower()} on {run.backend}",
+            "Cancelled",
+            reason="RunCancelled",
+            message=state.message or "cancelled",
             extra=extra,
+            backend_ok=True,
         )
+    else:
+        message = state.message or f"{state.phase.lower()} on {run.backend}"
+        go("Running", reason="RunRunning", message=message, extra=extra, backend_ok=True)
+
+
+def _outputs_unreadable(
+    reconciler: Reconciler, request: JobRequest, state: RunState, go, status, extra
+) -> None:
+    """The run succeeded but its results cannot be read: a condition while retrying, then Failed."""
+    failures = reconciler.output_failures[request.uid] = reconciler.output_failures.get(request.uid, 0) + 1
+    message = f"the run succeeded but its results cannot be read: {state.outputs_error}"
+    if failures >= reconciler.settings.backend_retries:
+        reconciler.output_failures.pop(request.uid, None)
+        go("Failed", reason="OutputsUnreadable", message=message, extra=extra, backend_ok=True)
+        return
+    generation = status.get("observedGeneration")
+    conditions = set_condition(
+        # Running's own conditions, the backend reachable (it answered), the results not readable.
+        backend_recovered(list(status.get("conditions") or []), generation=generation),
+        "OutputsReadable",
+        "False",
+        reason="OutputsUnreadable",
+        message=f"{message} (attempt {failures} of {reconciler.settings.backend_retries})",
+        generation=generation,
+    )
+    go("Running", reason="RunRunning", message=message, extra={**extra, "conditions": conditions})
 
 
 async def _start(reconciler: Reconciler, request: JobRequest, go, active: set[str]) -> None:
@@ -385,6 +450,7 @@ async def _start(reconciler: Reconciler, request: JobRequest, go, active: set[st
                     "Queued",
                     reason="NamespaceLimit",
                     message=f"{len(active)} of {limit} jobs running in {namespace}; waiting for a slot",
+                    extra={"runAttempt": request.attempt},
                 )
                 return
         try:  # only what the job's own namespace holds, checked before anything starts
@@ -400,8 +466,10 @@ async def _start(reconciler: Reconciler, request: JobRequest, go, active: set[st
         message=f"run {run.name} submitted to the {run.backend} backend",
         extra={
             "run": run.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "runAttempt": request.attempt,
             "progress": {"stage": "submitted"},
         },
+        backend_ok=True,
     )
 
 
@@ -423,44 +491,6 @@ async def _honour_ttl(
     await reconciler.kube.delete(
         f"/apis/{GROUP}/{VERSION}/namespaces/{resource.namespace}/{resource.plural}/{resource.name}"
     )
-
-
-async def on_delete(
-    reconciler: Reconciler, *, body: kopf.Body, status: kopf.Status, logger: logging.Logger
-) -> None:
-    """The finalizer: cancel the run; delete the artifacts the job owns when the operator is told to."""
-    status = dict(status or {})
-    run = status.get("run") or {}
-    if run.get("name") and status.get("phase") not in FINISHED:
-        await reconciler.backend.cancel(RunRef.model_validate(run))
-        logger.info(f"cancelled run {run['name']}")
-    if reconciler.settings.delete_artifacts:
-        uri = (status.get("artifacts") or {}).get("output")
-        if not uri:  # not finished: whatever it wrote so far
-            try:
-                kind = body.get("kind", "")
-                uri = reconciler.output_uri(KINDS[kind].model_validate(dict(body)))
-            except Exception:  # an invalid object never ran: nothing to delete
-                uri = None
-        if uri:
-            uid = (body.get("metadata") or {}).get("uid") or ""
-            cleanup = await asyncio.to_thread(delete_owned_artifacts, uri, uid, reconciler.settings)
-            logger.info(f"deleted {cleanup.deleted} artifact object(s) under {uri}")
-            if cleanup.kept:
-                kopf.event(
-                    body, type="Normal", reason="ArtifactsKept", message="; ".join(cleanup.kept)[:1024]
-                )
-
-
-def delete_owned_artifacts(uri: str, uid: str, settings: OperatorSettings):
-    """Delete the output at ``uri`` if this job (``uid``) claimed it; never the operator's own roots."""
-    from slmops_pipelines.steps.publish import Cleanup, delete_owned_output
-    from slmops_pipelines.storage import open_store
-
-    refused = validation.output_problems(uri, settings.model_copy(update={"backend": "local"}))
-    if refused:  # an output of an older release, or admitted without the webhook
-        return Cleanup(kept=[f"{uri}: not deleted, {problem.split(': ', 1)[1]}" for problem in refused])
-    return delete_owned_output(open_store(uri), uid=uid)
 
 
 def index_finetunejobs(*, namespace: str, name: str, status: kopf.Status, **_: Any) -> dict:
@@ -523,8 +553,12 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
             reconciler.metrics.set_phase_counts(param, Counter(phases.get(param, [])))
 
         @kopf.on.delete(GROUP, VERSION, plural, registry=registry, id=f"finalize-{plural}", param=kind)
-        async def finalize(body: kopf.Body, status: kopf.Status, logger: logging.Logger, **_: Any) -> None:
-            await on_delete(reconciler, body=body, status=status, logger=logger)
+        async def finalize(
+            body: kopf.Body, status: kopf.Status, logger: logging.Logger, runtime, retry: int, **_: Any
+        ) -> None:
+            await finalizer.on_delete(
+                reconciler, body=body, status=status, logger=logger, runtime=runtime, retry=retry
+            )
 
         kopf.index(GROUP, VERSION, plural, registry=registry, id=f"active_jobs_{plural}")(index_active_jobs)
         kopf.index(GROUP, VERSION, plural, registry=registry, id=f"phases_{plural}", param=kind)(index_phases)

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from slmops_pipelines.errors import StorageError
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -55,7 +57,7 @@ class ArtifactStore(abc.ABC):
 
     @abc.abstractmethod
     def delete_prefix(self, prefix: str) -> int:
-        """Delete every object under ``prefix``; return how many were deleted."""
+        """Delete every object under ``prefix`` (or the object ``prefix`` names); return how many."""
 
     @abc.abstractmethod
     def delete_keys(self, keys: list[str]) -> int:
@@ -85,13 +87,35 @@ class ArtifactStore(abc.ABC):
             keys.append(key)
         return keys
 
-    def download_dir(self, prefix: str, local: Path) -> list[Path]:
-        """Download every object under ``prefix`` into ``local``; return the local paths."""
+    def download_dir(self, prefix: str, local: Path, *, last: tuple[str, ...] = ()) -> list[Path]:
+        """Download every object under ``prefix`` into ``local``; return the local paths.
+
+        Objects named in ``last`` (file names, e.g. a completion marker) come after all the
+        others, and only once every file has the size the store listed: a download killed
+        midway never leaves a marker beside partial files.
+        """
         prefix = prefix.strip("/")
+        infos = list(self.list(prefix))
+        infos.sort(key=lambda info: info.key.rsplit("/", 1)[-1] in last)  # stable: markers at the end
         paths = []
-        for info in self.list(prefix):
+        for info in infos:
             rel = info.key[len(prefix) :].lstrip("/") if prefix else info.key
             target = local / rel
+            if last and info.key.rsplit("/", 1)[-1] in last:
+                self._verify_sizes(infos, prefix, local, exclude=last)
             self.download_file(info.key, target)
             paths.append(target)
         return paths
+
+    def _verify_sizes(
+        self, infos: list[ObjectInfo], prefix: str, local: Path, *, exclude: tuple[str, ...]
+    ) -> None:
+        for info in infos:
+            if info.key.rsplit("/", 1)[-1] in exclude:
+                continue
+            path = local / (info.key[len(prefix) :].lstrip("/") if prefix else info.key)
+            size = path.stat().st_size if path.is_file() else None
+            if size != info.size:
+                raise StorageError(
+                    f"{self.uri_of(info.key)}: downloaded {size} bytes of {info.size}; not marking it complete"
+                )

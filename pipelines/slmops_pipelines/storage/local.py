@@ -91,6 +91,8 @@ class LocalStore(ArtifactStore):
 
     def delete_prefix(self, prefix: str) -> int:
         base = self._path(prefix) if prefix.strip("/") else self.root
+        if base.is_file():  # a prefix that names one object: that object
+            return self.delete_keys([prefix])
         infos = list(self.list(prefix))
         with self._os_errors("delete", base):
             for info in infos:

@@ -153,6 +153,8 @@ class S3Store(ArtifactStore):
 
     def delete_prefix(self, prefix: str) -> int:
         keys = [obj["Key"] for obj in self._list_raw(prefix)]
+        if prefix.strip("/") and self.exists(prefix):  # a prefix that names one object: that object too
+            keys.append(self._full_key(prefix))
         for start in range(0, len(keys), DELETE_BATCH):
             self._delete_batch(prefix, keys[start : start + DELETE_BATCH])
         return len(keys)

@@ -61,7 +61,7 @@ def restore_checkpoint(store: ArtifactStore, work: Path) -> int | None:
     target = work / CHECKPOINTS / name
     if not (target / COMPLETE_MARKER).exists():
         shutil.rmtree(target, ignore_errors=True)
-        store.download_dir(f"{CHECKPOINTS}/{name}", target)
+        store.download_dir(f"{CHECKPOINTS}/{name}", target, last=(COMPLETE_MARKER,))  # the marker last
     return steps[-1]
 
 

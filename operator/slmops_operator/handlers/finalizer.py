@@ -1,0 +1,102 @@
+"""The finalizer: what deleting a job does, and the bound on how long it may take.
+
+Deleting a FineTuneJob or OptimizeJob (``kubectl delete``, a TTL, Argo CD's prune) runs
+:func:`on_delete` before the object goes:
+
+1. its run is cancelled (a run that is already gone counts as cancelled), which also
+   releases the run's Secret copies (:mod:`slmops_operator.credentials`);
+2. with ``SLMOPS_DELETE_ARTIFACTS``, the output the job owns is deleted -- only when its
+   claim names the job's uid, never another job's output or the operator's own roots.
+
+A step that fails (KFP down, S3 refusing a delete) is retried with backoff; after
+``SLMOPS_FINALIZER_TIMEOUT`` seconds the finalizer is released all the same, with a
+Warning Event ``CleanupIncomplete`` naming what was left behind, so that no object is
+stuck Terminating for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from typing import Any
+
+import kopf
+
+from slmops_operator.api.resources import KINDS
+from slmops_operator.api.status import RunRef
+from slmops_operator.handlers import validation
+from slmops_operator.handlers.conditions import FINISHED
+from slmops_operator.settings import OperatorSettings
+
+
+async def on_delete(
+    reconciler,
+    *,
+    body: kopf.Body,
+    status: kopf.Status,
+    logger: logging.Logger,
+    runtime: datetime.timedelta | None = None,
+    retry: int = 0,
+) -> None:
+    """Cancel the run and delete what the job owns; give up (loudly) after the timeout."""
+    status = dict(status or {})
+    left: list[str] = []
+    run = status.get("run") or {}
+    if run.get("name") and status.get("phase") not in FINISHED:
+        try:
+            await reconciler.backend.cancel(RunRef.model_validate(run))
+            logger.info(f"cancelled run {run['name']}")
+        except Exception as exc:  # KFP down, a 500: retried below
+            left.append(f"run {run['name']} not cancelled ({type(exc).__name__}: {exc})")
+        reconciler.release_slot(_namespace(body), run["name"])
+    if reconciler.settings.delete_artifacts:
+        left += await _delete_artifacts(reconciler, body, status, logger)
+    if not left:
+        return
+    waited = runtime.total_seconds() if runtime is not None else 0.0
+    summary = "; ".join(left)[:900]
+    if waited < reconciler.settings.finalizer_timeout:
+        raise kopf.TemporaryError(
+            f"cleanup incomplete, retrying: {summary}", delay=min(60, 2 ** min(retry, 6))
+        )
+    kopf.event(
+        body,
+        type="Warning",
+        reason="CleanupIncomplete",
+        message=f"released after {waited:.0f}s (SLMOPS_FINALIZER_TIMEOUT); left behind: {summary}",
+    )
+    logger.warning(f"finalizer released with cleanup incomplete: {summary}")
+
+
+def _namespace(body: kopf.Body) -> str:
+    return (body.get("metadata") or {}).get("namespace") or "default"
+
+
+async def _delete_artifacts(reconciler, body: kopf.Body, status: dict[str, Any], logger) -> list[str]:
+    uri = (status.get("artifacts") or {}).get("output")
+    if not uri:  # not finished: whatever it wrote so far
+        try:
+            uri = reconciler.output_uri(KINDS[body.get("kind", "")].model_validate(dict(body)))
+        except Exception:  # an invalid object never ran: nothing to delete
+            return []
+    uid = (body.get("metadata") or {}).get("uid") or ""
+    try:
+        cleanup = await asyncio.to_thread(delete_owned_artifacts, uri, uid, reconciler.settings)
+    except Exception as exc:  # S3 refusing the delete, unreachable: retried
+        return [f"artifacts under {uri} not deleted ({type(exc).__name__}: {exc})"]
+    logger.info(f"deleted {cleanup.deleted} artifact object(s) under {uri}")
+    if cleanup.kept:
+        kopf.event(body, type="Normal", reason="ArtifactsKept", message="; ".join(cleanup.kept)[:1024])
+    return []
+
+
+def delete_owned_artifacts(uri: str, uid: str, settings: OperatorSettings):
+    """Delete the output at ``uri`` if this job (``uid``) claimed it; never the operator's own roots."""
+    from slmops_pipelines.steps.publish import Cleanup, delete_owned_output
+    from slmops_pipelines.storage import open_store
+
+    refused = validation.output_problems(uri, settings.model_copy(update={"backend": "local"}))
+    if refused:  # an output of an older release, or admitted without the webhook
+        return Cleanup(kept=[f"{uri}: not deleted, {problem.split(': ', 1)[1]}" for problem in refused])
+    return delete_owned_output(open_store(uri), uid=uid)

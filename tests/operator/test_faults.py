@@ -1,0 +1,206 @@
+"""The operator when things go wrong: edits, KFP down or losing runs, unreadable results, dying workers.
+
+Each test pins one defect of an earlier release (see docs/operator.md, "Under faults"):
+a second run on an edit, a job stuck Terminating, a job stuck Running, a leaking
+namespace slot, a worker restarted for ever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from tests.conftest import finetune_manifest
+from tests.operator.conftest import (
+    create,
+    current,
+    delete,
+    events,
+    local_settings,
+    patch,
+    running_operator,
+    wait_until,
+)
+from tests.operator.test_kfp_backend import job, kfp_settings, phase, publish_outputs
+
+
+def status_of(kube, name: str) -> dict:
+    return (current(kube, "default", "finetunejobs", name) or {}).get("status") or {}
+
+
+def condition(kube, name: str, type_: str) -> dict | None:
+    return next((c for c in status_of(kube, name).get("conditions", []) if c["type"] == type_), None)
+
+
+# -- 1. at most one active run per job ---------------------------------------------------------------
+
+
+async def test_editing_the_ttl_of_a_running_job_starts_no_second_run(kube, fake_kfp, tiny_model, tmp_path):
+    async with running_operator(kube, kfp_settings(tmp_path, fake_kfp)):
+        await create(kube, "default", "finetunejobs", job("edited", tiny_model))
+        await wait_until(lambda: phase(kube, "edited") == "Running", what="Running")
+        run = status_of(kube, "edited")["run"]
+        await patch(kube, "default", "finetunejobs", "edited", {"spec": {"ttlSecondsAfterFinished": 3600}})
+        await wait_until(
+            lambda: status_of(kube, "edited").get("observedGeneration") == 2, what="the edit seen"
+        )
+        # A quick suspend and resume the operator may not even see: still the same run.
+        await patch(kube, "default", "finetunejobs", "edited", {"spec": {"suspend": True}})
+        await patch(kube, "default", "finetunejobs", "edited", {"spec": {"suspend": False}})
+        await wait_until(
+            lambda: status_of(kube, "edited").get("observedGeneration") == 4, what="the toggles seen"
+        )
+        assert len(fake_kfp.created) == 1 and status_of(kube, "edited")["run"] == run
+
+
+async def test_suspend_cancels_and_resume_starts_exactly_one_new_run(kube, fake_kfp, tiny_model, tmp_path):
+    async with running_operator(kube, kfp_settings(tmp_path, fake_kfp)):
+        await create(kube, "default", "finetunejobs", job("paused", tiny_model))
+        await wait_until(lambda: phase(kube, "paused") == "Running", what="Running")
+        first = fake_kfp.created[0]
+        await patch(kube, "default", "finetunejobs", "paused", {"spec": {"suspend": True}})
+        await wait_until(lambda: first["run_id"] in fake_kfp.terminated, what="the run cancelled")
+        await wait_until(
+            lambda: (condition(kube, "paused", "Suspended") or {}).get("status") == "True", what="Suspended"
+        )
+        await patch(kube, "default", "finetunejobs", "paused", {"spec": {"suspend": False}})
+        await wait_until(lambda: len(fake_kfp.created) == 2, what="the resumed run")
+        await wait_until(lambda: status_of(kube, "paused").get("runAttempt") == 2, what="runAttempt 2")
+        second = fake_kfp.created[1]
+        assert second["display_name"] != first["display_name"]
+        assert status_of(kube, "paused")["run"]["id"] == second["run_id"]
+        active = [r for r in fake_kfp.runs.values() if r["state"] not in ("CANCELED", "FAILED", "SUCCEEDED")]
+        assert [r["run_id"] for r in active] == [second["run_id"]]
+        # The resumed run reads the same output (it resumes from the last checkpoint there).
+        assert (
+            second["runtime_config"]["parameters"]["output_uri"]
+            == first["runtime_config"]["parameters"]["output_uri"]
+        )
+    async with running_operator(kube, kfp_settings(tmp_path, fake_kfp)):  # a restart adopts run 2
+        await wait_until(lambda: phase(kube, "paused") == "Running", what="Running")
+        assert len(fake_kfp.created) == 2
+
+
+# -- 2. never stuck Terminating ---------------------------------------------------------------------
+
+
+async def test_a_run_already_gone_does_not_hold_the_finalizer(kube, fake_kfp, tiny_model, tmp_path):
+    async with running_operator(kube, kfp_settings(tmp_path, fake_kfp)):
+        await create(kube, "default", "finetunejobs", job("gone", tiny_model))
+        await wait_until(lambda: phase(kube, "gone") == "Running", what="Running")
+        fake_kfp.runs.clear()  # deleted in the KFP dashboard: terminate answers 404
+        await delete(kube, "default", "finetunejobs", "gone")
+        await wait_until(
+            lambda: current(kube, "default", "finetunejobs", "gone") is None, timeout=20, what="deletion"
+        )
+    assert not [e for e in events(kube, "default", "gone") if e.get("reason") == "CleanupIncomplete"]
+
+
+async def test_kfp_down_releases_the_finalizer_after_the_timeout_naming_what_was_left(
+    kube, fake_kfp, tiny_model, tmp_path
+):
+    async with running_operator(kube, kfp_settings(tmp_path, fake_kfp, finalizer_timeout=2)):
+        await create(kube, "default", "finetunejobs", job("stuck", tiny_model))
+        await wait_until(lambda: phase(kube, "stuck") == "Running", what="Running")
+        run_name = status_of(kube, "stuck")["run"]["name"]
+        fake_kfp.down = True
+        await delete(kube, "default", "finetunejobs", "stuck")
+        await wait_until(
+            lambda: current(kube, "default", "finetunejobs", "stuck") is None, timeout=60, what="deletion"
+        )
+    [warning] = [e for e in events(kube, "default", "stuck") if e.get("reason") == "CleanupIncomplete"]
+    assert warning["type"] == "Warning" and f"run {run_name} not cancelled" in warning["message"]
+
+
+# -- 3. never stuck Running, conditions that recover ------------------------------------------------------
+
+
+async def test_a_run_lost_in_kfp_fails_the_job(kube, fake_kfp, tiny_model, tmp_path):
+    async with running_operator(kube, kfp_settings(tmp_path, fake_kfp)):
+        await create(kube, "default", "finetunejobs", job("lost", tiny_model))
+        await wait_until(lambda: phase(kube, "lost") == "Running", what="Running")
+        fake_kfp.runs.clear()
+        await wait_until(lambda: phase(kube, "lost") == "Failed", what="Failed")
+    assert (condition(kube, "lost", "Failed") or {}).get("reason") == "RunLost"
+    assert "no longer exists in KFP" in status_of(kube, "lost")["message"]
+
+
+async def test_unreadable_results_are_a_condition_then_a_failure(kube, fake_kfp, tiny_model, tmp_path):
+    async with running_operator(kube, kfp_settings(tmp_path, fake_kfp)):
+        await create(kube, "default", "finetunejobs", job("unreadable", tiny_model))
+        await wait_until(lambda: phase(kube, "unreadable") == "Running", what="Running")
+        out = tmp_path / "outputs" / "default" / "unreadable"
+        out.mkdir(parents=True)
+        (out / "manifest.json").write_text("{torn")
+        fake_kfp.set_state(fake_kfp.created[0]["run_id"], "SUCCEEDED")
+        await wait_until(
+            lambda: (condition(kube, "unreadable", "OutputsReadable") or {}).get("status") == "False",
+            what="OutputsReadable=False",
+        )
+        assert phase(kube, "unreadable") == "Running"
+        await wait_until(lambda: phase(kube, "unreadable") == "Failed", what="Failed")
+    assert (condition(kube, "unreadable", "Failed") or {}).get("reason") == "OutputsUnreadable"
+
+
+async def test_backend_available_recovers(kube, fake_kfp, tiny_model, tmp_path):
+    async with running_operator(kube, kfp_settings(tmp_path, fake_kfp)):
+        await create(kube, "default", "finetunejobs", job("flaky", tiny_model))
+        await wait_until(lambda: phase(kube, "flaky") == "Running", what="Running")
+        fake_kfp.down = True
+        await wait_until(
+            lambda: (condition(kube, "flaky", "BackendAvailable") or {}).get("status") == "False",
+            timeout=60,
+            what="BackendAvailable=False",
+        )
+        fake_kfp.down = False
+        publish_outputs(tmp_path / "outputs" / "default" / "flaky")
+        fake_kfp.set_state(fake_kfp.created[0]["run_id"], "SUCCEEDED")
+        await wait_until(lambda: phase(kube, "flaky") == "Succeeded", timeout=90, what="Succeeded")
+    assert (condition(kube, "flaky", "BackendAvailable") or {}).get("status") == "True"
+
+
+# -- 4. namespace slots never leak --------------------------------------------------------------------------
+
+
+async def test_a_run_that_fails_before_the_first_poll_frees_its_slot(kube, fake_kfp, tiny_model, tmp_path):
+    settings = kfp_settings(tmp_path, fake_kfp, max_running_per_namespace=1, poll_seconds=2)
+    async with running_operator(kube, settings):
+        await create(kube, "default", "finetunejobs", job("first", tiny_model))
+        await wait_until(lambda: len(fake_kfp.created) == 1, interval=0.02, what="the first run")
+        fake_kfp.set_state(
+            fake_kfp.created[0]["run_id"], "FAILED", error="image pull failed"
+        )  # before any poll
+        await create(kube, "default", "finetunejobs", job("second", tiny_model))
+        await wait_until(lambda: phase(kube, "first") == "Failed", what="the first to fail")
+        await wait_until(lambda: len(fake_kfp.created) == 2, timeout=30, what="the second to get the slot")
+
+
+# -- 6. a worker that keeps dying ----------------------------------------------------------------------------
+
+
+async def test_a_worker_that_keeps_dying_fails_the_job_with_worker_lost(kube, tiny_model, tmp_path):
+    settings = local_settings(tmp_path, local_max_restarts=1)
+    training = {"maxSteps": 400, "saveSteps": 50, "loggingSteps": 1}
+    async with running_operator(kube, settings):
+        await create(kube, "default", "finetunejobs", finetune_manifest("oom", tiny_model, training=training))
+        killed = []
+        for _ in range(2):  # the first death is resumed, the second is one too many
+
+            def fresh_worker():
+                run = (status_of(kube, "oom").get("run") or {}).get("name")
+                state = tmp_path / "operator-state" / f"{run}.state.json"
+                try:
+                    pid = json.loads(state.read_text())["pid"]
+                except (OSError, ValueError, KeyError):
+                    return None
+                return pid if pid not in killed and Path(f"/proc/{pid}").exists() else None
+
+            pid = await wait_until(fresh_worker, what="a worker")
+            os.killpg(pid, signal.SIGKILL)
+            killed.append(pid)
+        await wait_until(lambda: phase(kube, "oom") == "Failed", what="Failed")
+    status = status_of(kube, "oom")
+    assert (condition(kube, "oom", "Failed") or {}).get("reason") == "WorkerLost"
+    assert "killed by SIGKILL" in status["message"] and "2 time(s)" in status["message"]
