@@ -204,3 +204,17 @@ async def test_a_worker_that_keeps_dying_fails_the_job_with_worker_lost(kube, ti
     status = status_of(kube, "oom")
     assert (condition(kube, "oom", "Failed") or {}).get("reason") == "WorkerLost"
     assert "killed by SIGKILL" in status["message"] and "2 time(s)" in status["message"]
+
+
+# -- found by the chaos suite ------------------------------------------------------------------------------
+
+
+async def test_jobs_of_a_namespace_submitted_side_by_side_share_one_experiment(
+    kube, fake_kfp, tiny_model, tmp_path
+):
+    """Two experiments of one name made every later submission fail ("Multiple experiments is found")."""
+    async with running_operator(kube, kfp_settings(tmp_path, fake_kfp)):
+        for i in range(6):
+            await create(kube, "default", "finetunejobs", job(f"side-{i}", tiny_model))
+        await wait_until(lambda: len(fake_kfp.created) == 6, what="six runs")
+    assert [e["display_name"] for e in fake_kfp.experiments.values()] == ["slmops-default"]

@@ -71,6 +71,7 @@ class KfpBackend:
         self._token_stamp: float | None = None
         self._lock = threading.Lock()
         self._experiments: dict[str, str] = {}
+        self._experiment_lock = threading.Lock()
         self._packages: collections.OrderedDict[str, Path] = collections.OrderedDict()
         self._packages_lock = threading.Lock()
         self._package_dir: Path | None = None
@@ -135,13 +136,34 @@ class KfpBackend:
     # -- submit --------------------------------------------------------------------------------
 
     def _experiment_id(self, client, request: JobRequest) -> str:
+        """The namespace's experiment, created once: jobs of a namespace submit side by side."""
         namespace = request.namespace
-        if namespace not in self._experiments:
-            owner = namespace if self.multi_user() else None  # standalone KFP has no namespaces
-            self._experiments[namespace] = client.create_experiment(
-                name=f"slmops-{namespace}", namespace=owner
-            ).experiment_id
-        return self._experiments[namespace]
+        with self._experiment_lock:
+            if namespace not in self._experiments:
+                owner = namespace if self.multi_user() else None  # standalone KFP has no namespaces
+                found = self._find_experiment(client, f"slmops-{namespace}", owner)
+                if found is None:
+                    try:
+                        found = client.create_experiment(
+                            name=f"slmops-{namespace}", namespace=owner
+                        ).experiment_id
+                    except Exception:  # created meanwhile (another replica, an answer lost): look again
+                        found = self._find_experiment(client, f"slmops-{namespace}", owner)
+                        if found is None:
+                            raise
+                self._experiments[namespace] = found
+            return self._experiments[namespace]
+
+    @staticmethod
+    def _find_experiment(client, name: str, namespace: str | None) -> str | None:
+        """The oldest experiment of that name (an older release may have made two)."""
+        flt = json.dumps(
+            {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]}
+        )
+        response = client.list_experiments(filter=flt, namespace=namespace, page_size=10)
+        found = [e for e in (response.experiments or []) if e.display_name == name]
+        found.sort(key=lambda e: (str(getattr(e, "created_at", "") or ""), e.experiment_id))
+        return found[0].experiment_id if found else None
 
     def _find_run(self, client, experiment_id: str, request: JobRequest):
         flt = json.dumps(

@@ -71,6 +71,9 @@ class Reconciler:
         self.credentials = credentials or Credentials(kube)
         self.submitting: dict[str, set[str]] = {}  # namespace -> runs submitted, not yet seen in any state
         self.output_failures: dict[str, int] = {}  # job uid -> failed reads of a succeeded run's results
+        self.cancelled: set[str] = (
+            set()
+        )  # runs this process cancelled for a suspend (terminate is idempotent)
         self.locks: dict[str, asyncio.Lock] = {}
         self.failures: dict[str, int] = {}  # job uid -> consecutive failed backend calls
         self.next_attempt: dict[str, float] = {}  # job uid -> monotonic time of the next backend call
@@ -328,15 +331,18 @@ async def _reconcile(
         return
 
     # Suspended: stop what runs; once resumed, the job's next run resumes from its checkpoint.
+    # The intent is written first (Suspended=True, in this pass's patch) and the run cancelled
+    # in the next pass: killed in between, the operator still knows the run was its to cancel,
+    # and a resumed job starts its next run instead of taking the cancelled one as a verdict.
+    previous = status.get("run") or {}
     if resource.spec.suspend:
-        previous = status.get("run") or {}
-        if previous.get("name") and phase == "Running":
-            await reconciler._backend_call(
-                "cancel", reconciler.backend.cancel(RunRef.model_validate(previous)), uid=request_uid(meta)
-            )
-            reconciler.release_slot(resource.namespace, previous["name"])
+        if previous.get("name") and condition_status(status, "Suspended") == "True":
+            await _cancel_once(reconciler, previous, namespace=resource.namespace, uid=request_uid(meta))
         go("Pending", reason="Suspended", message="spec.suspend is true", suspended=True)
         return
+    if previous.get("name") and condition_status(status, "Suspended") == "True":
+        # Resumed: the suspended run is cancelled (if that pass never came) before the next one starts.
+        await _cancel_once(reconciler, previous, namespace=resource.namespace, uid=request_uid(meta))
 
     source_uri = ""
     if isinstance(resource, OptimizeJob) and resource.spec.source.fine_tune_job_ref is not None:
@@ -376,6 +382,15 @@ async def _reconcile(
     state = await reconciler._backend_call("state", reconciler.backend.state(run, request), uid=request.uid)
     reconciler.release_slot(resource.namespace, request.run_name)  # seen: the index has it, or it ended
     _mirror(reconciler, request, run, state, go, status)
+
+
+async def _cancel_once(reconciler: Reconciler, run: dict[str, Any], *, namespace: str, uid: str) -> None:
+    """Cancel a run the operator stopped (suspend); once per run and operator process."""
+    if run["name"] in reconciler.cancelled:
+        return
+    await reconciler._backend_call("cancel", reconciler.backend.cancel(RunRef.model_validate(run)), uid=uid)
+    reconciler.cancelled.add(run["name"])
+    reconciler.release_slot(namespace, run["name"])
 
 
 def run_attempt(status: dict[str, Any]) -> int:
