@@ -13,15 +13,6 @@ from slmops_pipelines.steps.train.checkpoints import COMPLETE_MARKER, restore_ch
 from slmops_pipelines.storage import open_store
 
 
-@pytest.fixture(params=["local", "s3"])
-def root(request, tmp_path) -> str:
-    if request.param == "local":
-        return str(tmp_path / "store")
-    bucket = request.getfixturevalue("s3_bucket")
-    request.getfixturevalue("s3_env")
-    return f"s3://{bucket}/store"
-
-
 def keys(store) -> list[str]:
     return [info.key for info in store.list("")]
 

@@ -23,15 +23,6 @@ def identity(name: str, uid: str) -> dict:
     return job_identity("FineTuneJob", "team-a", name, SPEC, uid)
 
 
-@pytest.fixture(params=["local", "s3"])
-def root(request, tmp_path) -> str:
-    if request.param == "local":
-        return str(tmp_path / "outputs")
-    bucket = request.getfixturevalue("s3_bucket")
-    request.getfixturevalue("s3_env")
-    return f"s3://{bucket}/outputs"
-
-
 def write_output(uri: str, owner: dict, files=("adapter/adapter_model.safetensors", "metrics.json")) -> None:
     store = open_store(uri)
     claim_output(store, owner)
