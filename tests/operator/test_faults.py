@@ -7,6 +7,7 @@ namespace slot, a worker restarted for ever.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -46,13 +47,25 @@ async def test_editing_the_ttl_of_a_running_job_starts_no_second_run(kube, fake_
         await wait_until(
             lambda: status_of(kube, "edited").get("observedGeneration") == 2, what="the edit seen"
         )
-        # A quick suspend and resume the operator may not even see: still the same run.
+        await asyncio.sleep(1)  # a few more polls
+        assert len(fake_kfp.created) == 1 and status_of(kube, "edited")["run"] == run
+        # A quick suspend and resume: unseen, the same run goes on; seen, that run is cancelled
+        # before the next one starts.  Either way, one active run.
         await patch(kube, "default", "finetunejobs", "edited", {"spec": {"suspend": True}})
         await patch(kube, "default", "finetunejobs", "edited", {"spec": {"suspend": False}})
         await wait_until(
-            lambda: status_of(kube, "edited").get("observedGeneration") == 4, what="the toggles seen"
+            lambda: (
+                status_of(kube, "edited").get("observedGeneration") == 4
+                and phase(kube, "edited") == "Running"
+            ),
+            what="the toggles seen",
         )
-        assert len(fake_kfp.created) == 1 and status_of(kube, "edited")["run"] == run
+        await asyncio.sleep(1)
+        active = [r for r in fake_kfp.runs.values() if r["state"] in ("PENDING", "RUNNING")]
+        assert [r["run_id"] for r in active] == [status_of(kube, "edited")["run"]["id"]]
+        assert len(fake_kfp.created) == status_of(kube, "edited")["runAttempt"]
+        for earlier in fake_kfp.created[:-1]:
+            assert earlier["run_id"] in fake_kfp.terminated
 
 
 async def test_suspend_cancels_and_resume_starts_exactly_one_new_run(kube, fake_kfp, tiny_model, tmp_path):
@@ -110,7 +123,10 @@ async def test_kfp_down_releases_the_finalizer_after_the_timeout_naming_what_was
         await wait_until(
             lambda: current(kube, "default", "finetunejobs", "stuck") is None, timeout=60, what="deletion"
         )
-    [warning] = [e for e in events(kube, "default", "stuck") if e.get("reason") == "CleanupIncomplete"]
+        [warning] = await wait_until(  # kopf posts Events in the background
+            lambda: [e for e in events(kube, "default", "stuck") if e.get("reason") == "CleanupIncomplete"],
+            what="the CleanupIncomplete Event",
+        )
     assert warning["type"] == "Warning" and f"run {run_name} not cancelled" in warning["message"]
 
 

@@ -80,8 +80,11 @@ async def test_deleting_a_job_never_deletes_another_jobs_output(
         await delete(kube, "default", "finetunejobs", "b")
         await wait_until(lambda: current(kube, "default", "finetunejobs", "b") is None, what="B deleted")
         assert set(owned_by_a) <= set(_keys(shared)), "deleting B deleted A's artifacts"
-        kept = [e for e in events(kube, "default", "b") if e.get("reason") == "ArtifactsKept"]
-        assert kept and "claimed by FineTuneJob default/a" in kept[0]["message"]
+        kept = await wait_until(  # kopf posts Events in the background
+            lambda: [e for e in events(kube, "default", "b") if e.get("reason") == "ArtifactsKept"],
+            what="ArtifactsKept",
+        )
+        assert "claimed by FineTuneJob default/a" in kept[0]["message"]
 
         await delete(kube, "default", "finetunejobs", "a")
         await wait_until(lambda: current(kube, "default", "finetunejobs", "a") is None, what="A deleted")
