@@ -27,7 +27,7 @@ import base64
 import dataclasses
 from typing import Any
 
-from slmops_pipelines.credentials import SecretRef, secret_refs
+from slmops_pipelines.jobs import SecretRef, secret_refs
 
 RUN_LABEL = "slmops.io/run"
 

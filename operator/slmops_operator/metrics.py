@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from slmops_operator.api.status import PHASES
+
 
 class OperatorMetrics:
     def __init__(self) -> None:
@@ -39,8 +41,6 @@ class OperatorMetrics:
         )
 
     def set_phase_counts(self, kind: str, counts: dict[str, int]) -> None:
-        from slmops_operator.handlers.conditions import PHASES
-
         for phase in PHASES:
             self.jobs.labels(kind=kind, phase=phase).set(counts.get(phase, 0))
 

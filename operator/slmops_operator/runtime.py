@@ -18,6 +18,7 @@ from slmops_operator.backends import Backend, make_backend
 from slmops_operator.credentials import Credentials
 from slmops_operator.handlers import jobs, validation
 from slmops_operator.handlers.kube import KubeApi
+from slmops_operator.handlers.reconciler import Reconciler
 from slmops_operator.metrics import OperatorMetrics
 from slmops_operator.settings import OperatorSettings
 
@@ -27,7 +28,7 @@ class Operator:
     registry: kopf.OperatorRegistry
     settings: OperatorSettings
     kopf_settings: kopf.OperatorSettings
-    reconciler: jobs.Reconciler
+    reconciler: Reconciler
 
     @property
     def backend(self) -> Backend:
@@ -83,7 +84,7 @@ def build_operator(
     metrics = OperatorMetrics()
     credentials = Credentials(kube)
     backend = backend or make_backend(settings, credentials=credentials)
-    reconciler = jobs.Reconciler(settings, backend, metrics, kube, credentials=credentials)
+    reconciler = Reconciler(settings, backend, metrics, kube, credentials=credentials)
 
     @kopf.on.login(registry=registry)
     def login_handler(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -8,6 +8,8 @@ and is reported with its traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class JobError(Exception):
     """A job cannot run or failed for a reason the user can act on."""
@@ -20,6 +22,20 @@ class JobError(Exception):
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as JSON travels between processes and pods (``.slmops/error.json``, a child's report)."""
+        return {"message": self.message, "field": self.field, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobError:
+        """The error :meth:`to_dict` wrote, as the class it was (an InputError stays one: exit code 2)."""
+        reason = data.get("reason") or "JobFailed"
+        if reason == "InvalidInput":
+            return InputError(data["message"], field=data.get("field"))
+        if reason == "StorageError":
+            return StorageError(data["message"], field=data.get("field"))
+        return JobError(data["message"], field=data.get("field"), reason=reason)
 
 
 class InputError(JobError):

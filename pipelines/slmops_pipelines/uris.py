@@ -67,11 +67,3 @@ def parse_uri(uri: str) -> ParsedUri:
         scheme = uri.split("://", 1)[0]
         raise UriError(f"unsupported scheme {scheme!r} in {uri!r} (use hf://, s3://, file:// or a path)")
     return ParsedUri("file", uri, path=Path(uri))
-
-
-def join_uri(base: str, *parts: str) -> str:
-    """Join path segments onto a URI without doubling slashes."""
-    cleaned = [p.strip("/") for p in parts if p and p.strip("/")]
-    if not cleaned:
-        return base
-    return base.rstrip("/") + "/" + "/".join(cleaned)

@@ -9,8 +9,9 @@ from click.testing import CliRunner
 
 from slmops_operator.api import FineTuneJob, OptimizeJob
 from slmops_operator.cli.main import cli
+from slmops_pipelines import jobs
 from slmops_pipelines.kubeflow.pipelines import compile_pipeline, finetune_pipeline, optimize_pipeline
-from slmops_pipelines.kubeflow.placement import Placement, SecretMount
+from slmops_pipelines.kubeflow.placement import SecretMount
 from tests.conftest import REPO, finetune_manifest
 
 
@@ -62,7 +63,7 @@ def test_finetune_placement_comes_from_the_job(tmp_path, tiny_model):
     )
     # The operator passes the mounts it made of the job's Secret: exactly the keys it holds.
     mount = SecretMount(name="run-1-output", key_to_env={"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID"})
-    placement = Placement.for_finetune(job.spec, cache_pvc="models", secrets=[mount])
+    placement = jobs.KINDS["FineTuneJob"].placement(job.spec, cache_pvc="models", secrets=[mount])
     doc = load(compile_pipeline(finetune_pipeline(placement=placement), tmp_path / "p.yaml"))
     train = executors(doc)["exec-train"]["container"]
     assert train["resources"]["accelerator"] == {
@@ -118,7 +119,7 @@ def test_optimize_fans_out_over_targets_with_gpus_only_where_needed(tmp_path):
     job = OptimizeJob.model_validate(
         {"apiVersion": "slmops.io/v1alpha1", "kind": "OptimizeJob", "metadata": {"name": "o"}, "spec": spec}
     )
-    placement = Placement.for_optimize(job.spec)
+    placement = jobs.KINDS["OptimizeJob"].placement(job.spec)
     assert placement.target_gpus == 1 and placement.gpus == 0
     doc = load(compile_pipeline(optimize_pipeline(placement=placement), tmp_path / "o.yaml"))
     loop = tasks_of(doc)["for-loop-1"]
@@ -172,7 +173,8 @@ def test_a_search_fans_out_with_the_jobs_parallelism(tmp_path, tiny_model):
     )
     doc = load(
         compile_pipeline(
-            finetune_search_pipeline(placement=Placement.for_finetune(job.spec)), tmp_path / "s.yaml"
+            finetune_search_pipeline(placement=jobs.KINDS["FineTuneJob"].placement(job.spec)),
+            tmp_path / "s.yaml",
         )
     )
     loop = tasks_of(doc)["for-loop-1"]

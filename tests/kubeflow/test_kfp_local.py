@@ -16,12 +16,31 @@ from pathlib import Path
 import pytest
 
 from slmops_operator.api import FineTuneJob, OptimizeJob
+from slmops_pipelines import jobs
 from slmops_pipelines.errors import InputError
-from slmops_pipelines.kubeflow.local_engine import run_finetune_kfp_local, run_optimize_kfp_local
 from slmops_pipelines.local import run_finetune
 from slmops_pipelines.local.optimize import run_optimize
 from slmops_pipelines.models import cache_root
 from tests.conftest import finetune_manifest
+
+
+def run_finetune_kfp_local(*, name: str, spec, output_uri: str):
+    return jobs.run_job(
+        "FineTuneJob", engine="kfp-local", name=name, namespace="default", spec=spec, output_uri=output_uri
+    )
+
+
+def run_optimize_kfp_local(*, name: str, spec, output_uri: str, source_uri: str):
+    return jobs.run_job(
+        "OptimizeJob",
+        engine="kfp-local",
+        name=name,
+        namespace="default",
+        spec=spec,
+        output_uri=output_uri,
+        source_uri=source_uri,
+    )
+
 
 CPU_INT4 = {"name": "cpu-int4", "provider": "CPUExecutionProvider", "precision": "int4"}
 CPU_INT8 = {"name": "cpu-int8", "provider": "CPUExecutionProvider", "precision": "int8"}

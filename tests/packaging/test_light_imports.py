@@ -16,7 +16,7 @@ def test_operator_and_specs_import_without_heavy_libraries():
         "import slmops_operator.api, slmops_operator.api.crd, slmops_operator.api.manifests\n"
         "import slmops_operator.cli.main, slmops_operator.cli.runner\n"
         "import slmops_pipelines.specs, slmops_pipelines.storage, slmops_pipelines.local\n"
-        "import slmops_pipelines.kubeflow.pipelines, slmops_pipelines.kubeflow.local_engine\n"
+        "import slmops_pipelines.kubeflow.pipelines, slmops_pipelines.kubeflow.kfp_local, slmops_pipelines.jobs\n"
         "import slmops_operator.runtime, slmops_operator.backends.local, slmops_operator.handlers.jobs\n"
         f"loaded = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "assert not loaded, loaded\n"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from slmops_pipelines.steps.train.loss import sparse_causal_lm_loss, supports_sparse_logits
+from slmops_pipelines.steps.train.sparse_logits import sparse_causal_lm_loss, supports_sparse_logits
 
 
 @pytest.fixture(scope="module")

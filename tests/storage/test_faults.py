@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from slmops_pipelines.errors import InputError, StorageError
-from slmops_pipelines.kubeflow import tasks
+from slmops_pipelines.stages.outputs import clear_error, read_error, record_error
 from slmops_pipelines.steps.train.checkpoints import COMPLETE_MARKER, restore_checkpoint
 from slmops_pipelines.storage import open_store
 
@@ -27,10 +27,10 @@ def test_delete_prefix_of_one_object_deletes_it(root):
 
 def test_an_earlier_attempts_error_is_cleared(root):
     """A later failure with no record of its own (an OOM kill) must not show the earlier reason."""
-    tasks._record_error(root, "prepare_data", InputError("no column 'text'", field="dataset.textTemplate"))
-    assert tasks.read_error(root) is not None
-    tasks._clear_error(root)
-    assert tasks.read_error(root) is None
+    record_error(root, "prepare_data", InputError("no column 'text'", field="dataset.textTemplate"))
+    assert read_error(root) is not None
+    clear_error(root)
+    assert read_error(root) is None
 
 
 class KilledMidway(Exception):

@@ -23,6 +23,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from pydantic import BaseModel
+
 from slmops_operator.api.resources import GROUP, KINDS, MUTABLE_SPEC_FIELDS, VERSION, Resource
 from slmops_operator.api.status import JobStatus
 from slmops_pipelines.specs.base import CEL_KEY
@@ -30,7 +32,8 @@ from slmops_pipelines.specs.base import CEL_KEY
 _DROP_KEYS = {"title", "$defs", "discriminator"}
 
 # Printer columns shown by `kubectl get`.
-_COLUMNS_COMMON_HEAD = [
+PrinterColumn = dict[str, str | int]
+_COLUMNS_COMMON_HEAD: list[PrinterColumn] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Job phase."},
     {
         "name": "Progress",
@@ -39,39 +42,7 @@ _COLUMNS_COMMON_HEAD = [
         "description": "Overall progress in percent.",
     },
 ]
-_COLUMNS_BY_KIND = {
-    "FineTuneJob": [
-        {
-            "name": "Method",
-            "type": "string",
-            "jsonPath": ".spec.method",
-            "description": "Fine-tuning method.",
-        },
-        {
-            "name": "Model",
-            "type": "string",
-            "jsonPath": ".spec.model.uri",
-            "priority": 1,
-            "description": "Base model.",
-        },
-        {
-            "name": "Loss",
-            "type": "number",
-            "jsonPath": ".status.progress.loss",
-            "priority": 1,
-            "description": "Latest loss.",
-        },
-    ],
-    "OptimizeJob": [
-        {
-            "name": "Source",
-            "type": "string",
-            "jsonPath": ".spec.source.fineTuneJobRef.name",
-            "description": "Source FineTuneJob.",
-        },
-    ],
-}
-_COLUMNS_COMMON_TAIL = [
+_COLUMNS_COMMON_TAIL: list[PrinterColumn] = [
     {
         "name": "Message",
         "type": "string",
@@ -145,12 +116,14 @@ _KEY_ORDER = ["description", "type", "format", "enum", "default", "nullable", "m
 def _order(node: dict[str, Any]) -> dict[str, Any]:
     """Stable, readable key order: description and type first, properties last."""
     head = {k: node[k] for k in _KEY_ORDER if k in node}
-    tail = {k: node[k] for k in ("required", "items", "additionalProperties", "properties") if k in node}
+    tail: dict[str, Any] = {
+        k: node[k] for k in ("required", "items", "additionalProperties", "properties") if k in node
+    }
     middle = {k: v for k, v in sorted(node.items()) if k not in head and k not in tail}
     return {**head, **middle, **tail}
 
 
-def model_schema(model: type) -> dict[str, Any]:
+def model_schema(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation", ref_template="#/$defs/{model}")
     return to_structural(raw, raw.get("$defs", {}))
 
@@ -177,6 +150,8 @@ def immutability_rules(spec_schema: dict[str, Any]) -> list[dict[str, str]]:
 def crd_for(resource: type[Resource]) -> dict[str, Any]:
     """The apiextensions.k8s.io/v1 CRD of one resource kind."""
     spec_model = resource.model_fields["spec"].annotation
+    if not (isinstance(spec_model, type) and issubclass(spec_model, BaseModel)):
+        raise TypeError(f"{resource.__name__}.spec is not a pydantic model: {spec_model!r}")
     spec_schema = model_schema(spec_model)
     spec_schema["description"] = (resource.__doc__ or "").strip() or spec_schema.get("description", "")
     spec_schema[CEL_KEY] = [*spec_schema.get(CEL_KEY, []), *immutability_rules(spec_schema)]
@@ -208,7 +183,7 @@ def crd_for(resource: type[Resource]) -> dict[str, Any]:
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
                         *_COLUMNS_COMMON_HEAD,
-                        *_COLUMNS_BY_KIND.get(resource.kind_name, []),
+                        *resource.job_kind.printer_columns,
                         *_COLUMNS_COMMON_TAIL,
                     ],
                     "schema": {

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from slmops_operator.api.resources import API_VERSION, KINDS, Resource
 
@@ -67,7 +68,7 @@ def format_loc(loc: Iterable[str | int]) -> str:
     return out
 
 
-def describe_error(error: dict[str, Any]) -> str:
+def describe_error(error: ErrorDetails) -> str:
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]

@@ -1,18 +1,22 @@
 """The custom resources: apiVersion, kind, metadata, spec and status.
 
 The spec models themselves live in :mod:`slmops_pipelines.specs` because the steps take
-them as their typed configs; this module wraps them into Kubernetes objects.  Both are the
+them as their typed configs, and each job kind of the registry (:mod:`slmops_pipelines.jobs`)
+names its spec class; this module wraps them into Kubernetes objects, one resource class
+per registered kind.  Both are the
 single source of truth for the CRDs (see :mod:`slmops_operator.api.crd`).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from slmops_operator.api.status import JobStatus
-from slmops_pipelines.specs import FineTuneJobSpec, OptimizeJobSpec, SpecModel
+from slmops_pipelines import jobs
+from slmops_pipelines.jobs import JobKind
+from slmops_pipelines.specs import SpecModel
 
 GROUP = "slmops.io"
 VERSION = "v1alpha1"
@@ -38,14 +42,16 @@ class ObjectMeta(BaseModel):
 
 
 class Resource(SpecModel):
-    """Base of the slmops custom resources."""
+    """Base of the slmops custom resources: one subclass per job kind, made by :func:`resource_class`."""
 
+    job_kind: ClassVar[JobKind]
     kind_name: ClassVar[str]
     plural: ClassVar[str]
     short_names: ClassVar[list[str]]
 
     api_version: Literal["slmops.io/v1alpha1"] = Field(alias="apiVersion", description="slmops.io/v1alpha1")
     metadata: ObjectMeta
+    spec: SpecModel
     status: JobStatus | None = Field(default=None, description="Observed state, written by the operator.")
 
     @property
@@ -56,36 +62,25 @@ class Resource(SpecModel):
     def namespace(self) -> str:
         return self.metadata.namespace or "default"
 
-    def identity(self) -> dict[str, Any]:
-        """What makes two objects 'the same job' for output ownership."""
-        return {
-            "apiVersion": API_VERSION,
-            "kind": self.kind_name,
-            "name": self.name,
-            "namespace": self.namespace,
-        }
+
+def resource_class(kind: JobKind) -> type[Resource]:
+    """The resource of a job kind: its ``kind`` and its spec class; names and docs from the registry."""
+    cls = create_model(
+        kind.name,
+        __base__=Resource,
+        __doc__=kind.description,
+        __module__=__name__,
+        kind=(Literal[kind.name], Field(description=kind.name)),  # type: ignore[valid-type]
+        spec=(kind.spec_class, ...),
+    )
+    cls.job_kind = kind
+    cls.kind_name = kind.name
+    cls.plural = kind.plural
+    cls.short_names = list(kind.short_names)
+    return cls
 
 
-class FineTuneJob(Resource):
-    """Fine-tune a small language model (LoRA, QLoRA, DoRA or full) and store the result."""
-
-    kind_name: ClassVar[str] = "FineTuneJob"
-    plural: ClassVar[str] = "finetunejobs"
-    short_names: ClassVar[list[str]] = ["ftj", "finetune"]
-
-    kind: Literal["FineTuneJob"] = Field(description="FineTuneJob")
-    spec: FineTuneJobSpec
-
-
-class OptimizeJob(Resource):
-    """Convert a model to ONNX, optimize it per execution provider, evaluate and gate it."""
-
-    kind_name: ClassVar[str] = "OptimizeJob"
-    plural: ClassVar[str] = "optimizejobs"
-    short_names: ClassVar[list[str]] = ["optj", "optimize"]
-
-    kind: Literal["OptimizeJob"] = Field(description="OptimizeJob")
-    spec: OptimizeJobSpec
-
-
-KINDS: dict[str, type[Resource]] = {cls.kind_name: cls for cls in (FineTuneJob, OptimizeJob)}
+# One resource class per registered job kind (slmops_pipelines.jobs.KINDS).
+KINDS: dict[str, type[Resource]] = {name: resource_class(kind) for name, kind in jobs.KINDS.items()}
+FineTuneJob = KINDS["FineTuneJob"]
+OptimizeJob = KINDS["OptimizeJob"]

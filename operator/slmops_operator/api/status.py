@@ -8,13 +8,14 @@ observedGeneration), so ``kubectl wait --for=condition=Succeeded`` works.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 
 from slmops_pipelines.specs import SpecModel
 
 JobPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
+PHASES: tuple[JobPhase, ...] = get_args(JobPhase)  # the same six, in order, for code that iterates
 
 
 class Condition(SpecModel):

@@ -8,8 +8,8 @@ from typing import Any, Literal, Protocol
 
 from slmops_operator.api.status import RunRef
 from slmops_operator.credentials import ResolvedSecret
-from slmops_pipelines.credentials import secret_refs
-from slmops_pipelines.specs import FineTuneJobSpec, OptimizeJobSpec
+from slmops_pipelines import jobs
+from slmops_pipelines.specs import SpecModel
 
 RunPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled"]
 
@@ -22,7 +22,7 @@ def run_name(kind: str, namespace: str, name: str, uid: str, attempt: int) -> st
     and resume the operator did not act on), so an edit never starts a second run.
     """
     digest = hashlib.sha256(f"{kind}/{namespace}/{name}/{uid}/{attempt}".encode()).hexdigest()[:10]
-    prefix = "ftj" if kind == "FineTuneJob" else "optj"
+    prefix = jobs.job_kind(kind).run_prefix
     return f"{prefix}-{namespace}-{name}"[:52].rstrip("-") + f"-{digest}"
 
 
@@ -30,29 +30,29 @@ def run_name(kind: str, namespace: str, name: str, uid: str, attempt: int) -> st
 class JobRequest:
     """One job, as a backend needs it."""
 
-    kind: Literal["FineTuneJob", "OptimizeJob"]
+    kind: str  # a kind of the registry (slmops_pipelines.jobs.KINDS)
     namespace: str
     name: str
     uid: str
     attempt: int  # the job's run number: 1, then one more for each resume after a cancelled run
-    spec: FineTuneJobSpec | OptimizeJobSpec
+    spec: SpecModel  # the kind's spec class
     output_uri: str
     labels: dict[str, str] = field(default_factory=dict)
-    source_uri: str = ""  # OptimizeJob with fineTuneJobRef: the FineTuneJob's output
+    source_uri: str = ""  # the output of the job's upstream (an OptimizeJob's fineTuneJobRef)
     # The job's Secrets, read in its namespace before submitting (values in memory only).
     secrets: list[ResolvedSecret] | None = field(default=None, repr=False)
 
     @property
     def secrets_named(self) -> bool:
         """Whether the spec names any Secret (its run may hold copies of them)."""
-        return bool(secret_refs(self.spec))
+        return bool(jobs.secret_refs(self.spec))
 
     @property
     def run_name(self) -> str:
         return run_name(self.kind, self.namespace, self.name, self.uid, self.attempt)
 
     def job_context(self, *, distributed_engine: str) -> dict[str, Any]:
-        """The pipelines' ``job`` parameter (see slmops_pipelines.kubeflow.tasks.JobContext)."""
+        """The pipelines' ``job`` parameter (see slmops_pipelines.kubeflow.tasks.common.JobContext)."""
         return {
             "name": self.name,
             "namespace": self.namespace,

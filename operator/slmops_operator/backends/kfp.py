@@ -8,14 +8,17 @@
   ``SLMOPS_KFP_MULTI_USER``, or what ``/apis/v2beta1/healthz`` says) the experiment and the
   run are created in the job's namespace, so its pods mount the job's own Secrets; with
   standalone KFP the pods run in ``SLMOPS_KFP_NAMESPACE`` and mount run-owned copies of
-  them (see :mod:`slmops_operator.credentials`), deleted when the run ends.  A compiled package depends only on the pipeline and
-  the placement, not on the job's spec (that is a run argument): packages are kept per
-  placement (the last 64), since building and dumping one is most of an operator's CPU per
-  job (``bench/operator.py``).  Experiment ids are kept per namespace and forgotten when a
+  them (see :mod:`slmops_operator.credentials`), deleted when the run ends.  Which
+  pipeline, placement and arguments a job gets is its kind's business
+  (:func:`slmops_pipelines.jobs.pipeline_for`).  A compiled package depends only on the
+  pipeline and the placement, not on the job's spec (that is a run argument): packages are
+  kept per placement (the last 64), since building and dumping one is most of an
+  operator's CPU per job.  Experiment ids are kept per namespace and forgotten when a
   submission fails (the experiment may have been deleted);
 * **state** maps the run's state; once it succeeded the artifacts and summary metrics come
-  from the job's output location (``manifest.json``, ``metrics.json``), and a failure's
-  reason and spec field from ``.slmops/error.json`` there (written by the failing step);
+  from the job's output location (:func:`slmops_pipelines.jobs.read_outcome`), and a
+  failure's reason and spec field from what the failing step recorded there
+  (:func:`slmops_pipelines.jobs.read_failure`);
 * **cancel** terminates the run; a run KFP no longer knows (404) is cancelled already;
 * a run KFP no longer knows while the job waits for it (deleted in the dashboard, a KFP
   database restored from backup) fails the job with reason ``RunLost``; a succeeded run
@@ -40,7 +43,6 @@ from typing import Any
 
 from slmops_operator.api.status import RunRef
 from slmops_operator.backends.base import JobRequest, RunState
-from slmops_operator.status_summary import summary_metrics
 
 # KFP v2beta1 runtime states -> our run phases.
 STATES = {
@@ -176,56 +178,42 @@ class KfpBackend:
         runs = [r for r in (response.runs or []) if r.display_name == request.run_name]
         return runs[0] if runs else None
 
-    def _pipeline_and_key(self, request: JobRequest, mounts: list[dict[str, Any]]):
-        from slmops_pipelines.kubeflow.images import Images
-        from slmops_pipelines.kubeflow.pipelines import (
-            finetune_pipeline,
-            finetune_search_pipeline,
-            optimize_pipeline,
-        )
-        from slmops_pipelines.kubeflow.placement import Placement, SecretMount
-
-        images = Images.default(registry=self.settings.image_registry or None)
-        pvc = self.settings.cache_pvc or None
-        secrets = [SecretMount.model_validate(m) for m in mounts]
-        if request.kind == "FineTuneJob":
-            factory = finetune_search_pipeline if request.spec.search else finetune_pipeline
-            placement = Placement.for_finetune(request.spec, cache_pvc=pvc, secrets=secrets)
-        else:
-            factory = optimize_pipeline
-            placement = Placement.for_optimize(request.spec, cache_pvc=pvc, secrets=secrets)
-        key = json.dumps([factory.__name__, placement.model_dump(mode="json"), repr(images)], sort_keys=True)
-        return key, lambda: factory(placement=placement, images=images)
-
     def _package(self, request: JobRequest, mounts: list[dict[str, Any]]) -> Path:
         """The compiled pipeline package for this job's pipeline and placement (kept, LRU)."""
-        from slmops_pipelines.kubeflow.pipelines import compile_pipeline
+        from slmops_pipelines import jobs
 
-        key, build = self._pipeline_and_key(request, mounts)
+        pipeline = jobs.pipeline_for(
+            request.kind,
+            request.spec,
+            registry=self.settings.image_registry or None,
+            cache_pvc=self.settings.cache_pvc or None,
+            secrets=mounts,
+        )
         with self._packages_lock:
-            if key in self._packages:
-                self._packages.move_to_end(key)
-                return self._packages[key]
+            if pipeline.key in self._packages:
+                self._packages.move_to_end(pipeline.key)
+                return self._packages[pipeline.key]
             if self._package_dir is None:
                 self._package_dir = Path(tempfile.mkdtemp(prefix="slmops-pipelines-"))
-            path = self._package_dir / f"pipeline-{len(self._packages)}-{abs(hash(key)):x}.yaml"
-            compile_pipeline(build(), path)
-            self._packages[key] = path
+            path = (
+                self._package_dir / f"{pipeline.name}-{len(self._packages)}-{abs(hash(pipeline.key)):x}.yaml"
+            )
+            pipeline.compile(path)
+            self._packages[pipeline.key] = path
             while len(self._packages) > PACKAGES_KEPT:
                 _, old = self._packages.popitem(last=False)
                 old.unlink(missing_ok=True)
             return path
 
     def _arguments(self, request: JobRequest, mounts: list[dict[str, Any]]) -> dict[str, Any]:
-        from slmops_pipelines.kubeflow.local_engine import spec_argument
+        from slmops_pipelines import jobs
 
         job = request.job_context(distributed_engine=self.settings.distributed_engine)
         if mounts:  # names and keys only: multi-node workers mount the same Secrets
             job["secrets"] = mounts
-        arguments = {"spec": spec_argument(request.spec), "job": job, "output_uri": request.output_uri}
-        if request.kind == "OptimizeJob":
-            arguments["source_uri"] = request.source_uri
-        return arguments
+        return jobs.run_arguments(
+            request.kind, request.spec, job=job, output_uri=request.output_uri, source_uri=request.source_uri
+        )
 
     def _ref(self, run_id: str, run_name: str) -> RunRef:
         return RunRef(
@@ -280,32 +268,11 @@ class KfpBackend:
 
     # -- state ---------------------------------------------------------------------------------
 
-    def _outputs(self, request: JobRequest) -> tuple[dict[str, str], dict[str, float]]:
-        from slmops_pipelines.steps import publish
-        from slmops_pipelines.storage import open_store
-
-        store = open_store(request.output_uri)
-        manifest = publish.read_json(store, publish.MANIFEST) or {}
-        artifacts = {"output": store.uri}
-        if request.kind == "FineTuneJob":
-            from slmops_pipelines.stages.finetune import output_artifacts
-
-            artifacts.update(output_artifacts(store, manifest))
-        else:
-            artifacts.update({"metrics": store.uri_of("metrics.json"), "report": store.uri_of("report.html")})
-            artifacts["manifest"] = store.uri_of(publish.MANIFEST)
-        metrics_doc = publish.read_json(store, "metrics.json") or {}
-        if request.kind == "OptimizeJob":
-            artifacts.update(
-                {name: store.uri_of(f"targets/{name}") for name in metrics_doc.get("targets", {})}
-            )
-        return artifacts, summary_metrics(request.kind, metrics_doc)
-
     def _failure(self, request: JobRequest, run) -> RunState:
-        from slmops_pipelines.kubeflow.tasks import read_error
+        from slmops_pipelines import jobs
 
         try:
-            recorded = read_error(request.output_uri)
+            recorded = jobs.read_failure(request.output_uri)
         except Exception:  # the output itself may be unreachable: fall back to KFP's message
             recorded = None
         if recorded is not None:
@@ -318,24 +285,10 @@ class KfpBackend:
 
     @staticmethod
     def _progress(run, request: JobRequest) -> dict[str, Any] | None:
-        """The running step from the run's task details; training progress from the output location."""
-        from slmops_pipelines.stages.progress import PROGRESS_KEY
-        from slmops_pipelines.storage import open_store
+        """The running step from the run's task details; the rest from the output location."""
+        from slmops_pipelines import jobs
 
-        progress: dict[str, Any] = {}
-        try:
-            store = open_store(request.output_uri)
-            if store.exists(PROGRESS_KEY):
-                progress = json.loads(store.read_text(PROGRESS_KEY))
-        except Exception:  # progress is best effort
-            progress = {}
-        if request.kind == "FineTuneJob" and request.spec.search is not None:
-            from slmops_pipelines.kubeflow.tasks import trial_counts
-
-            try:
-                progress["trials"] = trial_counts(request.output_uri, request.spec)
-            except Exception:  # progress is best effort
-                pass
+        progress = jobs.read_progress(request.kind, request.spec, request.output_uri)
         details = getattr(run, "run_details", None)
         tasks = getattr(details, "task_details", None) or []
         running = [
@@ -344,6 +297,22 @@ class KfpBackend:
         if running:
             progress["stage"] = running[-1]
         return progress or None
+
+    @staticmethod
+    def _succeeded(request: JobRequest) -> RunState:
+        """The artifacts and summary metrics of a succeeded run, from the job's output location."""
+        from slmops_pipelines import jobs
+
+        try:
+            outcome = jobs.read_outcome(request.kind, request.output_uri)
+        except Exception as exc:  # a bucket the operator may not read, a torn manifest
+            return RunState(phase="Succeeded", outputs_error=f"{type(exc).__name__}: {exc}"[:500])
+        return RunState(
+            phase="Succeeded",
+            message="the pipeline run succeeded",
+            artifacts={"output": outcome.output_uri, **outcome.artifacts},
+            metrics=jobs.summary_metrics(request.kind, outcome.metrics),
+        )
 
     def _state(self, run_ref: RunRef, request: JobRequest) -> RunState:
         try:
@@ -358,13 +327,7 @@ class KfpBackend:
             )
         phase = STATES.get(str(run.state or "RUNTIME_STATE_UNSPECIFIED"), "Running")
         if phase == "Succeeded":
-            try:
-                artifacts, metrics = self._outputs(request)
-            except Exception as exc:  # a bucket the operator may not read, a torn manifest
-                return RunState(phase="Succeeded", outputs_error=f"{type(exc).__name__}: {exc}"[:500])
-            return RunState(
-                phase="Succeeded", message="the pipeline run succeeded", artifacts=artifacts, metrics=metrics
-            )
+            return self._succeeded(request)
         if phase == "Failed":
             return self._failure(request, run)
         if phase == "Cancelled":

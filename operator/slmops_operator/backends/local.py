@@ -34,7 +34,7 @@ from typing import Any
 
 from slmops_operator.api.status import RunRef
 from slmops_operator.backends.base import JobRequest, RunState
-from slmops_pipelines.credentials import without_ambient_credentials
+from slmops_pipelines.jobs import without_ambient_credentials
 
 
 def _alive(pid: int | None, run_name: str) -> bool:

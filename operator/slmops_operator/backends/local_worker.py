@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slmops_operator.status_summary import summary_metrics
-
 WRITE_INTERVAL_S = 1.0
 
 
@@ -37,10 +35,10 @@ class StateReporter:
     """The engine's Reporter, writing progress into the state file (at most once a second)."""
 
     def __init__(self, path: Path, base: dict[str, Any]) -> None:
-        from slmops_pipelines.stages.progress import ProgressTracker
+        from slmops_pipelines import jobs
 
         self.path, self.base = path, base
-        self.tracker = ProgressTracker()
+        self.tracker = jobs.progress_tracker()
         self.last_write = 0.0
 
     @property
@@ -69,8 +67,7 @@ class StateReporter:
 
 
 def run(request: dict[str, Any], state_path: Path) -> int:
-    from slmops_pipelines.errors import InputError, JobError
-    from slmops_pipelines.specs import FineTuneJobSpec, OptimizeJobSpec
+    from slmops_pipelines import jobs
 
     try:  # the operator counts this run's restarts in the file: keep the count
         restarts = int(json.loads(state_path.read_text()).get("restarts") or 0)
@@ -79,47 +76,26 @@ def run(request: dict[str, Any], state_path: Path) -> int:
     base = {"pid": os.getpid(), "runName": request["runName"], "restarts": restarts}
     reporter = StateReporter(state_path, base)
     reporter.stage("starting", f"{request['kind']} {request['namespace']}/{request['name']}")
+    kind = jobs.job_kind(request["kind"])
     try:
-        if request["kind"] == "FineTuneJob":
-            from slmops_pipelines.local import run_finetune
-
-            outcome = run_finetune(
-                name=request["name"],
-                namespace=request["namespace"],
-                spec=FineTuneJobSpec.model_validate(request["spec"]),
-                output_uri=request["outputUri"],
-                reporter=reporter,
-                uid=request.get("uid", ""),
-            )
-        else:
-            from slmops_pipelines.local.optimize import run_optimize
-
-            source = request.get("sourceUri") or ""
-            outcome = run_optimize(
-                name=request["name"],
-                namespace=request["namespace"],
-                spec=OptimizeJobSpec.model_validate(request["spec"]),
-                output_uri=request["outputUri"],
-                locate_job=lambda _name: source,
-                reporter=reporter,
-                uid=request.get("uid", ""),
-            )
+        outcome = kind.run_local(
+            name=request["name"],
+            namespace=request["namespace"],
+            spec=kind.spec_class.model_validate(request["spec"]),
+            output_uri=request["outputUri"],
+            source_uri=request.get("sourceUri") or "",
+            reporter=reporter,
+            uid=request.get("uid", ""),
+        )
     except KeyboardInterrupt:
         write_state(state_path, {**base, "phase": "Cancelled", "message": "cancelled", "reason": "Cancelled"})
         return 130
-    except JobError as exc:
+    except jobs.JobError as exc:
         write_state(
             state_path,
-            {
-                **base,
-                "phase": "Failed",
-                "message": exc.message,
-                "reason": exc.reason,
-                "field": exc.field,
-                "progress": reporter.progress,
-            },
+            {**base, "phase": "Failed", **exc.to_dict(), "progress": reporter.progress},
         )
-        return 2 if isinstance(exc, InputError) else 1
+        return 2 if isinstance(exc, jobs.InputError) else 1
     except Exception as exc:  # a bug, not a bad input: say what it was, keep the traceback in the log
         import traceback
 
@@ -141,7 +117,7 @@ def run(request: dict[str, Any], state_path: Path) -> int:
             "phase": "Succeeded",
             "message": "already complete" if outcome.already_complete else "done",
             "artifacts": {"output": outcome.output_uri, **outcome.artifacts},
-            "metrics": summary_metrics(request["kind"], outcome.metrics),
+            "metrics": kind.summary_metrics(outcome.metrics),
             "progress": {**reporter.progress, "stage": "done", "percent": 100},
         },
     )

@@ -66,16 +66,14 @@ def compile_cmd(output_dir: Path, registry: str | None, check: bool) -> None:
     """Compile the KFP pipelines to IR YAML, ready to upload in a KFP dashboard."""
     import tempfile
 
-    from slmops_pipelines.kubeflow.images import Images
-    from slmops_pipelines.kubeflow.pipelines import compile_all
+    from slmops_pipelines import jobs
 
-    images = Images.default(registry=registry)
     if not check:
-        for path in compile_all(output_dir, images=images):
+        for path in jobs.compile_all(output_dir, registry=registry):
             console.print(f"wrote {path}")
         return
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = compile_all(Path(tmp), images=images)
+        fresh = jobs.compile_all(Path(tmp), registry=registry)
         stale = [
             str(output_dir / path.name)
             for path in fresh
@@ -182,7 +180,7 @@ def models() -> None:
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 def import_gguf_cmd(gguf: Path, out_dir: Path) -> None:
     """Dequantize a GGUF file into a plain transformers model folder."""
-    from slmops_pipelines.models.gguf_import import import_gguf
+    from slmops_pipelines.jobs import import_gguf
 
     if (out_dir / "config.json").exists():
         console.print(f"{out_dir} exists: nothing to do")

@@ -27,7 +27,8 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-PHASES = ("Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled")
+from slmops_operator.api.status import PHASES
+
 FINISHED = ("Succeeded", "Failed", "Cancelled")
 
 _TABLE = {

@@ -93,10 +93,9 @@ async def _delete_artifacts(reconciler, body: kopf.Body, status: dict[str, Any],
 
 def delete_owned_artifacts(uri: str, uid: str, settings: OperatorSettings):
     """Delete the output at ``uri`` if this job (``uid``) claimed it; never the operator's own roots."""
-    from slmops_pipelines.steps.publish import Cleanup, delete_owned_output
-    from slmops_pipelines.storage import open_store
+    from slmops_pipelines.jobs import Cleanup, delete_owned_output
 
     refused = validation.output_problems(uri, settings.model_copy(update={"backend": "local"}))
     if refused:  # an output of an older release, or admitted without the webhook
         return Cleanup(kept=[f"{uri}: not deleted, {problem.split(': ', 1)[1]}" for problem in refused])
-    return delete_owned_output(open_store(uri), uid=uid)
+    return delete_owned_output(uri, uid=uid)

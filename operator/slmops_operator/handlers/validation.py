@@ -28,7 +28,7 @@ import kopf
 from pydantic import ValidationError
 
 from slmops_operator.api.manifests import describe_error, format_loc
-from slmops_operator.api.resources import GROUP, KINDS, MUTABLE_SPEC_FIELDS, VERSION
+from slmops_operator.api.resources import GROUP, KINDS, MUTABLE_SPEC_FIELDS, VERSION, Resource
 from slmops_operator.settings import OperatorSettings
 
 
@@ -43,9 +43,25 @@ def problems_of(
     spec = body.get("spec") or {}
     if old is not None and (old.get("spec") or {}) == spec:
         return []  # metadata or status only: never refused (finalizers must always come off)
+    return checked_resource(kind, body, old, settings=settings)[1]
+
+
+def checked_resource(
+    kind: str,
+    body: dict[str, Any],
+    old: dict[str, Any] | None = None,
+    *,
+    settings: OperatorSettings | None = None,
+) -> tuple[Resource | None, list[str]]:
+    """The object as its resource class, and every problem with it (``path: reason`` lines).
+
+    One validation serves both: the reconciler needs the typed resource and the problems.
+    """
+    spec = body.get("spec") or {}
     problems: list[str] = []
+    resource: Resource | None = None
     try:
-        KINDS[kind].model_validate({**body, "status": None})
+        resource = KINDS[kind].model_validate({**body, "status": None})
     except ValidationError as exc:
         problems += [f"{format_loc(e['loc'])}: {describe_error(e)}" for e in exc.errors(include_url=False)]
     uri = ((spec.get("output") or {}).get("uri")) or ""
@@ -55,7 +71,7 @@ def problems_of(
         problems += setup_problems(spec, settings)
     if old is not None:
         problems += immutability_problems(old.get("spec") or {}, spec)
-    return problems
+    return resource, problems
 
 
 def immutability_problems(before: dict[str, Any], after: dict[str, Any]) -> list[str]:

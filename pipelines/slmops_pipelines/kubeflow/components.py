@@ -108,8 +108,9 @@ def publish_finetune(
     report: Output[HTML],
     artifacts: Output[Markdown],
     summary: Output[Metrics],
+    search: Input[Artifact] = None,
 ) -> str:
-    """Write metrics, loss curve and report; upload everything; write the manifest last."""
+    """Write metrics, loss curve and report; upload everything (with a search's trials); manifest last."""
     from slmops_pipelines.kubeflow import tasks
 
     return tasks.publish_finetune(
@@ -125,6 +126,7 @@ def publish_finetune(
         report_path=report.path,
         summary_path=artifacts.path,
         metrics=summary,
+        search_dir=search.path if search is not None else "",
     )
 
 
@@ -174,41 +176,6 @@ def pick_best(
         output_uri=output_uri,
         trial_dirs=[t.path for t in trials],
         best_dir=best.path,
-        search_dir=search.path,
-    )
-
-
-def publish_finetune_search(
-    spec: dict,
-    job: dict,
-    output_uri: str,
-    fingerprint: str,
-    started_at: float,
-    data: Input[Dataset],
-    model: Input[Model],
-    evaluation: Input[Artifact],
-    merged: Input[Model],
-    search: Input[Artifact],
-    report: Output[HTML],
-    artifacts: Output[Markdown],
-    summary: Output[Metrics],
-) -> str:
-    """Publish as publish-finetune does, with every trial and the leaderboard."""
-    from slmops_pipelines.kubeflow import tasks
-
-    return tasks.publish_finetune(
-        spec=spec,
-        job=job,
-        output_uri=output_uri,
-        fingerprint=fingerprint,
-        started_at=started_at,
-        data_dir=data.path,
-        model_dir=model.path,
-        evaluation_path=evaluation.path,
-        merged_dir=merged.path,
-        report_path=report.path,
-        summary_path=artifacts.path,
-        metrics=summary,
         search_dir=search.path,
     )
 
@@ -311,7 +278,6 @@ class Components(NamedTuple):
     plan_trials: Callable
     train_trial: Callable
     pick_best: Callable
-    publish_finetune_search: Callable
     inspect_optimize: Callable
     plan_targets: Callable
     prepare_source: Callable
@@ -328,7 +294,6 @@ _TRAINER = (
     plan_trials,
     train_trial,
     pick_best,
-    publish_finetune_search,
 )
 _OPTIMIZER = (inspect_optimize, plan_targets, prepare_source, build_target, publish_optimize)
 

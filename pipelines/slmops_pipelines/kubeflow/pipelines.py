@@ -13,7 +13,7 @@ The graphs::
 
     finetune:  inspect -> prepare-data -> train -> evaluate-finetune -> publish-finetune
     finetune-search:  inspect -> prepare-data -> ParallelFor(plan-trials: train-trial) -> pick-best
-                      -> evaluate-finetune -> publish-finetune-search
+                      -> evaluate-finetune -> publish-finetune (with the trials)
     optimize:  inspect -> prepare-source -> ParallelFor(plan-targets: build-target) -> publish-optimize
 
 ``inspect`` and ``publish`` look at the world (claims, fingerprints, the output location) and
@@ -49,7 +49,7 @@ def _inspect_and_prepare(c: Components, p: Placement, *, spec: Any, job: Any, ou
 
 
 def _evaluate_and_publish(
-    c: Components, p: Placement, publisher, *, spec, job, output_uri, inspect, data, eval_spec, model, **extra
+    c: Components, p: Placement, *, spec, job, output_uri, inspect, data, eval_spec, model, **extra
 ):
     """The last two steps of every FineTuneJob pipeline: evaluate ``model``, then publish."""
     evaluate = p.compute(
@@ -59,7 +59,7 @@ def _evaluate_and_publish(
     )
     evaluate.set_display_name("evaluate")
     publish = p.uncached(
-        publisher(
+        c.publish_finetune(
             spec=spec,
             job=job,
             output_uri=output_uri,
@@ -88,7 +88,6 @@ def _finetune_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_
     return _evaluate_and_publish(
         c,
         p,
-        c.publish_finetune,
         spec=spec,
         job=job,
         output_uri=output_uri,
@@ -118,7 +117,6 @@ def _finetune_search_steps(c: Components, p: Placement, *, spec: Any, job: Any, 
     return _evaluate_and_publish(
         c,
         p,
-        c.publish_finetune_search,
         spec=spec,
         job=job,
         output_uri=output_uri,

@@ -1,7 +1,7 @@
 """Where each component's pod runs and what it gets: GPUs, nodes, the S3 Secret, the model cache.
 
 A :class:`Placement` is decided when a pipeline is compiled: the operator compiles one per
-job from its ``spec.resources`` (compiling takes milliseconds and needs no torch), and
+job from its ``spec.resources`` (each job kind decides how: :meth:`slmops_pipelines.jobs.JobKind.placement`) (compiling takes milliseconds and needs no torch), and
 ``slmops compile`` writes the general-purpose pipelines with :meth:`Placement.default`.
 
 What goes where, and why:
@@ -21,14 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slmops_pipelines.specs import FineTuneJobSpec, OptimizeJobSpec
 from slmops_pipelines.specs.common import ResourcesSpec
 
 if TYPE_CHECKING:
     from kfp.dsl import PipelineTask
 
 CACHE_MOUNT = "/var/cache/slmops"
-GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
 # The general-purpose pipelines (``slmops compile``) mount the chart's Secret with these keys.
 DEFAULT_SECRET = "slmops-s3"
 DEFAULT_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
@@ -67,10 +65,18 @@ class Placement(BaseModel):
         secret = SecretMount(name=DEFAULT_SECRET, key_to_env={k: k for k in DEFAULT_SECRET_KEYS})
         return cls(gpus=gpus, secrets=[secret], cache_pvc="slmops-model-cache")
 
-    @classmethod
-    def local(cls) -> Placement:
-        """``kfp.local`` ignores Kubernetes settings; nothing may override the local environment."""
-        return cls()
+    def for_local(self) -> Placement:
+        """For ``kfp.local``: no GPUs, Secrets, volumes or node selection (the local environment rules)."""
+        return self.model_copy(
+            update={
+                "gpus": 0,
+                "target_gpus": 0,
+                "secrets": [],
+                "cache_pvc": None,
+                "node_selector": {},
+                "tolerations": [],
+            }
+        )
 
     @classmethod
     def for_resources(
@@ -89,29 +95,6 @@ class Placement(BaseModel):
             cache_pvc=cache_pvc,
             **extra,
         )
-
-    @classmethod
-    def for_finetune(
-        cls, spec: FineTuneJobSpec, *, cache_pvc: str | None = None, secrets: list[SecretMount] = ()
-    ) -> Placement:
-        return cls.for_resources(
-            spec.resources,
-            secrets=secrets,
-            cache_pvc=cache_pvc,
-            trial_parallelism=spec.search.parallelism if spec.search else 2,
-        )
-
-    @classmethod
-    def for_optimize(
-        cls, spec: OptimizeJobSpec, *, cache_pvc: str | None = None, secrets: list[SecretMount] = ()
-    ) -> Placement:
-        needs_gpu = any(t.provider in GPU_PROVIDERS for t in spec.targets)
-        return cls.for_resources(
-            spec.resources,
-            secrets=secrets,
-            cache_pvc=cache_pvc,
-            target_gpus=max(1, spec.resources.gpus) if needs_gpu else 0,
-        ).model_copy(update={"gpus": 0})
 
     # -- applying it to tasks ----------------------------------------------------------------
 

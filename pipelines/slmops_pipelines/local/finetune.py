@@ -40,15 +40,8 @@ def run_finetune(
     quiet_libraries()
     started = time.time()
     output_uri = spec.output.uri or output_uri or default_output_uri(name)
-
-    stages.check_inputs(spec, multi_node=False)
-    reporter.stage("output", f"checking {output_uri}")
-    from slmops_pipelines.credentials import secret_refs
-
-    for ref in secret_refs(spec):
-        reporter.info(f"{ref.field} ({ref.name}) is read on a cluster; this local run uses your environment")
-    inspection = stages.inspect_output(
-        name=name, namespace=namespace, spec=spec, output_uri=output_uri, uid=uid
+    inspection = _inspect(
+        name=name, namespace=namespace, spec=spec, output_uri=output_uri, reporter=reporter, uid=uid
     )
     store = inspection.store
     if inspection.finished is not None:
@@ -61,40 +54,15 @@ def run_finetune(
         )
     work = work_dir(store)
     remote = store.local_root() is None
-
-    from slmops_pipelines.models import cache_root
-    from slmops_pipelines.steps.data import check_dataset
-
-    reporter.stage("data", f"loading {spec.dataset.uri}")
-    loaded = check_dataset(spec.dataset, seed=spec.training.seed, cache_dir=cache_root())
-
-    reporter.stage("model", f"resolving {spec.model.uri}")
-    model_path = stages.resolve_base_model(spec)
-
-    reporter.stage("data", "rendering and tokenizing")
-    data_dir = work / "data"
-    stats = stages.prepare_data(spec, data_dir=data_dir, model_path=model_path, loaded=loaded)
-    reporter.info(
-        f"data: {stats.train.rows} training rows ({stats.train.tokens} tokens, {stats.train.truncated} truncated), "
-        f"{stats.eval.rows if stats.eval else 0} eval rows, fingerprint {stats.fingerprint[:19]}"
+    model_path, data_dir, stats = _prepare(spec, work=work, reporter=reporter)
+    search, evaluated_spec = _train(
+        spec,
+        model_path=model_path,
+        data_dir=data_dir,
+        work=work,
+        checkpoints=store if remote else None,
+        reporter=reporter,
     )
-
-    search = None
-    evaluated_spec = spec
-    if spec.search is not None:
-        search = _search(spec, model_path=model_path, data_dir=data_dir, work=work, reporter=reporter)
-        evaluated_spec = FineTuneJobSpec.model_validate(search["trial_spec"])
-    else:
-        reporter.stage("train", f"{spec.method} with {spec.resources.processes_per_node} process(es)")
-        stages.train(
-            spec,
-            model_path=model_path,
-            data_dir=data_dir,
-            work=work,
-            checkpoint_store=store if remote else None,
-            on_event=reporter.training_event,
-        )
-
     reporter.stage("evaluate", "generating answers for the eval split")
     evaluation = stages.evaluate(
         evaluated_spec,
@@ -103,7 +71,6 @@ def run_finetune(
         data_dir=data_dir,
         merged_dir=work / "merged" if spec.output.merged_model else None,
     )
-
     reporter.stage("report", "metrics, loss curve and report")
     metrics = stages.write_report(
         name=name,
@@ -116,7 +83,6 @@ def run_finetune(
         wall_time_s=time.time() - started,
         search=search,
     )
-
     reporter.stage("publish", f"writing {output_uri}")
     manifest = stages.publish_output(
         inspection,
@@ -131,6 +97,57 @@ def run_finetune(
     return JobOutcome(
         output_uri=store.uri, metrics=metrics, artifacts=stages.output_artifacts(store, manifest)
     )
+
+
+def _inspect(
+    *, name: str, namespace: str, spec: FineTuneJobSpec, output_uri: str, reporter: Reporter, uid: str
+) -> stages.Inspection:
+    """Check the inputs and claim the output location (refusing another job's)."""
+    from slmops_pipelines.credentials import secret_refs
+
+    stages.check_inputs(spec, multi_node=False)
+    reporter.stage("output", f"checking {output_uri}")
+    for ref in secret_refs(spec):
+        reporter.info(f"{ref.field} ({ref.name}) is read on a cluster; this local run uses your environment")
+    return stages.inspect_output(name=name, namespace=namespace, spec=spec, output_uri=output_uri, uid=uid)
+
+
+def _prepare(spec: FineTuneJobSpec, *, work: Path, reporter: Reporter):
+    """Load and check the dataset, resolve the base model, render and tokenize into ``work/data``."""
+    from slmops_pipelines.models import cache_root
+    from slmops_pipelines.steps.data import check_dataset
+
+    reporter.stage("data", f"loading {spec.dataset.uri}")
+    loaded = check_dataset(spec.dataset, seed=spec.training.seed, cache_dir=cache_root())
+    reporter.stage("model", f"resolving {spec.model.uri}")
+    model_path = stages.resolve_base_model(spec)
+    reporter.stage("data", "rendering and tokenizing")
+    data_dir = work / "data"
+    stats = stages.prepare_data(spec, data_dir=data_dir, model_path=model_path, loaded=loaded)
+    reporter.info(
+        f"data: {stats.train.rows} training rows ({stats.train.tokens} tokens, {stats.train.truncated} truncated), "
+        f"{stats.eval.rows if stats.eval else 0} eval rows, fingerprint {stats.fingerprint[:19]}"
+    )
+    return model_path, data_dir, stats
+
+
+def _train(
+    spec: FineTuneJobSpec, *, model_path: Path, data_dir: Path, work: Path, checkpoints, reporter: Reporter
+) -> tuple[dict | None, FineTuneJobSpec]:
+    """Train once, or run the search; return the search summary (or None) and the spec to evaluate."""
+    if spec.search is not None:
+        search = _search(spec, model_path=model_path, data_dir=data_dir, work=work, reporter=reporter)
+        return search, FineTuneJobSpec.model_validate(search["trial_spec"])
+    reporter.stage("train", f"{spec.method} with {spec.resources.processes_per_node} process(es)")
+    stages.train(
+        spec,
+        model_path=model_path,
+        data_dir=data_dir,
+        work=work,
+        checkpoint_store=checkpoints,
+        on_event=reporter.training_event,
+    )
+    return None, spec
 
 
 def _search(

@@ -15,18 +15,19 @@ import shutil
 from pathlib import Path
 
 from slmops_pipelines.errors import InputError
+from slmops_pipelines.models.load import load_tokenizer
 
 
 def import_gguf(gguf_path: Path, out_dir: Path) -> Path:
     """Dequantize ``gguf_path`` into ``out_dir`` (written atomically: a crash leaves no half folder)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if not gguf_path.is_file():
         raise InputError(f"GGUF file not found: {gguf_path}", field="model.uri")
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        tokenizer = load_tokenizer(folder, gguf_file=name)
         gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except Exception as exc:  # the gguf reader raises many kinds of errors for bad files
         raise InputError(f"cannot read GGUF file {gguf_path}: {exc}", field="model.uri") from exc
@@ -45,8 +46,6 @@ def import_gguf(gguf_path: Path, out_dir: Path) -> Path:
         )
     if config.tie_word_embeddings:
         plain.tie_weights()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
 
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import string
+from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -33,7 +34,7 @@ def check_uri(value: str) -> str:
     return value
 
 
-def is_filesystem_root(path) -> bool:
+def is_filesystem_root(path: str | PurePath) -> bool:
     """``/``, ``//``, ``/.``, ``/..``: every spelling of the root (no disk access)."""
     import posixpath
 
@@ -270,7 +271,7 @@ class OutputSpec(SpecModel):
             raise ValueError(
                 f"{value!r} names a bucket only: add a prefix, e.g. s3://{parsed.bucket}/jobs/name"
             )
-        if parsed.scheme == "file" and is_filesystem_root(parsed.path):
+        if parsed.scheme == "file" and parsed.path is not None and is_filesystem_root(parsed.path):
             raise ValueError(
                 f"{value!r} is the filesystem root: a job writes (and, when deleted, may remove) its whole "
                 "output folder, so give it a folder of its own"

@@ -39,6 +39,7 @@ Int4Algorithm = Literal["rtn", "hqq"]
 Int8Mode = Literal["weightOnly", "dynamic", "static"]
 OptimizeMetric = Literal["perplexity", "accuracy", "rouge", "bleu", "latency", "size"]
 ANSWER_METRICS = ("accuracy", "rouge", "bleu")
+DEFAULT_METRICS: tuple[OptimizeMetric, ...] = ("perplexity", "accuracy", "latency", "size")
 
 PROVIDER_PRECISIONS: dict[str, set[str]] = {
     "CPUExecutionProvider": {"fp32", "int8", "int4"},
@@ -149,7 +150,7 @@ class OptimizeSource(SpecModel):
         if self.adapter and self.adapters:
             raise ValueError("set adapter or adapters, not both")
         if self.adapters:
-            names = [a.name for a in self.adapters]
+            names = [a.name for a in self.adapters if a.name is not None]  # AdapterRef fills in every name
             duplicates = sorted({n for n in names if names.count(n) > 1})
             if duplicates:
                 raise ValueError(f"adapter names must be unique: {', '.join(duplicates)}")
@@ -246,7 +247,7 @@ class OptimizeEvaluationSpec(SpecModel):
         default=None, description="Evaluation data (default: the source FineTuneJob's eval split)."
     )
     metrics: list[OptimizeMetric] = Field(
-        default_factory=lambda: ["perplexity", "accuracy", "latency", "size"],
+        default_factory=lambda: list(DEFAULT_METRICS),
         min_length=1,
         max_length=6,
         description="Metrics to compute per target.",

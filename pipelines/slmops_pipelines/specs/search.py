@@ -91,7 +91,10 @@ class SearchSpec(SpecModel):
             if name not in PARAMETERS:
                 raise ValueError(f"unknown parameter {name!r}; known: {', '.join(sorted(PARAMETERS))}")
             kind, lowest, highest = PARAMETERS[name]
-            bounds = parameter.values if parameter.values is not None else [parameter.low, parameter.high]
+            if parameter.values is not None:
+                bounds = parameter.values
+            else:  # a range: SearchParameter has checked that it has both ends
+                bounds = [end for end in (parameter.low, parameter.high) if end is not None]
             for value in bounds:
                 if not lowest <= value <= highest:
                     raise ValueError(f"{name}: {value:g} is outside [{lowest:g}, {highest:g}]")

@@ -2,7 +2,7 @@
 
 Both engines run these functions and nothing else: the local engine
 (:mod:`slmops_pipelines.local.finetune`) calls them in one process over one work folder;
-the KFP components (:mod:`slmops_pipelines.kubeflow.tasks`) call one each, in their own
+the KFP components (:mod:`slmops_pipelines.kubeflow.tasks.finetune`) call one each, in their own
 pods, over the folders of their input and output artifacts.  So every stage takes and
 returns plain folders and JSON-able values, never objects that live in memory between
 stages.
@@ -35,7 +35,6 @@ from slmops_pipelines.steps.train.checkpoints import CHECKPOINTS, restore_checkp
 from slmops_pipelines.storage import ArtifactStore
 
 TRAIN_RESULT = "logs/train_result.json"
-EVALUATION = "evaluation.json"
 
 # Artifact name -> file, or folder (trailing slash), relative to the output root.
 OUTPUT_ARTIFACTS = {
@@ -108,12 +107,10 @@ def dataset_fingerprint(spec: FineTuneJobSpec) -> str:
 
 
 def load_tokenizer(spec: FineTuneJobSpec, model_path: Path):
-    from transformers import AutoTokenizer
+    """The job's tokenizer (pad token included) as every step of the job loads it."""
+    from slmops_pipelines.models.load import load_tokenizer as load_padded_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=spec.model.trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return load_padded_tokenizer(model_path, trust_remote_code=spec.model.trust_remote_code)
 
 
 def prepare_data(spec: FineTuneJobSpec, *, data_dir: Path, model_path: Path, loaded=None):

@@ -11,50 +11,45 @@ and one that collects them.  They hand each other folders:
   static int8), ``reference.json`` (the PyTorch measurements), ``source.json`` (the rest);
 * a **target** folder per target (:func:`build_target`): the ONNX model; its metrics,
   comparisons and gate results are returned as a JSON-able result;
-* the output (:func:`finish`): ``targets/<name>/``, ``metrics.json``, ``report.html``,
-  then ``manifest.json`` last -- or no manifest when a gate was violated.
+* the output (:func:`write_report`, then :func:`publish_output`): ``targets/<name>/``,
+  ``metrics.json``, ``report.html``, then ``manifest.json`` last -- or no manifest when a
+  gate was violated.
 
-The source is a finished FineTuneJob (found through ``locate_job``: ``slmops run`` passes
-where the jobs of the same invocation, or ``./runs/<name>``, wrote their outputs; a
-pipeline passes the FineTuneJob's output URI) or a model with an optional adapter.  A
-FineTuneJob output without ``manifest.json`` has not succeeded, and is refused.
+Where the source comes from (a finished FineTuneJob, or a model with adapters) is
+:mod:`.optimize_source`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from slmops_pipelines.errors import InputError, JobError
 from slmops_pipelines.models import cache_root, resolve_model
 from slmops_pipelines.models.load import load_causal_lm
-from slmops_pipelines.specs import DatasetSpec, FineTuneJobSpec, ModelSpec, OptimizeJobSpec
+from slmops_pipelines.specs import ModelSpec, OptimizeJobSpec
 from slmops_pipelines.specs.optimize import OptimizeTarget
+from slmops_pipelines.stages.optimize_source import (
+    JobLocator,
+    ResolvedSource,
+    base_field,
+    load_merged,
+    resolve_source,
+)
 from slmops_pipelines.steps import publish
-from slmops_pipelines.storage import ArtifactStore, open_store
+from slmops_pipelines.storage import ArtifactStore
 
-JobLocator = Callable[[str], str]
 Say = Callable[[str, str], None]  # (stage, message)
+
 
 SOURCE_JSON = "source.json"
 REFERENCE_JSON = "reference.json"
 EXAMPLES = "examples.jsonl"
 CALIBRATION = "calibration.json"
-
-
-@dataclass
-class ResolvedSource:
-    base: ModelSpec
-    adapter_dir: Path | None  # the PEFT adapter to merge (the first one when there are several)
-    full_model_dir: Path | None  # a fully fine-tuned model (no adapter)
-    dataset: DatasetSpec | None  # evaluation data
-    description: dict[str, Any] = field(default_factory=dict)
-    adapters: dict[str, Path] = field(default_factory=dict)  # name -> PEFT folder, kept separate on request
 
 
 class GateError(JobError):
@@ -64,110 +59,6 @@ class GateError(JobError):
 
 def _quiet(_stage: str, _message: str) -> None:
     pass
-
-
-# -- source ----------------------------------------------------------------------------------
-
-
-def _fetch_dir(store: ArtifactStore, prefix: str, work: Path) -> Path:
-    local = store.local_root()
-    if local is not None:
-        return local / prefix
-    target = work / "source" / prefix
-    shutil.rmtree(target, ignore_errors=True)
-    store.download_dir(prefix, target)
-    return target
-
-
-def _from_finetune_job(name: str, locate_job: JobLocator, work: Path) -> ResolvedSource:
-    uri = locate_job(name)
-    store = open_store(uri, field="source.fineTuneJobRef")
-    store.check()
-    manifest = publish.read_json(store, publish.MANIFEST)
-    if manifest is None:
-        raise InputError(
-            f"FineTuneJob {name!r} has not succeeded: no manifest.json at {store.uri}",
-            field="source.fineTuneJobRef",
-        )
-    job_spec = FineTuneJobSpec.model_validate(manifest["spec"])
-    paths = {entry["path"] for entry in manifest["files"]}
-    adapter = _fetch_dir(store, "adapter", work) if "adapter/adapter_config.json" in paths else None
-    full = _fetch_dir(store, "model", work) if adapter is None else None
-    return ResolvedSource(
-        base=job_spec.model,
-        adapter_dir=adapter,
-        full_model_dir=full,
-        dataset=job_spec.dataset,
-        description={"fineTuneJob": name, "output": store.uri, "specHash": manifest["job"].get("specHash")},
-        adapters={name: adapter} if adapter is not None else {},
-    )
-
-
-def _local_or_s3_dir(uri: str, work: Path, field_name: str) -> Path:
-    from slmops_pipelines.uris import parse_uri
-
-    parsed = parse_uri(uri)
-    if parsed.scheme == "s3":
-        store = open_store(uri, field=field_name)
-        store.check()
-        return _fetch_dir(store, "", work / hashlib.sha256(uri.encode()).hexdigest()[:12])
-    path = parsed.path.expanduser().resolve()
-    if not path.is_dir():
-        raise InputError(f"adapter folder not found: {path}", field=field_name)
-    return path
-
-
-def resolve_source(spec: OptimizeJobSpec, locate_job: JobLocator, work: Path) -> ResolvedSource:
-    source = spec.source
-    if source.fine_tune_job_ref is not None:
-        resolved = _from_finetune_job(source.fine_tune_job_ref.name, locate_job, work)
-    else:
-        refs = [source.adapter] if source.adapter else list(source.adapters or [])
-        field_of = "source.adapter.uri" if source.adapter else "source.adapters"
-        adapters = {ref.name: _local_or_s3_dir(ref.uri, work, field_of) for ref in refs}
-        first = next(iter(adapters.values()), None)
-        resolved = ResolvedSource(
-            base=source.model, adapter_dir=first, full_model_dir=None, dataset=None, adapters=adapters
-        )
-    if spec.evaluation.dataset is not None:
-        resolved.dataset = spec.evaluation.dataset
-    return resolved
-
-
-def _base_field(source: ResolvedSource) -> str:
-    return "source.fineTuneJobRef" if source.description.get("fineTuneJob") else "source.model.uri"
-
-
-def load_merged(source: ResolvedSource, base_path: Path, out_dir: Path):
-    """The fine-tuned model with its adapter merged, fp32, saved to ``out_dir`` (also the reference)."""
-    from transformers import AutoTokenizer
-
-    trust = source.base.trust_remote_code
-    if source.full_model_dir is not None:
-        model_dir = source.full_model_dir
-        model = load_causal_lm(model_dir, field="source", trust_remote_code=trust)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust)
-        return model, tokenizer, model_dir
-    tokenizer = AutoTokenizer.from_pretrained(source.adapter_dir or base_path, trust_remote_code=trust)
-    model = load_causal_lm(base_path, field=_base_field(source), trust_remote_code=trust)
-    if source.adapter_dir is None:
-        return model, tokenizer, base_path
-    from peft import PeftModel
-
-    try:
-        model = PeftModel.from_pretrained(model, source.adapter_dir).merge_and_unload()
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise InputError(
-            f"the adapter at {source.adapter_dir} does not fit the base model {source.base.uri}: {str(exc)[:300]}",
-            field="source",
-        ) from exc
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return model, tokenizer, out_dir
 
 
 # -- stage 1: the prepared source ------------------------------------------------------------
@@ -274,7 +165,7 @@ def prepare_source(
     if source.adapter_dir is not None and examples and wanted - {"latency", "size"}:
         say("reference", "measuring the base model")
         base_model = load_causal_lm(
-            base_path, field=_base_field(source), trust_remote_code=source.base.trust_remote_code
+            base_path, field=base_field(source), trust_remote_code=source.base.trust_remote_code
         )
         base_metrics = measure(
             TorchEngine(base_model, tokenizer),
@@ -478,7 +369,12 @@ def publish_output(
         inputs={"source": metrics_doc["source"], "baseModel": metrics_doc["source"]["baseModel"]},
         exclude=(".slmops/", "prepared/"),
     )
-    artifacts = {t: store.uri_of(f"targets/{t}") for t in metrics_doc["targets"]}
+    return output_artifacts(store, metrics_doc)
+
+
+def output_artifacts(store: ArtifactStore, metrics_doc: dict[str, Any]) -> dict[str, str]:
+    """Artifact name -> URI of a published output: each target's folder, metrics, report, manifest."""
+    artifacts = {name: store.uri_of(f"targets/{name}") for name in metrics_doc.get("targets") or {}}
     artifacts.update(
         {
             "metrics": store.uri_of("metrics.json"),

@@ -1,4 +1,9 @@
-"""What every local job does with its output location: identity, claim, work folder."""
+"""What every job does with its output location: identity, claim, work folder, recorded failure.
+
+A step that fails with a :class:`~slmops_pipelines.errors.JobError` leaves it at
+:data:`ERROR_KEY` (``.slmops/error.json``) in the output location, where every engine and the
+operator read it back with its spec field and reason; a new run clears it first.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slmops_pipelines.errors import JobError
 from slmops_pipelines.models import cache_root
 from slmops_pipelines.specs import SpecModel
 from slmops_pipelines.steps import publish
@@ -67,3 +73,29 @@ def work_dir(store: ArtifactStore) -> Path:
     work = cache_root() / "work" / hashlib.sha256(store.uri.encode()).hexdigest()[:16]
     work.mkdir(parents=True, exist_ok=True)
     return work
+
+
+ERROR_KEY = ".slmops/error.json"
+
+
+def record_error(output_uri: str, step: str, exc: JobError) -> None:
+    """Leave the failure, with its spec field, where every engine and the operator can read it."""
+    try:
+        open_store(output_uri).write_text(ERROR_KEY, json.dumps({"step": step, **exc.to_dict()}))
+    except Exception as store_error:  # the output itself may be what failed: say so, keep the cause
+        print(f"[slmops] could not record the error at {output_uri}: {store_error}", flush=True)
+
+
+def read_error(output_uri: str) -> JobError | None:
+    """The error a step recorded in this output location, if any."""
+    store = open_store(output_uri)
+    if not store.exists(ERROR_KEY):
+        return None
+    return JobError.from_dict(json.loads(store.read_text(ERROR_KEY)))
+
+
+def clear_error(output_uri: str) -> None:
+    """A previous run's failure is not this run's."""
+    store = open_store(output_uri)
+    if store.exists(ERROR_KEY):
+        store.delete_prefix(ERROR_KEY)

@@ -24,11 +24,14 @@ import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slmops_pipelines.errors import JobError
 from slmops_pipelines.specs import FineTuneJobSpec
 from slmops_pipelines.specs.search import PARAMETERS, SearchSpec
+
+if TYPE_CHECKING:
+    import optuna
 
 TRIALS = "trials"
 RESULT_FOLDERS = ("adapter", "model", "tensorboard", "logs", "merged")
@@ -150,6 +153,167 @@ def objective_value(search: SearchSpec, train_result, evaluation: dict[str, Any]
     return float(value)
 
 
+def trial_folder(work: Path, number: int) -> Path:
+    """Where trial ``number`` of a search in ``work`` keeps its results and ``trial.json``."""
+    return work / TRIALS / f"trial-{number:03d}"
+
+
+def needs_answers(search: SearchSpec) -> bool:
+    """Whether the search metric needs the model's answers (the losses come from training alone)."""
+    return search.metric not in ("eval_loss", "train_loss")
+
+
+def _improves(search: SearchSpec, value: float, best: float) -> bool:
+    return value > best if search.goal == "maximize" else value < best
+
+
+class _Progress:
+    """Trial counts and the best trial so far, passed to ``on_progress`` at each change.
+
+    Trials run in threads (``parallelism``): the counts change under a lock, and the callback
+    is called outside it, so that a slow callback does not hold up the other trials.
+    """
+
+    def __init__(self, search: SearchSpec, on_progress: Callable[[dict[str, Any]], None]) -> None:
+        self.search = search
+        self.on_progress = on_progress
+        self.lock = threading.Lock()
+        self.tally = {"total": search.trials, "done": 0, "running": 0, "pruned": 0, "failed": 0}
+        self.best: dict[str, Any] = {}
+
+    def started(self) -> None:
+        with self.lock:
+            self.tally["running"] += 1
+            counts = self._counts()
+        self.on_progress(counts)
+
+    def finished(self, state: str, number: int, value: float | None) -> None:
+        """Trial ``number`` ended in ``state`` (COMPLETE, PRUNED or FAIL) with ``value``."""
+        with self.lock:
+            self.tally["running"] -= 1
+            self.tally["done"] += 1
+            self.tally["pruned"] += state == "PRUNED"
+            self.tally["failed"] += state == "FAIL"
+            if (
+                state == "COMPLETE"
+                and value is not None
+                and (not self.best or _improves(self.search, value, self.best["value"]))
+            ):
+                self.best.update(trial=number, value=value)
+            counts = self._counts()
+        self.on_progress(counts)
+
+    def _counts(self) -> dict[str, Any]:
+        return {**self.tally, "bestTrial": self.best.get("trial"), "bestValue": self.best.get("value")}
+
+
+def _prune_on_eval_loss(trial: optuna.Trial) -> Callable[[dict[str, Any]], None]:
+    """The training-event handler that reports each eval loss to the study.
+
+    When the pruner gives up on the trial it raises ``TrialPruned`` out of training, which
+    stops the trial's trainers.
+    """
+    import optuna
+
+    def on_event(event: dict[str, Any]) -> None:
+        if "eval_loss" in event and event.get("step") is not None:
+            trial.report(float(event["eval_loss"]), int(event["step"]))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"eval loss {event['eval_loss']:.4g} at step {event['step']}")
+
+    return on_event
+
+
+def _without_base_comparison(spec: FineTuneJobSpec) -> FineTuneJobSpec:
+    # The base model scores the same in every trial: evaluating it again for each is wasted work.
+    return spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"compare_base": False})})
+
+
+def _write_trial_record(folder: Path, record: dict[str, Any]) -> None:
+    """Leave the trial's folder with its results and ``trial.json``, without its checkpoints."""
+    # Checkpoints are the bulk of a trial's disk and a finished trial is never resumed.
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "trial.json").write_text(json.dumps(record, indent=2))
+
+
+class _TrialRunner:
+    """The study's objective: one trial trained and measured as a job of its own, in its folder.
+
+    A trial that fails with a JobError is recorded (its message kept for the summary) and the
+    study goes on; a pruned trial raises ``TrialPruned`` as Optuna expects.
+    """
+
+    def __init__(
+        self,
+        spec: FineTuneJobSpec,
+        search: SearchSpec,
+        *,
+        work: Path,
+        train: Callable[..., Any],
+        evaluate: Callable[..., dict[str, Any] | None],
+        say: Callable[[str, str], None],
+        progress: _Progress,
+    ) -> None:
+        self.spec, self.search = spec, search
+        self.work, self.train, self.evaluate, self.say = work, train, evaluate, say
+        self.progress = progress
+        self.errors: dict[int, str] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        import optuna
+
+        params = _suggest(trial, self.search)
+        tspec = trial_spec(self.spec, params)
+        folder = trial_folder(self.work, trial.number)
+        shutil.rmtree(folder, ignore_errors=True)
+        self.say("trial", f"{trial.number}: {json.dumps(params)}")
+        self.progress.started()
+        state, value = "FAIL", None
+        try:
+            value = self._measure(tspec, folder, on_event=_prune_on_eval_loss(trial))
+            state = "COMPLETE"
+            return value
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
+        except JobError as exc:
+            with self.lock:
+                self.errors[trial.number] = str(exc)
+            raise
+        finally:
+            self.progress.finished(state, trial.number, value)
+            record = {"trial": trial.number, "params": params, "state": state, "value": value}
+            _write_trial_record(folder, record)
+
+    def _measure(
+        self, tspec: FineTuneJobSpec, folder: Path, *, on_event: Callable[[dict[str, Any]], None]
+    ) -> float:
+        """Train the trial (and evaluate it, when the metric needs answers); its metric's value."""
+        search = self.search
+        result = self.train(tspec, work=folder, on_event=on_event)
+        evaluation = (
+            self.evaluate(_without_base_comparison(tspec), train_dir=folder)
+            if needs_answers(search)
+            else None
+        )
+        return objective_value(search, result, evaluation)
+
+    def results(self, study: optuna.Study) -> list[dict[str, Any]]:
+        """Every trial of ``study`` as ``summarize`` takes it, in trial order, with its error if it failed."""
+        return [
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "params": t.params,
+                **({"error": self.errors[t.number]} if t.number in self.errors else {}),
+            }
+            for t in sorted(study.trials, key=lambda t: t.number)
+        ]
+
+
 def run_search(
     spec: FineTuneJobSpec,
     *,
@@ -166,91 +330,15 @@ def run_search(
     ``train(spec, work=...) -> TrainResult`` and ``evaluate(spec, train_dir=...)`` are the
     job's own stages (bound to the model and data by the caller).
     """
-    import optuna
-
     search = spec.search
     study = make_study(search)
-    errors: dict[int, str] = {}
-    lock = threading.Lock()
-    needs_answers = search.metric not in ("eval_loss", "train_loss")
-    tally = {"total": search.trials, "done": 0, "running": 0, "pruned": 0, "failed": 0}
-    best: dict[str, Any] = {}
-
-    def record(state: str | None, number: int | None = None, value: float | None = None) -> None:
-        with lock:
-            if state is None:
-                tally["running"] += 1
-            else:
-                tally["running"] -= 1
-                tally["done"] += 1
-                tally["pruned"] += state == "PRUNED"
-                tally["failed"] += state == "FAIL"
-                better = (lambda a, b: a > b) if search.goal == "maximize" else (lambda a, b: a < b)
-                if state == "COMPLETE" and (not best or better(value, best["value"])):
-                    best.update(trial=number, value=value)
-            counts = {**tally, "bestTrial": best.get("trial"), "bestValue": best.get("value")}
-        on_progress(counts)
-
-    def objective(trial) -> float:
-        params = _suggest(trial, search)
-        tspec = trial_spec(spec, params)
-        folder = work / TRIALS / f"trial-{trial.number:03d}"
-        shutil.rmtree(folder, ignore_errors=True)
-        say("trial", f"{trial.number}: {json.dumps(params)}")
-        record(None)
-
-        def on_event(event: dict) -> None:
-            if "eval_loss" in event and event.get("step") is not None:
-                trial.report(float(event["eval_loss"]), int(event["step"]))
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"eval loss {event['eval_loss']:.4g} at step {event['step']}")
-
-        state, value = "FAIL", None
-        try:
-            result = train(tspec, work=folder, on_event=on_event)
-            evaluation = (
-                evaluate(
-                    tspec.model_copy(
-                        update={"evaluation": tspec.evaluation.model_copy(update={"compare_base": False})}
-                    ),
-                    train_dir=folder,
-                )
-                if needs_answers
-                else None
-            )
-            value = objective_value(search, result, evaluation)
-            state = "COMPLETE"
-            return value
-        except optuna.TrialPruned:
-            state = "PRUNED"
-            raise
-        except JobError as exc:
-            with lock:
-                errors[trial.number] = str(exc)
-            raise
-        finally:
-            record(state, trial.number, value)
-            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "trial.json").write_text(
-                json.dumps(
-                    {"trial": trial.number, "params": params, "state": state, "value": value}, indent=2
-                )
-            )
-
-    study.optimize(objective, n_trials=search.trials, n_jobs=search.parallelism, catch=(JobError,))
-    results = [
-        {
-            "trial": t.number,
-            "state": t.state.name,
-            "value": t.value,
-            "params": t.params,
-            **({"error": errors[t.number]} if t.number in errors else {}),
-        }
-        for t in sorted(study.trials, key=lambda t: t.number)
-    ]
-    summary = summarize(spec, results)
-    adopt_best(work / TRIALS / f"trial-{summary['best_trial']:03d}", work)
+    progress = _Progress(search, on_progress)
+    run_trial = _TrialRunner(
+        spec, search, work=work, train=train, evaluate=evaluate, say=say, progress=progress
+    )
+    study.optimize(run_trial, n_trials=search.trials, n_jobs=search.parallelism, catch=(JobError,))
+    summary = summarize(spec, run_trial.results(study))
+    adopt_best(trial_folder(work, summary["best_trial"]), work)
     say("search", f"best trial {summary['best_trial']}: {search.metric} {summary['best_value']:.4g}")
     return summary
 

@@ -118,12 +118,12 @@ class FineTuneEvaluation:
 def load_finetuned(spec: FineTuneJobSpec, base_path: Path, result_dir: Path):
     """The fine-tuned model in fp32 for evaluation/merging: base + adapter, or the full model."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from slmops_pipelines.models.load import load_tokenizer
 
     trust = spec.model.trust_remote_code
-    tokenizer = AutoTokenizer.from_pretrained(result_dir, trust_remote_code=trust)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(result_dir, trust_remote_code=trust)
     if (result_dir / "adapter_config.json").exists():
         from peft import PeftModel
 

@@ -57,10 +57,7 @@ class EventFollower:
 def _recorded_error(staging: ArtifactStore) -> JobError | None:
     if not staging.exists(node.ERROR):
         return None
-    data = json.loads(staging.read_text(node.ERROR))
-    if data.get("reason") == "InvalidInput":
-        return InputError(data["message"], field=data.get("field"))
-    return JobError(data["message"], field=data.get("field"), reason=data.get("reason") or "TrainingFailed")
+    return JobError.from_dict(json.loads(staging.read_text(node.ERROR)))
 
 
 def _cancel_on_sigterm(cancelled: threading.Event) -> None:

@@ -3,6 +3,8 @@
 * :mod:`.launch`   -- runs the step as ``torchrun --nproc-per-node N`` (the parent side);
 * :mod:`.__main__` -- the entry point each torchrun process executes;
 * :mod:`.trainer`  -- builds the model, data and ``transformers.Trainer`` and trains;
+* :mod:`.sparse_logits` -- the Trainer whose loss computes logits only at labelled positions;
+* :mod:`.losses`   -- the loss functions by name: cross-entropy built in, plug-ins;
 * :mod:`.callbacks` -- progress events, complete-checkpoint marking;
 * :mod:`.checkpoints` -- finding the checkpoint to resume from;
 * :mod:`.methods`  -- lora, qlora, dora, full.

@@ -31,9 +31,7 @@ def main(argv: list[str]) -> int:
         # instead of scraping a traceback out of the log.
         if int(os.environ.get("RANK", "0")) == 0:
             request.error_path.parent.mkdir(parents=True, exist_ok=True)
-            request.error_path.write_text(
-                json.dumps({"message": exc.message, "field": exc.field, "reason": exc.reason})
-            )
+            request.error_path.write_text(json.dumps(exc.to_dict()))
         raise
     return 0
 

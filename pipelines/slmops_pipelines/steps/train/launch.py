@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmops_pipelines.errors import InputError, JobError
+from slmops_pipelines.errors import JobError
 from slmops_pipelines.steps.train.request import TrainRequest, TrainResult
 
 EventHandler = Callable[[dict], None]
@@ -123,12 +123,6 @@ class _EventTail:
         return [json.loads(line) for line in complete.split("\n") if line.strip()]
 
 
-def _error_from_child(error: dict) -> JobError:
-    if error.get("reason") == "InvalidInput":
-        return InputError(error["message"], field=error.get("field"))
-    return JobError(error["message"], field=error.get("field"), reason=error.get("reason", "TrainingFailed"))
-
-
 def _failure_summary(log_path: Path) -> str:
     lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
     errors = [line for line in lines if "Error" in line or "error:" in line]
@@ -182,7 +176,7 @@ def run_training(
         if on_event:
             on_event(event)
     if request.error_path.exists():
-        raise _error_from_child(json.loads(request.error_path.read_text()))
+        raise JobError.from_dict(json.loads(request.error_path.read_text()))
     if proc.returncode == 0 and rendezvous is not None and rendezvous.node_rank != 0:
         return None
     if proc.returncode != 0 or not request.result_path.exists():

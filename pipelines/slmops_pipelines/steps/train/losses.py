@@ -23,6 +23,8 @@ DEFAULT = "cross_entropy"
 
 
 def cross_entropy(logits: Any, targets: Any) -> Any:
+    """Summed token cross-entropy: the built-in loss, and the default of the sparse-logits trainer."""
+    # Imported here so that naming/listing losses (spec validation) does not load torch.
     import torch.nn.functional as F
 
     return F.cross_entropy(logits, targets, reduction="sum")

@@ -83,9 +83,7 @@ def run_node(staging_uri: str, output_uri: str, *, scratch: Path) -> None:
         run_training(request, on_event=on_event if first else None, rendezvous=rendezvous)
     except JobError as exc:
         if first:
-            staging.write_text(
-                ERROR, json.dumps({"message": exc.message, "field": exc.field, "reason": exc.reason})
-            )
+            staging.write_text(ERROR, json.dumps(exc.to_dict()))
         raise
     finally:
         if first:

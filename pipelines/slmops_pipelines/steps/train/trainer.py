@@ -99,14 +99,10 @@ def _set_threads(local_world_size: int) -> None:
 
 
 def _load_model_and_tokenizer(request: TrainRequest):
-    from transformers import AutoTokenizer
+    from slmops_pipelines.models.load import load_tokenizer
 
     spec = request.spec
-    tokenizer = AutoTokenizer.from_pretrained(
-        request.model_path, trust_remote_code=spec.model.trust_remote_code
-    )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(request.model_path, trust_remote_code=spec.model.trust_remote_code)
     method = get_method(spec.method)
     model = method.load_model(request.model_path, spec)
     if spec.training.gradient_checkpointing:
@@ -156,9 +152,9 @@ def train(request: TrainRequest) -> TrainResult:
     import torch
     from transformers import DataCollatorForSeq2Seq, set_seed
 
-    from slmops_pipelines.steps.train.loss import SparseLogitsTrainer
     from slmops_pipelines.steps.train.losses import DEFAULT as DEFAULT_LOSS
     from slmops_pipelines.steps.train.losses import get_loss
+    from slmops_pipelines.steps.train.sparse_logits import SparseLogitsTrainer
 
     rank, _local_rank, world_size = _world()
     _set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))

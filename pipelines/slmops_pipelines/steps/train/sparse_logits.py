@@ -7,6 +7,9 @@ model's ``logits_to_keep`` accepts a boolean mask: we keep exactly the positions
 token is labelled, and compute the same cross-entropy on those.  Same loss, less work and
 far less memory (the full logits tensor is never built).
 
+This module is the trainer side of the loss; :mod:`.losses` is the registry of the loss
+functions themselves (cross-entropy and plug-ins), whichever trainer path calls them.
+
 The loss is normalised like transformers' own: by ``num_items_in_batch`` (labelled tokens
 over the whole accumulated batch) when the Trainer passes it, else by the batch's tokens.
 """
@@ -16,13 +19,15 @@ from __future__ import annotations
 import inspect
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer
+
+from slmops_pipelines.steps.train.losses import cross_entropy
 
 IGNORE_INDEX = -100
 
 
 def supports_sparse_logits(model: torch.nn.Module) -> bool:
+    """Whether the (possibly PEFT-wrapped) model's forward takes ``logits_to_keep``."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
@@ -52,15 +57,11 @@ def sparse_causal_lm_loss(
         outputs = model(**model_inputs, use_cache=False)
         logits = outputs.logits[keep].float()
     targets = next_labels[keep[:, :-1]]
-    loss = (loss_fn or _cross_entropy_sum)(logits, targets)
+    loss = (loss_fn or cross_entropy)(logits, targets)
     divisor = num_items_in_batch if num_items_in_batch is not None else targets.numel()
     if torch.is_tensor(divisor):
         divisor = divisor.to(loss.device)
     return loss / divisor, outputs
-
-
-def _cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, targets, reduction="sum")
 
 
 class SparseLogitsTrainer(Trainer):

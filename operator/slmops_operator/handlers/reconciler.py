@@ -1,0 +1,99 @@
+"""The state the job handlers share, and the one way they call the backend.
+
+A :class:`Reconciler` holds the settings, the backend, the metrics and the API connection,
+plus what the operator process remembers between passes: runs submitted but not yet seen,
+runs it cancelled for a suspend, failed reads of a run's results, and the backoff of each
+job whose backend calls fail (:meth:`Reconciler.backend_call`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import kopf
+
+from slmops_operator.api.resources import Resource
+from slmops_operator.backends.base import Backend, JobRequest
+from slmops_operator.credentials import Credentials
+from slmops_operator.handlers.kube import KubeApi
+from slmops_operator.metrics import OperatorMetrics
+from slmops_operator.settings import OperatorSettings
+
+
+class Reconciler:
+    """The state the handlers share: settings, the backend, metrics, in-flight submissions."""
+
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        backend: Backend,
+        metrics: OperatorMetrics,
+        kube: KubeApi,
+        *,
+        credentials: Credentials | None = None,
+    ) -> None:
+        self.settings, self.backend, self.metrics, self.kube = settings, backend, metrics, kube
+        self.credentials = credentials or Credentials(kube)
+        self.submitting: dict[str, set[str]] = {}  # namespace -> runs submitted, not yet seen in any state
+        self.output_failures: dict[str, int] = {}  # job uid -> failed reads of a succeeded run's results
+        self.cancelled: set[str] = (
+            set()
+        )  # runs this process cancelled for a suspend (terminate is idempotent)
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.failures: dict[str, int] = {}  # job uid -> consecutive failed backend calls
+        self.next_attempt: dict[str, float] = {}  # job uid -> monotonic time of the next backend call
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def output_uri(self, resource: Resource) -> str:
+        if resource.spec.output.uri:
+            return resource.spec.output.uri
+        root = self.settings.default_output or (
+            str(self.settings.local_state_dir / "outputs") if self.settings.backend == "local" else ""
+        )
+        if not root:
+            raise kopf.PermanentError("output.uri is required: this operator has no SLMOPS_DEFAULT_OUTPUT")
+        return f"{root.rstrip('/')}/{resource.namespace}/{resource.name}"
+
+    def request(
+        self, resource: Resource, meta: kopf.Meta, source_uri: str = "", *, attempt: int = 1
+    ) -> JobRequest:
+        return JobRequest(
+            kind=resource.kind_name,
+            namespace=resource.namespace,
+            name=resource.name,
+            uid=meta.get("uid") or "",
+            attempt=attempt,
+            spec=resource.spec,
+            output_uri=self.output_uri(resource),
+            labels=dict(meta.get("labels") or {}),
+            source_uri=source_uri,
+        )
+
+    def release_slot(self, namespace: str, run_name: str) -> None:
+        """The run was seen (in any state), cancelled or deleted: the index or nothing holds it now."""
+        self.submitting.get(namespace, set()).discard(run_name)
+
+    def backing_off(self, uid: str) -> bool:
+        return time.monotonic() < self.next_attempt.get(uid, 0.0)
+
+    async def backend_call(self, operation: str, coro, *, uid: str = ""):
+        """Call the backend; count consecutive failures per job and back off exponentially."""
+        try:
+            result = await coro
+        except Exception as exc:
+            self.metrics.backend_errors.labels(backend=self.backend.name, operation=operation).inc()
+            failures = self.failures[uid] = self.failures.get(uid, 0) + 1
+            delay = min(60.0, self.settings.poll_seconds * 2**failures)
+            self.next_attempt[uid] = time.monotonic() + delay
+            raise BackendUnavailable(self.backend.name, operation, failures, exc) from exc
+        self.failures.pop(uid, None)
+        self.next_attempt.pop(uid, None)
+        return result
+
+
+class BackendUnavailable(Exception):
+    def __init__(self, backend: str, operation: str, attempts: int, cause: Exception) -> None:
+        super().__init__(f"{backend} backend: {operation} failed ({attempts} attempt(s)): {cause}")
+        self.backend, self.operation, self.attempts = backend, operation, attempts

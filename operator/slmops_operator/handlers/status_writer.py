@@ -1,0 +1,175 @@
+"""How the reconciler writes a job's status: phase transitions, backend trouble, a run's state.
+
+:func:`transition` writes a phase (with its conditions, from the pure functions of
+:mod:`.conditions`) into the patch and posts one Event when the phase changes;
+:func:`mirror` turns a backend's :class:`~slmops_operator.backends.base.RunState` into a
+transition; :func:`backend_trouble` says in status that the backend cannot be reached,
+after ``SLMOPS_BACKEND_RETRIES`` attempts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from slmops_operator.api.status import RunRef
+from slmops_operator.backends.base import JobRequest, RunState
+from slmops_operator.handlers.conditions import backend_recovered, changed, phase_patch, set_condition
+from slmops_operator.handlers.reconciler import BackendUnavailable, Reconciler
+from slmops_operator.metrics import OperatorMetrics
+
+# go(phase, *, reason, message, suspended, extra, backend_ok): one transition of the job at hand.
+Go = Callable[..., None]
+
+
+def transition(
+    body: kopf.Body,
+    status: dict[str, Any],
+    patch: kopf.Patch,
+    phase: str,
+    *,
+    reason: str,
+    message: str,
+    generation: int,
+    suspended: bool = False,
+    extra: dict[str, Any] | None = None,
+    metrics: OperatorMetrics | None = None,
+    backend_ok: bool = False,
+) -> None:
+    """Write the phase (and ``extra``) into the patch; post an Event when the phase changes.
+
+    ``backend_ok``: this pass reached the backend, so a ``BackendAvailable=False`` recovers.
+    """
+    update = phase_patch(
+        status, phase, reason=reason, message=message, generation=generation, suspended=suspended
+    )
+    if backend_ok:
+        update["conditions"] = backend_recovered(update["conditions"], generation=generation)
+    update.update(extra or {})
+    if not changed(status, update):
+        return
+    for key, value in update.items():
+        patch.status[key] = value
+    if status.get("phase") != phase or status.get("observedGeneration") != generation:
+        kopf.event(
+            body,
+            type="Warning" if phase == "Failed" else "Normal",
+            reason=reason,
+            message=f"{phase}: {message}"[:1024] if message else phase,
+        )
+        if metrics is not None:
+            metrics.transitions.labels(kind=body.get("kind", ""), phase=phase).inc()
+
+
+def backend_trouble(
+    reconciler: Reconciler,
+    exc: BackendUnavailable,
+    *,
+    body: kopf.Body,
+    meta: kopf.Meta,
+    status: dict[str, Any],
+    patch: kopf.Patch,
+    logger: logging.Logger,
+) -> None:
+    """Retry with backoff; after ``SLMOPS_BACKEND_RETRIES`` say so in status (and fail a job never started)."""
+    logger.warning(str(exc))
+    if exc.attempts < reconciler.settings.backend_retries:
+        return
+    generation = int(meta.get("generation") or 1)
+    message = f"{exc} (host: {reconciler.settings.kfp_host})" if exc.backend == "kfp" else str(exc)
+    if exc.operation == "submit" and not (status.get("run") or {}).get("name"):
+        transition(
+            body,
+            status,
+            patch,
+            "Failed",
+            reason="BackendUnreachable",
+            message=message,
+            generation=generation,
+            metrics=reconciler.metrics,
+        )
+        return
+    conditions = set_condition(
+        list(status.get("conditions") or []),
+        "BackendAvailable",
+        "False",
+        reason="BackendUnreachable",
+        message=message,
+        generation=generation,
+    )
+    patch.status["conditions"] = conditions
+    patch.status["message"] = message[:1024]
+    if exc.attempts == reconciler.settings.backend_retries:
+        kopf.event(body, type="Warning", reason="BackendUnreachable", message=message[:1024])
+
+
+def progress_of(state: RunState) -> dict[str, Any] | None:
+    if not state.progress:
+        return None
+    p = state.progress
+    progress = {
+        "stage": p.get("stage"),
+        "step": p.get("step"),
+        "totalSteps": p.get("totalSteps"),
+        "percent": p.get("percent"),
+        "loss": p.get("loss"),
+        "evalLoss": p.get("evalLoss"),
+        "etaSeconds": p.get("etaSeconds"),
+        "trials": p.get("trials"),
+    }
+    return {k: v for k, v in progress.items() if v is not None}
+
+
+def mirror(reconciler: Reconciler, request: JobRequest, run: RunRef, state: RunState, go, status) -> None:
+    """The run's state, into the job's phase, progress, results or failure."""
+    extra: dict[str, Any] = {}
+    progress = progress_of(state)
+    if progress:
+        extra["progress"] = progress
+    if state.phase == "Succeeded" and state.outputs_error:
+        outputs_unreadable(reconciler, request, state, go, status, extra)
+    elif state.phase == "Succeeded":
+        reconciler.output_failures.pop(request.uid, None)
+        extra.update(artifacts=state.artifacts, metrics=state.metrics)
+        go("Succeeded", reason="RunSucceeded", message=state.message or "done", extra=extra, backend_ok=True)
+    elif state.phase == "Failed":
+        where = f"spec.{state.spec_field}: " if state.spec_field else ""
+        message = f"{where}{state.message}"
+        go("Failed", reason=state.reason or "RunFailed", message=message, extra=extra, backend_ok=True)
+    elif state.phase == "Cancelled":
+        go(
+            "Cancelled",
+            reason="RunCancelled",
+            message=state.message or "cancelled",
+            extra=extra,
+            backend_ok=True,
+        )
+    else:
+        message = state.message or f"{state.phase.lower()} on {run.backend}"
+        go("Running", reason="RunRunning", message=message, extra=extra, backend_ok=True)
+
+
+def outputs_unreadable(
+    reconciler: Reconciler, request: JobRequest, state: RunState, go, status, extra
+) -> None:
+    """The run succeeded but its results cannot be read: a condition while retrying, then Failed."""
+    failures = reconciler.output_failures[request.uid] = reconciler.output_failures.get(request.uid, 0) + 1
+    message = f"the run succeeded but its results cannot be read: {state.outputs_error}"
+    if failures >= reconciler.settings.backend_retries:
+        reconciler.output_failures.pop(request.uid, None)
+        go("Failed", reason="OutputsUnreadable", message=message, extra=extra, backend_ok=True)
+        return
+    generation = status.get("observedGeneration")
+    conditions = set_condition(
+        # Running's own conditions, the backend reachable (it answered), the results not readable.
+        backend_recovered(list(status.get("conditions") or []), generation=generation),
+        "OutputsReadable",
+        "False",
+        reason="OutputsUnreadable",
+        message=f"{message} (attempt {failures} of {reconciler.settings.backend_retries})",
+        generation=generation,
+    )
+    go("Running", reason="RunRunning", message=message, extra={**extra, "conditions": conditions})

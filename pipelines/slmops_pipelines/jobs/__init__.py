@@ -1,0 +1,245 @@
+"""The job kinds, and the one face the operator and the CLI see of the pipelines.
+
+**The registry.**  :data:`KINDS` maps a resource kind to its :class:`JobKind`: the spec
+class, how each engine runs it, its pipeline and placement, the artifacts and summary
+metrics of its output.  Everything that differs between a FineTuneJob and an OptimizeJob
+lives in :mod:`.finetune` and :mod:`.optimize`; the rest of slmops asks the registry.
+Adding a kind is one module with a :class:`JobKind` subclass and one line below (see
+docs/design.md, "Adding a job kind").
+
+**The face.**  The operator (its backends, handlers and CLI) imports this module and
+:mod:`slmops_pipelines.specs` (the API's types), nothing else of the pipelines: how a job
+is compiled, run on this machine, or read back from its output location stays behind the
+functions here, so the stages, the storage and the KFP tasks can change without the
+operator noticing.  ``tests/test_layers.py`` keeps it so.
+
+Importing it costs pydantic, not torch or kfp: what needs them is imported inside.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from slmops_pipelines.credentials import SecretRef, secret_refs, without_ambient_credentials
+from slmops_pipelines.errors import InputError, JobError
+from slmops_pipelines.jobs.base import JobKind, SummaryTable, Upstream
+from slmops_pipelines.jobs.finetune import FineTuneJobKind
+from slmops_pipelines.jobs.optimize import OptimizeJobKind
+from slmops_pipelines.local.reporting import NullReporter, Reporter
+from slmops_pipelines.stages.outputs import JobOutcome
+from slmops_pipelines.steps.publish import Cleanup
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _registry(*kinds: JobKind) -> dict[str, JobKind]:
+    return {kind.name: kind for kind in kinds}
+
+
+# The job kinds: one line each.
+KINDS: dict[str, JobKind] = _registry(
+    FineTuneJobKind(),
+    OptimizeJobKind(),
+)
+
+
+def job_kind(name: str) -> JobKind:
+    """The kind called ``name``; a KeyError naming the known ones otherwise."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise KeyError(f"unknown job kind {name!r} (known: {', '.join(KINDS)})") from None
+
+
+# -- on a cluster ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobPipeline:
+    """The pipeline a job is submitted as: built with the job's placement, keyed for reuse."""
+
+    name: str
+    key: str  # equal keys compile to the same package: the pipeline, the placement, the images
+    _build: Any
+
+    def compile(self, path: Path) -> Path:
+        """Write the IR YAML (with the kfp-kubernetes platform spec) to ``path``."""
+        from slmops_pipelines.kubeflow.pipelines import compile_pipeline
+
+        return compile_pipeline(self._build(), path)
+
+
+def pipeline_for(
+    kind: str,
+    spec: Any,
+    *,
+    registry: str | None = None,
+    cache_pvc: str | None = None,
+    secrets: list[dict[str, Any]] | None = None,
+) -> JobPipeline:
+    """The pipeline that runs ``spec`` on a cluster, placed from its ``resources``.
+
+    ``secrets`` are the mounts (``{name, keyToEnv}``) every pod of the run gets.
+    """
+    from slmops_pipelines.kubeflow.images import Images
+    from slmops_pipelines.kubeflow.placement import SecretMount
+
+    job = job_kind(kind)
+    images = Images.default(registry=registry)
+    mounts = [SecretMount.model_validate(m) for m in secrets or []]
+    placement = job.placement(spec, cache_pvc=cache_pvc, secrets=mounts)
+    name, factory = job.pipeline(spec)
+    return JobPipeline(
+        name=name,
+        key=job.compiled_key(spec, placement, images),
+        _build=lambda: factory(placement=placement, images=images),
+    )
+
+
+def run_arguments(
+    kind: str, spec: Any, *, job: dict[str, Any], output_uri: str, source_uri: str = ""
+) -> dict[str, Any]:
+    """The arguments of the job's pipeline run (the spec, the job context, where things are)."""
+    return job_kind(kind).run_arguments(spec=spec, job=job, output_uri=output_uri, source_uri=source_uri)
+
+
+def compile_all(out_dir: Path | None = None, *, registry: str | None = None) -> list[Path]:
+    """Every pipeline with the general-purpose placement (``slmops compile``)."""
+    from slmops_pipelines.kubeflow.images import Images
+    from slmops_pipelines.kubeflow.pipelines import COMPILED_DIR
+    from slmops_pipelines.kubeflow.pipelines import compile_all as compile_every_pipeline
+
+    return compile_every_pipeline(out_dir or COMPILED_DIR, images=Images.default(registry=registry))
+
+
+# -- on this machine -------------------------------------------------------------------------------
+
+ENGINES = ("local", "kfp-local")
+
+
+def run_job(
+    kind: str,
+    *,
+    engine: str = "local",
+    name: str,
+    namespace: str,
+    spec: Any,
+    output_uri: str,
+    source_uri: str = "",
+    reporter: Reporter | None = None,
+    uid: str = "",
+) -> JobOutcome:
+    """Run a job to the end on this machine: the embedded engine, or its compiled pipeline on kfp.local."""
+    job = job_kind(kind)
+    if engine == "kfp-local":
+        return job.run_kfp_local(
+            name=name, namespace=namespace, spec=spec, output_uri=output_uri, source_uri=source_uri
+        )
+    if engine != "local":
+        raise ValueError(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
+    return job.run_local(
+        name=name,
+        namespace=namespace,
+        spec=spec,
+        output_uri=output_uri,
+        source_uri=source_uri,
+        reporter=reporter,
+        uid=uid,
+    )
+
+
+def progress_tracker() -> Any:
+    """A tracker turning training events into ``status.progress`` (step, losses, ETA, percent)."""
+    from slmops_pipelines.stages.progress import ProgressTracker
+
+    return ProgressTracker()
+
+
+# -- reading an output location ------------------------------------------------------------------
+
+
+def read_outcome(kind: str, output_uri: str) -> JobOutcome:
+    """What a succeeded job left: artifacts and metrics, from its output location."""
+    from slmops_pipelines.storage import open_store
+
+    return job_kind(kind).read_outcome(open_store(output_uri))
+
+
+def summary_metrics(kind: str, metrics_doc: dict[str, Any]) -> dict[str, float]:
+    """The few numbers of ``status.metrics`` (flat keys), from the job's ``metrics.json``."""
+    return job_kind(kind).summary_metrics(metrics_doc)
+
+
+def read_failure(output_uri: str) -> JobError | None:
+    """The error a failing step recorded in the output location (with its spec field), if any."""
+    from slmops_pipelines.stages.outputs import read_error
+
+    return read_error(output_uri)
+
+
+def read_progress(kind: str, spec: Any, output_uri: str) -> dict[str, Any]:
+    """A running job's progress as its steps record it in the output location (best effort)."""
+    from slmops_pipelines.stages.progress import PROGRESS_KEY
+    from slmops_pipelines.storage import open_store
+
+    progress: dict[str, Any] = {}
+    try:
+        store = open_store(output_uri)
+        if store.exists(PROGRESS_KEY):
+            progress = json.loads(store.read_text(PROGRESS_KEY))
+    except Exception:  # progress is best effort: an unreadable store shows no progress
+        progress = {}
+    try:
+        progress.update(job_kind(kind).progress(spec, output_uri))
+    except Exception:
+        pass
+    return progress
+
+
+def import_gguf(gguf: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF file into a plain transformers model folder (``slmops models import-gguf``)."""
+    from slmops_pipelines.models.gguf_import import import_gguf as dequantize
+
+    return dequantize(gguf, out_dir)
+
+
+def delete_owned_output(output_uri: str, *, uid: str) -> Cleanup:
+    """Delete what the job ``uid`` owns at ``output_uri`` (its claim says so); keep everything else."""
+    from slmops_pipelines.steps.publish import delete_owned_output as delete
+    from slmops_pipelines.storage import open_store
+
+    return delete(open_store(output_uri), uid=uid)
+
+
+__all__ = [
+    "ENGINES",
+    "KINDS",
+    "Cleanup",
+    "InputError",
+    "JobError",
+    "JobKind",
+    "JobOutcome",
+    "JobPipeline",
+    "NullReporter",
+    "Reporter",
+    "SecretRef",
+    "SummaryTable",
+    "Upstream",
+    "compile_all",
+    "delete_owned_output",
+    "import_gguf",
+    "job_kind",
+    "pipeline_for",
+    "progress_tracker",
+    "read_failure",
+    "read_outcome",
+    "read_progress",
+    "run_arguments",
+    "run_job",
+    "secret_refs",
+    "summary_metrics",
+    "without_ambient_credentials",
+]

@@ -1,0 +1,187 @@
+"""The contract of a job kind, and what every kind shares.
+
+A :class:`JobKind` is everything slmops knows about one kind of job, in one place (as peft
+keeps a method's config and model under one registered name): the spec class that types
+its resource, how each engine runs it (the embedded local engine, the compiled pipeline
+under ``kfp.local``, a KFP cluster), where its pods go, what its output location holds
+when it succeeded, and the few numbers its ``status.metrics`` carries.  The operator, the
+CLI and the API models ask the registry (:mod:`slmops_pipelines.jobs`) instead of asking
+``if kind == ...``.
+
+Methods that need heavy libraries import them inside: the registry imports with pydantic
+alone, so that the operator image (no torch) and the pipeline definitions load it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from slmops_pipelines.specs import SpecModel
+
+if TYPE_CHECKING:
+    from slmops_pipelines.kubeflow.images import Images
+    from slmops_pipelines.kubeflow.placement import Placement, SecretMount
+    from slmops_pipelines.local.reporting import Reporter
+    from slmops_pipelines.stages.outputs import JobOutcome
+    from slmops_pipelines.storage import ArtifactStore
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The job another job reads its input from (an OptimizeJob's ``fineTuneJobRef``)."""
+
+    kind: str  # its kind
+    name: str  # its name, in the same namespace
+    field: str  # the spec field that names it, for errors
+
+
+@dataclass
+class SummaryTable:
+    """A table for people (``slmops run``): plain cells, rendered by the CLI."""
+
+    title: str
+    columns: list[str] = field(default_factory=list)  # empty: a key/value table without header
+    rows: list[list[str]] = field(default_factory=list)
+    highlight: int | None = None  # the row to stand out (a search's best trial)
+    # "lines": one ``key: value`` line a row, for long values people copy (artifact URIs).
+    layout: Literal["table", "lines"] = "table"
+
+
+def float_values(values: dict[str, Any]) -> dict[str, float]:
+    """The numbers of ``values``, rounded; None, bools and text are left out (status wants numbers)."""
+    return {
+        key: round(float(value), 6)
+        for key, value in values.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
+class JobKind(ABC):
+    """One kind of job.  A new kind is a subclass in its own module and one line in the registry."""
+
+    name: ClassVar[str]  # the resource kind: FineTuneJob
+    plural: ClassVar[str]  # finetunejobs
+    short_names: ClassVar[tuple[str, ...]]  # ftj, finetune
+    run_prefix: ClassVar[str]  # the start of its run names: ftj-<namespace>-<name>-<digest>
+    spec_class: ClassVar[type[SpecModel]]
+    description: ClassVar[str]  # one sentence: the resource's description in the CRD
+    # Extra `kubectl get` columns, between Phase/Progress and Message/Age.
+    printer_columns: ClassVar[tuple[dict[str, Any], ...]] = ()
+
+    # -- what it needs ---------------------------------------------------------------------------
+
+    def upstream(self, spec: Any) -> Upstream | None:
+        """The job whose output this one reads (it waits for that job to succeed); None by default."""
+        return None
+
+    # -- running it --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def run_local(
+        self,
+        *,
+        name: str,
+        namespace: str,
+        spec: Any,
+        output_uri: str,
+        source_uri: str = "",
+        reporter: Reporter | None = None,
+        uid: str = "",
+    ) -> JobOutcome:
+        """Run the whole job in this process with the embedded engine (``slmops run``, the local backend)."""
+
+    def run_kfp_local(
+        self, *, name: str, namespace: str, spec: Any, output_uri: str, source_uri: str = ""
+    ) -> JobOutcome:
+        """Run the job's compiled pipeline on this machine with ``kfp.local``."""
+        from slmops_pipelines.kubeflow.kfp_local import run_compiled
+
+        output_uri = spec.output.uri or output_uri
+        store, finished = self.claim_output(name=name, namespace=namespace, spec=spec, output_uri=output_uri)
+        if finished is None:
+            pipeline_name, factory = self.pipeline(spec)
+            run_compiled(
+                factory(placement=self.placement(spec).for_local()),
+                name=pipeline_name,
+                output_uri=output_uri,
+                arguments=self.run_arguments(
+                    spec=spec,
+                    job={"name": name, "namespace": namespace},
+                    output_uri=output_uri,
+                    source_uri=source_uri,
+                ),
+            )
+        return self.read_outcome(store, already_complete=finished is not None)
+
+    @abstractmethod
+    def claim_output(
+        self, *, name: str, namespace: str, spec: Any, output_uri: str
+    ) -> tuple[ArtifactStore, dict[str, Any] | None]:
+        """Check the inputs, claim the output location; return it and this job's manifest if finished."""
+
+    # -- on a cluster --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def pipeline(self, spec: Any) -> tuple[str, Callable[..., Callable]]:
+        """The name and the factory (``placement=``, ``images=``) of the KFP pipeline that runs ``spec``."""
+
+    @abstractmethod
+    def placement(
+        self, spec: Any, *, cache_pvc: str | None = None, secrets: list[SecretMount] | None = None
+    ) -> Placement:
+        """Where the pipeline's pods go and what they get, from ``spec.resources``."""
+
+    def run_arguments(
+        self, *, spec: Any, job: dict[str, Any], output_uri: str, source_uri: str
+    ) -> dict[str, Any]:
+        """The pipeline's arguments: the spec (JSON, camelCase, no nulls), the job context, the output."""
+        return {
+            "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "job": job,
+            "output_uri": output_uri,
+        }
+
+    def compiled_key(self, spec: Any, placement: Placement, images: Images) -> str:
+        """What a compiled package depends on: the pipeline and the placement, never the spec's values."""
+        import json
+
+        pipeline_name, _ = self.pipeline(spec)
+        return json.dumps([pipeline_name, placement.model_dump(mode="json"), repr(images)], sort_keys=True)
+
+    # -- what it leaves ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def output_artifacts(self, store: ArtifactStore) -> dict[str, str]:
+        """Artifact name -> URI, read from a succeeded output location (manifest, metrics)."""
+
+    @abstractmethod
+    def summary_metrics(self, metrics_doc: dict[str, Any]) -> dict[str, float]:
+        """The few numbers ``status.metrics`` carries, from ``metrics.json`` (flat, stable keys)."""
+
+    def progress(self, spec: Any, output_uri: str) -> dict[str, Any]:
+        """What a running job's output location says beyond the stage and the step (none by default)."""
+        return {}
+
+    @abstractmethod
+    def summary_tables(self, name: str, outcome: JobOutcome, *, wall_time_s: float) -> list[SummaryTable]:
+        """The tables ``slmops run`` prints when the job finished."""
+
+    def read_outcome(self, store: ArtifactStore, *, already_complete: bool = False) -> JobOutcome:
+        """The outcome of a succeeded job, from its output location alone."""
+        from slmops_pipelines.errors import JobError
+        from slmops_pipelines.stages.outputs import JobOutcome
+        from slmops_pipelines.steps import publish
+
+        if not store.exists(publish.MANIFEST):
+            raise JobError(
+                f"the pipeline finished without a manifest at {store.uri}", reason="PipelineFailed"
+            )
+        return JobOutcome(
+            output_uri=store.uri,
+            metrics=publish.read_json(store, "metrics.json") or {},
+            artifacts=self.output_artifacts(store),
+            already_complete=already_complete,
+        )

@@ -1,0 +1,131 @@
+"""OptimizeJob: convert a model to ONNX, optimize it per execution provider, evaluate and gate it.
+
+Its stages are :mod:`slmops_pipelines.stages.optimize`; the embedded engine is
+:mod:`slmops_pipelines.local.optimize`; on a cluster it is the ``optimize`` pipeline.  Its
+source may be a FineTuneJob's output (``source.fineTuneJobRef``): that job is its upstream,
+and the engines pass its output location as ``source_uri``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from slmops_pipelines.jobs.base import JobKind, SummaryTable, Upstream, float_values
+from slmops_pipelines.specs import OptimizeJobSpec
+
+if TYPE_CHECKING:
+    from slmops_pipelines.kubeflow.placement import Placement, SecretMount
+    from slmops_pipelines.local.reporting import Reporter
+    from slmops_pipelines.stages.outputs import JobOutcome
+    from slmops_pipelines.storage import ArtifactStore
+
+# Targets whose provider runs on a GPU: their pods get one.
+GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+
+
+class OptimizeJobKind(JobKind):
+    name = "OptimizeJob"
+    plural = "optimizejobs"
+    short_names = ("optj", "optimize")
+    run_prefix = "optj"
+    spec_class = OptimizeJobSpec
+    description = "Convert a model to ONNX, optimize it per execution provider, evaluate and gate it."
+    printer_columns = (
+        {
+            "name": "Source",
+            "type": "string",
+            "jsonPath": ".spec.source.fineTuneJobRef.name",
+            "description": "Source FineTuneJob.",
+        },
+    )
+
+    def upstream(self, spec: OptimizeJobSpec) -> Upstream | None:
+        ref = spec.source.fine_tune_job_ref
+        if ref is None:
+            return None
+        return Upstream(kind="FineTuneJob", name=ref.name, field="source.fineTuneJobRef")
+
+    def run_local(
+        self,
+        *,
+        name: str,
+        namespace: str,
+        spec: OptimizeJobSpec,
+        output_uri: str,
+        source_uri: str = "",
+        reporter: Reporter | None = None,
+        uid: str = "",
+    ) -> JobOutcome:
+        from slmops_pipelines.local.optimize import run_optimize
+        from slmops_pipelines.stages.optimize_source import source_locator
+
+        return run_optimize(
+            name=name,
+            namespace=namespace,
+            spec=spec,
+            output_uri=output_uri,
+            locate_job=source_locator(source_uri),
+            reporter=reporter,
+            uid=uid,
+        )
+
+    def claim_output(
+        self, *, name: str, namespace: str, spec: OptimizeJobSpec, output_uri: str
+    ) -> tuple[ArtifactStore, dict[str, Any] | None]:
+        from slmops_pipelines.stages.outputs import job_identity, open_output
+
+        return open_output(output_uri, job_identity(self.name, namespace, name, spec))
+
+    def pipeline(self, spec: OptimizeJobSpec) -> tuple[str, Callable[..., Callable]]:
+        from slmops_pipelines.kubeflow.pipelines import optimize_pipeline
+
+        return "optimize", optimize_pipeline
+
+    def placement(
+        self, spec: OptimizeJobSpec, *, cache_pvc: str | None = None, secrets: list[SecretMount] | None = None
+    ) -> Placement:
+        from slmops_pipelines.kubeflow.placement import Placement
+
+        needs_gpu = any(t.provider in GPU_PROVIDERS for t in spec.targets)
+        return Placement.for_resources(
+            spec.resources,
+            secrets=list(secrets or []),
+            cache_pvc=cache_pvc,
+            target_gpus=max(1, spec.resources.gpus) if needs_gpu else 0,
+        ).model_copy(update={"gpus": 0})  # the source step measures PyTorch on CPU; targets get the GPUs
+
+    def run_arguments(
+        self, *, spec: OptimizeJobSpec, job: dict[str, Any], output_uri: str, source_uri: str
+    ) -> dict[str, Any]:
+        return {
+            **super().run_arguments(spec=spec, job=job, output_uri=output_uri, source_uri=source_uri),
+            "source_uri": source_uri,
+        }
+
+    def output_artifacts(self, store: ArtifactStore) -> dict[str, str]:
+        from slmops_pipelines.stages.optimize import output_artifacts
+        from slmops_pipelines.steps import publish
+
+        return output_artifacts(store, publish.read_json(store, "metrics.json") or {})
+
+    def summary_metrics(self, metrics_doc: dict[str, Any]) -> dict[str, float]:
+        values: dict[str, Any] = {"wallTimeSeconds": metrics_doc.get("wall_time_s")}
+        for target, entry in (metrics_doc.get("targets") or {}).items():
+            measured = entry.get("metrics") or {}
+            latency = measured.get("latency") or {}
+            values[f"{target}.accuracy"] = measured.get("accuracy")
+            values[f"{target}.decodeTokensPerSecond"] = latency.get("decode_tokens_per_s_p50")
+            values[f"{target}.sizeMb"] = measured.get("size_mb")
+        return float_values(values)
+
+    def summary_tables(self, name: str, outcome: JobOutcome, *, wall_time_s: float) -> list[SummaryTable]:
+        from slmops_pipelines.steps.optimize.report import comparison_rows
+
+        tables = []
+        if outcome.metrics.get("targets"):
+            header, rows = comparison_rows(outcome.metrics, compact=True)
+            tables.append(SummaryTable(title=f"OptimizeJob {name}", columns=header, rows=rows))
+        artifacts = [[key, uri] for key, uri in outcome.artifacts.items()]
+        tables.append(SummaryTable(title="artifacts", rows=artifacts, layout="lines"))
+        return tables

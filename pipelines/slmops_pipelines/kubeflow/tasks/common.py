@@ -1,0 +1,112 @@
+"""What every KFP task shares: the job context, metrics for the dashboard, errors, folders.
+
+The task modules (:mod:`.finetune`, :mod:`.search`, :mod:`.optimize`) build on these; a
+task that fails with a JobError records it in the output location
+(:func:`slmops_pipelines.stages.outputs.record_error`), where the engines and the operator
+read it back.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from slmops_pipelines.errors import JobError
+from slmops_pipelines.stages.outputs import clear_error, record_error
+
+
+class MetricsArtifact(Protocol):
+    path: str
+    metadata: dict
+
+    def log_metric(self, metric: str, value: float) -> None: ...
+
+
+class JobContext(BaseModel):
+    """Who the run is for: identity, labels to pass on, and how to train on many nodes.
+
+    The pipelines' ``job`` parameter, in camelCase (``distributedEngine``) like the API.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    name: str
+    namespace: str = "default"
+    uid: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    distributed_engine: Literal["pytorchjob", "trainjob"] = "pytorchjob"
+    trainjob_runtime: str = "torch-distributed"  # the ClusterTrainingRuntime of a TrainJob
+    trainer_image: str = ""  # the image of the distributed workers (default: the trainer image)
+    # The Secrets the run's pods mount ({name, keyToEnv}; names, never values): workers get them too.
+    secrets: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def log_metrics(metrics: MetricsArtifact, values: dict[str, Any]) -> None:
+    """Log scalars for the dashboard; also write them to the artifact's file.
+
+    The file matters: kfp.local's cache treats an output artifact whose file does not
+    exist as gone, so a step with only-logged metrics would never be reused.
+    """
+    for key, value in values.items():
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int | float):
+            metrics.log_metric(key, round(float(value), 6))
+    Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(metrics.path).write_text(json.dumps(dict(metrics.metadata), indent=2, sort_keys=True))
+
+
+def say(stage: str, message: str) -> None:
+    print(f"[slmops] {stage}: {message}", flush=True)
+
+
+def print_event(event: dict) -> None:
+    kind = event.get("event")
+    if kind in ("log", "evaluate", "train_end", "save"):
+        fields = {k: v for k, v in event.items() if k != "event"}
+        print(f"[slmops] train {kind}: {json.dumps(fields, default=str)}", flush=True)
+
+
+def reports_errors(func):
+    """A task that fails with a JobError records it in the output location, then fails."""
+
+    @functools.wraps(func)
+    def wrapper(**kwargs):
+        try:
+            return func(**kwargs)
+        except JobError as exc:
+            print(f"[slmops] {func.__name__} failed: {exc}", flush=True)
+            record_error(kwargs["output_uri"], func.__name__, exc)
+            raise
+
+    return wrapper
+
+
+def copy_into(src: Path, dst: Path) -> None:
+    """Copy the contents of ``src`` into ``dst`` (merging folders)."""
+    if src.is_dir():
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+
+
+def markdown_links(title: str, artifacts: dict[str, str]) -> str:
+    rows = "\n".join(f"| {name} | `{uri}` |" for name, uri in artifacts.items())
+    return f"### {title}\n\n| artifact | URI |\n|---|---|\n{rows}\n"
+
+
+__all__ = [
+    "JobContext",
+    "MetricsArtifact",
+    "clear_error",
+    "copy_into",
+    "log_metrics",
+    "markdown_links",
+    "print_event",
+    "reports_errors",
+    "say",
+]

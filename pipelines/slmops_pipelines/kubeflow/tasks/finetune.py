@@ -1,0 +1,243 @@
+"""The FineTuneJob's tasks: inspect, prepare data, train, evaluate, publish.
+
+Each is one KFP component's body (:mod:`slmops_pipelines.kubeflow.components`) over the
+folders of its artifacts, calling :mod:`slmops_pipelines.stages.finetune`, the very stages
+the local engine calls.  ``publish_finetune`` serves both FineTuneJob pipelines: with a
+search it also publishes every trial and the leaderboard (``search_dir``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from slmops_pipelines.errors import InputError
+from slmops_pipelines.kubeflow.tasks.common import (
+    JobContext,
+    MetricsArtifact,
+    clear_error,
+    copy_into,
+    log_metrics,
+    markdown_links,
+    print_event,
+    reports_errors,
+    say,
+)
+from slmops_pipelines.specs import FineTuneJobSpec
+
+
+@reports_errors
+def inspect_finetune(*, spec: dict, job: dict, output_uri: str) -> tuple[str, float, dict, dict, dict]:
+    """Claim the output (refusing another job's), fingerprint the dataset, derive the steps' views.
+
+    Never cached: it looks at the world.  Returns the fingerprint, the start time and the
+    ``data``, ``train`` and ``evaluate`` views of the spec (see :mod:`.cache_keys`).
+    """
+    from slmops_pipelines.kubeflow.cache_keys import finetune_views
+    from slmops_pipelines.stages import finetune as stages
+
+    started = time.time()
+    parsed, ctx = FineTuneJobSpec.model_validate(spec), JobContext.model_validate(job)
+    if parsed.search is not None and parsed.search.strategy == "tpe":
+        raise InputError(
+            "tpe chooses each trial from the results of the ones before: on a pipeline, whose trials run "
+            "side by side in their own pods, use random or grid (or run tpe with the local engine)",
+            field="search.strategy",
+        )
+    stages.check_inputs(parsed, multi_node=True)
+    stages.inspect_output(
+        name=ctx.name, namespace=ctx.namespace, spec=parsed, output_uri=output_uri, uid=ctx.uid
+    )
+    clear_error(output_uri)  # a previous run's failure is not this run's
+    if parsed.search is not None:  # nor its trials
+        from slmops_pipelines.stages.trial_records import clear_trials
+
+        clear_trials(output_uri)
+    fingerprint = stages.dataset_fingerprint(parsed)
+    say("inspect", f"output {output_uri} claimed; dataset {fingerprint[:19]}")
+    views = finetune_views(parsed)
+    return fingerprint, started, views["data"], views["train"], views["evaluate"]
+
+
+@reports_errors
+def prepare_data(
+    *, spec: dict, output_uri: str, fingerprint: str, data_dir: str, metrics: MetricsArtifact
+) -> None:
+    from slmops_pipelines.stages import finetune as stages
+
+    parsed = FineTuneJobSpec.model_validate(spec)
+    model_path = stages.resolve_base_model(parsed)
+    stats = stages.prepare_data(parsed, data_dir=Path(data_dir), model_path=model_path)
+    if stats.fingerprint != fingerprint:  # the dataset changed between inspect and now
+        raise InputError(
+            f"the dataset changed while the run started ({fingerprint[:19]} -> {stats.fingerprint[:19]})",
+            field="dataset.uri",
+        )
+    say("data", f"{stats.train.rows} training rows, {stats.eval.rows if stats.eval else 0} eval rows")
+    log_metrics(
+        metrics,
+        {
+            "train_rows": stats.train.rows,
+            "train_tokens": stats.train.tokens,
+            "train_truncated": stats.train.truncated,
+            "eval_rows": stats.eval.rows if stats.eval else 0,
+        },
+    )
+
+
+@reports_errors
+def train(
+    *, spec: dict, job: dict, output_uri: str, data_dir: str, model_dir: str, metrics: MetricsArtifact
+) -> None:
+    """Train on this pod (torchrun) or, with ``nodes > 1``, on a PyTorchJob/TrainJob; fill ``model_dir``."""
+    from slmops_pipelines.stages import finetune as stages
+    from slmops_pipelines.stages.progress import StoredProgress
+    from slmops_pipelines.storage import open_store
+
+    parsed, ctx = FineTuneJobSpec.model_validate(spec), JobContext.model_validate(job)
+    store = open_store(output_uri, field="output.uri")
+    work = Path(model_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    progress = StoredProgress(store)  # the operator mirrors it into status.progress
+    progress.stage("train")
+
+    def on_event(event: dict) -> None:
+        print_event(event)
+        progress.event(event)
+
+    if parsed.resources.nodes > 1:
+        from slmops_pipelines.kubeflow.distributed.train import train_on_cluster
+
+        train_on_cluster(
+            parsed, ctx, store=store, data_dir=Path(data_dir), work=work, say=say, on_event=on_event
+        )
+    else:
+        say("train", f"{parsed.method} with {parsed.resources.processes_per_node} process(es)")
+        stages.train(
+            parsed,
+            model_path=stages.resolve_base_model(parsed),
+            data_dir=Path(data_dir),
+            work=work,
+            checkpoint_store=store,
+            on_event=on_event,
+        )
+    progress.flush()
+    shutil.rmtree(work / stages.CHECKPOINTS, ignore_errors=True)  # resume state lives in the output
+    result = stages.read_train_result(work)
+    log_metrics(
+        metrics,
+        {
+            "train_loss": result.train_loss,
+            "eval_loss": result.eval_loss,
+            "steps": result.global_step,
+            "tokens_per_second": result.tokens_per_second,
+            "train_runtime_s": result.train_runtime_s,
+            "peak_memory_mb": result.peak_memory_mb,
+            "trainable_parameters": result.trainable_parameters,
+        },
+    )
+
+
+@reports_errors
+def evaluate_finetune(
+    *,
+    spec: dict,
+    output_uri: str,
+    data_dir: str,
+    model_dir: str,
+    evaluation_path: str,
+    merged_dir: str,
+    metrics: MetricsArtifact,
+) -> None:
+    from slmops_pipelines.stages import finetune as stages
+
+    parsed = FineTuneJobSpec.model_validate(spec)
+    merged = Path(merged_dir)
+    merged.mkdir(parents=True, exist_ok=True)  # an empty folder when no merged model is asked for
+    evaluation = stages.evaluate(
+        parsed,
+        model_path=stages.resolve_base_model(parsed),
+        train_dir=Path(model_dir),
+        data_dir=Path(data_dir),
+        merged_dir=merged if parsed.output.merged_model else None,
+    )
+    Path(evaluation_path).write_text(json.dumps(evaluation))
+    if evaluation:
+        log_metrics(metrics, {"accuracy": evaluation["finetuned"]["accuracy"]})
+        if evaluation.get("base"):
+            log_metrics(metrics, {"base_accuracy": evaluation["base"]["accuracy"]})
+
+
+@reports_errors
+def publish_finetune(
+    *,
+    spec: dict,
+    job: dict,
+    output_uri: str,
+    fingerprint: str,
+    started_at: float,
+    data_dir: str,
+    model_dir: str,
+    evaluation_path: str,
+    merged_dir: str,
+    report_path: str,
+    summary_path: str,
+    metrics: MetricsArtifact,
+    search_dir: str = "",
+) -> str:
+    """Assemble the output as the local engine lays it out, publish it (manifest last); return its URI."""
+    from slmops_pipelines.stages import finetune as stages
+
+    parsed, ctx = FineTuneJobSpec.model_validate(spec), JobContext.model_validate(job)
+    search = json.loads((Path(search_dir) / "summary.json").read_text()) if search_dir else None
+    with tempfile.TemporaryDirectory(prefix="slmops-publish-") as tmp:
+        out = Path(tmp)
+        copy_into(Path(model_dir), out)
+        if search_dir:
+            copy_into(Path(search_dir) / "trials", out / "trials")
+        copy_into(Path(data_dir), out / "data")
+        merged = Path(merged_dir)
+        if merged.is_dir() and any(merged.iterdir()):  # empty unless output.mergedModel
+            copy_into(merged, out / "merged")
+        evaluation = json.loads(Path(evaluation_path).read_text())
+        report = stages.write_report(
+            name=ctx.name,
+            namespace=ctx.namespace,
+            spec=parsed,
+            data_stats=stages.read_data_stats(Path(data_dir)),
+            train_dir=out,
+            evaluation=evaluation,
+            out_dir=out,
+            wall_time_s=time.time() - started_at,
+            search=search,
+        )
+        shutil.copyfile(out / "report.html", report_path)
+        inspection = stages.inspect_output(
+            name=ctx.name, namespace=ctx.namespace, spec=parsed, output_uri=output_uri, uid=ctx.uid
+        )
+        manifest = stages.publish_output(
+            inspection,
+            spec=parsed,
+            out_dir=out,
+            model_path=stages.resolve_base_model(parsed),
+            fingerprint=fingerprint,
+            search=search,
+        )
+    artifacts = stages.output_artifacts(inspection.store, manifest)
+    Path(summary_path).write_text(markdown_links(f"FineTuneJob {ctx.namespace}/{ctx.name}", artifacts))
+    train_result = report["train"]
+    finetuned = (evaluation or {}).get("finetuned") or {}
+    log_metrics(
+        metrics,
+        {
+            "train_loss": train_result.get("train_loss"),
+            "eval_loss": train_result.get("eval_loss"),
+            "accuracy": finetuned.get("accuracy"),
+            "wall_time_s": report["wall_time_s"],
+        },
+    )
+    say("publish", f"{inspection.store.uri}: {len(manifest['files'])} files, manifest last")
+    return inspection.store.uri

@@ -1,0 +1,186 @@
+"""The OptimizeJob's tasks: inspect, prepare the source, build each target, publish.
+
+Each is one KFP component's body over the folders of its artifacts, calling
+:mod:`slmops_pipelines.stages.optimize`, the very stages the local engine calls.  The
+targets fan out in a ``dsl.ParallelFor``, one pod each (a GPU one for CUDA/TensorRT).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from slmops_pipelines.errors import InputError
+from slmops_pipelines.kubeflow.tasks.common import (
+    JobContext,
+    MetricsArtifact,
+    clear_error,
+    copy_into,
+    log_metrics,
+    markdown_links,
+    reports_errors,
+    say,
+)
+from slmops_pipelines.specs import OptimizeJobSpec
+from slmops_pipelines.stages.optimize_source import source_locator
+
+
+def source_fingerprint(spec: OptimizeJobSpec, source_uri: str) -> str:
+    """What identifies the source's content: the FineTuneJob's manifest, or the adapters' listings."""
+    from slmops_pipelines.steps import publish
+    from slmops_pipelines.storage import open_store
+
+    digest = hashlib.sha256()
+    if spec.source.fine_tune_job_ref is not None:
+        store = open_store(source_locator(source_uri)(spec.source.fine_tune_job_ref.name))
+        if not store.exists(publish.MANIFEST):
+            raise InputError(
+                f"FineTuneJob {spec.source.fine_tune_job_ref.name!r} has not succeeded: no manifest.json at "
+                f"{store.uri}",
+                field="source.fineTuneJobRef",
+            )
+        digest.update(store.read_text(publish.MANIFEST).encode())
+    else:
+        digest.update(spec.source.model.uri.encode())
+        refs = [spec.source.adapter] if spec.source.adapter else list(spec.source.adapters or [])
+        for ref in refs:
+            digest.update(f"\0{ref.name}\0{ref.uri}\0".encode())
+            for info in open_store(ref.uri, field="source.adapters").list(""):
+                digest.update(f"{info.key}:{info.size}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+@reports_errors
+def inspect_optimize(*, spec: dict, job: dict, output_uri: str, source_uri: str) -> tuple[str, float, dict]:
+    """Claim the output, fingerprint the source, derive the source step's view; never cached."""
+    from slmops_pipelines.kubeflow.cache_keys import optimize_source_view
+    from slmops_pipelines.stages.outputs import job_identity, open_output
+
+    started = time.time()
+    parsed, ctx = OptimizeJobSpec.model_validate(spec), JobContext.model_validate(job)
+    open_output(output_uri, job_identity("OptimizeJob", ctx.namespace, ctx.name, parsed, ctx.uid))
+    clear_error(output_uri)
+    fingerprint = source_fingerprint(parsed, source_uri)
+    say("inspect", f"output {output_uri} claimed; source {fingerprint[:19]}")
+    return fingerprint, started, optimize_source_view(parsed)
+
+
+def plan_targets(*, spec: dict) -> list[dict]:
+    """One spec view per target: the ParallelFor's items."""
+    from slmops_pipelines.kubeflow.cache_keys import optimize_target_views
+
+    return optimize_target_views(OptimizeJobSpec.model_validate(spec))
+
+
+@reports_errors
+def prepare_optimize_source(
+    *,
+    spec: dict,
+    output_uri: str,
+    source_uri: str,
+    fingerprint: str,
+    prepared_dir: str,
+    metrics: MetricsArtifact,
+) -> None:
+    from slmops_pipelines.stages import optimize as stages
+
+    parsed = OptimizeJobSpec.model_validate(spec)
+    stages.prepare_source(
+        parsed, locate_job=source_locator(source_uri), prepared_dir=Path(prepared_dir), say=say
+    )
+    reference = json.loads((Path(prepared_dir) / stages.REFERENCE_JSON).read_text())
+    log_metrics(metrics, _target_scalars(reference["finetuned_pytorch"], prefix="pytorch_"))
+    if reference.get("base_pytorch"):
+        log_metrics(metrics, {"base_accuracy": reference["base_pytorch"].get("accuracy")})
+
+
+def _target_scalars(measured: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    latency = measured.get("latency") or {}
+    return {
+        f"{prefix}accuracy": measured.get("accuracy"),
+        f"{prefix}perplexity": measured.get("perplexity"),
+        f"{prefix}decode_tokens_per_s": latency.get("decode_tokens_per_s_p50"),
+        f"{prefix}prefill_ms_p50": latency.get("prefill_ms_p50"),
+        f"{prefix}size_mb": measured.get("size_mb"),
+    }
+
+
+@reports_errors
+def build_target(
+    *,
+    spec: dict,
+    output_uri: str,
+    prepared_dir: str,
+    target_dir: str,
+    metrics: MetricsArtifact,
+) -> None:
+    """Export, measure and gate the target of this view; ``target_dir`` gets ``model/`` and ``result.json``."""
+    from slmops_pipelines.stages import optimize as stages
+
+    parsed = OptimizeJobSpec.model_validate(spec)
+    target_name = parsed.targets[0].name
+    out = Path(target_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="slmops-target-") as tmp:
+        result = stages.build_target(
+            parsed, target_name=target_name, prepared_dir=Path(prepared_dir), targets_dir=Path(tmp), say=say
+        )
+        shutil.rmtree(out / "model", ignore_errors=True)
+        shutil.move(str(Path(tmp) / target_name), str(out / "model"))
+        copy_into(Path(tmp) / "logs", out / "logs")  # the builder's log, published as the local engine does
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    log_metrics(metrics, _target_scalars(result["metrics"]))
+    log_metrics(metrics, {"decode_speedup": result["vsFinetuned"].get("decode_speedup")})
+
+
+@reports_errors
+def publish_optimize(
+    *,
+    spec: dict,
+    job: dict,
+    output_uri: str,
+    started_at: float,
+    prepared_dir: str,
+    target_dirs: list[str],
+    report_path: str,
+    summary_path: str,
+    metrics: MetricsArtifact,
+) -> str:
+    """Collect the targets, write metrics and report, apply the gates, publish; return the output URI."""
+    from slmops_pipelines.stages import optimize as stages
+    from slmops_pipelines.stages.outputs import job_identity, open_output
+
+    parsed, ctx = OptimizeJobSpec.model_validate(spec), JobContext.model_validate(job)
+    identity = job_identity("OptimizeJob", ctx.namespace, ctx.name, parsed, ctx.uid)
+    store, _finished = open_output(output_uri, identity)
+    with tempfile.TemporaryDirectory(prefix="slmops-publish-") as tmp:
+        out = Path(tmp)
+        results = []
+        for folder in map(Path, target_dirs):
+            result = json.loads((folder / "result.json").read_text())
+            shutil.copytree(folder / "model", out / "targets" / result["name"])
+            copy_into(folder / "logs", out / "targets" / "logs")
+            results.append(result)
+        metrics_doc = stages.write_report(
+            parsed,
+            name=ctx.name,
+            namespace=ctx.namespace,
+            prepared_dir=Path(prepared_dir),
+            results=results,
+            out_dir=out,
+            wall_time_s=time.time() - started_at,
+        )
+        shutil.copyfile(out / "report.html", report_path)
+        for name, entry in metrics_doc["targets"].items():
+            log_metrics(metrics, _target_scalars(entry["metrics"], prefix=f"{name}_"))
+        artifacts = stages.publish_output(
+            store, spec=parsed, identity=identity, out_dir=out, metrics_doc=metrics_doc
+        )
+    Path(summary_path).write_text(markdown_links(f"OptimizeJob {ctx.namespace}/{ctx.name}", artifacts))
+    say("publish", f"{store.uri}: {len(results)} target(s), manifest last")
+    return store.uri

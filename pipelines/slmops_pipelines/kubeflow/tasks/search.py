@@ -1,0 +1,109 @@
+"""A hyperparameter search on a pipeline: plan the trials, train each in its own pod, pick the best.
+
+The trials fan out in a ``dsl.ParallelFor``; each records its state in the output location
+(:mod:`slmops_pipelines.stages.trial_records`), where the operator counts them for
+``status.progress.trials``.  A trial's failure is the trial's, not the run's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from slmops_pipelines.errors import JobError
+from slmops_pipelines.kubeflow.tasks.common import (
+    MetricsArtifact,
+    log_metrics,
+    print_event,
+    reports_errors,
+    say,
+)
+from slmops_pipelines.specs import FineTuneJobSpec
+from slmops_pipelines.stages.trial_records import trial_recorder
+
+
+def plan_trials(*, spec: dict) -> list[dict]:
+    """The trials of ``spec.search``, drawn from its seed: one ParallelFor iteration each."""
+    from slmops_pipelines.stages.search import planned_trials
+
+    parsed = FineTuneJobSpec.model_validate(spec)
+    return [{"trial": n, "params": params} for n, params in enumerate(planned_trials(parsed.search))]
+
+
+@reports_errors
+def train_trial(
+    *, spec: dict, trial: dict, output_uri: str, data_dir: str, trial_dir: str, metrics: MetricsArtifact
+) -> None:
+    """Train (and, for answer metrics, evaluate) one trial; a failure is the trial's, not the run's."""
+    from slmops_pipelines.stages import finetune as stages
+    from slmops_pipelines.stages.search import objective_value, trial_spec
+
+    parsed = FineTuneJobSpec.model_validate(spec)
+    tspec = trial_spec(parsed, trial["params"])
+    work = Path(trial_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    model_path = stages.resolve_base_model(tspec)
+    number = int(trial["trial"])  # numbers travel as protobuf Struct values: floats
+    result: dict[str, Any] = {
+        "trial": number,
+        "params": trial["params"],
+        "state": "FAIL",
+        "value": None,
+    }
+    say("trial", f"{number}: {json.dumps(trial['params'])}")
+    record = trial_recorder(output_uri, number)
+    record({**result, "state": "RUNNING"})
+    try:
+        train_result = stages.train(
+            tspec, model_path=model_path, data_dir=Path(data_dir), work=work, on_event=print_event
+        )
+        evaluation = None
+        if parsed.search.metric not in ("eval_loss", "train_loss"):
+            quick = tspec.evaluation.model_copy(update={"compare_base": False})
+            evaluation = stages.evaluate(
+                tspec.model_copy(update={"evaluation": quick}),
+                model_path=model_path,
+                train_dir=work,
+                data_dir=Path(data_dir),
+                merged_dir=None,
+            )
+        result.update(state="COMPLETE", value=objective_value(parsed.search, train_result, evaluation))
+    except JobError as exc:
+        result["error"] = str(exc)
+        say("trial", f"{number} failed: {exc}")
+    finally:
+        shutil.rmtree(work / stages.CHECKPOINTS, ignore_errors=True)
+        (work / "trial.json").write_text(json.dumps(result, indent=2))
+        record(result)
+    log_metrics(metrics, {parsed.search.metric: result["value"], "trial": number})
+
+
+@reports_errors
+def pick_best(*, spec: dict, output_uri: str, trial_dirs: list[str], best_dir: str, search_dir: str) -> dict:
+    """The leaderboard from every trial; the best trial's results as the model; return its spec."""
+    from slmops_pipelines.stages.search import RESULT_FOLDERS, adopt_best, summarize
+
+    parsed = FineTuneJobSpec.model_validate(spec)
+    results, folders = [], {}
+    for folder in map(Path, trial_dirs):
+        result = json.loads((folder / "trial.json").read_text())
+        result["trial"] = int(result["trial"])
+        results.append(result)
+        folders[result["trial"]] = folder
+    summary = summarize(parsed, sorted(results, key=lambda r: r["trial"]))
+    adopt_best(folders[summary["best_trial"]], Path(best_dir))
+    search = Path(search_dir)
+    for number, folder in sorted(folders.items()):
+        target = search / "trials" / f"trial-{number:03d}"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (*RESULT_FOLDERS, "trial.json"):
+            source = folder / name
+            if source.is_dir():
+                shutil.copytree(source, target / name, dirs_exist_ok=True)
+            elif source.is_file():
+                shutil.copyfile(source, target / name)
+    (search / "summary.json").write_text(json.dumps(summary, indent=2))
+    say("search", f"best trial {summary['best_trial']}: {summary['metric']} {summary['best_value']:.4g}")
+    return summary["trial_spec"]
