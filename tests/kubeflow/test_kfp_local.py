@@ -25,21 +25,12 @@ from tests.conftest import finetune_manifest
 
 
 def run_finetune_kfp_local(*, name: str, spec, output_uri: str):
-    return jobs.run_job(
-        "FineTuneJob", engine="kfp-local", name=name, namespace="default", spec=spec, output_uri=output_uri
-    )
+    return jobs.run_job("FineTuneJob", jobs.JobRun(name, spec, output_uri), engine="kfp-local")
 
 
 def run_optimize_kfp_local(*, name: str, spec, output_uri: str, source_uri: str):
-    return jobs.run_job(
-        "OptimizeJob",
-        engine="kfp-local",
-        name=name,
-        namespace="default",
-        spec=spec,
-        output_uri=output_uri,
-        source_uri=source_uri,
-    )
+    run = jobs.JobRun(name, spec, output_uri, source_uri=source_uri)
+    return jobs.run_job("OptimizeJob", run, engine="kfp-local")
 
 
 CPU_INT4 = {"name": "cpu-int4", "provider": "CPUExecutionProvider", "precision": "int4"}

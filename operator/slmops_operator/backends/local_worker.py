@@ -78,15 +78,15 @@ def run(request: dict[str, Any], state_path: Path) -> int:
     reporter.stage("starting", f"{request['kind']} {request['namespace']}/{request['name']}")
     kind = jobs.job_kind(request["kind"])
     try:
-        outcome = kind.run_local(
+        run = jobs.JobRun(
             name=request["name"],
             namespace=request["namespace"],
             spec=kind.spec_class.model_validate(request["spec"]),
             output_uri=request["outputUri"],
             source_uri=request.get("sourceUri") or "",
-            reporter=reporter,
             uid=request.get("uid", ""),
         )
+        outcome = kind.run_local(run, reporter=reporter)
     except KeyboardInterrupt:
         write_state(state_path, {**base, "phase": "Cancelled", "message": "cancelled", "reason": "Cancelled"})
         return 130

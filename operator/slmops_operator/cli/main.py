@@ -23,15 +23,27 @@ def cli() -> None:
     """slmops: fine-tune and optimize small language models, on a laptop or a Kubernetes cluster."""
 
 
+def output_dir_option(default: str):
+    """``--output-dir/-o``: the folder generated files go to."""
+    return click.option(
+        "--output-dir",
+        "-o",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path(default),
+        show_default=True,
+    )
+
+
+def check_option(what: str):
+    """``--check``: compare with the files on disk instead of writing (exit 1 when stale)."""
+    return click.option(
+        "--check", is_flag=True, help=f"Exit 1 if the files on disk differ from the {what} ones."
+    )
+
+
 @cli.command()
-@click.option(
-    "--output-dir",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("crds"),
-    show_default=True,
-)
-@click.option("--check", is_flag=True, help="Exit 1 if the files on disk differ from the generated ones.")
+@output_dir_option("crds")
+@check_option("generated")
 def crds(output_dir: Path, check: bool) -> None:
     """Write the CustomResourceDefinitions generated from the API models."""
     from slmops_operator.api.crd import all_crds, render_yaml
@@ -53,15 +65,9 @@ def crds(output_dir: Path, check: bool) -> None:
 
 
 @cli.command("compile")
-@click.option(
-    "--output-dir",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("pipelines/compiled"),
-    show_default=True,
-)
+@output_dir_option("pipelines/compiled")
 @click.option("--registry", default=None, help="Image registry of the components (default: ghcr.io/slmops).")
-@click.option("--check", is_flag=True, help="Exit 1 if the files on disk differ from the compiled ones.")
+@check_option("compiled")
 def compile_cmd(output_dir: Path, registry: str | None, check: bool) -> None:
     """Compile the KFP pipelines to IR YAML, ready to upload in a KFP dashboard."""
     import tempfile

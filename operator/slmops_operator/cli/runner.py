@@ -58,19 +58,18 @@ def run_job(
         source_uri = outputs.get((upstream.kind, upstream.name), str(runs_dir / upstream.name))
     started = time.time()
     console.rule(f"{resource.kind_name} {resource.name}")
-    arguments = {
-        "engine": engine,
-        "name": resource.name,
-        "namespace": resource.namespace,
-        "spec": resource.spec,
-        "output_uri": str(runs_dir / resource.name),
-        "source_uri": source_uri,
-    }
+    run = jobs.JobRun(
+        name=resource.name,
+        namespace=resource.namespace,
+        spec=resource.spec,
+        output_uri=str(runs_dir / resource.name),
+        source_uri=source_uri,
+    )
     if engine == "kfp-local":  # every step is its own process: no progress bar
-        outcome = jobs.run_job(resource.kind_name, **arguments)
+        outcome = jobs.run_job(resource.kind_name, run, engine=engine)
     else:
         with RichReporter(console) as reporter:
-            outcome = jobs.run_job(resource.kind_name, **arguments, reporter=reporter)
+            outcome = jobs.run_job(resource.kind_name, run, engine=engine, reporter=reporter)
     for table in kind.summary_tables(resource.name, outcome, wall_time_s=time.time() - started):
         console.print(render_table(table), highlight=False)
     return outcome

@@ -41,13 +41,9 @@ from slmops_operator.credentials import MissingCredentials
 from slmops_operator.handlers import finalizer, validation
 from slmops_operator.handlers.conditions import FINISHED, condition_status
 from slmops_operator.handlers.reconciler import BackendUnavailable, Reconciler
-from slmops_operator.handlers.status_writer import Go, backend_trouble, mirror, transition
+from slmops_operator.handlers.status_writer import Go, JobPass, backend_trouble, mirror
 
 ACTIVE = ("Running",)
-
-
-def request_uid(meta: kopf.Meta) -> str:
-    return meta.get("uid") or ""
 
 
 def _run_ref(status: dict[str, Any], run_name: str) -> RunRef | None:
@@ -60,126 +56,68 @@ async def reconcile(
     kind: str,
     *,
     body: kopf.Body,
-    meta: kopf.Meta,
     status: kopf.Status,
     patch: kopf.Patch,
+    logger: logging.Logger,
     outputs: dict[str, kopf.Index] | None = None,
     active: set[str] | None = None,
-    logger: logging.Logger,
+    **_: Any,
 ) -> None:
     """One pass over one job.  ``outputs``: kind -> the index of that kind's jobs (phase, output)."""
     started = time.perf_counter()
-    uid = meta.get("uid") or ""
-    if reconciler.backing_off(uid):
+    job = JobPass(kind, body, dict(status or {}), patch, logger, metrics=reconciler.metrics)
+    if reconciler.backing_off(job.uid):
         return
     try:
-        await _reconcile(
-            reconciler,
-            kind,
-            body=body,
-            meta=meta,
-            status=dict(status or {}),
-            patch=patch,
-            outputs=outputs or {},
-            active=active or set(),
-            logger=logger,
-        )
+        await _reconcile(reconciler, job, outputs=outputs or {}, active=active or set())
     except BackendUnavailable as exc:
-        backend_trouble(
-            reconciler, exc, body=body, meta=meta, status=dict(status or {}), patch=patch, logger=logger
-        )
+        backend_trouble(reconciler, exc, job)
     finally:
         reconciler.metrics.reconcile_seconds.labels(kind=kind).observe(time.perf_counter() - started)
 
 
-def _transitions(reconciler: Reconciler, body: kopf.Body, status: dict[str, Any], patch: kopf.Patch) -> Go:
-    """``go(phase, reason=..., message=...)``: one transition of this job, into this pass's patch."""
-    generation = int(body.get("metadata", {}).get("generation") or 1)
-
-    def go(
-        phase: str, *, reason: str, message: str = "", suspended: bool = False, extra=None, backend_ok=False
-    ) -> None:
-        transition(
-            body,
-            status,
-            patch,
-            phase,
-            reason=reason,
-            message=message,
-            generation=generation,
-            suspended=suspended,
-            extra=extra,
-            metrics=reconciler.metrics,
-            backend_ok=backend_ok,
-        )
-
-    return go
-
-
 async def _reconcile(
-    reconciler: Reconciler,
-    kind: str,
-    *,
-    body: kopf.Body,
-    meta: kopf.Meta,
-    status: dict[str, Any],
-    patch: kopf.Patch,
-    outputs: dict[str, kopf.Index],
-    active: set[str],
-    logger: logging.Logger,
+    reconciler: Reconciler, job: JobPass, *, outputs: dict[str, kopf.Index], active: set[str]
 ) -> None:
-    go = _transitions(reconciler, body, status, patch)
-    if status.get("phase") in FINISHED:
-        await _finished(reconciler, kind, body=body, meta=meta, status=status, patch=patch, logger=logger)
+    if job.status.get("phase") in FINISHED:
+        await _finished(reconciler, job)
         return
     # The webhook may be bypassed or not installed: the same checks, once more.
-    resource, problems = validation.checked_resource(kind, dict(body), settings=reconciler.settings)
+    resource, problems = validation.checked_resource(job.kind, dict(job.body), settings=reconciler.settings)
     if resource is None or problems:
-        go("Failed", reason="InvalidSpec", message="; ".join(problems)[:1000])
+        job.go("Failed", reason="InvalidSpec", message="; ".join(problems)[:1000])
         return
-    if await _suspended(reconciler, resource, meta, status, go):
+    if await _suspended(reconciler, resource, job):
         return
-    source_uri = _upstream_output(resource, outputs, go)
+    source_uri = _upstream_output(resource, outputs, job.go)
     if source_uri is None:
         return
     try:
-        request = reconciler.request(resource, meta, source_uri, attempt=run_attempt(status))
+        request = reconciler.request(resource, job.meta, source_uri, attempt=run_attempt(job.status))
     except kopf.PermanentError as exc:
-        go("Failed", reason="InvalidSpec", message=str(exc))
+        job.go("Failed", reason="InvalidSpec", message=str(exc))
         return
-    run = _run_ref(status, request.run_name)
+    run = _run_ref(job.status, request.run_name)
     if run is None:
-        await _start(reconciler, request, go, active)
+        await _start(reconciler, request, job.go, active)
         return
     state = await reconciler.backend_call("state", reconciler.backend.state(run, request), uid=request.uid)
     reconciler.release_slot(resource.namespace, request.run_name)  # seen: the index has it, or it ended
-    mirror(reconciler, request, run, state, go, status)
+    mirror(reconciler, request, run, state, job.go, job.status)
 
 
-async def _finished(
-    reconciler: Reconciler,
-    kind: str,
-    *,
-    body: kopf.Body,
-    meta: kopf.Meta,
-    status: dict[str, Any],
-    patch: kopf.Patch,
-    logger: logging.Logger,
-) -> None:
+async def _finished(reconciler: Reconciler, job: JobPass) -> None:
     """Final: only suspend and ttlSecondsAfterFinished may change, and neither reruns the job."""
-    generation = int(meta.get("generation") or 1)
-    if status.get("observedGeneration") != generation:
-        patch.status["observedGeneration"] = generation
+    if job.status.get("observedGeneration") != job.generation:
+        job.patch.status["observedGeneration"] = job.generation
     try:
-        resource = KINDS[kind].model_validate(dict(body))
+        resource = KINDS[job.kind].model_validate(dict(job.body))
     except Exception:  # a finished job of an older, looser release: keep its verdict
         return
-    await _honour_ttl(reconciler, resource, status, logger)
+    await _honour_ttl(reconciler, resource, job.status, job.logger)
 
 
-async def _suspended(
-    reconciler: Reconciler, resource: Resource, meta: kopf.Meta, status: dict[str, Any], go: Go
-) -> bool:
+async def _suspended(reconciler: Reconciler, resource: Resource, job: JobPass) -> bool:
     """Stop what runs while suspended (True: nothing more to do this pass).
 
     The intent is written first (Suspended=True, in this pass's patch) and the run cancelled
@@ -187,15 +125,15 @@ async def _suspended(
     and a resumed job starts its next run instead of taking the cancelled one as a verdict.
     Once resumed, the job's next run resumes from its checkpoint.
     """
-    previous = status.get("run") or {}
-    was_suspended = bool(previous.get("name")) and condition_status(status, "Suspended") == "True"
+    previous = job.status.get("run") or {}
+    was_suspended = bool(previous.get("name")) and condition_status(job.status, "Suspended") == "True"
     if resource.spec.suspend:
         if was_suspended:
-            await _cancel_once(reconciler, previous, namespace=resource.namespace, uid=request_uid(meta))
-        go("Pending", reason="Suspended", message="spec.suspend is true", suspended=True)
+            await _cancel_once(reconciler, previous, namespace=resource.namespace, uid=job.uid)
+        job.go("Pending", reason="Suspended", message="spec.suspend is true", suspended=True)
         return True
     if was_suspended:  # resumed: the suspended run is cancelled (if that pass never came) before the next
-        await _cancel_once(reconciler, previous, namespace=resource.namespace, uid=request_uid(meta))
+        await _cancel_once(reconciler, previous, namespace=resource.namespace, uid=job.uid)
     return False
 
 
@@ -336,7 +274,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
             sharp=False,
         )
         async def tick(param: str, namespace: str, **kwargs: Any) -> None:
-            wanted = {k: kwargs.get(k) for k in ("body", "meta", "status", "patch", "logger")}
+            wanted = {k: kwargs.get(k) for k in ("body", "status", "patch", "logger")}
             active = {
                 run
                 for cls in KINDS.values()

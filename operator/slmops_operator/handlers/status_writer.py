@@ -1,7 +1,7 @@
 """How the reconciler writes a job's status: phase transitions, backend trouble, a run's state.
 
-:func:`transition` writes a phase (with its conditions, from the pure functions of
-:mod:`.conditions`) into the patch and posts one Event when the phase changes;
+:meth:`JobPass.go` writes a phase (with its conditions, from the pure functions of
+:mod:`.conditions`) into the pass's patch and posts one Event when the phase changes;
 :func:`mirror` turns a backend's :class:`~slmops_operator.backends.base.RunState` into a
 transition; :func:`backend_trouble` says in status that the backend cannot be reached,
 after ``SLMOPS_BACKEND_RETRIES`` attempts.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -25,85 +26,90 @@ from slmops_operator.metrics import OperatorMetrics
 Go = Callable[..., None]
 
 
-def transition(
-    body: kopf.Body,
-    status: dict[str, Any],
-    patch: kopf.Patch,
-    phase: str,
-    *,
-    reason: str,
-    message: str,
-    generation: int,
-    suspended: bool = False,
-    extra: dict[str, Any] | None = None,
-    metrics: OperatorMetrics | None = None,
-    backend_ok: bool = False,
-) -> None:
-    """Write the phase (and ``extra``) into the patch; post an Event when the phase changes.
+@dataclass
+class JobPass:
+    """One reconciliation of one job: what kopf handed the handler, and the patch its status goes to."""
 
-    ``backend_ok``: this pass reached the backend, so a ``BackendAvailable=False`` recovers.
-    """
-    update = phase_patch(
-        status, phase, reason=reason, message=message, generation=generation, suspended=suspended
-    )
-    if backend_ok:
-        update["conditions"] = backend_recovered(update["conditions"], generation=generation)
-    update.update(extra or {})
-    if not changed(status, update):
-        return
-    for key, value in update.items():
-        patch.status[key] = value
-    if status.get("phase") != phase or status.get("observedGeneration") != generation:
-        kopf.event(
-            body,
-            type="Warning" if phase == "Failed" else "Normal",
+    kind: str
+    body: kopf.Body
+    status: dict[str, Any]  # the status as it was at the start of the pass
+    patch: kopf.Patch
+    logger: logging.Logger
+    metrics: OperatorMetrics | None = None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.body.get("metadata") or {})
+
+    @property
+    def uid(self) -> str:
+        return self.meta.get("uid") or ""
+
+    @property
+    def generation(self) -> int:
+        return int(self.meta.get("generation") or 1)
+
+    def go(
+        self,
+        phase: str,
+        *,
+        reason: str,
+        message: str = "",
+        suspended: bool = False,
+        extra: dict[str, Any] | None = None,
+        backend_ok: bool = False,
+    ) -> None:
+        """Write the phase (and ``extra``) into the patch; post an Event when the phase changes.
+
+        ``backend_ok``: this pass reached the backend, so a ``BackendAvailable=False`` recovers.
+        """
+        update = phase_patch(
+            self.status,
+            phase,
             reason=reason,
-            message=f"{phase}: {message}"[:1024] if message else phase,
+            message=message,
+            generation=self.generation,
+            suspended=suspended,
         )
-        if metrics is not None:
-            metrics.transitions.labels(kind=body.get("kind", ""), phase=phase).inc()
+        if backend_ok:
+            update["conditions"] = backend_recovered(update["conditions"], generation=self.generation)
+        update.update(extra or {})
+        if not changed(self.status, update):
+            return
+        for key, value in update.items():
+            self.patch.status[key] = value
+        if self.status.get("phase") != phase or self.status.get("observedGeneration") != self.generation:
+            kopf.event(
+                self.body,
+                type="Warning" if phase == "Failed" else "Normal",
+                reason=reason,
+                message=f"{phase}: {message}"[:1024] if message else phase,
+            )
+            if self.metrics is not None:
+                self.metrics.transitions.labels(kind=self.kind, phase=phase).inc()
 
 
-def backend_trouble(
-    reconciler: Reconciler,
-    exc: BackendUnavailable,
-    *,
-    body: kopf.Body,
-    meta: kopf.Meta,
-    status: dict[str, Any],
-    patch: kopf.Patch,
-    logger: logging.Logger,
-) -> None:
+def backend_trouble(reconciler: Reconciler, exc: BackendUnavailable, job: JobPass) -> None:
     """Retry with backoff; after ``SLMOPS_BACKEND_RETRIES`` say so in status (and fail a job never started)."""
-    logger.warning(str(exc))
+    job.logger.warning(str(exc))
     if exc.attempts < reconciler.settings.backend_retries:
         return
-    generation = int(meta.get("generation") or 1)
     message = f"{exc} (host: {reconciler.settings.kfp_host})" if exc.backend == "kfp" else str(exc)
-    if exc.operation == "submit" and not (status.get("run") or {}).get("name"):
-        transition(
-            body,
-            status,
-            patch,
-            "Failed",
-            reason="BackendUnreachable",
-            message=message,
-            generation=generation,
-            metrics=reconciler.metrics,
-        )
+    if exc.operation == "submit" and not (job.status.get("run") or {}).get("name"):
+        job.go("Failed", reason="BackendUnreachable", message=message)
         return
     conditions = set_condition(
-        list(status.get("conditions") or []),
+        list(job.status.get("conditions") or []),
         "BackendAvailable",
         "False",
         reason="BackendUnreachable",
         message=message,
-        generation=generation,
+        generation=job.generation,
     )
-    patch.status["conditions"] = conditions
-    patch.status["message"] = message[:1024]
+    job.patch.status["conditions"] = conditions
+    job.patch.status["message"] = message[:1024]
     if exc.attempts == reconciler.settings.backend_retries:
-        kopf.event(body, type="Warning", reason="BackendUnreachable", message=message[:1024])
+        kopf.event(job.body, type="Warning", reason="BackendUnreachable", message=message[:1024])
 
 
 def progress_of(state: RunState) -> dict[str, Any] | None:

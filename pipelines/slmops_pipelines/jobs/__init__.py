@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from slmops_pipelines.credentials import SecretRef, secret_refs, without_ambient_credentials
 from slmops_pipelines.errors import InputError, JobError
-from slmops_pipelines.jobs.base import JobKind, SummaryTable, Upstream
+from slmops_pipelines.jobs.base import JobKind, JobRun, SummaryTable, Upstream
 from slmops_pipelines.jobs.finetune import FineTuneJobKind
 from slmops_pipelines.jobs.optimize import OptimizeJobKind
 from slmops_pipelines.local.reporting import NullReporter, Reporter
@@ -120,35 +120,13 @@ def compile_all(out_dir: Path | None = None, *, registry: str | None = None) -> 
 ENGINES = ("local", "kfp-local")
 
 
-def run_job(
-    kind: str,
-    *,
-    engine: str = "local",
-    name: str,
-    namespace: str,
-    spec: Any,
-    output_uri: str,
-    source_uri: str = "",
-    reporter: Reporter | None = None,
-    uid: str = "",
-) -> JobOutcome:
+def run_job(kind: str, run: JobRun, *, engine: str = "local", reporter: Reporter | None = None) -> JobOutcome:
     """Run a job to the end on this machine: the embedded engine, or its compiled pipeline on kfp.local."""
-    job = job_kind(kind)
     if engine == "kfp-local":
-        return job.run_kfp_local(
-            name=name, namespace=namespace, spec=spec, output_uri=output_uri, source_uri=source_uri
-        )
+        return job_kind(kind).run_kfp_local(run)
     if engine != "local":
         raise ValueError(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
-    return job.run_local(
-        name=name,
-        namespace=namespace,
-        spec=spec,
-        output_uri=output_uri,
-        source_uri=source_uri,
-        reporter=reporter,
-        uid=uid,
-    )
+    return job_kind(kind).run_local(run, reporter=reporter)
 
 
 def progress_tracker() -> Any:
@@ -223,6 +201,7 @@ __all__ = [
     "JobKind",
     "JobOutcome",
     "JobPipeline",
+    "JobRun",
     "NullReporter",
     "Reporter",
     "SecretRef",

@@ -38,6 +38,37 @@ class Upstream:
     field: str  # the spec field that names it, for errors
 
 
+@dataclass(frozen=True)
+class JobRun:
+    """One job to run on this machine: who it is, its spec, where its output goes.
+
+    ``source_uri`` is the output of its upstream job (empty without one); ``uid`` is a
+    cluster object's, recorded in the output's claim (empty for ``slmops run``).
+    """
+
+    name: str
+    spec: Any
+    output_uri: str
+    namespace: str = "default"
+    source_uri: str = ""
+    uid: str = ""
+
+    def keywords(self) -> dict[str, Any]:
+        """The keyword arguments every local runner takes (``run_finetune``, ``run_optimize``)."""
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "spec": self.spec,
+            "output_uri": self.output_uri,
+            "uid": self.uid,
+        }
+
+    @property
+    def output(self) -> str:
+        """Where the output goes: the spec's ``output.uri``, else the engine's default."""
+        return self.spec.output.uri or self.output_uri
+
+
 @dataclass
 class SummaryTable:
     """A table for people (``slmops run``): plain cells, rendered by the CLI."""
@@ -80,46 +111,29 @@ class JobKind(ABC):
     # -- running it --------------------------------------------------------------------------------
 
     @abstractmethod
-    def run_local(
-        self,
-        *,
-        name: str,
-        namespace: str,
-        spec: Any,
-        output_uri: str,
-        source_uri: str = "",
-        reporter: Reporter | None = None,
-        uid: str = "",
-    ) -> JobOutcome:
+    def run_local(self, run: JobRun, *, reporter: Reporter | None = None) -> JobOutcome:
         """Run the whole job in this process with the embedded engine (``slmops run``, the local backend)."""
 
-    def run_kfp_local(
-        self, *, name: str, namespace: str, spec: Any, output_uri: str, source_uri: str = ""
-    ) -> JobOutcome:
+    def run_kfp_local(self, run: JobRun) -> JobOutcome:
         """Run the job's compiled pipeline on this machine with ``kfp.local``."""
         from slmops_pipelines.kubeflow.kfp_local import run_compiled
 
-        output_uri = spec.output.uri or output_uri
-        store, finished = self.claim_output(name=name, namespace=namespace, spec=spec, output_uri=output_uri)
+        store, finished = self.claim_output(run)
         if finished is None:
-            pipeline_name, factory = self.pipeline(spec)
+            pipeline_name, factory = self.pipeline(run.spec)
+            job = {"name": run.name, "namespace": run.namespace}
             run_compiled(
-                factory(placement=self.placement(spec).for_local()),
+                factory(placement=self.placement(run.spec).for_local()),
                 name=pipeline_name,
-                output_uri=output_uri,
+                output_uri=run.output,
                 arguments=self.run_arguments(
-                    spec=spec,
-                    job={"name": name, "namespace": namespace},
-                    output_uri=output_uri,
-                    source_uri=source_uri,
+                    spec=run.spec, job=job, output_uri=run.output, source_uri=run.source_uri
                 ),
             )
         return self.read_outcome(store, already_complete=finished is not None)
 
     @abstractmethod
-    def claim_output(
-        self, *, name: str, namespace: str, spec: Any, output_uri: str
-    ) -> tuple[ArtifactStore, dict[str, Any] | None]:
+    def claim_output(self, run: JobRun) -> tuple[ArtifactStore, dict[str, Any] | None]:
         """Check the inputs, claim the output location; return it and this job's manifest if finished."""
 
     # -- on a cluster --------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from slmops_pipelines.jobs.base import JobKind, SummaryTable, float_values
+from slmops_pipelines.jobs.base import JobKind, JobRun, SummaryTable, float_values
 from slmops_pipelines.specs import FineTuneJobSpec
 
 if TYPE_CHECKING:
@@ -50,31 +50,19 @@ class FineTuneJobKind(JobKind):
         },
     )
 
-    def run_local(
-        self,
-        *,
-        name: str,
-        namespace: str,
-        spec: FineTuneJobSpec,
-        output_uri: str,
-        source_uri: str = "",
-        reporter: Reporter | None = None,
-        uid: str = "",
-    ) -> JobOutcome:
+    def run_local(self, run: JobRun, *, reporter: Reporter | None = None) -> JobOutcome:
         from slmops_pipelines.local.finetune import run_finetune
 
-        return run_finetune(
-            name=name, namespace=namespace, spec=spec, output_uri=output_uri, reporter=reporter, uid=uid
-        )
+        return run_finetune(**run.keywords(), reporter=reporter)
 
-    def claim_output(
-        self, *, name: str, namespace: str, spec: FineTuneJobSpec, output_uri: str
-    ) -> tuple[ArtifactStore, dict[str, Any] | None]:
+    def claim_output(self, run: JobRun) -> tuple[ArtifactStore, dict[str, Any] | None]:
         from slmops_pipelines.stages import finetune as stages
 
-        stages.check_inputs(spec, multi_node=False)
-        inspection = stages.inspect_output(name=name, namespace=namespace, spec=spec, output_uri=output_uri)
-        return inspection.store, inspection.finished
+        stages.check_inputs(run.spec, multi_node=False)
+        found = stages.inspect_output(
+            name=run.name, namespace=run.namespace, spec=run.spec, output_uri=run.output
+        )
+        return found.store, found.finished
 
     def pipeline(self, spec: FineTuneJobSpec) -> tuple[str, Callable[..., Callable]]:
         from slmops_pipelines.kubeflow.pipelines import finetune_pipeline, finetune_search_pipeline

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from slmops_pipelines.jobs.base import JobKind, SummaryTable, Upstream, float_values
+from slmops_pipelines.jobs.base import JobKind, JobRun, SummaryTable, Upstream, float_values
 from slmops_pipelines.specs import OptimizeJobSpec
 
 if TYPE_CHECKING:
@@ -46,36 +46,16 @@ class OptimizeJobKind(JobKind):
             return None
         return Upstream(kind="FineTuneJob", name=ref.name, field="source.fineTuneJobRef")
 
-    def run_local(
-        self,
-        *,
-        name: str,
-        namespace: str,
-        spec: OptimizeJobSpec,
-        output_uri: str,
-        source_uri: str = "",
-        reporter: Reporter | None = None,
-        uid: str = "",
-    ) -> JobOutcome:
+    def run_local(self, run: JobRun, *, reporter: Reporter | None = None) -> JobOutcome:
         from slmops_pipelines.local.optimize import run_optimize
         from slmops_pipelines.stages.optimize_source import source_locator
 
-        return run_optimize(
-            name=name,
-            namespace=namespace,
-            spec=spec,
-            output_uri=output_uri,
-            locate_job=source_locator(source_uri),
-            reporter=reporter,
-            uid=uid,
-        )
+        return run_optimize(**run.keywords(), locate_job=source_locator(run.source_uri), reporter=reporter)
 
-    def claim_output(
-        self, *, name: str, namespace: str, spec: OptimizeJobSpec, output_uri: str
-    ) -> tuple[ArtifactStore, dict[str, Any] | None]:
+    def claim_output(self, run: JobRun) -> tuple[ArtifactStore, dict[str, Any] | None]:
         from slmops_pipelines.stages.outputs import job_identity, open_output
 
-        return open_output(output_uri, job_identity(self.name, namespace, name, spec))
+        return open_output(run.output, job_identity(self.name, run.namespace, run.name, run.spec))
 
     def pipeline(self, spec: OptimizeJobSpec) -> tuple[str, Callable[..., Callable]]:
         from slmops_pipelines.kubeflow.pipelines import optimize_pipeline
@@ -88,12 +68,12 @@ class OptimizeJobKind(JobKind):
         from slmops_pipelines.kubeflow.placement import Placement
 
         needs_gpu = any(t.provider in GPU_PROVIDERS for t in spec.targets)
+        target_gpus = max(1, spec.resources.gpus) if needs_gpu else 0
+        # The source step measures PyTorch on CPU: only the targets' pods get GPUs.
+        mounts = list(secrets or [])
         return Placement.for_resources(
-            spec.resources,
-            secrets=list(secrets or []),
-            cache_pvc=cache_pvc,
-            target_gpus=max(1, spec.resources.gpus) if needs_gpu else 0,
-        ).model_copy(update={"gpus": 0})  # the source step measures PyTorch on CPU; targets get the GPUs
+            spec.resources, secrets=mounts, cache_pvc=cache_pvc, gpus=0, target_gpus=target_gpus
+        )
 
     def run_arguments(
         self, *, spec: OptimizeJobSpec, job: dict[str, Any], output_uri: str, source_uri: str

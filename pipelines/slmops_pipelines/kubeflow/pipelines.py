@@ -35,34 +35,33 @@ COMPILED_DIR = Path(__file__).resolve().parents[2] / "compiled"
 
 def _inspect_and_prepare(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any):
     """The first two steps of every FineTuneJob pipeline."""
-    inspect = p.uncached(c.inspect_finetune(spec=spec, job=job, output_uri=output_uri))
-    inspect.set_display_name("inspect")
+    inspect = p.uncached(c.inspect_finetune(spec=spec, job=job, output_uri=output_uri), name="inspect")
     data = p.common(
         c.prepare_data(
             spec=inspect.outputs["data_spec"],
             output_uri=output_uri,
             fingerprint=inspect.outputs["fingerprint"],
-        )
+        ),
+        name="prepare data",
     )
-    data.set_display_name("prepare data")
     return inspect, data
 
 
 def _evaluate_and_publish(
-    c: Components, p: Placement, *, spec, job, output_uri, inspect, data, eval_spec, model, **extra
+    c: Components, p: Placement, run: dict[str, Any], *, inspect, data, eval_spec, model, **extra
 ):
     """The last two steps of every FineTuneJob pipeline: evaluate ``model``, then publish."""
     evaluate = p.compute(
-        c.evaluate_finetune(spec=eval_spec, output_uri=output_uri, data=data.outputs["data"], model=model),
-        gpus=min(p.gpus, 1),
+        c.evaluate_finetune(
+            spec=eval_spec, output_uri=run["output_uri"], data=data.outputs["data"], model=model
+        ),
+        name="evaluate",
+        gpus=min(p.gpus, 1),  # generation is one process: one GPU is all it uses
         requests=False,
     )
-    evaluate.set_display_name("evaluate")
     publish = p.uncached(
         c.publish_finetune(
-            spec=spec,
-            job=job,
-            output_uri=output_uri,
+            **run,
             fingerprint=inspect.outputs["fingerprint"],
             started_at=inspect.outputs["started_at"],
             data=data.outputs["data"],
@@ -70,9 +69,9 @@ def _evaluate_and_publish(
             evaluation=evaluate.outputs["evaluation"],
             merged=evaluate.outputs["merged"],
             **extra,
-        )
+        ),
+        name="publish",
     )
-    publish.set_display_name("publish")
     return publish
 
 
@@ -83,75 +82,65 @@ def _finetune_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_
             spec=inspect.outputs["train_spec"], job=job, output_uri=output_uri, data=data.outputs["data"]
         ),
         gpus=p.gpus,
+        name="train",
     )
-    train.set_display_name("train")
-    return _evaluate_and_publish(
-        c,
-        p,
-        spec=spec,
-        job=job,
-        output_uri=output_uri,
-        inspect=inspect,
-        data=data,
-        eval_spec=inspect.outputs["eval_spec"],
-        model=train.outputs["model"],
-    )
+    run = {"spec": spec, "job": job, "output_uri": output_uri}
+    evaluated = {"eval_spec": inspect.outputs["eval_spec"], "model": train.outputs["model"]}
+    return _evaluate_and_publish(c, p, run, inspect=inspect, data=data, **evaluated)
 
 
 def _finetune_search_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any):
     from kfp import dsl
 
     inspect, data = _inspect_and_prepare(c, p, spec=spec, job=job, output_uri=output_uri)
-    plan = p.common(c.plan_trials(spec=spec))
-    plan.set_display_name("plan trials")
+    plan = p.common(c.plan_trials(spec=spec), name="plan trials")
     with dsl.ParallelFor(items=plan.output, parallelism=p.trial_parallelism) as trial_item:
         trial = p.compute(
             c.train_trial(spec=spec, trial=trial_item, output_uri=output_uri, data=data.outputs["data"]),
             gpus=p.gpus,
+            name="trial",
         )
-        trial.set_display_name("trial")
     best = p.common(
-        c.pick_best(spec=spec, output_uri=output_uri, trials=dsl.Collected(trial.outputs["trial_model"]))
+        c.pick_best(spec=spec, output_uri=output_uri, trials=dsl.Collected(trial.outputs["trial_model"])),
+        name="pick the best trial",
     )
-    best.set_display_name("pick the best trial")
+    run = {"spec": spec, "job": job, "output_uri": output_uri}
     return _evaluate_and_publish(
         c,
         p,
-        spec=spec,
-        job=job,
-        output_uri=output_uri,
+        run,
         inspect=inspect,
         data=data,
         eval_spec=best.outputs["Output"],  # the best trial's spec
         model=best.outputs["best"],
-        search=best.outputs["search"],
+        search=best.outputs["search"],  # its trials and leaderboard go into the output too
     )
 
 
 def _optimize_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any, source_uri: Any):
     from kfp import dsl
 
-    inspect = p.uncached(c.inspect_optimize(spec=spec, job=job, output_uri=output_uri, source_uri=source_uri))
-    inspect.set_display_name("inspect")
+    inspect = p.uncached(
+        c.inspect_optimize(spec=spec, job=job, output_uri=output_uri, source_uri=source_uri), name="inspect"
+    )
     prepared = p.common(
         c.prepare_source(
             spec=inspect.outputs["source_spec"],
             output_uri=output_uri,
             source_uri=source_uri,
             fingerprint=inspect.outputs["fingerprint"],
-        )
+        ),
+        name="prepare source",
     )
-    prepared.set_display_name("prepare source")
     # A task of its own: kfp.local (like the dashboard) iterates over a task's single output.
-    plan = p.common(c.plan_targets(spec=spec))
-    plan.set_display_name("plan targets")
+    plan = p.common(c.plan_targets(spec=spec), name="plan targets")
     with dsl.ParallelFor(items=plan.output, parallelism=p.target_parallelism) as target_spec:
         target = p.compute(
             c.build_target(spec=target_spec, output_uri=output_uri, prepared=prepared.outputs["prepared"]),
             gpus=p.target_gpus,
             requests=False,
+            name="build target",
         )
-        target.set_display_name("build target")
     publish = p.uncached(
         c.publish_optimize(
             spec=spec,
@@ -160,40 +149,47 @@ def _optimize_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_
             started_at=inspect.outputs["started_at"],
             prepared=prepared.outputs["prepared"],
             targets=dsl.Collected(target.outputs["target"]),
-        )
+        ),
+        name="publish",
     )
-    publish.set_display_name("publish")
     return publish
 
 
-def finetune_pipeline(*, placement: Placement | None = None, images: Images | None = None) -> Callable:
+# The FineTuneJob pipelines: name -> (steps, pipeline name, description).
+_FINETUNE_FAMILY: dict[str, tuple[Callable, str, str]] = {
+    "finetune": (
+        _finetune_steps,
+        "slmops-finetune",
+        "slmops FineTuneJob: data prep, LoRA/QLoRA/DoRA or full fine-tuning, evaluation, publish.",
+    ),
+    "finetune-search": (
+        _finetune_search_steps,
+        "slmops-finetune-search",
+        "slmops FineTuneJob with spec.search: trials side by side, the best one published.",
+    ),
+}
+
+
+def _finetune_family(member: str, placement: Placement | None, images: Images | None) -> Callable:
+    """A FineTuneJob pipeline: the parameters every one of them takes, over its own steps."""
     from kfp import dsl
 
+    steps, name, description = _FINETUNE_FAMILY[member]
     c, p = make_components(images or Images.default()), placement or Placement.default()
 
-    @dsl.pipeline(
-        name="slmops-finetune",
-        description="slmops FineTuneJob: data prep, LoRA/QLoRA/DoRA or full fine-tuning, evaluation, publish.",
-    )
-    def finetune(spec: dict, job: dict, output_uri: str) -> str:
-        return _finetune_steps(c, p, spec=spec, job=job, output_uri=output_uri).outputs["Output"]
+    @dsl.pipeline(name=name, description=description)
+    def pipeline(spec: dict, job: dict, output_uri: str) -> str:
+        return steps(c, p, spec=spec, job=job, output_uri=output_uri).outputs["Output"]
 
-    return finetune
+    return pipeline
+
+
+def finetune_pipeline(*, placement: Placement | None = None, images: Images | None = None) -> Callable:
+    return _finetune_family("finetune", placement, images)
 
 
 def finetune_search_pipeline(*, placement: Placement | None = None, images: Images | None = None) -> Callable:
-    from kfp import dsl
-
-    c, p = make_components(images or Images.default()), placement or Placement.default()
-
-    @dsl.pipeline(
-        name="slmops-finetune-search",
-        description="slmops FineTuneJob with spec.search: trials side by side, the best one published.",
-    )
-    def finetune_search(spec: dict, job: dict, output_uri: str) -> str:
-        return _finetune_search_steps(c, p, spec=spec, job=job, output_uri=output_uri).outputs["Output"]
-
-    return finetune_search
+    return _finetune_family("finetune-search", placement, images)
 
 
 def optimize_pipeline(*, placement: Placement | None = None, images: Images | None = None) -> Callable:

@@ -80,28 +80,32 @@ class Placement(BaseModel):
 
     @classmethod
     def for_resources(
-        cls, resources: ResourcesSpec, *, secrets: list[SecretMount], cache_pvc: str | None, **extra: Any
+        cls, resources: ResourcesSpec, *, secrets: list[SecretMount], cache_pvc: str | None, **overrides: Any
     ) -> Placement:
-        return cls(
-            gpus=resources.gpus,
-            gpu_resource=resources.gpu_resource,
-            cpu=resources.cpu,
-            memory=resources.memory,
-            node_selector=dict(resources.node_selector),
-            tolerations=[
-                t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in resources.tolerations
-            ],
-            secrets=list(secrets),
-            cache_pvc=cache_pvc,
-            **extra,
-        )
+        """From a job's ``spec.resources``; ``overrides`` are what the job kind decides itself."""
+        tolerations = [
+            t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in resources.tolerations
+        ]
+        placed = {
+            "gpus": resources.gpus,
+            "gpu_resource": resources.gpu_resource,
+            "cpu": resources.cpu,
+            "memory": resources.memory,
+            "node_selector": dict(resources.node_selector),
+            "tolerations": tolerations,
+            "secrets": list(secrets),
+            "cache_pvc": cache_pvc,
+        }
+        return cls(**{**placed, **overrides})
 
     # -- applying it to tasks ----------------------------------------------------------------
 
-    def common(self, task: PipelineTask) -> PipelineTask:
-        """What every pod gets: the Secrets and the model cache."""
+    def common(self, task: PipelineTask, *, name: str | None = None) -> PipelineTask:
+        """What every pod gets: the Secrets and the model cache (and ``name`` in the dashboard)."""
         from kfp import kubernetes
 
+        if name:
+            task.set_display_name(name)
         for secret in self.secrets:
             kubernetes.use_secret_as_env(
                 task, secret_name=secret.name, secret_key_to_env=dict(secret.key_to_env), optional=False
@@ -112,11 +116,13 @@ class Placement(BaseModel):
         task.set_caching_options(enable_caching=self.caching)
         return task
 
-    def compute(self, task: PipelineTask, *, gpus: int, requests: bool = True) -> PipelineTask:
+    def compute(
+        self, task: PipelineTask, *, gpus: int, requests: bool = True, name: str | None = None
+    ) -> PipelineTask:
         """A pod that does the heavy work: GPUs, requests, node selector and tolerations."""
         from kfp import kubernetes
 
-        self.common(task)
+        self.common(task, name=name)
         if gpus:
             task.set_accelerator_type(self.gpu_resource).set_accelerator_limit(gpus)
         if requests and self.cpu:
@@ -136,8 +142,8 @@ class Placement(BaseModel):
             )
         return task
 
-    def uncached(self, task: PipelineTask) -> PipelineTask:
+    def uncached(self, task: PipelineTask, *, name: str | None = None) -> PipelineTask:
         """Steps that look at the world (claims, fingerprints, publishing) always run."""
-        self.common(task)
+        self.common(task, name=name)
         task.set_caching_options(enable_caching=False)
         return task

@@ -177,16 +177,19 @@ def publish_finetune(
     spec: dict,
     job: dict,
     output_uri: str,
-    fingerprint: str,
-    started_at: float,
+    # what the steps before made
     data_dir: str,
     model_dir: str,
     evaluation_path: str,
     merged_dir: str,
+    search_dir: str = "",
+    # what inspect found
+    fingerprint: str,
+    started_at: float,
+    # the component's own outputs
     report_path: str,
     summary_path: str,
     metrics: MetricsArtifact,
-    search_dir: str = "",
 ) -> str:
     """Assemble the output as the local engine lays it out, publish it (manifest last); return its URI."""
     from slmops_pipelines.stages import finetune as stages

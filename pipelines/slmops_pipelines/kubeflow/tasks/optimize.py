@@ -16,16 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from slmops_pipelines.errors import InputError
-from slmops_pipelines.kubeflow.tasks.common import (
-    JobContext,
-    MetricsArtifact,
-    clear_error,
-    copy_into,
-    log_metrics,
-    markdown_links,
-    reports_errors,
-    say,
-)
+from slmops_pipelines.kubeflow.tasks import common
+from slmops_pipelines.kubeflow.tasks.common import JobContext, MetricsArtifact, reports_errors
 from slmops_pipelines.specs import OptimizeJobSpec
 from slmops_pipelines.stages.optimize_source import source_locator
 
@@ -64,9 +56,9 @@ def inspect_optimize(*, spec: dict, job: dict, output_uri: str, source_uri: str)
     started = time.time()
     parsed, ctx = OptimizeJobSpec.model_validate(spec), JobContext.model_validate(job)
     open_output(output_uri, job_identity("OptimizeJob", ctx.namespace, ctx.name, parsed, ctx.uid))
-    clear_error(output_uri)
+    common.clear_error(output_uri)
     fingerprint = source_fingerprint(parsed, source_uri)
-    say("inspect", f"output {output_uri} claimed; source {fingerprint[:19]}")
+    common.say("inspect", f"output {output_uri} claimed; source {fingerprint[:19]}")
     return fingerprint, started, optimize_source_view(parsed)
 
 
@@ -91,12 +83,12 @@ def prepare_optimize_source(
 
     parsed = OptimizeJobSpec.model_validate(spec)
     stages.prepare_source(
-        parsed, locate_job=source_locator(source_uri), prepared_dir=Path(prepared_dir), say=say
+        parsed, locate_job=source_locator(source_uri), prepared_dir=Path(prepared_dir), say=common.say
     )
     reference = json.loads((Path(prepared_dir) / stages.REFERENCE_JSON).read_text())
-    log_metrics(metrics, _target_scalars(reference["finetuned_pytorch"], prefix="pytorch_"))
+    common.log_metrics(metrics, _target_scalars(reference["finetuned_pytorch"], prefix="pytorch_"))
     if reference.get("base_pytorch"):
-        log_metrics(metrics, {"base_accuracy": reference["base_pytorch"].get("accuracy")})
+        common.log_metrics(metrics, {"base_accuracy": reference["base_pytorch"].get("accuracy")})
 
 
 def _target_scalars(measured: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -128,14 +120,20 @@ def build_target(
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="slmops-target-") as tmp:
         result = stages.build_target(
-            parsed, target_name=target_name, prepared_dir=Path(prepared_dir), targets_dir=Path(tmp), say=say
+            parsed,
+            target_name=target_name,
+            prepared_dir=Path(prepared_dir),
+            targets_dir=Path(tmp),
+            say=common.say,
         )
         shutil.rmtree(out / "model", ignore_errors=True)
         shutil.move(str(Path(tmp) / target_name), str(out / "model"))
-        copy_into(Path(tmp) / "logs", out / "logs")  # the builder's log, published as the local engine does
+        common.copy_into(
+            Path(tmp) / "logs", out / "logs"
+        )  # the builder's log, published as the local engine does
     (out / "result.json").write_text(json.dumps(result, indent=2))
-    log_metrics(metrics, _target_scalars(result["metrics"]))
-    log_metrics(metrics, {"decode_speedup": result["vsFinetuned"].get("decode_speedup")})
+    common.log_metrics(metrics, _target_scalars(result["metrics"]))
+    common.log_metrics(metrics, {"decode_speedup": result["vsFinetuned"].get("decode_speedup")})
 
 
 @reports_errors
@@ -164,7 +162,7 @@ def publish_optimize(
         for folder in map(Path, target_dirs):
             result = json.loads((folder / "result.json").read_text())
             shutil.copytree(folder / "model", out / "targets" / result["name"])
-            copy_into(folder / "logs", out / "targets" / "logs")
+            common.copy_into(folder / "logs", out / "targets" / "logs")
             results.append(result)
         metrics_doc = stages.write_report(
             parsed,
@@ -177,10 +175,10 @@ def publish_optimize(
         )
         shutil.copyfile(out / "report.html", report_path)
         for name, entry in metrics_doc["targets"].items():
-            log_metrics(metrics, _target_scalars(entry["metrics"], prefix=f"{name}_"))
+            common.log_metrics(metrics, _target_scalars(entry["metrics"], prefix=f"{name}_"))
         artifacts = stages.publish_output(
             store, spec=parsed, identity=identity, out_dir=out, metrics_doc=metrics_doc
         )
-    Path(summary_path).write_text(markdown_links(f"OptimizeJob {ctx.namespace}/{ctx.name}", artifacts))
-    say("publish", f"{store.uri}: {len(results)} target(s), manifest last")
+    Path(summary_path).write_text(common.markdown_links(f"OptimizeJob {ctx.namespace}/{ctx.name}", artifacts))
+    common.say("publish", f"{store.uri}: {len(results)} target(s), manifest last")
     return store.uri
