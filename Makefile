@@ -14,4 +14,4 @@ crds:
 	.venv/bin/slmops crds
 
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy

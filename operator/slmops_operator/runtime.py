@@ -91,7 +91,7 @@ def build_operator(
         return kube.remember(login(**kwargs))
 
     @kopf.on.startup(registry=registry)
-    def startup(logger: logging.Logger, **_: Any) -> None:
+    def startup(logger: kopf.Logger, **_: Any) -> None:
         if serve_metrics and settings.metrics_port:
             metrics.serve(settings.metrics_port)
         scope = ", ".join(settings.namespaces) if settings.namespaces else "all namespaces"

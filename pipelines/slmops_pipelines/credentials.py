@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 S3_KEYS = (
     "AWS_ACCESS_KEY_ID",
@@ -102,19 +102,33 @@ def _env(name: str) -> str | None:
     return value or None
 
 
-def s3_credentials(purpose: str) -> dict[str, str]:
+class S3Credentials(TypedDict, total=False):
+    """Keyword arguments for :class:`slmops_pipelines.storage.s3.S3Store` (only the ones set)."""
+
+    access_key: str
+    secret_key: str
+    session_token: str
+    endpoint_url: str
+    region: str
+
+
+def s3_credentials(purpose: str) -> S3Credentials:
     """Keyword arguments for S3Store from the purpose's variables; empty: the default AWS_* ones."""
     prefix = PURPOSES[purpose].env_prefix
+    found: S3Credentials = {}
     if not prefix or not _env(prefix + "AWS_ACCESS_KEY_ID"):
-        return {}
-    found = {
-        "access_key": _env(prefix + "AWS_ACCESS_KEY_ID"),
-        "secret_key": _env(prefix + "AWS_SECRET_ACCESS_KEY"),
-        "session_token": _env(prefix + "AWS_SESSION_TOKEN"),
-        "endpoint_url": _env(prefix + "AWS_ENDPOINT_URL"),
-        "region": _env(prefix + "AWS_REGION"),
-    }
-    return {k: v for k, v in found.items() if v}
+        return found
+    if value := _env(prefix + "AWS_ACCESS_KEY_ID"):
+        found["access_key"] = value
+    if value := _env(prefix + "AWS_SECRET_ACCESS_KEY"):
+        found["secret_key"] = value
+    if value := _env(prefix + "AWS_SESSION_TOKEN"):
+        found["session_token"] = value
+    if value := _env(prefix + "AWS_ENDPOINT_URL"):
+        found["endpoint_url"] = value
+    if value := _env(prefix + "AWS_REGION"):
+        found["region"] = value
+    return found
 
 
 def hf_token(purpose: str) -> str | None:

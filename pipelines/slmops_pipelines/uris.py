@@ -35,6 +35,13 @@ class ParsedUri:
     def __str__(self) -> str:
         return self.raw
 
+    @property
+    def local_path(self) -> Path:
+        """The path of a ``file`` URI; UriError for hf:// and s3://, which name no local path."""
+        if self.path is None:
+            raise UriError(f"{self.raw!r} is not a local path")
+        return self.path
+
 
 class UriError(ValueError):
     pass

@@ -14,6 +14,20 @@ from slmops_pipelines.specs import SpecModel
 RunPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled"]
 
 
+def ref_id(run: RunRef) -> str:
+    """``run.id``: every RunRef a backend's submit returns has one, so every status the operator writes."""
+    if run.id is None:  # only a status edited by hand lacks it
+        raise ValueError(f"run {run.name!r}: the status has no run id")
+    return run.id
+
+
+def ref_name(run: RunRef) -> str:
+    """``run.name``: the handlers pass a backend only runs whose name they have matched."""
+    if run.name is None:  # not reached: see the handlers (reconcile, finalizer)
+        raise ValueError(f"run {run.id!r}: the status has no run name")
+    return run.name
+
+
 def run_name(kind: str, namespace: str, name: str, uid: str, attempt: int) -> str:
     """Deterministic: a retried handler or a restarted operator finds the run instead of starting another.
 

@@ -42,10 +42,10 @@ from pathlib import Path
 from typing import Any
 
 from slmops_operator.api.status import RunRef
-from slmops_operator.backends.base import JobRequest, RunState
+from slmops_operator.backends.base import JobRequest, RunPhase, RunState, ref_name
 
 # KFP v2beta1 runtime states -> our run phases.
-STATES = {
+STATES: dict[str, RunPhase] = {
     "PENDING": "Pending",
     "RUNTIME_STATE_UNSPECIFIED": "Pending",
     "PAUSED": "Pending",
@@ -337,7 +337,7 @@ class KfpBackend:
     async def state(self, run: RunRef, request: JobRequest) -> RunState:
         state = await asyncio.to_thread(self._state, run, request)
         if state.finished and request.secrets_named:
-            await self._release(run.name)
+            await self._release(ref_name(run))
         return state
 
     def _terminate(self, run: RunRef) -> None:
@@ -349,7 +349,7 @@ class KfpBackend:
 
     async def cancel(self, run: RunRef) -> None:
         await asyncio.to_thread(self._terminate, run)
-        await self._release(run.name)
+        await self._release(ref_name(run))
 
     async def close(self) -> None:
         self._client = None

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from slmops_operator.api.status import RunRef
-from slmops_operator.backends.base import JobRequest, RunState
+from slmops_operator.backends.base import JobRequest, RunState, ref_id
 from slmops_pipelines.jobs import without_ambient_credentials
 
 
@@ -149,6 +149,7 @@ class LocalBackend:
 
     async def _worker_lost(self, run: RunRef, request: JobRequest, state: dict[str, Any]) -> RunState:
         """The worker died without a verdict: start it again (it resumes), or give up after the limit."""
+        run_id = ref_id(run)
         restarts = int(state.get("restarts") or 0)
         if restarts < self.max_restarts:
             await asyncio.to_thread(self._start, await self._with_secrets(request), restarts=restarts + 1)
@@ -157,10 +158,10 @@ class LocalBackend:
             )
         message = (
             f"the worker died without a verdict {restarts + 1} time(s) "
-            f"(SLMOPS_LOCAL_MAX_RESTARTS={self.max_restarts}); last: {self._how_it_died(run.id)}"
+            f"(SLMOPS_LOCAL_MAX_RESTARTS={self.max_restarts}); last: {self._how_it_died(run_id)}"
         )
         failed = {**state, "phase": "Failed", "reason": "WorkerLost", "message": message}
-        (self.state_dir / f"{run.id}.state.json").write_text(json.dumps(failed))
+        (self.state_dir / f"{run_id}.state.json").write_text(json.dumps(failed))
         return RunState(phase="Failed", reason="WorkerLost", message=message, progress=state.get("progress"))
 
     def _ref(self, request: JobRequest) -> RunRef:
@@ -177,8 +178,9 @@ class LocalBackend:
         return self._ref(request)
 
     async def state(self, run: RunRef, request: JobRequest) -> RunState:
-        self._reap(run.id)
-        state = self._read_state(run.id) or {}
+        run_id = ref_id(run)
+        self._reap(run_id)
+        state = self._read_state(run_id) or {}
         phase = state.get("phase", "Pending")
         if phase in ("Succeeded", "Failed", "Cancelled"):
             return RunState(
@@ -190,28 +192,29 @@ class LocalBackend:
                 artifacts=state.get("artifacts") or {},
                 metrics=state.get("metrics") or {},
             )
-        if not _alive(state.get("pid"), run.id):
+        if not _alive(state.get("pid"), run_id):
             return await self._worker_lost(run, request, state)
         return RunState(phase="Running" if phase == "Running" else "Pending", progress=state.get("progress"))
 
     async def cancel(self, run: RunRef) -> None:
-        state = self._read_state(run.id) or {}
+        run_id = ref_id(run)
+        state = self._read_state(run_id) or {}
         pid = state.get("pid")
-        if _alive(pid, run.id):
+        if pid is not None and _alive(pid, run_id):
             try:
                 os.killpg(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
             for _ in range(300):  # the engine stops its trainers first
-                if not _alive(pid, run.id):
+                if not _alive(pid, run_id):
                     break
-                self._reap(run.id)
+                self._reap(run_id)
                 await asyncio.sleep(0.1)
             else:
                 os.killpg(pid, signal.SIGKILL)
-        state = self._read_state(run.id) or {}
+        state = self._read_state(run_id) or {}
         if state.get("phase") not in ("Succeeded", "Failed", "Cancelled"):
-            (self.state_dir / f"{run.id}.state.json").write_text(
+            (self.state_dir / f"{run_id}.state.json").write_text(
                 json.dumps({**state, "phase": "Cancelled", "message": "cancelled", "reason": "Cancelled"})
             )
 

@@ -57,13 +57,18 @@ def set_condition(
 ) -> list[dict[str, Any]]:
     """Conditions with ``type_`` set; its transition time moves only when its status changes."""
     previous = next((c for c in conditions if c.get("type") == type_), None)
-    moved = previous is None or previous.get("status") != status
+    # The transition time is kept while the status stays; a new or changed status moves it.
+    kept = (
+        previous.get("lastTransitionTime")
+        if previous is not None and previous.get("status") == status
+        else None
+    )
     condition = {
         "type": type_,
         "status": status,
         "reason": reason,
         "message": message[:1024],
-        "lastTransitionTime": now() if moved else previous.get("lastTransitionTime") or now(),
+        "lastTransitionTime": kept or now(),
         "observedGeneration": generation,
     }
     return [c for c in conditions if c.get("type") != type_] + [condition]

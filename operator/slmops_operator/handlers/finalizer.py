@@ -40,10 +40,10 @@ async def on_delete(
     retry: int = 0,
 ) -> None:
     """Cancel the run and delete what the job owns; give up (loudly) after the timeout."""
-    status = dict(status or {})
+    current: dict[str, Any] = dict(status or {})
     left: list[str] = []
-    run = status.get("run") or {}
-    if run.get("name") and status.get("phase") not in FINISHED:
+    run = current.get("run") or {}
+    if run.get("name") and current.get("phase") not in FINISHED:
         try:
             await reconciler.backend.cancel(RunRef.model_validate(run))
             logger.info(f"cancelled run {run['name']}")
@@ -51,7 +51,7 @@ async def on_delete(
             left.append(f"run {run['name']} not cancelled ({type(exc).__name__}: {exc})")
         reconciler.release_slot(_namespace(body), run["name"])
     if reconciler.settings.delete_artifacts:
-        left += await _delete_artifacts(reconciler, body, status, logger)
+        left += await _delete_artifacts(reconciler, body, current, logger)
     if not left:
         return
     waited = runtime.total_seconds() if runtime is not None else 0.0

@@ -8,10 +8,23 @@ copying and deleting a job's Secrets (see :mod:`slmops_operator.credentials`).
 
 from __future__ import annotations
 
+import base64
 import ssl
+from typing import Any
 
 import aiohttp
 import kopf
+
+
+def _ca_text(data: str | bytes) -> str:
+    """kopf's ConnectionInfo.ca_data as the text ``ssl`` takes: bytes are PEM; text is PEM or base64.
+
+    A kubeconfig's ``certificate-authority-data`` arrives as base64 text (kopf decodes it the
+    same way when it connects).
+    """
+    if isinstance(data, bytes):
+        return data.decode()
+    return data if data.startswith("-----BEGIN ") else base64.b64decode(data).decode("ascii")
 
 
 class KubeApi:
@@ -38,7 +51,7 @@ class KubeApi:
         if info is None or info.insecure:
             return False
         context = ssl.create_default_context(
-            cafile=info.ca_path, cadata=info.ca_data and info.ca_data.decode()
+            cafile=info.ca_path, cadata=_ca_text(info.ca_data) if info.ca_data else None
         )
         if info.certificate_path and info.private_key_path:
             context.load_cert_chain(info.certificate_path, info.private_key_path)
@@ -73,7 +86,7 @@ class KubeApi:
     async def apply(self, collection: str, name: str, body: dict) -> None:
         """Create ``body`` in ``collection``, or replace the object of that name (a retried call)."""
         async with aiohttp.ClientSession() as session:
-            kwargs = {"headers": self._headers(), "ssl": self._ssl(), "json": body}
+            kwargs: dict[str, Any] = {"headers": self._headers(), "ssl": self._ssl(), "json": body}
             async with session.post(self._url(collection), **kwargs) as response:
                 if response.status in (200, 201):
                     return

@@ -176,8 +176,9 @@ def setup_problems(spec: dict[str, Any], settings: OperatorSettings) -> list[str
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings | None = None) -> None:
     for kind, cls in KINDS.items():
-
-        @kopf.on.validate(
+        # kopf's WebhookFn protocol lists neither ``old`` (kopf passes it to validating webhooks)
+        # nor a ``param`` without a default (kopf passes the one registered here).
+        @kopf.on.validate(  # type: ignore[arg-type]
             GROUP,
             VERSION,
             cls.plural,

@@ -13,13 +13,14 @@ fresh context used from that handshake on.  A pair caught half-written keeps the
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 
 import kopf
 
 
-def _stamp(*paths: str | None) -> tuple:
+def _stamp(*paths: str | os.PathLike[str] | None) -> tuple[tuple[int, int] | None, ...]:
     stamps = []
     for path in paths:
         try:
@@ -33,16 +34,17 @@ def _stamp(*paths: str | None) -> tuple:
 class ReloadingWebhookServer(kopf.WebhookServer):
     def _build_ssl(self) -> tuple[bytes | None, ssl.SSLContext | None]:
         cadata, context = super()._build_ssl()
-        if context is None or self.certfile is None or self.pkeyfile is None:
+        certfile, pkeyfile = self.certfile, self.pkeyfile
+        if context is None or certfile is None or pkeyfile is None:
             return cadata, context
-        current = {"stamp": _stamp(self.certfile, self.pkeyfile), "context": context}
+        current = {"stamp": _stamp(certfile, pkeyfile), "context": context}
 
         def serve_current_pair(sslobj, _server_name, _context) -> None:
-            stamp = _stamp(self.certfile, self.pkeyfile)
+            stamp = _stamp(certfile, pkeyfile)
             if stamp != current["stamp"]:
                 try:
                     fresh = ssl.create_default_context(purpose=ssl.Purpose.CLIENT_AUTH)
-                    fresh.load_cert_chain(self.certfile, self.pkeyfile, self.password)
+                    fresh.load_cert_chain(certfile, pkeyfile, self.password)
                 except (OSError, ssl.SSLError):  # half-written: serve the old pair this time
                     return None
                 current.update(stamp=stamp, context=fresh)

@@ -83,7 +83,7 @@ def resolve_model(spec: ModelSpec) -> Path:
         return _from_hub(parsed.repo, parsed.revision)
     if parsed.scheme == "s3":
         return _from_s3(spec.uri)
-    path = parsed.path.expanduser().resolve()
+    path = parsed.local_path.expanduser().resolve()  # hf and s3 returned above
     if not path.exists():
         raise InputError(f"model not found: {path}", field="model.uri")
     if path.is_file() and path.suffix == ".gguf":

@@ -62,6 +62,13 @@ class SearchParameter(SpecModel):
             raise ValueError("a log-scale range needs low > 0")
         return self
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """``(low, high)`` of a range (the validator has checked it has both); ValueError for values."""
+        if self.low is None or self.high is None:
+            raise ValueError("a parameter given by values has no range")
+        return self.low, self.high
+
 
 class SearchSpec(SpecModel):
     """Hyperparameter search: trials of the same job with different settings; the best one wins."""

@@ -250,7 +250,8 @@ def publish_output(
     """Drop the resume state, upload ``out_dir`` when the store is remote, write the manifest last."""
     store = inspection.store
     shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
-    if store.local_root() is None or store.local_root().resolve() != out_dir.resolve():
+    root = store.local_root()
+    if root is None or root.resolve() != out_dir.resolve():
         store.delete_prefix(CHECKPOINTS)
     return publish.write_manifest(
         store,

@@ -26,7 +26,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slmops_pipelines.errors import InputError, JobError
 from slmops_pipelines.models import cache_root, resolve_model
@@ -42,6 +42,9 @@ from slmops_pipelines.stages.optimize_source import (
 )
 from slmops_pipelines.steps import publish
 from slmops_pipelines.storage import ArtifactStore
+
+if TYPE_CHECKING:
+    from slmops_pipelines.steps.optimize.measure import MeasureOptions
 
 Say = Callable[[str, str], None]  # (stage, message)
 
@@ -88,7 +91,7 @@ def wanted_metrics(spec: OptimizeJobSpec, source: ResolvedSource) -> set[str]:
     """
     from slmops_pipelines.specs.optimize import ANSWER_METRICS
 
-    wanted = set(spec.evaluation.metrics)
+    wanted: set[str] = set(spec.evaluation.metrics)
     if source.dataset is None or not source.dataset.text_template or not wanted & set(ANSWER_METRICS):
         return wanted
     if "metrics" in spec.evaluation.model_fields_set:
@@ -155,7 +158,11 @@ def prepare_source(
     wanted = wanted_metrics(spec, source)  # fails fast, as the two below
     examples = _examples(spec, source, tokenizer)
     calibration = _calibration(spec, source, tokenizer)  # fails fast, before minutes of measuring
-    common = dict(wanted=wanted, match=spec.evaluation.match, max_new_tokens=spec.evaluation.max_new_tokens)
+    common: MeasureOptions = {
+        "wanted": wanted,
+        "match": spec.evaluation.match,
+        "max_new_tokens": spec.evaluation.max_new_tokens,
+    }
 
     say("reference", "measuring the fine-tuned PyTorch model (fp32)")
     reference = measure(
@@ -167,12 +174,9 @@ def prepare_source(
         base_model = load_causal_lm(
             base_path, field=base_field(source), trust_remote_code=source.base.trust_remote_code
         )
+        base_options: MeasureOptions = {**common, "wanted": wanted - {"latency", "size"}}
         base_metrics = measure(
-            TorchEngine(base_model, tokenizer),
-            tokenizer,
-            examples,
-            size_mb=None,
-            **{**common, "wanted": wanted - {"latency", "size"}},
+            TorchEngine(base_model, tokenizer), tokenizer, examples, size_mb=None, **base_options
         )
         del base_model
     del model
@@ -262,7 +266,11 @@ def build_target(
     references = json.loads((prepared_dir / REFERENCE_JSON).read_text())
     reference = ModelMetrics.from_json(references["finetuned_pytorch"])
     wanted = set(described.get("metrics") or spec.evaluation.metrics)
-    common = dict(wanted=wanted, match=spec.evaluation.match, max_new_tokens=spec.evaluation.max_new_tokens)
+    common: MeasureOptions = {
+        "wanted": wanted,
+        "match": spec.evaluation.match,
+        "max_new_tokens": spec.evaluation.max_new_tokens,
+    }
 
     mode = f"{len(adapters)} separate adapter(s)" if separate else "merged"
     say("export", f"{target.name}: {target.provider} {target.precision}, {mode}")
@@ -357,7 +365,8 @@ def publish_output(
     """Fail on violated gates (metrics and report stay, no manifest); else publish; return artifact URIs."""
     violated = violated_gates(metrics_doc)
     if violated:
-        if store.local_root() is None or store.local_root().resolve() != out_dir.resolve():
+        root = store.local_root()
+        if root is None or root.resolve() != out_dir.resolve():
             for rel in ("metrics.json", "report.html"):
                 store.upload_file(out_dir / rel, rel)
         raise GateError("; ".join(violated))

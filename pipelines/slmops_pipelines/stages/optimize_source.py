@@ -20,6 +20,7 @@ from typing import Any
 from slmops_pipelines.errors import InputError
 from slmops_pipelines.models.load import load_causal_lm
 from slmops_pipelines.specs import DatasetSpec, FineTuneJobSpec, ModelSpec, OptimizeJobSpec
+from slmops_pipelines.specs.optimize import default_adapter_name
 from slmops_pipelines.steps import publish
 from slmops_pipelines.storage import ArtifactStore, open_store
 
@@ -92,7 +93,7 @@ def _local_or_s3_dir(uri: str, work: Path, field_name: str) -> Path:
         store = open_store(uri, field=field_name)
         store.check()
         return _fetch_dir(store, "", work / hashlib.sha256(uri.encode()).hexdigest()[:12])
-    path = parsed.path.expanduser().resolve()
+    path = parsed.local_path.expanduser().resolve()
     if not path.is_dir():
         raise InputError(f"adapter folder not found: {path}", field=field_name)
     return path
@@ -103,9 +104,15 @@ def resolve_source(spec: OptimizeJobSpec, locate_job: JobLocator, work: Path) ->
     if source.fine_tune_job_ref is not None:
         resolved = _from_finetune_job(source.fine_tune_job_ref.name, locate_job, work)
     else:
+        if source.model is None:  # not reached: OptimizeSource requires fineTuneJobRef or model
+            raise InputError("set exactly one of fineTuneJobRef and model", field="source")
         refs = [source.adapter] if source.adapter else list(source.adapters or [])
         field_of = "source.adapter.uri" if source.adapter else "source.adapters"
-        adapters = {ref.name: _local_or_s3_dir(ref.uri, work, field_of) for ref in refs}
+        adapters = {
+            # AdapterRef's validator fills in every name; the default is spelled out for the type.
+            (ref.name or default_adapter_name(ref.uri)): _local_or_s3_dir(ref.uri, work, field_of)
+            for ref in refs
+        }
         first = next(iter(adapters.values()), None)
         resolved = ResolvedSource(
             base=source.model, adapter_dir=first, full_model_dir=None, dataset=None, adapters=adapters

@@ -37,6 +37,13 @@ TRIALS = "trials"
 RESULT_FOLDERS = ("adapter", "model", "tensorboard", "logs", "merged")
 
 
+def search_of(spec: FineTuneJobSpec) -> SearchSpec:
+    """The spec's search section; the search stages run only for a spec that has one."""
+    if spec.search is None:  # not reached: callers check spec.search before running a search
+        raise ValueError("the FineTuneJob spec has no search section")
+    return spec.search
+
+
 def trial_spec(spec: FineTuneJobSpec, params: dict[str, float]) -> FineTuneJobSpec:
     """The job's spec with a trial's settings applied (and no search of its own)."""
     data = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -54,9 +61,11 @@ def _suggest(trial, search: SearchSpec) -> dict[str, float]:
         if parameter.values is not None:
             params[name] = trial.suggest_categorical(name, list(parameter.values))
         elif kind == "int":
-            params[name] = trial.suggest_int(name, int(parameter.low), int(parameter.high), log=parameter.log)
+            low, high = parameter.bounds
+            params[name] = trial.suggest_int(name, int(low), int(high), log=parameter.log)
         else:
-            params[name] = trial.suggest_float(name, parameter.low, parameter.high, log=parameter.log)
+            low, high = parameter.bounds
+            params[name] = trial.suggest_float(name, low, high, log=parameter.log)
     return params
 
 
@@ -66,7 +75,8 @@ def _grid(search: SearchSpec) -> dict[str, list[float]]:
         if parameter.values is not None:
             grid[name] = list(parameter.values)
         else:  # an integer range (validated)
-            grid[name] = list(range(int(parameter.low), int(parameter.high) + 1))
+            low, high = parameter.bounds
+            grid[name] = list(range(int(low), int(high) + 1))
     return grid
 
 
@@ -99,7 +109,7 @@ def planned_trials(search: SearchSpec) -> list[dict[str, float]]:
             if parameter.values is not None:
                 params[name] = rng.choice(parameter.values)
                 continue
-            low, high = parameter.low, parameter.high
+            low, high = parameter.bounds
             value = (
                 math.exp(rng.uniform(math.log(low), math.log(high)))
                 if parameter.log
@@ -330,7 +340,7 @@ def run_search(
     ``train(spec, work=...) -> TrainResult`` and ``evaluate(spec, train_dir=...)`` are the
     job's own stages (bound to the model and data by the caller).
     """
-    search = spec.search
+    search = search_of(spec)
     study = make_study(search)
     progress = _Progress(search, on_progress)
     run_trial = _TrialRunner(
@@ -357,7 +367,7 @@ def summarize(spec: FineTuneJobSpec, results: list[dict[str, Any]]) -> dict[str,
     A result is ``{"trial", "state" (COMPLETE, PRUNED, FAIL), "value", "params", "error"?}``:
     what ``trial.json`` holds, whichever engine ran the trial.
     """
-    search = spec.search
+    search = search_of(spec)
     complete = [r for r in results if r["state"] == "COMPLETE" and r["value"] is not None]
     if not complete:
         failed = sorted((r for r in results if r.get("error")), key=lambda r: r["trial"])

@@ -95,8 +95,8 @@ def _local_data_files(path: Path, fmt: str) -> tuple[str, dict[str, str]]:
     builders = {_FORMATS.get(p.suffix) for p in files.values()}
     if fmt != "auto":
         builder = "json" if fmt == "jsonl" else fmt
-    elif len(builders) == 1 and None not in builders:
-        builder = builders.pop()
+    elif len(builders) == 1 and (only := next(iter(builders))) is not None:
+        builder = only
     else:
         raise InputError(
             f"cannot tell the format of {path} from its extension; set dataset.format", field="dataset.uri"
@@ -147,7 +147,7 @@ def load_split(spec: DatasetSpec, split: str, *, cache_dir: Path, field_name: st
                 cache_dir=hf_cache,
                 token=hf_token("dataset"),
             )
-        path = _fetch_s3_dataset(spec.uri, cache_dir) if parsed.scheme == "s3" else parsed.path
+        path = _fetch_s3_dataset(spec.uri, cache_dir) if parsed.scheme == "s3" else parsed.local_path
         builder, files = _local_data_files(path.expanduser().resolve(), spec.format)
         if _split_name(split) not in files:
             raise InputError(
@@ -227,16 +227,25 @@ def _chat(
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
+def _template(template: str | None, field_name: str) -> str:
+    """A template the rendering mode is built on: render_mode chose the mode because it is set."""
+    if template is None:  # not reached: DatasetSpec's validators and render_mode guarantee it
+        raise InputError("this rendering mode needs the template", field=field_name)
+    return template
+
+
 def render_example(
     row: dict[str, Any], spec: DatasetSpec, mode: str, tokenizer: PreTrainedTokenizerBase
 ) -> Example:
     """Turn one row into prompt text and answer text."""
     if mode == "text":
-        return Example(prompt_text="", completion_text=spec.text_template.format(**row), answer="")
+        text = _template(spec.text_template, "dataset.textTemplate").format(**row)
+        return Example(prompt_text="", completion_text=text, answer="")
     if mode == "prompt-completion":
-        answer = spec.completion_template.format(**row)
+        answer = _template(spec.completion_template, "dataset.completionTemplate").format(**row)
         eos = tokenizer.eos_token or ""
-        return Example(spec.prompt_template.format(**row), answer + eos, answer)
+        prompt_text = _template(spec.prompt_template, "dataset.promptTemplate").format(**row)
+        return Example(prompt_text, answer + eos, answer)
     if mode == "chat-messages":
         messages = list(row[spec.messages_field])
         if not messages or messages[-1].get("role") != "assistant":
@@ -407,7 +416,8 @@ def evaluation_examples(
     try:
         _train, eval_raw, mode = check_dataset(spec, seed=seed, cache_dir=cache_dir)
     except InputError as exc:
-        raise InputError(exc.message, field=f"{field_prefix}{exc.field.removeprefix('dataset')}") from exc
+        spec_field = f"{field_prefix}{exc.field.removeprefix('dataset')}" if exc.field is not None else None
+        raise InputError(exc.message, field=spec_field) from exc
     rows = eval_raw if eval_raw is not None else _train
     return [render_example(row, spec, mode, tokenizer) for row in rows]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from slmops_pipelines.specs import FineTuneJobSpec
 from slmops_pipelines.steps.data import Example
@@ -29,6 +29,15 @@ class AccuracyResult:
     seconds: float
     samples: list[dict[str, str]] = field(default_factory=list)  # a few (expected, generated) pairs
     metrics: dict[str, float] = field(default_factory=dict)  # evaluation.metrics, by name
+
+
+class AccuracyOptions(TypedDict):
+    """The keyword arguments of :func:`accuracy` that the fine-tuned and the base model share."""
+
+    match: str
+    max_new_tokens: int
+    batch_size: int
+    metrics: list[str] | tuple[str, ...]
 
 
 def normalize(text: str) -> str:
@@ -151,7 +160,7 @@ def evaluate_finetune(
     model, tokenizer = load_finetuned(spec, base_path, result_dir)
     result = None
     if wants_accuracy:
-        kwargs = dict(
+        kwargs = AccuracyOptions(
             match=evaluation.match,
             max_new_tokens=evaluation.max_new_tokens,
             batch_size=evaluation.batch_size,
@@ -170,7 +179,7 @@ def evaluate_finetune(
     return result
 
 
-def _base_accuracy(spec, model, base_path, tokenizer, examples, kwargs) -> AccuracyResult:
+def _base_accuracy(spec, model, base_path, tokenizer, examples, kwargs: AccuracyOptions) -> AccuracyResult:
     if hasattr(model, "disable_adapter"):
         with model.disable_adapter():
             return accuracy(model, tokenizer, examples, **kwargs)

@@ -170,7 +170,8 @@ def write_manifest(
 ) -> dict[str, Any]:
     """Upload ``local_dir`` (if the store is remote), then write the manifest -- last."""
     files = file_entries(local_dir, exclude=exclude)
-    if store.local_root() is None or store.local_root().resolve() != local_dir.resolve():
+    root = store.local_root()
+    if root is None or root.resolve() != local_dir.resolve():
         for entry in files:
             store.upload_file(local_dir / entry["path"], entry["path"])
     manifest = {

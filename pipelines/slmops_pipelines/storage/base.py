@@ -12,6 +12,7 @@ Completeness of a *set* of objects is not the store's business: the job manifest
 from __future__ import annotations
 
 import abc
+import builtins  # `list` is a method of the stores: annotations in the class spell the type builtins.list
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,7 @@ class ArtifactStore(abc.ABC):
         """Delete every object under ``prefix`` (or the object ``prefix`` names); return how many."""
 
     @abc.abstractmethod
-    def delete_keys(self, keys: list[str]) -> int:
+    def delete_keys(self, keys: builtins.list[str]) -> int:
         """Delete exactly these objects (missing ones are fine); return how many were asked for."""
 
     @abc.abstractmethod
@@ -78,7 +79,7 @@ class ArtifactStore(abc.ABC):
     def write_text(self, key: str, text: str) -> None:
         self.write_bytes(key, text.encode("utf-8"))
 
-    def upload_dir(self, local: Path, prefix: str) -> list[str]:
+    def upload_dir(self, local: Path, prefix: str) -> builtins.list[str]:
         """Upload every file under ``local`` to ``prefix``; return the keys written."""
         keys = []
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
@@ -87,7 +88,7 @@ class ArtifactStore(abc.ABC):
             keys.append(key)
         return keys
 
-    def download_dir(self, prefix: str, local: Path, *, last: tuple[str, ...] = ()) -> list[Path]:
+    def download_dir(self, prefix: str, local: Path, *, last: tuple[str, ...] = ()) -> builtins.list[Path]:
         """Download every object under ``prefix`` into ``local``; return the local paths.
 
         Objects named in ``last`` (file names, e.g. a completion marker) come after all the
@@ -108,7 +109,7 @@ class ArtifactStore(abc.ABC):
         return paths
 
     def _verify_sizes(
-        self, infos: list[ObjectInfo], prefix: str, local: Path, *, exclude: tuple[str, ...]
+        self, infos: builtins.list[ObjectInfo], prefix: str, local: Path, *, exclude: tuple[str, ...]
     ) -> None:
         for info in infos:
             if info.key.rsplit("/", 1)[-1] in exclude:

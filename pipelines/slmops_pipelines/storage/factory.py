@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slmops_pipelines.credentials import S3Credentials
 from slmops_pipelines.errors import StorageError
 from slmops_pipelines.storage.base import ArtifactStore
 from slmops_pipelines.uris import UriError, parse_uri
 
 
 def open_store(
-    uri: str, *, field: str | None = None, credentials: dict[str, str] | None = None
+    uri: str, *, field: str | None = None, credentials: S3Credentials | None = None
 ) -> ArtifactStore:
     """The store rooted at ``uri``; raise StorageError (with ``field``) if it cannot be one.
 

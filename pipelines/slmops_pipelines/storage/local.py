@@ -13,6 +13,7 @@ refused, so a bad key in a spec cannot overwrite files elsewhere on the machine.
 
 from __future__ import annotations
 
+import builtins  # `list` is a method of the stores: annotations in the class spell the type builtins.list
 import contextlib
 import os
 import secrets
@@ -100,7 +101,7 @@ class LocalStore(ArtifactStore):
             self._prune_empty_dirs(base)
         return len(infos)
 
-    def delete_keys(self, keys: list[str]) -> int:
+    def delete_keys(self, keys: builtins.list[str]) -> int:
         paths = [self._path(key) for key in keys]
         with self._os_errors("delete", self.root):
             for path in paths:

@@ -24,6 +24,7 @@ Design notes:
 
 from __future__ import annotations
 
+import builtins  # `list` is a method of the stores: annotations in the class spell the type builtins.list
 import contextlib
 import functools
 import os
@@ -159,7 +160,7 @@ class S3Store(ArtifactStore):
             self._delete_batch(prefix, keys[start : start + DELETE_BATCH])
         return len(keys)
 
-    def delete_keys(self, keys: list[str]) -> int:
+    def delete_keys(self, keys: builtins.list[str]) -> int:
         full = [self._full_key(key) for key in keys]
         for start in range(0, len(full), DELETE_BATCH):
             self._delete_batch("", full[start : start + DELETE_BATCH])
@@ -186,7 +187,7 @@ class S3Store(ArtifactStore):
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _list_raw(self, prefix: str) -> list[dict[str, Any]]:
+    def _list_raw(self, prefix: str) -> builtins.list[dict[str, Any]]:
         objects: list[dict[str, Any]] = []
         with self._errors("ListObjectsV2", prefix or None):
             paginator = self._client.get_paginator("list_objects_v2")
@@ -195,7 +196,7 @@ class S3Store(ArtifactStore):
                 objects.extend(obj for obj in page.get("Contents", []) if not obj["Key"].endswith("/"))
         return objects
 
-    def _delete_batch(self, prefix: str, keys: list[str]) -> None:
+    def _delete_batch(self, prefix: str, keys: builtins.list[str]) -> None:
         with self._errors("DeleteObjects", prefix or None):
             response = self._client.delete_objects(
                 Bucket=self.bucket,

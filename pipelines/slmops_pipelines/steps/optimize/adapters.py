@@ -84,14 +84,14 @@ def extract_lora_inputs(model_path: Path) -> dict[str, tuple[list[int], int]]:
 
     model = ir.load(str(model_path))
     graph = model.graph
-    names = [n for n in graph.initializers if _LORA_INIT_RE.search(n)]
-    if not names:
+    found = {n: m for n in graph.initializers if (m := _LORA_INIT_RE.search(n))}
+    if not found:
         raise RuntimeError("the exported graph has no float LoRA weights to extract")
     shapes = {}
-    for name in names:
+    for name, match in found.items():
         value = graph.initializers[name]
         shape, dtype = list(value.const_value.shape), value.const_value.dtype
-        rank_dim = 1 if _LORA_INIT_RE.search(name).group(1) == "A" else 0  # A: [in, r], B: [r, out]
+        rank_dim = 1 if match.group(1) == "A" else 0  # A: [in, r], B: [r, out]
         default = list(shape)
         default[rank_dim] = 0
         value.const_value = ir.Tensor(np.zeros(default, dtype=dtype.numpy()), name=name)

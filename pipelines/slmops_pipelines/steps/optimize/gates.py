@@ -52,8 +52,9 @@ def check_gates(
     add("perplexityIncrease", gates.max_perplexity_increase, ppl_increase, lambda v, lim: v <= lim)
 
     speedup = None
-    if _decode_rate(metrics) and _decode_rate(reference):
-        speedup = _decode_rate(metrics) / _decode_rate(reference)
+    rate, reference_rate = _decode_rate(metrics), _decode_rate(reference)
+    if rate and reference_rate:
+        speedup = rate / reference_rate
     add("decodeSpeedup", gates.min_decode_speedup, speedup, lambda v, lim: v >= lim)
 
     add("sizeMb", gates.max_size_mb, metrics.size_mb, lambda v, lim: v <= lim)

@@ -18,7 +18,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 import numpy as np
 
@@ -29,6 +29,14 @@ LATENCY_PROMPT = (
     "The quick brown fox jumps over the lazy dog while the small language model measures how fast it can read "
     "a prompt and write an answer one token at a time, on whatever hardware it was built for."
 )
+
+
+class MeasureOptions(TypedDict):
+    """The keyword arguments of :func:`measure` that every model of one job is measured with."""
+
+    wanted: set[str]
+    match: str
+    max_new_tokens: int
 
 
 class Engine(Protocol):

@@ -49,11 +49,11 @@ def restore_checkpoint(store: ArtifactStore, work: Path) -> int | None:
     """Download the latest complete checkpoint from ``store``; return its step."""
     steps = sorted(
         {
-            checkpoint_step(Path(info.key).parent)
+            found
             for info in store.list(CHECKPOINTS)
             if info.key.endswith("/" + COMPLETE_MARKER)
+            and (found := checkpoint_step(Path(info.key).parent)) is not None
         }
-        - {None}
     )
     if not steps:
         return None

@@ -59,7 +59,7 @@ def sparse_causal_lm_loss(
     targets = next_labels[keep[:, :-1]]
     loss = (loss_fn or cross_entropy)(logits, targets)
     divisor = num_items_in_batch if num_items_in_batch is not None else targets.numel()
-    if torch.is_tensor(divisor):
+    if isinstance(divisor, torch.Tensor):  # what torch.is_tensor tests; mypy narrows on it
         divisor = divisor.to(loss.device)
     return loss / divisor, outputs
 
