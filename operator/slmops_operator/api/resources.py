@@ -9,14 +9,14 @@ single source of truth for the CRDs (see :mod:`slmops_operator.api.crd`).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from slmops_operator.api.status import JobStatus
 from slmops_pipelines import jobs
 from slmops_pipelines.jobs import JobKind
-from slmops_pipelines.specs import SpecModel
+from slmops_pipelines.specs import JobSpec, SpecModel
 
 GROUP = "slmops.io"
 VERSION = "v1alpha1"
@@ -51,7 +51,10 @@ class Resource(SpecModel):
 
     api_version: Literal["slmops.io/v1alpha1"] = Field(alias="apiVersion", description="slmops.io/v1alpha1")
     metadata: ObjectMeta
-    spec: SpecModel
+    if TYPE_CHECKING:  # each kind's resource class declares its own spec class
+        spec: JobSpec
+    else:
+        spec: SpecModel
     status: JobStatus | None = Field(default=None, description="Observed state, written by the operator.")
 
     @property
@@ -70,7 +73,7 @@ def resource_class(kind: JobKind) -> type[Resource]:
         __base__=Resource,
         __doc__=kind.description,
         __module__=__name__,
-        kind=(Literal[kind.name], Field(description=kind.name)),  # type: ignore[valid-type]
+        kind=(Literal[kind.name], Field(description=kind.name)),  # type: ignore[arg-type]
         spec=(kind.spec_class, ...),
     )
     cls.job_kind = kind

@@ -9,7 +9,7 @@ from typing import Any, Literal, Protocol
 from slmops_operator.api.status import RunRef
 from slmops_operator.credentials import ResolvedSecret
 from slmops_pipelines import jobs
-from slmops_pipelines.specs import SpecModel
+from slmops_pipelines.specs import JobSpec
 
 RunPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled"]
 
@@ -49,7 +49,7 @@ class JobRequest:
     name: str
     uid: str
     attempt: int  # the job's run number: 1, then one more for each resume after a cancelled run
-    spec: SpecModel  # the kind's spec class
+    spec: JobSpec  # the kind's spec class
     output_uri: str
     labels: dict[str, str] = field(default_factory=dict)
     source_uri: str = ""  # the output of the job's upstream (an OptimizeJob's fineTuneJobRef)

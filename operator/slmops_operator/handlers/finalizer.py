@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import logging
 from typing import Any
 
 import kopf
@@ -35,7 +34,7 @@ async def on_delete(
     *,
     body: kopf.Body,
     status: kopf.Status,
-    logger: logging.Logger,
+    logger: kopf.Logger,
     runtime: datetime.timedelta | None = None,
     retry: int = 0,
 ) -> None:

@@ -59,7 +59,7 @@ async def reconcile(
     status: kopf.Status,
     patch: kopf.Patch,
     logger: logging.Logger,
-    outputs: dict[str, kopf.Index] | None = None,
+    outputs: dict[str, Any] | None = None,
     active: set[str] | None = None,
     **_: Any,
 ) -> None:
@@ -77,7 +77,7 @@ async def reconcile(
 
 
 async def _reconcile(
-    reconciler: Reconciler, job: JobPass, *, outputs: dict[str, kopf.Index], active: set[str]
+    reconciler: Reconciler, job: JobPass, *, outputs: dict[str, Any], active: set[str]
 ) -> None:
     if job.status.get("phase") in FINISHED:
         await _finished(reconciler, job)
@@ -137,7 +137,7 @@ async def _suspended(reconciler: Reconciler, resource: Resource, job: JobPass) -
     return False
 
 
-def _upstream_output(resource: Resource, outputs: dict[str, kopf.Index], go: Go) -> str | None:
+def _upstream_output(resource: Resource, outputs: dict[str, Any], go: Go) -> str | None:
     """The output of the job this one reads from ("" without one); None while it waits or when it failed."""
     upstream = resource.job_kind.upstream(resource.spec)
     if upstream is None:
@@ -230,25 +230,25 @@ async def _honour_ttl(
     )
 
 
-def index_outputs(*, namespace: str, name: str, status: kopf.Status, **_: Any) -> dict:
+def index_outputs(*, namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict:
     """(namespace, name) -> phase, message and output: what a job waiting for this one reads."""
-    status = dict(status or {})
+    seen = dict(status or {})
     return {
         (namespace, name): {
-            "phase": status.get("phase"),
-            "message": status.get("message"),
-            "output": (status.get("artifacts") or {}).get("output"),
+            "phase": seen.get("phase"),
+            "message": seen.get("message"),
+            "output": (seen.get("artifacts") or {}).get("output"),
         }
     }
 
 
-def index_active_jobs(*, namespace: str, status: kopf.Status, **_: Any) -> dict:
-    status = dict(status or {})
-    run = (status.get("run") or {}).get("name")
-    return {namespace: run} if run and status.get("phase") in ACTIVE else {}
+def index_active_jobs(*, namespace: str | None, status: kopf.Status, **_: Any) -> dict:
+    seen = dict(status or {})
+    run = (seen.get("run") or {}).get("name")
+    return {namespace: run} if run and seen.get("phase") in ACTIVE else {}
 
 
-def index_phases(*, status: kopf.Status, param: str, **_: Any) -> dict:
+def index_phases(*, status: kopf.Status, param: Any = None, **_: Any) -> dict:
     return {param: (dict(status or {}).get("phase") or "Pending")}
 
 
@@ -259,7 +259,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
         plural = cls.plural
 
         @kopf.on.create(GROUP, VERSION, plural, registry=registry, id=f"accept-{plural}", param=kind)
-        async def accept(body: kopf.Body, param: str, **_: Any) -> None:
+        async def accept(body: kopf.Body, param: Any = None, **_: Any) -> None:
             """Runs once per object: a record that the operator took the job."""
             kopf.event(body, type="Normal", reason="Accepted", message=f"{param} accepted")
 
@@ -273,21 +273,29 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
             interval=poll,
             sharp=False,
         )
-        async def tick(param: str, namespace: str, **kwargs: Any) -> None:
-            wanted = {k: kwargs.get(k) for k in ("body", "status", "patch", "logger")}
+        async def tick(param: Any = None, namespace: str | None = None, **kwargs: Any) -> None:
             active = {
                 run
                 for cls in KINDS.values()
                 for run in (kwargs.get(f"active_jobs_{cls.plural}") or {}).get(namespace, [])
             }
             outputs = {name: kwargs.get(f"outputs_{cls.plural}") for name, cls in KINDS.items()}
-            await reconcile(reconciler, param, outputs=outputs, active=active, **wanted)
+            await reconcile(
+                reconciler,
+                param,
+                body=kwargs["body"],
+                status=kwargs["status"],
+                patch=kwargs["patch"],
+                logger=kwargs["logger"],
+                outputs=outputs,
+                active=active,
+            )
             phases = kwargs.get(f"phases_{KINDS[param].plural}") or {}
             reconciler.metrics.set_phase_counts(param, Counter(phases.get(param, [])))
 
         @kopf.on.delete(GROUP, VERSION, plural, registry=registry, id=f"finalize-{plural}", param=kind)
         async def finalize(
-            body: kopf.Body, status: kopf.Status, logger: logging.Logger, runtime, retry: int, **_: Any
+            body: kopf.Body, status: kopf.Status, logger: kopf.Logger, runtime: Any, retry: int, **_: Any
         ) -> None:
             await finalizer.on_delete(
                 reconciler, body=body, status=status, logger=logger, runtime=runtime, retry=retry

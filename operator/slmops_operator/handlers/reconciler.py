@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import kopf
 
@@ -57,7 +59,7 @@ class Reconciler:
         return f"{root.rstrip('/')}/{resource.namespace}/{resource.name}"
 
     def request(
-        self, resource: Resource, meta: kopf.Meta, source_uri: str = "", *, attempt: int = 1
+        self, resource: Resource, meta: Mapping[str, Any], source_uri: str = "", *, attempt: int = 1
     ) -> JobRequest:
         return JobRequest(
             kind=resource.kind_name,

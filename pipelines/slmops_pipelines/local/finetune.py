@@ -154,9 +154,9 @@ def _search(
     spec: FineTuneJobSpec, *, model_path: Path, data_dir: Path, work: Path, reporter: Reporter
 ) -> dict:
     """The trials of ``spec.search``, one stage each, on the data prepared once."""
-    from slmops_pipelines.stages.search import run_search
+    from slmops_pipelines.stages.search import run_search, search_of
 
-    search = spec.search
+    search = search_of(spec)
     reporter.stage(
         "search",
         f"{search.trials} trial(s), {search.strategy}, {search.parallelism} at a time, by {search.metric}",

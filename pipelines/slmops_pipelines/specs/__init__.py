@@ -3,6 +3,7 @@
 from slmops_pipelines.specs.base import SpecModel
 from slmops_pipelines.specs.common import (
     DatasetSpec,
+    JobSpec,
     ModelSpec,
     OutputSpec,
     ResourcesSpec,
@@ -28,6 +29,7 @@ __all__ = [
     "EarlyStoppingSpec",
     "EvaluationSpec",
     "FineTuneJobSpec",
+    "JobSpec",
     "LoraSpec",
     "Method",
     "ModelSpec",

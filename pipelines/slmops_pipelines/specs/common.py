@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import string
 from pathlib import PurePath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import Field, field_validator, model_validator
 
@@ -351,3 +351,14 @@ def ttl_field() -> Any:
             "unless the operator is set to delete artifacts with their job (SLMOPS_DELETE_ARTIFACTS)."
         ),
     )
+
+
+class JobSpec(Protocol):
+    """What every job kind's spec has: the fields the operator reads whatever the kind."""
+
+    output: OutputSpec
+    resources: ResourcesSpec
+    suspend: bool
+    ttl_seconds_after_finished: int | None
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]: ...

@@ -37,7 +37,7 @@ def source_fingerprint(spec: OptimizeJobSpec, source_uri: str) -> str:
                 field="source.fineTuneJobRef",
             )
         digest.update(store.read_text(publish.MANIFEST).encode())
-    else:
+    elif spec.source.model is not None:  # the spec has exactly one of fineTuneJobRef and model
         digest.update(spec.source.model.uri.encode())
         refs = [spec.source.adapter] if spec.source.adapter else list(spec.source.adapters or [])
         for ref in refs:

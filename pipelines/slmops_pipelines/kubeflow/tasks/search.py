@@ -26,10 +26,10 @@ from slmops_pipelines.stages.trial_records import trial_recorder
 
 def plan_trials(*, spec: dict) -> list[dict]:
     """The trials of ``spec.search``, drawn from its seed: one ParallelFor iteration each."""
-    from slmops_pipelines.stages.search import planned_trials
+    from slmops_pipelines.stages.search import planned_trials, search_of
 
     parsed = FineTuneJobSpec.model_validate(spec)
-    return [{"trial": n, "params": params} for n, params in enumerate(planned_trials(parsed.search))]
+    return [{"trial": n, "params": params} for n, params in enumerate(planned_trials(search_of(parsed)))]
 
 
 @reports_errors
@@ -38,9 +38,10 @@ def train_trial(
 ) -> None:
     """Train (and, for answer metrics, evaluate) one trial; a failure is the trial's, not the run's."""
     from slmops_pipelines.stages import finetune as stages
-    from slmops_pipelines.stages.search import objective_value, trial_spec
+    from slmops_pipelines.stages.search import objective_value, search_of, trial_spec
 
     parsed = FineTuneJobSpec.model_validate(spec)
+    search = search_of(parsed)
     tspec = trial_spec(parsed, trial["params"])
     work = Path(trial_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,7 @@ def train_trial(
             tspec, model_path=model_path, data_dir=Path(data_dir), work=work, on_event=print_event
         )
         evaluation = None
-        if parsed.search.metric not in ("eval_loss", "train_loss"):
+        if search.metric not in ("eval_loss", "train_loss"):
             quick = tspec.evaluation.model_copy(update={"compare_base": False})
             evaluation = stages.evaluate(
                 tspec.model_copy(update={"evaluation": quick}),
@@ -69,7 +70,7 @@ def train_trial(
                 data_dir=Path(data_dir),
                 merged_dir=None,
             )
-        result.update(state="COMPLETE", value=objective_value(parsed.search, train_result, evaluation))
+        result.update(state="COMPLETE", value=objective_value(search, train_result, evaluation))
     except JobError as exc:
         result["error"] = str(exc)
         say("trial", f"{number} failed: {exc}")
@@ -77,7 +78,7 @@ def train_trial(
         shutil.rmtree(work / stages.CHECKPOINTS, ignore_errors=True)
         (work / "trial.json").write_text(json.dumps(result, indent=2))
         record(result)
-    log_metrics(metrics, {parsed.search.metric: result["value"], "trial": number})
+    log_metrics(metrics, {search.metric: result["value"], "trial": number})
 
 
 @reports_errors
