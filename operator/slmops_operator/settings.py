@@ -23,6 +23,7 @@ variable                               meaning
 ``SLMOPS_KFP_AUTH``                    ``serviceaccount`` (a projected token) or ``none``
 ``SLMOPS_KFP_TOKEN_PATH``              where that token is mounted
 ``SLMOPS_DISTRIBUTED_ENGINE``          ``pytorchjob`` or ``trainjob``, for ``resources.nodes > 1``
+``SLMOPS_TRAINJOB_RUNTIME``             the ClusterTrainingRuntime of TrainJobs (``torch-distributed``)
 ``SLMOPS_CACHE_PVC``                   PersistentVolumeClaim for the pipelines' model cache
 ``SLMOPS_IMAGE_REGISTRY``              registry of the trainer/optimizer images
 ``SLMOPS_LOCAL_WORKERS``               jobs the local backend runs at once
@@ -67,6 +68,11 @@ class OperatorSettings(BaseModel):
     kfp_namespace: str = Field(default="kubeflow", description="Standalone KFP: where its pods run.")
     kfp_token_path: Path = Path("/var/run/secrets/kfp/token")
     distributed_engine: Literal["pytorchjob", "trainjob"] = "pytorchjob"
+    trainjob_runtime: str = Field(
+        default="torch-distributed",
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="The ClusterTrainingRuntime a TrainJob's runtimeRef names.",
+    )
     cache_pvc: str = ""
     image_registry: str = ""
     local_workers: int = Field(default=1, ge=1)

@@ -94,6 +94,34 @@ def secret_refs(spec: Any) -> list[SecretRef]:
     return refs
 
 
+def _uri_of(spec: Any, ref: SecretRef) -> str:
+    """The URI a Secret is for: the model's or the dataset's (the output's are S3 keys)."""
+    if ref.purpose == "model":
+        return (getattr(spec, "model", None) or spec.source.model).uri
+    if ref.purpose == "dataset":
+        return (getattr(spec, "dataset", None) or spec.evaluation.dataset).uri
+    return ""
+
+
+def required_keys(spec: Any, ref: SecretRef) -> tuple[str, ...]:
+    """The keys a named Secret must hold for what it is for: an HF token, or an S3 key pair."""
+    if _uri_of(spec, ref).startswith("hf://"):
+        return HF_KEYS
+    return ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def assumed_mounts(spec: Any) -> list[dict[str, Any]]:
+    """Mounts of the spec's Secrets without reading them (``slmops compile``): their required keys.
+
+    The operator mounts exactly the keys each Secret holds (optional ones such as
+    ``AWS_ENDPOINT_URL`` too); a pipeline compiled without a cluster can only assume these.
+    """
+    return [
+        {"name": ref.name, "keyToEnv": {key: ref.env_name(key) for key in required_keys(spec, ref)}}
+        for ref in secret_refs(spec)
+    ]
+
+
 # -- what the steps read -------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ def args_of(steps) -> dict[str, str]:
 
 
 def test_there_is_one_image_per_role():
-    assert {p.parent.name for p in DOCKERFILES} == {"operator", "trainer", "optimizer"}
+    assert {p.parent.name for p in DOCKERFILES} == {"operator", "trainer", "optimizer", "optimizer-cuda"}
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.parent.name)

@@ -25,6 +25,7 @@ def test_every_image_has_its_dockerfile():
         "slmops-operator",
         "slmops-trainer",
         "slmops-optimizer",
+        "slmops-optimizer-cuda",
     }
     for artifact in artifacts:
         assert (REPO / artifact["docker"]["dockerfile"]).is_file()
@@ -35,9 +36,18 @@ def test_the_chart_and_the_values_it_sets_exist():
     assert (REPO / release["chartPath"] / "Chart.yaml").is_file()
     keys = list(release["setValueTemplates"])
     profiles = {p["name"]: p for p in CONFIG["profiles"]}
-    keys += list(profiles["dev"]["patches"][0]["value"])
+    patches = {p["path"]: p for p in profiles["dev"]["patches"]}
+    keys += list(patches["/manifests/helm/releases/0/setValues"]["value"])
     for key in keys:
         assert has_value(key), key
+
+
+def test_the_dev_profile_builds_no_cuda_image():
+    """A laptop's kind cluster has no GPU: the dev profile drops the CUDA optimizer image."""
+    profiles = {p["name"]: p for p in CONFIG["profiles"]}
+    removed = [p["path"] for p in profiles["dev"]["patches"] if p["op"] == "remove"]
+    index = int(removed[0].rsplit("/", 1)[1])
+    assert CONFIG["build"]["artifacts"][index]["image"].endswith("/slmops-optimizer-cuda")
 
 
 def test_the_samples_profile_applies_the_examples():

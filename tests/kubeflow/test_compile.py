@@ -121,16 +121,24 @@ def test_optimize_fans_out_over_targets_with_gpus_only_where_needed(tmp_path):
     )
     placement = jobs.KINDS["OptimizeJob"].placement(job.spec)
     assert placement.target_gpus == 1 and placement.gpus == 0
+    assert placement.target_families == ["cpu", "cuda"]
     doc = load(compile_pipeline(optimize_pipeline(placement=placement), tmp_path / "o.yaml"))
+    # One loop per optimizer image: CPU targets in the CPU image, CUDA targets on a GPU in the CUDA one.
     loop = tasks_of(doc)["for-loop-1"]
     assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--plan-targets-Output"
     assert loop["iteratorPolicy"]["parallelismLimit"] == 4
-    build = executors(doc)["exec-build-target"]["container"]
-    assert build["resources"]["accelerator"]["count"] == "1"
-    assert build["image"].startswith("ghcr.io/slmops/slmops-optimizer:")
+    cpu, cuda = (
+        executors(doc)["exec-build-target"]["container"],
+        executors(doc)["exec-build-target-2"]["container"],
+    )
+    assert "accelerator" not in cpu.get("resources", {})
+    assert cpu["image"].startswith("ghcr.io/slmops/slmops-optimizer:")
+    assert cuda["resources"]["accelerator"]["count"] == "1"
+    assert cuda["image"].startswith("ghcr.io/slmops/slmops-optimizer-cuda:")
     assert "accelerator" not in executors(doc)["exec-prepare-source"]["container"].get("resources", {})
-    publish_inputs = tasks_of(doc)["publish-optimize"]["inputs"]["artifacts"]["targets"]
-    assert publish_inputs["taskOutputArtifact"]["producerTask"] == "for-loop-1"
+    publish_inputs = tasks_of(doc)["publish-optimize"]["inputs"]["artifacts"]
+    assert publish_inputs["targets"]["taskOutputArtifact"]["producerTask"] == "for-loop-1"
+    assert publish_inputs["more_targets"]["taskOutputArtifact"]["producerTask"] == "for-loop-2"
 
 
 def test_components_install_nothing_at_run_time():

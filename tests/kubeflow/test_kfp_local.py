@@ -41,10 +41,10 @@ def job(name: str, model: Path, **overrides) -> FineTuneJob:
     return FineTuneJob.model_validate(finetune_manifest(name, model, **overrides))
 
 
-def optimize_job(name: str) -> OptimizeJob:
+def optimize_job(name: str, *targets: dict[str, str]) -> OptimizeJob:
     spec = {
         "source": {"fineTuneJobRef": {"name": "tiny-kfp"}},
-        "targets": [CPU_INT4, CPU_INT8],
+        "targets": list(targets or (CPU_INT4, CPU_INT8)),
         "evaluation": {"maxNewTokens": 4, "maxSamples": 4, "metrics": ["accuracy", "latency", "size"]},
     }
     return OptimizeJob.model_validate(
@@ -145,6 +145,21 @@ def test_optimize_pipeline_builds_targets_in_parallel_for(kfp_finished, tmp_path
     )
     assert manifest_paths(tmp_path / "opt-kfp") == manifest_paths(tmp_path / "opt-local")
     assert set(local.artifacts) == set(outcome.artifacts)
+
+
+def test_cuda_targets_run_in_a_loop_of_their_own_and_publish_with_the_others(kfp_finished, tmp_path):
+    """Two image families, two ParallelFors, one publish: the CUDA target is built (skipped here: no GPU)."""
+    out, _ = kfp_finished
+    cuda = {"name": "cuda-fp16", "provider": "CUDAExecutionProvider", "precision": "fp16"}
+    opt = optimize_job("opt-cuda", cuda, CPU_INT4)
+    outcome = run_optimize_kfp_local(
+        name=opt.name, spec=opt.spec, output_uri=str(tmp_path / "opt-cuda"), source_uri=str(out)
+    )
+    doc = outcome.metrics
+    assert list(doc["targets"]) == ["cuda-fp16", "cpu-int4"]  # spec order across both loops
+    assert doc["targets"]["cuda-fp16"]["metrics"]["skipped"] == "provider not available"
+    assert doc["targets"]["cpu-int4"]["metrics"]["accuracy"] is not None
+    assert (tmp_path / "opt-cuda" / "targets" / "cuda-fp16").is_dir()
 
 
 def test_cli_engine_kfp_local_names_the_field(tiny_model, tmp_path):

@@ -228,3 +228,24 @@ async def test_jobs_with_one_placement_share_one_compiled_package(
     assert "h200" not in json.dumps(runs["a"]) and "h200" in json.dumps(runs["big"])
     assert len(fake_kfp.experiments) == 1
     await backend.close()
+
+
+async def test_a_run_carries_the_jobs_service_account_image_and_trainjob_runtime(
+    kube, fake_kfp, tiny_model, tmp_path
+):
+    """Every pod of the run runs as the job's ServiceAccount; multi-node workers get its image and runtime."""
+    image = "registry.example/team/slmops-trainer:1.0-custom"
+    manifest = job("sa", tiny_model, image=image, serviceAccountName="trainer")
+    settings = kfp_settings(tmp_path, fake_kfp, distributed_engine="trainjob", trainjob_runtime="torch-h100")
+    async with running_operator(kube, settings):
+        await create(kube, "default", "finetunejobs", manifest)
+        await wait_until(lambda: phase(kube, "sa") == "Running", what="Running")
+        [run] = fake_kfp.created
+        assert run["service_account"] == "trainer"
+        context = run["runtime_config"]["parameters"]["job"]
+        assert context["trainerImage"] == image
+        assert (context["distributedEngine"], context["trainjobRuntime"]) == ("trainjob", "torch-h100")
+        images = {
+            e["container"]["image"] for e in run["pipeline_spec"]["deploymentSpec"]["executors"].values()
+        }
+        assert images == {image}

@@ -65,7 +65,9 @@ class JobRequest:
     def run_name(self) -> str:
         return run_name(self.kind, self.namespace, self.name, self.uid, self.attempt)
 
-    def job_context(self, *, distributed_engine: str) -> dict[str, Any]:
+    def job_context(
+        self, *, distributed_engine: str, trainjob_runtime: str = "torch-distributed", trainer_image: str = ""
+    ) -> dict[str, Any]:
         """The pipelines' ``job`` parameter (see slmops_pipelines.kubeflow.tasks.common.JobContext)."""
         return {
             "name": self.name,
@@ -73,6 +75,8 @@ class JobRequest:
             "uid": self.uid,
             "labels": dict(self.labels),
             "distributedEngine": distributed_engine,
+            "trainjobRuntime": trainjob_runtime,
+            **({"trainerImage": trainer_image} if trainer_image else {}),
         }
 
 

@@ -205,10 +205,22 @@ class KfpBackend:
                 old.unlink(missing_ok=True)
             return path
 
+    def _trainer_image(self, request: JobRequest) -> str:
+        """The image of a multi-node job's training nodes: the one its train step runs in."""
+        from slmops_pipelines import jobs
+
+        return jobs.job_images(
+            request.kind, request.spec, registry=self.settings.image_registry or None
+        ).trainer
+
     def _arguments(self, request: JobRequest, mounts: list[dict[str, Any]]) -> dict[str, Any]:
         from slmops_pipelines import jobs
 
-        job = request.job_context(distributed_engine=self.settings.distributed_engine)
+        job = request.job_context(
+            distributed_engine=self.settings.distributed_engine,
+            trainjob_runtime=self.settings.trainjob_runtime,
+            trainer_image=self._trainer_image(request),
+        )
         if mounts:  # names and keys only: multi-node workers mount the same Secrets
             job["secrets"] = mounts
         return jobs.run_arguments(
@@ -233,6 +245,8 @@ class KfpBackend:
                 run_name=request.run_name,
                 experiment_id=experiment_id,
                 namespace=request.namespace if self.multi_user() else None,
+                # Every pod of the run runs as the job's ServiceAccount (KFP's default otherwise).
+                service_account=request.spec.service_account_name,
             )
         except Exception:
             self._experiments.pop(request.namespace, None)  # it may have been deleted

@@ -65,11 +65,61 @@ def crds(output_dir: Path, check: bool) -> None:
 
 
 @cli.command("compile")
-@output_dir_option("pipelines/compiled")
+@click.argument("job", required=False, type=click.Path(path_type=Path, allow_dash=True))
+@click.option(
+    "--output",
+    "--output-dir",
+    "-o",
+    "output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With JOB: the pipeline file (default: <name>.pipeline.yaml).  Without: the folder "
+    "(default: pipelines/compiled).",
+)
 @click.option("--registry", default=None, help="Image registry of the components (default: ghcr.io/slmops).")
 @check_option("compiled")
-def compile_cmd(output_dir: Path, registry: str | None, check: bool) -> None:
-    """Compile the KFP pipelines to IR YAML, ready to upload in a KFP dashboard."""
+def compile_cmd(job: Path | None, output: Path | None, registry: str | None, check: bool) -> None:
+    """Compile the KFP pipelines to IR YAML, ready to upload in a KFP dashboard.
+
+    With JOB (a FineTuneJob or OptimizeJob manifest): the pipeline the operator would submit
+    for that job -- its GPUs, images, pull secrets, affinity and Secrets in the platform spec.
+    """
+    if job is not None:
+        compile_one_job(job, output, registry=registry, check=check)
+        return
+    compile_every_pipeline(output or Path("pipelines/compiled"), registry=registry, check=check)
+
+
+def compile_one_job(file: Path, output: Path | None, *, registry: str | None, check: bool) -> None:
+    import tempfile
+
+    from slmops_operator.api.manifests import ManifestError, load_resources
+    from slmops_pipelines import jobs
+
+    try:
+        resources = load_resources((file,))
+    except ManifestError as exc:
+        for problem in exc.problems:
+            err_console.print(f"[red]error[/red] {problem}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_INVALID)
+    if len(resources) != 1:
+        names = ", ".join(f"{r.kind_name} {r.name}" for r in resources)
+        err_console.print(f"[red]error[/red] {file}: compile one job at a time (it holds {names})")
+        sys.exit(EXIT_INVALID)
+    resource = resources[0]
+    path = output or Path(f"{resource.name}.pipeline.yaml")
+    if not check:
+        jobs.compile_job(resource.kind_name, resource.spec, path, registry=registry)
+        console.print(f"wrote {path} ({resource.kind_name} {resource.name})", highlight=False, soft_wrap=True)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = jobs.compile_job(resource.kind_name, resource.spec, Path(tmp) / path.name, registry=registry)
+        if not path.exists() or path.read_text() != fresh.read_text():
+            err_console.print(f"stale pipeline (run `slmops compile {file} -o {path}`): {path}")
+            sys.exit(EXIT_FAILED)
+
+
+def compile_every_pipeline(output_dir: Path, *, registry: str | None, check: bool) -> None:
     import tempfile
 
     from slmops_pipelines import jobs

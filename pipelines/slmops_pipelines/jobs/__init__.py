@@ -34,6 +34,8 @@ from slmops_pipelines.steps.publish import Cleanup
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from slmops_pipelines.kubeflow.images import Images
+
 
 def _registry(*kinds: JobKind) -> dict[str, JobKind]:
     return {kind.name: kind for kind in kinds}
@@ -84,11 +86,10 @@ def pipeline_for(
 
     ``secrets`` are the mounts (``{name, keyToEnv}``) every pod of the run gets.
     """
-    from slmops_pipelines.kubeflow.images import Images
     from slmops_pipelines.kubeflow.placement import SecretMount
 
     job = job_kind(kind)
-    images = Images.default(registry=registry)
+    images = job.images(spec, registry=registry)
     mounts = [SecretMount.model_validate(m) for m in secrets or []]
     placement = job.placement(spec, cache_pvc=cache_pvc, secrets=mounts)
     name, factory = job.pipeline(spec)
@@ -97,6 +98,22 @@ def pipeline_for(
         key=job.compiled_key(spec, placement, images),
         _build=lambda: factory(placement=placement, images=images),
     )
+
+
+def compile_job(kind: str, spec: Any, path: Path, *, registry: str | None = None) -> Path:
+    """The pipeline the operator would submit for this job, with its placement, written to ``path``.
+
+    The job's Secrets are mounted by name with the keys they must hold (the operator, which
+    reads them, mounts exactly the keys they do hold).
+    """
+    from slmops_pipelines.credentials import assumed_mounts
+
+    return pipeline_for(kind, spec, registry=registry, secrets=assumed_mounts(spec)).compile(path)
+
+
+def job_images(kind: str, spec: Any, *, registry: str | None = None) -> Images:
+    """The images of the job's pods (``spec.image``, or slmops' own from ``registry``)."""
+    return job_kind(kind).images(spec, registry=registry)
 
 
 def run_arguments(
@@ -208,8 +225,10 @@ __all__ = [
     "SummaryTable",
     "Upstream",
     "compile_all",
+    "compile_job",
     "delete_owned_output",
     "import_gguf",
+    "job_images",
     "job_kind",
     "pipeline_for",
     "progress_tracker",

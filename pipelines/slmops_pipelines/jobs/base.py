@@ -148,6 +148,17 @@ class JobKind(ABC):
     ) -> Placement:
         """Where the pipeline's pods go and what they get, from ``spec.resources``."""
 
+    def images(self, spec: Any, *, registry: str | None = None) -> Images:
+        """The images of the job's pods: ``spec.image`` for all of them, else slmops' own (from ``registry``)."""
+        from slmops_pipelines.kubeflow.images import Images
+
+        return Images.only(spec.image) if spec.image else Images.default(registry=registry)
+
+    @staticmethod
+    def pod_settings(spec: Any) -> dict[str, Any]:
+        """What every kind's placement takes from the spec beyond ``resources``."""
+        return {"image_pull_secrets": [ref.name for ref in spec.image_pull_secrets]}
+
     def run_arguments(
         self, *, spec: Any, job: dict[str, Any], output_uri: str, source_uri: str
     ) -> dict[str, Any]:

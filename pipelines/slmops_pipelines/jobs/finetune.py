@@ -81,6 +81,7 @@ class FineTuneJobKind(JobKind):
             secrets=list(secrets or []),
             cache_pvc=cache_pvc,
             trial_parallelism=spec.search.parallelism if spec.search else 2,
+            **self.pod_settings(spec),
         )
 
     def output_artifacts(self, store: ArtifactStore) -> dict[str, str]:

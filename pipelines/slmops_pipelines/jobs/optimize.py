@@ -20,9 +20,6 @@ if TYPE_CHECKING:
     from slmops_pipelines.stages.outputs import JobOutcome
     from slmops_pipelines.storage import ArtifactStore
 
-# Targets whose provider runs on a GPU: their pods get one.
-GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
-
 
 class OptimizeJobKind(JobKind):
     name = "OptimizeJob"
@@ -65,14 +62,20 @@ class OptimizeJobKind(JobKind):
     def placement(
         self, spec: OptimizeJobSpec, *, cache_pvc: str | None = None, secrets: list[SecretMount] | None = None
     ) -> Placement:
-        from slmops_pipelines.kubeflow.placement import Placement
+        from slmops_pipelines.kubeflow.placement import Placement, image_family
 
-        needs_gpu = any(t.provider in GPU_PROVIDERS for t in spec.targets)
-        target_gpus = max(1, spec.resources.gpus) if needs_gpu else 0
-        # The source step measures PyTorch on CPU: only the targets' pods get GPUs.
-        mounts = list(secrets or [])
+        families = sorted({image_family(t.provider) for t in spec.targets})  # cpu before cuda
+        target_gpus = max(1, spec.resources.gpus) if "cuda" in families else 0
+        # The source step measures PyTorch on CPU: only the GPU targets' pods get GPUs, in the CUDA image.
         return Placement.for_resources(
-            spec.resources, secrets=mounts, cache_pvc=cache_pvc, gpus=0, target_gpus=target_gpus
+            spec.resources,
+            secrets=list(secrets or []),
+            cache_pvc=cache_pvc,
+            gpus=0,
+            target_gpus=target_gpus,
+            target_families=families,
+            multi_node=False,
+            **self.pod_settings(spec),
         )
 
     def run_arguments(

@@ -195,11 +195,11 @@ def inspect_optimize(spec: dict, job: dict, output_uri: str, source_uri: str) ->
     return namedtuple("Inspection", ["fingerprint", "started_at", "source_spec"])(*outputs)
 
 
-def plan_targets(spec: dict) -> list:
-    """One view of the spec per target, one ParallelFor iteration each."""
+def plan_targets(spec: dict, family: str = "") -> list:
+    """One view of the spec per target (of one image family), one ParallelFor iteration each."""
     from slmops_pipelines.kubeflow import tasks
 
-    return tasks.plan_targets(spec=spec)
+    return tasks.plan_targets(spec=spec, family=family)
 
 
 def prepare_source(
@@ -252,6 +252,7 @@ def publish_optimize(
     report: Output[HTML],
     artifacts: Output[Markdown],
     summary: Output[Metrics],
+    more_targets: Input[List[Model]] = None,  # noqa: UP006 -- the targets built in the other image
 ) -> str:
     """Collect the targets, write the comparison report, apply the gates, publish."""
     from slmops_pipelines.kubeflow import tasks
@@ -262,7 +263,7 @@ def publish_optimize(
         output_uri=output_uri,
         started_at=started_at,
         prepared_dir=prepared.path,
-        target_dirs=[t.path for t in targets],
+        target_dirs=[t.path for t in [*targets, *(more_targets or [])]],
         report_path=report.path,
         summary_path=artifacts.path,
         metrics=summary,
@@ -283,6 +284,7 @@ class Components(NamedTuple):
     prepare_source: Callable
     build_target: Callable
     publish_optimize: Callable
+    build_target_cuda: Callable  # build_target in the CUDA optimizer image
 
 
 _TRAINER = (
@@ -306,4 +308,5 @@ def make_components(images: Images) -> Components:
 
     bound = {f.__name__: bind(f, images.trainer) for f in _TRAINER}
     bound.update({f.__name__: bind(f, images.optimizer) for f in _OPTIMIZER})
+    bound["build_target_cuda"] = bind(build_target, images.optimizer_cuda)
     return Components(**bound)

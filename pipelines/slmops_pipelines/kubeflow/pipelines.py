@@ -77,13 +77,11 @@ def _evaluate_and_publish(
 
 def _finetune_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any):
     inspect, data = _inspect_and_prepare(c, p, spec=spec, job=job, output_uri=output_uri)
-    train = p.compute(
-        c.train(
-            spec=inspect.outputs["train_spec"], job=job, output_uri=output_uri, data=data.outputs["data"]
-        ),
-        gpus=p.gpus,
-        name="train",
+    task = c.train(
+        spec=inspect.outputs["train_spec"], job=job, output_uri=output_uri, data=data.outputs["data"]
     )
+    # Several nodes: the step only launches and follows the PyTorchJob/TrainJob, whose nodes get the GPUs.
+    train = p.launcher(task, name="train") if p.multi_node else p.compute(task, gpus=p.gpus, name="train")
     run = {"spec": spec, "job": job, "output_uri": output_uri}
     evaluated = {"eval_spec": inspect.outputs["eval_spec"], "model": train.outputs["model"]}
     return _evaluate_and_publish(c, p, run, inspect=inspect, data=data, **evaluated)
@@ -118,7 +116,6 @@ def _finetune_search_steps(c: Components, p: Placement, *, spec: Any, job: Any, 
 
 
 def _optimize_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any, source_uri: Any):
-    from kfp import dsl
 
     inspect = p.uncached(
         c.inspect_optimize(spec=spec, job=job, output_uri=output_uri, source_uri=source_uri), name="inspect"
@@ -132,15 +129,11 @@ def _optimize_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_
         ),
         name="prepare source",
     )
-    # A task of its own: kfp.local (like the dashboard) iterates over a task's single output.
-    plan = p.common(c.plan_targets(spec=spec), name="plan targets")
-    with dsl.ParallelFor(items=plan.output, parallelism=p.target_parallelism) as target_spec:
-        target = p.compute(
-            c.build_target(spec=target_spec, output_uri=output_uri, prepared=prepared.outputs["prepared"]),
-            gpus=p.target_gpus,
-            requests=False,
-            name="build target",
-        )
+    built = [
+        _build_targets(c, p, family, spec=spec, output_uri=output_uri, prepared=prepared)
+        for family in p.target_families
+    ]
+    more = {"more_targets": built[1]} if len(built) > 1 else {}
     publish = p.uncached(
         c.publish_optimize(
             spec=spec,
@@ -148,11 +141,37 @@ def _optimize_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_
             output_uri=output_uri,
             started_at=inspect.outputs["started_at"],
             prepared=prepared.outputs["prepared"],
-            targets=dsl.Collected(target.outputs["target"]),
+            targets=built[0],
+            **more,
         ),
         name="publish",
     )
     return publish
+
+
+def _build_targets(c: Components, p: Placement, family: str, *, spec: Any, output_uri: Any, prepared: Any):
+    """One ParallelFor over the targets of one optimizer image: ``cpu``, or ``cuda`` (GPU providers).
+
+    With one family the loop takes every target (the general-purpose pipeline builds them
+    all in the CPU image); with two, each loop takes its own.
+    """
+    from kfp import dsl
+
+    only = len(p.target_families) == 1
+    cuda = family == "cuda"
+    # A task of its own: kfp.local (like the dashboard) iterates over a task's single output.
+    plan = p.common(
+        c.plan_targets(spec=spec, family="" if only else family),
+        name="plan targets" if only else f"plan {family} targets",
+    )
+    builder = c.build_target_cuda if cuda else c.build_target
+    with dsl.ParallelFor(items=plan.output, parallelism=p.target_parallelism) as target_spec:
+        target = p.compute(
+            builder(spec=target_spec, output_uri=output_uri, prepared=prepared.outputs["prepared"]),
+            gpus=p.target_gpus if cuda or only else 0,
+            name="build target" if only else f"build {family} target",
+        )
+    return dsl.Collected(target.outputs["target"])
 
 
 # The FineTuneJob pipelines: name -> (steps, pipeline name, description).

@@ -27,6 +27,18 @@ if TYPE_CHECKING:
     from kfp.dsl import PipelineTask
 
 CACHE_MOUNT = "/var/cache/slmops"
+# Providers whose targets are built and measured on a GPU, in the CUDA optimizer image.
+GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+
+
+def image_family(provider: str) -> str:
+    """The optimizer image a target of ``provider`` runs in: ``cuda`` for GPU providers, else ``cpu``."""
+    return "cuda" if provider in GPU_PROVIDERS else "cpu"
+
+
+# What the train step of a multi-node job needs: the kubernetes client following one object.
+LAUNCHER_CPU = "250m"
+LAUNCHER_MEMORY = "512Mi"
 # The general-purpose pipelines (``slmops compile``) mount the chart's Secret with these keys.
 DEFAULT_SECRET = "slmops-s3"
 DEFAULT_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
@@ -49,6 +61,16 @@ class Placement(BaseModel):
     gpu_resource: str = Field(default="nvidia.com/gpu", description="Extended resource name of a GPU.")
     cpu: str | None = Field(default=None, description="CPU request of the training pod.")
     memory: str | None = Field(default=None, description="Memory request of the training pod.")
+    cpu_limit: str | None = Field(default=None, description="CPU limit of the pods that get requests.")
+    memory_limit: str | None = Field(default=None, description="Memory limit of the pods that get requests.")
+    node_affinity: dict[str, Any] | None = Field(
+        default=None, description="A Kubernetes NodeAffinity for the pods that do the work."
+    )
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Pull secrets of every pod.")
+    multi_node: bool = Field(
+        default=False,
+        description="Training runs on a PyTorchJob/TrainJob: the train step only launches and follows it.",
+    )
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     secrets: list[SecretMount] = Field(
@@ -56,6 +78,10 @@ class Placement(BaseModel):
     )
     cache_pvc: str | None = Field(default=None, description="PersistentVolumeClaim for the model cache.")
     target_parallelism: int = Field(default=4, ge=1, description="Optimize targets built at once.")
+    target_families: list[str] = Field(
+        default_factory=lambda: ["cpu"],
+        description="The optimizer images the targets are built in (cpu, cuda): one ParallelFor each.",
+    )
     trial_parallelism: int = Field(default=2, ge=1, description="Search trials trained at once.")
     caching: bool = Field(default=True, description="Reuse the outputs of steps whose inputs did not change.")
 
@@ -75,6 +101,8 @@ class Placement(BaseModel):
                 "cache_pvc": None,
                 "node_selector": {},
                 "tolerations": [],
+                "node_affinity": None,
+                "image_pull_secrets": [],
             }
         )
 
@@ -91,10 +119,14 @@ class Placement(BaseModel):
             "gpu_resource": resources.gpu_resource,
             "cpu": resources.cpu,
             "memory": resources.memory,
+            "cpu_limit": resources.cpu_limit,
+            "memory_limit": resources.memory_limit,
+            "node_affinity": resources.affinity.to_pod().get("nodeAffinity") if resources.affinity else None,
             "node_selector": dict(resources.node_selector),
             "tolerations": tolerations,
             "secrets": list(secrets),
             "cache_pvc": cache_pvc,
+            "multi_node": resources.nodes > 1,
         }
         return cls(**{**placed, **overrides})
 
@@ -106,6 +138,8 @@ class Placement(BaseModel):
 
         if name:
             task.set_display_name(name)
+        if self.image_pull_secrets:
+            kubernetes.set_image_pull_secrets(task, list(self.image_pull_secrets))
         for secret in self.secrets:
             kubernetes.use_secret_as_env(
                 task, secret_name=secret.name, secret_key_to_env=dict(secret.key_to_env), optional=False
@@ -125,10 +159,10 @@ class Placement(BaseModel):
         self.common(task, name=name)
         if gpus:
             task.set_accelerator_type(self.gpu_resource).set_accelerator_limit(gpus)
-        if requests and self.cpu:
-            task.set_cpu_request(self.cpu)
-        if requests and self.memory:
-            task.set_memory_request(self.memory)
+        if requests:
+            self._requests_and_limits(task)
+        if self.node_affinity:
+            kubernetes.add_node_affinity_json(task, self.node_affinity)
         for key, value in sorted(self.node_selector.items()):
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
         for toleration in self.tolerations:
@@ -140,6 +174,27 @@ class Placement(BaseModel):
                 effect=toleration.get("effect"),
                 toleration_seconds=toleration.get("tolerationSeconds"),
             )
+        return task
+
+    def _requests_and_limits(self, task: PipelineTask) -> None:
+        for value, setter in (
+            (self.cpu, task.set_cpu_request),
+            (self.memory, task.set_memory_request),
+            (self.cpu_limit, task.set_cpu_limit),
+            (self.memory_limit, task.set_memory_limit),
+        ):
+            if value:
+                setter(value)
+
+    def launcher(self, task: PipelineTask, *, name: str | None = None) -> PipelineTask:
+        """The train step of a multi-node job: it creates and follows the PyTorchJob/TrainJob.
+
+        No GPU and a small request, without the GPU pool's node selector and tolerations: on a
+        pool of exactly N GPU nodes a launcher holding one node's GPUs would keep the N workers
+        from ever scheduling.  The workers get the GPUs, selector, tolerations and affinity.
+        """
+        self.common(task, name=name)
+        task.set_cpu_request(LAUNCHER_CPU).set_memory_request(LAUNCHER_MEMORY)
         return task
 
     def uncached(self, task: PipelineTask, *, name: str | None = None) -> PipelineTask:

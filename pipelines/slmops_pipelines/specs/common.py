@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import Field, field_validator, model_validator
 
+from slmops_pipelines.specs.affinity import Affinity
 from slmops_pipelines.specs.base import SpecModel, cel_rules, has_true
 from slmops_pipelines.uris import UriError, parse_uri
 
@@ -292,6 +293,18 @@ class Toleration(SpecModel):
 
 
 _QUANTITY = r"^([0-9]+(\.[0-9]+)?)(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
+_QUANTITY_SCALE = {
+    "m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+    "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40,
+}  # fmt: skip
+
+
+def quantity_value(quantity: str) -> float:
+    """A Kubernetes quantity (``500m``, ``8``, ``32Gi``) as a number, to compare a limit with a request."""
+    match = re.match(_QUANTITY, quantity)
+    if match is None:
+        raise ValueError(f"{quantity!r} is not a quantity")
+    return float(match.group(1)) * _QUANTITY_SCALE[match.group(3) or ""]
 
 
 class ResourcesSpec(SpecModel):
@@ -325,6 +338,43 @@ class ResourcesSpec(SpecModel):
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=64, description="Tolerations for the pods."
     )
+    cpu_limit: Annotated[str, Field(pattern=_QUANTITY)] | None = Field(
+        default=None,
+        description="CPU limit of the training (and optimize target) pods, e.g. 16; at least cpu.",
+    )
+    memory_limit: Annotated[str, Field(pattern=_QUANTITY)] | None = Field(
+        default=None,
+        description="Memory limit of the training (and optimize target) pods, e.g. 64Gi; at least memory.",
+    )
+    affinity: Affinity | None = Field(
+        default=None,
+        description=(
+            "A Kubernetes Affinity (nodeAffinity, podAffinity, podAntiAffinity) for the pods that do the work: "
+            "the training nodes of a PyTorchJob/TrainJob, the train, evaluate and target steps.  On KFP's "
+            "pipeline pods only nodeAffinity applies (the platform spec has no pod affinity)."
+        ),
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        pattern=SECRET_NAME,
+        max_length=253,
+        description=(
+            "PriorityClass of the training nodes of a PyTorchJob (with Kueue, a TrainJob's priority comes from "
+            "the kueue.x-k8s.io/priority-class label, passed through from the job's labels)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _limits_cover_requests(self) -> ResourcesSpec:
+        for name, request, limit in (
+            ("cpu", self.cpu, self.cpu_limit),
+            ("memory", self.memory, self.memory_limit),
+        ):
+            if request and limit and quantity_value(limit) < quantity_value(request):
+                raise ValueError(
+                    f"{name}Limit {limit} is below the {name} request {request}: Kubernetes refuses such pods"
+                )
+        return self
 
     @property
     def gpus(self) -> int:
@@ -334,6 +384,44 @@ class ResourcesSpec(SpecModel):
 
 # Operational fields of both job kinds: they change how a job is run, never what it produces,
 # so they are the only spec fields that may change after creation (see OPERATIONAL_FIELDS).
+class LocalObjectReference(SpecModel):
+    """A reference to an object in the job's namespace, by name (as in a Pod's imagePullSecrets)."""
+
+    name: str = Field(pattern=SECRET_NAME, max_length=253, description="The object's name.")
+
+
+def image_field() -> Any:
+    return Field(
+        default=None,
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._\-/:@]*$",
+        max_length=512,
+        description=(
+            "Container image for every pod of the job (pipeline steps and training nodes), instead of slmops' "
+            "own images: your build of them, from your registry, with slmops and the extras the steps need."
+        ),
+    )
+
+
+def image_pull_secrets_field() -> Any:
+    return Field(
+        default_factory=list,
+        max_length=16,
+        description="Secrets in the job's namespace for pulling its images from a private registry.",
+    )
+
+
+def service_account_field() -> Any:
+    return Field(
+        default=None,
+        pattern=SECRET_NAME,
+        max_length=253,
+        description=(
+            "ServiceAccount the job's pods run as (the KFP run, the training nodes); it needs what the "
+            "default one has (with nodes > 1: create, get and delete PyTorchJobs or TrainJobs)."
+        ),
+    )
+
+
 def suspend_field() -> Any:
     return Field(
         default=False,
@@ -358,6 +446,9 @@ class JobSpec(Protocol):
 
     output: OutputSpec
     resources: ResourcesSpec
+    image: str | None
+    image_pull_secrets: list[LocalObjectReference]
+    service_account_name: str | None
     suspend: bool
     ttl_seconds_after_finished: int | None
 

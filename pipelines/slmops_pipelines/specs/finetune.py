@@ -12,9 +12,13 @@ from slmops_pipelines.specs.common import (
     MAX_SEED,
     MAX_STEPS,
     DatasetSpec,
+    LocalObjectReference,
     ModelSpec,
     OutputSpec,
     ResourcesSpec,
+    image_field,
+    image_pull_secrets_field,
+    service_account_field,
     suspend_field,
     ttl_field,
 )
@@ -194,6 +198,9 @@ class FineTuneJobSpec(SpecModel):
     search: SearchSpec | None = Field(
         default=None, description="Try many recipes (hyperparameter search) and keep the best trial."
     )
+    image: str | None = image_field()
+    image_pull_secrets: list[LocalObjectReference] = image_pull_secrets_field()
+    service_account_name: str | None = service_account_field()
     suspend: bool = suspend_field()
     ttl_seconds_after_finished: int | None = ttl_field()
 

@@ -16,10 +16,14 @@ from slmops_pipelines.specs.base import SpecModel, cel_rules
 from slmops_pipelines.specs.common import (
     MAX_SAMPLES,
     DatasetSpec,
+    LocalObjectReference,
     ModelSpec,
     OutputSpec,
     ResourcesSpec,
     check_uri,
+    image_field,
+    image_pull_secrets_field,
+    service_account_field,
     suspend_field,
     ttl_field,
 )
@@ -302,6 +306,9 @@ class OptimizeJobSpec(SpecModel):
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute for the conversion.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where artifacts are written.")
+    image: str | None = image_field()
+    image_pull_secrets: list[LocalObjectReference] = image_pull_secrets_field()
+    service_account_name: str | None = service_account_field()
     suspend: bool = suspend_field()
     ttl_seconds_after_finished: int | None = ttl_field()
 

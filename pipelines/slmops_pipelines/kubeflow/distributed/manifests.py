@@ -10,12 +10,18 @@ nothing here is a launcher of our own.
   ``nodes - 1`` ``Worker`` replicas, ``nprocPerNode``, restart on failure (a restarted node
   resumes from the last complete checkpoint).
 * **TrainJob** (Kubeflow Trainer v2, ``trainer.kubeflow.org/v1alpha1``, v2.0/v2.1 API): the
-  ``torch-distributed`` ClusterTrainingRuntime (configurable), ``numNodes``,
-  ``numProcPerNode``, ``resourcesPerNode``; node selector, tolerations and volumes through
-  ``podTemplateOverrides`` on the ``node`` job.
+  ``torch-distributed`` ClusterTrainingRuntime (``SLMOPS_TRAINJOB_RUNTIME``), ``numNodes``,
+  ``numProcPerNode``, ``resourcesPerNode``; node selector, tolerations, affinity, service
+  account, pull secrets and volumes through ``podTemplateOverrides`` on the ``node`` job.
+
+Both get the job's ``spec.image`` (else the trainer image the run names), its
+``imagePullSecrets`` and ``serviceAccountName``, and ``resources``' node selector,
+tolerations, affinity, CPU/memory requests and limits and GPUs; a PyTorchJob's pods also
+its ``priorityClassName``.
 
 Labels link the workload to its FineTuneJob (``slmops.io/finetunejob``, ``slmops.io/job-uid``)
-and carry ``kueue.x-k8s.io/queue-name`` through, so that Kueue admits the workload itself.
+and carry ``kueue.x-k8s.io/queue-name`` and ``kueue.x-k8s.io/priority-class`` through from the
+job's labels, so that Kueue admits and orders the workload itself.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from slmops_pipelines.kubeflow.placement import CACHE_MOUNT, SecretMount
 from slmops_pipelines.specs import FineTuneJobSpec
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 JOB_LABEL = "slmops.io/finetunejob"
 UID_LABEL = "slmops.io/job-uid"
 ENGINES = {
@@ -71,8 +78,9 @@ def _labels(w: Workload) -> dict[str, str]:
     }
     if w.job_uid:
         labels[UID_LABEL] = w.job_uid
-    if QUEUE_LABEL in w.labels:
-        labels[QUEUE_LABEL] = w.labels[QUEUE_LABEL]
+    for passed in (QUEUE_LABEL, PRIORITY_LABEL):  # Kueue admits and orders the workload itself
+        if passed in w.labels:
+            labels[passed] = w.labels[passed]
     return labels
 
 
@@ -93,7 +101,9 @@ def _env(w: Workload) -> list[dict[str, Any]]:
 def _resources(w: Workload) -> dict[str, Any]:
     r = w.spec.resources
     requests = {k: v for k, v in (("cpu", r.cpu), ("memory", r.memory)) if v}
-    limits = {r.gpu_resource: str(r.gpus)} if r.gpus else {}
+    limits = {k: v for k, v in (("cpu", r.cpu_limit), ("memory", r.memory_limit)) if v}
+    if r.gpus:
+        limits[r.gpu_resource] = str(r.gpus)
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
 
@@ -106,6 +116,21 @@ def _volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 def _tolerations(w: Workload) -> list[dict[str, Any]]:
     return [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in w.spec.resources.tolerations]
+
+
+def _scheduling(w: Workload, *, priority: bool) -> dict[str, Any]:
+    """What the job's spec says of where and as whom its nodes run: one place for both engines."""
+    r, spec = w.spec.resources, w.spec
+    found: dict[str, Any] = {
+        "nodeSelector": dict(r.node_selector) or None,
+        "tolerations": _tolerations(w) or None,
+        "affinity": r.affinity.to_pod() if r.affinity else None,
+        "serviceAccountName": spec.service_account_name,
+        "imagePullSecrets": [{"name": ref.name} for ref in spec.image_pull_secrets] or None,
+        # A TrainJob's podTemplateOverrides have no priorityClassName (Kueue's label carries it).
+        "priorityClassName": r.priority_class_name if priority else None,
+    }
+    return {key: value for key, value in found.items() if value}
 
 
 def pytorchjob(w: Workload) -> dict[str, Any]:
@@ -123,11 +148,8 @@ def pytorchjob(w: Workload) -> dict[str, Any]:
             }
         ],
         "volumes": volumes,
+        **_scheduling(w, priority=True),
     }
-    if w.spec.resources.node_selector:
-        pod_spec["nodeSelector"] = dict(w.spec.resources.node_selector)
-    if w.spec.resources.tolerations:
-        pod_spec["tolerations"] = _tolerations(w)
     labels = _labels(w)
 
     def replica(count: int) -> dict[str, Any]:
@@ -155,11 +177,11 @@ def pytorchjob(w: Workload) -> dict[str, Any]:
 
 def trainjob(w: Workload) -> dict[str, Any]:
     volumes, mounts = _volumes()
-    override: dict[str, Any] = {"volumes": volumes, "containers": [{"name": "node", "volumeMounts": mounts}]}
-    if w.spec.resources.node_selector:
-        override["nodeSelector"] = dict(w.spec.resources.node_selector)
-    if w.spec.resources.tolerations:
-        override["tolerations"] = _tolerations(w)
+    override: dict[str, Any] = {
+        "volumes": volumes,
+        "containers": [{"name": "node", "volumeMounts": mounts}],
+        **_scheduling(w, priority=False),
+    }
     labels = _labels(w)
     return {
         "apiVersion": "trainer.kubeflow.org/v1alpha1",

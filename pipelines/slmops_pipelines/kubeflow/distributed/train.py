@@ -99,7 +99,7 @@ def train_on_cluster(
         job_name=ctx.name,
         job_uid=ctx.uid,
         spec=spec,
-        image=ctx.trainer_image or Images.default().trainer,
+        image=spec.image or ctx.trainer_image or Images.default().trainer,
         staging_uri=staging.uri,
         output_uri=store.uri,
         labels=ctx.labels,

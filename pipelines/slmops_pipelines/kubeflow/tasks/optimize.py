@@ -62,11 +62,14 @@ def inspect_optimize(*, spec: dict, job: dict, output_uri: str, source_uri: str)
     return fingerprint, started, optimize_source_view(parsed)
 
 
-def plan_targets(*, spec: dict) -> list[dict]:
-    """One spec view per target: the ParallelFor's items."""
+def plan_targets(*, spec: dict, family: str = "") -> list[dict]:
+    """One spec view per target of the image ``family`` (``cpu``, ``cuda``; empty: all): a ParallelFor's items."""
     from slmops_pipelines.kubeflow.cache_keys import optimize_target_views
+    from slmops_pipelines.kubeflow.placement import image_family
 
-    return optimize_target_views(OptimizeJobSpec.model_validate(spec))
+    parsed = OptimizeJobSpec.model_validate(spec)
+    views = optimize_target_views(parsed)
+    return [v for v, t in zip(views, parsed.targets, strict=True) if family in ("", image_family(t.provider))]
 
 
 @reports_errors
