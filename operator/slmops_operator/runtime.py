@@ -80,7 +80,8 @@ def build_operator(
     serve_metrics: bool = True,
 ) -> Operator:
     registry = kopf.OperatorRegistry()
-    kube = KubeApi()
+    ks = kopf_settings_for(settings)
+    kube = KubeApi(ks)  # kopf's client, with these settings
     metrics = OperatorMetrics()
     credentials = Credentials(kube)
     backend = backend or make_backend(settings, credentials=credentials)
@@ -88,7 +89,7 @@ def build_operator(
 
     @kopf.on.login(registry=registry)
     def login_handler(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kube.remember(login(**kwargs))
+        return login(**kwargs)  # kopf's vault holds it, for its watches and our calls alike
 
     @kopf.on.startup(registry=registry)
     def startup(logger: kopf.Logger, **_: Any) -> None:
@@ -102,7 +103,6 @@ def build_operator(
         await reconciler.backend.close()
 
     jobs.register(registry, reconciler)
-    ks = kopf_settings_for(settings)
     webhook = settings.webhook_server()
     if webhook is not None:
         validation.register(registry, settings)

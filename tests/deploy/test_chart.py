@@ -179,3 +179,78 @@ def test_pipeline_runner_may_run_multi_node_training():
     assert normalized(role["rules"]) == {
         (("kubeflow.org",), "pytorchjobs", v) for v in ("get", "create", "delete")
     } | {(("trainer.kubeflow.org",), "trainjobs", v) for v in ("get", "create", "delete")}
+
+
+# -- what people read: names, notes, the values table ----------------------------------------
+
+
+def test_full_name_override_names_every_object():
+    docs = render("--set", "fullnameOverride=ml-ops")
+    names = {d["metadata"]["name"] for d in docs if d["kind"] in ("Deployment", "ServiceAccount", "Service")}
+    assert names and all(name.startswith("ml-ops") for name in names), names
+    [deployment] = of_kind(docs, "Deployment")
+    assert deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "slmops"
+
+
+def test_name_override_changes_the_name_label():
+    [deployment] = of_kind(render("--set", "nameOverride=trainer-ops"), "Deployment")
+    assert deployment["metadata"]["name"] == "slmops-trainer-ops"
+    assert deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "trainer-ops"
+
+
+def test_security_contexts_come_from_values():
+    [deployment] = of_kind(render("--set", "podSecurityContext.runAsUser=20002"), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 20002 and pod["securityContext"]["runAsNonRoot"] is True
+    container = pod["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def render_notes(tmp_path: Path, *args: str) -> str:
+    """NOTES.txt as `helm install` prints it (helm template leaves it out: render it through tpl)."""
+    chart = tmp_path / "slmops"
+    shutil.copytree(CHART, chart)
+    (chart / "files" / "NOTES.txt").write_text((chart / "templates" / "NOTES.txt").read_text())
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
+        'data: {notes: {{ tpl (.Files.Get "files/NOTES.txt") . | quote }}}\n'
+    )
+    proc = subprocess.run(
+        [helm(), "template", "slmops", str(chart), "--namespace", "slmops-system", *args],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    [notes] = [d for d in yaml.safe_load_all(proc.stdout) if d and d["metadata"]["name"] == "notes"]
+    return notes["data"]["notes"]
+
+
+def test_the_notes_say_what_was_installed_and_how_to_run_a_job(tmp_path):
+    notes = render_notes(tmp_path, "--set", "kfp.host=http://kfp.example:8888")
+    assert "installed as slmops in slmops-system" in notes
+    assert "backend kfp" in notes and "http://kfp.example:8888" in notes
+    assert "kubectl -n slmops-system rollout status deployment/slmops" in notes
+    assert "kubectl -n team-a apply -f examples/finetune-smollm2.yaml" in notes
+    local = render_notes(tmp_path / "local", "--set", "backend=local", "--set", "webhook.enabled=false")
+    assert "KFP:" not in local and "webhook:   off" in local
+
+
+def test_every_value_is_described_and_the_readme_table_is_fresh():
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def leaves(node: dict, prefix: str = ""):
+        for name, sub in (node.get("properties") or {}).items():
+            key = f"{prefix}.{name}" if prefix else name
+            if sub.get("type") == "object" and sub.get("properties"):
+                yield from leaves(sub, key)
+            else:
+                yield key, sub
+
+    undescribed = [key for key, node in leaves(schema) if not node.get("description")]
+    assert undescribed == []
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "chart_readme.py"), "--check"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr

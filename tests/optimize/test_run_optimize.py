@@ -143,7 +143,8 @@ def test_adapter_of_another_base_model(runs, tmp_path):
     )
     with pytest.raises(InputError) as info:
         run(job, runs)
-    assert info.value.field == "source" and "does not fit the base model" in info.value.message
+    # Pre-flight reads the adapter's config before anything is merged.
+    assert info.value.field == "source.adapter.uri" and "does not fit the base model" in info.value.message
 
 
 def test_evaluation_dataset_without_the_template_fields(runs, tone_data):

@@ -18,6 +18,7 @@ from slmops_pipelines.specs import OptimizeJobSpec
 from slmops_pipelines.stages import optimize as stages
 from slmops_pipelines.stages.optimize import GateError, JobLocator
 from slmops_pipelines.stages.outputs import JobOutcome, job_identity, open_output, work_dir
+from slmops_pipelines.stages.preflight import check_optimize, raise_findings
 from slmops_pipelines.steps import publish
 
 PREPARED = "prepared"
@@ -43,6 +44,8 @@ def run_optimize(
     if finished is not None:
         reporter.info(f"{output_uri} already holds this job's finished output: nothing to do")
         return JobOutcome(store.uri, publish.read_json(store, "metrics.json") or {}, already_complete=True)
+    reporter.stage("preflight", "the model, its adapters and the evaluation data")
+    raise_findings(check_optimize(spec, locate_job=locate_job))
     work = work_dir(store)
     prepared = work / PREPARED
 

@@ -27,6 +27,7 @@ from slmops_pipelines.kubeflow.tasks.common import (
     say,
 )
 from slmops_pipelines.specs import FineTuneJobSpec
+from slmops_pipelines.stages.preflight import check_finetune, raise_findings
 
 
 @reports_errors
@@ -48,6 +49,7 @@ def inspect_finetune(*, spec: dict, job: dict, output_uri: str) -> tuple[str, fl
             field="search.strategy",
         )
     stages.check_inputs(parsed, multi_node=True)
+    raise_findings(check_finetune(parsed))  # on this CPU pod, before any GPU step is scheduled
     stages.inspect_output(
         name=ctx.name, namespace=ctx.namespace, spec=parsed, output_uri=output_uri, uid=ctx.uid
     )

@@ -20,6 +20,7 @@ from slmops_pipelines.kubeflow.tasks import common
 from slmops_pipelines.kubeflow.tasks.common import JobContext, MetricsArtifact, reports_errors
 from slmops_pipelines.specs import OptimizeJobSpec
 from slmops_pipelines.stages.optimize_source import source_locator
+from slmops_pipelines.stages.preflight import check_optimize, raise_findings
 
 
 def source_fingerprint(spec: OptimizeJobSpec, source_uri: str) -> str:
@@ -58,6 +59,8 @@ def inspect_optimize(*, spec: dict, job: dict, output_uri: str, source_uri: str)
     open_output(output_uri, job_identity("OptimizeJob", ctx.namespace, ctx.name, parsed, ctx.uid))
     common.clear_error(output_uri)
     fingerprint = source_fingerprint(parsed, source_uri)
+    # On this CPU pod, before a GPU target is scheduled: every problem at once.
+    raise_findings(check_optimize(parsed, locate_job=source_locator(source_uri)))
     common.say("inspect", f"output {output_uri} claimed; source {fingerprint[:19]}")
     return fingerprint, started, optimize_source_view(parsed)
 
