@@ -4,7 +4,10 @@ Accepted forms:
 
 * ``hf://org/name[@revision]``  -- a Hugging Face Hub repository (models and datasets);
 * ``s3://bucket/key``           -- an object or prefix in S3-compatible storage;
-* ``file:///abs/path`` or a plain path (absolute, or relative to the working directory).
+* ``file:///abs/path`` or a plain path (absolute, or relative to the working directory);
+* ``pvc://claim/path``          -- a path on a PersistentVolumeClaim (KServe's ``storageUri``
+  convention): the pipeline's pods mount the claim at ``$SLMOPS_PVC_ROOT/<claim>``
+  (``/mnt/pvc/<claim>``), so to the steps it is that local path.
 
 Parsing is pure string work: nothing here touches the network or the disk.
 """
@@ -16,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-Scheme = Literal["hf", "s3", "file"]
+Scheme = Literal["hf", "s3", "file", "pvc"]
+PVC_ROOT = "/mnt/pvc"  # where pods mount the claims a job's URIs name
 
 _HF_RE = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.\-]*(?:/[\w.\-]+)?)(?:@(?P<rev>[\w.\-/]+))?$")
+_PVC_RE = re.compile(r"^pvc://(?P<claim>[a-z0-9]([-a-z0-9.]*[a-z0-9])?)(?:/(?P<path>.*))?$")
 _S3_RE = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
 
 
@@ -30,7 +35,8 @@ class ParsedUri:
     revision: str | None = None  # hf
     bucket: str = ""  # s3
     key: str = ""  # s3 (no leading or trailing slash)
-    path: Path | None = None  # file
+    path: Path | None = None  # file; pvc: where the claim's path is mounted
+    claim: str = ""  # pvc
 
     def __str__(self) -> str:
         return self.raw
@@ -62,6 +68,15 @@ def parse_uri(uri: str) -> ParsedUri:
         if not match:
             raise UriError(f"{uri!r} is not a valid s3:// URI (expected s3://bucket[/key])")
         return ParsedUri("s3", uri, bucket=match["bucket"], key=(match["key"] or "").strip("/"))
+    if uri.startswith("pvc://"):
+        match = _PVC_RE.match(uri)
+        if not match or len(match["claim"]) > 253:
+            raise UriError(f"{uri!r} is not a valid pvc:// URI (expected pvc://claim-name/path)")
+        inside = (match["path"] or "").strip("/")
+        if ".." in Path(inside).parts:
+            raise UriError(f"{uri!r}: a pvc:// path may not leave its claim ('..')")
+        mounted = Path(pvc_root()) / match["claim"] / inside
+        return ParsedUri("pvc", uri, claim=match["claim"], key=inside, path=mounted)
     if uri.startswith("file://"):
         path = uri[len("file://") :]
         if not path.startswith("/"):
@@ -72,5 +87,30 @@ def parse_uri(uri: str) -> ParsedUri:
         return ParsedUri("file", uri, path=Path(path))
     if "://" in uri:
         scheme = uri.split("://", 1)[0]
-        raise UriError(f"unsupported scheme {scheme!r} in {uri!r} (use hf://, s3://, file:// or a path)")
+        raise UriError(
+            f"unsupported scheme {scheme!r} in {uri!r} (use hf://, s3://, pvc://, file:// or a path)"
+        )
     return ParsedUri("file", uri, path=Path(uri))
+
+
+def pvc_root() -> str:
+    """Where PersistentVolumeClaims are mounted: ``$SLMOPS_PVC_ROOT`` (tests, a laptop) or ``/mnt/pvc``."""
+    import os
+
+    return os.environ.get("SLMOPS_PVC_ROOT") or PVC_ROOT
+
+
+def pvc_claims(value: object) -> list[str]:
+    """Every claim the ``pvc://`` URIs in ``value`` (a spec's JSON) name, in order of appearance."""
+    found: list[str] = []
+    if isinstance(value, str) and value.startswith("pvc://"):
+        match = _PVC_RE.match(value)
+        if match and match["claim"] not in found:
+            found.append(match["claim"])
+    elif isinstance(value, dict):
+        for item in value.values():
+            found += [c for c in pvc_claims(item) if c not in found]
+    elif isinstance(value, list):
+        for item in value:
+            found += [c for c in pvc_claims(item) if c not in found]
+    return found

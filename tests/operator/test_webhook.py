@@ -53,7 +53,7 @@ def test_several_adapters_cannot_be_merged_into_one_model():
 def test_an_output_that_is_not_a_location():
     body = finetune_manifest("bad", MODEL, output={"uri": "runs/relative"})
     assert problems_of("FineTuneJob", body) == [
-        "spec.output.uri: must be s3://bucket/prefix or an absolute path (got 'runs/relative')"
+        "spec.output.uri: must be s3://bucket/prefix or an absolute path, or pvc://claim/path (got 'runs/relative')"
     ]
 
 

@@ -65,8 +65,10 @@ def checked_resource(
     except ValidationError as exc:
         problems += [f"{format_loc(e['loc'])}: {describe_error(e)}" for e in exc.errors(include_url=False)]
     uri = ((spec.get("output") or {}).get("uri")) or ""
-    if uri and not uri.startswith(("s3://", "/", "file://")):
-        problems.append(f"spec.output.uri: must be s3://bucket/prefix or an absolute path (got {uri!r})")
+    if uri and not uri.startswith(("s3://", "pvc://", "/", "file://")):
+        problems.append(
+            f"spec.output.uri: must be s3://bucket/prefix or an absolute path, or pvc://claim/path (got {uri!r})"
+        )
     if settings is not None:
         problems += setup_problems(spec, settings)
     if old is not None:
@@ -158,7 +160,7 @@ def input_problems(spec: dict[str, Any], settings: OperatorSettings) -> list[str
     roots = [posixpath.normpath(str(Path(r))) for r in settings.local_allowed_roots]
     problems = []
     for field, uri in _input_uris(spec):
-        if uri.startswith(("s3://", "hf://")):
+        if uri.startswith(("s3://", "hf://", "pvc://")):  # not this pod's files (pvc: see pvc_problems)
             continue
         local = _local_path(uri)
         if local is None or not any(_contains(root, local) for root in roots):
@@ -169,9 +171,24 @@ def input_problems(spec: dict[str, Any], settings: OperatorSettings) -> list[str
     return problems
 
 
+def pvc_problems(spec: dict[str, Any], settings: OperatorSettings) -> list[str]:
+    """A claim is mounted into the pipeline's pods: the local backend's workers have none of it."""
+    if settings.backend != "local":
+        return []
+    output = ((spec.get("output") or {}).get("uri")) or ""
+    named = [*_input_uris(spec), *([("spec.output.uri", output)] if output else [])]
+    return [
+        f"{field}: {uri!r} is on a PersistentVolumeClaim, which only the kfp backend mounts "
+        "(its pipeline pods); this operator runs jobs in its own pod"
+        for field, uri in named
+        if uri.startswith("pvc://")
+    ]
+
+
 def setup_problems(spec: dict[str, Any], settings: OperatorSettings) -> list[str]:
     uri = ((spec.get("output") or {}).get("uri")) or ""
-    return (output_problems(uri, settings) if uri else []) + input_problems(spec, settings)
+    outputs = output_problems(uri, settings) if uri else []
+    return outputs + input_problems(spec, settings) + pvc_problems(spec, settings)
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings | None = None) -> None:

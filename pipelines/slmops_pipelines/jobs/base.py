@@ -157,7 +157,12 @@ class JobKind(ABC):
     @staticmethod
     def pod_settings(spec: Any) -> dict[str, Any]:
         """What every kind's placement takes from the spec beyond ``resources``."""
-        return {"image_pull_secrets": [ref.name for ref in spec.image_pull_secrets]}
+        from slmops_pipelines.uris import pvc_claims
+
+        return {
+            "image_pull_secrets": [ref.name for ref in spec.image_pull_secrets],
+            "claims": pvc_claims(spec.model_dump(mode="json", by_alias=True)),
+        }
 
     def run_arguments(
         self, *, spec: Any, job: dict[str, Any], output_uri: str, source_uri: str

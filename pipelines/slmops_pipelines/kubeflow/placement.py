@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from slmops_pipelines.specs.common import ResourcesSpec
+from slmops_pipelines.uris import PVC_ROOT
 
 if TYPE_CHECKING:
     from kfp.dsl import PipelineTask
@@ -67,6 +68,10 @@ class Placement(BaseModel):
         default=None, description="A Kubernetes NodeAffinity for the pods that do the work."
     )
     image_pull_secrets: list[str] = Field(default_factory=list, description="Pull secrets of every pod.")
+    claims: list[str] = Field(
+        default_factory=list,
+        description="PersistentVolumeClaims the job's pvc:// URIs name, mounted in every pod at /mnt/pvc/<claim>.",
+    )
     multi_node: bool = Field(
         default=False,
         description="Training runs on a PyTorchJob/TrainJob: the train step only launches and follows it.",
@@ -103,6 +108,7 @@ class Placement(BaseModel):
                 "tolerations": [],
                 "node_affinity": None,
                 "image_pull_secrets": [],
+                "claims": [],
             }
         )
 
@@ -144,6 +150,8 @@ class Placement(BaseModel):
             kubernetes.use_secret_as_env(
                 task, secret_name=secret.name, secret_key_to_env=dict(secret.key_to_env), optional=False
             )
+        for claim in self.claims:  # pvc://claim/path is /mnt/pvc/claim/path to the steps
+            kubernetes.mount_pvc(task, pvc_name=claim, mount_path=f"{PVC_ROOT}/{claim}")
         if self.cache_pvc:
             kubernetes.mount_pvc(task, pvc_name=self.cache_pvc, mount_path=CACHE_MOUNT)
             task.set_env_variable("SLMOPS_CACHE_DIR", CACHE_MOUNT)

@@ -79,7 +79,8 @@ class ModelSpec(SpecModel):
     uri: str = Field(
         description=(
             "The base model: hf://org/name[@revision] (Hugging Face Hub), s3://bucket/prefix (a folder "
-            "saved with save_pretrained), file:///path or a local path (a model folder, or a .gguf file "
+            "saved with save_pretrained), pvc://claim/path (a folder on a PersistentVolumeClaim, mounted "
+            "by the pipeline's pods), file:///path or a local path (a model folder, or a .gguf file "
             "that is dequantized into a cached model folder)."
         ),
         min_length=1,
@@ -129,7 +130,8 @@ class DatasetSpec(SpecModel):
 
     uri: str = Field(
         description=(
-            "hf://org/name[@revision], s3://bucket/key, file:// or a local path.  A file (.json, .jsonl, "
+            "hf://org/name[@revision], s3://bucket/key, pvc://claim/path, file:// or a local path.  A file "
+            "(.json, .jsonl, "
             ".csv, .parquet) is the split 'train'; a folder's files are splits named after the file stems "
             "(train.jsonl, eval.jsonl, ...)."
         ),
@@ -243,7 +245,8 @@ class OutputSpec(SpecModel):
     uri: str | None = Field(
         default=None,
         description=(
-            "s3://bucket/prefix or a local folder.  Default for local runs: ./runs/<metadata.name>; "
+            "s3://bucket/prefix, pvc://claim/path (a folder on a PersistentVolumeClaim: the pipeline's "
+            "pods mount the claim) or a local folder.  Default for local runs: ./runs/<metadata.name>; "
             "the operator's configured default bucket on a cluster."
         ),
     )
@@ -271,6 +274,10 @@ class OutputSpec(SpecModel):
         if parsed.scheme == "s3" and not parsed.key:
             raise ValueError(
                 f"{value!r} names a bucket only: add a prefix, e.g. s3://{parsed.bucket}/jobs/name"
+            )
+        if parsed.scheme == "pvc" and not parsed.key:
+            raise ValueError(
+                f"{value!r} names a whole volume: add a folder, e.g. pvc://{parsed.claim}/jobs/name"
             )
         if parsed.scheme == "file" and parsed.path is not None and is_filesystem_root(parsed.path):
             raise ValueError(

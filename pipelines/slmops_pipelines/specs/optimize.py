@@ -93,7 +93,7 @@ class AdapterRef(SpecModel):
         description="Name to select the adapter by (default: its folder's name).",
     )
     uri: str = Field(
-        min_length=1, description="Adapter folder (PEFT format): s3://, file:// or a local path."
+        min_length=1, description="Adapter folder (PEFT format): s3://, pvc://, file:// or a local path."
     )
 
     @field_validator("uri")

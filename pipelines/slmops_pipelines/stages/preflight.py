@@ -128,7 +128,7 @@ def _model_identity(name: str) -> str | None:
         return None
     if parsed.scheme == "hf":
         return parsed.repo
-    if parsed.scheme == "file" and parsed.path is not None and parsed.path.exists():
+    if parsed.scheme in ("file", "pvc") and parsed.path is not None and parsed.path.exists():
         return str(parsed.path.resolve())
     return None
 

@@ -2,7 +2,9 @@
 
 ``s3://bucket/prefix`` opens an :class:`S3Store` (endpoint and credentials from the
 environment); ``file:///abs/path`` or a plain path opens a :class:`LocalStore`, relative
-paths being taken against the current working directory.  ``hf://`` names a model or
+paths being taken against the current working directory; ``pvc://claim/path`` opens a
+:class:`LocalStore` where the pod mounts the claim (same claim, manifest-last and ownership
+rules as any local output).  ``hf://`` names a model or
 dataset on the Hugging Face Hub: readable, but not a place to write artifacts.
 
 Opening a store does no I/O; call :meth:`ArtifactStore.check` to fail fast.  Every error
@@ -37,10 +39,10 @@ def open_store(
         from slmops_pipelines.storage.s3 import S3Store
 
         return S3Store(parsed.bucket, parsed.key, field=field, **(credentials or {}))
-    if parsed.scheme == "file":
+    if parsed.scheme in ("file", "pvc"):  # a claim is a mounted folder to the steps
         from slmops_pipelines.storage.local import LocalStore
 
-        assert parsed.path is not None  # parse_uri sets it for every file URI
+        assert parsed.path is not None  # parse_uri sets it for every file and pvc URI
         return LocalStore(Path.cwd() / parsed.path.expanduser(), field=field)
     raise StorageError(
         f"{uri!r} is a Hugging Face Hub repository and cannot be an artifact store; "

@@ -33,6 +33,7 @@ from typing import Any
 
 from slmops_pipelines.kubeflow.placement import CACHE_MOUNT, SecretMount
 from slmops_pipelines.specs import FineTuneJobSpec
+from slmops_pipelines.uris import PVC_ROOT, pvc_claims
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
@@ -107,10 +108,22 @@ def _resources(w: Workload) -> dict[str, Any]:
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
 
-def _volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A scratch model cache, and shared memory for NCCL (the default 64 MiB /dev/shm is too small)."""
-    volumes = [{"name": "cache", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
-    mounts = [{"name": "cache", "mountPath": CACHE_MOUNT}, {"name": "dshm", "mountPath": "/dev/shm"}]
+def _volumes(w: Workload) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A scratch model cache, shared memory for NCCL (the default 64 MiB /dev/shm is too small),
+    and, read-only, the claims the job's pvc:// inputs name (the nodes write to the staging area)."""
+    volumes: list[dict[str, Any]] = [
+        {"name": "cache", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "cache", "mountPath": CACHE_MOUNT},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    for number, claim in enumerate(pvc_claims(w.spec.model_dump(mode="json", by_alias=True))):
+        volumes.append(
+            {"name": f"pvc-{number}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.append({"name": f"pvc-{number}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
     return volumes, mounts
 
 
@@ -134,7 +147,7 @@ def _scheduling(w: Workload, *, priority: bool) -> dict[str, Any]:
 
 
 def pytorchjob(w: Workload) -> dict[str, Any]:
-    volumes, mounts = _volumes()
+    volumes, mounts = _volumes(w)
     pod_spec: dict[str, Any] = {
         "containers": [
             {
@@ -176,7 +189,7 @@ def pytorchjob(w: Workload) -> dict[str, Any]:
 
 
 def trainjob(w: Workload) -> dict[str, Any]:
-    volumes, mounts = _volumes()
+    volumes, mounts = _volumes(w)
     override: dict[str, Any] = {
         "volumes": volumes,
         "containers": [{"name": "node", "volumeMounts": mounts}],
