@@ -13,11 +13,8 @@ from typing import TYPE_CHECKING, Any
 from slmops_pipelines.jobs.base import JobKind, JobRun, SummaryTable, float_values
 from slmops_pipelines.specs import FineTuneJobSpec
 
-if TYPE_CHECKING:
-    from slmops_pipelines.kubeflow.placement import Placement, SecretMount
-    from slmops_pipelines.local.reporting import Reporter
-    from slmops_pipelines.stages.outputs import JobOutcome
-    from slmops_pipelines.storage import ArtifactStore
+if TYPE_CHECKING:  # the types of the contract, as jobs.base names them
+    from slmops_pipelines.jobs.base import ArtifactStore, JobOutcome, Placement, Reporter, SecretMount
 
 
 class FineTuneJobKind(JobKind):

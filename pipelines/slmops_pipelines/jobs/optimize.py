@@ -14,20 +14,15 @@ from typing import TYPE_CHECKING, Any
 from slmops_pipelines.jobs.base import JobKind, JobRun, SummaryTable, Upstream, float_values
 from slmops_pipelines.specs import OptimizeJobSpec
 
-if TYPE_CHECKING:
-    from slmops_pipelines.kubeflow.placement import Placement, SecretMount
-    from slmops_pipelines.local.reporting import Reporter
-    from slmops_pipelines.stages.outputs import JobOutcome
-    from slmops_pipelines.storage import ArtifactStore
+if TYPE_CHECKING:  # the types of the contract, as jobs.base names them
+    from slmops_pipelines.jobs.base import ArtifactStore, JobOutcome, Placement, Reporter, SecretMount
 
 
 class OptimizeJobKind(JobKind):
     name = "OptimizeJob"
-    plural = "optimizejobs"
-    short_names = ("optj", "optimize")
-    run_prefix = "optj"
     spec_class = OptimizeJobSpec
     description = "Convert a model to ONNX, optimize it per execution provider, evaluate and gate it."
+    plural, short_names, run_prefix = "optimizejobs", ("optj", "optimize"), "optj"
     printer_columns = (
         {
             "name": "Source",

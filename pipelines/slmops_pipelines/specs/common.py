@@ -389,16 +389,21 @@ class ResourcesSpec(SpecModel):
         return self.processes_per_node if self.gpus_per_node is None else self.gpus_per_node
 
 
-# Operational fields of both job kinds: they change how a job is run, never what it produces,
-# so they are the only spec fields that may change after creation (see OPERATIONAL_FIELDS).
 class LocalObjectReference(SpecModel):
     """A reference to an object in the job's namespace, by name (as in a Pod's imagePullSecrets)."""
 
     name: str = Field(pattern=SECRET_NAME, max_length=253, description="The object's name.")
 
 
-def image_field() -> Any:
-    return Field(
+class JobSpecBase(SpecModel):
+    """What every job kind's spec has, whatever it does: the pods' image and identity, and how it is operated.
+
+    ``suspend`` and ``ttlSecondsAfterFinished`` change how a job is run, never what it
+    produces: they are the only spec fields that may change after creation (see
+    OPERATIONAL_FIELDS).
+    """
+
+    image: str | None = Field(
         default=None,
         pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._\-/:@]*$",
         max_length=512,
@@ -407,18 +412,12 @@ def image_field() -> Any:
             "own images: your build of them, from your registry, with slmops and the extras the steps need."
         ),
     )
-
-
-def image_pull_secrets_field() -> Any:
-    return Field(
+    image_pull_secrets: list[LocalObjectReference] = Field(
         default_factory=list,
         max_length=16,
         description="Secrets in the job's namespace for pulling its images from a private registry.",
     )
-
-
-def service_account_field() -> Any:
-    return Field(
+    service_account_name: str | None = Field(
         default=None,
         pattern=SECRET_NAME,
         max_length=253,
@@ -427,17 +426,11 @@ def service_account_field() -> Any:
             "default one has (with nodes > 1: create, get and delete PyTorchJobs or TrainJobs)."
         ),
     )
-
-
-def suspend_field() -> Any:
-    return Field(
+    suspend: bool = Field(
         default=False,
         description="Stop the job's run (or keep it from starting); false again resumes it from its last checkpoint.",
     )
-
-
-def ttl_field() -> Any:
-    return Field(
+    ttl_seconds_after_finished: int | None = Field(
         default=None,
         ge=0,
         le=MAX_TTL_SECONDS,

@@ -12,15 +12,10 @@ from slmops_pipelines.specs.common import (
     MAX_SEED,
     MAX_STEPS,
     DatasetSpec,
-    LocalObjectReference,
+    JobSpecBase,
     ModelSpec,
     OutputSpec,
     ResourcesSpec,
-    image_field,
-    image_pull_secrets_field,
-    service_account_field,
-    suspend_field,
-    ttl_field,
 )
 from slmops_pipelines.specs.search import SearchSpec
 
@@ -165,7 +160,7 @@ class EvaluationSpec(SpecModel):
     )
 
 
-class FineTuneJobSpec(SpecModel):
+class FineTuneJobSpec(JobSpecBase):
     """Fine-tune a language model with LoRA, QLoRA, DoRA or full training."""
 
     model_config = cel_rules(
@@ -198,11 +193,6 @@ class FineTuneJobSpec(SpecModel):
     search: SearchSpec | None = Field(
         default=None, description="Try many recipes (hyperparameter search) and keep the best trial."
     )
-    image: str | None = image_field()
-    image_pull_secrets: list[LocalObjectReference] = image_pull_secrets_field()
-    service_account_name: str | None = service_account_field()
-    suspend: bool = suspend_field()
-    ttl_seconds_after_finished: int | None = ttl_field()
 
     @model_validator(mode="after")
     def _check_method(self) -> FineTuneJobSpec:

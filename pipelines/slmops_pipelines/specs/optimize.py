@@ -16,16 +16,11 @@ from slmops_pipelines.specs.base import SpecModel, cel_rules
 from slmops_pipelines.specs.common import (
     MAX_SAMPLES,
     DatasetSpec,
-    LocalObjectReference,
+    JobSpecBase,
     ModelSpec,
     OutputSpec,
     ResourcesSpec,
     check_uri,
-    image_field,
-    image_pull_secrets_field,
-    service_account_field,
-    suspend_field,
-    ttl_field,
 )
 
 Provider = Literal[
@@ -282,7 +277,7 @@ class OptimizeEvaluationSpec(SpecModel):
         return self
 
 
-class OptimizeJobSpec(SpecModel):
+class OptimizeJobSpec(JobSpecBase):
     """Convert a model to ONNX and optimize it for one or more execution providers."""
 
     model_config = cel_rules(
@@ -306,11 +301,6 @@ class OptimizeJobSpec(SpecModel):
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute for the conversion.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where artifacts are written.")
-    image: str | None = image_field()
-    image_pull_secrets: list[LocalObjectReference] = image_pull_secrets_field()
-    service_account_name: str | None = service_account_field()
-    suspend: bool = suspend_field()
-    ttl_seconds_after_finished: int | None = ttl_field()
 
     @model_validator(mode="after")
     def _check_targets(self) -> OptimizeJobSpec:
