@@ -14,6 +14,8 @@ import warnings
 
 
 def quiet_libraries() -> None:
+    if os.environ.get("SLMOPS_DEBUG") == "1":  # `slmops --debug`: every library says what it does
+        return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,12 +1,19 @@
-"""``slmops``: validate manifests, generate CRDs, run jobs locally, import models.
+"""``slmops``: validate manifests, generate CRDs, run jobs locally, describe outputs, import models.
 
-Exit codes: 0 success, 1 the job failed, 2 invalid input (manifest, spec or data).
+Exit codes: 0 success, 1 the job failed (or an unexpected error: one line, ``--debug`` for the
+traceback), 2 invalid input (manifest, spec or data).  ``validate``, ``run`` and
+``describe`` take ``-o json`` for scripts and CI: the JSON goes to stdout, everything for
+people to stderr.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -19,8 +26,29 @@ err_console = Console(stderr=True)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="slmops")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Libraries' logs, and the traceback of an unexpected error.")
+def cli(debug: bool) -> None:
     """slmops: fine-tune and optimize small language models, on a laptop or a Kubernetes cluster."""
+    if debug:
+        os.environ["SLMOPS_DEBUG"] = "1"  # the local engine and its training processes stay verbose
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def json_option():
+    """``-o json``: the result as JSON on stdout (people's output goes to stderr)."""
+    return click.option(
+        "--output",
+        "-o",
+        "output_format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="text for people, json for scripts and CI.",
+    )
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
 
 
 def output_dir_option(default: str):
@@ -143,13 +171,17 @@ def compile_every_pipeline(output_dir: Path, *, registry: str | None, check: boo
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, allow_dash=True))
-def validate(files: tuple[Path, ...]) -> None:
+@json_option()
+def validate(files: tuple[Path, ...], output_format: str) -> None:
     """Validate manifests (multi-document YAML) against the slmops.io/v1alpha1 API."""
     from slmops_operator.api.manifests import ManifestError, load_resources
 
     try:
         resources = load_resources(files)
     except ManifestError as exc:
+        if output_format == "json":
+            problems = [{"document": p.document, "path": p.path, "reason": p.reason} for p in exc.problems]
+            print_json({"valid": False, "problems": problems})
         for problem in exc.problems:
             err_console.print(
                 f"[red]error[/red] {problem.document}: [bold]{problem.path or '(document)'}[/bold]: {problem.reason}",
@@ -157,6 +189,10 @@ def validate(files: tuple[Path, ...]) -> None:
                 soft_wrap=True,  # one line per problem, whatever the terminal's width (grep, CI logs)
             )
         sys.exit(EXIT_INVALID)
+    if output_format == "json":
+        found = [{"kind": r.kind_name, "name": r.name, "namespace": r.namespace} for r in resources]
+        print_json({"valid": True, "resources": found})
+        return
     for resource in resources:
         console.print(f"[green]valid[/green] {resource.kind_name} {resource.name}", highlight=False)
 
@@ -177,20 +213,62 @@ def validate(files: tuple[Path, ...]) -> None:
     show_default=True,
     help="Default output root for jobs without output.uri.",
 )
-def run(files: tuple[Path, ...], engine: str, runs_dir: Path) -> None:
+@json_option()
+def run(files: tuple[Path, ...], engine: str, runs_dir: Path, output_format: str) -> None:
     """Run the jobs in FILES on this machine, in order."""
     from slmops_operator.api.manifests import ManifestError, load_resources
     from slmops_operator.cli.runner import run_resources
 
+    as_json = output_format == "json"
     try:
         resources = load_resources(files)
     except ManifestError as exc:
+        if as_json:
+            problems = [{"document": p.document, "path": p.path, "reason": p.reason} for p in exc.problems]
+            print_json({"jobs": [], "problems": problems})
         for problem in exc.problems:
             err_console.print(f"[red]error[/red] {problem}", highlight=False)
         sys.exit(EXIT_INVALID)
-    sys.exit(
-        run_resources(resources, runs_dir=runs_dir, console=console, err_console=err_console, engine=engine)
+    results: list[dict[str, Any]] = []
+    code = run_resources(
+        resources,
+        runs_dir=runs_dir,
+        console=err_console if as_json else console,  # stdout carries the JSON alone
+        err_console=err_console,
+        engine=engine,
+        results=results,
     )
+    if as_json:
+        print_json({"jobs": results})
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("output")
+@json_option()
+@click.option("--no-verify", is_flag=True, help="Skip checking every file against the manifest's sha256.")
+def describe(output: str, output_format: str, no_verify: bool) -> None:
+    """What a job's OUTPUT location holds: identity, phase, metrics, artifacts, checksums.
+
+    OUTPUT is a job's output: runs/NAME, /abs/path, s3://bucket/prefix or pvc://claim/path.
+    Exit code 1 when a file no longer matches the manifest.
+    """
+    from slmops_operator.cli.describe import print_description
+    from slmops_pipelines import jobs
+
+    try:
+        described = jobs.describe_output(output, verify=not no_verify)
+    except jobs.JobError as exc:
+        if output_format == "json":
+            print_json({"uri": output, "error": exc.to_dict()})
+        err_console.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_INVALID)
+    if output_format == "json":
+        print_json(described)
+    else:
+        print_description(described, console)
+    checksums = described.get("checksums") or {}
+    sys.exit(EXIT_FAILED if checksums.get("ok") is False else 0)
 
 
 @cli.command("operator")
@@ -246,7 +324,29 @@ def import_gguf_cmd(gguf: Path, out_dir: Path) -> None:
 
 
 def main() -> None:
-    cli(prog_name="slmops")
+    """The console script: an unexpected error is one line and exit code 1 (``--debug``: the traceback)."""
+    args = sys.argv[1:]
+    if "--debug" in args[1:]:  # `slmops run job.yaml --debug` means what `slmops --debug run job.yaml` does
+        args.remove("--debug")
+        args.insert(0, "--debug")
+    try:
+        cli(args=args, prog_name="slmops", standalone_mode=False)
+    except click.exceptions.Exit as exc:  # --help, --version
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # bad usage: click's own message
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err_console.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("SLMOPS_DEBUG") == "1":
+            raise
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+        err_console.print(
+            f"[red]error[/red] {reason} (run with --debug for the traceback)", highlight=False, soft_wrap=True
+        )
+        sys.exit(EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -75,6 +76,17 @@ def run_job(
     return outcome
 
 
+def result_of(resource: Resource, phase: str, **found: Any) -> dict[str, Any]:
+    """One job's line of ``slmops run -o json``."""
+    return {
+        "kind": resource.kind_name,
+        "name": resource.name,
+        "namespace": resource.namespace,
+        "phase": phase,
+        **found,
+    }
+
+
 def run_resources(
     resources: list[Resource],
     *,
@@ -82,24 +94,44 @@ def run_resources(
     console: Console,
     err_console: Console,
     engine: str = "local",
+    results: list[dict[str, Any]] | None = None,
 ) -> int:
-    """Run every resource in order; a job finds the outputs of the jobs run before it (its upstream)."""
+    """Run every resource in order; a job finds the outputs of the jobs run before it (its upstream).
+
+    ``results`` gets one entry per job run (``slmops run -o json``): its phase, output,
+    artifacts and summary metrics, or its error with the spec field.
+    """
     outputs: dict[tuple[str, str], str] = {}  # (kind, name) -> output URI
+    results = results if results is not None else []
     for resource in resources:
         try:
-            run_job(resource, runs_dir=runs_dir, console=console, outputs=outputs, engine=engine)
+            outcome = run_job(resource, runs_dir=runs_dir, console=console, outputs=outputs, engine=engine)
             outputs[(resource.kind_name, resource.name)] = output_uri(resource, runs_dir)
+            summary = jobs.summary_metrics(resource.kind_name, outcome.metrics)
+            results.append(
+                result_of(
+                    resource,
+                    "Succeeded",
+                    outputUri=outcome.output_uri,
+                    alreadyComplete=outcome.already_complete,
+                    artifacts=outcome.artifacts,
+                    metrics=summary,
+                )
+            )
         except jobs.InputError as exc:
+            results.append(result_of(resource, "Failed", error=exc.to_dict()))
             err_console.print(
                 f"[red]error[/red] {resource.kind_name} {resource.name}: spec.{exc}", highlight=False
             )
             return EXIT_INVALID
         except jobs.JobError as exc:
+            results.append(result_of(resource, "Failed", error=exc.to_dict()))
             err_console.print(
                 f"[red]failed[/red] {resource.kind_name} {resource.name}: {exc}", highlight=False
             )
             return EXIT_FAILED
         except KeyboardInterrupt:
+            results.append(result_of(resource, "Cancelled"))
             err_console.print(
                 f"[yellow]interrupted[/yellow] {resource.kind_name} {resource.name}: run it again to resume"
             )

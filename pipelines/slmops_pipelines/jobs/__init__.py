@@ -201,6 +201,48 @@ def import_gguf(gguf: Path, out_dir: Path) -> Path:
     return dequantize(gguf, out_dir)
 
 
+def describe_output(output_uri: str, *, verify: bool = True) -> dict[str, Any]:
+    """What a job's output location holds: identity, phase, summary metrics, artifacts, checksums.
+
+    ``phase``: Succeeded (the manifest is there), Failed (a step recorded its error), or
+    Incomplete (claimed, no manifest: running, interrupted, or failed where nothing recorded
+    why).  ``checksums`` verifies every file the manifest lists (size and sha256).
+    """
+    from slmops_pipelines.stages.outputs import read_error
+    from slmops_pipelines.steps import publish
+    from slmops_pipelines.storage import open_store
+
+    store = open_store(output_uri, field="output")
+    store.check()
+    claim = publish.read_json(store, publish.CLAIM)
+    manifest = publish.read_json(store, publish.MANIFEST)
+    identity = (manifest or {}).get("job") or claim
+    if identity is None:
+        raise InputError(f"{store.uri} holds no slmops job output (no manifest.json, no .slmops/job.json)")
+    kind = KINDS.get(identity.get("kind", ""))
+    described: dict[str, Any] = {
+        "uri": store.uri,
+        "job": identity,
+        "createdAt": (manifest or {}).get("createdAt"),
+    }
+    failure = read_error(output_uri)
+    described["phase"] = "Succeeded" if manifest else ("Failed" if failure else "Incomplete")
+    if failure is not None and not manifest:
+        described["error"] = failure.to_dict()
+    metrics_doc = publish.read_json(store, "metrics.json") or {}
+    described["metrics"] = kind.summary_metrics(metrics_doc) if kind else {}
+    described["artifacts"] = kind.output_artifacts(store) if kind and manifest else {}
+    if manifest is not None:
+        problems = publish.verify_manifest(store, manifest) if verify else []
+        described["checksums"] = {
+            "verified": verify,
+            "files": len(manifest.get("files", [])),
+            "ok": not problems,
+            "problems": problems,
+        }
+    return described
+
+
 def delete_owned_output(output_uri: str, *, uid: str) -> Cleanup:
     """Delete what the job ``uid`` owns at ``output_uri`` (its claim says so); keep everything else."""
     from slmops_pipelines.steps.publish import delete_owned_output as delete
@@ -227,6 +269,7 @@ __all__ = [
     "compile_all",
     "compile_job",
     "delete_owned_output",
+    "describe_output",
     "import_gguf",
     "job_images",
     "job_kind",

@@ -186,3 +186,27 @@ def write_manifest(
     }
     store.write_text(MANIFEST, json.dumps(manifest, indent=2))
     return manifest
+
+
+def verify_manifest(store: ArtifactStore, manifest: dict[str, Any]) -> list[str]:
+    """Every file the manifest lists, checked: present, of its size, of its sha256 (``path: problem``)."""
+    import tempfile
+
+    sizes = {info.key: info.size for info in store.list("")}
+    problems = []
+    local = store.local_root()
+    with tempfile.TemporaryDirectory(prefix="slmops-verify-") as tmp:
+        for entry in manifest.get("files", []):
+            path, size = entry["path"], entry["size"]
+            if path not in sizes:
+                problems.append(f"{path}: missing")
+                continue
+            if sizes[path] != size:
+                problems.append(f"{path}: {sizes[path]} bytes, the manifest says {size}")
+                continue
+            if local is None:  # remote: hash a downloaded copy, one file at a time
+                store.download_file(path, Path(tmp) / "file")
+            copy = local / path if local is not None else Path(tmp) / "file"
+            if sha256_file(copy) != entry["sha256"]:
+                problems.append(f"{path}: sha256 differs from the manifest's")
+    return problems
