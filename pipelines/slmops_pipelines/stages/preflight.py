@@ -150,10 +150,20 @@ def _dataset_columns(dataset: DatasetSpec, field: str, findings: list[Finding], 
 
 def check_finetune(spec: FineTuneJobSpec) -> list[Finding]:
     """A FineTuneJob's model is readable and its dataset has the columns its templates name."""
-    findings: list[Finding] = []
-    _readable(spec.model.uri, "config.json", "model.uri", findings)
+    findings = check_finetune_model(spec)
     _dataset_columns(spec.dataset, "dataset", findings, seed=spec.training.seed)
     return findings
+
+
+def check_finetune_model(spec: FineTuneJobSpec) -> list[Finding]:
+    """A FineTuneJob's model is readable (for callers that check the dataset as they fingerprint it)."""
+    findings: list[Finding] = []
+    _readable(spec.model.uri, "config.json", "model.uri", findings)
+    return findings
+
+
+def finding_of(exc: InputError, default_field: str) -> Finding:
+    return Finding(exc.field or default_field, exc.message)
 
 
 def _optimize_base(spec: OptimizeJobSpec, locate_job: Callable[[str], str]) -> tuple[ModelSpec | None, str]:

@@ -27,7 +27,7 @@ from slmops_pipelines.kubeflow.tasks.common import (
     say,
 )
 from slmops_pipelines.specs import FineTuneJobSpec
-from slmops_pipelines.stages.preflight import check_finetune, raise_findings
+from slmops_pipelines.stages.preflight import check_finetune_model, finding_of, raise_findings
 
 
 @reports_errors
@@ -49,7 +49,14 @@ def inspect_finetune(*, spec: dict, job: dict, output_uri: str) -> tuple[str, fl
             field="search.strategy",
         )
     stages.check_inputs(parsed, multi_node=True)
-    raise_findings(check_finetune(parsed))  # on this CPU pod, before any GPU step is scheduled
+    # Pre-flight, on this CPU pod before any GPU step is scheduled: the model, and the dataset as
+    # it is fingerprinted (one read of it), every problem at once.
+    findings = check_finetune_model(parsed)
+    try:
+        fingerprint = stages.dataset_fingerprint(parsed)
+    except InputError as exc:
+        findings.append(finding_of(exc, "dataset.uri"))
+    raise_findings(findings)
     stages.inspect_output(
         name=ctx.name, namespace=ctx.namespace, spec=parsed, output_uri=output_uri, uid=ctx.uid
     )
@@ -58,7 +65,6 @@ def inspect_finetune(*, spec: dict, job: dict, output_uri: str) -> tuple[str, fl
         from slmops_pipelines.stages.trial_records import clear_trials
 
         clear_trials(output_uri)
-    fingerprint = stages.dataset_fingerprint(parsed)
     say("inspect", f"output {output_uri} claimed; dataset {fingerprint[:19]}")
     views = finetune_views(parsed)
     return fingerprint, started, views["data"], views["train"], views["evaluate"]
