@@ -16,7 +16,7 @@ from slmops_pipelines.local.optimize import run_optimize
 from slmops_pipelines.stages.preflight import (
     PreflightError,
     builder_architectures,
-    check_finetune,
+    check_finetune_model,
     check_optimize,
     raise_findings,
 )
@@ -93,12 +93,12 @@ def test_every_problem_is_reported_at_once(unexportable, foreign_adapter, tiny_m
 
 def test_an_unreadable_model_is_named(tmp_path):
     job = FineTuneJob.model_validate(finetune_manifest("gone", tmp_path / "nowhere"))
-    [finding] = check_finetune(job.spec)
+    [finding] = check_finetune_model(job.spec)
     assert finding.field == "model.uri" and "cannot read config.json" in finding.reason
 
 
 def test_a_good_job_passes(tiny_model):
-    assert check_finetune(FineTuneJob.model_validate(finetune_manifest("fine", tiny_model)).spec) == []
+    assert check_finetune_model(FineTuneJob.model_validate(finetune_manifest("fine", tiny_model)).spec) == []
     assert check_optimize(optimize("fine", {"model": {"uri": str(tiny_model)}}).spec, locate_job=no_job) == []
 
 
@@ -123,3 +123,17 @@ def test_the_pipelines_inspect_step_runs_it_and_records_the_error(unexportable, 
         )
     recorded = read_error(out)
     assert recorded is not None and recorded.field == "source.model.uri"
+
+
+def test_the_finetune_inspect_step_reports_the_model_and_the_dataset_at_once(tmp_path):
+    """The model is checked first, the dataset as it is fingerprinted: one error names both."""
+    manifest = finetune_manifest(
+        "both", tmp_path / "nowhere", dataset={"promptTemplate": "Tone of: {sentence}"}
+    )
+    job = FineTuneJob.model_validate(manifest)
+    with pytest.raises(PreflightError) as raised:
+        tasks.inspect_finetune(
+            spec=job.spec.to_manifest(), job={"name": "both"}, output_uri=str(tmp_path / "out")
+        )
+    assert raised.value.field == "model.uri"
+    assert "also spec.dataset.promptTemplate" in str(raised.value) and "sentence" in str(raised.value)

@@ -148,15 +148,9 @@ def _dataset_columns(dataset: DatasetSpec, field: str, findings: list[Finding], 
         )
 
 
-def check_finetune(spec: FineTuneJobSpec) -> list[Finding]:
-    """A FineTuneJob's model is readable and its dataset has the columns its templates name."""
-    findings = check_finetune_model(spec)
-    _dataset_columns(spec.dataset, "dataset", findings, seed=spec.training.seed)
-    return findings
-
-
 def check_finetune_model(spec: FineTuneJobSpec) -> list[Finding]:
-    """A FineTuneJob's model is readable (for callers that check the dataset as they fingerprint it)."""
+    """A FineTuneJob's model is readable.  Its dataset is checked as it is fingerprinted (one read of it):
+    the inspect step adds that problem with :func:`finding_of`."""
     findings: list[Finding] = []
     _readable(spec.model.uri, "config.json", "model.uri", findings)
     return findings
