@@ -31,6 +31,7 @@ def test_validate_json_lists_the_resources(tmp_path, tiny_model):
     assert json.loads(result.stdout) == {
         "valid": True,
         "resources": [{"kind": "FineTuneJob", "name": "a", "namespace": "default"}],
+        "skipped": [],
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -55,6 +56,51 @@ def test_wrong_kind_api_version_and_bad_yaml(tmp_path: Path):
     assert "apiVersion: must be slmops.io/v1alpha1 (got 'slmops.io/v1')" in out
     assert "invalid YAML" in out
     assert "missing.yaml: (document): file not found" in out
+
+
+def test_documents_of_other_api_groups_are_skipped_and_listed(tmp_path: Path):
+    """A folder of manifests holds more than jobs (an Argo CD Application, a Secret): validate skips them."""
+    app = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Application", "metadata": {"name": "jobs"}}
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3", "namespace": "team-a"}}
+    path = tmp_path / "all.yaml"
+    path.write_text(yaml.safe_dump_all([app, finetune_manifest("good", Path("/m")), secret]))
+    result = invoke("validate", str(path))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "valid FineTuneJob good" in lines
+    assert "skipped: Application/jobs (not an slmops.io resource)" in lines
+    assert "skipped: Secret/s3 (not an slmops.io resource)" in lines
+    found = json.loads(invoke("validate", str(path), "-o", "json").stdout)
+    assert found["valid"] is True and [r["name"] for r in found["resources"]] == ["good"]
+    assert [(s["apiVersion"], s["kind"], s["name"], s["reason"]) for s in found["skipped"]] == [
+        ("argoproj.io/v1alpha1", "Application", "jobs", "not an slmops.io resource"),
+        ("v1", "Secret", "s3", "not an slmops.io resource"),
+    ]
+
+
+def test_an_unknown_slmops_kind_is_still_an_error_beside_skipped_documents(tmp_path: Path):
+    path = tmp_path / "mixed.yaml"
+    path.write_text(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {name: jobs}\n---\n"
+        "apiVersion: slmops.io/v1alpha1\nkind: TrainJob\nmetadata: {name: x}\n---\n"
+        "kind: FineTuneJob\nmetadata: {name: no-api-version}\n"
+    )
+    result = invoke("validate", str(path))
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error")]
+    assert errors == [
+        f"error {path}#2 (TrainJob x): kind: must be one of FineTuneJob, OptimizeJob (got 'TrainJob')",
+        f"error {path}#3 (FineTuneJob no-api-version): apiVersion: must be slmops.io/v1alpha1 (got None)",
+    ]
+
+
+def test_run_still_refuses_other_api_groups(tmp_path: Path):
+    """`slmops run` runs jobs: an Application in its files is a mistake, not something to skip."""
+    path = tmp_path / "app.yaml"
+    path.write_text("apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {name: jobs}\n")
+    result = invoke("run", str(path), "--runs-dir", str(tmp_path / "runs"))
+    assert result.exit_code == 2
+    assert "must be slmops.io/v1alpha1 (got 'argoproj.io/v1alpha1')" in " ".join(result.output.split())
 
 
 def test_crds_check_detects_drift(tmp_path: Path):

@@ -4,6 +4,11 @@ Every place that reads manifests -- ``slmops validate``, ``slmops run``, the tes
 :func:`load_resources`, so a problem is reported the same way everywhere: the document
 (file and index, kind/name when known), the field path in manifest spelling
 (``spec.training.maxSteps``, ``spec.targets[1].precision``) and the reason.
+
+``slmops validate`` reads folders of manifests that hold other resources too (an Argo CD
+Application, a Secret): :func:`load_manifests` skips a document of another API group and
+says so, while a document of the slmops.io group must be one of its kinds.  Everything else
+(``slmops run``, ``slmops compile``) uses :func:`load_resources`, which refuses them.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from slmops_operator.api.resources import API_VERSION, KINDS, Resource
+from slmops_operator.api.resources import API_VERSION, GROUP, KINDS, Resource
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,56 @@ class Document:
             if kind or name:
                 label += f" ({kind or '?'} {name or '?'})"
         return label
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A document of another API group, left alone by ``slmops validate``."""
+
+    document: str  # "apps.yaml#1 (Application demo)"
+    api_version: str
+    kind: str | None
+    name: str | None
+    namespace: str | None
+
+    @property
+    def reason(self) -> str:
+        return f"not an {GROUP} resource"
+
+    def __str__(self) -> str:
+        return f"{self.kind or '?'}/{self.name or '?'} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class Manifests:
+    resources: list[Resource]
+    skipped: list[Skipped]
+
+
+def foreign(doc: Document) -> Skipped | None:
+    """The document as skipped when its apiVersion names another API group; None for slmops.io.
+
+    A document without an apiVersion is not skipped: it is more likely a broken slmops
+    manifest than someone else's resource.
+    """
+    body = doc.body
+    if not isinstance(body, dict):
+        return None
+    api_version = body.get("apiVersion")
+    if not isinstance(api_version, str) or not api_version:
+        return None
+    group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""  # "v1": the core group
+    if group == GROUP:
+        return None
+    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    kind, name, namespace = body.get("kind"), metadata.get("name"), metadata.get("namespace")
+    return Skipped(
+        document=doc.label,
+        api_version=api_version,
+        kind=kind if isinstance(kind, str) else None,
+        name=name if isinstance(name, str) else None,
+        namespace=namespace if isinstance(namespace, str) else None,
+    )
 
 
 def format_loc(loc: Iterable[str | int]) -> str:
@@ -121,7 +176,17 @@ def parse_document(doc: Document) -> Resource:
 
 def load_resources(paths: Iterable[Path]) -> list[Resource]:
     """All resources of all files, or ManifestError listing every problem found."""
+    return _load(paths, skip_foreign=False).resources
+
+
+def load_manifests(paths: Iterable[Path]) -> Manifests:
+    """Like :func:`load_resources`, but documents of other API groups are skipped (and listed)."""
+    return _load(paths, skip_foreign=True)
+
+
+def _load(paths: Iterable[Path], *, skip_foreign: bool) -> Manifests:
     resources: list[Resource] = []
+    skipped: list[Skipped] = []
     problems: list[Problem] = []
     for path in paths:
         try:
@@ -132,10 +197,14 @@ def load_resources(paths: Iterable[Path]) -> list[Resource]:
         if not documents:
             problems.append(Problem(str(path), "", "no YAML documents"))
         for doc in documents:
+            other = foreign(doc) if skip_foreign else None
+            if other is not None:
+                skipped.append(other)
+                continue
             try:
                 resources.append(parse_document(doc))
             except ManifestError as exc:
                 problems += exc.problems
     if problems:
         raise ManifestError(problems)
-    return resources
+    return Manifests(resources, skipped)

@@ -173,11 +173,15 @@ def compile_every_pipeline(output_dir: Path, *, registry: str | None, check: boo
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, allow_dash=True))
 @json_option()
 def validate(files: tuple[Path, ...], output_format: str) -> None:
-    """Validate manifests (multi-document YAML) against the slmops.io/v1alpha1 API."""
-    from slmops_operator.api.manifests import ManifestError, load_resources
+    """Validate manifests (multi-document YAML) against the slmops.io/v1alpha1 API.
+
+    Documents of other API groups (an Argo CD Application, a Secret) are skipped and listed;
+    an unknown slmops.io kind is an error.
+    """
+    from slmops_operator.api.manifests import ManifestError, load_manifests
 
     try:
-        resources = load_resources(files)
+        manifests = load_manifests(files)
     except ManifestError as exc:
         if output_format == "json":
             problems = [{"document": p.document, "path": p.path, "reason": p.reason} for p in exc.problems]
@@ -190,11 +194,24 @@ def validate(files: tuple[Path, ...], output_format: str) -> None:
             )
         sys.exit(EXIT_INVALID)
     if output_format == "json":
-        found = [{"kind": r.kind_name, "name": r.name, "namespace": r.namespace} for r in resources]
-        print_json({"valid": True, "resources": found})
+        found = [{"kind": r.kind_name, "name": r.name, "namespace": r.namespace} for r in manifests.resources]
+        skipped = [
+            {
+                "apiVersion": s.api_version,
+                "kind": s.kind,
+                "name": s.name,
+                "namespace": s.namespace,
+                "document": s.document,
+                "reason": s.reason,
+            }
+            for s in manifests.skipped
+        ]
+        print_json({"valid": True, "resources": found, "skipped": skipped})
         return
-    for resource in resources:
+    for resource in manifests.resources:
         console.print(f"[green]valid[/green] {resource.kind_name} {resource.name}", highlight=False)
+    for other in manifests.skipped:
+        console.print(f"[yellow]skipped:[/yellow] {other}", highlight=False, soft_wrap=True)
 
 
 @cli.command()
