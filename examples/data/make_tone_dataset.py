@@ -1,11 +1,17 @@
-"""Make the demo dataset: short phrases labelled with their tone (5 classes).
+"""Make the demo datasets: short phrases labelled with their tone (5 classes).
 
     python examples/data/make_tone_dataset.py     # writes examples/data/tone/{train,eval}.jsonl
+                                                  # and examples/data/tone-chat/{train,eval}.jsonl
 
 Phrases are a subject, a tone-bearing clause in the past tense and an ending, combined with a
 fixed seed, so the files are reproducible.  The eval split is made of clauses that never
 appear in training: it measures whether the model learned the task, not the sentences.  A
 base instruct model answering in free text scores about 0% exact match on it.
+
+``tone-chat`` holds the same rows as conversations, in the ``messages`` format chat models are
+trained on (a list of ``{"role", "content"}``, ending with the assistant's answer): a system
+message, for half of the rows an earlier exchange about another training phrase, then the
+question.  The loss and the evaluation are on the last assistant message.
 """
 
 from __future__ import annotations
@@ -147,15 +153,46 @@ def build(seed: int = 7) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     return train_pool[:TRAIN_ROWS], eval_pick
 
 
-def main() -> None:
-    out = Path(__file__).parent / "tone"
+SYSTEM = "You name the tone of a phrase with one word: happy, sad, angry, fearful or calm."
+QUESTION = "What is the tone of this phrase?\n\n{phrase}"
+
+
+def _exchange(row: dict[str, str]) -> list[dict[str, str]]:
+    return [
+        {"role": "user", "content": QUESTION.format(phrase=row["phrase"])},
+        {"role": "assistant", "content": row["tone"]},
+    ]
+
+
+def chat(
+    rows: list[dict[str, str]], history: list[dict[str, str]], seed: int
+) -> list[dict[str, list[dict[str, str]]]]:
+    """Each row as a conversation; half of them open with an earlier exchange drawn from ``history``."""
+    rng = random.Random(seed)
+    conversations = []
+    for row in rows:
+        messages = [{"role": "system", "content": SYSTEM}]
+        if rng.random() < 0.5:
+            earlier = rng.choice([h for h in history if h["phrase"] != row["phrase"]])
+            messages += _exchange(earlier)
+        conversations.append({"messages": messages + _exchange(row)})
+    return conversations
+
+
+def write(out: Path, splits: dict[str, list]) -> None:
     out.mkdir(exist_ok=True)
-    train, evaluation = build()
-    for name, rows in (("train", train), ("eval", evaluation)):
+    for name, rows in splits.items():
         with (out / f"{name}.jsonl").open("w") as fh:
             for row in rows:
                 fh.write(json.dumps(row) + "\n")
         print(f"{name}: {len(rows)} rows -> {out / f'{name}.jsonl'}")
+
+
+def main() -> None:
+    here = Path(__file__).parent
+    train, evaluation = build()
+    write(here / "tone", {"train": train, "eval": evaluation})
+    write(here / "tone-chat", {"train": chat(train, train, seed=11), "eval": chat(evaluation, train, seed=12)})
 
 
 if __name__ == "__main__":
