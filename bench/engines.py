@@ -1,6 +1,6 @@
 """The same FineTuneJob through both engines, in one run: what the KFP pipeline costs over one process.
 
-    .venv/bin/python bench/engines.py [--steps 60] [--file examples/finetune-smollm2.yaml]
+    .venv/bin/python bench/engines.py [--steps 60] [--file examples/01-finetune-lora.yaml]
 
 * ``local``     -- ``slmops run``: every stage in one process;
 * ``kfp-local`` -- ``slmops run --engine kfp-local``: the compiled pipeline run by
@@ -65,7 +65,7 @@ def run(engine: str, manifest: Path, runs: Path, cache: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--file", type=Path, default=REPO / "examples" / "finetune-smollm2.yaml")
+    parser.add_argument("--file", type=Path, default=REPO / "examples" / "01-finetune-lora.yaml")
     parser.add_argument("--steps", type=int, default=None, help="override training.maxSteps")
     args = parser.parse_args()
     doc = yaml.safe_load(args.file.read_text())

@@ -1,7 +1,7 @@
 """CPU int4/int8 ONNX models from one adapter: slmops' OptimizeJob against Microsoft Olive.
 
     scripts/setup.sh && bench/setup_olive.sh && scripts/prepare_demo_model.sh   # once
-    .venv/bin/slmops run examples/finetune-smollm2.yaml      # once: the adapter (runs/smollm2-tone)
+    .venv/bin/slmops run examples/01-finetune-lora.yaml      # once: the adapter (runs/smollm2-tone)
     .venv/bin/python bench/optimize.py                       # int4 and int8, both tools
     .venv/bin/python bench/optimize.py --precisions int4 --eval-rows 8 --latency-runs 2   # quicker
 
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     if set(precisions) - set(PRECISIONS) or set(tools) - set(TOOLS):
         parser.error(f"precisions from {PRECISIONS}, tools from {TOOLS}")
     if not (args.adapter / "adapter_config.json").exists():
-        parser.error(f"no adapter at {args.adapter}: run `slmops run examples/finetune-smollm2.yaml` first")
+        parser.error(f"no adapter at {args.adapter}: run `slmops run examples/01-finetune-lora.yaml` first")
 
     import onnxruntime
     import onnxruntime_genai

@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/prepare_demo_model.sh
-exec .venv/bin/slmops run examples/finetune-smollm2.yaml "$@"
+exec .venv/bin/slmops run examples/01-finetune-lora.yaml "$@"

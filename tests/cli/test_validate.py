@@ -17,7 +17,7 @@ def invoke(*args: str):
 
 
 def test_examples_are_valid():
-    result = invoke("validate", str(REPO / "examples" / "finetune-smollm2.yaml"))
+    result = invoke("validate", str(REPO / "examples" / "01-finetune-lora.yaml"))
     assert result.exit_code == 0, result.output
     assert "valid FineTuneJob smollm2-tone" in result.output
 

@@ -230,7 +230,7 @@ def test_the_notes_say_what_was_installed_and_how_to_run_a_job(tmp_path):
     assert "installed as slmops in slmops-system" in notes
     assert "backend kfp" in notes and "http://kfp.example:8888" in notes
     assert "kubectl -n slmops-system rollout status deployment/slmops" in notes
-    assert "kubectl -n team-a apply -f examples/finetune-smollm2.yaml" in notes
+    assert "kubectl -n team-a apply -f examples/01-finetune-lora.yaml" in notes
     local = render_notes(tmp_path / "local", "--set", "backend=local", "--set", "webhook.enabled=false")
     assert "KFP:" not in local and "webhook:   off" in local
 

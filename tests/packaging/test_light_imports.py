@@ -37,7 +37,7 @@ def test_crds_and_validate_work_without_torch_installed(tmp_path):
     env = {"PYTHONPATH": f"{tmp_path}:{REPO / 'pipelines'}:{REPO / 'operator'}", "PATH": "/usr/bin:/bin"}
     for args in (
         ["crds", "--check", "-o", str(REPO / "crds")],
-        ["validate", str(REPO / "examples" / "finetune-smollm2.yaml")],
+        ["validate", str(REPO / "examples" / "01-finetune-lora.yaml")],
         ["compile", "--check", "-o", str(REPO / "pipelines" / "compiled")],
     ):
         proc = subprocess.run(

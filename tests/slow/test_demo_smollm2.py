@@ -14,7 +14,7 @@ from tests.slow.helpers import run_examples
 
 @pytest.mark.slow
 def test_demo_fine_tune_beats_the_base_model(tmp_path):
-    proc = run_examples("examples/finetune-smollm2.yaml", runs_dir=tmp_path, timeout=1800)
+    proc = run_examples("examples/01-finetune-lora.yaml", runs_dir=tmp_path, timeout=1800)
     metrics = json.loads((tmp_path / "smollm2-tone" / "metrics.json").read_text())
     evaluation = metrics["evaluation"]
     assert evaluation["finetuned"]["accuracy"] >= 0.85
@@ -25,7 +25,7 @@ def test_demo_fine_tune_beats_the_base_model(tmp_path):
 @pytest.mark.slow
 def test_demo_as_a_kfp_pipeline(tmp_path):
     """The same demo through the compiled KFP pipeline (kfp.local): the same result."""
-    run_examples("examples/finetune-smollm2.yaml", runs_dir=tmp_path, timeout=1800, engine="kfp-local")
+    run_examples("examples/01-finetune-lora.yaml", runs_dir=tmp_path, timeout=1800, engine="kfp-local")
     out = tmp_path / "smollm2-tone"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["evaluation"]["finetuned"]["accuracy"] >= 0.85

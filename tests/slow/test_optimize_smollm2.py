@@ -12,7 +12,7 @@ from tests.slow.helpers import run_examples
 @pytest.mark.slow
 def test_fine_tune_then_optimize_passes_the_gates(tmp_path):
     run_examples(
-        "examples/finetune-smollm2.yaml", "examples/optimize-smollm2.yaml", runs_dir=tmp_path, timeout=3600
+        "examples/01-finetune-lora.yaml", "examples/08-optimize-cpu.yaml", runs_dir=tmp_path, timeout=3600
     )
     doc = json.loads((tmp_path / "smollm2-tone-cpu" / "metrics.json").read_text())
     reference = doc["reference"]["finetuned_pytorch"]["accuracy"]
