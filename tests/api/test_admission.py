@@ -215,7 +215,9 @@ def good_manifests() -> list[dict]:
     bodies = [finetune_manifest("good", MODEL), optimize()]
     for path in sorted((REPO / "examples").glob("*.yaml")):
         # Examples hold other resources too (12: an Argo CD Application): only slmops.io jobs here.
-        bodies += [b for b in yaml.safe_load_all(path.read_text()) if b and b["apiVersion"].startswith("slmops.io/")]
+        bodies += [
+            b for b in yaml.safe_load_all(path.read_text()) if b and b["apiVersion"].startswith("slmops.io/")
+        ]
     bodies.append(
         optimize(
             source={"model": {"uri": "/m"}, "adapters": [{"name": "a", "uri": "/a"}, {"uri": "/b"}]},
