@@ -181,3 +181,17 @@ def test_the_readme_lists_every_example():
     readme = (REPO / "README.md").read_text()
     for path in EXAMPLES:
         assert f"examples/{path.name}" in readme, f"README.md does not list {path.name}"
+
+
+@pytest.mark.parametrize("number", ["01", "02", "03", "04", "05", "06", "07", "08", "09"])
+def test_what_the_slow_suite_runs_is_still_a_valid_job(number, tmp_path):
+    """tests/slow/test_examples.py runs the local examples with small overrides: still valid jobs."""
+    from slmops_operator.api.manifests import load_resources
+    from tests.slow.test_examples import CASES, SMALL_TRAINING, prepared
+
+    assert number in CASES or number == "06"  # 06 has a test of its own, with an S3 server
+    [resource] = load_resources([Path(prepared(number, tmp_path))])
+    if resource.kind_name == "FineTuneJob":
+        assert resource.spec.training.max_steps == SMALL_TRAINING["maxSteps"]
+    for adapter in resource.spec.model_dump().get("source", {}).get("adapters") or []:
+        assert Path(adapter["uri"]).is_relative_to(tmp_path / "runs"), adapter
