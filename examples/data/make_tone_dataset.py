@@ -192,7 +192,9 @@ def main() -> None:
     here = Path(__file__).parent
     train, evaluation = build()
     write(here / "tone", {"train": train, "eval": evaluation})
-    write(here / "tone-chat", {"train": chat(train, train, seed=11), "eval": chat(evaluation, train, seed=12)})
+    write(
+        here / "tone-chat", {"train": chat(train, train, seed=11), "eval": chat(evaluation, train, seed=12)}
+    )
 
 
 if __name__ == "__main__":

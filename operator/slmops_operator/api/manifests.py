@@ -102,7 +102,9 @@ def foreign(doc: Document) -> Skipped | None:
     group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""  # "v1": the core group
     if group == GROUP:
         return None
-    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    metadata = body.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = {}
     kind, name, namespace = body.get("kind"), metadata.get("name"), metadata.get("namespace")
     return Skipped(
         document=doc.label,
