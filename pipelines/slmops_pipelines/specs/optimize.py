@@ -31,10 +31,10 @@ Provider = Literal[
     "OpenVINOExecutionProvider",
 ]
 TargetPrecision = Literal["fp32", "fp16", "int8", "int4"]
-# What the pinned tools implement: the model builder's RTN, onnxruntime's HQQ.  (GPTQ/AWQ need
-# calibration passes that neither tool runs on these graphs; k-quant produces an invalid graph
-# in onnxruntime-genai 0.13.2.)
-Int4Algorithm = Literal["rtn", "hqq"]
+# What the pinned tools implement: the model builder's RTN, onnxruntime's HQQ and GPTQ (GPTQ
+# calibrates on the job's own rows).  (AWQ needs a pass neither tool runs on these graphs;
+# k-quant produces an invalid graph in onnxruntime-genai 0.13.2.)
+Int4Algorithm = Literal["rtn", "hqq", "gptq"]
 Int8Mode = Literal["weightOnly", "dynamic", "static"]
 OptimizeMetric = Literal["perplexity", "accuracy", "rouge", "bleu", "latency", "size"]
 ANSWER_METRICS = ("accuracy", "rouge", "bleu")
@@ -161,7 +161,11 @@ class QuantizationSpec(SpecModel):
 
     int4_block_size: Literal[16, 32, 64, 128, 256] = Field(default=32, description="Weights per int4 scale.")
     int4_algorithm: Int4Algorithm = Field(
-        default="rtn", description="int4 algorithm: rtn (round to nearest) or hqq."
+        default="rtn",
+        description=(
+            "int4 algorithm: rtn (round to nearest), hqq (half-quadratic, no data) or gptq (calibrated "
+            "on calibrationSamples rows of the job's own data)."
+        ),
     )
     lm_head_int8: bool = Field(
         default=True,
@@ -179,7 +183,7 @@ class QuantizationSpec(SpecModel):
         default=32,
         ge=1,
         le=4096,
-        description="int8Mode static: training rows used to calibrate activation ranges.",
+        description="Rows calibrating int8Mode static's activation ranges and int4Algorithm gptq.",
     )
 
 
@@ -190,6 +194,32 @@ def _provider_precision_rule() -> str:
         for provider, precisions in PROVIDER_PRECISIONS.items()
     )
     return f"self.precision in {{{table}}}[self.provider]"
+
+
+class TargetRuntime(SpecModel):
+    """onnxruntime settings written into the target's genai_config.json, so that they travel with it.
+
+    A user who loads the folder with plain ``onnxruntime_genai.Model`` gets these settings, and
+    the job's latency figures are measured with them: the speed reported is the speed shipped.
+    """
+
+    threads: int | None = Field(
+        default=None,
+        ge=0,
+        le=1024,
+        description=(
+            "Intra-op threads of the CPU kernels. Default: the CPUs the optimize step may use (its "
+            "cgroup limit, what its latency figures measure); set your serving pods' CPUs; 0 lets "
+            "onnxruntime choose (its count of physical cores, often 1 on a 2-vCPU VM)."
+        ),
+    )
+    spin: bool = Field(
+        default=True,
+        description=(
+            "Let idle pool threads spin between kernels (fastest decode: a token is hundreds of short "
+            "kernels); false yields the CPUs to other processes between kernels."
+        ),
+    )
 
 
 class OptimizeTarget(SpecModel):
@@ -209,6 +239,17 @@ class OptimizeTarget(SpecModel):
     quantization: QuantizationSpec = Field(
         default_factory=QuantizationSpec, description="Quantizer settings."
     )
+    runtime: TargetRuntime = Field(
+        default_factory=TargetRuntime, description="onnxruntime settings baked into genai_config.json."
+    )
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether building this target needs calibration rows (static int8, GPTQ int4)."""
+        q = self.quantization
+        return (self.precision == "int8" and q.int8_mode == "static") or (
+            self.precision == "int4" and q.int4_algorithm == "gptq"
+        )
 
     @model_validator(mode="after")
     def _check_provider_precision(self) -> OptimizeTarget:

@@ -105,19 +105,20 @@ def wanted_metrics(spec: OptimizeJobSpec, source: ResolvedSource) -> set[str]:
 
 
 def _calibration(spec: OptimizeJobSpec, source: ResolvedSource, tokenizer) -> list[list[int]] | None:
-    """Training rows for static int8 calibration; checked before anything is built."""
-    static = [t for t in spec.targets if t.precision == "int8" and t.quantization.int8_mode == "static"]
-    if not static:
+    """Training rows for the calibrated targets (static int8, GPTQ int4); checked before anything is built."""
+    calibrated = [t for t in spec.targets if t.calibrated]
+    if not calibrated:
         return None
     if source.dataset is None:
+        what = "int8Mode static" if calibrated[0].precision == "int8" else "int4Algorithm gptq"
         raise InputError(
-            f"target {static[0].name!r}: int8Mode static needs calibration rows: use a fineTuneJobRef source "
+            f"target {calibrated[0].name!r}: {what} needs calibration rows: use a fineTuneJobRef source "
             "or set evaluation.dataset",
             field="targets",
         )
     from slmops_pipelines.steps.data import calibration_token_rows
 
-    limit = max(t.quantization.calibration_samples for t in static)
+    limit = max(t.quantization.calibration_samples for t in calibrated)
     return calibration_token_rows(source.dataset, tokenizer=tokenizer, cache_dir=cache_root(), limit=limit)
 
 

@@ -1,15 +1,15 @@
 """Running an exported target with onnxruntime-genai (the runtime it is deployed with).
 
-Threads: onnxruntime sizes its intra-op pool from the *physical* cores it detects, which on
-virtual machines is often fewer than the CPUs the process may use (here: one thread on a
-2-CPU VM, 95 decode tokens/s against 158 with two).  We set the pool to the CPUs this process
-is allowed to run on, as PyTorch does, so that both engines are measured alike.
+A target is loaded exactly as a user loads it: ``genai_config.json`` as shipped, with the
+session settings the export baked into it (:mod:`.session`: threads, spinning), so that the
+latency the job reports is the latency a user of the folder gets.  Only the provider is set
+here (the folder may be measured on another machine than the one it names), and benchmarks
+may override the thread count to compare engines at equal threads.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +19,21 @@ from slmops_pipelines.steps.optimize.measure import log_softmax_at
 
 class GenaiEngine:
     def __init__(
-        self, folder: Path, *, provider: str = "cpu", adapters: dict[str, Path] | None = None
+        self,
+        folder: Path,
+        *,
+        provider: str = "cpu",
+        adapters: dict[str, Path] | None = None,
+        threads: int | None = None,
     ) -> None:
         import onnxruntime_genai as og
 
         self._og = og
         config = og.Config(str(folder))
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        config.overlay(
-            json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}})
-        )
+        if threads is not None:  # benchmarks only: targets ship their own (genai_config.json)
+            config.overlay(
+                json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}})
+            )
         config.clear_providers()
         if provider != "cpu":
             config.append_provider(provider)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmops_pipelines.errors import JobError
+from slmops_pipelines.steps.cpus import usable_cpus
 from slmops_pipelines.steps.train.request import TrainRequest, TrainResult
 
 EventHandler = Callable[[dict], None]
@@ -82,7 +83,7 @@ def torchrun_command(request_path: Path, processes: int, rendezvous: Rendezvous 
 
 def _child_env(processes: int) -> dict[str, str]:
     env = dict(os.environ)
-    threads = max(1, (os.cpu_count() or 1) // processes)
+    threads = max(1, usable_cpus() // processes)  # the pod's CPU limit, not the node's cores
     env.setdefault("OMP_NUM_THREADS", str(threads))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     # The parent may run from a source tree: make sure the children import the same code.

@@ -18,6 +18,7 @@ import os
 import resource
 import time
 
+from slmops_pipelines.steps.cpus import usable_cpus
 from slmops_pipelines.steps.train.callbacks import EventLog, MarkCompleteCheckpoints, ProgressEvents
 from slmops_pipelines.steps.train.checkpoints import checkpoint_step, latest_complete_checkpoint
 from slmops_pipelines.steps.train.methods import get_method
@@ -95,7 +96,7 @@ def _set_threads(local_world_size: int) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world_size)))
+        torch.set_num_threads(max(1, usable_cpus() // max(1, local_world_size)))
 
 
 def _load_model_and_tokenizer(request: TrainRequest):
