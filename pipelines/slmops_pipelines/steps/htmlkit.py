@@ -43,19 +43,19 @@ dl.meta dd{margin:0;font-weight:500;overflow-wrap:anywhere}
 .targets{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(300px,100%),1fr));gap:14px}
 .target{border:1px solid var(--line);border-radius:10px;padding:12px 14px}
 .target .name{font-weight:700;font-size:16px;margin-bottom:8px}
-.target .stats{display:grid;grid-template-columns:repeat(3,1fr);gap:8px}
+.target .stats{display:grid;grid-template-columns:repeat(3,minmax(0,1fr));gap:8px}
 .target .label,.target .note{color:var(--muted);font-size:12px}
-.target .value{font-size:22px;font-weight:700;font-variant-numeric:tabular-nums}
+.target .value{font-size:21px;font-weight:700;font-variant-numeric:tabular-nums;white-space:nowrap}
 section{background:var(--card);border-radius:12px;padding:18px 22px;margin:14px 0;
 box-shadow:0 1px 2px rgba(0,0,0,.06)}
 .grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(320px,100%),1fr));gap:8px 28px}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
 th,td{padding:7px 10px;text-align:left;border-bottom:1px solid var(--line);vertical-align:top}
-thead th{font-size:13px;color:var(--muted);font-weight:600;white-space:nowrap;border-bottom:2px solid var(--line)}
+thead th{font-size:13px;color:var(--muted);font-weight:600;border-bottom:2px solid var(--line);vertical-align:bottom}
 tbody tr:nth-child(even){background:#f9fafb}
-td.num,th.num{text-align:right;white-space:nowrap} td:first-child{white-space:nowrap}
-table.kv th{font-weight:500;color:var(--muted);width:45%}
+th.num{text-align:right} td.num{text-align:right;white-space:nowrap} td:first-child{white-space:nowrap}
+table.kv th{font-weight:500;color:var(--muted);width:45%} table.kv td{overflow-wrap:anywhere}
 .badge{display:inline-block;padding:1px 9px;border-radius:999px;font-size:12px;font-weight:600;
 white-space:nowrap;background:var(--skip-bg);color:var(--skip)}
 .badge.ok{background:var(--ok-bg);color:var(--ok)} .badge.bad{background:var(--bad-bg);color:var(--bad)}
@@ -164,6 +164,16 @@ def fmt(value: Any) -> str:
     return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
+def number(value: float) -> str:
+    """A measured figure for people: three significant digits, thousands separated from 100 up."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def times(value: float) -> str:
+    """A ratio such as a speedup: 2.42x, 11.3x, 1,133x."""
+    return f"{value:,.0f}x" if value >= 100 else f"{value:.1f}x" if value >= 10 else f"{value:.2f}x"
+
+
 def percent(value: float) -> str:
     return f"{value:.1%}"
 
@@ -182,8 +192,9 @@ def megabytes(mb: float) -> str:
     return f"{mb / 1024:.2f} GB" if mb >= 1024 else f"{mb:.0f} MB" if mb >= 10 else f"{mb:.2f} MB"
 
 
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """Round tick values covering [low, high] (steps of 1, 2 or 5 times a power of ten)."""
+def nice_ticks(low: float, high: float, count: int = 5, *, integer: bool = False) -> list[float]:
+    """Round tick values from at or below ``low`` to at or above ``high`` (steps of 1, 2, 2.5 or 5
+    times a power of ten; whole steps when ``integer``)."""
     if not math.isfinite(low) or not math.isfinite(high):
         return [0.0, 1.0]
     if high <= low:
@@ -191,11 +202,11 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     raw = (high - low) / max(count, 1)
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
-    first = math.floor(low / step) * step
-    ticks, value = [], first
-    while value < high + step * 0.5:
-        ticks.append(round(value, 12))
-        value += step
+    if integer:
+        step = max(1, round(step))
+    ticks = [round(math.floor(low / step) * step, 12)]
+    while ticks[-1] < high - step * 1e-9:
+        ticks.append(round(ticks[-1] + step, 12))
     return ticks
 
 
@@ -219,7 +230,10 @@ def line_chart(series: Sequence[Series], *, x_label: str, y_label: str, caption:
     width, height, left, right, top, bottom = 760, 340, 64, 18, 14, 50
     xs = [x for s in drawn for x, _ in s.points]
     ys = [y for s in drawn for _, y in s.points]
-    x_ticks, y_ticks = nice_ticks(min(xs), max(xs), 6), nice_ticks(min(0.0, min(ys)), max(ys), 5)
+    # From zero unless the values sit far above it (then zero would flatten the curve).
+    low = 0.0 if 0 <= min(ys) <= 0.4 * max(ys) else min(ys)
+    whole = all(float(x).is_integer() for x in xs)
+    x_ticks, y_ticks = nice_ticks(min(xs), max(xs), 6, integer=whole), nice_ticks(low, max(ys), 5)
     x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
 
     def px(x: float) -> float:

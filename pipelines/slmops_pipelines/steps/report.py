@@ -239,10 +239,14 @@ def _samples(base: dict[str, Any] | None, tuned: dict[str, Any]) -> str:
     before = [s.get("generated", "") for s in (base or {}).get("samples") or []]
     header = ["expected", "fine-tuned answer"] + (["base model answer"] if before else [])
     rows = [
-        [kit.esc(s["expected"]), kit.esc(s["generated"])] + ([kit.esc(before[i])] if i < len(before) else [])
+        [kit.esc(s["expected"]), _answer(s["generated"])] + ([_answer(before[i])] if i < len(before) else [])
         for i, s in enumerate(samples)
     ]
     return "<h2 style='margin-top:18px'>Sample answers</h2>" + kit.table(header, rows)
+
+
+def _answer(text: str) -> str:
+    return kit.esc(text) if text.strip() else '<span class="empty">(nothing)</span>'
 
 
 def _data_section(data: dict[str, Any]) -> str:

@@ -140,9 +140,8 @@ def _key_figures(doc: dict[str, Any]) -> list[kit.Figure]:
     measured = {n: s for n, s in speedups.items() if s}
     if measured:
         best = max(measured, key=lambda n: measured[n])
-        found.append(
-            kit.Figure("Fastest decode", f"{measured[best]:.2f}x", f"<b>{kit.esc(best)}</b> vs {REFERENCE}")
-        )
+        note = f"<b>{kit.esc(best)}</b> vs {REFERENCE}"
+        found.append(kit.Figure("Fastest decode", kit.times(measured[best]), note))
     sizes = {n: t["metrics"].get("size_mb") for n, t in targets.items() if t["metrics"].get("size_mb")}
     if sizes:
         small = min(sizes, key=lambda n: sizes[n])
@@ -182,7 +181,7 @@ def _target_card(name: str, target: dict[str, Any], gates: list[dict[str, Any]])
     if accuracy is not None and versus.get("accuracy") is not None:
         accuracy_note = f"{versus['accuracy'] * 100:+.1f} pts vs {REFERENCE}"
     stats = [
-        ("speedup", f"{speedup:.2f}x" if speedup else "–", _rate(metrics)),
+        ("speedup", kit.times(speedup) if speedup else "–", _rate(metrics)),
         ("size", kit.megabytes(metrics["size_mb"]) if metrics.get("size_mb") else "–", ""),
         ("accuracy", kit.percent(accuracy) if accuracy is not None else "–", accuracy_note),
     ]
@@ -245,15 +244,9 @@ def _charts(doc: dict[str, Any]) -> str:
         return (m.get("latency") or {}).get("decode_tokens_per_s_p50")
 
     charts = [
-        ("decode tokens/s (p50), higher is better", rate, lambda v: f"{v:,.0f}", kit.PALETTE[0], 0.0),
+        ("decode tokens/s (p50), higher is better", rate, kit.number, kit.PALETTE[0], 0.0),
         ("accuracy, higher is better", lambda m: m.get("accuracy"), kit.percent, kit.PALETTE[2], 1.0),
-        (
-            "size (MB), lower is better",
-            lambda m: m.get("size_mb"),
-            lambda v: f"{v:,.0f}",
-            kit.PALETTE[3],
-            0.0,
-        ),
+        ("size (MB), lower is better", lambda m: m.get("size_mb"), kit.number, kit.PALETTE[3], 0.0),
     ]
     drawn = []
     for title, get, shown, color, maximum in charts:
