@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 PALETTE = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2")
@@ -27,7 +27,8 @@ box-shadow:0 1px 2px rgba(0,0,0,.06)}
 .kind{color:var(--muted);font-size:13px;letter-spacing:.06em;text-transform:uppercase}
 h1{margin:2px 0 10px;font-size:28px;line-height:1.2;word-break:break-word}
 h1 .badge{vertical-align:middle;margin-left:8px}
-h2{font-size:18px;margin:0 0 12px}
+h2{font-size:18px;margin:0 0 12px} h3{font-size:16px;margin:20px 0 8px}
+p.fine{color:var(--muted);font-size:13px;margin:10px 0 0}
 dl.meta{display:flex;flex-wrap:wrap;gap:6px 28px;margin:0}
 dl.meta div{min-width:0}
 dl.meta dt{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.05em}
@@ -68,6 +69,7 @@ figcaption{color:var(--muted);font-size:13px;margin-top:4px}
 .legend span::before{content:"";display:inline-block;width:14px;height:3px;margin-right:6px;
 vertical-align:middle;background:var(--c)}
 svg text{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;fill:#4b5563}
+img{max-width:100%}
 details summary{cursor:pointer;color:var(--muted)}
 pre{background:#f9fafb;border:1px solid var(--line);border-radius:8px;padding:12px;overflow:auto;font-size:13px}
 .empty{color:var(--muted);font-style:italic}
@@ -219,7 +221,7 @@ class Series:
     points: list[tuple[float, float]]
     color: str = PALETTE[0]
     dashed: bool = False
-    markers: bool = field(default=False)
+    markers: bool = False
 
 
 def line_chart(series: Sequence[Series], *, x_label: str, y_label: str, caption: str = "") -> str:

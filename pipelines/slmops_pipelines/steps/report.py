@@ -242,7 +242,7 @@ def _samples(base: dict[str, Any] | None, tuned: dict[str, Any]) -> str:
         [kit.esc(s["expected"]), _answer(s["generated"])] + ([_answer(before[i])] if i < len(before) else [])
         for i, s in enumerate(samples)
     ]
-    return "<h2 style='margin-top:18px'>Sample answers</h2>" + kit.table(header, rows)
+    return "<h3>Sample answers</h3>" + kit.table(header, rows)
 
 
 def _answer(text: str) -> str:
@@ -290,4 +290,4 @@ def _embedded(plot: Path | None, alt: str) -> str:
     if not plot or not plot.exists():
         return ""
     encoded = base64.b64encode(plot.read_bytes()).decode()
-    return f'<img style="max-width:100%" alt="{alt}" src="data:image/png;base64,{encoded}">'
+    return f'<img alt="{alt}" src="data:image/png;base64,{encoded}">'

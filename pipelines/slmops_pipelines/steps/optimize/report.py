@@ -97,7 +97,7 @@ def comparison_table(doc: dict[str, Any]) -> str:
 
 def _conditions(rows: int) -> str:
     return (
-        f'<p class="note" style="color:#6b7280;font-size:13px">{rows} evaluation rows; latency: a 32-token '
+        f'<p class="fine">{rows} evaluation rows; latency: a 32-token '
         "prompt, 32 new tokens, batch 1 (p50 over the runs); speedup: decode tokens/s against "
         f"{REFERENCE}.</p>"
     )
