@@ -3,6 +3,9 @@
 #
 #   scripts/setup.sh            # train + optimize + dev extras
 #
+# With the dev extras, as root where apt-get exists, it also installs Chromium from the OS packages
+# for the report's browser test (tests/report), which skips where there is none.
+#
 # torch is pinned by constraints.txt to the CPU build this project is tested with; on a GPU
 # machine install the torch build you need first, then `pip install -e '.[train]'`.
 set -euo pipefail
@@ -27,8 +30,24 @@ echo "setup: installing slmops[$EXTRAS] into $VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[$EXTRAS]" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import slmops_operator, slmops_pipelines" # fail loudly if the install did not take
+# Chromium (tests/report opens report.html in it): from the OS packages when we are root on a
+# machine with apt-get; never a reason for the setup to fail.
+install_chromium() {
+  [ -x /usr/bin/chromium ] && return 0
+  command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] || return 0
+  echo "setup: installing chromium (apt-get) for the report test"
+  local log="$VENV/chromium-install.log"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends chromium fonts-dejavu-core; } >"$log" 2>&1; then
+    echo "setup: chromium not installed (see $log); the report's browser test will be skipped"
+  fi
+}
+
 case ",$EXTRAS," in
-  *,dev,*) VENV="$VENV" scripts/fetch_helm.sh ;;  # helm lint/template in the test suite
+  *,dev,*)
+    VENV="$VENV" scripts/fetch_helm.sh  # helm lint/template in the test suite
+    install_chromium
+    ;;
 esac
 echo "$want" > "$stamp"
 echo "setup: done"

@@ -73,7 +73,7 @@ def test_metrics_and_report(finished):
     assert evaluation["finetuned"]["total"] == 8 and evaluation["base"]["total"] == 8
     assert metrics["data"]["train"]["rows"] == 64
     html = (out / "report.html").read_text()
-    assert "data:image/png;base64," in html and "accuracy, fine-tuned" in html
+    assert 'data-series="train loss"' in html and "accuracy, fine-tuned" in html
 
 
 def test_merged_model_matches_base_plus_adapter(finished, tiny_model):

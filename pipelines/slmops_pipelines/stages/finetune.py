@@ -218,7 +218,13 @@ def write_report(
 
     result = read_train_result(train_dir)
     metrics = {
-        "job": {"name": name, "namespace": namespace, "method": spec.method},
+        "job": {
+            "name": name,
+            "namespace": namespace,
+            "method": spec.method,
+            "model": spec.model.uri,
+            "dataset": spec.dataset.uri,
+        },
         "data": data_stats,
         "train": result.model_dump(exclude={"log_history"}),
         "evaluation": evaluation,
@@ -228,13 +234,13 @@ def write_report(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot = plot_loss_curve(result.log_history, out_dir / "loss_curve.png", title=f"{name}: {spec.method}")
+    plot_loss_curve(result.log_history, out_dir / "loss_curve.png", title=f"{name}: {spec.method}")
     search_plot = None
     if search:
         from slmops_pipelines.stages.search import plot_search
 
         search_plot = plot_search(search, out_dir / "search.png")
-    render(metrics, out_dir, title=f"FineTuneJob {name}", plot=plot, search_plot=search_plot)
+    render(metrics, out_dir, title=f"FineTuneJob {name}", search_plot=search_plot)
     return metrics
 
 
