@@ -1,16 +1,21 @@
-"""CPU int4/int8 ONNX models from one adapter: slmops' OptimizeJob against Microsoft Olive.
+"""CPU int4/int8 models from one adapter: slmops against the model builder, Olive and llama.cpp.
 
     scripts/setup.sh && bench/setup_olive.sh && scripts/prepare_demo_model.sh   # once
+    bench/setup_llamacpp.sh                                  # once, ~6 min: the llama.cpp peer
     .venv/bin/slmops run examples/01-finetune-lora.yaml      # once: the adapter (runs/smollm2-tone)
-    .venv/bin/python bench/optimize.py                       # int4 and int8, both tools
+    .venv/bin/python bench/optimize.py                       # int4 and int8, every tool
     .venv/bin/python bench/optimize.py --precisions int4 --eval-rows 8 --latency-runs 2   # quicker
 
-For each precision, from the same base model and LoRA adapter (merged into the weights):
+For each precision, from the same base model and LoRA adapter:
 
-* ``slmops`` -- ``slmops run`` of an OptimizeJob with one CPU target (its defaults: onnxruntime-
-  genai's model builder, RTN block 32 with an int8 output layer for int4, weight-only
-  MatMulNBits for int8) and only the size metric, so that its clock is the time to produce;
-* ``olive``  -- ``olive optimize --provider CPUExecutionProvider --precision P --exporter
+* ``slmops``   -- ``slmops run`` of an OptimizeJob with its CPU target as shipped (its defaults),
+  adapter merged, and for int4 a second target that keeps the adapter separate
+  (``mergeAdapter: false``, measured with the adapter applied); only the size metric, so that
+  its clock is the time to produce;
+* ``builder``  -- onnxruntime-genai's model builder with its defaults, ``-p int4 -e cpu``, on the
+  merged model: what Olive's ModelBuilder pass runs, and what a user of onnxruntime-genai
+  starts from (int4 only: the builder has no int8);
+* ``olive``    -- ``olive optimize --provider CPUExecutionProvider --precision P --exporter
   model_builder`` with the adapter (PyPI olive-ai, in its own venv: bench/setup_olive.sh):
   GPTQ then the model builder for int4, the model builder then static int8 quantization for
   int8.  Both calibrate on wikitext-2 from the Hugging Face Hub; with no hub here, the
@@ -21,40 +26,46 @@ For each precision, from the same base model and LoRA adapter (merged into the w
   model's hidden size (576), so they are set to 32, the block size of its model builder; and
   its int8 workflow asks the model builder for an int8 export, which onnxruntime-genai 0.13
   does not have, so the builder exports fp32 and Olive's static quantization makes it int8.
+  When Olive fails, its row says why, and the other tools are still measured;
+* ``llamacpp`` -- llama.cpp (llama-cpp-python, built by bench/setup_llamacpp.sh into its own
+  venv): the merged model converted to GGUF by llama.cpp's convert_hf_to_gguf.py, quantized
+  to Q4_0 (int4) or Q8_0 (int8) as llama.cpp users do, measured by the same measuring code
+  in the llama.cpp venv (bench/llamacpp_peer.py).  Skipped, saying so, where not installed.
 
 Then one harness measures every model the same way, PyTorch fp32 (adapter merged, transformers)
-as the baseline: slmops' measuring code (``slmops_pipelines.steps.optimize.measure``), which
-runs each ONNX model through onnxruntime-genai with one intra-op thread per core and the
-PyTorch model through transformers, with the same prompts:
+as the baseline: slmops' measuring code (``slmops_pipelines.steps.optimize.measure``), with the
+same prompts for every engine.  The ONNX models are loaded as a user loads them, plain
+``onnxruntime_genai.Model(folder)``, so that settings a folder ships with (slmops bakes its
+thread count into genai_config.json) count and settings it lacks do not:
 
 * time to produce -- the whole command, model loading and adapter merge included;
-* size            -- every file of the model folder;
+* size            -- every file of the model folder (the GGUF file);
 * accuracy        -- greedy answers to the held-out eval rows (chat template), exact match;
 * perplexity      -- of the expected answers' tokens;
 * latency         -- a 32-token prompt, 32 new tokens forced, batch 1, ``--latency-runs`` runs
-                     after a warm-up: prefill p50/p95 and decode tokens/s p50 (and the p95 of
-                     the per-token time, as tokens/s);
+                     after a warm-up, in ``--rounds`` rounds that alternate between the models
+                     (so that a slow spell of the machine hits every model alike): prefill
+                     p50/p95 and decode tokens/s p50 (and the p95 of the per-token time), as
+                     shipped and again with one intra-op thread per usable CPU for every engine
+                     (the column where engines compare at equal threads);
 * the bound       -- the copy bandwidth measured here (all cores, bytes read + written over a
                      buffer far larger than the caches) over the bytes one decoded token must
                      read: every weight, except embedding rows that are gathered rather than
-                     multiplied, plus the KV cache at the middle of the decode.  No engine can
-                     decode faster on this machine; the fraction of it reached says how much
-                     is left.
+                     multiplied, plus the KV cache at the middle of the decode.
 
-The goals (issue 7): slmops' CPU int4 at least Olive's in decode tokens/s at equal or better
-accuracy, and at least 50% of the bound.  The verdict is printed under the table.
+The goals (issue 17), for slmops' int4 target with the adapter merged, as shipped: at least 2x
+the model builder's default int4 and 2x llama.cpp's Q4_0 in decode tokens/s, at accuracy within
+1 point of fp32; the separate-adapter target at least 0.8x the merged one; int8 at least 1.3x
+the model builder's int4.  The verdict is printed under the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -68,14 +79,19 @@ MODEL = REPO / ".cache" / "models" / "SmolLM2-135M-Instruct"
 ADAPTER = REPO / "runs" / "smollm2-tone" / "adapter"
 DATA = REPO / "examples" / "data" / "tone"
 OLIVE_VENV = REPO / ".cache" / "bench" / "olive-venv"
+LLAMACPP_VENV = REPO / ".cache" / "bench" / "llamacpp-venv"
 PRECISIONS = ("int4", "int8")
-TOOLS = ("slmops", "olive")
+TOOLS = ("slmops", "builder", "olive", "llamacpp")
+GGUF_TYPES = {"int4": "Q4_0", "int8": "Q8_0"}
 
 
 # -- producing the models ------------------------------------------------------------------------
 
 
 def slmops_job(args: argparse.Namespace, precision: str, out: Path) -> dict:
+    targets = [{"name": f"cpu-{precision}", "quantization": args.slmops_quantization}]
+    if precision == "int4":  # one base, the adapter applied at run time: what serves many adapters
+        targets.append({"name": f"cpu-{precision}-adapter", "mergeAdapter": False})
     return {
         "apiVersion": "slmops.io/v1alpha1",
         "kind": "OptimizeJob",
@@ -86,12 +102,7 @@ def slmops_job(args: argparse.Namespace, precision: str, out: Path) -> dict:
                 "adapter": {"name": "tuned", "uri": str(args.adapter)},
             },
             "targets": [
-                {
-                    "name": f"cpu-{precision}",
-                    "provider": "CPUExecutionProvider",
-                    "precision": precision,
-                    "quantization": args.slmops_quantization,
-                }
+                {"provider": "CPUExecutionProvider", "precision": precision, **target} for target in targets
             ],
             "evaluation": {"metrics": ["size"]},
             "output": {"uri": str(out)},
@@ -99,10 +110,89 @@ def slmops_job(args: argparse.Namespace, precision: str, out: Path) -> dict:
     }
 
 
-def produce_slmops(args: argparse.Namespace, precision: str, work: Path, tokenizer) -> tuple[float, Path]:
+def produce_slmops(args: argparse.Namespace, precision: str, work: Path, tokenizer) -> dict[str, dict]:
     out = work / f"slmops-{precision}"
     measured = run_slmops(slmops_job(args, precision, out), work=work, name=f"slmops-{precision}")
-    return measured.wall_s, out / "targets" / f"cpu-{precision}"
+    rows = {}
+    for target in slmops_job(args, precision, out)["spec"]["targets"]:
+        folder = out / "targets" / target["name"]
+        row = {"produce_s": measured.wall_s, "folder": str(folder)}
+        if target.get("mergeAdapter") is False:
+            row["adapter"] = str(next(folder.glob("*.onnx_adapter")))
+        rows[f"slmops {target['name']}"] = row
+    return rows
+
+
+def merged_model(args: argparse.Namespace, work: Path) -> Path:
+    """The base model with the adapter merged, saved once: the input of the builder and llama.cpp."""
+    folder = work / "merged"
+    if (folder / "config.json").exists():
+        return folder
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    PeftModel.from_pretrained(model, str(args.adapter)).merge_and_unload().save_pretrained(folder)
+    AutoTokenizer.from_pretrained(args.model).save_pretrained(folder)
+    return folder
+
+
+def produce_builder(args: argparse.Namespace, precision: str, work: Path, tokenizer) -> dict[str, dict]:
+    """``python -m onnxruntime_genai.models.builder -p int4 -e cpu``, nothing else set."""
+    if precision != "int4":
+        return {}  # the builder has no int8 (onnxruntime-genai 0.13: KeyError in set_onnx_dtype)
+    merged = merged_model(args, work)
+    out = work / f"builder-{precision}"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(merged), "-o", str(out)]
+    cmd += ["-p", precision, "-e", "cpu", "-c", str(work / "builder-cache")]
+    measured = run_measured(cmd, cwd=work, log=work / f"builder-{precision}.log")
+    if measured.returncode:
+        raise RuntimeError(f"the model builder failed: {last_error(measured.output)}")
+    return {f"builder cpu-{precision}": {"produce_s": measured.wall_s, "folder": str(out)}}
+
+
+def llamacpp_python(args: argparse.Namespace) -> Path:
+    python = args.llamacpp_venv / "bin" / "python"
+    if not (args.llamacpp_venv / ".llamacpp-installed").exists():
+        raise RuntimeError(f"llama.cpp is not installed at {args.llamacpp_venv}: run bench/setup_llamacpp.sh")
+    return python
+
+
+def produce_llamacpp(args: argparse.Namespace, precision: str, work: Path, tokenizer) -> dict[str, dict]:
+    """The merged model to GGUF (llama.cpp's converter), then Q4_0 / Q8_0 (llama.cpp's quantizer)."""
+    python = llamacpp_python(args)
+    f16 = work / "merged-f16.gguf"
+    started = time.perf_counter()
+    if not f16.exists():
+        convert = args.llamacpp_venv / "convert" / "convert_hf_to_gguf.py"
+        cmd = [
+            str(python),
+            str(convert),
+            str(merged_model(args, work)),
+            "--outfile",
+            str(f16),
+            "--outtype",
+            "f16",
+        ]
+        measured = run_measured(cmd, cwd=work, log=work / "llamacpp-convert.log")
+        if measured.returncode:
+            raise RuntimeError(f"llama.cpp's convert_hf_to_gguf.py failed: {last_error(measured.output)}")
+    kind = GGUF_TYPES[precision]
+    out = work / f"merged-{kind.lower()}.gguf"
+    quantize = (
+        "import ctypes, sys, llama_cpp\n"
+        "p = llama_cpp.llama_model_quantize_default_params()\n"
+        f"p.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_{kind}\n"
+        "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))\n"
+    )
+    measured = run_measured(
+        [str(python), "-c", quantize, str(f16), str(out)], log=work / f"llamacpp-{kind}.log"
+    )
+    if measured.returncode:
+        raise RuntimeError(f"llama.cpp's quantizer failed: {last_error(measured.output)}")
+    return {f"llama.cpp {kind}": {"produce_s": time.perf_counter() - started, "gguf": str(out)}}
 
 
 def calibration_rows(args: argparse.Namespace, tokenizer, work: Path) -> Path:
@@ -203,184 +293,101 @@ def olive_config(args: argparse.Namespace, precision: str, work: Path, tokenizer
     return path
 
 
-def produce_olive(args: argparse.Namespace, precision: str, work: Path, tokenizer) -> tuple[float, Path]:
+def produce_olive(args: argparse.Namespace, precision: str, work: Path, tokenizer) -> dict[str, dict]:
     config = olive_config(args, precision, work, tokenizer)
     cmd = [str(args.olive_venv / "bin" / "olive"), "run", "--config", str(config), "--disable_telemetry"]
     measured = run_measured(cmd, cwd=work, log=work / f"olive-{precision}.log")
     if measured.returncode:
-        raise RuntimeError(f"olive run {precision} failed:\n{measured.output[-3000:]}")
+        raise RuntimeError(f"olive run {precision} failed: {last_error(measured.output)}")
     found = sorted((work / f"olive-{precision}" / "model").rglob("genai_config.json"))
     if not found:
-        raise RuntimeError(f"Olive {precision} wrote no onnxruntime-genai model:\n{measured.output[-3000:]}")
-    return measured.wall_s, found[0].parent
-
-
-# -- measuring -----------------------------------------------------------------------------------
-
-
-def eval_examples(args: argparse.Namespace, tokenizer) -> list:
-    from slmops_pipelines.steps.data import Example
-
-    rows = [json.loads(line) for line in open(args.data / "eval.jsonl") if line.strip()][: args.eval_rows]
-    examples = []
-    for row in rows:
-        user = [{"role": "user", "content": PROMPT.format(**row)}]
-        prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(
-            [*user, {"role": "assistant", "content": row["tone"]}], tokenize=False
+        raise RuntimeError(
+            f"Olive {precision} wrote no onnxruntime-genai model: {last_error(measured.output)}"
         )
-        examples.append(
-            Example(prompt_text=prompt, completion_text=full[len(prompt) :].rstrip("\n"), answer=row["tone"])
-        )
-    return examples
+    return {f"olive cpu-{precision}": {"produce_s": measured.wall_s, "folder": str(found[0].parent)}}
 
 
-def folder_mb(folder: Path) -> float:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+def last_error(output: str) -> str:
+    """The line of a tool's output that says what went wrong (its last error, else its last line)."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error" in line]
+    return (errors or lines or ["no output"])[-1][:300]
 
 
-def kv_cache_bytes(config, *, position: int, dtype_bytes: int) -> int:
-    """Bytes of K and V read at one decode step at ``position`` tokens."""
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return 2 * config.num_hidden_layers * heads * head_dim * position * dtype_bytes
-
-
-def onnx_bytes_per_token(folder: Path) -> int:
-    """Bytes of the initializers one decode step reads: all but the rows of gathered tables."""
-    import onnx
-
-    model_file = next(folder.glob("*.onnx"))
-    graph = onnx.load(str(model_file), load_external_data=False).graph
-    gathered = {node.input[0] for node in graph.node if node.op_type in ("Gather", "GatherBlockQuantized")}
-    total = 0
-    for init in graph.initializer:
-        if init.name in gathered:
-            continue
-        external = {e.key: e.value for e in init.external_data}
-        total += int(external["length"]) if "length" in external else len(init.raw_data)
-    return total
-
-
-def torch_bytes_per_token(model) -> int:
-    """fp32 weights read per token: all parameters; a tied embedding counts once (lm_head)."""
-    seen, total = set(), 0
-    for param in model.parameters():
-        if param.data_ptr() in seen:
-            continue
-        seen.add(param.data_ptr())
-        total += param.numel() * param.element_size()
-    embed = model.get_input_embeddings().weight
-    tied = model.get_output_embeddings().weight.data_ptr() == embed.data_ptr()
-    return total if tied else total - embed.numel() * embed.element_size()
-
-
-def copy_bandwidth(*, mb: int = 512, repeats: int = 5) -> float:
-    """Bytes/s moved by a memory copy on all cores (read + written), best of ``repeats``."""
-    import numpy as np
-
-    threads = len(os.sched_getaffinity(0))
-    src = [np.ones(mb * 2**20 // 8 // threads) for _ in range(threads)]
-    dst = [np.empty_like(s) for s in src]
-    best = 0.0
-    for _ in range(repeats):
-        workers = [threading.Thread(target=np.copyto, args=(d, s)) for d, s in zip(dst, src, strict=True)]
-        started = time.perf_counter()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        seconds = time.perf_counter() - started
-        best = max(best, 2 * sum(s.nbytes for s in src) / seconds)
-    return best
-
-
-def measure_model(args, engine, tokenizer, examples, *, size_mb: float) -> dict:
-    from slmops_pipelines.steps.optimize.measure import measure
-
-    metrics = measure(
-        engine,
-        tokenizer,
-        examples,
-        wanted={"accuracy", "perplexity", "latency", "size"},
-        match="exact",
-        max_new_tokens=8,
-        size_mb=size_mb,
-        latency_runs=args.latency_runs,
-    )
-    latency = metrics.latency
-    return {
-        "size_mb": size_mb,
-        "accuracy": metrics.accuracy,
-        "correct": metrics.correct,
-        "rows": metrics.total,
-        "perplexity": metrics.perplexity,
-        "prefill_ms_p50": latency.prefill_ms_p50,
-        "prefill_ms_p95": latency.prefill_ms_p95,
-        "decode_tok_s_p50": latency.decode_tokens_per_s_p50,
-        "decode_tok_s_p95": 1000 / latency.decode_ms_per_token_p95,
-    }
-
-
-def measure_onnx(args, folder: Path, tokenizer, examples, config) -> dict:
-    from slmops_pipelines.steps.optimize.runtime import GenaiEngine
-
-    engine = GenaiEngine(folder)
-    try:
-        result = measure_model(args, engine, tokenizer, examples, size_mb=folder_mb(folder))
-    finally:
-        del engine
-        gc.collect()
-    # Decode reads the weights once per token; the KV cache is fp32 on the CPU.
-    result["bytes_per_token"] = onnx_bytes_per_token(folder) + kv_cache_bytes(
-        config, position=48, dtype_bytes=4
-    )
-    return result
-
-
-def measure_torch(args, tokenizer, examples) -> dict:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from slmops_pipelines.steps.optimize.reference import TorchEngine
-
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, str(args.adapter)).merge_and_unload().eval()
-    size = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    result = measure_model(args, TorchEngine(model, tokenizer), tokenizer, examples, size_mb=size)
-    result["bytes_per_token"] = torch_bytes_per_token(model) + kv_cache_bytes(
-        model.config, position=48, dtype_bytes=4
-    )
-    del model
-    gc.collect()
-    return result
+PRODUCERS = {
+    "slmops": produce_slmops,
+    "builder": produce_builder,
+    "olive": produce_olive,
+    "llamacpp": produce_llamacpp,
+}
 
 
 # -- the run -------------------------------------------------------------------------------------
 
 
+def ratio(rows: dict[str, dict], ours: str, theirs: str, goal: float, what: str) -> str | None:
+    if ours not in rows or theirs not in rows:
+        return None
+    a, b = rows[ours]["decode_tok_s_p50"], rows[theirs]["decode_tok_s_p50"]
+    return f"{what}: {a:.0f} vs {b:.0f} tok/s = {a / b:.2f}x ({'met' if a / b >= goal else 'NOT met'}: goal >= {goal}x)"
+
+
 def verdict(rows: dict[str, dict]) -> list[str]:
-    lines = []
-    ours, theirs = rows.get("slmops cpu-int4"), rows.get("olive cpu-int4")
-    if ours and theirs:
-        faster = ours["decode_tok_s_p50"] >= theirs["decode_tok_s_p50"]
-        as_accurate = ours["accuracy"] >= theirs["accuracy"]
+    """Issue 17's goals, on the figures as shipped."""
+    lines = [
+        ratio(rows, "slmops cpu-int4", "builder cpu-int4", 2, "int4 vs the model builder's default int4"),
+        ratio(rows, "slmops cpu-int4", "llama.cpp Q4_0", 2, "int4 vs llama.cpp Q4_0"),
+        ratio(rows, "slmops cpu-int4-adapter", "slmops cpu-int4", 0.8, "separate adapter vs merged"),
+        ratio(rows, "slmops cpu-int8", "builder cpu-int4", 1.3, "int8 vs the model builder's default int4"),
+    ]
+    ours, fp32 = rows.get("slmops cpu-int4"), rows.get("PyTorch fp32")
+    if ours and fp32 and "accuracy" in ours:
+        drop = fp32["accuracy"] - ours["accuracy"]
         lines.append(
-            f"int4 decode: slmops {ours['decode_tok_s_p50']:.0f} tok/s vs Olive {theirs['decode_tok_s_p50']:.0f} "
-            f"({ours['decode_tok_s_p50'] / theirs['decode_tok_s_p50']:.2f}x), accuracy {ours['accuracy']:.0%} vs "
-            f"{theirs['accuracy']:.0%} -> {'met' if faster and as_accurate else 'NOT met'}"
+            f"int4 accuracy {ours['accuracy']:.0%} vs fp32 {fp32['accuracy']:.0%}: "
+            f"{'met' if drop <= 0.01 + 1e-9 else 'NOT met'} (goal: within 1 point)"
         )
-    if ours:
-        share = ours["of_bound"]
-        lines.append(
-            f"int4 against the bandwidth bound: {share:.0%} of {ours['bound_tok_s']:.0f} tok/s "
-            f"({'met' if share >= 0.5 else 'NOT met'}: goal >= 50%)"
-        )
-    return lines
+    return [line for line in lines if line]
 
 
-def main(argv: list[str] | None = None) -> int:
+def produce_all(args, precisions: list[str], tools: list[str], work: Path, tokenizer) -> dict[str, dict]:
+    """Every model first (a failing tool fails fast); a tool that fails gets a row saying why."""
+    rows: dict[str, dict] = {}
+    for precision in precisions:
+        for tool in tools:
+            print(f"-- producing {tool} cpu-{precision} ...", flush=True)
+            try:
+                rows.update(PRODUCERS[tool](args, precision, work, tokenizer))
+            except RuntimeError as error:
+                if tool == "slmops":
+                    raise
+                rows[f"{tool} cpu-{precision}"] = {"error": str(error).splitlines()[0][:300]}
+                print(f"   {tool} {precision}: {rows[f'{tool} cpu-{precision}']['error']}", flush=True)
+    return rows
+
+
+def print_table(rows: dict[str, dict], threads: int) -> None:
+    baseline = rows.get("PyTorch fp32", {}).get("decode_tok_s_p50")
+    print(
+        f"| model | produce s | size MB | accuracy | perplexity | prefill ms p50 | decode tok/s as shipped "
+        f"| decode tok/s, {threads} threads | vs PyTorch | MB read/token | bound tok/s | of bound |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"| {name} | could not run: {r['error']} |||||||||||")
+            continue
+        produce = f"{r['produce_s']:.0f}" if r.get("produce_s") is not None else ""
+        speedup = f"{r['decode_tok_s_p50'] / baseline:.1f}x" if baseline else ""
+        print(
+            f"| {name} | {produce} | {r['size_mb']:.0f} | {r['accuracy']:.0%} | {r['perplexity']:.3f} "
+            f"| {r['prefill_ms_p50']:.1f} | {r['decode_tok_s_p50']:.0f} / {r['decode_tok_s_p95']:.0f} "
+            f"| {r['decode_tok_s_p50_threads']:.0f} | {speedup} "
+            f"| {r['bytes_per_token'] / 2**20:.0f} | {r['bound_tok_s']:.0f} | {r['of_bound']:.0%} |"
+        )
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
     parser.add_argument("--tools", default=",".join(TOOLS))
@@ -388,84 +395,90 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapter", type=Path, default=ADAPTER)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--eval-rows", type=int, default=100)
-    parser.add_argument("--latency-runs", type=int, default=10)
+    parser.add_argument("--latency-runs", type=int, default=7)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="latency rounds, alternating between the models"
+    )
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch fp32 baseline")
     parser.add_argument(
         "--slmops-quantization",
         type=json.loads,
         default={},
-        help="the slmops target's quantization section, as JSON (ablations), e.g. '{\"lmHeadInt8\": false}'",
+        help="the slmops target's quantization section, as JSON (ablations), e.g. '{\"lmHeadInt8\": true}'",
     )
     parser.add_argument("--olive-venv", type=Path, default=OLIVE_VENV)
+    parser.add_argument("--llamacpp-venv", type=Path, default=LLAMACPP_VENV)
     parser.add_argument("--work", type=Path, help="keep logs and models here (default: a temp folder)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
-    if set(precisions) - set(PRECISIONS) or set(tools) - set(TOOLS):
+    args.precision_list = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    args.tool_list = [t.strip() for t in args.tools.split(",") if t.strip()]
+    if set(args.precision_list) - set(PRECISIONS) or set(args.tool_list) - set(TOOLS):
         parser.error(f"precisions from {PRECISIONS}, tools from {TOOLS}")
     if not (args.adapter / "adapter_config.json").exists():
         parser.error(f"no adapter at {args.adapter}: run `slmops run examples/01-finetune-lora.yaml` first")
+    return args
 
+
+def measure_all(args, rows: dict[str, dict], tokenizer, examples, config) -> dict[str, dict]:
+    """The models that were produced (and PyTorch fp32 first), measured."""
+    from _harness import latency_rounds, quality, torch_engine
+
+    live = {name: row for name, row in rows.items() if "error" not in row}
+    if not args.no_torch:
+        print("-- loading PyTorch fp32 ...", flush=True)
+        engine, model = torch_engine(args, tokenizer)
+        live = {"PyTorch fp32": {"produce_s": None, "engine": engine}, **live}
+        live["PyTorch fp32"].update(quality(args, live["PyTorch fp32"], tokenizer, examples, config, model))
+    for name, row in live.items():
+        if name != "PyTorch fp32":
+            print(f"-- measuring {name} ...", flush=True)
+            row.update(quality(args, row, tokenizer, examples, config))
+    latency_rounds(args, live, tokenizer, examples)
+    live.get("PyTorch fp32", {}).pop("engine", None)
+    return live
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     import onnxruntime
     import onnxruntime_genai
+    from _harness import copy_bandwidth, eval_examples, usable_cpus
     from transformers import AutoConfig, AutoTokenizer
 
     print(
         f"machine: {machine()}; onnxruntime {onnxruntime.__version__}, "
         f"onnxruntime-genai {onnxruntime_genai.__version__}"
     )
+    if "llamacpp" in args.tool_list and not (args.llamacpp_venv / ".llamacpp-installed").exists():
+        print(f"llama.cpp: skipped, not installed at {args.llamacpp_venv} (bench/setup_llamacpp.sh)")
+        args.tool_list.remove("llamacpp")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     config = AutoConfig.from_pretrained(args.model)
     examples = eval_examples(args, tokenizer)
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + written, all cores)", flush=True)
 
-    rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="slmops-bench-optimize-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        # Every model first (a failing tool fails fast), then every measurement.
-        for precision in precisions:
-            for tool in tools:
-                name = f"{tool} cpu-{precision}"
-                print(f"-- producing {name} ...", flush=True)
-                produce = produce_slmops if tool == "slmops" else produce_olive
-                seconds, folder = produce(args, precision, work, tokenizer)
-                rows[name] = {"produce_s": seconds, "folder": str(folder)}
-        if not args.no_torch:
-            print("-- measuring PyTorch fp32 ...", flush=True)
-            rows = {"PyTorch fp32": {"produce_s": None, **measure_torch(args, tokenizer, examples)}, **rows}
-        for name, row in rows.items():
-            if "folder" in row:
-                print(f"-- measuring {name} ...", flush=True)
-                row.update(measure_onnx(args, Path(row["folder"]), tokenizer, examples, config))
-                print(json.dumps({"model": name, **row}), flush=True)
+        rows = produce_all(args, args.precision_list, args.tool_list, work, tokenizer)
+        failed = {name: row for name, row in rows.items() if "error" in row}
+        rows = {**measure_all(args, rows, tokenizer, examples, config), **failed}
 
     for row in rows.values():
-        row["bound_tok_s"] = bandwidth / row["bytes_per_token"]
-        row["of_bound"] = row["decode_tok_s_p50"] / row["bound_tok_s"]
-    baseline = rows.get("PyTorch fp32", {}).get("decode_tok_s_p50")
+        if "error" not in row:
+            row["bound_tok_s"] = bandwidth / row["bytes_per_token"]
+            row["of_bound"] = row["decode_tok_s_p50"] / row["bound_tok_s"]
     print()
-    print(
-        "| model | produce s | size MB | accuracy | perplexity | prefill ms p50 / p95 | decode tok/s p50 / p95 "
-        "| vs PyTorch | MB read/token | bound tok/s | of bound |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, r in rows.items():
-        produce = f"{r['produce_s']:.0f}" if r["produce_s"] is not None else ""
-        speedup = f"{r['decode_tok_s_p50'] / baseline:.1f}x" if baseline else ""
-        print(
-            f"| {name} | {produce} | {r['size_mb']:.0f} | {r['accuracy']:.0%} | {r['perplexity']:.3f} "
-            f"| {r['prefill_ms_p50']:.1f} / {r['prefill_ms_p95']:.1f} "
-            f"| {r['decode_tok_s_p50']:.0f} / {r['decode_tok_s_p95']:.0f} | {speedup} "
-            f"| {r['bytes_per_token'] / 2**20:.0f} | {r['bound_tok_s']:.0f} | {r['of_bound']:.0%} |"
-        )
+    print_table(rows, usable_cpus())
     print()
     for line in verdict(rows):
         print(line)
     if args.json:
-        args.json.write_text(json.dumps({"bandwidth_bytes_per_s": bandwidth, "models": rows}, indent=2))
+        args.json.write_text(
+            json.dumps({"bandwidth_bytes_per_s": bandwidth, "models": rows}, indent=2, default=str)
+        )
     return 0
 
 

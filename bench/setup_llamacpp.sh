@@ -16,10 +16,11 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${LLAMACPP_VENV:-.cache/bench/llamacpp-venv}
 VERSION=${LLAMACPP_VERSION:-0.3.36}
+SENTENCEPIECE_VERSION=0.2.1
 CMAKE_ARGS=${LLAMACPP_CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"}
 
 stamp="$VENV/.llamacpp-installed"
-want=$(printf '%s %s' "$VERSION" "$CMAKE_ARGS" | sha256sum | cut -d' ' -f1)
+want=$(cat constraints.txt bench/setup_llamacpp.sh | sha256sum | cut -d' ' -f1)-$(printf '%s %s' "$VERSION" "$CMAKE_ARGS" | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -33,6 +34,23 @@ echo "setup_llamacpp: building llama-cpp-python==$VERSION into $VENV (several mi
 CMAKE_ARGS="$CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
   "$VENV/bin/python" -m pip install --quiet --no-cache-dir --no-binary llama-cpp-python \
   "llama-cpp-python==$VERSION" numpy 2>&1 | grep -v "^WARNING: Location" || true
+# What bench/llamacpp_peer.py imports of slmops' measuring code (its specs are pydantic models),
+# and what llama.cpp's convert_hf_to_gguf.py needs to turn the merged model into a GGUF file
+# (torch alone first, so that pip takes the CPU build on disk).
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt torch 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt numpy pydantic pyyaml transformers safetensors \
+  "sentencepiece==$SENTENCEPIECE_VERSION" 2>&1 | grep -v "^WARNING: Location" || true
+# The converter and its gguf-py are in the sdist, not in the wheel: keep them next to the venv.
+sdist=$(mktemp -d)
+"$VENV/bin/python" -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$sdist" \
+  2>&1 | grep -v "^WARNING: Location" || true
+rm -rf "$VENV/convert" && mkdir -p "$VENV/convert"
+tar xzf "$sdist"/llama_cpp_python-*.tar.gz -C "$VENV/convert" --strip-components=3 \
+  "llama_cpp_python-$VERSION/vendor/llama.cpp/convert_hf_to_gguf.py" \
+  "llama_cpp_python-$VERSION/vendor/llama.cpp/conversion" \
+  "llama_cpp_python-$VERSION/vendor/llama.cpp/gguf-py"
+rm -rf "$sdist"
+test -f "$VENV/convert/convert_hf_to_gguf.py"
 # Fail loudly if the build did not take, or built for instructions this CPU cannot run.
 "$VENV/bin/python" -c "import llama_cpp; print('setup_llamacpp: llama.cpp', llama_cpp.__version__, llama_cpp.llama_print_system_info().decode())"
 echo "$want" > "$stamp"
