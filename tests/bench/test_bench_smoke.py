@@ -70,52 +70,78 @@ def finetune_run(tmp_path_factory, tiny_model: Path, olive: Path) -> tuple[Path,
 def test_finetune_bench_runs_every_tool_and_judges_each(finetune_run):
     work, out = finetune_run
     figures = json.loads((work / "figures.json").read_text())
-    assert list(figures) == ["slmops", "plain", "olive"]
+    assert list(figures) == ["slmops", "trl", "trl-bf16", "plain", "olive"]
     for tool, r in figures.items():
         assert r["wall_s"] > r["train_s"] > 0, tool
-        assert r["tokens_per_s"] > 0 and r["peak_rss_mb"] > 50, tool
+        assert r["tokens_per_s"] > 0 and r["peak_rss_mb"] > 50 and 0 < r["mfu"] < 1, tool
+        assert r["precision"] == ("bf16" if tool == "trl-bf16" else r["precision"]), tool
         assert r["rows"] == 4 and 0 <= r["accuracy"] <= 1 and r["eval_loss"] > 0, tool
         assert (Path(r["adapter"]) / "adapter_config.json").exists(), tool
-    assert "| slmops |" in out and "tokens/s: slmops" in out and "wall time: slmops" in out
+    assert "| slmops |" in out and "vs TRL's best" in out and "matmul peak here" in out
 
 
-def test_optimize_bench_builds_and_measures_both_tools(finetune_run, tiny_model: Path, olive: Path, tmp_path):
+def optimize_bench(
+    work: Path, model: Path, tmp_path: Path, *, tools: str, olive: Path | None = None
+) -> tuple:
+    command = [
+        sys.executable,
+        BENCH / "optimize.py",
+        "--model",
+        model,
+        "--adapter",
+        work / "slmops-out" / "adapter",
+    ]
+    command += [
+        "--data",
+        TONE_DATA,
+        "--precisions",
+        "int4",
+        "--eval-rows",
+        4,
+        "--latency-runs",
+        1,
+        "--rounds",
+        2,
+    ]
+    command += ["--tools", tools, "--work", tmp_path, "--json", tmp_path / "figures.json"]
+    if olive:
+        command += ["--olive-venv", olive]
+    out = run(command)
+    return json.loads((tmp_path / "figures.json").read_text()), out
+
+
+def test_optimize_bench_builds_and_measures_every_tool(finetune_run, tiny_model: Path, olive: Path, tmp_path):
     work, _ = finetune_run
-    out = run(
-        [
-            sys.executable,
-            BENCH / "optimize.py",
-            "--model",
-            tiny_model,
-            "--adapter",
-            work / "slmops-out" / "adapter",
-            "--data",
-            TONE_DATA,
-            "--precisions",
-            "int4",
-            "--eval-rows",
-            4,
-            "--latency-runs",
-            1,
-            "--olive-venv",
-            olive,
-            "--work",
-            tmp_path,
-            "--json",
-            tmp_path / "figures.json",
-        ]
-    )
-    figures = json.loads((tmp_path / "figures.json").read_text())
+    figures, out = optimize_bench(work, tiny_model, tmp_path, tools="slmops,builder,olive", olive=olive)
     assert figures["bandwidth_bytes_per_s"] > 1e8
     models = figures["models"]
-    assert list(models) == ["PyTorch fp32", "slmops cpu-int4", "olive cpu-int4"]
+    assert list(models) == [
+        "PyTorch fp32",
+        "slmops cpu-int4",
+        "slmops cpu-int4-adapter",
+        "builder cpu-int4",
+        "olive cpu-int4",
+    ]
     for name, r in models.items():
-        assert r["decode_tok_s_p50"] > 0 and r["bound_tok_s"] > 0 and r["bytes_per_token"] > 0, name
+        assert r["decode_tok_s_p50"] > 0 and r["decode_tok_s_p50_threads"] > 0, name
+        assert r["bound_tok_s"] > 0 and r["bytes_per_token"] > 0, name
         assert r["rows"] == 4 and r["size_mb"] > 0, name
-    assert models["slmops cpu-int4"]["produce_s"] > 0 and models["olive cpu-int4"]["produce_s"] > 0
+    assert all(models[name]["produce_s"] > 0 for name in list(models)[1:])
     # int4 weights are smaller than fp32 ones: what one token reads shrinks with them.
     assert models["slmops cpu-int4"]["bytes_per_token"] < models["PyTorch fp32"]["bytes_per_token"]
-    assert "int4 decode: slmops" in out and "bandwidth bound" in out
+    assert "int4 vs the model builder's default int4" in out and "separate adapter vs merged" in out
+
+
+def test_optimize_bench_measures_llamacpp_where_it_is_built(finetune_run, tiny_model: Path, tmp_path):
+    """llama.cpp builds from source for minutes (bench/setup_llamacpp.sh): not part of the setup."""
+    venv = REPO / ".cache" / "bench" / "llamacpp-venv"
+    if not (venv / ".llamacpp-installed").exists():
+        pytest.skip(f"llama.cpp is not built here ({venv}): run bench/setup_llamacpp.sh")
+    work, _ = finetune_run
+    figures, out = optimize_bench(work, tiny_model, tmp_path, tools="llamacpp")
+    row = figures["models"]["llama.cpp Q4_0"]
+    assert row["decode_tok_s_p50"] > 0 and row["rows"] == 4 and 0 <= row["accuracy"] <= 1, row
+    assert "| llama.cpp Q4_0 |" in out
 
 
 def test_operator_bench_gives_each_job_exactly_one_run(tmp_path):
