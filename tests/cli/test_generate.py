@@ -329,3 +329,44 @@ def test_chat_in_a_terminal_answers_switches_and_leaves_on_ctrl_d(models):
         proc.kill()
         os.close(leader)
     assert "OptimizeJob opt: target multi" in ANSI.sub("", "".join(seen))
+
+
+def test_the_default_target_is_the_first_this_machine_runs(monkeypatch):
+    from slmops_pipelines.specs import OptimizeJobSpec
+    from slmops_pipelines.steps.generate.targets import default_target
+    from slmops_pipelines.steps.optimize import providers
+
+    monkeypatch.setattr(providers, "available_providers", lambda: {"CPUExecutionProvider"})  # no GPU here
+    targets = [
+        ("gpu", "CUDAExecutionProvider"),
+        ("cpu4", "CPUExecutionProvider"),
+        ("cpu8", "CPUExecutionProvider"),
+    ]
+    spec = OptimizeJobSpec.model_validate(
+        {
+            "source": {"model": {"uri": "/m"}},
+            "targets": [{"name": n, "provider": p, "precision": "int4"} for n, p in targets],
+        }
+    )
+    name, note = default_target(spec, ["gpu", "cpu4", "cpu8"])
+    assert name == "cpu4" and note == " (also: gpu, cpu8; pick one with --target NAME)"
+    with pytest.raises(jobs.InputError, match=r"none of the targets \(gpu\) runs on this machine"):
+        default_target(spec, ["gpu"])
+
+
+def test_an_s3_output_is_downloaded_once_and_answers_as_the_local_one(models, sessions, s3_env, s3_bucket):
+    local = sessions("ft")
+    expected = local.reply("I love this").text
+    manifest = publish.read_json(open_store(str(models["ft"])), publish.MANIFEST)
+    uri = f"s3://{s3_bucket}/runs/tone"
+    publish.write_manifest(  # uploads the folder, then the manifest, as a job on S3 does
+        open_store(uri), models["ft"], identity=manifest["job"], spec=manifest["spec"], inputs={}
+    )
+    target = jobs.chat_target(uri)
+    assert target.dataset is not None and target.description.startswith("FineTuneJob tone: adapter/ of s3://")
+    adapter = target.adapters["tone"]
+    assert adapter.is_relative_to(Path(os.environ["SLMOPS_CACHE_DIR"])) and jobs.chat_target(
+        uri
+    ).adapters == {"tone": adapter}
+    session = jobs.open_chat(target, sampling=jobs.Sampling(max_new_tokens=TOKENS))
+    assert session.reply("I love this").text == expected

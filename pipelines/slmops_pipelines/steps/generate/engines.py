@@ -173,7 +173,7 @@ class GenaiChatEngine:
             search.update(temperature=sampling.temperature, top_p=sampling.top_p)
         if sampling.seed is not None:
             search["random_seed"] = sampling.seed
-        generator = self.engine.generator(len(prompt_ids) + sampling.max_new_tokens, **search)
+        generator = self.engine.generator(len(prompt_ids) + sampling.max_new_tokens, search=search)
         generator.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
         produced = 0
         while not generator.is_done() and produced < sampling.max_new_tokens:

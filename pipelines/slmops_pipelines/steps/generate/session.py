@@ -154,7 +154,9 @@ def open_session(
     quiet_libraries()  # the answer, not the libraries' progress bars and kernel warnings
     if adapter is not None:
         check_adapter(adapter, list(target.adapters))  # before minutes of loading a model
-    tokenizer = load_tokenizer(target.tokenizer_dir, trust_remote_code=target.trust_remote_code)
+    tokenizer = load_tokenizer(
+        target.tokenizer_dir or target.model_dir, trust_remote_code=target.trust_remote_code
+    )
     engine: ChatEngine
     if target.runtime == "genai":
         engine = GenaiChatEngine(target.model_dir, target.adapters)

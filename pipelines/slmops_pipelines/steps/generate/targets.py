@@ -50,10 +50,6 @@ class ChatTarget:
     trust_remote_code: bool = False
     description: str = ""
 
-    def __post_init__(self) -> None:
-        if self.tokenizer_dir is None:
-            self.tokenizer_dir = self.model_dir
-
 
 @dataclass(frozen=True)
 class JobOutput:

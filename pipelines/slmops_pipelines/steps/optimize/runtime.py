@@ -43,7 +43,9 @@ class GenaiEngine:
     def use_adapter(self, name: str | None) -> None:
         self.active_adapter = name
 
-    def generator(self, max_length: int, *, min_length: int = 0, **search: float | int | bool):
+    def generator(
+        self, max_length: int, *, min_length: int = 0, search: dict[str, float | int | bool] | None = None
+    ):
         """A generator with the active adapter set; greedy unless ``search`` says otherwise.
 
         ``search``: onnxruntime-genai's other search options (do_sample, temperature, top_p,
@@ -51,7 +53,7 @@ class GenaiEngine:
         """
         params = self._og.GeneratorParams(self.model)
         params.set_search_options(
-            **{"do_sample": False, **search, "max_length": max_length, "min_length": min_length}
+            **{"do_sample": False, **(search or {}), "max_length": max_length, "min_length": min_length}
         )
         generator = self._og.Generator(self.model, params)
         if self.active_adapter:
