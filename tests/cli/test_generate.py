@@ -146,6 +146,11 @@ def test_adapter_folder_answers_as_peft_does_streaming_piece_by_piece(sessions, 
     session.reset()  # the answer is in the history now: render the first question again
     prompt_ids = session.renderer.token_ids(session.render("I love this"))
     assert reply.text == peft_greedy(tiny_model, models["alpha"], prompt_ids)
+    session.use_adapter("none")  # the base model alone, the adapter switched off
+    try:
+        assert session.reply("I love this").text == peft_greedy(tiny_model, None, prompt_ids) != reply.text
+    finally:
+        session.use_adapter("alpha")
 
 
 def test_a_chat_template_model_remembers_the_conversation_until_reset(sessions):

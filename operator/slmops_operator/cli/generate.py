@@ -9,8 +9,9 @@ and how the job rendered its prompts.  The model is loaded once; with separate O
 Streams: the model's text goes to stdout as it comes (so ``> answer.txt`` holds the answer
 alone); notes, timings (tokens/s, time to first token) and errors go to stderr.  ``chat``
 reads one message per line from stdin, a terminal or a pipe, and ends at ``/exit`` or EOF
-(Ctrl-D).  Errors are one line: exit code 2 for what the user can fix (an unknown adapter
-lists the known ones), 1 otherwise; inside a chat a bad command is reported and the chat goes on.
+(Ctrl-D); Ctrl-C stops the answer being written.  Errors are one line: exit code 2 for
+what the user can fix (an unknown adapter lists the known ones), 1 otherwise; inside a chat
+a bad command is reported and the chat goes on.
 """
 
 from __future__ import annotations
@@ -159,7 +160,11 @@ def chat(**settings: Any) -> None:
                 if not run_command(session, text):
                     break
             elif text:
-                answer(session, text)
+                try:
+                    answer(session, text)
+                except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat
+                    sys.stdout.write("\n")
+                    note("stopped")
 
 
 def read_line(interactive: bool) -> str | None:
