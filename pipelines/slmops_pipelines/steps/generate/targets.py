@@ -33,7 +33,7 @@ from slmops_pipelines.specs import DatasetSpec, FineTuneJobSpec, ModelSpec, Opti
 from slmops_pipelines.specs.optimize import default_adapter_name
 from slmops_pipelines.steps import publish
 from slmops_pipelines.storage import ArtifactStore, open_store
-from slmops_pipelines.uris import parse_uri
+from slmops_pipelines.uris import UriError, parse_uri
 
 ADAPTER_SUFFIX = ".onnx_adapter"
 
@@ -69,7 +69,10 @@ class JobOutput:
 
 def find_job_output(target: str) -> JobOutput | None:
     """The job output ``target`` is (an S3 prefix or folder) or lies in, up to two folders down."""
-    if parse_uri(target).scheme == "s3":
+    scheme = uri_scheme(target)
+    if scheme == "hf":  # a model on the Hub: no job's output
+        return None
+    if scheme == "s3":
         store = open_store(target, field="target")
         store.check()
         manifest = publish.read_json(store, publish.MANIFEST)
@@ -94,9 +97,18 @@ def local_path(target: str) -> Path:
     return path
 
 
+def uri_scheme(target: str) -> str:
+    try:
+        return parse_uri(target).scheme
+    except UriError as exc:
+        raise InputError(str(exc), field="target") from exc
+
+
 def plain_target(target: str, *, model: str | None = None) -> ChatTarget:
-    """A TARGET that is no job's output: a genai, adapter or model folder, local or on S3."""
-    if parse_uri(target).scheme == "s3":
+    """A TARGET that is no job's output: a genai, adapter or model folder, local, on S3 or the Hub."""
+    if uri_scheme(target) == "hf":
+        return folder_target(resolve_model(ModelSpec.model_validate({"uri": target})), model=model)
+    if uri_scheme(target) == "s3":
         store = open_store(target, field="target")
         return folder_target(local_copy(store, ""), model=model)
     return folder_target(local_path(target), model=model)
