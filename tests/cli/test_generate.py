@@ -109,6 +109,8 @@ def sessions(models):
             sampling = jobs.Sampling(max_new_tokens=TOKENS)
             opened[key] = jobs.open_chat(jobs.chat_target(str(models[key]), **target), sampling=sampling)
         opened[key].reset()
+        if opened[key].adapters:  # as loaded: the first adapter active
+            opened[key].use_adapter(opened[key].adapters[0])
         return opened[key]
 
     return session
