@@ -7,14 +7,23 @@ import sys
 
 from tests.conftest import REPO
 
-HEAVY = ["torch", "transformers", "peft", "datasets", "accelerate", "trl", "bitsandbytes"]
+HEAVY = [
+    "torch",
+    "transformers",
+    "peft",
+    "datasets",
+    "accelerate",
+    "trl",
+    "bitsandbytes",
+    "onnxruntime_genai",
+]
 
 
 def test_operator_and_specs_import_without_heavy_libraries():
     code = (
         "import sys\n"
         "import slmops_operator.api, slmops_operator.api.crd, slmops_operator.api.manifests\n"
-        "import slmops_operator.cli.main, slmops_operator.cli.runner\n"
+        "import slmops_operator.cli.main, slmops_operator.cli.runner, slmops_operator.cli.generate\n"
         "import slmops_pipelines.specs, slmops_pipelines.storage, slmops_pipelines.local\n"
         "import slmops_pipelines.kubeflow.pipelines, slmops_pipelines.kubeflow.kfp_local, slmops_pipelines.jobs\n"
         "import slmops_operator.runtime, slmops_operator.backends.local, slmops_operator.handlers.jobs\n"
@@ -39,6 +48,7 @@ def test_crds_and_validate_work_without_torch_installed(tmp_path):
         ["crds", "--check", "-o", str(REPO / "crds")],
         ["validate", str(REPO / "examples" / "01-finetune-lora.yaml")],
         ["compile", "--check", "-o", str(REPO / "pipelines" / "compiled")],
+        ["chat", "--help"],
     ):
         proc = subprocess.run(
             [sys.executable, "-m", "slmops_operator.cli.main", *args], env=env, capture_output=True, text=True

@@ -1,4 +1,4 @@
-"""``slmops``: validate manifests, generate CRDs, run jobs locally, describe outputs, import models.
+"""``slmops``: validate manifests, generate CRDs, run jobs locally, describe outputs, talk to models.
 
 Exit codes: 0 success, 1 the job failed (or an unexpected error: one line, ``--debug`` for the
 traceback), 2 invalid input (manifest, spec or data).  ``validate``, ``run`` and
@@ -18,6 +18,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from slmops_operator.cli.generate import chat, generate
 from slmops_operator.cli.runner import EXIT_FAILED, EXIT_INVALID
 
 console = Console(stderr=False)
@@ -286,6 +287,10 @@ def describe(output: str, output_format: str, no_verify: bool) -> None:
         print_description(described, console)
     checksums = described.get("checksums") or {}
     sys.exit(EXIT_FAILED if checksums.get("ok") is False else 0)
+
+
+cli.add_command(generate)  # slmops generate TARGET --prompt TEXT (cli/generate.py)
+cli.add_command(chat)  # slmops chat TARGET
 
 
 @cli.command("operator")

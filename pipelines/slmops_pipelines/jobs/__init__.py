@@ -29,6 +29,9 @@ from slmops_pipelines.jobs.finetune import FineTuneJobKind
 from slmops_pipelines.jobs.optimize import OptimizeJobKind
 from slmops_pipelines.local.reporting import NullReporter, Reporter
 from slmops_pipelines.stages.outputs import JobOutcome
+from slmops_pipelines.steps.generate.engines import Sampling
+from slmops_pipelines.steps.generate.session import NO_ADAPTER, ChatSession, Reply
+from slmops_pipelines.steps.generate.targets import ChatTarget
 from slmops_pipelines.steps.publish import Cleanup
 
 if TYPE_CHECKING:
@@ -243,6 +246,38 @@ def describe_output(output_uri: str, *, verify: bool = True) -> dict[str, Any]:
     return described
 
 
+# -- talking to what a job made (slmops generate, slmops chat) --------------------------------------
+
+
+def chat_target(target: str, *, target_name: str | None = None, model: str | None = None) -> ChatTarget:
+    """What TARGET names, ready to load: a job's output (its kind decides what), or a model folder.
+
+    ``target_name`` picks an OptimizeJob's target; ``model`` is a PEFT adapter's base model.
+    """
+    from slmops_pipelines.steps.generate.targets import find_job_output, plain_target
+
+    output = find_job_output(target)
+    if output is None:
+        if target_name is not None:
+            raise InputError(
+                f"--target picks a target of an OptimizeJob's output; {target} is none", field="target"
+            )
+        return plain_target(target, model=model)
+    kind = KINDS.get(output.kind)
+    if kind is None:
+        raise InputError(f"{target}: a {output.kind or 'job of unknown kind'}'s output", field="target")
+    return kind.chat_target(output, target_name=target_name, model=model)
+
+
+def open_chat(
+    target: ChatTarget, *, sampling: Sampling | None = None, raw: bool = False, adapter: str | None = None
+) -> ChatSession:
+    """Load the target's model once (``adapter`` active, default its first) for requests and chats."""
+    from slmops_pipelines.steps.generate.session import open_session
+
+    return open_session(target, sampling=sampling or Sampling(), raw=raw, adapter=adapter)
+
+
 def delete_owned_output(output_uri: str, *, uid: str) -> Cleanup:
     """Delete what the job ``uid`` owns at ``output_uri`` (its claim says so); keep everything else."""
     from slmops_pipelines.steps.publish import delete_owned_output as delete
@@ -254,6 +289,9 @@ def delete_owned_output(output_uri: str, *, uid: str) -> Cleanup:
 __all__ = [
     "ENGINES",
     "KINDS",
+    "NO_ADAPTER",
+    "ChatSession",
+    "ChatTarget",
     "Cleanup",
     "InputError",
     "JobError",
@@ -262,10 +300,13 @@ __all__ = [
     "JobPipeline",
     "JobRun",
     "NullReporter",
+    "Reply",
     "Reporter",
+    "Sampling",
     "SecretRef",
     "SummaryTable",
     "Upstream",
+    "chat_target",
     "compile_all",
     "compile_job",
     "delete_owned_output",
@@ -273,6 +314,7 @@ __all__ = [
     "import_gguf",
     "job_images",
     "job_kind",
+    "open_chat",
     "pipeline_for",
     "progress_tracker",
     "read_failure",

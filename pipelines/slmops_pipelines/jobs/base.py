@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from slmops_pipelines.kubeflow.placement import Placement, SecretMount
     from slmops_pipelines.local.reporting import Reporter
     from slmops_pipelines.stages.outputs import JobOutcome
+    from slmops_pipelines.steps.generate.targets import ChatTarget, JobOutput
     from slmops_pipelines.storage import ArtifactStore
 
 
@@ -198,6 +199,14 @@ class JobKind(ABC):
     @abstractmethod
     def summary_tables(self, name: str, outcome: JobOutcome, *, wall_time_s: float) -> list[SummaryTable]:
         """The tables ``slmops run`` prints when the job finished."""
+
+    def chat_target(
+        self, output: JobOutput, *, target_name: str | None = None, model: str | None = None
+    ) -> ChatTarget:
+        """The model in a succeeded output that ``slmops generate``/``chat`` load, and how to render for it."""
+        from slmops_pipelines.errors import InputError
+
+        raise InputError(f"a {self.name}'s output holds no model to generate with", field="target")
 
     def read_outcome(self, store: ArtifactStore, *, already_complete: bool = False) -> JobOutcome:
         """The outcome of a succeeded job, from its output location alone."""

@@ -14,7 +14,15 @@ from slmops_pipelines.jobs.base import JobKind, JobRun, SummaryTable, float_valu
 from slmops_pipelines.specs import FineTuneJobSpec
 
 if TYPE_CHECKING:  # the types of the contract, as jobs.base names them
-    from slmops_pipelines.jobs.base import ArtifactStore, JobOutcome, Placement, Reporter, SecretMount
+    from slmops_pipelines.jobs.base import (
+        ArtifactStore,
+        ChatTarget,
+        JobOutcome,
+        JobOutput,
+        Placement,
+        Reporter,
+        SecretMount,
+    )
 
 
 class FineTuneJobKind(JobKind):
@@ -109,6 +117,16 @@ class FineTuneJobKind(JobKind):
         from slmops_pipelines.stages.trial_records import trial_counts
 
         return {"trials": trial_counts(output_uri, spec)}
+
+    def chat_target(
+        self, output: JobOutput, *, target_name: str | None = None, model: str | None = None
+    ) -> ChatTarget:
+        from slmops_pipelines.errors import InputError
+        from slmops_pipelines.steps.generate.targets import finetune_output_target
+
+        if target_name is not None:
+            raise InputError("--target picks a target of an OptimizeJob's output", field="target")
+        return finetune_output_target(output, model=model)
 
     def summary_tables(self, name: str, outcome: JobOutcome, *, wall_time_s: float) -> list[SummaryTable]:
         from slmops_pipelines.steps.report import summary_rows

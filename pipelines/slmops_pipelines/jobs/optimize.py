@@ -15,7 +15,15 @@ from slmops_pipelines.jobs.base import JobKind, JobRun, SummaryTable, Upstream, 
 from slmops_pipelines.specs import OptimizeJobSpec
 
 if TYPE_CHECKING:  # the types of the contract, as jobs.base names them
-    from slmops_pipelines.jobs.base import ArtifactStore, JobOutcome, Placement, Reporter, SecretMount
+    from slmops_pipelines.jobs.base import (
+        ArtifactStore,
+        ChatTarget,
+        JobOutcome,
+        JobOutput,
+        Placement,
+        Reporter,
+        SecretMount,
+    )
 
 
 class OptimizeJobKind(JobKind):
@@ -96,6 +104,16 @@ class OptimizeJobKind(JobKind):
             values[f"{target}.decodeTokensPerSecond"] = latency.get("decode_tokens_per_s_p50")
             values[f"{target}.sizeMb"] = measured.get("size_mb")
         return float_values(values)
+
+    def chat_target(
+        self, output: JobOutput, *, target_name: str | None = None, model: str | None = None
+    ) -> ChatTarget:
+        from slmops_pipelines.errors import InputError
+        from slmops_pipelines.steps.generate.targets import optimize_output_target
+
+        if model is not None:
+            raise InputError("--model is for adapter folders: a target holds its base model", field="model")
+        return optimize_output_target(output, target_name=target_name)
 
     def summary_tables(self, name: str, outcome: JobOutcome, *, wall_time_s: float) -> list[SummaryTable]:
         from slmops_pipelines.steps.optimize.report import comparison_rows

@@ -48,9 +48,18 @@ class GenaiEngine:
     def use_adapter(self, name: str | None) -> None:
         self.active_adapter = name
 
-    def _generator(self, max_length: int, *, min_length: int = 0):
+    def generator(
+        self, max_length: int, *, min_length: int = 0, search: dict[str, float | int | bool] | None = None
+    ):
+        """A generator with the active adapter set; greedy unless ``search`` says otherwise.
+
+        ``search``: onnxruntime-genai's other search options (do_sample, temperature, top_p,
+        random_seed), as ``slmops generate`` passes them.
+        """
         params = self._og.GeneratorParams(self.model)
-        params.set_search_options(max_length=max_length, min_length=min_length, do_sample=False)
+        params.set_search_options(
+            **{"do_sample": False, **(search or {}), "max_length": max_length, "min_length": min_length}
+        )
         generator = self._og.Generator(self.model, params)
         if self.active_adapter:
             generator.set_active_adapter(self.adapters, self.active_adapter)
@@ -60,7 +69,7 @@ class GenaiEngine:
         self, prompt_ids: list[int], max_new_tokens: int, *, ignore_eos: bool = False, on_token=None
     ) -> list[int]:
         total = len(prompt_ids) + max_new_tokens
-        generator = self._generator(total, min_length=total if ignore_eos else 0)
+        generator = self.generator(total, min_length=total if ignore_eos else 0)
         generator.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
         out: list[int] = []
         while not generator.is_done() and len(out) < max_new_tokens:
@@ -72,7 +81,7 @@ class GenaiEngine:
 
     def answer_nll(self, prompt_ids: list[int], answer_ids: list[int]) -> float:
         sequence = prompt_ids + answer_ids
-        generator = self._generator(len(sequence) + 1)
+        generator = self.generator(len(sequence) + 1)
         generator.append_tokens(np.asarray(sequence, dtype=np.int32))
         logits = np.asarray(generator.get_output("logits"))[0]  # (positions, vocab) after prefill
         start = len(prompt_ids) - 1  # the logits at position p predict token p + 1
