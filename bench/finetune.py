@@ -13,6 +13,8 @@ its own command, one after the other, as a user would run it:
 * ``slmops`` -- ``slmops run job.yaml`` (the local runner: inspection, data preparation,
   training with checkpoints, eval loss, report, publishing; its generation-based accuracy is
   switched off because the judge below measures every tool's);
+* ``slmops-fp32`` -- the same job with ``training.precision: fp32`` (the ablation: what
+  ``auto`` picks on a CPU without bf16 instructions);
 * ``trl``    -- ``bench/baselines/trl_sft.py``: TRL's ``SFTTrainer`` as a careful user sets it
   up (prompt-completion rows, completion-only loss, dynamic padding, no gradient
   checkpointing); ``trl-bf16`` is the same with ``bf16=True``;
@@ -60,10 +62,10 @@ MODEL = REPO / ".cache" / "models" / "SmolLM2-135M-Instruct"
 DATA = REPO / "examples" / "data" / "tone"
 OLIVE_VENV = REPO / ".cache" / "bench" / "olive-venv"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-TOOLS = ("slmops", "trl", "trl-bf16", "plain", "olive")
+TOOLS = ("slmops", "slmops-fp32", "trl", "trl-bf16", "plain", "olive")
 
 
-def slmops_job(args: argparse.Namespace, out: Path) -> dict:
+def slmops_job(args: argparse.Namespace, out: Path, *, precision: str = "auto") -> dict:
     return {
         "apiVersion": "slmops.io/v1alpha1",
         "kind": "FineTuneJob",
@@ -89,6 +91,7 @@ def slmops_job(args: argparse.Namespace, out: Path) -> dict:
                 "warmupRatio": 0.05,
                 "seed": 42,
                 "loggingSteps": max(1, args.steps // 6),
+                "precision": precision,
             },
             "evaluation": {"accuracy": False, "compareBase": False},
             "output": {"uri": str(out)},
@@ -96,9 +99,10 @@ def slmops_job(args: argparse.Namespace, out: Path) -> dict:
     }
 
 
-def train_with_slmops(args: argparse.Namespace, work: Path) -> dict:
-    out = work / "slmops-out"
-    measured = run_slmops(slmops_job(args, out), work=work, name="slmops")
+def train_with_slmops(args: argparse.Namespace, work: Path, *, precision: str = "auto") -> dict:
+    name = "slmops" if precision == "auto" else f"slmops-{precision}"
+    out = work / f"{name}-out"
+    measured = run_slmops(slmops_job(args, out, precision=precision), work=work, name=name)
     train = json.loads((out / "metrics.json").read_text())["train"]
     return {
         "wall_s": measured.wall_s,
@@ -108,6 +112,11 @@ def train_with_slmops(args: argparse.Namespace, work: Path) -> dict:
         "adapter": str(out / "adapter"),
         "precision": train.get("precision", "fp32"),
     }
+
+
+def train_with_slmops_fp32(args: argparse.Namespace, work: Path) -> dict:
+    """The ablation: slmops with training.precision fp32 (what auto picks on a CPU without bf16)."""
+    return train_with_slmops(args, work, precision="fp32")
 
 
 def run_baseline(args: argparse.Namespace, work: Path, name: str, script: str, *extra: str) -> dict:
@@ -239,6 +248,7 @@ def train_with_olive(args: argparse.Namespace, work: Path) -> dict:
 
 RUNNERS = {
     "slmops": train_with_slmops,
+    "slmops-fp32": train_with_slmops_fp32,
     "trl": train_with_trl,
     "trl-bf16": train_with_trl_bf16,
     "plain": train_with_plain,

@@ -70,13 +70,14 @@ def finetune_run(tmp_path_factory, tiny_model: Path, olive: Path) -> tuple[Path,
 def test_finetune_bench_runs_every_tool_and_judges_each(finetune_run):
     work, out = finetune_run
     figures = json.loads((work / "figures.json").read_text())
-    assert list(figures) == ["slmops", "trl", "trl-bf16", "plain", "olive"]
+    assert list(figures) == ["slmops", "slmops-fp32", "trl", "trl-bf16", "plain", "olive"]
     for tool, r in figures.items():
         assert r["wall_s"] > r["train_s"] > 0, tool
         assert r["tokens_per_s"] > 0 and r["peak_rss_mb"] > 50 and 0 < r["mfu"] < 1, tool
-        assert r["precision"] == ("bf16" if tool == "trl-bf16" else r["precision"]), tool
+        assert r["precision"] in ("fp32", "bf16"), tool
         assert r["rows"] == 4 and 0 <= r["accuracy"] <= 1 and r["eval_loss"] > 0, tool
         assert (Path(r["adapter"]) / "adapter_config.json").exists(), tool
+    assert figures["slmops-fp32"]["precision"] == "fp32" and figures["trl-bf16"]["precision"] == "bf16"
     assert "| slmops |" in out and "vs TRL's best" in out and "matmul peak here" in out
 
 
@@ -130,6 +131,10 @@ def test_optimize_bench_builds_and_measures_every_tool(finetune_run, tiny_model:
     # int4 weights are smaller than fp32 ones: what one token reads shrinks with them.
     assert models["slmops cpu-int4"]["bytes_per_token"] < models["PyTorch fp32"]["bytes_per_token"]
     assert "int4 vs the model builder's default int4" in out and "separate adapter vs merged" in out
+
+    folders = [models["slmops cpu-int4"]["folder"], models["builder cpu-int4"]["folder"]]
+    profile = run([sys.executable, BENCH / "profile_decode.py", *folders, "--runs", 1])
+    assert profile.count("| MatMulNBits |") == 2 and "| /lm_head/MatMul" in profile
 
 
 def test_optimize_bench_measures_llamacpp_where_it_is_built(finetune_run, tiny_model: Path, tmp_path):

@@ -60,9 +60,7 @@ def optimize_source_view(spec: OptimizeJobSpec) -> dict[str, Any]:
     full = _dump(spec)
     evaluation = {k: v for k, v in full["evaluation"].items() if k != "gates"}
     calibrated = [
-        target
-        for target, model in zip(full["targets"], spec.targets, strict=True)
-        if model.precision == "int8" and model.quantization.int8_mode == "static"
+        target for target, model in zip(full["targets"], spec.targets, strict=True) if model.calibrated
     ]
     return {
         "source": full["source"],

@@ -20,7 +20,7 @@ from slmops_pipelines.specs.common import (
 from slmops_pipelines.specs.search import SearchSpec
 
 Method = Literal["lora", "qlora", "dora", "full"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Scheduler = Literal[
     "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
 ]
@@ -83,7 +83,12 @@ class TrainingSpec(SpecModel):
         default=1, ge=1, le=4096, description="Micro-batches per optimizer step."
     )
     precision: Precision = Field(
-        default="fp32", description="Compute precision: fp32, bf16 or fp16 (fp16 needs a GPU)."
+        default="auto",
+        description=(
+            "Compute precision: auto (bf16 where the node computes it fast, a GPU with bf16 or a CPU "
+            "with AMX or AVX-512 BF16, for adapter methods; fp32 elsewhere), fp32, bf16 or fp16 "
+            "(fp16 needs a GPU)."
+        ),
     )
     gradient_checkpointing: bool = Field(
         default=False, description="Trade compute for memory by recomputing activations (slower)."

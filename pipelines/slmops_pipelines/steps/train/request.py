@@ -48,4 +48,5 @@ class TrainResult(BaseModel):
     trainable_parameters: int
     total_parameters: int
     output: str  # "adapter" or "model"
+    precision: str = "fp32"  # what training.precision resolved to on this node (auto: bf16 or fp32)
     log_history: list[dict]

@@ -22,6 +22,7 @@ from slmops_pipelines.steps.cpus import usable_cpus
 from slmops_pipelines.steps.train.callbacks import EventLog, MarkCompleteCheckpoints, ProgressEvents
 from slmops_pipelines.steps.train.checkpoints import checkpoint_step, latest_complete_checkpoint
 from slmops_pipelines.steps.train.methods import get_method
+from slmops_pipelines.steps.train.precision import with_resolved_precision
 from slmops_pipelines.steps.train.request import TrainRequest, TrainResult
 
 
@@ -159,6 +160,7 @@ def train(request: TrainRequest) -> TrainResult:
 
     rank, _local_rank, world_size = _world()
     _set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    request = request.model_copy(update={"spec": with_resolved_precision(request.spec)})
     spec = request.spec
     set_seed(spec.training.seed)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(request.work_dir / "tensorboard")
@@ -207,6 +209,7 @@ def train(request: TrainRequest) -> TrainResult:
         resumed_from=resumed_from,
         eval_loss=eval_loss,
         saved_as=final_dir.name,
+        precision=spec.training.precision,
     )
     if trainer.is_world_process_zero():
         request.result_path.write_text(json.dumps(result.model_dump(), indent=2))
@@ -224,6 +227,7 @@ def _result(
     resumed_from: int | None,
     eval_loss: float | None,
     saved_as: str,
+    precision: str = "fp32",
 ) -> TrainResult:
     state = trainer.state
     steps_this_run = state.global_step - (resumed_from or 0)
@@ -245,6 +249,7 @@ def _result(
         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total_parameters=sum(p.numel() for p in model.parameters()),
         output=saved_as,
+        precision=precision,
         log_history=state.log_history,
     )
 

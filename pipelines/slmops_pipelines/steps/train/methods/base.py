@@ -30,10 +30,15 @@ def get_method(name: str) -> TrainingMethod:
 
 
 def load_dtype(spec: FineTuneJobSpec) -> torch.dtype:
-    """Dtype of the base weights: model.dtype, or follow training.precision for 'auto'."""
+    """Dtype of the base weights: model.dtype, or follow training.precision for 'auto'.
+
+    ``spec`` is the node's resolved spec (:func:`..precision.with_resolved_precision`): an
+    ``auto`` precision left unresolved loads fp32.
+    """
     import torch
 
-    name = spec.model.dtype if spec.model.dtype != "auto" else _PRECISION_DTYPES[spec.training.precision]
+    precision = spec.training.precision if spec.training.precision != "auto" else "fp32"
+    name = spec.model.dtype if spec.model.dtype != "auto" else _PRECISION_DTYPES[precision]
     # Trainable fp16 weights make the optimizer step overflow; train them in fp32 under autocast.
     if name == "float16" and spec.method == "full":
         name = "float32"
@@ -67,11 +72,13 @@ class TrainingMethod:
     def load_model(self, path: Path, spec: FineTuneJobSpec) -> PreTrainedModel:
         from transformers import AutoModelForCausalLM
 
+        from slmops_pipelines.steps.train.precision import attention_implementation
+
         return AutoModelForCausalLM.from_pretrained(
             path,
             dtype=load_dtype(spec),
             trust_remote_code=spec.model.trust_remote_code,
-            attn_implementation="sdpa",
+            attn_implementation=attention_implementation(spec),
         )
 
     def wrap(self, model: PreTrainedModel, spec: FineTuneJobSpec) -> PreTrainedModel:
