@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from slmops_pipelines.steps.data import Example
     from slmops_pipelines.steps.optimize.gates import GateResult
     from slmops_pipelines.steps.optimize.measure import Engine, MeasureOptions, ModelMetrics
+    from slmops_pipelines.steps.optimize.runtime import GenaiEngine
 
 ADAPTER_EXAMPLES = "adapter-examples"
 # Per adapter; the others (decodeSpeedup, sizeMb) are per target.
@@ -177,7 +178,7 @@ def measure_target_adapters(
     spec: OptimizeJobSpec,
     *,
     target_name: str,
-    engine: Engine | None,
+    engine: GenaiEngine | None,
     tokenizer,
     target_metrics: ModelMetrics,
     references: dict[str, Any],

@@ -34,7 +34,10 @@ def _per_model(metrics: dict[str, Any]) -> dict[str, Any]:
     return {key: metrics.get(key) for key in _PER_MODEL}
 
 
-def _entries(doc: dict[str, Any], *, compact: bool) -> list[tuple[str, str, dict[str, Any], float | None]]:
+Entry = tuple[str, str, dict[str, Any], float | None]  # model, adapter, metrics, speedup
+
+
+def _entries(doc: dict[str, Any], *, compact: bool) -> list[Entry]:
     """(model, adapter, metrics, speedup) per row: the references, then each target.
 
     With several adapters a model's row holds size and latency, and one row per adapter
@@ -43,7 +46,7 @@ def _entries(doc: dict[str, Any], *, compact: bool) -> list[tuple[str, str, dict
     reference = doc["reference"]
     by_adapter = reference.get("byAdapter") or {}
     finetuned = reference["finetuned_pytorch"]
-    entries = [("pytorch fp32", "", _per_model(finetuned) if by_adapter else finetuned, None)]
+    entries: list[Entry] = [("pytorch fp32", "", _per_model(finetuned) if by_adapter else finetuned, None)]
     entries += [("pytorch fp32", name, ref["finetuned_pytorch"], None) for name, ref in by_adapter.items()]
     if by_adapter:
         bases = [(name, ref["base_pytorch"]) for name, ref in by_adapter.items() if ref.get("base_pytorch")]
