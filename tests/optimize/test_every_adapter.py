@@ -109,8 +109,9 @@ def test_each_adapter_has_its_own_row_data_and_reference(measured, sql_data):
         assert ours["perplexity"] == pytest.approx(theirs["perplexity"], rel=1e-3)
         assert rows[name]["vsFinetuned"]["perplexity"] == pytest.approx(0, abs=theirs["perplexity"] * 1e-3)
         assert ours["latency"] is None  # measured once per target
+    # Apart by more than ONNX and PyTorch are: the rows above cannot pass with the adapters swapped.
     assert rows["tone"]["metrics"]["perplexity"] != pytest.approx(
-        rows["sql"]["metrics"]["perplexity"], rel=0.01
+        rows["sql"]["metrics"]["perplexity"], rel=2e-3
     )
 
 
@@ -190,7 +191,7 @@ def test_without_their_own_data_every_adapter_uses_the_jobs(tiny_model, two_adap
         "sql": (TONE["uri"], 4),
     }
     tone, sql = (references[n]["finetuned_pytorch"]["perplexity"] for n in ("tone", "sql"))
-    assert tone != pytest.approx(sql, rel=0.01)  # same rows, each through its own adapter
+    assert tone != pytest.approx(sql, rel=2e-3)  # the same rows, each through its own adapter
 
 
 class DashboardMetrics:

@@ -140,9 +140,9 @@ def measure_adapter_references(
     from slmops_pipelines.steps.optimize.measure import measure
     from slmops_pipelines.steps.optimize.reference import TorchEngine
 
-    default_field = "evaluation.dataset"
+    entries = evaluation_data(spec, source.dataset, "evaluation.dataset")
     by_adapter = {}
-    for index, data in enumerate(evaluation_data(spec, source.dataset, default_field)):
+    for index, data in enumerate(entries):
         name = data.name or ""
         if index == 0:  # measured already, as the job's reference
             examples, wanted = first.examples, first.wanted - set(RESOURCES)
@@ -157,8 +157,8 @@ def measure_adapter_references(
             model = _merged_with(source, base_path, name)
             finetuned = measure(TorchEngine(model, tokenizer), tokenizer, examples, size_mb=None, **quality)
             del model
-            base = None
-            if base_engine is not None and examples:
+            base = first.base if data.dataset == entries[0].dataset else None  # the same rows: measured
+            if base is None and base_engine is not None and examples:
                 base = measure(base_engine, tokenizer, examples, size_mb=None, **quality)
         write_examples(prepared_dir / ADAPTER_EXAMPLES / f"{name}.jsonl", examples)
         by_adapter[name] = {
