@@ -144,7 +144,9 @@ def test_the_table_and_the_report_show_every_adapter(measured):
         assert any("cpu-fp32-adapters" in line and f" {name} " in line for line in lines), printed
         assert any("pytorch fp32 base" in line and f" {name} " in line for line in lines), printed
         assert f"<td>cpu-fp32-adapters (CPU fp32)</td><td>{name}</td>" in report
-    assert "<th>adapter</th>" in report and "cpu-fp32-adapters, adapter sql: perplexityIncrease" in report
+    assert "<th>adapter</th>" in report  # the comparison's column
+    assert "<td>cpu-fp32-adapters, adapter sql</td><td>perplexity increase</td>" in report  # the gates' table
+    assert "✓ sql: perplexity increase ≤ 0.05" in report  # the target card's badges
 
 
 def test_a_gate_violated_by_one_adapter_fails_the_job_naming_it(
