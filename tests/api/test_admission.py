@@ -90,6 +90,28 @@ REFUSED = {
         "spec.evaluation",
         "textTemplate has no answer",
     ),
+    "accuracy with an adapter's textTemplate": (
+        optimize(
+            source={
+                "model": {"uri": "/m"},
+                "adapters": [
+                    {"name": "a", "uri": "/a"},
+                    {"name": "b", "uri": "/b", "evaluation": {"dataset": text_template_dataset()}},
+                ],
+            },
+            targets=[
+                {
+                    "name": "cpu",
+                    "provider": "CPUExecutionProvider",
+                    "precision": "int4",
+                    "mergeAdapter": False,
+                }
+            ],
+            evaluation={"metrics": ["accuracy", "latency"]},
+        ),
+        "spec",
+        "source.adapters[1].evaluation.dataset: metrics accuracy",
+    ),
     "a TTL over a year": (
         finetune_manifest("j", MODEL, ttlSecondsAfterFinished=10**9),
         "spec.ttlSecondsAfterFinished",
@@ -192,6 +214,22 @@ CEL_REFUSED = {
     "several adapters merged": optimize(
         source={"model": {"uri": "/m"}, "adapters": [{"name": "a", "uri": "/a"}, {"name": "b", "uri": "/b"}]}
     ),
+    "an adapter's dataset with text and prompt templates": optimize(
+        source={
+            "model": {"uri": "/m"},
+            "adapters": [
+                {"name": "a", "uri": "/a"},
+                {
+                    "name": "b",
+                    "uri": "/b",
+                    "evaluation": {"dataset": {"uri": "/d", "textTemplate": "{a}", "promptTemplate": "{a}"}},
+                },
+            ],
+        },
+        targets=[
+            {"name": "cpu", "provider": "CPUExecutionProvider", "precision": "int4", "mergeAdapter": False}
+        ],
+    ),
     "a precision the provider cannot run": optimize(
         targets=[{"name": "dml", "provider": "DmlExecutionProvider", "precision": "int8"}]
     ),
@@ -218,6 +256,29 @@ def good_manifests() -> list[dict]:
         bodies += [
             b for b in yaml.safe_load_all(path.read_text()) if b and b["apiVersion"].startswith("slmops.io/")
         ]
+    own_data = {"dataset": {"uri": "/data/sql.jsonl", "promptTemplate": "{q}", "completionTemplate": "{sql}"}}
+    bodies.append(
+        optimize(
+            source={
+                "model": {"uri": "/m"},
+                "adapters": [
+                    {"name": "a", "uri": "/a"},
+                    {"name": "sql", "uri": "/b", "evaluation": own_data},
+                ],
+            },
+            evaluation={
+                "dataset": {"uri": "/data/tone", "promptTemplate": "{phrase}", "completionTemplate": "{tone}"}
+            },
+            targets=[
+                {
+                    "name": "cpu",
+                    "provider": "CPUExecutionProvider",
+                    "precision": "int4",
+                    "mergeAdapter": False,
+                }
+            ],
+        )
+    )
     bodies.append(
         optimize(
             source={"model": {"uri": "/m"}, "adapters": [{"name": "a", "uri": "/a"}, {"uri": "/b"}]},

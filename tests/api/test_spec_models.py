@@ -122,3 +122,37 @@ def test_optimize_resource_round_trips():
     body = {"apiVersion": "slmops.io/v1alpha1", "kind": "OptimizeJob", "metadata": {"name": "o"}, "spec": OPT}
     job = OptimizeJob.model_validate(body)
     assert job.spec.to_manifest()["targets"][0]["provider"] == "CPUExecutionProvider"
+
+
+def test_an_adapter_may_have_its_own_evaluation_data():
+    from slmops_operator.api.crd import all_crds
+
+    sql = {"uri": "/data/sql.jsonl", "promptTemplate": "{q}", "completionTemplate": "{sql}"}
+    spec = OptimizeJobSpec.model_validate(
+        {
+            **OPT,
+            "source": {
+                "model": {"uri": "/m"},
+                "adapters": [
+                    {"name": "tone", "uri": "/a"},
+                    {"name": "sql", "uri": "/b", "evaluation": {"dataset": sql}},
+                ],
+            },
+            "targets": [{**OPT["targets"][0], "mergeAdapter": False}],
+        }
+    )
+    tone, own = spec.source.adapters or []
+    assert tone.evaluation is None  # the job's evaluation.dataset
+    assert own.evaluation is not None and own.evaluation.dataset is not None
+    assert own.evaluation.dataset.prompt_template == "{q}"
+    assert spec.to_manifest()["source"]["adapters"][1]["evaluation"]["dataset"]["uri"] == "/data/sql.jsonl"
+    crd = all_crds()["slmops.io_optimizejobs.yaml"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    item = crd["properties"]["spec"]["properties"]["source"]["properties"]["adapters"]["items"]
+    dataset = item["properties"]["evaluation"]["properties"]["dataset"]
+    assert "job's evaluation.dataset" in dataset["description"]
+    assert dataset["required"] == ["uri"] and dataset["x-kubernetes-validations"]  # DatasetSpec's own rules
+    errors = errors_of(
+        OptimizeJobSpec,
+        {**OPT, "source": {"model": {"uri": "/m"}, "adapter": {"uri": "/a", "evaluation": {"datset": sql}}}},
+    )
+    assert "source.adapter.evaluation.datset" in errors

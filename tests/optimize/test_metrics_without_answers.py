@@ -9,19 +9,15 @@ from __future__ import annotations
 import pytest
 
 from slmops_pipelines.errors import InputError
-from slmops_pipelines.specs import DatasetSpec, ModelSpec, OptimizeJobSpec
-from slmops_pipelines.stages.optimize import ResolvedSource, wanted_metrics
+from slmops_pipelines.specs import DatasetSpec, OptimizeJobSpec
+from slmops_pipelines.stages.optimize import wanted_metrics
 
 TARGETS = [{"name": "cpu", "provider": "CPUExecutionProvider", "precision": "int4"}]
 
 
-def source(**dataset) -> ResolvedSource:
-    return ResolvedSource(
-        base=ModelSpec(uri="/models/base"),
-        adapter_dir=None,
-        full_model_dir=None,
-        dataset=DatasetSpec.model_validate({"uri": "/data/d", **dataset}),
-    )
+def source(**dataset) -> DatasetSpec:
+    """The evaluation data the source stage resolved (a FineTuneJob's dataset, here)."""
+    return DatasetSpec.model_validate({"uri": "/data/d", **dataset})
 
 
 def spec(**evaluation) -> OptimizeJobSpec:

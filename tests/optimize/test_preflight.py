@@ -91,6 +91,25 @@ def test_every_problem_is_reported_at_once(unexportable, foreign_adapter, tiny_m
     assert "also spec.evaluation.dataset.promptTemplate" in str(error) and "sentence" in str(error)
 
 
+def test_an_adapters_own_evaluation_data_is_checked_too(tiny_model, tmp_path):
+    adapters = []
+    for name in ("tone", "sql"):  # adapters of the tiny model, as their configs say
+        (tmp_path / name).mkdir()
+        config = {"peft_type": "LORA", "base_model_name_or_path": str(tiny_model), "r": 8}
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps(config))
+        adapters.append({"name": name, "uri": str(tmp_path / name)})
+    wrong = {"uri": str(TONE_DATA), "promptTemplate": "{question}", "completionTemplate": "{query}"}
+    adapters[1]["evaluation"] = {"dataset": wrong}
+    job = optimize(
+        "own-data",
+        {"model": {"uri": str(tiny_model)}, "adapters": adapters},
+        targets=[{**CPU_INT4, "mergeAdapter": False}],
+    )
+    [finding] = check_optimize(job.spec, locate_job=no_job)
+    assert finding.field == "source.adapters[1].evaluation.dataset.promptTemplate"
+    assert "question" in finding.reason
+
+
 def test_an_unreadable_model_is_named(tmp_path):
     job = FineTuneJob.model_validate(finetune_manifest("gone", tmp_path / "nowhere"))
     [finding] = check_finetune_model(job.spec)

@@ -141,6 +141,8 @@ def check_multi_adapter(out: Path) -> None:
     folder = out / "targets" / "cpu-int4-adapters"
     assert (folder / "tone.onnx_adapter").is_file() and (folder / "tone-chat.onnx_adapter").is_file()
     assert "accuracy" in target["metrics"]
+    assert list(target["byAdapter"]) == ["tone", "tone-chat"]  # each on its own data
+    assert metrics["reference"]["byAdapter"]["tone-chat"]["dataset"] == "examples/data/tone-chat"
 
 
 # number -> (the examples its comment runs first, what its output must hold)

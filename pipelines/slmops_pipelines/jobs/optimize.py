@@ -103,6 +103,8 @@ class OptimizeJobKind(JobKind):
             values[f"{target}.accuracy"] = measured.get("accuracy")
             values[f"{target}.decodeTokensPerSecond"] = latency.get("decode_tokens_per_s_p50")
             values[f"{target}.sizeMb"] = measured.get("size_mb")
+            for adapter, row in (entry.get("byAdapter") or {}).items():  # several adapters: each its own
+                values[f"{target}.{adapter}.accuracy"] = row["metrics"].get("accuracy")
         return float_values(values)
 
     def chat_target(

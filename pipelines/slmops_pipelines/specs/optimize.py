@@ -78,6 +78,19 @@ def default_adapter_name(uri: str) -> str:
     return name or "adapter"
 
 
+class AdapterEvaluationSpec(SpecModel):
+    """How one adapter is evaluated: each adapter may serve a task of its own."""
+
+    dataset: DatasetSpec | None = Field(
+        default=None,
+        description=(
+            "This adapter's evaluation data (same fields as evaluation.dataset); default: the job's "
+            "evaluation.dataset.  The adapter's PyTorch reference and every target with this adapter "
+            "active are measured on it, and the job's gates apply to it."
+        ),
+    )
+
+
 class AdapterRef(SpecModel):
     """One LoRA adapter of the source base model."""
 
@@ -89,6 +102,9 @@ class AdapterRef(SpecModel):
     )
     uri: str = Field(
         min_length=1, description="Adapter folder (PEFT format): s3://, pvc://, file:// or a local path."
+    )
+    evaluation: AdapterEvaluationSpec | None = Field(
+        default=None, description="This adapter's own evaluation (default: the job's evaluation.dataset)."
     )
 
     @field_validator("uri")
@@ -139,6 +155,14 @@ class OptimizeSource(SpecModel):
         max_length=64,
         description="Several adapters of model, kept separate and chosen per request.",
     )
+
+    def adapter_refs(self) -> list[AdapterRef]:
+        """The adapters, in spec order, whether given as ``adapter`` or ``adapters``."""
+        return [self.adapter] if self.adapter else list(self.adapters or [])
+
+    def adapter_field(self, index: int) -> str:
+        """The spec field of the ``index``-th adapter: ``source.adapter`` or ``source.adapters[i]``."""
+        return "source.adapter" if self.adapter else f"source.adapters[{index}]"
 
     @model_validator(mode="after")
     def _check_one_source(self) -> OptimizeSource:
@@ -354,5 +378,20 @@ class OptimizeJobSpec(JobSpecBase):
             if merged:
                 raise ValueError(
                     f"target {merged[0]!r}: several adapters cannot be merged into one model; set mergeAdapter: false"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _check_adapter_answers(self) -> OptimizeJobSpec:
+        """As for evaluation.dataset: answer metrics asked for by name need answers in every adapter's data."""
+        named = [m for m in self.evaluation.metrics if m in ANSWER_METRICS]
+        if not named or "metrics" not in self.evaluation.model_fields_set:
+            return self  # the default list: each adapter measures what its data allows
+        for index, ref in enumerate(self.source.adapter_refs()):
+            dataset = ref.evaluation.dataset if ref.evaluation else None
+            if dataset is not None and dataset.text_template:
+                raise ValueError(
+                    f"{self.source.adapter_field(index)}.evaluation.dataset: metrics {', '.join(named)} compare "
+                    "generated answers with the expected ones, and its textTemplate has no answer"
                 )
         return self

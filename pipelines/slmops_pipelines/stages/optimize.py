@@ -31,8 +31,20 @@ from typing import TYPE_CHECKING, Any
 from slmops_pipelines.errors import InputError, JobError
 from slmops_pipelines.models import cache_root, resolve_model
 from slmops_pipelines.models.load import load_causal_lm
-from slmops_pipelines.specs import ModelSpec, OptimizeJobSpec
+from slmops_pipelines.specs import DatasetSpec, ModelSpec, OptimizeJobSpec
 from slmops_pipelines.specs.optimize import OptimizeTarget
+from slmops_pipelines.stages.optimize_adapters import (
+    QUALITY_GATES,
+    EvaluationData,
+    References,
+    evaluation_data,
+    measure_adapter_references,
+    measure_target_adapters,
+    read_examples,
+    render_examples,
+    several_adapters,
+    write_examples,
+)
 from slmops_pipelines.stages.optimize_source import (
     JobLocator,
     ResolvedSource,
@@ -44,7 +56,10 @@ from slmops_pipelines.steps import publish
 from slmops_pipelines.storage import ArtifactStore
 
 if TYPE_CHECKING:
-    from slmops_pipelines.steps.optimize.measure import MeasureOptions
+    from slmops_pipelines.steps.data import Example
+    from slmops_pipelines.steps.optimize.export import ExportedModel
+    from slmops_pipelines.steps.optimize.measure import MeasureOptions, ModelMetrics
+    from slmops_pipelines.steps.optimize.runtime import GenaiEngine
 
 Say = Callable[[str, str], None]  # (stage, message)
 
@@ -67,32 +82,17 @@ def _quiet(_stage: str, _message: str) -> None:
 # -- stage 1: the prepared source ------------------------------------------------------------
 
 
-def _examples(spec: OptimizeJobSpec, source: ResolvedSource, tokenizer) -> list:
-    if source.dataset is None:
-        return []
-    from slmops_pipelines.steps.data import evaluation_examples
+def wanted_metrics(spec: OptimizeJobSpec, dataset: DatasetSpec | None) -> set[str]:
+    """The metrics to measure on ``dataset``: accuracy, ROUGE and BLEU need answers, which a textTemplate has not.
 
-    field_name = (
-        "evaluation.dataset" if spec.evaluation.dataset is not None else "source.fineTuneJobRef.dataset"
-    )
-    examples = evaluation_examples(
-        source.dataset, tokenizer=tokenizer, seed=0, cache_dir=cache_root(), field_prefix=field_name
-    )
-    limit = spec.evaluation.max_samples
-    return examples[:limit] if limit else examples
-
-
-def wanted_metrics(spec: OptimizeJobSpec, source: ResolvedSource) -> set[str]:
-    """The metrics to measure: accuracy, ROUGE and BLEU need answers, which a textTemplate has not.
-
-    Validation refuses them for an ``evaluation.dataset`` with a textTemplate; a FineTuneJob's
-    data is only known here.  Asked for by name: the job fails naming the field; by default:
-    they are left out.
+    Validation refuses them for an ``evaluation.dataset`` (or an adapter's) with a textTemplate;
+    a FineTuneJob's data is only known here.  Asked for by name: the job fails naming the
+    field; by default: they are left out.
     """
     from slmops_pipelines.specs.optimize import ANSWER_METRICS
 
     wanted: set[str] = set(spec.evaluation.metrics)
-    if source.dataset is None or not source.dataset.text_template or not wanted & set(ANSWER_METRICS):
+    if dataset is None or not dataset.text_template or not wanted & set(ANSWER_METRICS):
         return wanted
     if "metrics" in spec.evaluation.model_fields_set:
         named = ", ".join(sorted(wanted & set(ANSWER_METRICS)))
@@ -104,12 +104,12 @@ def wanted_metrics(spec: OptimizeJobSpec, source: ResolvedSource) -> set[str]:
     return (wanted - set(ANSWER_METRICS)) or {"perplexity"}
 
 
-def _calibration(spec: OptimizeJobSpec, source: ResolvedSource, tokenizer) -> list[list[int]] | None:
+def _calibration(spec: OptimizeJobSpec, dataset: DatasetSpec | None, tokenizer) -> list[list[int]] | None:
     """Training rows for the calibrated targets (static int8, GPTQ int4); checked before anything is built."""
     calibrated = [t for t in spec.targets if t.calibrated]
     if not calibrated:
         return None
-    if source.dataset is None:
+    if dataset is None:
         what = "int8Mode static" if calibrated[0].precision == "int8" else "int4Algorithm gptq"
         raise InputError(
             f"target {calibrated[0].name!r}: {what} needs calibration rows: use a fineTuneJobRef source "
@@ -119,7 +119,7 @@ def _calibration(spec: OptimizeJobSpec, source: ResolvedSource, tokenizer) -> li
     from slmops_pipelines.steps.data import calibration_token_rows
 
     limit = max(t.quantization.calibration_samples for t in calibrated)
-    return calibration_token_rows(source.dataset, tokenizer=tokenizer, cache_dir=cache_root(), limit=limit)
+    return calibration_token_rows(dataset, tokenizer=tokenizer, cache_dir=cache_root(), limit=limit)
 
 
 def _folder_mb(folder: Path) -> float:
@@ -132,6 +132,26 @@ def _relative(path: Path, root: Path) -> str:
         return path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return str(path.resolve())
+
+
+def _copy_adapters(source: ResolvedSource, prepared_dir: Path) -> dict[str, str]:
+    """The adapters, copied into the prepared folder (a target pod sees only that folder)."""
+    adapters = {}
+    for name, folder in source.adapters.items():
+        target = prepared_dir / "adapters" / name
+        if folder.resolve() != target.resolve():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(folder, target)
+        adapters[name] = f"adapters/{name}"
+    return adapters
+
+
+def _primary_data(spec: OptimizeJobSpec, source: ResolvedSource) -> EvaluationData:
+    """The evaluation data of the job's reference: the first adapter's (default: the job's)."""
+    default_field = (
+        "evaluation.dataset" if spec.evaluation.dataset is not None else "source.fineTuneJobRef.dataset"
+    )
+    return evaluation_data(spec, source.dataset, default_field)[0]
 
 
 def prepare_source(
@@ -149,16 +169,11 @@ def prepare_source(
     source = resolve_source(spec, locate_job, prepared_dir)
     base_path = resolve_model(source.base)
     model, tokenizer, model_dir = load_merged(source, base_path, prepared_dir / "merged")
-    adapters = {}
-    for name, folder in source.adapters.items():  # copied: a target pod sees only this folder
-        target = prepared_dir / "adapters" / name
-        if folder.resolve() != target.resolve():
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(folder, target)
-        adapters[name] = f"adapters/{name}"
-    wanted = wanted_metrics(spec, source)  # fails fast, as the two below
-    examples = _examples(spec, source, tokenizer)
-    calibration = _calibration(spec, source, tokenizer)  # fails fast, before minutes of measuring
+    adapters = _copy_adapters(source, prepared_dir)
+    primary = _primary_data(spec, source)
+    wanted = wanted_metrics(spec, primary.dataset)  # fails fast, as the two below
+    examples = render_examples(spec, primary, tokenizer)
+    calibration = _calibration(spec, primary.dataset, tokenizer)  # fails fast, before minutes of measuring
     common: MeasureOptions = {
         "wanted": wanted,
         "match": spec.evaluation.match,
@@ -169,32 +184,37 @@ def prepare_source(
     reference = measure(
         TorchEngine(model, tokenizer), tokenizer, examples, size_mb=_folder_mb(model_dir), **common
     )
-    base_metrics = None
-    if source.adapter_dir is not None and examples and wanted - {"latency", "size"}:
-        say("reference", "measuring the base model")
-        base_model = load_causal_lm(
-            base_path, field=base_field(source), trust_remote_code=source.base.trust_remote_code
-        )
-        base_options: MeasureOptions = {**common, "wanted": wanted - {"latency", "size"}}
-        base_metrics = measure(
-            TorchEngine(base_model, tokenizer), tokenizer, examples, size_mb=None, **base_options
-        )
-        del base_model
     del model
-
-    with (prepared_dir / EXAMPLES).open("w") as fh:
-        for example in examples:
-            fh.write(json.dumps(asdict(example)) + "\n")
-    (prepared_dir / CALIBRATION).write_text(json.dumps(calibration))
-    (prepared_dir / REFERENCE_JSON).write_text(
-        json.dumps(
-            {
-                "finetuned_pytorch": reference.to_json(),
-                "base_pytorch": base_metrics.to_json() if base_metrics else None,
-            },
-            indent=2,
+    base_engine = None
+    if source.adapter_dir is not None and (examples or several_adapters(spec)):
+        base_engine = _base_engine(source, base_path, tokenizer, wanted)
+    base_metrics = None
+    if base_engine is not None and examples:
+        say("reference", "measuring the base model")
+        base_options: MeasureOptions = {**common, "wanted": wanted - {"latency", "size"}}
+        base_metrics = measure(base_engine, tokenizer, examples, size_mb=None, **base_options)
+    references: dict[str, Any] = {
+        "finetuned_pytorch": reference.to_json(),
+        "base_pytorch": base_metrics.to_json() if base_metrics else None,
+    }
+    if several_adapters(spec):
+        references["byAdapter"] = measure_adapter_references(
+            spec,
+            source,
+            base_path=base_path,
+            tokenizer=tokenizer,
+            first=References(examples, reference, base_metrics, wanted),
+            base_engine=base_engine,
+            wanted_for=lambda dataset: wanted_metrics(spec, dataset),
+            options=common,
+            prepared_dir=prepared_dir,
+            say=say,
         )
-    )
+    del base_engine
+
+    write_examples(prepared_dir / EXAMPLES, examples)
+    (prepared_dir / CALIBRATION).write_text(json.dumps(calibration))
+    (prepared_dir / REFERENCE_JSON).write_text(json.dumps(references, indent=2))
     described = {
         "base": source.base.model_dump(mode="json", by_alias=True),
         # None: the base model itself, which every pod resolves from its own model cache.
@@ -206,6 +226,18 @@ def prepare_source(
     }
     (prepared_dir / SOURCE_JSON).write_text(json.dumps(described, indent=2))
     return described
+
+
+def _base_engine(source: ResolvedSource, base_path: Path, tokenizer, wanted: set[str]):
+    """The base model, to compare answers with (nothing to compare without answer metrics)."""
+    from slmops_pipelines.steps.optimize.reference import TorchEngine
+
+    if not wanted - {"latency", "size"}:
+        return None
+    base_model = load_causal_lm(
+        base_path, field=base_field(source), trust_remote_code=source.base.trust_remote_code
+    )
+    return TorchEngine(base_model, tokenizer)
 
 
 def _prepared_path(prepared_dir: Path, value: str) -> Path:
@@ -220,23 +252,40 @@ def target_names(spec: OptimizeJobSpec) -> list[str]:
 # -- stage 2: one target ---------------------------------------------------------------------
 
 
-def _deltas(metrics: dict[str, Any], against: dict[str, Any]) -> dict[str, float]:
-    deltas = {}
-    for key in ("accuracy", "perplexity", "rouge_l", "bleu"):
-        if metrics.get(key) is not None and against.get(key) is not None:
-            deltas[key] = metrics[key] - against[key]
-    ours, theirs = metrics.get("latency"), against.get("latency")
-    if ours and theirs:
-        deltas["decode_speedup"] = ours["decode_tokens_per_s_p50"] / theirs["decode_tokens_per_s_p50"]
-        deltas["prefill_speedup"] = theirs["prefill_ms_p50"] / ours["prefill_ms_p50"]
-    return deltas
-
-
 def _target(spec: OptimizeJobSpec, name: str) -> OptimizeTarget:
     for target in spec.targets:
         if target.name == name:
             return target
     raise InputError(f"no target named {name!r}", field="targets")
+
+
+def _measure_target(
+    target: OptimizeTarget,
+    exported: ExportedModel,
+    adapters: list[str],
+    tokenizer,
+    examples: list[Example],
+    common: MeasureOptions,
+    say: Say,
+) -> tuple[GenaiEngine | None, ModelMetrics]:
+    """The target's figures, with the first of its ``adapters`` active; no engine when it cannot run here."""
+    from slmops_pipelines.steps.optimize.measure import ModelMetrics, measure
+    from slmops_pipelines.steps.optimize.providers import PROVIDERS, available_providers
+    from slmops_pipelines.steps.optimize.runtime import GenaiEngine
+
+    size_mb = exported.size_bytes / 2**20
+    if target.provider not in available_providers():
+        say("evaluate", f"{target.name}: built; evaluation skipped: provider not available")
+        skipped = ModelMetrics(
+            size_mb=size_mb if "size" in common["wanted"] else None, skipped="provider not available"
+        )
+        return None, skipped
+    say("evaluate", f"{target.name} with onnxruntime-genai")
+    files = {name: exported.path / f"{name}.onnx_adapter" for name in adapters} or None
+    engine = GenaiEngine(exported.path, provider=PROVIDERS[target.provider].genai_name, adapters=files)
+    if adapters:
+        engine.use_adapter(adapters[0])  # the first adapter: the job's reference is measured with it
+    return engine, measure(engine, tokenizer, examples, size_mb=size_mb, **common)
 
 
 def build_target(
@@ -245,12 +294,9 @@ def build_target(
     """Export one target into ``targets_dir/<name>``, measure it, check its gates; return its result."""
     from transformers import AutoTokenizer
 
-    from slmops_pipelines.steps.data import Example
     from slmops_pipelines.steps.optimize.export import export_target
     from slmops_pipelines.steps.optimize.gates import check_gates
-    from slmops_pipelines.steps.optimize.measure import ModelMetrics, measure
-    from slmops_pipelines.steps.optimize.providers import PROVIDERS, available_providers
-    from slmops_pipelines.steps.optimize.runtime import GenaiEngine
+    from slmops_pipelines.steps.optimize.measure import ModelMetrics, deltas
 
     target = _target(spec, target_name)
     described = json.loads((prepared_dir / SOURCE_JSON).read_text())
@@ -261,8 +307,7 @@ def build_target(
     adapters = {name: _prepared_path(prepared_dir, rel) for name, rel in described["adapters"].items()}
     separate = not target.merge_adapter and bool(adapters)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=base.trust_remote_code)
-    lines = (prepared_dir / EXAMPLES).read_text().splitlines()
-    examples = [Example(**json.loads(line)) for line in lines if line.strip()]
+    examples = read_examples(prepared_dir / EXAMPLES)
     calibration = json.loads((prepared_dir / CALIBRATION).read_text())
     references = json.loads((prepared_dir / REFERENCE_JSON).read_text())
     reference = ModelMetrics.from_json(references["finetuned_pytorch"])
@@ -283,19 +328,8 @@ def build_target(
         adapters=adapters if separate else None,
         calibration=calibration,
     )
-    if target.provider not in available_providers():
-        say("evaluate", f"{target.name}: built; evaluation skipped: provider not available")
-        metrics = ModelMetrics(
-            size_mb=exported.size_bytes / 2**20 if "size" in wanted else None,
-            skipped="provider not available",
-        )
-    else:
-        say("evaluate", f"{target.name} with onnxruntime-genai")
-        files = {name: exported.path / f"{name}.onnx_adapter" for name in adapters} if separate else None
-        engine = GenaiEngine(exported.path, provider=PROVIDERS[target.provider].genai_name, adapters=files)
-        if files:
-            engine.use_adapter(next(iter(files)))  # measured with the first adapter active
-        metrics = measure(engine, tokenizer, examples, size_mb=exported.size_bytes / 2**20, **common)
+    names = list(adapters) if separate else []
+    engine, metrics = _measure_target(target, exported, names, tokenizer, examples, common, say)
     gates = check_gates(target.name, spec.evaluation.gates, metrics, reference)
     as_json = metrics.to_json()
     base_reference = references.get("base_pytorch")
@@ -307,10 +341,25 @@ def build_target(
         "adapters": sorted(adapters) if separate else [],
         "path": f"targets/{target.name}",
         "metrics": as_json,
-        "vsFinetuned": _deltas(as_json, references["finetuned_pytorch"]),
-        "vsBase": _deltas(as_json, base_reference) if base_reference else {},
+        "vsFinetuned": deltas(as_json, references["finetuned_pytorch"]),
+        "vsBase": deltas(as_json, base_reference) if base_reference else {},
         "gates": [asdict(g) for g in gates],
     }
+    if separate and references.get("byAdapter"):
+        result["byAdapter"], adapter_gates = measure_target_adapters(
+            spec,
+            target_name=target.name,
+            engine=engine,
+            tokenizer=tokenizer,
+            target_metrics=metrics,
+            references=references,
+            options=common,
+            prepared_dir=prepared_dir,
+            say=say,
+        )
+        # Quality gates per adapter, against each adapter's reference; speed and size per target.
+        kept = [g for g in gates if g.gate not in QUALITY_GATES]
+        result["gates"] = [asdict(g) for g in kept + adapter_gates]
     return result
 
 

@@ -136,7 +136,11 @@ def load_merged(source: ResolvedSource, base_path: Path, out_dir: Path):
         model = load_causal_lm(model_dir, field="source", trust_remote_code=trust)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust)
         return model, tokenizer, model_dir
-    tokenizer = AutoTokenizer.from_pretrained(source.adapter_dir or base_path, trust_remote_code=trust)
+    # An adapter may ship the tokenizer it was trained with; many PEFT folders hold none: the base's.
+    with_tokenizer = source.adapter_dir and (source.adapter_dir / "tokenizer_config.json").exists()
+    tokenizer = AutoTokenizer.from_pretrained(
+        source.adapter_dir if with_tokenizer else base_path, trust_remote_code=trust
+    )
     model = load_causal_lm(base_path, field=base_field(source), trust_remote_code=trust)
     if source.adapter_dir is None:
         return model, tokenizer, base_path

@@ -10,8 +10,8 @@ listed after it; with one problem it is that problem's plain InputError):
 * for an OptimizeJob, its architecture is one the pinned model builder exports (the list
   is read from the installed onnxruntime-genai builder itself, so it follows the pin), and
   each adapter was trained on that base model (its ``adapter_config.json``);
-* the dataset (FineTuneJob) or evaluation dataset (OptimizeJob) has the columns its
-  templates name.
+* the dataset (FineTuneJob) or evaluation datasets (OptimizeJob: the job's, each adapter's)
+  have the columns their templates name.
 
 Everything here downloads at most a few kilobytes per check, except the dataset check,
 which reads the dataset (data prep would read it next anyway).  The Secrets a job names are
@@ -188,7 +188,7 @@ def _check_architecture(config: dict[str, Any], field: str, findings: list[Findi
 
 
 def _check_adapters(spec: OptimizeJobSpec, base: ModelSpec, findings: list[Finding]) -> None:
-    refs = [spec.source.adapter] if spec.source.adapter else list(spec.source.adapters or [])
+    refs = spec.source.adapter_refs()
     field = "source.adapter.uri" if spec.source.adapter else "source.adapters"
     base_id = _model_identity(base.uri)
     for number, ref in enumerate(refs):
@@ -216,4 +216,8 @@ def check_optimize(spec: OptimizeJobSpec, *, locate_job: Callable[[str], str]) -
         _check_adapters(spec, base, findings)
     if spec.evaluation.dataset is not None:
         _dataset_columns(spec.evaluation.dataset, "evaluation.dataset", findings, seed=0)
+    for index, ref in enumerate(spec.source.adapter_refs()):  # an adapter's own evaluation data
+        if ref.evaluation is not None and ref.evaluation.dataset is not None:
+            where = f"{spec.source.adapter_field(index)}.evaluation.dataset"
+            _dataset_columns(ref.evaluation.dataset, where, findings, seed=0)
     return findings

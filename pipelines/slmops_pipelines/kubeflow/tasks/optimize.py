@@ -95,6 +95,10 @@ def prepare_optimize_source(
     common.log_metrics(metrics, _target_scalars(reference["finetuned_pytorch"], prefix="pytorch_"))
     if reference.get("base_pytorch"):
         common.log_metrics(metrics, {"base_accuracy": reference["base_pytorch"].get("accuracy")})
+    references = {
+        name: {"metrics": ref["finetuned_pytorch"]} for name, ref in reference.get("byAdapter", {}).items()
+    }
+    common.log_metrics(metrics, _adapter_scalars(references, prefix="pytorch_"))
 
 
 def _target_scalars(measured: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -106,6 +110,15 @@ def _target_scalars(measured: dict[str, Any], prefix: str = "") -> dict[str, Any
         f"{prefix}prefill_ms_p50": latency.get("prefill_ms_p50"),
         f"{prefix}size_mb": measured.get("size_mb"),
     }
+
+
+def _adapter_scalars(by_adapter: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Each adapter's quality figures (several adapters: each measured on its own data)."""
+    scalars = {}
+    for adapter, row in by_adapter.items():
+        scalars[f"{prefix}{adapter}_accuracy"] = row["metrics"].get("accuracy")
+        scalars[f"{prefix}{adapter}_perplexity"] = row["metrics"].get("perplexity")
+    return scalars
 
 
 @reports_errors
@@ -139,6 +152,7 @@ def build_target(
         )  # the builder's log, published as the local engine does
     (out / "result.json").write_text(json.dumps(result, indent=2))
     common.log_metrics(metrics, _target_scalars(result["metrics"]))
+    common.log_metrics(metrics, _adapter_scalars(result.get("byAdapter", {})))
     common.log_metrics(metrics, {"decode_speedup": result["vsFinetuned"].get("decode_speedup")})
 
 
@@ -182,6 +196,7 @@ def publish_optimize(
         shutil.copyfile(out / "report.html", report_path)
         for name, entry in metrics_doc["targets"].items():
             common.log_metrics(metrics, _target_scalars(entry["metrics"], prefix=f"{name}_"))
+            common.log_metrics(metrics, _adapter_scalars(entry.get("byAdapter", {}), prefix=f"{name}_"))
         artifacts = stages.publish_output(
             store, spec=parsed, identity=identity, out_dir=out, metrics_doc=metrics_doc
         )

@@ -1,4 +1,4 @@
-"""Quality gates: each target against the fine-tuned PyTorch model.
+"""Quality gates: each target (each adapter of a multi-adapter target) against the fine-tuned PyTorch model.
 
 A gate whose metric was not measured (a target this machine cannot run) is not passed
 silently: it is reported as ``unchecked``; only measured violations fail the job.
@@ -19,12 +19,17 @@ class GateResult:
     limit: float
     value: float | None
     passed: bool | None  # None: not measured on this machine
+    adapter: str | None = None  # the adapter measured, on a target with several
+
+    @property
+    def subject(self) -> str:
+        return f"target {self.target!r}" + (f", adapter {self.adapter!r}" if self.adapter else "")
 
     def describe(self) -> str:
         if self.passed is None:
-            return f"target {self.target!r}: {self.gate} unchecked (not measured here)"
+            return f"{self.subject}: {self.gate} unchecked (not measured here)"
         verdict = "ok" if self.passed else "VIOLATED"
-        return f"target {self.target!r}: {self.gate} = {self.value:.4g} (limit {self.limit:g}) {verdict}"
+        return f"{self.subject}: {self.gate} = {self.value:.4g} (limit {self.limit:g}) {verdict}"
 
 
 def _decode_rate(metrics: ModelMetrics) -> float | None:
@@ -32,14 +37,15 @@ def _decode_rate(metrics: ModelMetrics) -> float | None:
 
 
 def check_gates(
-    target: str, gates: Gates, metrics: ModelMetrics, reference: ModelMetrics
+    target: str, gates: Gates, metrics: ModelMetrics, reference: ModelMetrics, *, adapter: str | None = None
 ) -> list[GateResult]:
     results = []
 
     def add(gate: str, limit: float | None, value: float | None, ok) -> None:
         if limit is None:
             return
-        results.append(GateResult(target, gate, limit, value, None if value is None else ok(value, limit)))
+        passed = None if value is None else ok(value, limit)
+        results.append(GateResult(target, gate, limit, value, passed, adapter))
 
     accuracy_drop = None
     if metrics.accuracy is not None and reference.accuracy is not None:

@@ -18,7 +18,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Protocol, TypedDict
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
 
@@ -79,6 +79,19 @@ class ModelMetrics:
     def from_json(cls, data: dict) -> ModelMetrics:
         latency = data.get("latency")
         return cls(**{**data, "latency": Latency(**latency) if latency else None})
+
+
+def deltas(metrics: dict[str, Any], against: dict[str, Any]) -> dict[str, float]:
+    """Differences of two measurements (as JSON): quality as ``ours - theirs``, speed as ratios."""
+    found = {}
+    for key in ("accuracy", "perplexity", "rouge_l", "bleu"):
+        if metrics.get(key) is not None and against.get(key) is not None:
+            found[key] = metrics[key] - against[key]
+    ours, theirs = metrics.get("latency"), against.get("latency")
+    if ours and theirs:
+        found["decode_speedup"] = ours["decode_tokens_per_s_p50"] / theirs["decode_tokens_per_s_p50"]
+        found["prefill_speedup"] = theirs["prefill_ms_p50"] / ours["prefill_ms_p50"]
+    return found
 
 
 def generate_answers(engine: Engine, tokenizer, examples: list[Example], *, max_new_tokens: int) -> list[str]:

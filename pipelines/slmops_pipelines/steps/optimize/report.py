@@ -26,25 +26,62 @@ COLUMNS = [
 ]
 
 
-def comparison_rows(doc: dict[str, Any], *, compact: bool = False) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the comparison table (shared by the CLI and the HTML report)."""
+# What a target (or the reference) measures once for all its adapters; the rest is per adapter.
+_PER_MODEL = ("size_mb", "latency", "skipped")
+
+
+def _per_model(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {key: metrics.get(key) for key in _PER_MODEL}
+
+
+Entry = tuple[str, str, dict[str, Any], float | None]  # model, adapter, metrics, speedup
+
+
+def _entries(doc: dict[str, Any], *, compact: bool) -> list[Entry]:
+    """(model, adapter, metrics, speedup) per row: the references, then each target.
+
+    With several adapters a model's row holds size and latency, and one row per adapter
+    (its own data, its own reference) holds the rest.
+    """
     reference = doc["reference"]
-    entries = [("pytorch fp32", reference["finetuned_pytorch"], None)]
-    if reference.get("base_pytorch"):
-        entries.append(("pytorch fp32 base", reference["base_pytorch"], None))
+    by_adapter = reference.get("byAdapter") or {}
+    finetuned = reference["finetuned_pytorch"]
+    entries: list[Entry] = [("pytorch fp32", "", _per_model(finetuned) if by_adapter else finetuned, None)]
+    entries += [("pytorch fp32", name, ref["finetuned_pytorch"], None) for name, ref in by_adapter.items()]
+    if by_adapter:
+        bases = [(name, ref["base_pytorch"]) for name, ref in by_adapter.items() if ref.get("base_pytorch")]
+    else:
+        bases = [("", reference["base_pytorch"])] if reference.get("base_pytorch") else []
+    entries += [("pytorch fp32 base", name, base, None) for name, base in bases]
     for name, target in doc["targets"].items():
         label = (
             name
             if compact
             else f"{name} ({target['provider'].removesuffix('ExecutionProvider')} {target['precision']})"
         )
-        entries.append((label, target["metrics"], target.get("vsFinetuned", {}).get("decode_speedup")))
+        rows = target.get("byAdapter") or {}
+        speedup = target.get("vsFinetuned", {}).get("decode_speedup")
+        entries.append((label, "", _per_model(target["metrics"]) if rows else target["metrics"], speedup))
+        entries += [(label, adapter, row["metrics"], None) for adapter, row in rows.items()]
+    return entries
+
+
+def comparison_rows(doc: dict[str, Any], *, compact: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison table (shared by the CLI and the HTML report)."""
+    entries = _entries(doc, compact=compact)
+    adapter_column = any(adapter for _, adapter, _, _ in entries)  # only jobs with several adapters
     columns = [(t, g) for t, g in COLUMNS if t in COMPACT] if compact else COLUMNS
-    used = [(title, get) for title, get in columns if any(get(m) is not None for _, m, _ in entries)]
-    header = ["model", *[title for title, _ in used], "speedup", "note"]
+    used = [(title, get) for title, get in columns if any(get(m) is not None for _, _, m, _ in entries)]
+    header = [
+        "model",
+        *(["adapter"] if adapter_column else []),
+        *[title for title, _ in used],
+        "speedup",
+        "note",
+    ]
     rows = []
-    for label, metrics, speedup in entries:
-        cells = [label, *[_fmt(get(metrics)) for _, get in used]]
+    for label, adapter, metrics, speedup in entries:
+        cells = [label, *([adapter] if adapter_column else []), *[_fmt(get(metrics)) for _, get in used]]
         cells.append(f"{speedup:.2f}x" if speedup else "")
         cells.append(f"skipped: {metrics['skipped']}" if metrics.get("skipped") else "")
         rows.append(cells)
@@ -90,7 +127,7 @@ def write_optimize_report(doc: dict[str, Any], out_dir: Path, *, title: str) -> 
 def comparison_table(doc: dict[str, Any]) -> str:
     """The comparison as an HTML table: :func:`comparison_rows`, every column, numbers to the right."""
     header, rows = comparison_rows(doc)
-    numeric = [title not in ("model", "note") for title in header]
+    numeric = [title not in ("model", "adapter", "note") for title in header]
     cells = [[kit.esc(cell) for cell in row] for row in rows]
     return kit.table([kit.esc(h) for h in header], cells, numeric=numeric)
 
@@ -180,6 +217,8 @@ def _target_card(name: str, target: dict[str, Any], gates: list[dict[str, Any]])
     accuracy_note = ""
     if accuracy is not None and versus.get("accuracy") is not None:
         accuracy_note = f"{versus['accuracy'] * 100:+.1f} pts vs {REFERENCE}"
+    if target.get("byAdapter") and adapters:  # each adapter's own row is in the comparison
+        accuracy_note = f"adapter {next(iter(target['byAdapter']))}; " + accuracy_note
     stats = [
         ("speedup", kit.times(speedup) if speedup else "–", _rate(metrics)),
         ("size", kit.megabytes(metrics["size_mb"]) if metrics.get("size_mb") else "–", ""),
@@ -205,12 +244,17 @@ def _rate(metrics: dict[str, Any]) -> str:
 
 def _gate_badge(gate: dict[str, Any]) -> str:
     label = GATES.get(gate["gate"], gate["gate"])
-    text = f"{label} {gate['limit']:g}"
+    text = (f"{gate['adapter']}: " if gate.get("adapter") else "") + f"{label} {gate['limit']:g}"
     if gate["passed"] is None:
         return kit.badge("unchecked: " + text, "")
     if gate["passed"]:
         return kit.badge("✓ " + text, "ok")
     return kit.badge("✗ " + text, "bad")
+
+
+def _gate_subject(gate: dict[str, Any]) -> str:
+    """The target, and the adapter of a quality gate on a target with several."""
+    return gate["target"] + (f", adapter {gate['adapter']}" if gate.get("adapter") else "")
 
 
 def _gates_table(gates: list[dict[str, Any]]) -> str:
@@ -223,7 +267,7 @@ def _gates_table(gates: list[dict[str, Any]]) -> str:
     }
     rows = [
         [
-            kit.esc(g["target"]),
+            kit.esc(_gate_subject(g)),
             kit.esc(GATES.get(g["gate"], g["gate"]).rstrip(" ≤≥")),
             _fmt(g["value"]),
             f"{'≥' if g['gate'] == 'decodeSpeedup' else '≤'} {g['limit']:g}",
