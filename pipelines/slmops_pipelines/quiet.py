@@ -27,6 +27,8 @@ def quiet_libraries() -> None:
         "bitsandbytes",
         "accelerate",
         "torch.distributed",
+        "onnxruntime",  # its quantizers log every step at INFO (and call logging.basicConfig)
+        "neural_compressor",  # onnxruntime's GPTQ
     ):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|accelerate)\..*")

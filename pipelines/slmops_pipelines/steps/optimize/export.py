@@ -18,6 +18,8 @@ leaves a folder that looks finished.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -316,7 +318,9 @@ def _quantize_int4_gptq(
     head = [LM_HEAD] if quantization.lm_head_int8 else []
     rows = _CalibrationRows(folder / "model.onnx", calibration[: quantization.calibration_samples])
     config = GPTQWeightOnlyQuantConfig(calibration_data_reader=rows, op_types_to_quantize=("MatMul",))
-    _quantize_nbits(folder, bits=4, block_size=block, algo_config=config, exclude=exclude + head)
+    # Its progress bar is print()ed, carriage returns and all: kept out of the job's output.
+    with contextlib.redirect_stdout(io.StringIO()):
+        _quantize_nbits(folder, bits=4, block_size=block, algo_config=config, exclude=exclude + head)
     if head:
         _quantize_nbits(folder, bits=8, block_size=block, include=head)
 
