@@ -45,7 +45,6 @@ def out(tmp_path_factory) -> Path:
     ("t", "expected_op"),
     [
         (target("cpu-int4", "CPUExecutionProvider", "int4", int4BlockSize=32), "MatMulNBits"),
-        (target("cpu-int4-hqq", "CPUExecutionProvider", "int4", int4Algorithm="hqq"), "MatMulNBits"),
         (target("cpu-int4-gptq", "CPUExecutionProvider", "int4", int4Algorithm="gptq"), "MatMulNBits"),
         (target("cpu-int8", "CPUExecutionProvider", "int8"), "MatMulNBits"),
         (target("cpu-int8-dyn", "CPUExecutionProvider", "int8", int8Mode="dynamic"), "MatMulInteger"),
@@ -75,21 +74,37 @@ def test_a_gpu_target_builds_without_a_gpu(tiny_model, out, isolated_cache):
     assert "cuda" in config
 
 
-@pytest.mark.parametrize("algorithm", ["rtn", "hqq", "gptq"])
-def test_int4_targets_use_the_fast_cpu_kernels_and_an_int8_output_layer(
-    algorithm, tiny_model, tmp_path, isolated_cache
+@pytest.mark.parametrize(
+    ("algorithm", "provider"),
+    [("rtn", "CPUExecutionProvider"), ("gptq", "CPUExecutionProvider"), ("hqq", "CUDAExecutionProvider")],
+)
+def test_int4_targets_use_the_fast_kernels_and_keep_an_int8_output_layer_when_asked(
+    algorithm, provider, tiny_model, tmp_path, isolated_cache
 ):
-    """accuracy_level 4 (int8 activations) on every node: without it the CPU dequantizes per call.
-
-    HQQ targets had none and decoded at 6 tokens/s where RTN decoded at 110.
-    """
-    t = target(f"int4-{algorithm}", "CPUExecutionProvider", "int4", int4Algorithm=algorithm)
+    """accuracy_level 4 (int8 activations) on every node: without it the CPU dequantizes per call."""
+    t = target(f"int4-{algorithm}", provider, "int4", int4Algorithm=algorithm, lmHeadInt8=True)
     exported = export_target(t, tiny_model, tmp_path, cache_dir=isolated_cache / "b", calibration=CALIBRATION)
     nodes = matmul_nbits(exported.path)
     assert nodes and all(attrs.get("accuracy_level") == 4 for attrs in nodes.values()), nodes
     head = [attrs for name, attrs in nodes.items() if "lm_head" in name]
     assert [attrs["bits"] for attrs in head] == [8]
     assert {attrs["bits"] for name, attrs in nodes.items() if "lm_head" not in name} == {4}
+
+
+def test_the_default_int4_head_shares_the_embedding_table(tiny_model, tmp_path, isolated_cache):
+    """int4 everywhere by default: the output layer's weights are the (int4) embedding table's."""
+    exported = export_target(
+        target("int4", "CPUExecutionProvider", "int4"), tiny_model, tmp_path, cache_dir=isolated_cache / "b"
+    )
+    assert {attrs["bits"] for attrs in matmul_nbits(exported.path).values()} == {4}
+    assert "GatherBlockQuantized" in op_types(exported.path)  # the embedding reads the shared int4 table
+
+
+def test_hqq_is_refused_on_the_cpu_with_the_reason():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="float zero points"):
+        target("cpu-int4-hqq", "CPUExecutionProvider", "int4", int4Algorithm="hqq")
 
 
 def test_gptq_without_calibration_rows_is_refused_naming_the_target(tiny_model, tmp_path, isolated_cache):
