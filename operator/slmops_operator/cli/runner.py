@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -25,13 +26,23 @@ def render_table(table: jobs.SummaryTable) -> Table | str:
     """A kind's summary table for the terminal: rich wraps long cells, it never cuts names."""
     if table.layout == "lines":
         return "\n".join(f"  {key}: {value}" for key, value in table.rows)
-    rich_table = Table(title=table.title, show_header=bool(table.columns), title_justify="left")
+    rich_table = Table(
+        title=table.title,
+        show_header=bool(table.columns),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,  # no side borders: at 80 columns every character counts
+        pad_edge=False,
+        padding=0,  # the box's blank divider is the one space between columns
+    )
     if table.columns:
-        for column in table.columns:
-            rich_table.add_column(column)
+        # The first column names the row: never wrapped, never cut.  The figures wrap at spaces
+        # and fold (never "…") when a word is wider than what 80 columns leave them.
+        rich_table.add_column(table.columns[0], no_wrap=True)
+        for column in table.columns[1:]:
+            rich_table.add_column(column, overflow="fold")
     else:  # key/value
         rich_table.add_column(style="bold")
-        rich_table.add_column()
+        rich_table.add_column(overflow="fold")  # paths fold, never end in "…"
     for number, row in enumerate(table.rows):
         rich_table.add_row(*row, style="bold green" if number == table.highlight else None)
     return rich_table
