@@ -13,7 +13,6 @@ token counts and the percentiles are the same by construction.  llama.cpp's own 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -75,19 +74,15 @@ class LlamaCppEngine:
         return out
 
     def answer_nll(self, prompt_ids, answer_ids) -> float:
-        import numpy as np
+        from slmops_pipelines.steps.optimize.measure import log_softmax_at
 
         if self._scoring is None:
             self._scoring = self._make_scoring()
         llm = self._scoring
         llm.reset()
         llm.eval(list(prompt_ids) + list(answer_ids))
-        total = 0.0
-        for i, token in enumerate(answer_ids):
-            row = np.asarray(llm.scores[len(prompt_ids) - 1 + i], dtype=np.float64)
-            top = row.max()
-            total -= float(row[token] - top - math.log(np.exp(row - top).sum()))
-        return total
+        start = len(prompt_ids) - 1  # the logits at position p predict token p + 1
+        return -sum(log_softmax_at(llm.scores[start + i], token) for i, token in enumerate(answer_ids))
 
 
 def main() -> int:

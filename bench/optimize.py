@@ -112,9 +112,10 @@ def slmops_job(args: argparse.Namespace, precision: str, out: Path) -> dict:
 
 def produce_slmops(args: argparse.Namespace, precision: str, work: Path, tokenizer) -> dict[str, dict]:
     out = work / f"slmops-{precision}"
-    measured = run_slmops(slmops_job(args, precision, out), work=work, name=f"slmops-{precision}")
+    job = slmops_job(args, precision, out)
+    measured = run_slmops(job, work=work, name=f"slmops-{precision}")
     rows = {}
-    for target in slmops_job(args, precision, out)["spec"]["targets"]:
+    for target in job["spec"]["targets"]:
         folder = out / "targets" / target["name"]
         row = {"produce_s": measured.wall_s, "folder": str(folder)}
         if target.get("mergeAdapter") is False:

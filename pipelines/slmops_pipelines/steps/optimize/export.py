@@ -6,7 +6,8 @@
   ``KeyError: Precision.INT8``), so we build fp32 and quantize with onnxruntime's quantizers:
   block-wise weight-only int8 (``MatMulNBits`` with 8 bits, the default: as accurate as fp32
   on the demo, 2.8x its decode speed) or dynamic int8 (``MatMulInteger``);
-* hqq int4: fp32 from the builder, then onnxruntime's ``MatMulNBitsQuantizer`` with HQQ.
+* hqq and gptq int4: fp32 from the builder, then onnxruntime's ``MatMulNBitsQuantizer`` with
+  HQQ or GPTQ (calibrated on the job's rows); hqq only for GPU providers (see the spec).
 
 For rtn int4 the output layer stays int8 by default (the builder's ``rtn_last``): on the
 demo, all-int4 lost 4 points of accuracy, int4 with an int8 head lost none.
@@ -268,8 +269,9 @@ def _save_in_place(folder: Path, model) -> None:
 def _int8_activations(model) -> None:
     """Give every MatMulNBits accuracy_level 4 (int8 activations): CPU's fast kernels.
 
-    onnxruntime's HQQ quantizer writes none, and without it the CPU kernel dequantizes the
-    weights to fp32 at every call: HQQ targets decoded at 6 tokens/s where RTN decodes at 110.
+    onnxruntime's HQQ quantizer writes none, and without it the CPU kernel has no fast path at
+    all.  (HQQ's float zero points keep it on the slow path even so: 5 tokens/s against 130
+    for RTN on the demo, which is why CPU targets refuse hqq; see specs.optimize.HQQ_ON_CPU.)
     """
     import onnx
 
@@ -300,12 +302,8 @@ LM_HEAD = "/lm_head/MatMul"
 def _quantize_int4_hqq(folder: Path, quantization: QuantizationSpec, exclude: list[str]) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
 
-    block = quantization.int4_block_size
-    head = [LM_HEAD] if quantization.lm_head_int8 else []
-    config = HQQWeightOnlyQuantConfig(block_size=block, bits=4)
-    _quantize_nbits(folder, bits=4, block_size=block, algo_config=config, exclude=exclude + head)
-    if head:
-        _quantize_nbits(folder, bits=8, block_size=block, include=head)
+    config = HQQWeightOnlyQuantConfig(block_size=quantization.int4_block_size, bits=4)
+    _quantize_int4_with(folder, quantization, exclude, config)
 
 
 def _quantize_int4_gptq(
@@ -314,13 +312,18 @@ def _quantize_int4_gptq(
     """GPTQ (Frantar et al., 2022): each weight's rounding error corrected on the job's own rows."""
     from onnxruntime.quantization.matmul_nbits_quantizer import GPTQWeightOnlyQuantConfig
 
-    block = quantization.int4_block_size
-    head = [LM_HEAD] if quantization.lm_head_int8 else []
     rows = _CalibrationRows(folder / "model.onnx", calibration[: quantization.calibration_samples])
     config = GPTQWeightOnlyQuantConfig(calibration_data_reader=rows, op_types_to_quantize=("MatMul",))
     # Its progress bar is print()ed, carriage returns and all: kept out of the job's output.
     with contextlib.redirect_stdout(io.StringIO()):
-        _quantize_nbits(folder, bits=4, block_size=block, algo_config=config, exclude=exclude + head)
+        _quantize_int4_with(folder, quantization, exclude, config)
+
+
+def _quantize_int4_with(folder: Path, quantization: QuantizationSpec, exclude: list[str], config) -> None:
+    """int4 by ``config``'s algorithm; then, with lmHeadInt8, the output layer on its own in int8."""
+    block = quantization.int4_block_size
+    head = [LM_HEAD] if quantization.lm_head_int8 else []
+    _quantize_nbits(folder, bits=4, block_size=block, algo_config=config, exclude=exclude + head)
     if head:
         _quantize_nbits(folder, bits=8, block_size=block, include=head)
 

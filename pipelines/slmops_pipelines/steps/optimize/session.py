@@ -51,10 +51,3 @@ def bake_session_options(folder: Path, runtime: TargetRuntime) -> dict[str, Any]
     options.update(written)
     path.write_text(json.dumps(config, indent=4))
     return written
-
-
-def baked_threads(folder: Path) -> int | None:
-    """The intra-op thread count a target folder ships with (None: onnxruntime's own choice)."""
-    config = json.loads((folder / "genai_config.json").read_text())
-    threads = config["model"]["decoder"].get("session_options", {}).get("intra_op_num_threads")
-    return int(threads) if threads else None
