@@ -61,6 +61,17 @@ def tone_data() -> Path:
     return TONE_DATA
 
 
+def job_run(resource, output_uri: str = "", **keywords):
+    """The JobRun of a resource, as the CLI makes it (output: the spec's, else ``output_uri``)."""
+    return resource.job_kind.new_run(
+        resource.name,
+        resource.spec,
+        default_output=output_uri or f"runs/{resource.name}",
+        namespace=resource.namespace,
+        **keywords,
+    )
+
+
 def finetune_manifest(name: str, model: Path, **spec_overrides) -> dict:
     """A FineTuneJob manifest for the tiny model on the tone data; overrides merge per section."""
     spec = {

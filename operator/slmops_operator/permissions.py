@@ -18,14 +18,14 @@ in the code.
 
 from __future__ import annotations
 
-from slmops_operator.api.resources import GROUP, KINDS
+from slmops_operator.api.resources import GROUP, resources
 
 JOB_VERBS = ["get", "list", "watch", "patch", "delete"]
 STATUS_VERBS = ["get", "patch"]
 
 
 def operator_rules(*, clusterwide: bool) -> list[dict[str, list[str]]]:
-    plurals = sorted(cls.plural for cls in KINDS.values())
+    plurals = sorted(cls.plural for cls in resources().values())
     rules = [
         {"apiGroups": [GROUP], "resources": plurals, "verbs": JOB_VERBS},
         {"apiGroups": [GROUP], "resources": [f"{p}/status" for p in plurals], "verbs": STATUS_VERBS},

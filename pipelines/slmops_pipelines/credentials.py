@@ -77,37 +77,29 @@ class SecretRef:
 
 
 def secret_refs(spec: Any) -> list[SecretRef]:
-    """Every Secret a FineTuneJob or OptimizeJob spec names, in a stable order."""
-    refs = []
-    if spec.output.credentials_secret:
-        refs.append(SecretRef("output", "output.credentialsSecret", spec.output.credentials_secret))
-    model = getattr(spec, "model", None) or getattr(getattr(spec, "source", None), "model", None)
-    model_field = "model.accessSecret" if getattr(spec, "model", None) else "source.model.accessSecret"
-    if model is not None and model.access_secret:
-        refs.append(SecretRef("model", model_field, model.access_secret))
-    dataset = getattr(spec, "dataset", None)
-    dataset_field = "dataset.accessSecret"
-    if dataset is None and getattr(spec, "evaluation", None) is not None:
-        dataset, dataset_field = spec.evaluation.dataset, "evaluation.dataset.accessSecret"
-    if dataset is not None and dataset.access_secret:
-        refs.append(SecretRef("dataset", dataset_field, dataset.access_secret))
+    """Every Secret the spec names, once each, in field order (its declared locations')."""
+    from slmops_pipelines.specs.locations import spec_locations
+
+    refs: list[SecretRef] = []
+    for loc in spec_locations(spec):
+        if loc.secret and not any(r.purpose == loc.purpose and r.name == loc.secret for r in refs):
+            refs.append(SecretRef(loc.purpose, loc.secret_field, loc.secret))
     return refs
 
 
-def _uri_of(spec: Any, ref: SecretRef) -> str:
-    """The URI a Secret is for: the model's or the dataset's (the output's are S3 keys)."""
-    if ref.purpose == "model":
-        return (getattr(spec, "model", None) or spec.source.model).uri
-    if ref.purpose == "dataset":
-        return (getattr(spec, "dataset", None) or spec.evaluation.dataset).uri
-    return ""
-
-
 def required_keys(spec: Any, ref: SecretRef) -> tuple[str, ...]:
-    """The keys a named Secret must hold for what it is for: an HF token, or an S3 key pair."""
-    if _uri_of(spec, ref).startswith("hf://"):
-        return HF_KEYS
-    return ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    """The keys a named Secret must hold for what it reads: an HF token, an S3 key pair, or both."""
+    from slmops_pipelines.specs.locations import spec_locations
+
+    schemes = {
+        loc.uri.split("://", 1)[0]
+        for loc in spec_locations(spec)
+        if loc.purpose == ref.purpose and loc.secret == ref.name
+    }
+    keys: tuple[str, ...] = HF_KEYS if "hf" in schemes else ()
+    if schemes - {"hf"} or not keys:
+        keys += ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    return keys
 
 
 def assumed_mounts(spec: Any) -> list[dict[str, Any]]:

@@ -100,17 +100,11 @@ def pvc_root() -> str:
     return os.environ.get("SLMOPS_PVC_ROOT") or PVC_ROOT
 
 
-def pvc_claims(value: object) -> list[str]:
-    """Every claim the ``pvc://`` URIs in ``value`` (a spec's JSON) name, in order of appearance."""
+def pvc_claims(uris: list[str]) -> list[str]:
+    """Every claim the ``pvc://`` URIs among ``uris`` name, once each, in order."""
     found: list[str] = []
-    if isinstance(value, str) and value.startswith("pvc://"):
-        match = _PVC_RE.match(value)
+    for uri in uris:
+        match = _PVC_RE.match(uri) if uri.startswith("pvc://") else None
         if match and match["claim"] not in found:
             found.append(match["claim"])
-    elif isinstance(value, dict):
-        for item in value.values():
-            found += [c for c in pvc_claims(item) if c not in found]
-    elif isinstance(value, list):
-        for item in value:
-            found += [c for c in pvc_claims(item) if c not in found]
     return found

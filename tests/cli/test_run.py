@@ -72,7 +72,7 @@ def test_optimize_job_whose_source_never_ran(tmp_path):
     }
     result, out = run_cli(tmp_path, job)
     assert result.exit_code == 2
-    assert "OptimizeJob opt: spec.source.fineTuneJobRef: FineTuneJob 'ghost' has not succeeded" in out
+    assert "OptimizeJob opt: spec.source.fineTuneJobRef: source job 'ghost' has not succeeded" in out
 
 
 def test_what_this_machine_cannot_do_fails_before_writing(tmp_path, tiny_model):

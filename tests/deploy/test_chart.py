@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slmops_operator.api.resources import GROUP, KINDS
+from slmops_operator.api.resources import GROUP, resources
 from slmops_operator.handlers.kube import KubeApi
 from slmops_operator.permissions import operator_rules, secret_copy_rules
 from slmops_operator.runtime import build_operator
@@ -80,7 +80,7 @@ def test_crds_are_the_generated_ones_and_come_first():
     for path in sorted((REPO / "crds").glob("*.yaml")):
         assert (CHART / "files" / "crds" / path.name).read_text() == path.read_text(), path.name
     crds = of_kind(render(), "CustomResourceDefinition")
-    assert {c["metadata"]["name"] for c in crds} == {f"{cls.plural}.{GROUP}" for cls in KINDS.values()}
+    assert {c["metadata"]["name"] for c in crds} == {f"{cls.plural}.{GROUP}" for cls in resources().values()}
     for crd in crds:
         assert crd["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"] == "-1"
         assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -140,7 +140,7 @@ def test_the_rules_cover_every_handler_and_call(tmp_path):
         for verb in ("get", "list", "watch", "patch"):
             assert (("slmops.io",), plural, verb) in allowed, (plural, verb)
         assert (("slmops.io",), f"{plural}/status", "patch") in allowed
-    for group, resource, verb in KubeApi.CALLS:
+    for group, resource, verb in KubeApi.calls():
         assert ((group,), resource, verb) in allowed
     assert (("",), "events", "create") in allowed  # kopf.event() for every transition
     copies = normalized(secret_copy_rules())
@@ -164,7 +164,7 @@ def test_secret_copies_are_allowed_only_in_the_kfp_namespace():
 def test_webhook_paths_are_the_operators_handler_ids():
     [config] = of_kind(render(), "ValidatingWebhookConfiguration")
     paths = {w["clientConfig"]["service"]["path"] for w in config["webhooks"]}
-    assert paths == {f"/validate-{cls.plural}" for cls in KINDS.values()}
+    assert paths == {f"/validate-{cls.plural}" for cls in resources().values()}
     [secret] = of_kind(render(), "Secret")
     assert {"tls.crt", "tls.key", "ca.crt"} <= set(secret["data"])
 

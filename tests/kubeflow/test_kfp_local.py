@@ -21,7 +21,7 @@ from slmops_pipelines.errors import InputError
 from slmops_pipelines.local import run_finetune
 from slmops_pipelines.local.optimize import run_optimize
 from slmops_pipelines.models import cache_root
-from tests.conftest import finetune_manifest
+from tests.conftest import finetune_manifest, job_run
 
 
 def run_finetune_kfp_local(*, name: str, spec, output_uri: str):
@@ -78,7 +78,7 @@ def test_finetune_pipeline_produces_the_local_engines_artifacts(kfp_finished, ti
     out, outcome = kfp_finished
     local_out = tmp_path / "tiny-local"
     j = job("tiny-kfp", tiny_model, output={"mergedModel": True})
-    run_finetune(name=j.name, spec=j.spec, output_uri=str(local_out))
+    run_finetune(job_run(j, str(local_out)))
     assert manifest_paths(out) == manifest_paths(local_out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train"]["global_step"] == 4
@@ -140,9 +140,7 @@ def test_optimize_pipeline_builds_targets_in_parallel_for(kfp_finished, tmp_path
     assert list(doc["targets"]) == ["cpu-int4", "cpu-int8"]  # spec order, whatever order they finished in
     for target in doc["targets"].values():
         assert target["metrics"]["accuracy"] is not None and target["metrics"]["size_mb"] > 0
-    local = run_optimize(
-        name=opt.name, spec=opt.spec, output_uri=str(tmp_path / "opt-local"), locate_job=lambda _n: str(out)
-    )
+    local = run_optimize(job_run(opt, str(tmp_path / "opt-local")), locate_job=lambda _n: str(out))
     assert manifest_paths(tmp_path / "opt-kfp") == manifest_paths(tmp_path / "opt-local")
     assert set(local.artifacts) == set(outcome.artifacts)
 

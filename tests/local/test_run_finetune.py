@@ -11,7 +11,7 @@ import pytest
 from slmops_operator.api import FineTuneJob
 from slmops_pipelines.errors import InputError, StorageError
 from slmops_pipelines.local import run_finetune
-from tests.conftest import finetune_manifest
+from tests.conftest import finetune_manifest, job_run
 
 
 def job(name: str, model: Path, **overrides) -> FineTuneJob:
@@ -19,7 +19,7 @@ def job(name: str, model: Path, **overrides) -> FineTuneJob:
 
 
 def run(j: FineTuneJob, output: str):
-    return run_finetune(name=j.name, spec=j.spec, output_uri=output)
+    return run_finetune(job_run(j, output))
 
 
 def sha256(path: Path) -> str:

@@ -13,7 +13,7 @@ from slmops_operator.api import FineTuneJob
 from slmops_pipelines.errors import JobError
 from slmops_pipelines.local import run_finetune
 from slmops_pipelines.stages.search import run_search
-from tests.conftest import finetune_manifest
+from tests.conftest import finetune_manifest, job_run
 
 
 def spec_with(search: dict, **overrides):
@@ -152,7 +152,7 @@ def test_a_random_search_on_a_tiny_model(tiny_model, tmp_path):
         )
     )
     out = tmp_path / "out"
-    outcome = run_finetune(name=job.name, spec=job.spec, output_uri=str(out))
+    outcome = run_finetune(job_run(job, str(out)))
     search = outcome.metrics["search"]
     done = [t for t in search["trials"] if t["state"] == "COMPLETE"]
     assert len(search["trials"]) == 4 and done

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from slmops_operator.api import OptimizeJob
 from slmops_pipelines.local.optimize import GateError, run_optimize
 from slmops_pipelines.stages import optimize as stages
-from tests.conftest import TONE_DATA
+from tests.conftest import TONE_DATA, job_run
 from tests.optimize.test_adapters import make_adapter
 
 TARGET = {
@@ -172,7 +172,7 @@ def test_a_gate_violated_by_one_adapter_fails_the_job_naming_it(
     )
     out = tmp_path / "gated"
     with pytest.raises(GateError) as info:
-        run_optimize(name=job.name, spec=job.spec, output_uri=str(out), locate_job=lambda n: n)
+        run_optimize(job_run(job, str(out)), locate_job=lambda n: n)
     doc = json.loads((out / "metrics.json").read_text())
     sql_reference = doc["reference"]["byAdapter"]["sql"]["finetuned_pytorch"]["perplexity"]
     assert sql_reference > 1.5  # so that squaring it is more than a 50% increase
@@ -211,7 +211,8 @@ def test_the_pipelines_tasks_measure_every_adapter_too(tiny_model, two_adapters,
     from slmops_pipelines.kubeflow import tasks
 
     job = adapters_job("kfp", tiny_model, two_adapters, sql_data, metrics=["perplexity"])
-    spec, context, out = job.spec.to_manifest(), {"name": "kfp"}, str(tmp_path / "out")
+    spec, out = job.spec.to_manifest(), str(tmp_path / "out")
+    context = {"name": "kfp", "kind": "OptimizeJob", "apiVersion": "slmops.io/v1alpha1"}
     fingerprint, started, source_view = tasks.inspect_optimize(
         spec=spec, job=context, output_uri=out, source_uri=""
     )

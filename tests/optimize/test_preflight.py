@@ -20,7 +20,7 @@ from slmops_pipelines.stages.preflight import (
     check_optimize,
     raise_findings,
 )
-from tests.conftest import TONE_DATA, finetune_manifest
+from tests.conftest import TONE_DATA, finetune_manifest, job_run
 
 CPU_INT4 = {"name": "cpu-int4", "provider": "CPUExecutionProvider", "precision": "int4"}
 
@@ -125,7 +125,7 @@ def test_the_local_engine_fails_before_merging_anything(unexportable, tmp_path):
     job = optimize("early", {"model": {"uri": str(unexportable)}})
     started = time.monotonic()
     with pytest.raises(InputError) as raised:
-        run_optimize(name=job.name, spec=job.spec, output_uri=str(tmp_path / "out"), locate_job=no_job)
+        run_optimize(job_run(job, str(tmp_path / "out")), locate_job=no_job)
     assert raised.value.field == "source.model.uri"
     assert time.monotonic() - started < 30
     assert not (tmp_path / "out" / "prepared").exists() and not (tmp_path / "out" / "manifest.json").exists()
@@ -138,7 +138,10 @@ def test_the_pipelines_inspect_step_runs_it_and_records_the_error(unexportable, 
     out = str(tmp_path / "out")
     with pytest.raises(InputError):
         tasks.inspect_optimize(
-            spec=job.spec.to_manifest(), job={"name": "kfp"}, output_uri=out, source_uri=""
+            spec=job.spec.to_manifest(),
+            job={"name": "kfp", "kind": "OptimizeJob", "apiVersion": "slmops.io/v1alpha1"},
+            output_uri=out,
+            source_uri="",
         )
     recorded = read_error(out)
     assert recorded is not None and recorded.field == "source.model.uri"
@@ -152,7 +155,9 @@ def test_the_finetune_inspect_step_reports_the_model_and_the_dataset_at_once(tmp
     job = FineTuneJob.model_validate(manifest)
     with pytest.raises(PreflightError) as raised:
         tasks.inspect_finetune(
-            spec=job.spec.to_manifest(), job={"name": "both"}, output_uri=str(tmp_path / "out")
+            spec=job.spec.to_manifest(),
+            job={"name": "both", "kind": "FineTuneJob", "apiVersion": "slmops.io/v1alpha1"},
+            output_uri=str(tmp_path / "out"),
         )
     assert raised.value.field == "model.uri"
     assert "also spec.dataset.promptTemplate" in str(raised.value) and "sentence" in str(raised.value)

@@ -11,7 +11,7 @@ from slmops_operator.api import FineTuneJob, OptimizeJob
 from slmops_pipelines.errors import InputError
 from slmops_pipelines.local import run_finetune
 from slmops_pipelines.local.optimize import GateError, run_optimize
-from tests.conftest import finetune_manifest
+from tests.conftest import finetune_manifest, job_run
 
 
 def optimize_job(name: str, source: dict, targets: list[dict], **evaluation) -> OptimizeJob:
@@ -39,14 +39,12 @@ CPU_INT8_STATIC = {
 def runs(tiny_model: Path, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     job = FineTuneJob.model_validate(finetune_manifest("ft", tiny_model))
-    run_finetune(name=job.name, spec=job.spec, output_uri=str(root / "ft"))
+    run_finetune(job_run(job, str(root / "ft")))
     return root
 
 
 def run(job: OptimizeJob, runs: Path):
-    return run_optimize(
-        name=job.name, spec=job.spec, output_uri=str(runs / job.name), locate_job=lambda n: str(runs / n)
-    )
+    return run_optimize(job_run(job, str(runs / job.name)), locate_job=lambda n: str(runs / n))
 
 
 @pytest.fixture(scope="module")

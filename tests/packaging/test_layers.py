@@ -97,3 +97,59 @@ def test_modules_and_functions_stay_short(root):
                 if length > 80:
                     too_long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {length} lines")
     assert too_long == []
+
+
+REGISTRY_FOLDERS = (PIPELINES / "jobs", PIPELINES / "specs")  # the kinds, and the API types they name
+
+
+def _kind_words() -> re.Pattern[str]:
+    from slmops_pipelines import jobs
+
+    words = {jobs.API_GROUP + "/" + jobs.API_VERSION}
+    for kind in jobs.KINDS.values():
+        words |= {kind.name, kind.plural, kind.run_prefix}
+    return re.compile(r"\b(" + "|".join(sorted(map(re.escape, words))) + r")\b")
+
+
+def _strings_outside_docstrings(tree: ast.AST) -> list[ast.Constant]:
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
+
+
+def test_only_the_registry_spells_a_kind_its_plural_or_the_api_version():
+    """Names, plurals, run prefixes, short names and the API version come from the kinds."""
+    words = _kind_words()
+    spelled = [
+        f"{path.relative_to(REPO)}:{node.lineno}: {node.value[:60]!r}"
+        for root in (OPERATOR, PIPELINES)
+        for path in sources(root)
+        if not any(folder in path.parents for folder in REGISTRY_FOLDERS)
+        for node in _strings_outside_docstrings(ast.parse(path.read_text()))
+        if words.search(node.value)
+    ]
+    assert spelled == []
+
+
+def test_no_chart_template_lists_the_plurals():
+    """RBAC and webhooks read the plurals from the CRD files the chart ships."""
+    from slmops_pipelines import jobs
+
+    templates = REPO / "charts" / "slmops" / "templates"
+    listed = [
+        f"{path.name}: {kind.plural}"
+        for path in sorted(templates.iterdir())
+        for kind in jobs.KINDS.values()
+        if re.search(rf"\b{kind.plural}\b", path.read_text())
+    ]
+    assert listed == []

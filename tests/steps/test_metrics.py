@@ -12,7 +12,7 @@ from slmops_pipelines.errors import InputError
 from slmops_pipelines.local import run_finetune
 from slmops_pipelines.steps.metrics import available_metrics, check_metrics, compute_metrics
 from slmops_pipelines.steps.metrics.builtin import macro_f1
-from tests.conftest import finetune_manifest
+from tests.conftest import finetune_manifest, job_run
 
 
 def test_macro_f1():
@@ -59,7 +59,7 @@ def test_a_job_reports_its_metrics(plugin_package, tiny_model, tmp_path):
     job = FineTuneJob.model_validate(
         finetune_manifest("metrics", tiny_model, evaluation={"metrics": ["f1", plugin_package]})
     )
-    outcome = run_finetune(name=job.name, spec=job.spec, output_uri=str(tmp_path / "out"))
+    outcome = run_finetune(job_run(job, str(tmp_path / "out")))
     evaluation = json.loads((tmp_path / "out" / "metrics.json").read_text())["evaluation"]
     for model in ("finetuned", "base"):
         assert set(evaluation[model]["metrics"]) == {"f1", "answered_rate"}
@@ -70,5 +70,5 @@ def test_a_job_reports_its_metrics(plugin_package, tiny_model, tmp_path):
 def test_a_misspelled_metric_fails_before_training(tiny_model, tmp_path):
     job = FineTuneJob.model_validate(finetune_manifest("typo", tiny_model, evaluation={"metrics": ["f_1"]}))
     with pytest.raises(InputError, match="unknown metric 'f_1'"):
-        run_finetune(name=job.name, spec=job.spec, output_uri=str(tmp_path / "out"))
+        run_finetune(job_run(job, str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()  # nothing was written

@@ -12,7 +12,7 @@ from slmops_operator.api import FineTuneJob
 from slmops_pipelines.errors import InputError
 from slmops_pipelines.local import run_finetune
 from slmops_pipelines.steps.train.losses import available_losses, get_loss
-from tests.conftest import finetune_manifest
+from tests.conftest import finetune_manifest, job_run
 
 
 @pytest.fixture
@@ -45,17 +45,17 @@ def test_a_plugin_loss_is_found_and_trains(doubled_loss, tiny_model, tmp_path):
     # One step with a vanishing learning rate: the first logged loss is the loss at the start.
     overrides = {"maxSteps": 1, "loggingSteps": 1, "learningRate": 1e-9}
     plain = FineTuneJob.model_validate(finetune_manifest("plain", tiny_model, training=overrides))
-    run_finetune(name=plain.name, spec=plain.spec, output_uri=str(tmp_path / "plain"))
+    run_finetune(job_run(plain, str(tmp_path / "plain")))
     doubled = FineTuneJob.model_validate(
         finetune_manifest("doubled", tiny_model, training={**overrides, "loss": doubled_loss})
     )
-    run_finetune(name=doubled.name, spec=doubled.spec, output_uri=str(tmp_path / "doubled"))
+    run_finetune(job_run(doubled, str(tmp_path / "doubled")))
     assert first_loss(tmp_path / "doubled") == pytest.approx(2 * first_loss(tmp_path / "plain"), rel=1e-3)
 
 
 def test_an_unknown_loss_fails_before_training(tiny_model, tmp_path):
     job = FineTuneJob.model_validate(finetune_manifest("typo", tiny_model, training={"loss": "focal"}))
     with pytest.raises(InputError) as raised:
-        run_finetune(name=job.name, spec=job.spec, output_uri=str(tmp_path / "out"))
+        run_finetune(job_run(job, str(tmp_path / "out")))
     assert raised.value.field == "training.loss" and "cross_entropy" in raised.value.message
     assert not (tmp_path / "out").exists()

@@ -9,9 +9,9 @@ import json
 
 import pytest
 
+from slmops_pipelines import jobs
 from slmops_pipelines.errors import InputError
 from slmops_pipelines.specs import FineTuneJobSpec
-from slmops_pipelines.stages.outputs import job_identity
 from slmops_pipelines.steps.publish import CLAIM, claim_output, delete_owned_output
 from slmops_pipelines.storage import open_store
 from tests.conftest import finetune_manifest
@@ -20,7 +20,8 @@ SPEC = FineTuneJobSpec.model_validate(finetune_manifest("j", "/models/tiny")["sp
 
 
 def identity(name: str, uid: str) -> dict:
-    return job_identity("FineTuneJob", "team-a", name, SPEC, uid)
+    kind = jobs.job_kind("FineTuneJob")
+    return kind.new_run(name, SPEC, default_output="unused", namespace="team-a", uid=uid).identity()
 
 
 def write_output(uri: str, owner: dict, files=("adapter/adapter_model.safetensors", "metrics.json")) -> None:

@@ -23,7 +23,7 @@ from slmops_pipelines.kubeflow.distributed.manifests import Workload, build
 from slmops_pipelines.local import run_finetune
 from slmops_pipelines.storage import open_store
 from slmops_pipelines.uris import UriError, parse_uri, pvc_claims
-from tests.conftest import finetune_manifest
+from tests.conftest import finetune_manifest, job_run
 
 
 @pytest.fixture
@@ -46,13 +46,9 @@ def test_malformed_pvc_uris_are_refused(uri):
         parse_uri(uri)
 
 
-def test_the_claims_of_a_spec_are_found_wherever_they_are_named():
-    spec = {
-        "model": {"uri": "pvc://models/a"},
-        "dataset": {"uri": "s3://b/d"},
-        "x": [{"uri": "pvc://data/t"}],
-    }
-    assert pvc_claims(spec) == ["models", "data"]
+def test_the_claims_of_uris_are_found_once_each_in_order():
+    uris = ["pvc://models/a", "s3://bbb/d", "pvc://data/t", "pvc://models/b", ""]
+    assert pvc_claims(uris) == ["models", "data"]
 
 
 def test_a_pvc_output_keeps_the_local_rules(pvc_root):
@@ -121,11 +117,11 @@ def test_a_job_reads_and_writes_claims_end_to_end(pvc_root, tiny_model, tone_dat
     )
     manifest["spec"]["model"]["uri"] = "pvc://models/tiny"
     job = FineTuneJob.model_validate(manifest)
-    outcome = run_finetune(name=job.name, spec=job.spec)
+    outcome = run_finetune(job_run(job))
     out = pvc_root / "outputs" / "team-a" / "on-claims"
     assert (out / "manifest.json").is_file() and outcome.artifacts["adapter"] == str(out / "adapter")
-    assert run_finetune(name=job.name, spec=job.spec).already_complete
+    assert run_finetune(job_run(job)).already_complete
     other = FineTuneJob.model_validate({**manifest, "metadata": {"name": "intruder"}})
     with pytest.raises(InputError) as refused:
-        run_finetune(name=other.name, spec=other.spec)
+        run_finetune(job_run(other))
     assert refused.value.field == "output.uri"

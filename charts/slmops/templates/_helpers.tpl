@@ -45,13 +45,33 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s-webhook-tls" (include "slmops.fullname" .) -}}
 {{- end -}}
 
+{{/* The job kinds, read from the CRDs the chart ships (files/crds, written by `slmops crds`):
+     a JSON list of {group, plural, versions}.  A new kind needs no template edit. */}}
+{{- define "slmops.kinds" -}}
+{{- $kinds := list -}}
+{{- range $path, $_ := .Files.Glob "files/crds/*.yaml" -}}
+{{- $crd := $.Files.Get $path | fromYaml -}}
+{{- $versions := list -}}
+{{- range $crd.spec.versions }}{{ $versions = append $versions .name }}{{ end -}}
+{{- $kinds = append $kinds (dict "group" $crd.spec.group "plural" $crd.spec.names.plural "versions" $versions) -}}
+{{- end -}}
+{{- toJson $kinds -}}
+{{- end -}}
+
 {{/* The operator's permissions on its own resources (mirrors slmops_operator/permissions.py). */}}
 {{- define "slmops.jobRules" -}}
-- apiGroups: [slmops.io]
-  resources: [finetunejobs, optimizejobs]
+{{- $kinds := include "slmops.kinds" . | fromJsonArray -}}
+{{- $groups := list -}}{{- $plurals := list -}}{{- $status := list -}}
+{{- range $kinds -}}
+{{- $groups = append $groups .group | uniq -}}
+{{- $plurals = append $plurals .plural -}}
+{{- $status = append $status (printf "%s/status" .plural) -}}
+{{- end }}
+- apiGroups: {{ toJson $groups }}
+  resources: {{ toJson (sortAlpha $plurals) }}
   verbs: [get, list, watch, patch, delete]
-- apiGroups: [slmops.io]
-  resources: [finetunejobs/status, optimizejobs/status]
+- apiGroups: {{ toJson $groups }}
+  resources: {{ toJson (sortAlpha $status) }}
   verbs: [get, patch]
 - apiGroups: [""]
   resources: [events]

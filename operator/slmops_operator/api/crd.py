@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from slmops_operator.api.resources import GROUP, KINDS, MUTABLE_SPEC_FIELDS, VERSION, Resource
+from slmops_operator.api.resources import GROUP, MUTABLE_SPEC_FIELDS, VERSION, Resource, resources
 from slmops_operator.api.status import JobStatus
 from slmops_pipelines.specs.base import CEL_KEY
 
@@ -208,7 +208,7 @@ def crd_for(resource: type[Resource]) -> dict[str, Any]:
 
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD, for every kind."""
-    return {f"{GROUP}_{cls.plural}.yaml": crd_for(cls) for cls in KINDS.values()}
+    return {f"{GROUP}_{cls.plural}.yaml": crd_for(cls) for cls in resources().values()}
 
 
 def render_yaml(crd: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from slmops_operator.api.resources import API_VERSION, GROUP, KINDS, Resource
+from slmops_operator.api.resources import API_VERSION, GROUP, Resource, resource_of, resources
 
 
 @dataclass(frozen=True)
@@ -163,10 +163,12 @@ def parse_document(doc: Document) -> Resource:
         raise ManifestError(
             [Problem(doc.label, "apiVersion", f"must be {API_VERSION} (got {api_version!r})")]
         )
-    if kind not in KINDS:
-        raise ManifestError([Problem(doc.label, "kind", f"must be one of {', '.join(KINDS)} (got {kind!r})")])
+    if kind not in resources():
+        raise ManifestError(
+            [Problem(doc.label, "kind", f"must be one of {', '.join(resources())} (got {kind!r})")]
+        )
     try:
-        return KINDS[kind].model_validate(body)
+        return resource_of(kind).model_validate(body)
     except ValidationError as exc:
         raise ManifestError(
             [

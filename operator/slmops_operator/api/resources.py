@@ -9,7 +9,7 @@ single source of truth for the CRDs (see :mod:`slmops_operator.api.crd`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -18,8 +18,9 @@ from slmops_pipelines import jobs
 from slmops_pipelines.jobs import JobKind
 from slmops_pipelines.specs import JobSpec, SpecModel
 
-GROUP = "slmops.io"
-VERSION = "v1alpha1"
+# The API's group and version are the registry's (slmops_pipelines.jobs.base).
+GROUP = jobs.API_GROUP
+VERSION = jobs.API_VERSION
 API_VERSION = f"{GROUP}/{VERSION}"
 # The spec fields that may change after creation: they change how a job is run, not what it
 # produces.  Every other spec field is immutable (the CRD's CEL rules and the webhook).
@@ -44,12 +45,12 @@ class ObjectMeta(BaseModel):
 class Resource(SpecModel):
     """Base of the slmops custom resources: one subclass per job kind, made by :func:`resource_class`."""
 
-    job_kind: ClassVar[JobKind]
+    job_kind: ClassVar[JobKind[Any]]
     kind_name: ClassVar[str]
     plural: ClassVar[str]
     short_names: ClassVar[list[str]]
 
-    api_version: Literal["slmops.io/v1alpha1"] = Field(alias="apiVersion", description="slmops.io/v1alpha1")
+    api_version: str = Field(alias="apiVersion", description=API_VERSION)  # each kind's class: a Literal
     metadata: ObjectMeta
     if TYPE_CHECKING:  # each kind's resource class declares its own spec class
         spec: JobSpec
@@ -66,7 +67,7 @@ class Resource(SpecModel):
         return self.metadata.namespace or "default"
 
 
-def resource_class(kind: JobKind) -> type[Resource]:
+def resource_class(kind: JobKind[Any]) -> type[Resource]:
     """The resource of a job kind: its ``kind`` and its spec class; names and docs from the registry."""
     cls = create_model(
         kind.name,
@@ -74,6 +75,10 @@ def resource_class(kind: JobKind) -> type[Resource]:
         __doc__=kind.description,
         __module__=__name__,
         kind=(Literal[kind.name], Field(description=kind.name)),  # type: ignore[arg-type]
+        api_version=(  # type: ignore[arg-type]
+            Literal[kind.api_version],
+            Field(alias="apiVersion", description=kind.api_version),
+        ),
         spec=(kind.spec_class, ...),
     )
     cls.job_kind = kind
@@ -83,7 +88,18 @@ def resource_class(kind: JobKind) -> type[Resource]:
     return cls
 
 
-# One resource class per registered job kind (slmops_pipelines.jobs.KINDS).
-KINDS: dict[str, type[Resource]] = {name: resource_class(kind) for name, kind in jobs.KINDS.items()}
-FineTuneJob = KINDS["FineTuneJob"]
-OptimizeJob = KINDS["OptimizeJob"]
+_MADE: dict[str, type[Resource]] = {}
+
+
+def resource_of(kind: str) -> type[Resource]:
+    """The resource class of a registered kind (made once; a KeyError names the known kinds)."""
+    job = jobs.job_kind(kind)
+    made = _MADE.get(kind)
+    if made is None or made.job_kind is not job:
+        made = _MADE[kind] = resource_class(job)
+    return made
+
+
+def resources() -> dict[str, type[Resource]]:
+    """One resource class per kind of the registry (slmops_pipelines.jobs.KINDS), in its order."""
+    return {name: resource_of(name) for name in jobs.KINDS}

@@ -78,11 +78,11 @@ def run(request: dict[str, Any], state_path: Path) -> int:
     reporter.stage("starting", f"{request['kind']} {request['namespace']}/{request['name']}")
     kind = jobs.job_kind(request["kind"])
     try:
-        run = jobs.JobRun(
-            name=request["name"],
+        run = kind.new_run(
+            request["name"],
+            kind.spec_class.model_validate(request["spec"]),
+            default_output=request["outputUri"],  # the operator resolved it (JobRequest.output_uri)
             namespace=request["namespace"],
-            spec=kind.spec_class.model_validate(request["spec"]),
-            output_uri=request["outputUri"],
             source_uri=request.get("sourceUri") or "",
             uid=request.get("uid", ""),
         )

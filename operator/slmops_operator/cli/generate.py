@@ -59,7 +59,12 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """TARGET and the options ``generate`` and ``chat`` share: what to load, how to sample."""
     options = [
         click.argument("target"),
-        click.option("--target", "target_name", default=None, help="The OptimizeJob target to load."),
+        click.option(
+            "--target",
+            "target_name",
+            default=None,
+            help="Which target of an optimized output to load (default: the first this machine runs).",
+        ),
         click.option(
             "--model", default=None, help="Base model of a PEFT adapter folder (a folder, hf://, s3://)."
         ),

@@ -48,10 +48,6 @@ def render_table(table: jobs.SummaryTable) -> Table | str:
     return rich_table
 
 
-def output_uri(resource: Resource, runs_dir: Path) -> str:
-    return resource.spec.output.uri or str(runs_dir / resource.name)
-
-
 def run_job(
     resource: Resource,
     *,
@@ -70,11 +66,11 @@ def run_job(
         source_uri = outputs.get((upstream.kind, upstream.name), str(runs_dir / upstream.name))
     started = time.time()
     console.rule(f"{resource.kind_name} {resource.name}")
-    run = jobs.JobRun(
-        name=resource.name,
+    run = kind.new_run(
+        resource.name,
+        resource.spec,
+        default_output=str(runs_dir / resource.name),
         namespace=resource.namespace,
-        spec=resource.spec,
-        output_uri=str(runs_dir / resource.name),
         source_uri=source_uri,
     )
     if engine == "kfp-local":  # every step is its own process: no progress bar
@@ -117,7 +113,7 @@ def run_resources(
     for resource in resources:
         try:
             outcome = run_job(resource, runs_dir=runs_dir, console=console, outputs=outputs, engine=engine)
-            outputs[(resource.kind_name, resource.name)] = output_uri(resource, runs_dir)
+            outputs[(resource.kind_name, resource.name)] = outcome.output_uri
             summary = jobs.summary_metrics(resource.kind_name, outcome.metrics)
             results.append(
                 result_of(

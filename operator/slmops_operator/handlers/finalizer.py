@@ -22,7 +22,7 @@ from typing import Any
 
 import kopf
 
-from slmops_operator.api.resources import KINDS
+from slmops_operator.api.resources import resource_of
 from slmops_operator.api.status import RunRef
 from slmops_operator.handlers import validation
 from slmops_operator.handlers.conditions import FINISHED
@@ -76,7 +76,7 @@ async def _delete_artifacts(reconciler, body: kopf.Body, status: dict[str, Any],
     uri = (status.get("artifacts") or {}).get("output")
     if not uri:  # not finished: whatever it wrote so far
         try:
-            uri = reconciler.output_uri(KINDS[body.get("kind", "")].model_validate(dict(body)))
+            uri = reconciler.output_uri(resource_of(body.get("kind", "")).model_validate(dict(body)))
         except Exception:  # an invalid object never ran: nothing to delete
             return []
     uid = (body.get("metadata") or {}).get("uid") or ""

@@ -34,7 +34,7 @@ from typing import Any
 
 import kopf
 
-from slmops_operator.api.resources import GROUP, KINDS, VERSION, Resource
+from slmops_operator.api.resources import GROUP, VERSION, Resource, resource_of, resources
 from slmops_operator.api.status import RunRef
 from slmops_operator.backends.base import JobRequest
 from slmops_operator.credentials import MissingCredentials
@@ -111,7 +111,7 @@ async def _finished(reconciler: Reconciler, job: JobPass) -> None:
     if job.status.get("observedGeneration") != job.generation:
         job.patch.status["observedGeneration"] = job.generation
     try:
-        resource = KINDS[job.kind].model_validate(dict(job.body))
+        resource = resource_of(job.kind).model_validate(dict(job.body))
     except Exception:  # a finished job of an older, looser release: keep its verdict
         return
     await _honour_ttl(reconciler, resource, job.status, job.logger)
@@ -255,7 +255,7 @@ def index_phases(*, status: kopf.Status, param: Any = None, **_: Any) -> dict:
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
     """Register every job handler on ``registry``."""
     poll = reconciler.settings.poll_seconds
-    for kind, cls in KINDS.items():
+    for kind, cls in resources().items():
         plural = cls.plural
 
         @kopf.on.create(GROUP, VERSION, plural, registry=registry, id=f"accept-{plural}", param=kind)
@@ -276,10 +276,10 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
         async def tick(param: Any = None, namespace: str | None = None, **kwargs: Any) -> None:
             active = {
                 run
-                for cls in KINDS.values()
+                for cls in resources().values()
                 for run in (kwargs.get(f"active_jobs_{cls.plural}") or {}).get(namespace, [])
             }
-            outputs = {name: kwargs.get(f"outputs_{cls.plural}") for name, cls in KINDS.items()}
+            outputs = {name: kwargs.get(f"outputs_{cls.plural}") for name, cls in resources().items()}
             await reconcile(
                 reconciler,
                 param,
@@ -290,7 +290,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
                 outputs=outputs,
                 active=active,
             )
-            phases = kwargs.get(f"phases_{KINDS[param].plural}") or {}
+            phases = kwargs.get(f"phases_{resource_of(param).plural}") or {}
             reconciler.metrics.set_phase_counts(param, Counter(phases.get(param, [])))
 
         @kopf.on.delete(GROUP, VERSION, plural, registry=registry, id=f"finalize-{plural}", param=kind)

@@ -25,14 +25,14 @@ _logger = logging.getLogger("slmops.kube")
 
 
 class KubeApi:
-    # (API group, resource, verb) of every call below: the RBAC rules must allow them.
-    CALLS = frozenset(
-        {
-            ("slmops.io", "finetunejobs", "delete"),
-            ("slmops.io", "optimizejobs", "delete"),
-            ("", "secrets", "get"),  # a job's Secrets, in its namespace
-        }
-    )
+    @staticmethod
+    def calls() -> frozenset[tuple[str, str, str]]:
+        """(API group, resource, verb) of every call below: the RBAC rules must allow them."""
+        from slmops_pipelines import jobs
+
+        deletes = {(kind.group, kind.plural, "delete") for kind in jobs.KINDS.values()}  # TTLs
+        return frozenset({*deletes, ("", "secrets", "get")})  # a job's Secrets, in its namespace
+
     # Standalone KFP only: the run-owned copies of a job's Secrets, in the KFP namespace.
     COPY_CALLS = frozenset({("", "secrets", "create"), ("", "secrets", "update"), ("", "secrets", "delete")})
 

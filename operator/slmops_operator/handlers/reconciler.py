@@ -49,14 +49,17 @@ class Reconciler:
     # -- helpers -----------------------------------------------------------------------------
 
     def output_uri(self, resource: Resource) -> str:
-        if resource.spec.output.uri:
-            return resource.spec.output.uri
+        """The job's output location, resolved by its kind (``spec.output.uri``, else its slot here)."""
         root = self.settings.default_output or (
             str(self.settings.local_state_dir / "outputs") if self.settings.backend == "local" else ""
         )
-        if not root:
+        slot = f"{root.rstrip('/')}/{resource.namespace}/{resource.name}" if root else ""
+        run = resource.job_kind.new_run(
+            resource.name, resource.spec, default_output=slot, namespace=resource.namespace
+        )
+        if not run.output_uri:
             raise kopf.PermanentError("output.uri is required: this operator has no SLMOPS_DEFAULT_OUTPUT")
-        return f"{root.rstrip('/')}/{resource.namespace}/{resource.name}"
+        return run.output_uri
 
     def request(
         self, resource: Resource, meta: Mapping[str, Any], source_uri: str = "", *, attempt: int = 1

@@ -28,8 +28,17 @@ import kopf
 from pydantic import ValidationError
 
 from slmops_operator.api.manifests import describe_error, format_loc
-from slmops_operator.api.resources import GROUP, KINDS, MUTABLE_SPEC_FIELDS, VERSION, Resource
+from slmops_operator.api.resources import (
+    GROUP,
+    MUTABLE_SPEC_FIELDS,
+    VERSION,
+    Resource,
+    resource_of,
+    resources,
+)
 from slmops_operator.settings import OperatorSettings
+from slmops_pipelines import jobs
+from slmops_pipelines.specs import JobSpec
 
 
 def problems_of(
@@ -61,7 +70,7 @@ def checked_resource(
     problems: list[str] = []
     resource: Resource | None = None
     try:
-        resource = KINDS[kind].model_validate({**body, "status": None})
+        resource = resource_of(kind).model_validate({**body, "status": None})
     except ValidationError as exc:
         problems += [f"{format_loc(e['loc'])}: {describe_error(e)}" for e in exc.errors(include_url=False)]
     uri = ((spec.get("output") or {}).get("uri")) or ""
@@ -69,8 +78,8 @@ def checked_resource(
         problems.append(
             f"spec.output.uri: must be s3://bucket/prefix or an absolute path, or pvc://claim/path (got {uri!r})"
         )
-    if settings is not None:
-        problems += setup_problems(spec, settings)
+    if settings is not None and resource is not None:
+        problems += setup_problems(resource.spec, settings)
     if old is not None:
         problems += immutability_problems(old.get("spec") or {}, spec)
     return resource, problems
@@ -134,65 +143,45 @@ def output_problems(uri: str, settings: OperatorSettings) -> list[str]:
     return problems
 
 
-def _input_uris(spec: dict[str, Any]) -> list[tuple[str, str]]:
-    """(field, uri) of every model, dataset and adapter the spec reads."""
-    found = []
-    for field in ("model", "dataset"):
-        if uri := (spec.get(field) or {}).get("uri"):
-            found.append((f"spec.{field}.uri", uri))
-    source = spec.get("source") or {}
-    if uri := (source.get("model") or {}).get("uri"):
-        found.append(("spec.source.model.uri", uri))
-    if uri := (source.get("adapter") or {}).get("uri"):
-        found.append(("spec.source.adapter.uri", uri))
-    for i, adapter in enumerate(source.get("adapters") or []):
-        if isinstance(adapter, dict) and adapter.get("uri"):
-            found.append((f"spec.source.adapters[{i}].uri", adapter["uri"]))
-    if uri := (((spec.get("evaluation") or {}).get("dataset")) or {}).get("uri"):
-        found.append(("spec.evaluation.dataset.uri", uri))
-    return found
-
-
-def input_problems(spec: dict[str, Any], settings: OperatorSettings) -> list[str]:
-    """In local mode, with allowed roots set, local inputs must lie under one of them."""
+def input_problems(spec: JobSpec, settings: OperatorSettings) -> list[str]:
+    """In local mode, with allowed roots set, every local input must lie under one of them."""
     if settings.backend != "local" or not settings.local_allowed_roots:
         return []
     roots = [posixpath.normpath(str(Path(r))) for r in settings.local_allowed_roots]
     problems = []
-    for field, uri in _input_uris(spec):
-        if uri.startswith(("s3://", "hf://", "pvc://")):  # not this pod's files (pvc: see pvc_problems)
+    for loc in jobs.spec_inputs(spec):
+        if loc.uri.startswith(("s3://", "hf://", "pvc://")):  # not this pod's files (pvc: see pvc_problems)
             continue
-        local = _local_path(uri)
+        local = _local_path(loc.uri)
         if local is None or not any(_contains(root, local) for root in roots):
             problems.append(
-                f"{field}: {uri!r} is outside the folders this operator may read "
+                f"spec.{loc.uri_field}: {loc.uri!r} is outside the folders this operator may read "
                 f"(SLMOPS_LOCAL_ALLOWED_ROOTS: {', '.join(roots)})"
             )
     return problems
 
 
-def pvc_problems(spec: dict[str, Any], settings: OperatorSettings) -> list[str]:
+def pvc_problems(spec: JobSpec, settings: OperatorSettings) -> list[str]:
     """A claim is mounted into the pipeline's pods: the local backend's workers have none of it."""
     if settings.backend != "local":
         return []
-    output = ((spec.get("output") or {}).get("uri")) or ""
-    named = [*_input_uris(spec), *([("spec.output.uri", output)] if output else [])]
     return [
-        f"{field}: {uri!r} is on a PersistentVolumeClaim, which only the kfp backend mounts "
-        "(its pipeline pods); this operator runs jobs in its own pod"
-        for field, uri in named
-        if uri.startswith("pvc://")
+        f"spec.{loc.uri_field}: {loc.uri!r} is on a PersistentVolumeClaim, which only the kfp backend "
+        "mounts (its pipeline pods); this operator runs jobs in its own pod"
+        for loc in jobs.spec_locations(spec)
+        if loc.uri.startswith("pvc://")
     ]
 
 
-def setup_problems(spec: dict[str, Any], settings: OperatorSettings) -> list[str]:
-    uri = ((spec.get("output") or {}).get("uri")) or ""
+def setup_problems(spec: JobSpec, settings: OperatorSettings) -> list[str]:
+    """What this operator's setup refuses, over every location the spec declares."""
+    uri = spec.output.uri or ""
     outputs = output_problems(uri, settings) if uri else []
     return outputs + input_problems(spec, settings) + pvc_problems(spec, settings)
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings | None = None) -> None:
-    for kind, cls in KINDS.items():
+    for kind, cls in resources().items():
         # kopf's WebhookFn protocol lists neither ``old`` (kopf passes it to validating webhooks)
         # nor a ``param`` without a default (kopf passes the one registered here).
         @kopf.on.validate(  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ docs/design.md, "Adding a job kind").
 :mod:`slmops_pipelines.specs` (the API's types), nothing else of the pipelines: how a job
 is compiled, run on this machine, or read back from its output location stays behind the
 functions here, so the stages, the storage and the KFP tasks can change without the
-operator noticing.  ``tests/test_layers.py`` keeps it so.
+operator noticing.  ``tests/packaging/test_layers.py`` keeps it so.
 
 Importing it costs pydantic, not torch or kfp: what needs them is imported inside.
 """
@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 from slmops_pipelines.credentials import SecretRef, secret_refs, without_ambient_credentials
 from slmops_pipelines.errors import InputError, JobError
-from slmops_pipelines.jobs.base import JobKind, JobRun, SummaryTable, Upstream
+from slmops_pipelines.jobs.base import API_GROUP, API_VERSION, JobKind, JobRun, SummaryTable, Upstream
 from slmops_pipelines.jobs.finetune import FineTuneJobKind
 from slmops_pipelines.jobs.optimize import OptimizeJobKind
 from slmops_pipelines.local.reporting import NullReporter, Reporter
+from slmops_pipelines.specs.locations import Location, spec_inputs, spec_locations
 from slmops_pipelines.stages.outputs import JobOutcome
 from slmops_pipelines.steps.generate.engines import Sampling
 from slmops_pipelines.steps.generate.session import NO_ADAPTER, ChatSession, Reply
@@ -40,18 +41,27 @@ if TYPE_CHECKING:
     from slmops_pipelines.kubeflow.images import Images
 
 
-def _registry(*kinds: JobKind) -> dict[str, JobKind]:
+def _registry(*kinds: JobKind[Any]) -> dict[str, JobKind[Any]]:
     return {kind.name: kind for kind in kinds}
 
 
 # The job kinds: one line each.
-KINDS: dict[str, JobKind] = _registry(
+KINDS: dict[str, JobKind[Any]] = _registry(
     FineTuneJobKind(),
     OptimizeJobKind(),
 )
 
 
-def job_kind(name: str) -> JobKind:
+def register_kind(kind: JobKind[Any]) -> JobKind[Any]:
+    """Add a kind at runtime (a plugin, a test): from then on it is served like the built-in ones."""
+    for other in KINDS.values():
+        if other.name != kind.name and (other.plural == kind.plural or other.run_prefix == kind.run_prefix):
+            raise ValueError(f"{kind.name}: plural or run prefix already taken by {other.name}")
+    KINDS[kind.name] = kind
+    return kind
+
+
+def job_kind(name: str) -> JobKind[Any]:
     """The kind called ``name``; a KeyError naming the known ones otherwise."""
     try:
         return KINDS[name]
@@ -287,6 +297,8 @@ def delete_owned_output(output_uri: str, *, uid: str) -> Cleanup:
 
 
 __all__ = [
+    "API_GROUP",
+    "API_VERSION",
     "ENGINES",
     "KINDS",
     "NO_ADAPTER",
@@ -299,6 +311,7 @@ __all__ = [
     "JobOutcome",
     "JobPipeline",
     "JobRun",
+    "Location",
     "NullReporter",
     "Reply",
     "Reporter",
@@ -320,9 +333,12 @@ __all__ = [
     "read_failure",
     "read_outcome",
     "read_progress",
+    "register_kind",
     "run_arguments",
     "run_job",
     "secret_refs",
+    "spec_inputs",
+    "spec_locations",
     "summary_metrics",
     "without_ambient_credentials",
 ]

@@ -17,9 +17,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from slmops_pipelines.specs import SpecModel
+from slmops_pipelines.stages.outputs import JobRun
+
+# The API every kind belongs to: the CRDs' group and version, the resources' apiVersion.
+API_GROUP = "slmops.io"
+API_VERSION = "v1alpha1"
 
 if TYPE_CHECKING:
     from slmops_pipelines.kubeflow.images import Images
@@ -39,35 +44,7 @@ class Upstream:
     field: str  # the spec field that names it, for errors
 
 
-@dataclass(frozen=True)
-class JobRun:
-    """One job to run on this machine: who it is, its spec, where its output goes.
-
-    ``source_uri`` is the output of its upstream job (empty without one); ``uid`` is a
-    cluster object's, recorded in the output's claim (empty for ``slmops run``).
-    """
-
-    name: str
-    spec: Any
-    output_uri: str
-    namespace: str = "default"
-    source_uri: str = ""
-    uid: str = ""
-
-    def keywords(self) -> dict[str, Any]:
-        """The keyword arguments every local runner takes (``run_finetune``, ``run_optimize``)."""
-        return {
-            "name": self.name,
-            "namespace": self.namespace,
-            "spec": self.spec,
-            "output_uri": self.output_uri,
-            "uid": self.uid,
-        }
-
-    @property
-    def output(self) -> str:
-        """Where the output goes: the spec's ``output.uri``, else the engine's default."""
-        return self.spec.output.uri or self.output_uri
+SpecT = TypeVar("SpecT", bound=SpecModel)
 
 
 @dataclass
@@ -91,17 +68,54 @@ def float_values(values: dict[str, Any]) -> dict[str, float]:
     }
 
 
-class JobKind(ABC):
-    """One kind of job.  A new kind is a subclass in its own module and one line in the registry."""
+class JobKind(ABC, Generic[SpecT]):
+    """One kind of job.  A new kind is a subclass in its own module and one line in the registry.
 
-    name: ClassVar[str]  # the resource kind: FineTuneJob
-    plural: ClassVar[str]  # finetunejobs
-    short_names: ClassVar[tuple[str, ...]]  # ftj, finetune
-    run_prefix: ClassVar[str]  # the start of its run names: ftj-<namespace>-<name>-<digest>
-    spec_class: ClassVar[type[SpecModel]]
+    Its name, plural, short names, run prefix and API version are written here and nowhere
+    else: the resource classes and CRDs, the RBAC and webhook rules (the chart reads the CRDs),
+    run names, output identities and messages all take them from the kind.
+    """
+
+    name: ClassVar[str]  # the resource kind, e.g. "EvaluateJob"
+    plural: ClassVar[str]  # its lower-case plural, as in RBAC rules and URLs
+    short_names: ClassVar[tuple[str, ...]]  # `kubectl get` short names
+    run_prefix: ClassVar[str]  # the start of its run names: <prefix>-<namespace>-<name>-<digest>
+    spec_class: type[SpecT]
     description: ClassVar[str]  # one sentence: the resource's description in the CRD
+    group: ClassVar[str] = API_GROUP
+    version: ClassVar[str] = API_VERSION
     # Extra `kubectl get` columns, between Phase/Progress and Message/Age.
     printer_columns: ClassVar[tuple[dict[str, Any], ...]] = ()
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+    def new_run(
+        self,
+        name: str,
+        spec: SpecT,
+        *,
+        default_output: str,
+        namespace: str = "default",
+        source_uri: str = "",
+        uid: str = "",
+    ) -> JobRun:
+        """A run of this kind; its output location resolved here, once: ``spec.output.uri``, else ``default_output``."""
+        return JobRun(
+            api_version=self.api_version,
+            kind=self.name,
+            name=name,
+            spec=spec,
+            output_uri=spec.output.uri or default_output,  # type: ignore[attr-defined]
+            namespace=namespace,
+            source_uri=source_uri,
+            uid=uid,
+        )
+
+    def job_context(self) -> dict[str, str]:
+        """The kind's part of the pipelines' ``job`` parameter (the tasks rebuild the JobRun from it)."""
+        return {"kind": self.name, "apiVersion": self.api_version}
 
     # -- what it needs ---------------------------------------------------------------------------
 
@@ -126,9 +140,9 @@ class JobKind(ABC):
             run_compiled(
                 factory(placement=self.placement(run.spec).for_local()),
                 name=pipeline_name,
-                output_uri=run.output,
+                output_uri=run.output_uri,
                 arguments=self.run_arguments(
-                    spec=run.spec, job=job, output_uri=run.output, source_uri=run.source_uri
+                    spec=run.spec, job=job, output_uri=run.output_uri, source_uri=run.source_uri
                 ),
             )
         return self.read_outcome(store, already_complete=finished is not None)
@@ -158,11 +172,11 @@ class JobKind(ABC):
     @staticmethod
     def pod_settings(spec: Any) -> dict[str, Any]:
         """What every kind's placement takes from the spec beyond ``resources``."""
-        from slmops_pipelines.uris import pvc_claims
+        from slmops_pipelines.specs.locations import spec_claims
 
         return {
             "image_pull_secrets": [ref.name for ref in spec.image_pull_secrets],
-            "claims": pvc_claims(spec.model_dump(mode="json", by_alias=True)),
+            "claims": spec_claims(spec),
         }
 
     def run_arguments(
@@ -171,7 +185,7 @@ class JobKind(ABC):
         """The pipeline's arguments: the spec (JSON, camelCase, no nulls), the job context, the output."""
         return {
             "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
-            "job": job,
+            "job": {**job, **self.job_context()},
             "output_uri": output_uri,
         }
 

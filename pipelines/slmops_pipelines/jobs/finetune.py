@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the types of the contract, as jobs.base names them
     )
 
 
-class FineTuneJobKind(JobKind):
+class FineTuneJobKind(JobKind[FineTuneJobSpec]):
     name = "FineTuneJob"
     plural = "finetunejobs"
     short_names = ("ftj", "finetune")
@@ -58,15 +58,13 @@ class FineTuneJobKind(JobKind):
     def run_local(self, run: JobRun, *, reporter: Reporter | None = None) -> JobOutcome:
         from slmops_pipelines.local.finetune import run_finetune
 
-        return run_finetune(**run.keywords(), reporter=reporter)
+        return run_finetune(run, reporter=reporter)
 
     def claim_output(self, run: JobRun) -> tuple[ArtifactStore, dict[str, Any] | None]:
         from slmops_pipelines.stages import finetune as stages
 
         stages.check_inputs(run.spec, multi_node=False)
-        found = stages.inspect_output(
-            name=run.name, namespace=run.namespace, spec=run.spec, output_uri=run.output
-        )
+        found = stages.inspect_output(run)
         return found.store, found.finished
 
     def pipeline(self, spec: FineTuneJobSpec) -> tuple[str, Callable[..., Callable]]:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from slmops_pipelines.jobs.base import JobKind, JobRun, SummaryTable, Upstream, float_values
+from slmops_pipelines.jobs.finetune import FineTuneJobKind
 from slmops_pipelines.specs import OptimizeJobSpec
 
 if TYPE_CHECKING:  # the types of the contract, as jobs.base names them
@@ -26,7 +27,7 @@ if TYPE_CHECKING:  # the types of the contract, as jobs.base names them
     )
 
 
-class OptimizeJobKind(JobKind):
+class OptimizeJobKind(JobKind[OptimizeJobSpec]):
     name = "OptimizeJob"
     spec_class = OptimizeJobSpec
     description = "Convert a model to ONNX, optimize it per execution provider, evaluate and gate it."
@@ -44,18 +45,18 @@ class OptimizeJobKind(JobKind):
         ref = spec.source.fine_tune_job_ref
         if ref is None:
             return None
-        return Upstream(kind="FineTuneJob", name=ref.name, field="source.fineTuneJobRef")
+        return Upstream(kind=FineTuneJobKind.name, name=ref.name, field="source.fineTuneJobRef")
 
     def run_local(self, run: JobRun, *, reporter: Reporter | None = None) -> JobOutcome:
         from slmops_pipelines.local.optimize import run_optimize
         from slmops_pipelines.stages.optimize_source import source_locator
 
-        return run_optimize(**run.keywords(), locate_job=source_locator(run.source_uri), reporter=reporter)
+        return run_optimize(run, locate_job=source_locator(run.source_uri), reporter=reporter)
 
     def claim_output(self, run: JobRun) -> tuple[ArtifactStore, dict[str, Any] | None]:
-        from slmops_pipelines.stages.outputs import job_identity, open_output
+        from slmops_pipelines.stages.outputs import open_output
 
-        return open_output(run.output, job_identity(self.name, run.namespace, run.name, run.spec))
+        return open_output(run.output_uri, run.identity())
 
     def pipeline(self, spec: OptimizeJobSpec) -> tuple[str, Callable[..., Callable]]:
         from slmops_pipelines.kubeflow.pipelines import optimize_pipeline

@@ -179,12 +179,12 @@ _FINETUNE_FAMILY: dict[str, tuple[Callable, str, str]] = {
     "finetune": (
         _finetune_steps,
         "slmops-finetune",
-        "slmops FineTuneJob: data prep, LoRA/QLoRA/DoRA or full fine-tuning, evaluation, publish.",
+        "slmops fine-tuning: data prep, LoRA/QLoRA/DoRA or full fine-tuning, evaluation, publish.",
     ),
     "finetune-search": (
         _finetune_search_steps,
         "slmops-finetune-search",
-        "slmops FineTuneJob with spec.search: trials side by side, the best one published.",
+        "slmops fine-tuning with spec.search: trials side by side, the best one published.",
     ),
 }
 
@@ -218,7 +218,7 @@ def optimize_pipeline(*, placement: Placement | None = None, images: Images | No
 
     @dsl.pipeline(
         name="slmops-optimize",
-        description="slmops OptimizeJob: ONNX export and quantization per target, measured and gated.",
+        description="slmops optimization: ONNX export and quantization per target, measured and gated.",
     )
     def optimize(spec: dict, job: dict, output_uri: str, source_uri: str = "") -> str:
         return _optimize_steps(
@@ -242,7 +242,7 @@ def finetune_optimize_pipeline(
 
     @dsl.pipeline(
         name="slmops-finetune-optimize",
-        description="slmops FineTuneJob followed by an OptimizeJob of its result, in one run.",
+        description="slmops fine-tuning followed by the optimization of its result, in one run.",
     )
     def finetune_optimize(
         finetune_spec: dict,

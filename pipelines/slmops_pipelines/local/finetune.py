@@ -19,30 +19,17 @@ from slmops_pipelines.local.reporting import NullReporter, Reporter
 from slmops_pipelines.quiet import quiet_libraries
 from slmops_pipelines.specs import FineTuneJobSpec
 from slmops_pipelines.stages import finetune as stages
-from slmops_pipelines.stages.outputs import JobOutcome, work_dir
+from slmops_pipelines.stages.outputs import JobOutcome, JobRun, work_dir
 
 
-def default_output_uri(name: str, runs_dir: Path | str = "runs") -> str:
-    return str(Path(runs_dir) / name)
-
-
-def run_finetune(
-    *,
-    name: str,
-    namespace: str = "default",
-    spec: FineTuneJobSpec,
-    output_uri: str | None = None,
-    reporter: Reporter | None = None,
-    uid: str = "",
-) -> JobOutcome:
+def run_finetune(run: JobRun, *, reporter: Reporter | None = None) -> JobOutcome:
     """Run the job to completion (or resume it); raise JobError with a clear message on failure."""
     reporter = reporter or NullReporter()
     quiet_libraries()
     started = time.time()
-    output_uri = spec.output.uri or output_uri or default_output_uri(name)
-    inspection = _inspect(
-        name=name, namespace=namespace, spec=spec, output_uri=output_uri, reporter=reporter, uid=uid
-    )
+    spec: FineTuneJobSpec = run.spec
+    output_uri = run.output_uri
+    inspection = _inspect(run, reporter=reporter)
     store = inspection.store
     if inspection.finished is not None:
         reporter.info(f"{output_uri} already holds this job's finished output: nothing to do")
@@ -73,9 +60,7 @@ def run_finetune(
     )
     reporter.stage("report", "metrics, loss curve and report")
     metrics = stages.write_report(
-        name=name,
-        namespace=namespace,
-        spec=spec,
+        run,
         data_stats=stats.to_json(),
         train_dir=work,
         evaluation=evaluation,
@@ -99,17 +84,15 @@ def run_finetune(
     )
 
 
-def _inspect(
-    *, name: str, namespace: str, spec: FineTuneJobSpec, output_uri: str, reporter: Reporter, uid: str
-) -> stages.Inspection:
+def _inspect(run: JobRun, *, reporter: Reporter) -> stages.Inspection:
     """Check the inputs and claim the output location (refusing another job's)."""
     from slmops_pipelines.credentials import secret_refs
 
-    stages.check_inputs(spec, multi_node=False)
-    reporter.stage("output", f"checking {output_uri}")
-    for ref in secret_refs(spec):
+    stages.check_inputs(run.spec, multi_node=False)
+    reporter.stage("output", f"checking {run.output_uri}")
+    for ref in secret_refs(run.spec):
         reporter.info(f"{ref.field} ({ref.name}) is read on a cluster; this local run uses your environment")
-    return stages.inspect_output(name=name, namespace=namespace, spec=spec, output_uri=output_uri, uid=uid)
+    return stages.inspect_output(run)
 
 
 def _prepare(spec: FineTuneJobSpec, *, work: Path, reporter: Reporter):
@@ -182,4 +165,4 @@ def _search(
     )
 
 
-__all__ = ["default_output_uri", "run_finetune"]
+__all__ = ["run_finetune"]

@@ -17,28 +17,21 @@ from slmops_pipelines.quiet import quiet_libraries
 from slmops_pipelines.specs import OptimizeJobSpec
 from slmops_pipelines.stages import optimize as stages
 from slmops_pipelines.stages.optimize import GateError, JobLocator
-from slmops_pipelines.stages.outputs import JobOutcome, job_identity, open_output, work_dir
+from slmops_pipelines.stages.outputs import JobOutcome, JobRun, open_output, work_dir
 from slmops_pipelines.stages.preflight import check_optimize, raise_findings
 from slmops_pipelines.steps import publish
 
 PREPARED = "prepared"
 
 
-def run_optimize(
-    *,
-    name: str,
-    namespace: str = "default",
-    spec: OptimizeJobSpec,
-    output_uri: str,
-    locate_job: JobLocator,
-    reporter: Reporter | None = None,
-    uid: str = "",
-) -> JobOutcome:
+def run_optimize(run: JobRun, *, locate_job: JobLocator, reporter: Reporter | None = None) -> JobOutcome:
+    """Run the job to completion (or find it complete); raise JobError with a clear message on failure."""
     reporter = reporter or NullReporter()
     quiet_libraries()
     started = time.time()
-    output_uri = spec.output.uri or output_uri
-    identity = job_identity("OptimizeJob", namespace, name, spec, uid)
+    spec: OptimizeJobSpec = run.spec
+    output_uri = run.output_uri
+    identity = run.identity()
     reporter.stage("output", f"checking {output_uri}")
     store, finished = open_output(output_uri, identity)
     if finished is not None:
@@ -59,9 +52,7 @@ def run_optimize(
 
     reporter.stage("report", "metrics, comparison and report")
     metrics_doc = stages.write_report(
-        spec,
-        name=name,
-        namespace=namespace,
+        run,
         prepared_dir=prepared,
         results=results,
         out_dir=work,

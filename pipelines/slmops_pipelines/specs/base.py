@@ -13,10 +13,12 @@ no webhook answers.  A test evaluates every rule against the validator it mirror
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
+
+from slmops_pipelines.specs.locations import LocationKind
 
 CEL_KEY = "x-kubernetes-validations"
 
@@ -42,6 +44,8 @@ class SpecModel(BaseModel):
         extra="forbid",
         validate_default=True,
     )
+    # Set on the parts that name a place the job reads or writes (see specs/locations.py).
+    location: ClassVar[LocationKind | None] = None
 
     def to_manifest(self) -> dict[str, Any]:
         """The camelCase form, as it appears in a manifest (defaults included)."""

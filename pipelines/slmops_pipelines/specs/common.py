@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from slmops_pipelines.specs.affinity import Affinity
 from slmops_pipelines.specs.base import SpecModel, cel_rules, has_true
+from slmops_pipelines.specs.locations import LocationKind, secret_conflicts
 from slmops_pipelines.uris import UriError, parse_uri
 
 # Bounds the runtime has: numpy/torch seeds are 32-bit; beyond these a job cannot finish anyway.
@@ -76,6 +77,8 @@ def template_fields(template: str) -> list[str]:
 class ModelSpec(SpecModel):
     """Where the base model comes from and how to load it."""
 
+    location = LocationKind("model", read_only=True, secret_attr="access_secret")
+
     uri: str = Field(
         description=(
             "The base model: hf://org/name[@revision] (Hugging Face Hub), s3://bucket/prefix (a folder "
@@ -106,6 +109,8 @@ _CHAT = has_true("self.chatTemplate")
 
 class DatasetSpec(SpecModel):
     """The training data and how each row becomes a training example."""
+
+    location = LocationKind("dataset", read_only=True, secret_attr="access_secret")
 
     model_config = cel_rules(
         (
@@ -241,6 +246,8 @@ class DatasetSpec(SpecModel):
 
 class OutputSpec(SpecModel):
     """Where the job's artifacts go."""
+
+    location = LocationKind("output", read_only=False, secret_attr="credentials_secret")
 
     uri: str | None = Field(
         default=None,
@@ -439,6 +446,13 @@ class JobSpecBase(SpecModel):
             "unless the operator is set to delete artifacts with their job (SLMOPS_DELETE_ARTIFACTS)."
         ),
     )
+
+    @model_validator(mode="after")
+    def _one_secret_per_purpose(self) -> JobSpecBase:
+        problems = secret_conflicts(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class JobSpec(Protocol):

@@ -22,6 +22,7 @@ from slmops_pipelines.specs.common import (
     ResourcesSpec,
     check_uri,
 )
+from slmops_pipelines.specs.locations import LocationKind
 
 Provider = Literal[
     "CPUExecutionProvider",
@@ -93,6 +94,8 @@ class AdapterEvaluationSpec(SpecModel):
 
 class AdapterRef(SpecModel):
     """One LoRA adapter of the source base model."""
+
+    location = LocationKind("model", read_only=True, secret_attr=None)  # read with the model's Secret
 
     name: str | None = Field(
         default=None,

@@ -29,7 +29,7 @@ from typing import Any
 from slmops_pipelines.errors import InputError
 from slmops_pipelines.models import cache_root, resolve_model
 from slmops_pipelines.specs import FineTuneJobSpec
-from slmops_pipelines.stages.outputs import job_identity, open_output
+from slmops_pipelines.stages.outputs import JobRun, open_output
 from slmops_pipelines.steps import publish
 from slmops_pipelines.steps.train.checkpoints import CHECKPOINTS, restore_checkpoint, sync_checkpoint
 from slmops_pipelines.storage import ArtifactStore
@@ -87,12 +87,10 @@ def check_inputs(spec: FineTuneJobSpec, *, multi_node: bool) -> None:
     get_loss(spec.training.loss)
 
 
-def inspect_output(
-    *, name: str, namespace: str, spec: FineTuneJobSpec, output_uri: str, uid: str = ""
-) -> Inspection:
+def inspect_output(run: JobRun) -> Inspection:
     """Check and claim the output location (refusing another job's); find a finished run."""
-    identity = job_identity("FineTuneJob", namespace, name, spec, uid)
-    store, finished = open_output(output_uri, identity)
+    identity = run.identity()
+    store, finished = open_output(run.output_uri, identity)
     return Inspection(store=store, identity=identity, finished=finished)
 
 
@@ -201,10 +199,8 @@ def evaluate(
 
 
 def write_report(
+    run: JobRun,
     *,
-    name: str,
-    namespace: str,
-    spec: FineTuneJobSpec,
     data_stats: dict[str, Any],
     train_dir: Path,
     evaluation: dict[str, Any] | None,
@@ -216,11 +212,13 @@ def write_report(
     from slmops_pipelines.steps.report import plot_loss_curve
     from slmops_pipelines.steps.report import write_report as render
 
+    spec: FineTuneJobSpec = run.spec
     result = read_train_result(train_dir)
     metrics = {
         "job": {
-            "name": name,
-            "namespace": namespace,
+            "kind": run.kind,
+            "name": run.name,
+            "namespace": run.namespace,
             "method": spec.method,
             "model": spec.model.uri,
             "dataset": spec.dataset.uri,
@@ -234,13 +232,13 @@ def write_report(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_loss_curve(result.log_history, out_dir / "loss_curve.png", title=f"{name}: {spec.method}")
+    plot_loss_curve(result.log_history, out_dir / "loss_curve.png", title=f"{run.name}: {spec.method}")
     search_plot = None
     if search:
         from slmops_pipelines.stages.search import plot_search
 
         search_plot = plot_search(search, out_dir / "search.png")
-    render(metrics, out_dir, title=f"FineTuneJob {name}", search_plot=search_plot)
+    render(metrics, out_dir, title=f"{run.kind} {run.name}", search_plot=search_plot)
     return metrics
 
 

@@ -52,6 +52,7 @@ from slmops_pipelines.stages.optimize_source import (
     load_merged,
     resolve_source,
 )
+from slmops_pipelines.stages.outputs import JobRun
 from slmops_pipelines.steps import publish
 from slmops_pipelines.storage import ArtifactStore
 
@@ -367,10 +368,8 @@ def build_target(
 
 
 def write_report(
-    spec: OptimizeJobSpec,
+    run: JobRun,
     *,
-    name: str,
-    namespace: str,
     prepared_dir: Path,
     results: list[dict[str, Any]],
     out_dir: Path,
@@ -379,12 +378,13 @@ def write_report(
     """``metrics.json`` and ``report.html`` into ``out_dir`` (targets in spec order); return the metrics."""
     from slmops_pipelines.steps.optimize.report import write_optimize_report
 
+    spec: OptimizeJobSpec = run.spec
     described = json.loads((prepared_dir / SOURCE_JSON).read_text())
     references = json.loads((prepared_dir / REFERENCE_JSON).read_text())
     by_name = {result["name"]: result for result in results}
     ordered = {t.name: by_name[t.name] for t in spec.targets if t.name in by_name}
     metrics_doc = {
-        "job": {"name": name, "namespace": namespace},
+        "job": {"kind": run.kind, "name": run.name, "namespace": run.namespace},
         "source": described["description"],
         "evaluation": {"rows": described["evaluationRows"], "metrics": sorted(spec.evaluation.metrics)},
         "reference": references,
@@ -394,7 +394,7 @@ def write_report(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics_doc, indent=2))
-    write_optimize_report(metrics_doc, out_dir, title=f"OptimizeJob {name}")
+    write_optimize_report(metrics_doc, out_dir, title=f"{run.kind} {run.name}")
     return metrics_doc
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slmops_pipelines.credentials import s3_credentials
 from slmops_pipelines.errors import InputError
 from slmops_pipelines.models.load import load_causal_lm
 from slmops_pipelines.specs import DatasetSpec, FineTuneJobSpec, ModelSpec, OptimizeJobSpec
@@ -33,7 +34,7 @@ def source_locator(source_uri: str) -> JobLocator:
     def locate(name: str) -> str:
         if not source_uri:
             raise InputError(
-                f"FineTuneJob {name!r}: the run was started without its output location",
+                f"source job {name!r}: the run was started without its output location",
                 field="source.fineTuneJobRef",
             )
         return source_uri
@@ -68,7 +69,7 @@ def _from_finetune_job(name: str, locate_job: JobLocator, work: Path) -> Resolve
     manifest = publish.read_json(store, publish.MANIFEST)
     if manifest is None:
         raise InputError(
-            f"FineTuneJob {name!r} has not succeeded: no manifest.json at {store.uri}",
+            f"source job {name!r} has not succeeded: no manifest.json at {store.uri}",
             field="source.fineTuneJobRef",
         )
     job_spec = FineTuneJobSpec.model_validate(manifest["spec"])
@@ -89,8 +90,8 @@ def _local_or_s3_dir(uri: str, work: Path, field_name: str) -> Path:
     from slmops_pipelines.uris import parse_uri
 
     parsed = parse_uri(uri)
-    if parsed.scheme == "s3":
-        store = open_store(uri, field=field_name)
+    if parsed.scheme == "s3":  # an adapter is part of the model: read with the model's Secret
+        store = open_store(uri, field=field_name, credentials=s3_credentials("model"))
         store.check()
         return _fetch_dir(store, "", work / hashlib.sha256(uri.encode()).hexdigest()[:12])
     path = parsed.local_path.expanduser().resolve()

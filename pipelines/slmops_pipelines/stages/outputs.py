@@ -40,22 +40,46 @@ def spec_hash(spec: SpecModel) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def job_identity(kind: str, namespace: str, name: str, spec: SpecModel, uid: str = "") -> dict[str, Any]:
-    """What makes two runs 'the same job' for output ownership (see steps/publish.py).
+@dataclass(frozen=True)
+class JobRun:
+    """One run of a job, as every engine and stage takes it: who it is, its spec, where its output goes.
 
-    ``uid`` (a cluster object's) is recorded, not compared: deleting a job deletes only the
-    output whose claim names its uid.
+    The job kind makes it (:meth:`slmops_pipelines.jobs.JobKind.new_run`), which resolves
+    ``output_uri`` once (``spec.output.uri``, else the engine's default); everything below
+    receives it resolved.  ``source_uri`` is the output of its upstream job (empty without
+    one); ``uid`` is a cluster object's, recorded in the output's claim (empty for ``slmops run``).
     """
-    identity = {
-        "apiVersion": "slmops.io/v1alpha1",
-        "kind": kind,
-        "namespace": namespace,
-        "name": name,
-        "specHash": spec_hash(spec),
-    }
-    if uid:
-        identity["uid"] = uid
-    return identity
+
+    api_version: str
+    kind: str
+    name: str
+    spec: Any
+    output_uri: str
+    namespace: str = "default"
+    source_uri: str = ""
+    uid: str = ""
+
+    @property
+    def title(self) -> str:
+        """``<kind> <namespace>/<name>``: how messages and pages name the job."""
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs 'the same job' for output ownership (see steps/publish.py).
+
+        ``uid`` is recorded, not compared: deleting a job deletes only the output whose claim
+        names its uid.
+        """
+        identity = {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "namespace": self.namespace,
+            "name": self.name,
+            "specHash": spec_hash(self.spec),
+        }
+        if self.uid:
+            identity["uid"] = self.uid
+        return identity
 
 
 def open_output(uri: str, identity: dict[str, Any]) -> tuple[ArtifactStore, dict[str, Any] | None]:

@@ -40,7 +40,7 @@ RESULT_FOLDERS = ("adapter", "model", "tensorboard", "logs", "merged")
 def search_of(spec: FineTuneJobSpec) -> SearchSpec:
     """The spec's search section; the search stages run only for a spec that has one."""
     if spec.search is None:  # not reached: callers check spec.search before running a search
-        raise ValueError("the FineTuneJob spec has no search section")
+        raise ValueError("the spec has no search section")
     return spec.search
 
 

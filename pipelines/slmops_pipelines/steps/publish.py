@@ -175,7 +175,7 @@ def write_manifest(
         for entry in files:
             store.upload_file(local_dir / entry["path"], entry["path"])
     manifest = {
-        "apiVersion": "slmops.io/v1alpha1",
+        "apiVersion": identity["apiVersion"],  # the job's API: the manifest's format goes with it
         "kind": "Manifest",
         "job": identity,
         "spec": spec,

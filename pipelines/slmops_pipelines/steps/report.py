@@ -111,7 +111,7 @@ def _header(metrics: dict[str, Any], title: str) -> str:
             " (stopped early)" if train.get("stopped_early") else ""
         )
     return kit.job_header(
-        kind="FineTuneJob",
+        kind=job.get("kind") or "",
         name=job.get("name") or title,
         phase="Succeeded",
         ok=True,

@@ -33,7 +33,8 @@ from typing import Any
 
 from slmops_pipelines.kubeflow.placement import CACHE_MOUNT, SecretMount
 from slmops_pipelines.specs import FineTuneJobSpec
-from slmops_pipelines.uris import PVC_ROOT, pvc_claims
+from slmops_pipelines.specs.locations import spec_claims
+from slmops_pipelines.uris import PVC_ROOT
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
@@ -119,7 +120,7 @@ def _volumes(w: Workload) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         {"name": "cache", "mountPath": CACHE_MOUNT},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
-    for number, claim in enumerate(pvc_claims(w.spec.model_dump(mode="json", by_alias=True))):
+    for number, claim in enumerate(spec_claims(w.spec)):
         volumes.append(
             {"name": f"pvc-{number}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         )

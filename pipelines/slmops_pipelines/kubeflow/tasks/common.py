@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from slmops_pipelines.errors import JobError
-from slmops_pipelines.stages.outputs import clear_error, record_error
+from slmops_pipelines.stages.outputs import JobRun, clear_error, record_error
 
 
 class MetricsArtifact(Protocol):
@@ -36,6 +36,8 @@ class JobContext(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
+    kind: str  # the job kind and its API version (filled in by the kind's run_arguments)
+    api_version: str
     name: str
     namespace: str = "default"
     uid: str = ""
@@ -45,6 +47,19 @@ class JobContext(BaseModel):
     trainer_image: str = ""  # the image of the distributed workers (default: the trainer image)
     # The Secrets the run's pods mount ({name, keyToEnv}; names, never values): workers get them too.
     secrets: list[dict[str, Any]] = Field(default_factory=list)
+
+    def run(self, spec: Any, output_uri: str, source_uri: str = "") -> JobRun:
+        """The JobRun the stages take, for this context (the output location comes resolved)."""
+        return JobRun(
+            api_version=self.api_version,
+            kind=self.kind,
+            name=self.name,
+            spec=spec,
+            output_uri=output_uri,
+            namespace=self.namespace,
+            source_uri=source_uri,
+            uid=self.uid,
+        )
 
 
 def log_metrics(metrics: MetricsArtifact, values: dict[str, Any]) -> None:

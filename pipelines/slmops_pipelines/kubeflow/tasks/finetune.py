@@ -57,9 +57,7 @@ def inspect_finetune(*, spec: dict, job: dict, output_uri: str) -> tuple[str, fl
     except InputError as exc:
         findings.append(finding_of(exc, "dataset.uri"))
     raise_findings(findings)
-    stages.inspect_output(
-        name=ctx.name, namespace=ctx.namespace, spec=parsed, output_uri=output_uri, uid=ctx.uid
-    )
+    stages.inspect_output(ctx.run(parsed, output_uri))
     clear_error(output_uri)  # a previous run's failure is not this run's
     if parsed.search is not None:  # nor its trials
         from slmops_pipelines.stages.trial_records import clear_trials
@@ -214,10 +212,9 @@ def publish_finetune(
         if merged.is_dir() and any(merged.iterdir()):  # empty unless output.mergedModel
             copy_into(merged, out / "merged")
         evaluation = json.loads(Path(evaluation_path).read_text())
+        run = ctx.run(parsed, output_uri)
         report = stages.write_report(
-            name=ctx.name,
-            namespace=ctx.namespace,
-            spec=parsed,
+            run,
             data_stats=stages.read_data_stats(Path(data_dir)),
             train_dir=out,
             evaluation=evaluation,
@@ -226,9 +223,7 @@ def publish_finetune(
             search=search,
         )
         shutil.copyfile(out / "report.html", report_path)
-        inspection = stages.inspect_output(
-            name=ctx.name, namespace=ctx.namespace, spec=parsed, output_uri=output_uri, uid=ctx.uid
-        )
+        inspection = stages.inspect_output(run)
         manifest = stages.publish_output(
             inspection,
             spec=parsed,
@@ -238,7 +233,7 @@ def publish_finetune(
             search=search,
         )
     artifacts = stages.output_artifacts(inspection.store, manifest)
-    Path(summary_path).write_text(markdown_links(f"FineTuneJob {ctx.namespace}/{ctx.name}", artifacts))
+    Path(summary_path).write_text(markdown_links(run.title, artifacts))
     train_result = report["train"]
     finetuned = (evaluation or {}).get("finetuned") or {}
     log_metrics(

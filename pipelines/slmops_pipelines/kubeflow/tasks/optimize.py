@@ -25,6 +25,7 @@ from slmops_pipelines.stages.preflight import check_optimize, raise_findings
 
 def source_fingerprint(spec: OptimizeJobSpec, source_uri: str) -> str:
     """What identifies the source's content: the FineTuneJob's manifest, or the adapters' listings."""
+    from slmops_pipelines.credentials import s3_credentials
     from slmops_pipelines.steps import publish
     from slmops_pipelines.storage import open_store
 
@@ -33,7 +34,7 @@ def source_fingerprint(spec: OptimizeJobSpec, source_uri: str) -> str:
         store = open_store(source_locator(source_uri)(spec.source.fine_tune_job_ref.name))
         if not store.exists(publish.MANIFEST):
             raise InputError(
-                f"FineTuneJob {spec.source.fine_tune_job_ref.name!r} has not succeeded: no manifest.json at "
+                f"source job {spec.source.fine_tune_job_ref.name!r} has not succeeded: no manifest.json at "
                 f"{store.uri}",
                 field="source.fineTuneJobRef",
             )
@@ -43,7 +44,8 @@ def source_fingerprint(spec: OptimizeJobSpec, source_uri: str) -> str:
         refs = [spec.source.adapter] if spec.source.adapter else list(spec.source.adapters or [])
         for ref in refs:
             digest.update(f"\0{ref.name}\0{ref.uri}\0".encode())
-            for info in open_store(ref.uri, field="source.adapters").list(""):
+            adapters = open_store(ref.uri, field="source.adapters", credentials=s3_credentials("model"))
+            for info in adapters.list(""):
                 digest.update(f"{info.key}:{info.size}\n".encode())
     return "sha256:" + digest.hexdigest()
 
@@ -52,11 +54,11 @@ def source_fingerprint(spec: OptimizeJobSpec, source_uri: str) -> str:
 def inspect_optimize(*, spec: dict, job: dict, output_uri: str, source_uri: str) -> tuple[str, float, dict]:
     """Claim the output, fingerprint the source, derive the source step's view; never cached."""
     from slmops_pipelines.kubeflow.cache_keys import optimize_source_view
-    from slmops_pipelines.stages.outputs import job_identity, open_output
+    from slmops_pipelines.stages.outputs import open_output
 
     started = time.time()
     parsed, ctx = OptimizeJobSpec.model_validate(spec), JobContext.model_validate(job)
-    open_output(output_uri, job_identity("OptimizeJob", ctx.namespace, ctx.name, parsed, ctx.uid))
+    open_output(output_uri, ctx.run(parsed, output_uri, source_uri).identity())
     common.clear_error(output_uri)
     fingerprint = source_fingerprint(parsed, source_uri)
     # On this CPU pod, before a GPU target is scheduled: every problem at once.
@@ -171,10 +173,11 @@ def publish_optimize(
 ) -> str:
     """Collect the targets, write metrics and report, apply the gates, publish; return the output URI."""
     from slmops_pipelines.stages import optimize as stages
-    from slmops_pipelines.stages.outputs import job_identity, open_output
+    from slmops_pipelines.stages.outputs import open_output
 
     parsed, ctx = OptimizeJobSpec.model_validate(spec), JobContext.model_validate(job)
-    identity = job_identity("OptimizeJob", ctx.namespace, ctx.name, parsed, ctx.uid)
+    run = ctx.run(parsed, output_uri)
+    identity = run.identity()
     store, _finished = open_output(output_uri, identity)
     with tempfile.TemporaryDirectory(prefix="slmops-publish-") as tmp:
         out = Path(tmp)
@@ -185,9 +188,7 @@ def publish_optimize(
             common.copy_into(folder / "logs", out / "targets" / "logs")
             results.append(result)
         metrics_doc = stages.write_report(
-            parsed,
-            name=ctx.name,
-            namespace=ctx.namespace,
+            run,
             prepared_dir=Path(prepared_dir),
             results=results,
             out_dir=out,
@@ -200,6 +201,6 @@ def publish_optimize(
         artifacts = stages.publish_output(
             store, spec=parsed, identity=identity, out_dir=out, metrics_doc=metrics_doc
         )
-    Path(summary_path).write_text(common.markdown_links(f"OptimizeJob {ctx.namespace}/{ctx.name}", artifacts))
+    Path(summary_path).write_text(common.markdown_links(run.title, artifacts))
     common.say("publish", f"{store.uri}: {len(results)} target(s), manifest last")
     return store.uri

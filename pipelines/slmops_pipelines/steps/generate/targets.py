@@ -210,11 +210,11 @@ def finetune_output_target(output: JobOutput, *, model: str | None = None) -> Ch
     chosen = output.part or held[0]  # the adapter first: what the job trained
     if chosen not in held:
         raise InputError(
-            f"{output.store.uri_of(chosen)} is not a model of this FineTuneJob (it holds: {', '.join(held)})",
+            f"{output.store.uri_of(chosen)} is not a model of this {output.kind} (it holds: {', '.join(held)})",
             field="target",
         )
     folder = local_copy(output.store, chosen, version=str(output.manifest.get("createdAt", "")))
-    description = f"FineTuneJob {name}: {chosen}/ of {output.store.uri}"
+    description = f"{output.kind} {name}: {chosen}/ of {output.store.uri}"
     if chosen != "adapter":
         target = folder_target(folder, model=model, dataset=spec.dataset, description=description)
     else:
@@ -250,7 +250,7 @@ def optimize_output_target(output: JobOutput, *, target_name: str | None = None)
     return folder_target(
         folder,
         dataset=optimize_dataset(spec, output.manifest),
-        description=f"OptimizeJob {job}: target {named}{note}",
+        description=f"{output.kind} {job}: target {named}{note}",
     )
 
 
@@ -259,7 +259,7 @@ def _named_target(part: str, target_name: str | None, uri: str) -> str | None:
         return target_name
     head, _, name = part.partition("/")
     if head != "targets" or not name or "/" in name:
-        raise InputError(f"{uri}/{part} is not a target folder of this OptimizeJob", field="target")
+        raise InputError(f"{uri}/{part} is not a target folder (targets/<name>)", field="target")
     if target_name is not None and target_name != name:
         raise InputError(f"--target {target_name} names another target than {part}", field="target")
     return name

@@ -153,14 +153,16 @@ def _header(doc: dict[str, Any], title: str) -> str:
         for name, t in doc["targets"].items()
     )
     return kit.job_header(
-        kind="OptimizeJob",
+        kind=job.get("kind") or "",
         name=job.get("name") or title,
         phase=phase,
         ok=not violated,
         meta=[
             (
                 "source",
-                f"FineTuneJob {source['fineTuneJob']}" if source.get("fineTuneJob") else source.get("model"),
+                f"{source['fineTuneJob']} (fineTuneJobRef)"
+                if source.get("fineTuneJob")
+                else source.get("model"),
             ),
             ("base model", source.get("baseModel")),
             ("targets", targets),
