@@ -77,14 +77,14 @@ class SecretRef:
 
 
 def secret_refs(spec: Any) -> list[SecretRef]:
-    """Every Secret the spec names, once each, in field order (its declared locations')."""
+    """Every Secret the spec names (its declared locations'), once each: by purpose, then field order."""
     from slmops_pipelines.specs.locations import spec_locations
 
     refs: list[SecretRef] = []
     for loc in spec_locations(spec):
         if loc.secret and not any(r.purpose == loc.purpose and r.name == loc.secret for r in refs):
             refs.append(SecretRef(loc.purpose, loc.secret_field, loc.secret))
-    return refs
+    return sorted(refs, key=lambda ref: list(PURPOSES).index(ref.purpose))  # output, model, dataset
 
 
 def required_keys(spec: Any, ref: SecretRef) -> tuple[str, ...]:

@@ -47,6 +47,8 @@ def multi_node_spec(model: Path, output: str, **resources):
 
 def context(engine: str = "pytorchjob") -> JobContext:
     return JobContext(
+        kind="FineTuneJob",
+        api_version="slmops.io/v1alpha1",
         name="ft-multi",
         namespace="team-a",
         uid="0b7a-uid",
@@ -408,8 +410,22 @@ async def test_sigterm_deletes_the_workload(kmock, prepared, s3_server, tmp_path
 
 def test_job_context_reads_the_pipeline_parameter():
     ctx = JobContext.model_validate(
-        {"name": "a", "namespace": "ns", "distributedEngine": "trainjob", "trainjobRuntime": "torch-cuda"}
+        {
+            "kind": "FineTuneJob",
+            "apiVersion": "slmops.io/v1alpha1",
+            "name": "a",
+            "namespace": "ns",
+            "distributedEngine": "trainjob",
+            "trainjobRuntime": "torch-cuda",
+        }
     )
     assert ctx.distributed_engine == "trainjob" and ctx.trainjob_runtime == "torch-cuda"
     with pytest.raises(ValueError, match="distributedEngine"):
-        JobContext.model_validate({"name": "a", "distributedEngine": "mpijob"})
+        JobContext.model_validate(
+            {
+                "kind": "FineTuneJob",
+                "apiVersion": "slmops.io/v1alpha1",
+                "name": "a",
+                "distributedEngine": "mpijob",
+            }
+        )

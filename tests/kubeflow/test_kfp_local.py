@@ -25,11 +25,12 @@ from tests.conftest import finetune_manifest, job_run
 
 
 def run_finetune_kfp_local(*, name: str, spec, output_uri: str):
-    return jobs.run_job("FineTuneJob", jobs.JobRun(name, spec, output_uri), engine="kfp-local")
+    run = jobs.job_kind("FineTuneJob").new_run(name, spec, default_output=output_uri)
+    return jobs.run_job("FineTuneJob", run, engine="kfp-local")
 
 
 def run_optimize_kfp_local(*, name: str, spec, output_uri: str, source_uri: str):
-    run = jobs.JobRun(name, spec, output_uri, source_uri=source_uri)
+    run = jobs.job_kind("OptimizeJob").new_run(name, spec, default_output=output_uri, source_uri=source_uri)
     return jobs.run_job("OptimizeJob", run, engine="kfp-local")
 
 

@@ -54,6 +54,7 @@ def finetune_metrics(*, search: bool = False) -> dict[str, Any]:
     }
     metrics: dict[str, Any] = {
         "job": {
+            "kind": "FineTuneJob",
             "name": "smollm2-tone",
             "namespace": "default",
             "method": "lora",
@@ -210,8 +211,9 @@ def optimize_doc(*, violated: bool = False) -> dict[str, Any]:
     for name, value in targets.items():
         value["path"] = f"targets/{name}"
     return {
-        "job": {"name": "smollm2-tone-cpu", "namespace": "default"},
+        "job": {"kind": "OptimizeJob", "name": "smollm2-tone-cpu", "namespace": "default"},
         "source": {
+            "kind": "FineTuneJob",
             "fineTuneJob": "smollm2-tone",
             "output": "file:///work/runs/smollm2-tone",
             "specHash": "9b1f",

@@ -66,7 +66,8 @@ class OptimizeJobKind(JobKind[OptimizeJobSpec]):
     def placement(
         self, spec: OptimizeJobSpec, *, cache_pvc: str | None = None, secrets: list[SecretMount] | None = None
     ) -> Placement:
-        from slmops_pipelines.kubeflow.placement import Placement, image_family
+        from slmops_pipelines.kubeflow.placement import Placement
+        from slmops_pipelines.specs.providers import image_family
 
         families = sorted({image_family(t.provider) for t in spec.targets})  # cpu before cuda
         target_gpus = max(1, spec.resources.gpus) if "cuda" in families else 0

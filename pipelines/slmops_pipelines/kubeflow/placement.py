@@ -28,13 +28,6 @@ if TYPE_CHECKING:
     from kfp.dsl import PipelineTask
 
 CACHE_MOUNT = "/var/cache/slmops"
-# Providers whose targets are built and measured on a GPU, in the CUDA optimizer image.
-GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
-
-
-def image_family(provider: str) -> str:
-    """The optimizer image a target of ``provider`` runs in: ``cuda`` for GPU providers, else ``cpu``."""
-    return "cuda" if provider in GPU_PROVIDERS else "cpu"
 
 
 # What the train step of a multi-node job needs: the kubernetes client following one object.

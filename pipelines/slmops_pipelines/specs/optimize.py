@@ -1,8 +1,8 @@
 """The OptimizeJob spec: turn a (fine-tuned) model into optimized ONNX models, one per target.
 
-Which precisions each ONNX Runtime execution provider can run is a table
-(:data:`PROVIDER_PRECISIONS`), not a chain of ifs: validation, the webhook and the optimizer
-all read it.
+Which precisions and algorithms each ONNX Runtime execution provider can run is a table
+(:mod:`slmops_pipelines.specs.providers`), not a chain of ifs: validation, the CRD's CEL rules,
+placement and export all read it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from slmops_pipelines.specs import providers
 from slmops_pipelines.specs.base import SpecModel, cel_rules
 from slmops_pipelines.specs.common import (
     MAX_SAMPLES,
@@ -40,31 +41,6 @@ Int8Mode = Literal["weightOnly", "dynamic", "static"]
 OptimizeMetric = Literal["perplexity", "accuracy", "rouge", "bleu", "latency", "size"]
 ANSWER_METRICS = ("accuracy", "rouge", "bleu")
 DEFAULT_METRICS: tuple[OptimizeMetric, ...] = ("perplexity", "accuracy", "latency", "size")
-
-PROVIDER_PRECISIONS: dict[str, set[str]] = {
-    "CPUExecutionProvider": {"fp32", "int8", "int4"},
-    "CUDAExecutionProvider": {"fp32", "fp16", "int4"},
-    "DmlExecutionProvider": {"fp32", "fp16", "int4"},
-    "TensorrtExecutionProvider": {"fp16", "int4"},
-    "OpenVINOExecutionProvider": {"fp32", "fp16", "int8", "int4"},
-}
-WHY_NOT = {
-    (
-        "CPUExecutionProvider",
-        "fp16",
-    ): "CPU kernels for fp16 are missing or slower than fp32; use fp32, int8 or int4",
-    (
-        "CUDAExecutionProvider",
-        "int8",
-    ): "ONNX Runtime's CUDA provider has no int8 MatMul kernels for LLMs; use int4 or fp16",
-    ("DmlExecutionProvider", "int8"): "DirectML has no int8 LLM kernels; use int4 or fp16",
-    ("TensorrtExecutionProvider", "fp32"): "TensorRT LLM engines are built in fp16 or int4",
-    (
-        "TensorrtExecutionProvider",
-        "int8",
-    ): "int8 on TensorRT needs calibration caches the model builder does not make",
-}
-
 
 _ADAPTER_NAME = r"^[A-Za-z0-9][\w.\-]*$"
 _GENERIC_FOLDERS = {"adapter", "adapters", "lora", "final", "output", "model"}
@@ -183,15 +159,6 @@ class OptimizeSource(SpecModel):
         return self
 
 
-# Measured on the demo (docs/benchmarks.md): onnxruntime's HQQ writes float zero points, which its
-# CPU MatMulNBits kernel runs through the generic path that dequantizes every weight at every call.
-HQQ_ON_CPU = (
-    "int4Algorithm hqq cannot run fast on CPUExecutionProvider: onnxruntime's HQQ writes float zero "
-    "points, which its CPU kernel dequantizes at every call (5 tokens/s against 130 for rtn, and 72% "
-    "accuracy against 100% on the demo); use rtn or gptq"
-)
-
-
 class QuantizationSpec(SpecModel):
     """How weights are quantized for int4 and int8 targets."""
 
@@ -229,12 +196,36 @@ class QuantizationSpec(SpecModel):
 
 
 def _provider_precision_rule() -> str:
-    """CEL: the precision is one the provider can run (from PROVIDER_PRECISIONS)."""
+    """CEL: the precision is one the provider can run (from the provider table)."""
     table = ", ".join(
-        f"'{provider}': [{', '.join(repr(p) for p in sorted(precisions))}]"
-        for provider, precisions in PROVIDER_PRECISIONS.items()
+        f"'{provider}': [{', '.join(repr(p) for p in providers.precisions(provider))}]"
+        for provider in providers.PROVIDERS
     )
     return f"self.precision in {{{table}}}[self.provider]"
+
+
+# Where an algorithm is named, and its default: int4Algorithm for int4, int8Mode for int8.
+_ALGORITHM_FIELDS = {"int4": ("int4Algorithm", "rtn"), "int8": ("int8Mode", "weightOnly")}
+
+
+def _algorithm_rules() -> list[tuple[str, str]]:
+    """CEL: one rule per algorithm the table refuses where its precision runs (hqq on CPU)."""
+    rules = []
+    for provider in providers.PROVIDERS:
+        for precision, (field, default) in _ALGORITHM_FIELDS.items():
+            for algorithm, why in providers.refused_algorithms(provider, precision).items():
+                chosen = (
+                    f"(has(self.quantization) && has(self.quantization.{field}) "
+                    f"? self.quantization.{field} : '{default}')"
+                )
+                rules.append(
+                    (
+                        f"self.provider != '{provider}' || self.precision != '{precision}' "
+                        f"|| {chosen} != '{algorithm}'",
+                        why,
+                    )
+                )
+    return rules
 
 
 class TargetRuntime(SpecModel):
@@ -268,11 +259,7 @@ class OptimizeTarget(SpecModel):
 
     model_config = cel_rules(
         (_provider_precision_rule(), "this provider cannot run this precision (see the provider table)"),
-        (
-            "self.provider != 'CPUExecutionProvider' || !has(self.quantization) "
-            "|| !has(self.quantization.int4Algorithm) || self.quantization.int4Algorithm != 'hqq'",
-            HQQ_ON_CPU,
-        ),
+        *_algorithm_rules(),
     )
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63, description="Target name.")
@@ -297,17 +284,32 @@ class OptimizeTarget(SpecModel):
             self.precision == "int4" and q.int4_algorithm == "gptq"
         )
 
+    @property
+    def algorithm(self) -> str:
+        """The table's algorithm column: int4Algorithm for int4, int8Mode for int8, empty otherwise."""
+        if self.precision == "int4":
+            return self.quantization.int4_algorithm
+        if self.precision == "int8":
+            return self.quantization.int8_mode
+        return ""
+
+    @property
+    def recipe(self) -> providers.Recipe:
+        """How this target is made (the provider table's row)."""
+        return providers.recipe(self.provider, self.precision, self.algorithm)
+
     @model_validator(mode="after")
     def _check_provider_precision(self) -> OptimizeTarget:
-        if self.provider == "CPUExecutionProvider" and self.quantization.int4_algorithm == "hqq":
-            raise ValueError(f"target {self.name!r}: {HQQ_ON_CPU}")
-        if self.precision not in PROVIDER_PRECISIONS[self.provider]:
-            why = WHY_NOT.get((self.provider, self.precision), "no kernels for it")
-            supported = ", ".join(sorted(PROVIDER_PRECISIONS[self.provider]))
-            raise ValueError(
-                f"target {self.name!r}: {self.provider} cannot run {self.precision} ({why}); supported: {supported}"
-            )
-        return self
+        row = self.recipe
+        if row.supported:
+            return self
+        supported = providers.precisions(self.provider)
+        if self.precision in supported:  # the precision runs, not with this algorithm
+            raise ValueError(f"target {self.name!r}: {row.why_not}")
+        raise ValueError(
+            f"target {self.name!r}: {self.provider} cannot run {self.precision} ({row.why_not}); "
+            f"supported: {', '.join(sorted(supported))}"
+        )
 
 
 class Gates(SpecModel):

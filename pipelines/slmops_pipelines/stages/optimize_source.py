@@ -81,7 +81,12 @@ def _from_finetune_job(name: str, locate_job: JobLocator, work: Path) -> Resolve
         adapter_dir=adapter,
         full_model_dir=full,
         dataset=job_spec.dataset,
-        description={"fineTuneJob": name, "output": store.uri, "specHash": manifest["job"].get("specHash")},
+        description={
+            "kind": manifest["job"].get("kind", ""),
+            "fineTuneJob": name,
+            "output": store.uri,
+            "specHash": manifest["job"].get("specHash"),
+        },
         adapters={name: adapter} if adapter is not None else {},
     )
 

@@ -70,7 +70,7 @@ def inspect_optimize(*, spec: dict, job: dict, output_uri: str, source_uri: str)
 def plan_targets(*, spec: dict, family: str = "") -> list[dict]:
     """One spec view per target of the image ``family`` (``cpu``, ``cuda``; empty: all): a ParallelFor's items."""
     from slmops_pipelines.kubeflow.cache_keys import optimize_target_views
-    from slmops_pipelines.kubeflow.placement import image_family
+    from slmops_pipelines.specs.providers import image_family
 
     parsed = OptimizeJobSpec.model_validate(spec)
     views = optimize_target_views(parsed)

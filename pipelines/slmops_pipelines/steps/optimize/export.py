@@ -28,12 +28,13 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from slmops_pipelines.errors import InputError, JobError
 from slmops_pipelines.specs.optimize import OptimizeTarget, QuantizationSpec
-from slmops_pipelines.steps.optimize.providers import PROVIDERS
+from slmops_pipelines.specs.providers import PROVIDERS
 from slmops_pipelines.steps.optimize.session import bake_session_options
 
 # transformers 5 writes this tokenizer class, which onnxruntime-genai's tokenizer does not know;
@@ -68,15 +69,13 @@ def builder_command(
     lora_nodes: list[str] | None = None,
 ) -> list[str]:
     provider = PROVIDERS[target.provider]
-    precision = target.precision
+    precision = target.recipe.builder_precision  # fp32 where a quantizer's post-pass follows
     extra: dict[str, str] = {}
     if template_adapter is not None:
         extra["adapter_path"] = str(template_adapter)
         if lora_nodes:  # LoRA weights stay float, so that adapters can replace them
             extra["int4_nodes_to_exclude"] = ",".join(lora_nodes)
-    if precision in ("int8",) or (precision == "int4" and target.quantization.int4_algorithm != "rtn"):
-        precision = "fp32"  # quantized afterwards by onnxruntime's quantizers
-    elif precision == "int4":
+    if precision == "int4":
         extra["int4_block_size"] = str(target.quantization.int4_block_size)
         extra["int4_algo_config"] = "rtn_last" if target.quantization.lm_head_int8 else "rtn"
         if provider.builder_ep == "cpu":
@@ -92,7 +91,7 @@ def builder_command(
         "-p",
         precision,
         "-e",
-        provider.builder_ep or "cpu",
+        provider.builder_ep,
         "-c",
         str(cache_dir),
     ]
@@ -273,7 +272,7 @@ def _int8_activations(model) -> None:
 
     onnxruntime's HQQ quantizer writes none, and without it the CPU kernel has no fast path at
     all.  (HQQ's float zero points keep it on the slow path even so: 5 tokens/s against 130
-    for RTN on the demo, which is why CPU targets refuse hqq; see specs.optimize.HQQ_ON_CPU.)
+    for RTN on the demo, which is why CPU targets refuse hqq; see specs.providers.HQQ_ON_CPU.)
     """
     import onnx
 
@@ -360,6 +359,24 @@ def _needs(calibration: list[list[int]] | None, target: OptimizeTarget) -> list[
     return calibration
 
 
+def _post_pass(
+    folder: Path, target: OptimizeTarget, lora_nodes: list[str], calibration: list[list[int]] | None
+) -> None:
+    """The quantizer the provider table names for this target, over the builder's graph."""
+    q = target.quantization
+    passes: dict[str, Callable[[], None]] = {
+        "none": lambda: None,
+        "int8-nbits": lambda: _quantize_nbits(folder, bits=8, block_size=32, exclude=lora_nodes or None),
+        "int8-dynamic": lambda: _quantize_int8_dynamic(folder),
+        "int8-static": lambda: _quantize_int8_static(
+            folder, _needs(calibration, target)[: q.calibration_samples]
+        ),
+        "int4-hqq": lambda: _quantize_int4_hqq(folder, q, lora_nodes),
+        "int4-gptq": lambda: _quantize_int4_gptq(folder, q, lora_nodes, _needs(calibration, target)),
+    }
+    passes[target.recipe.post_pass]()
+
+
 def export_target(
     target: OptimizeTarget,
     model_dir: Path,
@@ -403,16 +420,7 @@ def export_target(
         from slmops_pipelines.steps.optimize.adapters import extract_lora_inputs
 
         graph_inputs = extract_lora_inputs(partial / "model.onnx")
-    if target.precision == "int8" and target.quantization.int8_mode == "dynamic":
-        _quantize_int8_dynamic(partial)
-    elif target.precision == "int8" and target.quantization.int8_mode == "static":
-        _quantize_int8_static(partial, _needs(calibration, target)[: target.quantization.calibration_samples])
-    elif target.precision == "int8":
-        _quantize_nbits(partial, bits=8, block_size=32, exclude=lora_nodes)
-    elif target.precision == "int4" and target.quantization.int4_algorithm == "hqq":
-        _quantize_int4_hqq(partial, target.quantization, lora_nodes or [])
-    elif target.precision == "int4" and target.quantization.int4_algorithm == "gptq":
-        _quantize_int4_gptq(partial, target.quantization, lora_nodes or [], _needs(calibration, target))
+    _post_pass(partial, target, lora_nodes or [], calibration)
     if adapters:
         from slmops_pipelines.steps.optimize.adapters import write_onnx_adapter
 

@@ -1,30 +1,17 @@
-"""Execution providers: the model builder's name for each, and whether this machine runs it.
+"""Execution providers on this machine: which of them it runs.
 
-Building a model for a provider needs no hardware (the builder writes a graph with the
-provider's kernels in mind); running it does.  A target whose provider is not available here
+What each provider is (the builder's name for it, onnxruntime-genai's, its image family) is
+the provider table's (:mod:`slmops_pipelines.specs.providers`, re-exported here).  Building a
+model for a provider needs no hardware (the builder writes a graph with the provider's kernels
+in mind); running it does.  A target whose provider is not available here
 is still built, and its evaluation says so instead of failing or pretending.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from slmops_pipelines.specs.providers import PROVIDERS, ProviderInfo
 
-
-@dataclass(frozen=True)
-class ProviderInfo:
-    name: str  # ONNX Runtime's name
-    builder_ep: str | None  # the model builder's -e value; None: the builder cannot target it
-    genai_name: str  # the name onnxruntime-genai's config uses
-
-
-PROVIDERS: dict[str, ProviderInfo] = {
-    "CPUExecutionProvider": ProviderInfo("CPUExecutionProvider", "cpu", "cpu"),
-    "CUDAExecutionProvider": ProviderInfo("CUDAExecutionProvider", "cuda", "cuda"),
-    "DmlExecutionProvider": ProviderInfo("DmlExecutionProvider", "dml", "dml"),
-    "TensorrtExecutionProvider": ProviderInfo("TensorrtExecutionProvider", "NvTensorRtRtx", "NvTensorRtRtx"),
-    # OpenVINO runs the CPU graph through its own provider (set in genai_config.json).
-    "OpenVINOExecutionProvider": ProviderInfo("OpenVINOExecutionProvider", "cpu", "OpenVINO"),
-}
+__all__ = ["PROVIDERS", "ProviderInfo", "available_providers"]
 
 
 def available_providers() -> set[str]:

@@ -160,7 +160,7 @@ def _header(doc: dict[str, Any], title: str) -> str:
         meta=[
             (
                 "source",
-                f"{source['fineTuneJob']} (fineTuneJobRef)"
+                f"{source.get('kind', '')} {source['fineTuneJob']}".strip()
                 if source.get("fineTuneJob")
                 else source.get("model"),
             ),

@@ -1,0 +1,169 @@
+"""What each ONNX Runtime execution provider can build and run: one table, read by everything.
+
+Two tables, and no chain of ifs anywhere else:
+
+* :data:`PROVIDERS`: per execution provider, the model builder's ``-e`` value, the name
+  onnxruntime-genai's config uses, and the image family its targets are built and measured
+  in (``cuda``: GPU pods in the CUDA image; ``cpu``: everything else);
+* :data:`RECIPES`: per (provider, precision, algorithm), how a target is made -- the
+  builder's precision and the post-pass that quantizes its graph -- or why it cannot be.
+
+The spec's validator and its CEL rule (the API server), the webhook, placement (which pods
+get GPUs, which image) and export (the builder's arguments, then the post-pass) all read
+them.  The "algorithm" is ``quantization.int4Algorithm`` for int4, ``quantization.int8Mode``
+for int8, and empty for fp32/fp16.
+
+Importing this costs nothing: plain data, no onnxruntime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ImageFamily = Literal["cpu", "cuda"]
+# How the builder's graph is quantized afterwards (slmops_pipelines.steps.optimize.export).
+PostPass = Literal["none", "int8-nbits", "int8-dynamic", "int8-static", "int4-hqq", "int4-gptq"]
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    name: str  # ONNX Runtime's name
+    builder_ep: str  # the model builder's -e value
+    genai_name: str  # the name onnxruntime-genai's config uses
+    family: ImageFamily  # the image (and, for cuda, the GPUs) its targets are built and measured with
+
+
+PROVIDERS: dict[str, ProviderInfo] = {
+    "CPUExecutionProvider": ProviderInfo("CPUExecutionProvider", "cpu", "cpu", "cpu"),
+    "CUDAExecutionProvider": ProviderInfo("CUDAExecutionProvider", "cuda", "cuda", "cuda"),
+    "DmlExecutionProvider": ProviderInfo("DmlExecutionProvider", "dml", "dml", "cpu"),
+    "TensorrtExecutionProvider": ProviderInfo(
+        "TensorrtExecutionProvider", "NvTensorRtRtx", "NvTensorRtRtx", "cuda"
+    ),
+    # OpenVINO runs the CPU graph through its own provider (set in genai_config.json).
+    "OpenVINOExecutionProvider": ProviderInfo("OpenVINOExecutionProvider", "cpu", "OpenVINO", "cpu"),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one (provider, precision, algorithm) target is made, or why it cannot be."""
+
+    builder_precision: str = ""  # the builder's -p: the precision itself, or fp32 for a post-pass
+    post_pass: PostPass = "none"
+    why_not: str = ""  # set: refused, with this reason
+
+    @property
+    def supported(self) -> bool:
+        return not self.why_not
+
+
+def _made(precision: str, post_pass: PostPass = "none") -> Recipe:
+    return Recipe(builder_precision=precision, post_pass=post_pass)
+
+
+def _refused(why: str) -> Recipe:
+    return Recipe(why_not=why)
+
+
+NO_KERNELS = "no kernels for it"
+# Measured on the demo (docs/benchmarks.md): onnxruntime's HQQ writes float zero points, which its
+# CPU MatMulNBits kernel runs through the generic path that dequantizes every weight at every call.
+HQQ_ON_CPU = (
+    "int4Algorithm hqq cannot run fast on CPUExecutionProvider: onnxruntime's HQQ writes float zero "
+    "points, which its CPU kernel dequantizes at every call (5 tokens/s against 130 for rtn, and 72% "
+    "accuracy against 100% on the demo); use rtn or gptq"
+)
+_FP16_ON_CPU = "CPU kernels for fp16 are missing or slower than fp32; use fp32, int8 or int4"
+
+# The builder makes fp32, fp16 and rtn int4 itself; int8 and the other int4 algorithms are
+# onnxruntime's quantizers over its fp32 graph.
+_INT4 = {"rtn": _made("int4"), "hqq": _made("fp32", "int4-hqq"), "gptq": _made("fp32", "int4-gptq")}
+_INT8 = {
+    "weightOnly": _made("fp32", "int8-nbits"),
+    "dynamic": _made("fp32", "int8-dynamic"),
+    "static": _made("fp32", "int8-static"),
+}
+
+
+def _provider_recipes(
+    provider: str, *, fp32: Recipe, fp16: Recipe, int8: Recipe | None, int4: dict[str, Recipe]
+) -> dict[tuple[str, str, str], Recipe]:
+    rows = {(provider, "fp32", ""): fp32, (provider, "fp16", ""): fp16}
+    for mode, recipe in _INT8.items():
+        rows[(provider, "int8", mode)] = int8 or recipe
+    for algorithm, recipe in int4.items():
+        rows[(provider, "int4", algorithm)] = recipe
+    return rows
+
+
+RECIPES: dict[tuple[str, str, str], Recipe] = {
+    **_provider_recipes(
+        "CPUExecutionProvider",
+        fp32=_made("fp32"),
+        fp16=_refused(_FP16_ON_CPU),
+        int8=None,
+        int4={**_INT4, "hqq": _refused(HQQ_ON_CPU)},
+    ),
+    **_provider_recipes(
+        "CUDAExecutionProvider",
+        fp32=_made("fp32"),
+        fp16=_made("fp16"),
+        int8=_refused("ONNX Runtime's CUDA provider has no int8 MatMul kernels for LLMs; use int4 or fp16"),
+        int4=_INT4,
+    ),
+    **_provider_recipes(
+        "DmlExecutionProvider",
+        fp32=_made("fp32"),
+        fp16=_made("fp16"),
+        int8=_refused("DirectML has no int8 LLM kernels; use int4 or fp16"),
+        int4=_INT4,
+    ),
+    **_provider_recipes(
+        "TensorrtExecutionProvider",
+        fp32=_refused("TensorRT LLM engines are built in fp16 or int4"),
+        fp16=_made("fp16"),
+        int8=_refused("int8 on TensorRT needs calibration caches the model builder does not make"),
+        int4=_INT4,
+    ),
+    **_provider_recipes(
+        "OpenVINOExecutionProvider",
+        fp32=_made("fp32"),
+        fp16=_made("fp16"),
+        int8=None,
+        int4=_INT4,
+    ),
+}
+
+
+def recipe(provider: str, precision: str, algorithm: str = "") -> Recipe:
+    """The row of the table; a refusal for a combination it does not list."""
+    return RECIPES.get(
+        (provider, precision, algorithm if precision in ("int4", "int8") else ""), _refused(NO_KERNELS)
+    )
+
+
+def precisions(provider: str) -> list[str]:
+    """The precisions ``provider`` runs with at least one algorithm, in table order."""
+    found: list[str] = []
+    for (name, precision, _), row in RECIPES.items():
+        if name == provider and row.supported and precision not in found:
+            found.append(precision)
+    return found
+
+
+def refused_algorithms(provider: str, precision: str) -> dict[str, str]:
+    """Algorithm -> reason, for the algorithms refused where the precision itself runs."""
+    if precision not in precisions(provider):
+        return {}
+    return {
+        algorithm: row.why_not
+        for (name, prec, algorithm), row in RECIPES.items()
+        if name == provider and prec == precision and not row.supported
+    }
+
+
+def image_family(provider: str) -> ImageFamily:
+    """``cuda`` for the GPU providers (their pods get GPUs, in the CUDA image); ``cpu`` otherwise."""
+    return PROVIDERS[provider].family
