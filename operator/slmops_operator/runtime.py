@@ -81,7 +81,7 @@ def build_operator(
 ) -> Operator:
     registry = kopf.OperatorRegistry()
     ks = kopf_settings_for(settings)
-    kube = KubeApi(ks)  # kopf's client, with these settings
+    kube = KubeApi(login)  # the operator's own calls, with the credentials kopf gets
     metrics = OperatorMetrics()
     credentials = Credentials(kube)
     backend = backend or make_backend(settings, credentials=credentials)
@@ -89,7 +89,9 @@ def build_operator(
 
     @kopf.on.login(registry=registry)
     def login_handler(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return login(**kwargs)  # kopf's vault holds it, for its watches and our calls alike
+        info = login(**kwargs)
+        kube.connect(info)  # kopf's watches and our own calls use the same credentials
+        return info
 
     @kopf.on.startup(registry=registry)
     def startup(logger: kopf.Logger, **_: Any) -> None:
@@ -101,6 +103,7 @@ def build_operator(
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         await reconciler.backend.close()
+        await kube.close()
 
     jobs.register(registry, reconciler)
     webhook = settings.webhook_server()

@@ -1,4 +1,4 @@
-"""The operator's own API calls use kopf's client: kind's inline client certificate works, a 401 logs in again."""
+"""The operator's own API calls: on kopf's public login, kind's inline client certificate works, a 401 logs in again."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from pathlib import Path
 import aiohttp.web
 import kopf
 import pytest
-from kopf._cogs.clients import auth
-from kopf._cogs.structs import credentials
 
 from slmops_operator.handlers.kube import KubeApi
 from tests.fixtures.webhook_tls import make_webhook_certs
@@ -69,24 +67,34 @@ def kubeconfig_login(server: ApiServer) -> kopf.ConnectionInfo:
 
 
 async def test_a_ttl_deletion_authenticates_with_an_inline_client_certificate(api_server):
-    vault = credentials.Vault()
-    await vault.populate({"kubeconfig": kubeconfig_login(api_server)})
-    auth.vault_var.set(vault)
-    await KubeApi().delete(PATH)
+    kube = KubeApi(login=lambda **_: kubeconfig_login(api_server))
+    await kube.delete(PATH)
+    await kube.close()
     assert api_server.calls == [("DELETE", PATH, "kubernetes-admin")]
 
 
-async def test_a_401_invalidates_the_credentials_and_the_call_waits_for_new_ones(api_server):
-    """kopf's vault: the credentials that got a 401 are dropped; the call resumes with fresh ones."""
-    import asyncio
+async def test_a_401_logs_in_again_and_retries_the_call(api_server):
+    """An expired token: the call logs in again (a rotated token is re-read) and succeeds."""
+    logins = []
 
-    vault = credentials.Vault()
-    await vault.populate({"stale": kubeconfig_login(api_server)})
-    auth.vault_var.set(vault)
+    def login(**_):
+        logins.append(1)
+        return kubeconfig_login(api_server)
+
+    kube = KubeApi(login=login)
     api_server.unauthorized = 1
-    call = asyncio.create_task(KubeApi().delete(PATH))
-    await asyncio.sleep(0.5)
-    assert not call.done()  # waiting for a login, as kopf's own watches would
-    await vault.populate({"fresh": kubeconfig_login(api_server)})  # what kopf's re-login does
-    await asyncio.wait_for(call, timeout=10)
-    assert api_server.calls == [("DELETE", PATH, "kubernetes-admin")]
+    await kube.delete(PATH)
+    await kube.close()
+    assert len(logins) == 2 and api_server.calls == [("DELETE", PATH, "kubernetes-admin")]
+
+
+async def test_what_the_login_handler_got_is_used_and_errors_say_the_status(api_server):
+    kube = KubeApi()
+    with pytest.raises(kopf.TemporaryError, match="not logged in"):
+        await kube.get("/api/v1/namespaces/team-a/secrets/x")
+    kube.connect(kubeconfig_login(api_server))  # what build_operator's login handler does
+    assert await kube.get("/api/v1/namespaces/team-a/secrets/x") == {"kind": "Status", "status": "Success"}
+    api_server.unauthorized = 2
+    with pytest.raises(kopf.TemporaryError, match="401"):
+        await kube.get("/api/v1/namespaces/team-a/secrets/x")
+    await kube.close()

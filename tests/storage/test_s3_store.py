@@ -67,27 +67,6 @@ def test_missing_key_names_the_uri(store: S3Store, tmp_path: Path) -> None:
     assert not (tmp_path / "nope.json").exists()
 
 
-def test_upload_and_download_dir_round_trip(store: S3Store, tmp_path: Path) -> None:
-    source = tmp_path / "src"
-    (source / "nested" / "deeper").mkdir(parents=True)
-    (source / "top.txt").write_text("top")
-    (source / "nested" / "mid.bin").write_bytes(os.urandom(1000))
-    (source / "nested" / "deeper" / "leaf.json").write_text("{}")
-
-    keys = store.upload_dir(source, "model")
-    assert keys == ["model/nested/deeper/leaf.json", "model/nested/mid.bin", "model/top.txt"]
-
-    target = tmp_path / "dst"
-    paths = store.download_dir("model", target)
-    assert sorted(p.relative_to(target).as_posix() for p in paths) == [
-        "nested/deeper/leaf.json",
-        "nested/mid.bin",
-        "top.txt",
-    ]
-    for rel in ["nested/deeper/leaf.json", "nested/mid.bin", "top.txt"]:
-        assert sha256(target / rel) == sha256(source / rel)
-
-
 def test_list_is_sorted_relative_and_folder_scoped(store: S3Store, s3_server: S3Server) -> None:
     for key in ["b/2.txt", "a/1.txt", "b/1.txt", "b-old/x.txt", "c.txt"]:
         store.write_text(key, key)

@@ -116,10 +116,6 @@ class KfpBackend:
                 raise ConnectionError(f"KFP is not reachable at {self.settings.kfp_host}: {exc}") from exc
         return self._multi_user
 
-    def run_namespace(self, request: JobRequest) -> str:
-        """Where the run's pods run: the job's namespace (multi-user) or KFP's own."""
-        return request.namespace if self.multi_user() else self.settings.kfp_namespace
-
     def client(self):
         with self._lock:
             token, stamp = self._token()

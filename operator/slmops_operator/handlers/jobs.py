@@ -30,6 +30,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -252,6 +253,15 @@ def index_phases(*, status: kopf.Status, param: Any = None, **_: Any) -> dict:
     return {param: (dict(status or {}).get("phase") or "Pending")}
 
 
+# kopf passes each index to the handlers as a keyword named by its id: one index per kind.
+INDEXES = ("active_jobs", "phases", "outputs")
+
+
+def index_id(index: str, plural: str) -> str:
+    """The id (and handler keyword) of ``index`` for the kind of ``plural``."""
+    return f"{index}_{plural}"
+
+
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
     """Register every job handler on ``registry``."""
     poll = reconciler.settings.poll_seconds
@@ -277,9 +287,9 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
             active = {
                 run
                 for cls in resources().values()
-                for run in (kwargs.get(f"active_jobs_{cls.plural}") or {}).get(namespace, [])
+                for run in (kwargs.get(index_id("active_jobs", cls.plural)) or {}).get(namespace, [])
             }
-            outputs = {name: kwargs.get(f"outputs_{cls.plural}") for name, cls in resources().items()}
+            outputs = {name: kwargs.get(index_id("outputs", cls.plural)) for name, cls in resources().items()}
             await reconcile(
                 reconciler,
                 param,
@@ -290,7 +300,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
                 outputs=outputs,
                 active=active,
             )
-            phases = kwargs.get(f"phases_{resource_of(param).plural}") or {}
+            phases = kwargs.get(index_id("phases", resource_of(param).plural)) or {}
             reconciler.metrics.set_phase_counts(param, Counter(phases.get(param, [])))
 
         @kopf.on.delete(GROUP, VERSION, plural, registry=registry, id=f"finalize-{plural}", param=kind)
@@ -301,6 +311,12 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
                 reconciler, body=body, status=status, logger=logger, runtime=runtime, retry=retry
             )
 
-        kopf.index(GROUP, VERSION, plural, registry=registry, id=f"active_jobs_{plural}")(index_active_jobs)
-        kopf.index(GROUP, VERSION, plural, registry=registry, id=f"phases_{plural}", param=kind)(index_phases)
-        kopf.index(GROUP, VERSION, plural, registry=registry, id=f"outputs_{plural}")(index_outputs)
+        on_index: dict[str, Callable[..., dict]] = {
+            "active_jobs": index_active_jobs,
+            "phases": index_phases,
+            "outputs": index_outputs,
+        }
+        for index in INDEXES:
+            kopf.index(GROUP, VERSION, plural, registry=registry, id=index_id(index, plural), param=kind)(
+                on_index[index]
+            )

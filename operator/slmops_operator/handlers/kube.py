@@ -1,27 +1,38 @@
-"""The few Kubernetes API calls the operator makes itself (kopf makes the rest), through kopf's own client.
+"""The few Kubernetes API calls the operator makes itself (kopf makes the rest), on kopf's public login.
 
 The calls: deleting a finished job whose ``ttlSecondsAfterFinished`` passed, and reading,
 copying and deleting a job's Secrets (see :mod:`slmops_operator.credentials`).
 
-They go through kopf's API client (``kopf._cogs.clients.api``), not a session of our own:
-the same credentials vault as kopf's watches, so whatever kopf logged in with works here
-too -- a kubeconfig's inline client certificate (``client-certificate-data``, kind's
-default), a token, an in-cluster service account -- and a 401 makes kopf log in again, so
-a rotated projected token is picked up.  kopf's client is internal API: kopf is pinned
-below 2 in pyproject.toml, and ``tests/operator`` runs these calls against an API server.
-Each call is tried once (no kopf backoffs): the reconciler has its own backoff, and a 403
-on a Secret must fail the job now, not after a minute of retries.
+They use the credentials the operator's login gives kopf (a :class:`kopf.ConnectionInfo`
+from ``kopf.login_with_service_account`` or ``kopf.login_with_kubeconfig``: a kubeconfig's
+inline client certificate, kind's default, a token, an in-cluster service account) and the
+public methods of that class to build the session (``as_ssl_context``, ``as_http_headers``,
+``as_aiohttp_basic_auth``): nothing of kopf's internal client.  A 401 logs in again once
+(a rotated projected token is re-read) and retries the call.  Each call is otherwise tried
+once: the reconciler has its own backoff, and a 403 on a Secret must fail the job now, not
+after a minute of retries.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import warnings
+from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import kopf
-from kopf._cogs.clients import api, errors
 
 _logger = logging.getLogger("slmops.kube")
+
+Login = Callable[..., "kopf.ConnectionInfo | None"]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class KubeApi:
@@ -36,28 +47,76 @@ class KubeApi:
     # Standalone KFP only: the run-owned copies of a job's Secrets, in the KFP namespace.
     COPY_CALLS = frozenset({("", "secrets", "create"), ("", "secrets", "update"), ("", "secrets", "delete")})
 
-    def __init__(self, settings: kopf.OperatorSettings | None = None) -> None:
-        self.settings = settings or kopf.OperatorSettings()
+    def __init__(self, login: Login | None = None) -> None:
+        self.login = login
+        self.info: kopf.ConnectionInfo | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._stale: list[aiohttp.ClientSession] = []  # sessions of older credentials, to close
+
+    def connect(self, info: kopf.ConnectionInfo | None) -> None:
+        """Use ``info`` from now on (the login handler hands over what it gives kopf)."""
+        if info is not None and info is not self.info:
+            if self._session is not None:
+                self._stale.append(self._session)
+            self.info, self._session = info, None
+
+    async def _login(self) -> kopf.ConnectionInfo:
+        if self.login is None:
+            raise kopf.TemporaryError("not logged in to the Kubernetes API yet", delay=5)
+        info = await asyncio.to_thread(self.login, logger=_logger)
+        if info is None:
+            raise kopf.TemporaryError(
+                "no Kubernetes credentials found (service account, KUBECONFIG)", delay=10
+            )
+        self.connect(info)
+        return info
+
+    async def session(self) -> tuple[aiohttp.ClientSession, str]:
+        info = self.info or await self._login()
+        while self._stale:
+            await self._stale.pop().close()
+        if self._session is None or self._session.closed:
+            with warnings.catch_warnings():  # aiohttp warns that BasicAuth is deprecated
+                warnings.simplefilter("ignore", DeprecationWarning)
+                auth = info.as_aiohttp_basic_auth()
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=info.as_ssl_context()),
+                headers=info.as_http_headers(),
+                auth=auth,
+            )
+        return self._session, info.server.rstrip("/")
 
     async def _call(self, method: str, path: str, payload: object | None = None) -> Any:
-        try:
-            response = await api.request(
-                method, path, payload=payload, settings=self.settings, backoffs=[], logger=_logger
-            )
-        except LookupError as exc:  # no credentials vault: called outside the operator's tasks
-            raise kopf.TemporaryError("not logged in to the Kubernetes API yet", delay=5) from exc
-        async with response:
-            return await response.json() if response.content_length != 0 else None
+        for attempt in (1, 2):
+            session, server = await self.session()
+            try:
+                async with session.request(method, server + path, json=payload) as response:
+                    body = await response.json(content_type=None) if response.content_length != 0 else None
+            except aiohttp.ClientError as exc:
+                raise ApiError(0, f"{type(exc).__name__}: {exc}") from exc
+            if response.status == 401 and attempt == 1 and self.login is not None:
+                await self._login()  # an expired token: log in again, once
+                continue
+            if response.status >= 400:
+                message = (body or {}).get("message") if isinstance(body, dict) else None
+                raise ApiError(response.status, message or response.reason or str(response.status))
+            return body
+        raise ApiError(401, "unauthorized after logging in again")
+
+    async def close(self) -> None:
+        for session in [*self._stale, *([self._session] if self._session else [])]:
+            await session.close()
+        self._stale, self._session = [], None
 
     async def get(self, path: str) -> dict | None:
         """GET ``path`` as JSON; None when it does not exist."""
         try:
             return await self._call("get", path)
-        except errors.APINotFoundError:
-            return None
-        except errors.APIForbiddenError as exc:
-            raise PermissionError(f"GET {path}: forbidden for the operator's service account") from exc
-        except errors.APIError as exc:
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            if exc.status == 403:
+                raise PermissionError(f"GET {path}: forbidden for the operator's service account") from exc
             raise kopf.TemporaryError(f"GET {path}: {exc.status} {exc}", delay=10) from exc
 
     async def apply(self, collection: str, name: str, body: dict) -> None:
@@ -65,20 +124,19 @@ class KubeApi:
         try:
             await self._call("post", collection, body)
             return
-        except errors.APIConflictError:
-            pass
-        except errors.APIError as exc:
-            raise kopf.TemporaryError(f"POST {collection}: {exc.status} {exc}", delay=10) from exc
+        except ApiError as exc:
+            if exc.status != 409:  # 409: it exists, replace it
+                raise kopf.TemporaryError(f"POST {collection}: {exc.status} {exc}", delay=10) from exc
         try:
             await self._call("put", f"{collection}/{name}", body)
-        except errors.APIError as exc:
+        except ApiError as exc:
             raise kopf.TemporaryError(f"PUT {collection}/{name}: {exc.status} {exc}", delay=10) from exc
 
     async def delete(self, path: str) -> None:
         """DELETE ``path``; a 404 means it is gone already."""
         try:
             await self._call("delete", path)
-        except errors.APINotFoundError:
-            return
-        except errors.APIError as exc:
+        except ApiError as exc:
+            if exc.status == 404:
+                return
             raise kopf.TemporaryError(f"DELETE {path}: {exc.status} {exc}", delay=10) from exc

@@ -96,17 +96,31 @@ class ArtifactStore(abc.ABC):
         midway never leaves a marker beside partial files.
         """
         prefix = prefix.strip("/")
-        infos = list(self.list(prefix))
+        infos = [info for info in self.list(prefix) if not info.key.endswith("/")]  # folder markers
         infos.sort(key=lambda info: info.key.rsplit("/", 1)[-1] in last)  # stable: markers at the end
         paths = []
         for info in infos:
-            rel = info.key[len(prefix) :].lstrip("/") if prefix else info.key
-            target = local / rel
+            target = self._inside(local, info.key[len(prefix) :].lstrip("/") if prefix else info.key)
             if last and info.key.rsplit("/", 1)[-1] in last:
                 self._verify_sizes(infos, prefix, local, exclude=last)
             self.download_file(info.key, target)
             paths.append(target)
         return paths
+
+    def _inside(self, local: Path, rel: str) -> Path:
+        """``local / rel``, refusing a key that would land outside ``local`` (``..``, absolute, empty).
+
+        Object keys are the store owner's text: an S3 key ``model/../../etc/x`` is legal there,
+        and must never choose a file outside the folder it is downloaded into.
+        """
+        parts = rel.split("/")
+        if not rel or rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise StorageError(f"{self.uri_of(rel)}: refusing to download a key that leaves {local} ({rel!r})")
+        target = local / rel
+        root = local.resolve()
+        if not target.resolve().is_relative_to(root):  # a symlink inside local pointing out of it
+            raise StorageError(f"{self.uri_of(rel)}: refusing to download outside {local}")
+        return target
 
     def _verify_sizes(
         self, infos: builtins.list[ObjectInfo], prefix: str, local: Path, *, exclude: tuple[str, ...]
