@@ -339,8 +339,8 @@ def test_chat_in_a_terminal_answers_switches_and_leaves_on_ctrl_d(models):
 
 
 def test_the_default_target_is_the_first_this_machine_runs(monkeypatch):
+    from slmops_pipelines.chat.targets import default_target
     from slmops_pipelines.specs import OptimizeJobSpec
-    from slmops_pipelines.steps.generate.targets import default_target
     from slmops_pipelines.steps.optimize import providers
 
     monkeypatch.setattr(providers, "available_providers", lambda: {"CPUExecutionProvider"})  # no GPU here

@@ -111,7 +111,7 @@ def sizes(visit: Visit, selector: str) -> list[list[float]]:
 
 def test_finetune_report(browser, tmp_path: Path):
     from slmops_pipelines.stages.search import plot_search
-    from slmops_pipelines.steps.report import write_report
+    from slmops_pipelines.steps.report.finetune import write_report
 
     metrics = samples.finetune_metrics(search=True)
     path = write_report(
@@ -151,7 +151,7 @@ def test_finetune_report(browser, tmp_path: Path):
 
 
 def test_optimize_report(browser, tmp_path: Path):
-    from slmops_pipelines.steps.optimize.report import write_optimize_report
+    from slmops_pipelines.steps.report.optimize import write_optimize_report
 
     doc = samples.optimize_doc()
     path = write_optimize_report(doc, tmp_path, title="OptimizeJob smollm2-tone-cpu")
@@ -181,7 +181,7 @@ def test_optimize_report(browser, tmp_path: Path):
 
 
 def test_a_violated_gate_shows_on_the_page(browser, tmp_path: Path):
-    from slmops_pipelines.steps.optimize.report import write_optimize_report
+    from slmops_pipelines.steps.report.optimize import write_optimize_report
 
     path = write_optimize_report(samples.optimize_doc(violated=True), tmp_path, title="OptimizeJob x")
     visit = Visit(browser, path)
@@ -193,7 +193,7 @@ def test_a_violated_gate_shows_on_the_page(browser, tmp_path: Path):
 
 def test_a_finetune_report_with_little_to_show(browser, tmp_path: Path):
     """No evaluation, no eval split, one logged loss: still a page, and no error."""
-    from slmops_pipelines.steps.report import write_report
+    from slmops_pipelines.steps.report.finetune import write_report
 
     metrics = samples.finetune_metrics()
     metrics.update(evaluation=None, log_history=[{"loss": 2.5, "step": 5}])

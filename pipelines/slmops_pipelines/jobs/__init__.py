@@ -22,6 +22,9 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from slmops_pipelines.chat.engines import Sampling
+from slmops_pipelines.chat.session import NO_ADAPTER, ChatSession, Reply
+from slmops_pipelines.chat.targets import ChatTarget
 from slmops_pipelines.credentials import SecretRef, secret_refs, without_ambient_credentials
 from slmops_pipelines.errors import InputError, JobError
 from slmops_pipelines.jobs.base import API_GROUP, API_VERSION, JobKind, JobRun, SummaryTable, Upstream
@@ -30,9 +33,6 @@ from slmops_pipelines.jobs.optimize import OptimizeJobKind
 from slmops_pipelines.local.reporting import NullReporter, Reporter
 from slmops_pipelines.specs.locations import Location, spec_inputs, spec_locations
 from slmops_pipelines.stages.outputs import JobOutcome
-from slmops_pipelines.steps.generate.engines import Sampling
-from slmops_pipelines.steps.generate.session import NO_ADAPTER, ChatSession, Reply
-from slmops_pipelines.steps.generate.targets import ChatTarget
 from slmops_pipelines.steps.publish import Cleanup
 
 if TYPE_CHECKING:
@@ -264,7 +264,7 @@ def chat_target(target: str, *, target_name: str | None = None, model: str | Non
 
     ``target_name`` picks an OptimizeJob's target; ``model`` is a PEFT adapter's base model.
     """
-    from slmops_pipelines.steps.generate.targets import find_job_output, plain_target
+    from slmops_pipelines.chat.targets import find_job_output, plain_target
 
     output = find_job_output(target)
     if output is None:
@@ -283,7 +283,7 @@ def open_chat(
     target: ChatTarget, *, sampling: Sampling | None = None, raw: bool = False, adapter: str | None = None
 ) -> ChatSession:
     """Load the target's model once (``adapter`` active, default its first) for requests and chats."""
-    from slmops_pipelines.steps.generate.session import open_session
+    from slmops_pipelines.chat.session import open_session
 
     return open_session(target, sampling=sampling or Sampling(), raw=raw, adapter=adapter)
 

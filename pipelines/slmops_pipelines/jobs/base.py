@@ -27,11 +27,11 @@ API_GROUP = "slmops.io"
 API_VERSION = "v1alpha1"
 
 if TYPE_CHECKING:
+    from slmops_pipelines.chat.targets import ChatTarget, JobOutput
     from slmops_pipelines.kubeflow.images import Images
     from slmops_pipelines.kubeflow.placement import Placement, SecretMount
     from slmops_pipelines.local.reporting import Reporter
     from slmops_pipelines.stages.outputs import JobOutcome
-    from slmops_pipelines.steps.generate.targets import ChatTarget, JobOutput
     from slmops_pipelines.storage import ArtifactStore
 
 

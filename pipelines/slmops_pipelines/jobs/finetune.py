@@ -8,21 +8,11 @@ cluster it is the ``finetune`` pipeline, or ``finetune-search`` when ``spec.sear
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from slmops_pipelines.jobs import base
 from slmops_pipelines.jobs.base import JobKind, JobRun, SummaryTable, float_values
 from slmops_pipelines.specs import FineTuneJobSpec
-
-if TYPE_CHECKING:  # the types of the contract, as jobs.base names them
-    from slmops_pipelines.jobs.base import (
-        ArtifactStore,
-        ChatTarget,
-        JobOutcome,
-        JobOutput,
-        Placement,
-        Reporter,
-        SecretMount,
-    )
 
 
 class FineTuneJobKind(JobKind[FineTuneJobSpec]):
@@ -55,12 +45,12 @@ class FineTuneJobKind(JobKind[FineTuneJobSpec]):
         },
     )
 
-    def run_local(self, run: JobRun, *, reporter: Reporter | None = None) -> JobOutcome:
+    def run_local(self, run: JobRun, *, reporter: base.Reporter | None = None) -> base.JobOutcome:
         from slmops_pipelines.local.finetune import run_finetune
 
         return run_finetune(run, reporter=reporter)
 
-    def claim_output(self, run: JobRun) -> tuple[ArtifactStore, dict[str, Any] | None]:
+    def claim_output(self, run: JobRun) -> tuple[base.ArtifactStore, dict[str, Any] | None]:
         from slmops_pipelines.stages import finetune as stages
 
         stages.check_inputs(run.spec, multi_node=False)
@@ -75,8 +65,12 @@ class FineTuneJobKind(JobKind[FineTuneJobSpec]):
         return "finetune", finetune_pipeline
 
     def placement(
-        self, spec: FineTuneJobSpec, *, cache_pvc: str | None = None, secrets: list[SecretMount] | None = None
-    ) -> Placement:
+        self,
+        spec: FineTuneJobSpec,
+        *,
+        cache_pvc: str | None = None,
+        secrets: list[base.SecretMount] | None = None,
+    ) -> base.Placement:
         from slmops_pipelines.kubeflow.placement import Placement
 
         return Placement.for_resources(
@@ -87,7 +81,7 @@ class FineTuneJobKind(JobKind[FineTuneJobSpec]):
             **self.pod_settings(spec),
         )
 
-    def output_artifacts(self, store: ArtifactStore) -> dict[str, str]:
+    def output_artifacts(self, store: base.ArtifactStore) -> dict[str, str]:
         from slmops_pipelines.stages.finetune import output_artifacts
         from slmops_pipelines.steps import publish
 
@@ -117,17 +111,16 @@ class FineTuneJobKind(JobKind[FineTuneJobSpec]):
         return {"trials": trial_counts(output_uri, spec)}
 
     def chat_target(
-        self, output: JobOutput, *, target_name: str | None = None, model: str | None = None
-    ) -> ChatTarget:
-        from slmops_pipelines.errors import InputError
-        from slmops_pipelines.steps.generate.targets import finetune_output_target
+        self, output: base.JobOutput, *, target_name: str | None = None, model: str | None = None
+    ) -> base.ChatTarget:
+        from slmops_pipelines.chat.targets import finetune_output_target
 
-        if target_name is not None:
-            raise InputError("--target picks a target of an OptimizeJob's output", field="target")
-        return finetune_output_target(output, model=model)
+        return finetune_output_target(output, target_name=target_name, model=model)
 
-    def summary_tables(self, name: str, outcome: JobOutcome, *, wall_time_s: float) -> list[SummaryTable]:
-        from slmops_pipelines.steps.report import summary_rows
+    def summary_tables(
+        self, name: str, outcome: base.JobOutcome, *, wall_time_s: float
+    ) -> list[SummaryTable]:
+        from slmops_pipelines.steps.report.finetune import summary_rows
 
         rows = [(k, v) for k, v in summary_rows(outcome.metrics) if k != "wall time (s)"]
         rows.append(("wall time (s)", round(wall_time_s, 1)))

@@ -9,22 +9,12 @@ and the engines pass its output location as ``source_uri``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from slmops_pipelines.jobs import base
 from slmops_pipelines.jobs.base import JobKind, JobRun, SummaryTable, Upstream, float_values
 from slmops_pipelines.jobs.finetune import FineTuneJobKind
 from slmops_pipelines.specs import OptimizeJobSpec
-
-if TYPE_CHECKING:  # the types of the contract, as jobs.base names them
-    from slmops_pipelines.jobs.base import (
-        ArtifactStore,
-        ChatTarget,
-        JobOutcome,
-        JobOutput,
-        Placement,
-        Reporter,
-        SecretMount,
-    )
 
 
 class OptimizeJobKind(JobKind[OptimizeJobSpec]):
@@ -47,13 +37,13 @@ class OptimizeJobKind(JobKind[OptimizeJobSpec]):
             return None
         return Upstream(kind=FineTuneJobKind.name, name=ref.name, field="source.fineTuneJobRef")
 
-    def run_local(self, run: JobRun, *, reporter: Reporter | None = None) -> JobOutcome:
+    def run_local(self, run: JobRun, *, reporter: base.Reporter | None = None) -> base.JobOutcome:
         from slmops_pipelines.local.optimize import run_optimize
         from slmops_pipelines.stages.optimize_source import source_locator
 
         return run_optimize(run, locate_job=source_locator(run.source_uri), reporter=reporter)
 
-    def claim_output(self, run: JobRun) -> tuple[ArtifactStore, dict[str, Any] | None]:
+    def claim_output(self, run: JobRun) -> tuple[base.ArtifactStore, dict[str, Any] | None]:
         from slmops_pipelines.stages.outputs import open_output
 
         return open_output(run.output_uri, run.identity())
@@ -64,8 +54,12 @@ class OptimizeJobKind(JobKind[OptimizeJobSpec]):
         return "optimize", optimize_pipeline
 
     def placement(
-        self, spec: OptimizeJobSpec, *, cache_pvc: str | None = None, secrets: list[SecretMount] | None = None
-    ) -> Placement:
+        self,
+        spec: OptimizeJobSpec,
+        *,
+        cache_pvc: str | None = None,
+        secrets: list[base.SecretMount] | None = None,
+    ) -> base.Placement:
         from slmops_pipelines.kubeflow.placement import Placement
         from slmops_pipelines.specs.providers import image_family
 
@@ -91,7 +85,7 @@ class OptimizeJobKind(JobKind[OptimizeJobSpec]):
             "source_uri": source_uri,
         }
 
-    def output_artifacts(self, store: ArtifactStore) -> dict[str, str]:
+    def output_artifacts(self, store: base.ArtifactStore) -> dict[str, str]:
         from slmops_pipelines.stages.optimize import output_artifacts
         from slmops_pipelines.steps import publish
 
@@ -110,17 +104,16 @@ class OptimizeJobKind(JobKind[OptimizeJobSpec]):
         return float_values(values)
 
     def chat_target(
-        self, output: JobOutput, *, target_name: str | None = None, model: str | None = None
-    ) -> ChatTarget:
-        from slmops_pipelines.errors import InputError
-        from slmops_pipelines.steps.generate.targets import optimize_output_target
+        self, output: base.JobOutput, *, target_name: str | None = None, model: str | None = None
+    ) -> base.ChatTarget:
+        from slmops_pipelines.chat.targets import optimize_output_target
 
-        if model is not None:
-            raise InputError("--model is for adapter folders: a target holds its base model", field="model")
-        return optimize_output_target(output, target_name=target_name)
+        return optimize_output_target(output, target_name=target_name, model=model)
 
-    def summary_tables(self, name: str, outcome: JobOutcome, *, wall_time_s: float) -> list[SummaryTable]:
-        from slmops_pipelines.steps.optimize.report import comparison_rows
+    def summary_tables(
+        self, name: str, outcome: base.JobOutcome, *, wall_time_s: float
+    ) -> list[SummaryTable]:
+        from slmops_pipelines.steps.report.optimize import comparison_rows
 
         tables = []
         if outcome.metrics.get("targets"):

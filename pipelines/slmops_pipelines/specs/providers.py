@@ -87,54 +87,33 @@ _INT8 = {
 }
 
 
-def _provider_recipes(
-    provider: str, *, fp32: Recipe, fp16: Recipe, int8: Recipe | None, int4: dict[str, Recipe]
-) -> dict[tuple[str, str, str], Recipe]:
-    rows = {(provider, "fp32", ""): fp32, (provider, "fp16", ""): fp16}
-    for mode, recipe in _INT8.items():
-        rows[(provider, "int8", mode)] = int8 or recipe
-    for algorithm, recipe in int4.items():
-        rows[(provider, "int4", algorithm)] = recipe
-    return rows
-
-
-RECIPES: dict[tuple[str, str, str], Recipe] = {
-    **_provider_recipes(
-        "CPUExecutionProvider",
-        fp32=_made("fp32"),
-        fp16=_refused(_FP16_ON_CPU),
-        int8=None,
-        int4={**_INT4, "hqq": _refused(HQQ_ON_CPU)},
-    ),
-    **_provider_recipes(
-        "CUDAExecutionProvider",
-        fp32=_made("fp32"),
-        fp16=_made("fp16"),
-        int8=_refused("ONNX Runtime's CUDA provider has no int8 MatMul kernels for LLMs; use int4 or fp16"),
-        int4=_INT4,
-    ),
-    **_provider_recipes(
-        "DmlExecutionProvider",
-        fp32=_made("fp32"),
-        fp16=_made("fp16"),
-        int8=_refused("DirectML has no int8 LLM kernels; use int4 or fp16"),
-        int4=_INT4,
-    ),
-    **_provider_recipes(
-        "TensorrtExecutionProvider",
-        fp32=_refused("TensorRT LLM engines are built in fp16 or int4"),
-        fp16=_made("fp16"),
-        int8=_refused("int8 on TensorRT needs calibration caches the model builder does not make"),
-        int4=_INT4,
-    ),
-    **_provider_recipes(
-        "OpenVINOExecutionProvider",
-        fp32=_made("fp32"),
-        fp16=_made("fp16"),
-        int8=None,
-        int4=_INT4,
-    ),
+_NO_INT8 = {
+    "CUDAExecutionProvider": "ONNX Runtime's CUDA provider has no int8 MatMul kernels for LLMs; use int4 or fp16",
+    "DmlExecutionProvider": "DirectML has no int8 LLM kernels; use int4 or fp16",
+    "TensorrtExecutionProvider": "int8 on TensorRT needs calibration caches the model builder does not make",
 }
+# The exceptions to "every provider builds every precision with every algorithm".
+_REFUSED: dict[tuple[str, str, str], str] = {
+    ("CPUExecutionProvider", "fp16", ""): _FP16_ON_CPU,
+    ("CPUExecutionProvider", "int4", "hqq"): HQQ_ON_CPU,
+    ("TensorrtExecutionProvider", "fp32", ""): "TensorRT LLM engines are built in fp16 or int4",
+    **{(provider, "int8", mode): why for provider, why in _NO_INT8.items() for mode in _INT8},
+}
+
+
+def _rows() -> dict[tuple[str, str, str], Recipe]:
+    every = {("fp32", ""): _made("fp32"), ("fp16", ""): _made("fp16")}
+    every |= {("int8", mode): row for mode, row in _INT8.items()}
+    every |= {("int4", algorithm): row for algorithm, row in _INT4.items()}
+    return {
+        (provider, precision, algorithm): _refused(_REFUSED[key]) if key in _REFUSED else row
+        for provider in PROVIDERS
+        for (precision, algorithm), row in every.items()
+        if (key := (provider, precision, algorithm))
+    }
+
+
+RECIPES: dict[tuple[str, str, str], Recipe] = _rows()
 
 
 def recipe(provider: str, precision: str, algorithm: str = "") -> Recipe:

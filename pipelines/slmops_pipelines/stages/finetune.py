@@ -209,8 +209,8 @@ def write_report(
     search: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``metrics.json``, ``loss_curve.png`` and ``report.html`` into ``out_dir``; return the metrics."""
-    from slmops_pipelines.steps.report import plot_loss_curve
-    from slmops_pipelines.steps.report import write_report as render
+    from slmops_pipelines.steps.report.finetune import plot_loss_curve
+    from slmops_pipelines.steps.report.finetune import write_report as render
 
     spec: FineTuneJobSpec = run.spec
     result = read_train_result(train_dir)

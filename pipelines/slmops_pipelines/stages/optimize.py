@@ -376,7 +376,7 @@ def write_report(
     wall_time_s: float,
 ) -> dict[str, Any]:
     """``metrics.json`` and ``report.html`` into ``out_dir`` (targets in spec order); return the metrics."""
-    from slmops_pipelines.steps.optimize.report import write_optimize_report
+    from slmops_pipelines.steps.report.optimize import write_optimize_report
 
     spec: OptimizeJobSpec = run.spec
     described = json.loads((prepared_dir / SOURCE_JSON).read_text())

@@ -115,7 +115,9 @@ class ArtifactStore(abc.ABC):
         """
         parts = rel.split("/")
         if not rel or rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
-            raise StorageError(f"{self.uri_of(rel)}: refusing to download a key that leaves {local} ({rel!r})")
+            raise StorageError(
+                f"{self.uri_of(rel)}: refusing to download a key that leaves {local} ({rel!r})"
+            )
         target = local / rel
         root = local.resolve()
         if not target.resolve().is_relative_to(root):  # a symlink inside local pointing out of it

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from slmops_pipelines.chat.engines import ChatEngine, Sampling
+from slmops_pipelines.chat.prompts import Message, PromptRenderer
 from slmops_pipelines.errors import InputError
-from slmops_pipelines.steps.generate.engines import ChatEngine, Sampling
-from slmops_pipelines.steps.generate.prompts import Message, PromptRenderer
 
 if TYPE_CHECKING:
-    from slmops_pipelines.steps.generate.targets import ChatTarget
+    from slmops_pipelines.chat.targets import ChatTarget
 
 NO_ADAPTER = "none"  # ``--adapter none`` / ``/adapter none``: the base model alone
 
@@ -147,9 +147,9 @@ def open_session(
     target: ChatTarget, *, sampling: Sampling, raw: bool = False, adapter: str | None = None
 ) -> ChatSession:
     """Load the target's tokenizer and model once; pick ``adapter`` (default: the first one)."""
+    from slmops_pipelines.chat.engines import GenaiChatEngine, TorchChatEngine
     from slmops_pipelines.models.load import load_tokenizer
     from slmops_pipelines.quiet import quiet_libraries
-    from slmops_pipelines.steps.generate.engines import GenaiChatEngine, TorchChatEngine
 
     quiet_libraries()  # the answer, not the libraries' progress bars and kernel warnings
     if adapter is not None:

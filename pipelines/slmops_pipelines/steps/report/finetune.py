@@ -1,6 +1,6 @@
 """Human-readable results of a FineTuneJob: ``loss_curve.png`` and ``report.html``.
 
-The HTML report is one self-contained file (style and charts inline, see :mod:`htmlkit`), so
+The HTML report is one self-contained file (style and charts inline, see :mod:`.html`), so
 it can be opened from S3, a KFP HTML artifact or a laptop folder alike, without a network.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from slmops_pipelines.steps import htmlkit as kit
+from slmops_pipelines.steps.report import html as kit
 
 
 def plot_loss_curve(log_history: list[dict], out_path: Path, *, title: str) -> Path | None:

@@ -195,8 +195,14 @@ def local_copy(store: ArtifactStore, prefix: str, *, version: str = "") -> Path:
 # -- job outputs: what each kind's chat_target calls ---------------------------------------------
 
 
-def finetune_output_target(output: JobOutput, *, model: str | None = None) -> ChatTarget:
+def finetune_output_target(
+    output: JobOutput, *, target_name: str | None = None, model: str | None = None
+) -> ChatTarget:
     """A FineTuneJob's adapter on its base model (or ``model/``, ``merged/`` when named or alone)."""
+    if target_name is not None:
+        raise InputError(
+            f"--target picks a target of an optimized output; a {output.kind}'s has none", field="target"
+        )
     spec = FineTuneJobSpec.model_validate(output.manifest["spec"])
     name = str(output.manifest["job"].get("name", "adapter"))
     paths = {entry["path"] for entry in output.manifest.get("files", [])}
@@ -231,8 +237,12 @@ def finetune_output_target(output: JobOutput, *, model: str | None = None) -> Ch
     return target
 
 
-def optimize_output_target(output: JobOutput, *, target_name: str | None = None) -> ChatTarget:
+def optimize_output_target(
+    output: JobOutput, *, target_name: str | None = None, model: str | None = None
+) -> ChatTarget:
     """One target folder of an OptimizeJob (``--target``, the folder named, or the first that runs here)."""
+    if model is not None:
+        raise InputError("--model is for adapter folders: a target holds its base model", field="model")
     spec = OptimizeJobSpec.model_validate(output.manifest["spec"])
     paths = {entry["path"] for entry in output.manifest.get("files", [])}
     built = [t.name for t in spec.targets if f"targets/{t.name}/genai_config.json" in paths]

@@ -2,7 +2,7 @@
 
 :func:`comparison_rows` is shared by the CLI's table and the HTML report; the report
 (:func:`write_optimize_report`) adds the job at a glance, a card per target with its gates,
-bar charts and the gates' table, in one self-contained file (see :mod:`htmlkit`).
+bar charts and the gates' table, in one self-contained file (see :mod:`.html`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from slmops_pipelines.steps import htmlkit as kit
+from slmops_pipelines.steps.report import html as kit
 
 # Columns shown in the terminal; the HTML report shows all of them.
 COMPACT = {"size MB", "accuracy", "perplexity", "prefill ms p50", "decode tok/s p50"}
