@@ -12,7 +12,7 @@ import pytest
 from slmops_operator.api import FineTuneJob
 from slmops_pipelines.errors import JobError
 from slmops_pipelines.local import run_finetune
-from slmops_pipelines.stages.search import run_search
+from slmops_pipelines.stages.search import TrialStages, run_search
 from tests.conftest import finetune_manifest, job_run
 
 
@@ -40,16 +40,9 @@ def fake_train(losses):
 
 
 def search_of(spec, tmp_path, losses, progress: list | None = None) -> dict:
-    return run_search(
-        spec,
-        model_path=tmp_path,
-        data_dir=tmp_path,
-        work=tmp_path / "work",
-        train=fake_train(losses),
-        evaluate=lambda *_a, **_k: None,
-        say=lambda *_: None,
-        on_progress=(progress.append if progress is not None else lambda _c: None),
-    )
+    stages = TrialStages(train=fake_train(losses), evaluate=lambda *_a, **_k: None, say=lambda *_: None)
+    on_progress = progress.append if progress is not None else lambda _c: None
+    return run_search(spec, work=tmp_path / "work", stages=stages, on_progress=on_progress)
 
 
 GRID = {

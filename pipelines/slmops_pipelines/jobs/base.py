@@ -157,11 +157,23 @@ class JobKind(ABC, Generic[SpecT]):
     def pipeline(self, spec: Any) -> tuple[str, Callable[..., Callable]]:
         """The name and the factory (``placement=``, ``images=``) of the KFP pipeline that runs ``spec``."""
 
-    @abstractmethod
     def placement(
-        self, spec: Any, *, cache_pvc: str | None = None, secrets: list[SecretMount] | None = None
+        self, spec: SpecT, *, cache_pvc: str | None = None, secrets: list[SecretMount] | None = None
     ) -> Placement:
-        """Where the pipeline's pods go and what they get, from ``spec.resources``."""
+        """Where the pipeline's pods go and what they get: ``spec.resources``, then the kind's own needs."""
+        from slmops_pipelines.kubeflow.placement import Placement
+
+        return Placement.for_resources(
+            spec.resources,  # type: ignore[attr-defined]
+            secrets=list(secrets or []),
+            cache_pvc=cache_pvc,
+            **self.pod_settings(spec),
+            **self.placement_settings(spec),
+        )
+
+    def placement_settings(self, spec: SpecT) -> dict[str, Any]:
+        """What this kind's pipeline needs beyond the spec's resources (GPUs per step, parallelism)."""
+        return {}
 
     def images(self, spec: Any, *, registry: str | None = None) -> Images:
         """The images of the job's pods: ``spec.image`` for all of them, else slmops' own (from ``registry``)."""
@@ -214,13 +226,23 @@ class JobKind(ABC, Generic[SpecT]):
     def summary_tables(self, name: str, outcome: JobOutcome, *, wall_time_s: float) -> list[SummaryTable]:
         """The tables ``slmops run`` prints when the job finished."""
 
+    def chat_loader(self) -> Callable[..., ChatTarget] | None:
+        """What loads a succeeded output of this kind for generate/chat (``output, *, target_name, model``).
+
+        None (the default): its output holds no model to talk to.
+        """
+        return None
+
     def chat_target(
         self, output: JobOutput, *, target_name: str | None = None, model: str | None = None
     ) -> ChatTarget:
         """The model in a succeeded output that ``slmops generate``/``chat`` load, and how to render for it."""
         from slmops_pipelines.errors import InputError
 
-        raise InputError(f"a {self.name}'s output holds no model to generate with", field="target")
+        loader = self.chat_loader()
+        if loader is None:
+            raise InputError(f"a {self.name}'s output holds no model to generate with", field="target")
+        return loader(output, target_name=target_name, model=model)
 
     def read_outcome(self, store: ArtifactStore, *, already_complete: bool = False) -> JobOutcome:
         """The outcome of a succeeded job, from its output location alone."""

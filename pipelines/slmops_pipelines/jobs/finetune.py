@@ -64,22 +64,8 @@ class FineTuneJobKind(JobKind[FineTuneJobSpec]):
             return "finetune-search", finetune_search_pipeline
         return "finetune", finetune_pipeline
 
-    def placement(
-        self,
-        spec: FineTuneJobSpec,
-        *,
-        cache_pvc: str | None = None,
-        secrets: list[base.SecretMount] | None = None,
-    ) -> base.Placement:
-        from slmops_pipelines.kubeflow.placement import Placement
-
-        return Placement.for_resources(
-            spec.resources,
-            secrets=list(secrets or []),
-            cache_pvc=cache_pvc,
-            trial_parallelism=spec.search.parallelism if spec.search else 2,
-            **self.pod_settings(spec),
-        )
+    def placement_settings(self, spec: FineTuneJobSpec) -> dict[str, Any]:
+        return {"trial_parallelism": spec.search.parallelism if spec.search else 2}
 
     def output_artifacts(self, store: base.ArtifactStore) -> dict[str, str]:
         from slmops_pipelines.stages.finetune import output_artifacts
@@ -110,12 +96,10 @@ class FineTuneJobKind(JobKind[FineTuneJobSpec]):
 
         return {"trials": trial_counts(output_uri, spec)}
 
-    def chat_target(
-        self, output: base.JobOutput, *, target_name: str | None = None, model: str | None = None
-    ) -> base.ChatTarget:
+    def chat_loader(self) -> Callable[..., base.ChatTarget]:
         from slmops_pipelines.chat.targets import finetune_output_target
 
-        return finetune_output_target(output, target_name=target_name, model=model)
+        return finetune_output_target
 
     def summary_tables(
         self, name: str, outcome: base.JobOutcome, *, wall_time_s: float

@@ -53,29 +53,13 @@ class OptimizeJobKind(JobKind[OptimizeJobSpec]):
 
         return "optimize", optimize_pipeline
 
-    def placement(
-        self,
-        spec: OptimizeJobSpec,
-        *,
-        cache_pvc: str | None = None,
-        secrets: list[base.SecretMount] | None = None,
-    ) -> base.Placement:
-        from slmops_pipelines.kubeflow.placement import Placement
+    def placement_settings(self, spec: OptimizeJobSpec) -> dict[str, Any]:
         from slmops_pipelines.specs.providers import image_family
 
         families = sorted({image_family(t.provider) for t in spec.targets})  # cpu before cuda
         target_gpus = max(1, spec.resources.gpus) if "cuda" in families else 0
         # The source step measures PyTorch on CPU: only the GPU targets' pods get GPUs, in the CUDA image.
-        return Placement.for_resources(
-            spec.resources,
-            secrets=list(secrets or []),
-            cache_pvc=cache_pvc,
-            gpus=0,
-            target_gpus=target_gpus,
-            target_families=families,
-            multi_node=False,
-            **self.pod_settings(spec),
-        )
+        return {"gpus": 0, "target_gpus": target_gpus, "target_families": families, "multi_node": False}
 
     def run_arguments(
         self, *, spec: OptimizeJobSpec, job: dict[str, Any], output_uri: str, source_uri: str
@@ -103,12 +87,10 @@ class OptimizeJobKind(JobKind[OptimizeJobSpec]):
                 values[f"{target}.{adapter}.accuracy"] = row["metrics"].get("accuracy")
         return float_values(values)
 
-    def chat_target(
-        self, output: base.JobOutput, *, target_name: str | None = None, model: str | None = None
-    ) -> base.ChatTarget:
+    def chat_loader(self) -> Callable[..., base.ChatTarget]:
         from slmops_pipelines.chat.targets import optimize_output_target
 
-        return optimize_output_target(output, target_name=target_name, model=model)
+        return optimize_output_target
 
     def summary_tables(
         self, name: str, outcome: base.JobOutcome, *, wall_time_s: float

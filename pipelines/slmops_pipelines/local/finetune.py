@@ -137,7 +137,7 @@ def _search(
     spec: FineTuneJobSpec, *, model_path: Path, data_dir: Path, work: Path, reporter: Reporter
 ) -> dict:
     """The trials of ``spec.search``, one stage each, on the data prepared once."""
-    from slmops_pipelines.stages.search import run_search, search_of
+    from slmops_pipelines.stages.search import TrialStages, run_search, search_of
 
     search = search_of(spec)
     reporter.stage(
@@ -153,16 +153,11 @@ def _search(
             tspec, model_path=model_path, train_dir=train_dir, data_dir=data_dir, merged_dir=None
         )
 
-    return run_search(
-        spec,
-        model_path=model_path,
-        data_dir=data_dir,
-        work=work,
-        train=train,
-        evaluate=evaluate,
-        say=lambda stage, message: reporter.info(f"{stage}: {message}"),
-        on_progress=reporter.search_progress,
-    )
+    def say(stage: str, message: str) -> None:
+        reporter.info(f"{stage}: {message}")
+
+    trial_stages = TrialStages(train=train, evaluate=evaluate, say=say)
+    return run_search(spec, work=work, stages=trial_stages, on_progress=reporter.search_progress)
 
 
 __all__ = ["run_finetune"]

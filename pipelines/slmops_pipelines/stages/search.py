@@ -23,6 +23,7 @@ import json
 import shutil
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -247,6 +248,19 @@ def _write_trial_record(folder: Path, record: dict[str, Any]) -> None:
     (folder / "trial.json").write_text(json.dumps(record, indent=2))
 
 
+@dataclass(frozen=True)
+class TrialStages:
+    """The job's own stages, bound to its model and data by the engine: what each trial runs.
+
+    ``train(spec, work=..., on_event=...) -> TrainResult``, ``evaluate(spec, train_dir=...)``,
+    ``say(stage, message)``.
+    """
+
+    train: Callable[..., Any]
+    evaluate: Callable[..., dict[str, Any] | None]
+    say: Callable[[str, str], None]
+
+
 class _TrialRunner:
     """The study's objective: one trial trained and measured as a job of its own, in its folder.
 
@@ -260,13 +274,10 @@ class _TrialRunner:
         search: SearchSpec,
         *,
         work: Path,
-        train: Callable[..., Any],
-        evaluate: Callable[..., dict[str, Any] | None],
-        say: Callable[[str, str], None],
+        stages: TrialStages,
         progress: _Progress,
     ) -> None:
-        self.spec, self.search = spec, search
-        self.work, self.train, self.evaluate, self.say = work, train, evaluate, say
+        self.spec, self.search, self.work, self.stages = spec, search, work, stages
         self.progress = progress
         self.errors: dict[int, str] = {}
         self.lock = threading.Lock()
@@ -278,7 +289,7 @@ class _TrialRunner:
         tspec = trial_spec(self.spec, params)
         folder = trial_folder(self.work, trial.number)
         shutil.rmtree(folder, ignore_errors=True)
-        self.say("trial", f"{trial.number}: {json.dumps(params)}")
+        self.stages.say("trial", f"{trial.number}: {json.dumps(params)}")
         self.progress.started()
         state, value = "FAIL", None
         try:
@@ -302,9 +313,9 @@ class _TrialRunner:
     ) -> float:
         """Train the trial (and evaluate it, when the metric needs answers); its metric's value."""
         search = self.search
-        result = self.train(tspec, work=folder, on_event=on_event)
+        result = self.stages.train(tspec, work=folder, on_event=on_event)
         evaluation = (
-            self.evaluate(_without_base_comparison(tspec), train_dir=folder)
+            self.stages.evaluate(_without_base_comparison(tspec), train_dir=folder)
             if needs_answers(search)
             else None
         )
@@ -327,29 +338,19 @@ class _TrialRunner:
 def run_search(
     spec: FineTuneJobSpec,
     *,
-    model_path: Path,
-    data_dir: Path,
     work: Path,
-    train: Callable[..., Any],
-    evaluate: Callable[..., dict[str, Any] | None],
-    say: Callable[[str, str], None],
+    stages: TrialStages,
     on_progress: Callable[[dict[str, Any]], None] = lambda _counts: None,
 ) -> dict[str, Any]:
-    """Run the study; copy the best trial's results into ``work``; return the search summary.
-
-    ``train(spec, work=...) -> TrainResult`` and ``evaluate(spec, train_dir=...)`` are the
-    job's own stages (bound to the model and data by the caller).
-    """
+    """Run the study (each trial: ``stages``); copy the best trial's results into ``work``; return the summary."""
     search = search_of(spec)
     study = make_study(search)
     progress = _Progress(search, on_progress)
-    run_trial = _TrialRunner(
-        spec, search, work=work, train=train, evaluate=evaluate, say=say, progress=progress
-    )
+    run_trial = _TrialRunner(spec, search, work=work, stages=stages, progress=progress)
     study.optimize(run_trial, n_trials=search.trials, n_jobs=search.parallelism, catch=(JobError,))
     summary = summarize(spec, run_trial.results(study))
     adopt_best(trial_folder(work, summary["best_trial"]), work)
-    say("search", f"best trial {summary['best_trial']}: {search.metric} {summary['best_value']:.4g}")
+    stages.say("search", f"best trial {summary['best_trial']}: {search.metric} {summary['best_value']:.4g}")
     return summary
 
 
