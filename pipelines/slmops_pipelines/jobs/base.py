@@ -199,7 +199,12 @@ class JobKind(ABC, Generic[SpecT]):
             "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
             "job": {**job, **self.job_context()},
             "output_uri": output_uri,
+            **self.pipeline_settings(spec),
         }
+
+    def pipeline_settings(self, spec: Any) -> dict[str, Any]:
+        """The typed, described parameters the KFP dashboard shows beside the spec (kubeflow/settings.py)."""
+        return {}
 
     def compiled_key(self, spec: Any, placement: Placement, images: Images) -> str:
         """What a compiled package depends on: the pipeline and the placement, never the spec's values."""

@@ -64,6 +64,11 @@ class FineTuneJobKind(JobKind[FineTuneJobSpec]):
             return "finetune-search", finetune_search_pipeline
         return "finetune", finetune_pipeline
 
+    def pipeline_settings(self, spec: FineTuneJobSpec) -> dict[str, Any]:
+        from slmops_pipelines.kubeflow.settings import FINETUNE, settings_of
+
+        return settings_of(FINETUNE, spec)
+
     def placement_settings(self, spec: FineTuneJobSpec) -> dict[str, Any]:
         return {"trial_parallelism": spec.search.parallelism if spec.search else 2}
 

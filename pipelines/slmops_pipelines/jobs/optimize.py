@@ -53,6 +53,11 @@ class OptimizeJobKind(JobKind[OptimizeJobSpec]):
 
         return "optimize", optimize_pipeline
 
+    def pipeline_settings(self, spec: OptimizeJobSpec) -> dict[str, Any]:
+        from slmops_pipelines.kubeflow.settings import OPTIMIZE, settings_of
+
+        return settings_of(OPTIMIZE, spec)
+
     def placement_settings(self, spec: OptimizeJobSpec) -> dict[str, Any]:
         from slmops_pipelines.specs.providers import image_family
 

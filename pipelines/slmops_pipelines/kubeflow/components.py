@@ -19,7 +19,16 @@ from slmops_pipelines.kubeflow.images import Images
 # -- FineTuneJob -------------------------------------------------------------------------------
 
 
-def inspect_finetune(spec: dict, job: dict, output_uri: str) -> NamedTuple(
+def inspect_finetune(
+    spec: dict,
+    job: dict,
+    output_uri: str,
+    model: str = "",
+    dataset: str = "",
+    method: str = "",
+    learning_rate: float = 0.0,
+    max_steps: int = 0,
+) -> NamedTuple(
     "Inspection",
     [
         ("fingerprint", str),
@@ -29,12 +38,30 @@ def inspect_finetune(spec: dict, job: dict, output_uri: str) -> NamedTuple(
         ("eval_spec", dict),
     ],
 ):
-    """Claim the output location, fingerprint the dataset, derive each step's view of the spec."""
+    """Claim the output location, fingerprint the dataset, derive each step's view of the spec.
+
+    Args:
+        spec: The FineTuneJob's spec (JSON, as the resource has it): what runs.
+        job: Who the run is for: kind, name, namespace, uid, labels.
+        output_uri: Where the job's output goes.
+        model: The base model (spec.model.uri); empty: as the spec says.
+        dataset: The training data (spec.dataset.uri); empty: as the spec says.
+        method: lora, qlora, dora or full (spec.method); empty: as the spec says.
+        learning_rate: Peak learning rate (spec.training.learningRate); 0: as the spec says.
+        max_steps: Optimizer steps (spec.training.maxSteps); 0: as the spec says.
+    """
     from collections import namedtuple
 
     from slmops_pipelines.kubeflow import tasks
 
-    outputs = tasks.inspect_finetune(spec=spec, job=job, output_uri=output_uri)
+    shown = {
+        "model": model,
+        "dataset": dataset,
+        "method": method,
+        "learning_rate": learning_rate,
+        "max_steps": max_steps,
+    }
+    outputs = tasks.inspect_finetune(spec=spec, job=job, output_uri=output_uri, shown=shown)
     return namedtuple("Inspection", ["fingerprint", "started_at", "data_spec", "train_spec", "eval_spec"])(
         *outputs
     )
@@ -183,15 +210,27 @@ def pick_best(
 # -- OptimizeJob -------------------------------------------------------------------------------
 
 
-def inspect_optimize(spec: dict, job: dict, output_uri: str, source_uri: str) -> NamedTuple(
-    "Inspection", [("fingerprint", str), ("started_at", float), ("source_spec", dict)]
-):
-    """Claim the output location, fingerprint the source, derive the source step's view of the spec."""
+def inspect_optimize(
+    spec: dict, job: dict, output_uri: str, source_uri: str, model: str = "", targets: str = ""
+) -> NamedTuple("Inspection", [("fingerprint", str), ("started_at", float), ("source_spec", dict)]):
+    """Claim the output location, fingerprint the source, derive the source step's view of the spec.
+
+    Args:
+        spec: The OptimizeJob's spec (JSON, as the resource has it): what runs.
+        job: Who the run is for: kind, name, namespace, uid, labels.
+        output_uri: Where the job's output goes.
+        source_uri: The output of the FineTuneJob it optimizes (empty for a model source).
+        model: What is optimized: a model URI, or `job <name>`; empty: as the spec says.
+        targets: The targets, name=provider/precision, comma separated; empty: as the spec says.
+    """
     from collections import namedtuple
 
     from slmops_pipelines.kubeflow import tasks
 
-    outputs = tasks.inspect_optimize(spec=spec, job=job, output_uri=output_uri, source_uri=source_uri)
+    shown = {"model": model, "targets": targets}
+    outputs = tasks.inspect_optimize(
+        spec=spec, job=job, output_uri=output_uri, source_uri=source_uri, shown=shown
+    )
     return namedtuple("Inspection", ["fingerprint", "started_at", "source_spec"])(*outputs)
 
 

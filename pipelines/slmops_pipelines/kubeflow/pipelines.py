@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from slmops_pipelines.kubeflow import settings
 from slmops_pipelines.kubeflow.components import Components, make_components
 from slmops_pipelines.kubeflow.images import Images
 from slmops_pipelines.kubeflow.placement import Placement
@@ -33,9 +34,11 @@ from slmops_pipelines.kubeflow.placement import Placement
 COMPILED_DIR = Path(__file__).resolve().parents[2] / "compiled"
 
 
-def _inspect_and_prepare(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any):
-    """The first two steps of every FineTuneJob pipeline."""
-    inspect = p.uncached(c.inspect_finetune(spec=spec, job=job, output_uri=output_uri), name="inspect")
+def _inspect_and_prepare(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any, shown: Any):
+    """The first two steps of every FineTuneJob pipeline (``shown``: its typed settings, checked)."""
+    inspect = p.uncached(
+        c.inspect_finetune(spec=spec, job=job, output_uri=output_uri, **shown), name="inspect"
+    )
     data = p.common(
         c.prepare_data(
             spec=inspect.outputs["data_spec"],
@@ -75,8 +78,8 @@ def _evaluate_and_publish(
     return publish
 
 
-def _finetune_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any):
-    inspect, data = _inspect_and_prepare(c, p, spec=spec, job=job, output_uri=output_uri)
+def _finetune_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any, shown: Any = None):
+    inspect, data = _inspect_and_prepare(c, p, spec=spec, job=job, output_uri=output_uri, shown=shown or {})
     task = c.train(
         spec=inspect.outputs["train_spec"], job=job, output_uri=output_uri, data=data.outputs["data"]
     )
@@ -87,10 +90,10 @@ def _finetune_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_
     return _evaluate_and_publish(c, p, run, inspect=inspect, data=data, **evaluated)
 
 
-def _finetune_search_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any):
+def _finetune_search_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any, shown: Any):
     from kfp import dsl
 
-    inspect, data = _inspect_and_prepare(c, p, spec=spec, job=job, output_uri=output_uri)
+    inspect, data = _inspect_and_prepare(c, p, spec=spec, job=job, output_uri=output_uri, shown=shown)
     plan = p.common(c.plan_trials(spec=spec), name="plan trials")
     with dsl.ParallelFor(items=plan.output, parallelism=p.trial_parallelism) as trial_item:
         trial = p.compute(
@@ -115,11 +118,13 @@ def _finetune_search_steps(c: Components, p: Placement, *, spec: Any, job: Any, 
     )
 
 
-def _optimize_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any, source_uri: Any):
-
-    inspect = p.uncached(
-        c.inspect_optimize(spec=spec, job=job, output_uri=output_uri, source_uri=source_uri), name="inspect"
+def _optimize_steps(
+    c: Components, p: Placement, *, spec: Any, job: Any, output_uri: Any, source_uri: Any, shown: Any = None
+):
+    inspected = c.inspect_optimize(
+        spec=spec, job=job, output_uri=output_uri, source_uri=source_uri, **(shown or {})
     )
+    inspect = p.uncached(inspected, name="inspect")
     prepared = p.common(
         c.prepare_source(
             spec=inspect.outputs["source_spec"],
@@ -189,6 +194,22 @@ _FINETUNE_FAMILY: dict[str, tuple[Callable, str, str]] = {
 }
 
 
+SOURCE_URI = "The output location of the fine-tuning job it optimizes (empty for a model source)."
+
+
+def _docstring(description: str, shown: tuple[settings.Setting, ...], **more: str) -> str:
+    """A pipeline's docstring: KFP shows its ``Args:`` as the parameters' descriptions."""
+    common = {
+        "spec": "The job's whole spec (JSON, camelCase, as the resource has it): what runs.",
+        "job": "Who the run is for: kind, apiVersion, name, namespace, uid, labels.",
+        "output_uri": "Where the job's output goes (s3://, pvc:// or a path).",
+        **more,
+    }
+    lines = [f"    {name}: {text}" for name, text in common.items()]
+    lines += [f"    {s.name}: {s.description} Shows spec.{s.field}; empty: as the spec says." for s in shown]
+    return f"{description}\n\nArgs:\n" + "\n".join(lines) + "\n"
+
+
 def _finetune_family(member: str, placement: Placement | None, images: Images | None) -> Callable:
     """A FineTuneJob pipeline: the parameters every one of them takes, over its own steps."""
     from kfp import dsl
@@ -196,11 +217,27 @@ def _finetune_family(member: str, placement: Placement | None, images: Images | 
     steps, name, description = _FINETUNE_FAMILY[member]
     c, p = make_components(images or Images.default()), placement or Placement.default()
 
-    @dsl.pipeline(name=name, description=description)
-    def pipeline(spec: dict, job: dict, output_uri: str) -> str:
-        return steps(c, p, spec=spec, job=job, output_uri=output_uri).outputs["Output"]
+    def pipeline(
+        spec: dict,
+        job: dict,
+        output_uri: str,
+        model: str = "",
+        dataset: str = "",
+        method: str = "",
+        learning_rate: float = 0.0,
+        max_steps: int = 0,
+    ) -> str:
+        shown = {
+            "model": model,
+            "dataset": dataset,
+            "method": method,
+            "learning_rate": learning_rate,
+            "max_steps": max_steps,
+        }
+        return steps(c, p, spec=spec, job=job, output_uri=output_uri, shown=shown).outputs["Output"]
 
-    return pipeline
+    pipeline.__doc__ = _docstring(description, settings.FINETUNE)
+    return dsl.pipeline(name=name, description=description)(pipeline)
 
 
 def finetune_pipeline(*, placement: Placement | None = None, images: Images | None = None) -> Callable:
@@ -216,16 +253,19 @@ def optimize_pipeline(*, placement: Placement | None = None, images: Images | No
 
     c, p = make_components(images or Images.default()), placement or Placement.default(gpus=0)
 
-    @dsl.pipeline(
-        name="slmops-optimize",
-        description="slmops optimization: ONNX export and quantization per target, measured and gated.",
-    )
-    def optimize(spec: dict, job: dict, output_uri: str, source_uri: str = "") -> str:
-        return _optimize_steps(
-            c, p, spec=spec, job=job, output_uri=output_uri, source_uri=source_uri
-        ).outputs["Output"]
+    description = "slmops optimization: ONNX export and quantization per target, measured and gated."
 
-    return optimize
+    def optimize(
+        spec: dict, job: dict, output_uri: str, source_uri: str = "", model: str = "", targets: str = ""
+    ) -> str:
+        shown = {"model": model, "targets": targets}
+        steps = _optimize_steps(
+            c, p, spec=spec, job=job, output_uri=output_uri, source_uri=source_uri, shown=shown
+        )
+        return steps.outputs["Output"]
+
+    optimize.__doc__ = _docstring(description, settings.OPTIMIZE, source_uri=SOURCE_URI)
+    return dsl.pipeline(name="slmops-optimize", description=description)(optimize)
 
 
 def finetune_optimize_pipeline(

@@ -13,8 +13,11 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from slmops_pipelines.errors import InputError
+from slmops_pipelines.kubeflow import settings
+from slmops_pipelines.kubeflow.settings import check_settings
 from slmops_pipelines.kubeflow.tasks.common import (
     JobContext,
     MetricsArtifact,
@@ -31,7 +34,9 @@ from slmops_pipelines.stages.preflight import check_finetune_model, finding_of, 
 
 
 @reports_errors
-def inspect_finetune(*, spec: dict, job: dict, output_uri: str) -> tuple[str, float, dict, dict, dict]:
+def inspect_finetune(
+    *, spec: dict, job: dict, output_uri: str, shown: dict[str, Any] | None = None
+) -> tuple[str, float, dict, dict, dict]:
     """Claim the output (refusing another job's), fingerprint the dataset, derive the steps' views.
 
     Never cached: it looks at the world.  Returns the fingerprint, the start time and the
@@ -42,6 +47,7 @@ def inspect_finetune(*, spec: dict, job: dict, output_uri: str) -> tuple[str, fl
 
     started = time.time()
     parsed, ctx = FineTuneJobSpec.model_validate(spec), JobContext.model_validate(job)
+    check_settings(settings.FINETUNE, parsed, shown or {})
     if parsed.search is not None and parsed.search.strategy == "tpe":
         raise InputError(
             "tpe chooses each trial from the results of the ones before: on a pipeline, whose trials run "

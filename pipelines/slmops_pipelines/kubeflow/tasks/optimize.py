@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from slmops_pipelines.errors import InputError
+from slmops_pipelines.kubeflow import settings
+from slmops_pipelines.kubeflow.settings import check_settings
 from slmops_pipelines.kubeflow.tasks import common
 from slmops_pipelines.kubeflow.tasks.common import JobContext, MetricsArtifact, reports_errors
 from slmops_pipelines.specs import OptimizeJobSpec
@@ -51,13 +53,16 @@ def source_fingerprint(spec: OptimizeJobSpec, source_uri: str) -> str:
 
 
 @reports_errors
-def inspect_optimize(*, spec: dict, job: dict, output_uri: str, source_uri: str) -> tuple[str, float, dict]:
+def inspect_optimize(
+    *, spec: dict, job: dict, output_uri: str, source_uri: str, shown: dict[str, Any] | None = None
+) -> tuple[str, float, dict]:
     """Claim the output, fingerprint the source, derive the source step's view; never cached."""
     from slmops_pipelines.kubeflow.cache_keys import optimize_source_view
     from slmops_pipelines.stages.outputs import open_output
 
     started = time.time()
     parsed, ctx = OptimizeJobSpec.model_validate(spec), JobContext.model_validate(job)
+    check_settings(settings.OPTIMIZE, parsed, shown or {})
     open_output(output_uri, ctx.run(parsed, output_uri, source_uri).identity())
     common.clear_error(output_uri)
     fingerprint = source_fingerprint(parsed, source_uri)

@@ -1,0 +1,107 @@
+"""The job settings a pipeline shows as typed, described parameters in the KFP dashboard.
+
+The full spec travels as the ``spec`` parameter (every step reads its view of it); beside it
+each pipeline has a few typed parameters -- model, dataset, method, learning rate, steps,
+targets -- so that a run's page in the dashboard says what it trains without opening a JSON
+blob.  They are filled from the spec (:func:`settings_of`, by the job kind's
+``run_arguments``).  The spec is what runs: a parameter changed in the dashboard that no
+longer says what the spec says fails the inspect step, naming both
+(:func:`check_settings`), instead of being silently ignored; an empty one (``""``, ``0``)
+means "as the spec says".
+
+Each setting is written here once: its name, type, the spec field it shows, its
+description; the pipeline signatures in :mod:`.pipelines` spell the same parameters and a
+test keeps them equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from slmops_pipelines.errors import InputError
+
+Value = str | int | float
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # the pipeline parameter
+    field: str  # the spec field it shows (manifest spelling)
+    empty: Value  # its default: "as the spec says" (its type is the parameter's)
+    description: str
+    read: Callable[[Any], Value]
+
+
+def _targets(spec: Any) -> str:
+    return ", ".join(
+        f"{t.name}={t.provider.removesuffix('ExecutionProvider')}/{t.precision}" for t in spec.targets
+    )
+
+
+def _source(spec: Any) -> str:
+    ref = spec.source.fine_tune_job_ref
+    return f"job {ref.name}" if ref is not None else spec.source.model.uri
+
+
+FINETUNE: tuple[Setting, ...] = (
+    Setting(
+        "model", "model.uri", "", "The base model: hf://, s3://, pvc:// or a path.", lambda s: s.model.uri
+    ),
+    Setting(
+        "dataset",
+        "dataset.uri",
+        "",
+        "The training data: hf://, s3://, pvc:// or a path.",
+        lambda s: s.dataset.uri,
+    ),
+    Setting("method", "method", "", "Fine-tuning method: lora, qlora, dora or full.", lambda s: s.method),
+    Setting(
+        "learning_rate",
+        "training.learningRate",
+        0.0,
+        "Peak learning rate.",
+        lambda s: s.training.learning_rate,
+    ),
+    Setting(
+        "max_steps",
+        "training.maxSteps",
+        0,
+        "Optimizer steps (0: by epochs).",
+        lambda s: s.training.max_steps or 0,
+    ),
+)
+OPTIMIZE: tuple[Setting, ...] = (
+    Setting(
+        "model",
+        "source",
+        "",
+        "What is optimized: a model URI, or `job <name>` (a fine-tuning job's output).",
+        _source,
+    ),
+    Setting("targets", "targets", "", "The targets: name=provider/precision, comma separated.", _targets),
+)
+
+
+def settings_of(settings: tuple[Setting, ...], spec: Any) -> dict[str, Value]:
+    """The parameters' values for ``spec`` (what the dashboard shows)."""
+    return {setting.name: setting.read(spec) for setting in settings}
+
+
+def check_settings(settings: tuple[Setting, ...], spec: Any, given: dict[str, Value]) -> None:
+    """Refuse a parameter that says something else than the spec (the spec is what runs)."""
+    for setting in settings:
+        value = given.get(setting.name, setting.empty)
+        if value in (setting.empty, None) or value == setting.read(spec):
+            continue
+        raise InputError(
+            f"the pipeline parameter {setting.name} ({value!r}) differs from spec.{setting.field} "
+            f"({setting.read(spec)!r}): the spec is what runs; change it there, or leave the parameter empty",
+            field=setting.field,
+        )
+
+
+def docstring_args(settings: tuple[Setting, ...]) -> str:
+    """The ``Args:`` lines of a pipeline's docstring (KFP shows them as the parameters' descriptions)."""
+    return "".join(f"    {s.name}: {s.description} Shows spec.{s.field}.\n" for s in settings)
