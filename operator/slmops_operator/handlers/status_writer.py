@@ -10,9 +10,8 @@ after ``SLMOPS_BACKEND_RETRIES`` attempts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import kopf
 
@@ -22,8 +21,20 @@ from slmops_operator.handlers.conditions import backend_recovered, changed, phas
 from slmops_operator.handlers.reconciler import BackendUnavailable, Reconciler
 from slmops_operator.metrics import OperatorMetrics
 
-# go(phase, *, reason, message, suspended, extra, backend_ok): one transition of the job at hand.
-Go = Callable[..., None]
+
+class Go(Protocol):
+    """One transition of the job at hand (:meth:`JobPass.go`), as the handlers pass it around."""
+
+    def __call__(
+        self,
+        phase: str,
+        *,
+        reason: str,
+        message: str = "",
+        suspended: bool = False,
+        extra: dict[str, Any] | None = None,
+        backend_ok: bool = False,
+    ) -> None: ...
 
 
 @dataclass
