@@ -226,7 +226,7 @@ def with_reference(**reference: Any) -> dict[str, Any]:
     return evaluate_manifest(reference={"textTemplate": "{text}", **reference})
 
 
-def test_a_new_input_field_is_seen_by_admission_credentials_claims_and_pods(kind_with_a_new_input):
+def test_a_new_input_field_is_seen_by_admission_credentials_claims_pods_and_preflight(kind_with_a_new_input):
     local = OperatorSettings(backend="local", local_allowed_roots=[Path("/models"), Path("/data")])
     body = with_reference(uri="/etc/secrets.jsonl")
     assert validation.problems_of("EvaluateJob", body, settings=local) == [
@@ -247,6 +247,14 @@ def test_a_new_input_field_is_seen_by_admission_credentials_claims_and_pods(kind
     ]
     placement = kind_with_a_new_input.placement(spec)
     assert "refs" in placement.claims
+
+    from slmops_pipelines.stages.preflight import declared_inputs_exist
+
+    missing = kind_with_a_new_input.spec_class.model_validate(
+        with_reference(uri="/nowhere/ref.jsonl")["spec"]
+    )
+    [finding] = declared_inputs_exist(missing, [])
+    assert (finding.field, finding.reason) == ("reference.uri", "/nowhere/ref.jsonl does not exist")
 
     two_secrets = with_reference(uri="s3://data/ref.jsonl", accessSecret="ref-keys")
     two_secrets["spec"]["dataset"]["accessSecret"] = "data-keys"

@@ -148,6 +148,30 @@ def _dataset_columns(dataset: DatasetSpec, field: str, findings: list[Finding], 
         )
 
 
+def declared_inputs_exist(spec: Any, findings: list[Finding]) -> list[Finding]:
+    """Every local input the spec declares (specs/locations.py) that no check above reported exists.
+
+    A kind's own checks read what they need of its inputs (a model's config, a dataset's
+    columns); this covers the rest, so that an input a new kind declares is checked by being
+    declared.  Local paths and claims only: a remote input is read by its own check or step.
+    """
+    from slmops_pipelines.specs.locations import spec_inputs
+
+    reported = [finding.field for finding in findings]
+    for loc in spec_inputs(spec):
+        if any(
+            field == loc.field or field.startswith((f"{loc.field}.", f"{loc.field}[")) for field in reported
+        ):
+            continue
+        parsed = parse_uri(loc.uri)
+        if parsed.scheme in ("file", "pvc") and not parsed.local_path.expanduser().exists():
+            where = (
+                f" (claim {parsed.claim!r}, mounted at {parsed.local_path})" if parsed.scheme == "pvc" else ""
+            )
+            findings.append(Finding(loc.uri_field, f"{loc.uri} does not exist{where}"))
+    return findings
+
+
 def check_finetune_model(spec: FineTuneJobSpec) -> list[Finding]:
     """A FineTuneJob's model is readable.  Its dataset is checked as it is fingerprinted (one read of it):
     the inspect step adds that problem with :func:`finding_of`."""
@@ -220,4 +244,4 @@ def check_optimize(spec: OptimizeJobSpec, *, locate_job: Callable[[str], str]) -
         if ref.evaluation is not None and ref.evaluation.dataset is not None:
             where = f"{spec.source.adapter_field(index)}.evaluation.dataset"
             _dataset_columns(ref.evaluation.dataset, where, findings, seed=0)
-    return findings
+    return declared_inputs_exist(spec, findings)

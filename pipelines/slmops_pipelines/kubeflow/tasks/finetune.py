@@ -30,7 +30,12 @@ from slmops_pipelines.kubeflow.tasks.common import (
     say,
 )
 from slmops_pipelines.specs import FineTuneJobSpec
-from slmops_pipelines.stages.preflight import check_finetune_model, finding_of, raise_findings
+from slmops_pipelines.stages.preflight import (
+    check_finetune_model,
+    declared_inputs_exist,
+    finding_of,
+    raise_findings,
+)
 
 
 @reports_errors
@@ -62,7 +67,7 @@ def inspect_finetune(
         fingerprint = stages.dataset_fingerprint(parsed)
     except InputError as exc:
         findings.append(finding_of(exc, "dataset.uri"))
-    raise_findings(findings)
+    raise_findings(declared_inputs_exist(parsed, findings))
     stages.inspect_output(ctx.run(parsed, output_uri))
     clear_error(output_uri)  # a previous run's failure is not this run's
     if parsed.search is not None:  # nor its trials
