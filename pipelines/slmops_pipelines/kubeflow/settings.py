@@ -100,8 +100,3 @@ def check_settings(settings: tuple[Setting, ...], spec: Any, given: dict[str, Va
             f"({setting.read(spec)!r}): the spec is what runs; change it there, or leave the parameter empty",
             field=setting.field,
         )
-
-
-def docstring_args(settings: tuple[Setting, ...]) -> str:
-    """The ``Args:`` lines of a pipeline's docstring (KFP shows them as the parameters' descriptions)."""
-    return "".join(f"    {s.name}: {s.description} Shows spec.{s.field}.\n" for s in settings)

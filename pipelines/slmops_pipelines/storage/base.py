@@ -98,14 +98,16 @@ class ArtifactStore(abc.ABC):
         prefix = prefix.strip("/")
         infos = [info for info in self.list(prefix) if not info.key.endswith("/")]  # folder markers
         infos.sort(key=lambda info: info.key.rsplit("/", 1)[-1] in last)  # stable: markers at the end
-        paths = []
+        # Every key's local path first: one key that would leave ``local`` refuses the whole download.
+        targets = {
+            info.key: self._inside(local, info.key[len(prefix) :].lstrip("/") if prefix else info.key)
+            for info in infos
+        }
         for info in infos:
-            target = self._inside(local, info.key[len(prefix) :].lstrip("/") if prefix else info.key)
             if last and info.key.rsplit("/", 1)[-1] in last:
-                self._verify_sizes(infos, prefix, local, exclude=last)
-            self.download_file(info.key, target)
-            paths.append(target)
-        return paths
+                self._verify_sizes(infos, targets, exclude=last)
+            self.download_file(info.key, targets[info.key])
+        return list(targets.values())
 
     def _inside(self, local: Path, rel: str) -> Path:
         """``local / rel``, refusing a key that would land outside ``local`` (``..``, absolute, empty).
@@ -125,12 +127,12 @@ class ArtifactStore(abc.ABC):
         return target
 
     def _verify_sizes(
-        self, infos: builtins.list[ObjectInfo], prefix: str, local: Path, *, exclude: tuple[str, ...]
+        self, infos: builtins.list[ObjectInfo], targets: dict[str, Path], *, exclude: tuple[str, ...]
     ) -> None:
         for info in infos:
             if info.key.rsplit("/", 1)[-1] in exclude:
                 continue
-            path = local / (info.key[len(prefix) :].lstrip("/") if prefix else info.key)
+            path = targets[info.key]
             size = path.stat().st_size if path.is_file() else None
             if size != info.size:
                 raise StorageError(
