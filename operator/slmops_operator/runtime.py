@@ -72,6 +72,23 @@ def kopf_settings_for(settings: OperatorSettings) -> kopf.OperatorSettings:
     return ks
 
 
+async def learn_kfp_mode(settings: OperatorSettings, backend: Backend, logger: kopf.Logger) -> None:
+    """Ask KFP whether it is multi-user when the settings do not say: admission depends on it.
+
+    Until KFP answers, the standalone rules (the stricter ones) hold; the backend asks again
+    with its first run and updates the settings then.
+    """
+    multi_user = getattr(backend, "multi_user", None)
+    if settings.backend != "kfp" or settings.kfp_multi_user is not None or multi_user is None:
+        return
+    try:
+        settings.kfp_multi_user = await asyncio.to_thread(multi_user)
+    except ConnectionError as exc:
+        logger.warning(
+            f"KFP's mode is unknown ({exc}): admission applies the standalone rules until it answers"
+        )
+
+
 def build_operator(
     settings: OperatorSettings,
     *,
@@ -94,11 +111,12 @@ def build_operator(
         return info
 
     @kopf.on.startup(registry=registry)
-    def startup(logger: kopf.Logger, **_: Any) -> None:
+    async def startup(logger: kopf.Logger, **_: Any) -> None:
         if serve_metrics and settings.metrics_port:
             metrics.serve(settings.metrics_port)
+        await learn_kfp_mode(settings, backend, logger)
         scope = ", ".join(settings.namespaces) if settings.namespaces else "all namespaces"
-        logger.info(f"slmops operator: {settings.backend} backend, watching {scope}")
+        logger.info(f"slmops operator: {settings.backend} backend ({settings.mode}), watching {scope}")
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:

@@ -31,7 +31,13 @@ variable                               meaning
                                        before the job fails with reason ``WorkerLost``
 ``SLMOPS_LOCAL_STATE_DIR``             where the local backend keeps run state
 ``SLMOPS_LOCAL_ALLOWED_ROOTS``         local backend: comma-separated folders that model, dataset and
-                                       adapter paths must lie under (empty: any path)
+                                       adapter paths must lie under (empty: any path but the
+                                       operator's own, see :mod:`slmops_operator.policy`)
+``SLMOPS_TENANT_ALLOW``                standalone KFP: what each namespace may name, as JSON
+                                       ``{"team-a": {"serviceAccounts": [..], "claims": [..],
+                                       "imagePullSecrets": [..]}, "*": {..}}`` (``*``: every namespace)
+``SLMOPS_ALLOW_TRUST_REMOTE_CODE``     ``true``: jobs may set ``trustRemoteCode`` in standalone KFP and
+                                       local mode (multi-user KFP always may: the pods are the tenant's)
 ``SLMOPS_METRICS_PORT``                Prometheus metrics port (0: off)
 ``SLMOPS_WEBHOOK_PORT``                validating webhook port (0: no webhook)
 ``SLMOPS_WEBHOOK_CERT_DIR``            ``tls.crt`` and ``tls.key`` for it (cert-manager's layout)
@@ -41,13 +47,26 @@ variable                               meaning
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 ENV_PREFIX = "SLMOPS_"
+
+Mode = Literal["standalone", "multi-user", "local"]
+
+
+class TenantAllowance(BaseModel):
+    """What jobs of one namespace may name in standalone KFP, where every team's pods share a namespace."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    service_accounts: list[str] = Field(default_factory=list, alias="serviceAccounts")
+    claims: list[str] = Field(default_factory=list, description="PersistentVolumeClaims (pvc://claim/...).")
+    image_pull_secrets: list[str] = Field(default_factory=list, alias="imagePullSecrets")
 
 
 class OperatorSettings(BaseModel):
@@ -84,6 +103,13 @@ class OperatorSettings(BaseModel):
         default_factory=list,
         description="Local backend: where model/dataset paths may point (empty: anywhere).",
     )
+    tenant_allow: dict[str, TenantAllowance] = Field(
+        default_factory=dict,
+        description="Standalone KFP: namespace (or '*') -> the accounts, claims and pull secrets it may name.",
+    )
+    allow_trust_remote_code: bool = Field(
+        default=False, description="Standalone KFP and local mode: let jobs run a model repository's code."
+    )
     metrics_port: int = Field(default=8080, ge=0, le=65535)
     webhook_port: int = Field(default=9443, ge=0, le=65535)
     webhook_addr: str = "0.0.0.0"
@@ -101,6 +127,8 @@ class OperatorSettings(BaseModel):
                 continue
             if name in ("namespaces", "local_allowed_roots"):
                 values[name] = [item.strip() for item in raw.split(",") if item.strip()]
+            elif name == "tenant_allow":
+                values[name] = json.loads(raw)
             elif field.annotation is bool:
                 values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
             else:
@@ -108,15 +136,47 @@ class OperatorSettings(BaseModel):
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
 
+    @property
+    def mode(self) -> Mode:
+        """How tenants' pods run: what admission allows depends on it (:mod:`slmops_operator.policy`).
+
+        KFP whose mode is not known yet (``SLMOPS_KFP_MULTI_USER`` empty and KFP not asked) is
+        standalone: the stricter rules hold until KFP says otherwise.
+        """
+        if self.backend == "local":
+            return "local"
+        return "multi-user" if self.kfp_multi_user else "standalone"
+
+    def allowance(self, namespace: str) -> TenantAllowance:
+        """What ``namespace`` may name in standalone KFP: its own entry and the ``*`` entry together."""
+        entries = [self.tenant_allow[key] for key in (namespace, "*") if key in self.tenant_allow]
+        return TenantAllowance(
+            service_accounts=[n for e in entries for n in e.service_accounts],
+            claims=[n for e in entries for n in e.claims],
+            image_pull_secrets=[n for e in entries for n in e.image_pull_secrets],
+        )
+
     def webhook_server(self):
-        """kopf's webhook server for these settings (None: no webhook)."""
+        """kopf's webhook server for these settings (None: no webhook).
+
+        Without its certificate the webhook does not start: the API server would refuse plain
+        HTTP anyway, and a silent downgrade hides a broken cert-manager setup.  Plain HTTP is
+        only ever the explicit ``SLMOPS_WEBHOOK_INSECURE=true``.
+        """
         import kopf
 
         if not self.webhook_port:
             return None
         cert, key = self.webhook_cert_dir / "tls.crt", self.webhook_cert_dir / "tls.key"
-        if self.webhook_insecure or not cert.exists():
+        if self.webhook_insecure:
             return kopf.WebhookServer(addr=self.webhook_addr, port=self.webhook_port, insecure=True)
+        missing = [str(path) for path in (cert, key) if not path.is_file()]
+        if missing:
+            raise WebhookCertificateMissing(
+                f"SLMOPS_WEBHOOK_CERT_DIR: {', '.join(missing)} not found; the webhook serves only TLS "
+                "(mount its certificate, set SLMOPS_WEBHOOK_PORT=0 for no webhook, or "
+                "SLMOPS_WEBHOOK_INSECURE=true for plain HTTP behind a TLS-terminating proxy)"
+            )
         from slmops_operator.handlers.webhook_server import ReloadingWebhookServer
 
         return ReloadingWebhookServer(  # a renewed certificate is served without a restart
@@ -126,3 +186,7 @@ class OperatorSettings(BaseModel):
     @property
     def dashboard(self) -> str:
         return (self.kfp_ui or self.kfp_host).rstrip("/")
+
+
+class WebhookCertificateMissing(RuntimeError):
+    """The webhook is on, TLS is asked for, and its certificate or key is not there."""

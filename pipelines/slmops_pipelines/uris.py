@@ -9,6 +9,12 @@ Accepted forms:
   convention): the pipeline's pods mount the claim at ``$SLMOPS_PVC_ROOT/<claim>``
   (``/mnt/pvc/<claim>``), so to the steps it is that local path.
 
+A tenant writes these strings, so an ``s3://`` key or a ``pvc://`` path is a plain list of
+names: no ``..`` (it would leave the claim, or the prefix admission checked), no ``.`` and
+no empty segment (``a//b`` is another S3 key than ``a/b``, so a prefix check could be
+fooled).  A string that looks like a scheme without ``//`` (``file:/etc``, ``s3:bucket``)
+is refused rather than taken as a relative folder of that name.
+
 Parsing is pure string work: nothing here touches the network or the disk.
 """
 
@@ -25,6 +31,7 @@ PVC_ROOT = "/mnt/pvc"  # where pods mount the claims a job's URIs name
 _HF_RE = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.\-]*(?:/[\w.\-]+)?)(?:@(?P<rev>[\w.\-/]+))?$")
 _PVC_RE = re.compile(r"^pvc://(?P<claim>[a-z0-9]([-a-z0-9.]*[a-z0-9])?)(?:/(?P<path>.*))?$")
 _S3_RE = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
+_SCHEME_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 
 
 @dataclass(frozen=True)
@@ -67,14 +74,15 @@ def parse_uri(uri: str) -> ParsedUri:
         match = _S3_RE.match(uri)
         if not match:
             raise UriError(f"{uri!r} is not a valid s3:// URI (expected s3://bucket[/key])")
-        return ParsedUri("s3", uri, bucket=match["bucket"], key=(match["key"] or "").strip("/"))
+        key = (match["key"] or "").strip("/")
+        _check_segments(uri, key, "an s3:// key")
+        return ParsedUri("s3", uri, bucket=match["bucket"], key=key)
     if uri.startswith("pvc://"):
         match = _PVC_RE.match(uri)
         if not match or len(match["claim"]) > 253:
             raise UriError(f"{uri!r} is not a valid pvc:// URI (expected pvc://claim-name/path)")
         inside = (match["path"] or "").strip("/")
-        if ".." in Path(inside).parts:
-            raise UriError(f"{uri!r}: a pvc:// path may not leave its claim ('..')")
+        _check_segments(uri, inside, "a pvc:// path")
         mounted = Path(pvc_root()) / match["claim"] / inside
         return ParsedUri("pvc", uri, claim=match["claim"], key=inside, path=mounted)
     if uri.startswith("file://"):
@@ -90,7 +98,23 @@ def parse_uri(uri: str) -> ParsedUri:
         raise UriError(
             f"unsupported scheme {scheme!r} in {uri!r} (use hf://, s3://, pvc://, file:// or a path)"
         )
+    if _SCHEME_LIKE.match(uri):
+        raise UriError(
+            f"{uri!r} looks like a URI without '//' (use hf://, s3://, pvc://, file:///abs/path; "
+            f"write ./{uri} for a folder of that name)"
+        )
     return ParsedUri("file", uri, path=Path(uri))
+
+
+def _check_segments(uri: str, key: str, what: str) -> None:
+    """A key is a list of names: no '..' (leaving the prefix), no '.' or empty segment (aliases)."""
+    if not key:
+        return
+    for segment in key.split("/"):
+        if segment == "..":
+            raise UriError(f"{uri!r}: {what} may not contain '..' (it would leave its prefix)")
+        if segment in ("", "."):
+            raise UriError(f"{uri!r}: {what} may not contain '//' or '/./' (write each folder once)")
 
 
 def pvc_root() -> str:

@@ -169,7 +169,8 @@ def test_the_operator_serves_a_registered_kind(evaluate_kind, tmp_path):
     from slmops_operator.runtime import build_operator
 
     operator = build_operator(
-        OperatorSettings(backend="local", local_state_dir=tmp_path, metrics_port=0), serve_metrics=False
+        OperatorSettings(backend="local", local_state_dir=tmp_path, metrics_port=0, webhook_insecure=True),
+        serve_metrics=False,
     )
     handlers = [
         *operator.registry._spawning.get_all_handlers(),

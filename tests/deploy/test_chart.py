@@ -104,6 +104,42 @@ def test_the_deployment_is_one_hardened_replica():
             assert name.removeprefix("SLMOPS_").lower() in settings, name  # every variable is a setting
 
 
+def test_the_tenancy_values_reach_the_operator(tmp_path):
+    """A platform team's allow-list, written as Helm values, is what the operator's policy reads."""
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "tenancy": {
+                    "allow": {
+                        "team-a": {"serviceAccounts": ["trainer"], "claims": ["data"]},
+                        "*": {"imagePullSecrets": ["registry"]},
+                    },
+                    "allowTrustRemoteCode": True,
+                }
+            }
+        )
+    )
+    [deployment] = of_kind(render("-f", str(values)), "Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    settings = OperatorSettings.from_env(env)
+    allowed = settings.allowance("team-a")
+    assert (allowed.service_accounts, allowed.claims, allowed.image_pull_secrets) == (
+        ["trainer"],
+        ["data"],
+        ["registry"],
+    )
+    assert settings.allowance("team-b").service_accounts == [] and settings.allow_trust_remote_code
+    [default] = of_kind(render(), "Deployment")
+    env = {
+        e["name"]: e["value"]
+        for e in default["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "value" in e
+    }
+    assert OperatorSettings.from_env(env).tenant_allow == {}  # nothing allowed unless listed
+
+
 def normalized(rules: list[dict]) -> set[tuple]:
     return {
         (tuple(r["apiGroups"]), res, verb) for r in rules for res in r["resources"] for verb in r["verbs"]
@@ -127,7 +163,8 @@ def test_rbac_is_exactly_what_the_operator_needs():
 def test_the_rules_cover_every_handler_and_call(tmp_path):
     allowed = normalized(operator_rules(clusterwide=False))
     operator = build_operator(
-        OperatorSettings(backend="local", local_state_dir=tmp_path, metrics_port=0), serve_metrics=False
+        OperatorSettings(backend="local", local_state_dir=tmp_path, metrics_port=0, webhook_insecure=True),
+        serve_metrics=False,
     )
     handlers = [
         *operator.registry._spawning.get_all_handlers(),

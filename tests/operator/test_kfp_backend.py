@@ -236,7 +236,13 @@ async def test_a_run_carries_the_jobs_service_account_image_and_trainjob_runtime
     """Every pod of the run runs as the job's ServiceAccount; multi-node workers get its image and runtime."""
     image = "registry.example/team/slmops-trainer:1.0-custom"
     manifest = job("sa", tiny_model, image=image, serviceAccountName="trainer")
-    settings = kfp_settings(tmp_path, fake_kfp, distributed_engine="trainjob", trainjob_runtime="torch-h100")
+    settings = kfp_settings(
+        tmp_path,
+        fake_kfp,
+        distributed_engine="trainjob",
+        trainjob_runtime="torch-h100",
+        tenant_allow={"default": {"serviceAccounts": ["trainer"]}},  # standalone KFP: allow-listed
+    )
     async with running_operator(kube, settings):
         await create(kube, "default", "finetunejobs", manifest)
         await wait_until(lambda: phase(kube, "sa") == "Running", what="Running")

@@ -159,7 +159,9 @@ def test_the_default_output_root_in_s3(tmp_path):
     for uri, refused in (
         ("s3://bucket/slmops", True),
         ("s3://bucket/slmops/", True),
-        ("s3://bucket/slmops/a/b", False),
+        ("s3://bucket/slmops/team-b/j", True),  # another namespace's slot
+        ("s3://bucket/slmops/default", True),  # the namespace's whole slot
+        ("s3://bucket/slmops/default/j", False),
     ):
         problems = problems_of(
             "FineTuneJob", finetune_manifest("j", MODEL, output={"uri": uri}), settings=settings

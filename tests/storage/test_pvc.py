@@ -70,8 +70,10 @@ def test_the_local_backend_refuses_claims_it_cannot_mount(tiny_model, tmp_path):
     local = OperatorSettings(backend="local", local_state_dir=tmp_path / "state", metrics_port=0)
     problems = problems_of("FineTuneJob", manifest, settings=local)
     assert any(p.startswith("spec.dataset.uri:") and "only the kfp backend mounts" in p for p in problems)
-    kfp = OperatorSettings(backend="kfp", local_state_dir=tmp_path / "state", metrics_port=0)
-    assert problems_of("FineTuneJob", manifest, settings=kfp) == []
+    kfp = OperatorSettings(
+        backend="kfp", kfp_multi_user=True, local_state_dir=tmp_path / "state", metrics_port=0
+    )
+    assert problems_of("FineTuneJob", manifest, settings=kfp) == []  # the claim of the job's namespace
 
 
 def test_the_pipeline_mounts_every_claim_the_job_names(tmp_path):

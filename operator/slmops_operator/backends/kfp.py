@@ -114,6 +114,7 @@ class KfpBackend:
                     self._multi_user = bool(json.loads(response.read() or b"{}").get("multi_user"))
             except (OSError, ValueError) as exc:
                 raise ConnectionError(f"KFP is not reachable at {self.settings.kfp_host}: {exc}") from exc
+            self.settings.kfp_multi_user = self._multi_user  # admission's rules depend on it (policy.py)
         return self._multi_user
 
     def client(self):

@@ -22,9 +22,9 @@ from typing import Any
 
 import kopf
 
+from slmops_operator import policy
 from slmops_operator.api.resources import resource_of
 from slmops_operator.api.status import RunRef
-from slmops_operator.handlers import validation
 from slmops_operator.handlers.conditions import FINISHED
 from slmops_operator.settings import OperatorSettings
 
@@ -81,7 +81,9 @@ async def _delete_artifacts(reconciler, body: kopf.Body, status: dict[str, Any],
             return []
     uid = (body.get("metadata") or {}).get("uid") or ""
     try:
-        cleanup = await asyncio.to_thread(delete_owned_artifacts, uri, uid, reconciler.settings)
+        cleanup = await asyncio.to_thread(
+            delete_owned_artifacts, uri, uid, reconciler.settings, namespace=_namespace(body)
+        )
     except Exception as exc:  # S3 refusing the delete, unreachable: retried
         return [f"artifacts under {uri} not deleted ({type(exc).__name__}: {exc})"]
     logger.info(f"deleted {cleanup.deleted} artifact object(s) under {uri}")
@@ -90,11 +92,14 @@ async def _delete_artifacts(reconciler, body: kopf.Body, status: dict[str, Any],
     return []
 
 
-def delete_owned_artifacts(uri: str, uid: str, settings: OperatorSettings):
-    """Delete the output at ``uri`` if this job (``uid``) claimed it; never the operator's own roots."""
+def delete_owned_artifacts(uri: str, uid: str, settings: OperatorSettings, *, namespace: str | None = None):
+    """Delete the output at ``uri`` if this job (``uid``) claimed it; never the operator's own roots,
+    nor another namespace's slot of the default output root."""
     from slmops_pipelines.jobs import Cleanup, delete_owned_output
 
-    refused = validation.output_problems(uri, settings.model_copy(update={"backend": "local"}))
+    refused = policy.output_problems(
+        uri, settings.model_copy(update={"backend": "local"}), namespace=namespace
+    )
     if refused:  # an output of an older release, or admitted without the webhook
         return Cleanup(kept=[f"{uri}: not deleted, {problem.split(': ', 1)[1]}" for problem in refused])
     return delete_owned_output(uri, uid=uid)

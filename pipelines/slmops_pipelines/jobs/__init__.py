@@ -31,7 +31,7 @@ from slmops_pipelines.jobs.base import API_GROUP, API_VERSION, JobKind, JobRun, 
 from slmops_pipelines.jobs.finetune import FineTuneJobKind
 from slmops_pipelines.jobs.optimize import OptimizeJobKind
 from slmops_pipelines.local.reporting import NullReporter, Reporter
-from slmops_pipelines.specs.locations import Location, spec_inputs, spec_locations
+from slmops_pipelines.specs.locations import Location, spec_inputs, spec_locations, spec_remote_code
 from slmops_pipelines.stages.outputs import JobOutcome
 from slmops_pipelines.steps.publish import Cleanup
 
@@ -339,6 +339,7 @@ __all__ = [
     "secret_refs",
     "spec_inputs",
     "spec_locations",
+    "spec_remote_code",
     "summary_metrics",
     "without_ambient_credentials",
 ]

@@ -77,7 +77,9 @@ def template_fields(template: str) -> list[str]:
 class ModelSpec(SpecModel):
     """Where the base model comes from and how to load it."""
 
-    location = LocationKind("model", read_only=True, secret_attr="access_secret")
+    location = LocationKind(
+        "model", read_only=True, secret_attr="access_secret", code_attr="trust_remote_code"
+    )
 
     uri: str = Field(
         description=(

@@ -31,6 +31,7 @@ class LocationKind:
     purpose: Purpose  # whose credentials read it (see slmops_pipelines.credentials)
     read_only: bool  # an input (True) or the job's output (False)
     secret_attr: str | None  # the attribute naming its Secret; None: it has none of its own
+    code_attr: str | None = None  # the attribute that lets the location's own Python run (trustRemoteCode)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,14 @@ class Location:
     read_only: bool
     secret: str | None = None  # the Secret it is read or written with
     secret_key: str = ""  # that Secret's field name: accessSecret, credentialsSecret
+    code_field: str = ""  # set when the job runs code the location holds: "model.trustRemoteCode"
+
+    @property
+    def claim(self) -> str:
+        """The PersistentVolumeClaim a ``pvc://`` location names ("" for any other)."""
+        from slmops_pipelines.uris import pvc_claims
+
+        return next(iter(pvc_claims([self.uri])), "")
 
     @property
     def uri_field(self) -> str:
@@ -69,6 +78,8 @@ def _walk(value: object, path: str) -> Iterator[Location]:
     if kind is not None:
         secret = getattr(value, kind.secret_attr) if kind.secret_attr else None
         secret_key = _alias(value, kind.secret_attr) if kind.secret_attr else ""
+        runs_code = bool(kind.code_attr and getattr(value, kind.code_attr))
+        code_field = f"{path}.{_alias(value, kind.code_attr)}" if runs_code and kind.code_attr else ""
         yield Location(
             field=path,
             uri=getattr(value, "uri", None) or "",
@@ -76,6 +87,7 @@ def _walk(value: object, path: str) -> Iterator[Location]:
             read_only=kind.read_only,
             secret=secret,
             secret_key=secret_key,
+            code_field=code_field,
         )
     for name in type(value).model_fields:
         child = getattr(value, name)
@@ -90,6 +102,11 @@ def spec_locations(spec: object) -> list[Location]:
 def spec_inputs(spec: object) -> list[Location]:
     """What the job reads: models, adapters, datasets (each with its Secret, if any)."""
     return [loc for loc in spec_locations(spec) if loc.read_only]
+
+
+def spec_remote_code(spec: object) -> list[Location]:
+    """The locations whose own Python the job runs (a model with trustRemoteCode)."""
+    return [loc for loc in spec_locations(spec) if loc.code_field]
 
 
 def spec_claims(spec: object) -> list[str]:

@@ -1,0 +1,273 @@
+"""Tenants stay in their lane in every operator mode: the admission policy, driven over HTTPS.
+
+Each manifest is created through the emulated API server, which sends the AdmissionReview
+to the running operator's webhook, as a real API server does.  The refusals reproduce what
+a security review found (standalone KFP: KFP's own account, its database's claim, its
+pull secrets, system priority, control-plane tolerations, a model's own code; every mode:
+another namespace's output slot; local: the operator pod's own files); the accepted
+manifests are what each mode's tenants legitimately write.  Accepted jobs are suspended, so
+nothing runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from slmops_operator import policy
+from slmops_operator.handlers.validation import problems_of
+from slmops_operator.settings import OperatorSettings
+from tests.conftest import TONE_DATA, finetune_manifest
+from tests.operator.conftest import API, local_settings, running_operator
+from tests.operator.test_kfp_backend import kfp_settings
+
+ROOT = "s3://shared/slmops"
+TEAM_A = {
+    "team-a": {
+        "serviceAccounts": ["team-a-trainer"],
+        "claims": ["team-a-data"],
+        "imagePullSecrets": ["team-a-registry"],
+    }
+}
+
+
+def job(name: str, **spec) -> dict:
+    """A suspended FineTuneJob (nothing runs) with ``spec`` merged in, per section."""
+    manifest = finetune_manifest(name, Path("/models/tiny"), **spec)
+    manifest["spec"]["suspend"] = True
+    return manifest
+
+
+def with_model(name: str, **model) -> dict:
+    manifest = job(name)
+    manifest["spec"]["model"].update(model)
+    return manifest
+
+
+async def admit(kube, namespace: str, body: dict) -> tuple[int, str]:
+    response = await kube.post(f"{API}/{namespace}/finetunejobs", json=copy.deepcopy(body))
+    answer = await response.json()
+    return response.status, answer.get("message", "")
+
+
+async def assert_refused(kube, namespace: str, body: dict, field: str, why: str) -> None:
+    status, message = await admit(kube, namespace, body)
+    assert status == 422, (body["metadata"]["name"], status, message)
+    assert f"denied the request: {field}:" in message or f"; {field}:" in message, message
+    assert why in message, message
+
+
+async def assert_accepted(kube, namespace: str, body: dict) -> None:
+    status, message = await admit(kube, namespace, body)
+    assert status in (200, 201), (body["metadata"]["name"], message)
+
+
+# -- standalone KFP: pods of every team share the KFP namespace ----------------------------------------
+
+
+STANDALONE_REFUSED = [
+    (job("kfp-account", serviceAccountName="ml-pipeline"), "spec.serviceAccountName", "allow-list"),
+    (
+        with_model("kfp-database", uri="pvc://mysql-pv-claim/models/x"),
+        "spec.model.uri",
+        "claim 'mysql-pv-claim'",
+    ),
+    (
+        job("kfp-pull-secret", imagePullSecrets=[{"name": "mlpipeline-minio-artifact"}]),
+        "spec.imagePullSecrets[0].name",
+        "allow-list",
+    ),
+    (
+        job("system-priority", resources={"priorityClassName": "system-node-critical"}),
+        "spec.resources.priorityClassName",
+        "reserved",
+    ),
+    (
+        job(
+            "control-plane",
+            resources={
+                "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]
+            },
+        ),
+        "spec.resources.tolerations[0]",
+        "control-plane",
+    ),
+    (
+        job("every-taint", resources={"tolerations": [{"operator": "Exists"}]}),
+        "spec.resources.tolerations[0]",
+        "every taint",
+    ),
+    (
+        with_model("remote-code", trustRemoteCode=True),
+        "spec.model.trustRemoteCode",
+        "SLMOPS_ALLOW_TRUST_REMOTE_CODE",
+    ),
+    (job("other-slot", output={"uri": f"{ROOT}/team-b/their-job"}), "spec.output.uri", "slot"),
+    (job("dot-dot", output={"uri": f"{ROOT}/team-a/../team-b/x"}), "spec.output.uri", "'..'"),
+    (job("double-slash", output={"uri": f"{ROOT}//team-b/x"}), "spec.output.uri", "'//'"),
+    (
+        job("read-other-slot", dataset={"uri": f"{ROOT}/team-b/ft/data.jsonl"}),
+        "spec.dataset.uri",
+        "another namespace's output",
+    ),
+]
+
+STANDALONE_ACCEPTED = [
+    job(
+        "allowed",
+        serviceAccountName="team-a-trainer",
+        imagePullSecrets=[{"name": "team-a-registry"}],
+        dataset={"uri": "pvc://team-a-data/tone.jsonl"},
+        output={"uri": f"{ROOT}/team-a/allowed"},
+        resources={
+            "priorityClassName": "high-priority",
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    ),
+    job("defaults"),  # KFP's default account, the default output slot
+    job("own-slot-input", dataset={"uri": f"{ROOT}/team-a/prep/data.jsonl"}),
+    job("elsewhere", output={"uri": "s3://team-a-bucket/runs/x"}),
+]
+
+
+async def test_standalone_kfp_admits_only_what_the_namespace_is_allowed(kube, fake_kfp, tmp_path):
+    settings = kfp_settings(
+        tmp_path, fake_kfp, kfp_multi_user=False, default_output=ROOT, tenant_allow=TEAM_A
+    )
+    async with running_operator(kube, settings):
+        for body, field, why in STANDALONE_REFUSED:
+            await assert_refused(kube, "team-a", body, field, why)
+        for body in STANDALONE_ACCEPTED:
+            await assert_accepted(kube, "team-a", body)
+        # team-a's allow-list is not team-b's
+        await assert_refused(
+            kube,
+            "team-b",
+            job("borrowed", serviceAccountName="team-a-trainer"),
+            "spec.serviceAccountName",
+            "team-b",
+        )
+
+
+async def test_standalone_kfp_may_allow_a_models_own_code(kube, fake_kfp, tmp_path):
+    settings = kfp_settings(
+        tmp_path, fake_kfp, kfp_multi_user=False, default_output=ROOT, allow_trust_remote_code=True
+    )
+    async with running_operator(kube, settings):
+        await assert_accepted(kube, "team-a", with_model("remote-code", trustRemoteCode=True))
+
+
+# -- multi-user KFP: the pods run in the job's own namespace --------------------------------------------
+
+
+async def test_multi_user_kfp_lets_a_namespace_use_what_it_owns(kube, multi_user_kfp, tmp_path):
+    settings = kfp_settings(tmp_path, multi_user_kfp, kfp_multi_user=True, default_output=ROOT)
+    async with running_operator(kube, settings):
+        own = job(
+            "own",
+            serviceAccountName="default-editor",
+            imagePullSecrets=[{"name": "registry"}],
+            dataset={"uri": "pvc://team-a-data/tone.jsonl"},
+        )
+        own["spec"]["model"]["trustRemoteCode"] = True
+        await assert_accepted(kube, "team-a", own)
+        for body, field, why in STANDALONE_REFUSED:
+            if field in ("spec.serviceAccountName", "spec.model.uri", "spec.imagePullSecrets[0].name"):
+                continue  # the namespace's own
+            if field == "spec.model.trustRemoteCode":
+                continue  # runs in the tenant's own pods
+            await assert_refused(kube, "team-a", body, field, why)
+
+
+async def test_a_mode_kfp_has_not_told_is_standalone(tmp_path):
+    settings = OperatorSettings(backend="kfp", default_output=ROOT, local_state_dir=tmp_path)
+    assert settings.mode == "standalone"
+    body = job("kfp-account", serviceAccountName="ml-pipeline")
+    body["metadata"]["namespace"] = "team-a"
+    assert problems_of("FineTuneJob", body, settings=settings)
+
+
+# -- the local backend: the work runs in the operator's own pod -----------------------------------------
+
+
+def local_refusals(settings: OperatorSettings) -> list[tuple[dict, str, str]]:
+    state = settings.local_state_dir
+    return [
+        (with_model("environ", uri="/proc/1/environ"), "spec.model.uri", "system files"),
+        (
+            job("token", dataset={"uri": "/var/run/secrets/kubernetes.io/serviceaccount/token"}),
+            "spec.dataset.uri",
+            "system files",
+        ),
+        (
+            job("relative", dataset={"uri": "../../../../../../../proc/self/environ"}),
+            "spec.dataset.uri",
+            "system",
+        ),
+        (job("state", dataset={"uri": f"{state}/some-run.request.json"}), "spec.dataset.uri", "state folder"),
+        (
+            job("cert", dataset={"uri": f"{settings.webhook_cert_dir}/tls.key"}),
+            "spec.dataset.uri",
+            "certificate",
+        ),
+        (
+            job("other-output", dataset={"uri": f"{policy.default_root(settings)}/team-b/ft/data.jsonl"}),
+            "spec.dataset.uri",
+            "another namespace's output",
+        ),
+        (
+            with_model("remote-code", uri=str(tmp_model_dir(settings)), trustRemoteCode=True),
+            "spec.model.trustRemoteCode",
+            "own pod",
+        ),
+        (job("file-colon", dataset={"uri": "file:/etc/passwd"}), "spec.dataset.uri", "without '//'"),
+    ]
+
+
+def tmp_model_dir(settings: OperatorSettings) -> Path:
+    return settings.local_state_dir.parent / "models" / "tiny"
+
+
+async def test_the_local_backend_keeps_jobs_out_of_the_operators_files(kube, tmp_path):
+    settings = local_settings(tmp_path)  # no allowed roots: the chart's default
+    async with running_operator(kube, settings):
+        for body, field, why in local_refusals(settings):
+            await assert_refused(kube, "team-a", body, field, why)
+        own = f"{policy.default_root(settings)}/team-a/prep/data.jsonl"
+        await assert_accepted(kube, "team-a", job("ok", dataset={"uri": str(TONE_DATA)}))
+        await assert_accepted(kube, "team-a", job("own-output", dataset={"uri": own}))
+
+
+async def test_the_local_backend_with_allowed_roots(kube, tmp_path):
+    models, data = tmp_path / "models", tmp_path / "data"
+    settings = local_settings(tmp_path, local_allowed_roots=[models, data])
+    async with running_operator(kube, settings):
+        inside = with_model("inside", uri=str(models / "tiny"))
+        inside["spec"]["dataset"]["uri"] = str(data / "tone.jsonl")
+        await assert_accepted(kube, "team-a", inside)
+        outside = with_model("outside", uri=str(models / "tiny"))  # the tone data is not under data/
+        await assert_refused(kube, "team-a", outside, "spec.dataset.uri", "SLMOPS_LOCAL_ALLOWED_ROOTS")
+        escape = with_model("escape", uri=f"{models}/../../../etc")
+        await assert_refused(kube, "team-a", escape, "spec.model.uri", "SLMOPS_LOCAL_ALLOWED_ROOTS")
+        for body, field, why in local_refusals(settings)[:2]:  # protected even when a root holds them
+            await assert_refused(kube, "team-a", body, field, why)
+
+
+@pytest.mark.parametrize("uri", ["/proc/self/environ", "/dev/shm/x"])
+def test_the_local_backend_writes_no_system_folder(uri, tmp_path):
+    settings = local_settings(tmp_path)
+    body = job("out", output={"uri": uri})
+    body["metadata"]["namespace"] = "team-a"
+    assert any(p.startswith("spec.output.uri:") for p in problems_of("FineTuneJob", body, settings=settings))
+
+
+def test_a_symlink_into_a_protected_folder_is_refused(tmp_path):
+    settings = local_settings(tmp_path)
+    link = tmp_path / "innocent"
+    link.symlink_to("/proc/self")
+    body = with_model("link", uri=str(link / "environ"))
+    body["metadata"]["namespace"] = "team-a"
+    [problem] = problems_of("FineTuneJob", body, settings=settings)
+    assert problem.startswith("spec.model.uri:") and "system files" in problem
