@@ -19,6 +19,13 @@ Whatever backend runs it, the operator reads each Secret the spec names (see
 
 Values live in memory only: never in status, events, logs, KFP parameters or files (the
 Secret copy is an API object, as the original is).
+
+**The operator never lends its own keys to a tenant's URI** (:func:`output_access`): it
+reads a job's results, progress and recorded failure, claims its output before the run
+starts and deletes it with the job, either with the job's own output Secret or, without
+one, only inside the job's namespace slot of the operator's default output root (a
+location the operator chose).  Anywhere else it does not look: the results stay in the
+output, and KFP's own message says why a run failed.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ import base64
 import dataclasses
 from typing import Any
 
-from slmops_pipelines.jobs import SecretRef, secret_refs
+from slmops_operator import policy
+from slmops_operator.settings import OperatorSettings
+from slmops_pipelines.jobs import S3Credentials, SecretRef, s3_credentials_from, secret_refs
 
 RUN_LABEL = "slmops.io/run"
 
@@ -119,3 +128,33 @@ class Credentials:
 def own_mounts(secrets: list[ResolvedSecret]) -> list[dict[str, Any]]:
     """Mounts of the job's own Secrets (multi-user KFP: the pods run in the job's namespace)."""
     return [{"name": s.ref.name, "keyToEnv": s.key_to_env()} for s in secrets]
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputAccess:
+    """With whose keys the operator may read, claim and delete a job's output."""
+
+    credentials: S3Credentials | None  # {}: the operator's own (its own root); None: not at all
+    why_not: str = ""
+
+
+def output_access(
+    output_uri: str, namespace: str, secrets: list[ResolvedSecret] | None, settings: OperatorSettings
+) -> OutputAccess:
+    """The job's own output Secret; else the operator's keys, only inside the job's slot of its root."""
+    own = next((s for s in secrets or [] if s.ref.purpose == "output"), None)
+    if own is not None and output_uri.startswith("s3://"):
+        return OutputAccess(s3_credentials_from(own.env()))
+    slot = policy.namespace_slot(settings, namespace)
+    location = policy.local_path(output_uri) or output_uri.rstrip("/")
+    if slot and policy.contains(slot, location) and location != slot:
+        return OutputAccess({})
+    if output_uri.startswith("pvc://"):
+        return OutputAccess(None, "it is on a PersistentVolumeClaim, which the operator does not mount")
+    if policy.local_path(output_uri) is not None and settings.backend == "local":
+        return OutputAccess({})  # the workers' own filesystem, which admission keeps in its lane
+    return OutputAccess(
+        None,
+        "it lies outside the operator's output root (SLMOPS_DEFAULT_OUTPUT) and spec.output.credentialsSecret "
+        "names no Secret, and the operator reads no location a tenant chose with its own keys",
+    )

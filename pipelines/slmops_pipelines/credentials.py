@@ -135,20 +135,26 @@ class S3Credentials(TypedDict, total=False):
 def s3_credentials(purpose: str) -> S3Credentials:
     """Keyword arguments for S3Store from the purpose's variables; empty: the default AWS_* ones."""
     prefix = PURPOSES[purpose].env_prefix
-    found: S3Credentials = {}
     if not prefix or not _env(prefix + "AWS_ACCESS_KEY_ID"):
-        return found
-    if value := _env(prefix + "AWS_ACCESS_KEY_ID"):
-        found["access_key"] = value
-    if value := _env(prefix + "AWS_SECRET_ACCESS_KEY"):
-        found["secret_key"] = value
-    if value := _env(prefix + "AWS_SESSION_TOKEN"):
-        found["session_token"] = value
-    if value := _env(prefix + "AWS_ENDPOINT_URL"):
-        found["endpoint_url"] = value
-    if value := _env(prefix + "AWS_REGION"):
-        found["region"] = value
-    return found
+        return {}
+    return s3_credentials_from({key: _env(prefix + key) or "" for key in S3_KEYS})
+
+
+_S3_ARGUMENTS = {
+    "AWS_ACCESS_KEY_ID": "access_key",
+    "AWS_SECRET_ACCESS_KEY": "secret_key",
+    "AWS_SESSION_TOKEN": "session_token",
+    "AWS_ENDPOINT_URL": "endpoint_url",
+    "AWS_REGION": "region",
+}
+
+
+def s3_credentials_from(values: dict[str, str]) -> S3Credentials:
+    """S3Store keyword arguments from a Secret's keys (``AWS_ACCESS_KEY_ID``...); unset keys left out."""
+    found: dict[str, str] = {
+        _S3_ARGUMENTS[key]: value for key, value in values.items() if key in _S3_ARGUMENTS and value
+    }
+    return S3Credentials(**found)  # type: ignore[typeddict-item]
 
 
 def hf_token(purpose: str) -> str | None:

@@ -40,7 +40,7 @@ from tests.conftest import REPO
 from tests.fixtures.fake_kfp import FakeKfp
 from tests.fixtures.kube_emulator import StrictKubernetesEmulator, declare_slmops
 from tests.fixtures.seaweedfs import free_ports
-from tests.operator.test_kfp_backend import publish_outputs
+from tests.operator.test_kfp_backend import claimed_by, publish_outputs
 
 SEEDS = [int(s) for s in os.environ.get("SLMOPS_CHAOS_SEEDS", "1,2").split(",") if s.strip()]
 NAMESPACES = ("team-a", "team-b", "team-c")
@@ -256,7 +256,7 @@ async def drive_runs(
                 else:
                     out.mkdir(parents=True, exist_ok=True)
                     (out / "metrics.json").write_text(json.dumps({"targets": {"cpu-int4": {}}}))
-                    (out / "manifest.json").write_text(json.dumps({"files": []}))
+                    (out / "manifest.json").write_text(json.dumps({"files": [], **claimed_by(out)}))
                 kfp.set_state(run_id, "SUCCEEDED")
         await asyncio.sleep(0.2)
 

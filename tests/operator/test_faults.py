@@ -148,7 +148,7 @@ async def test_unreadable_results_are_a_condition_then_a_failure(kube, fake_kfp,
         await create(kube, "default", "finetunejobs", job("unreadable", tiny_model))
         await wait_until(lambda: phase(kube, "unreadable") == "Running", what="Running")
         out = tmp_path / "outputs" / "default" / "unreadable"
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)  # the operator claimed it before the run
         (out / "manifest.json").write_text("{torn")
         fake_kfp.set_state(fake_kfp.created[0]["run_id"], "SUCCEEDED")
         await wait_until(

@@ -48,7 +48,13 @@ def publish_outputs(out: Path) -> None:
     }
     (out / "metrics.json").write_text(json.dumps(metrics))
     files = [{"path": "adapter/adapter_config.json"}, {"path": "metrics.json"}]
-    (out / "manifest.json").write_text(json.dumps({"files": files}))
+    (out / "manifest.json").write_text(json.dumps({"files": files, **claimed_by(out)}))
+
+
+def claimed_by(out: Path) -> dict:
+    """The job a real publish step records in the manifest: the one whose claim the output holds."""
+    claim = out / ".slmops" / "job.json"
+    return {"job": json.loads(claim.read_text())} if claim.exists() else {}
 
 
 async def test_submit_poll_succeed(kube, fake_kfp, tiny_model, tmp_path):
@@ -96,7 +102,7 @@ async def test_failure_reports_the_field_the_step_recorded(kube, fake_kfp, tiny_
         await create(kube, "default", "finetunejobs", job("bad", tiny_model))
         await wait_until(lambda: fake_kfp.created, what="a run")
         error = tmp_path / "outputs" / "default" / "bad" / ".slmops" / "error.json"
-        error.parent.mkdir(parents=True)
+        error.parent.mkdir(parents=True, exist_ok=True)  # the operator claimed it before the run
         error.write_text(
             json.dumps(
                 {

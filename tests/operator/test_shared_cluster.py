@@ -10,7 +10,7 @@ import base64
 import json
 from pathlib import Path
 
-from slmops_pipelines.kubeflow import tasks
+from slmops_pipelines import jobs
 from slmops_pipelines.storage import open_store
 from tests.conftest import finetune_manifest
 from tests.operator.conftest import (
@@ -21,6 +21,7 @@ from tests.operator.conftest import (
     events,
     local_settings,
     running_operator,
+    s3_secret_data,
     wait_until,
 )
 from tests.operator.test_kfp_backend import kfp_settings, phase, publish_outputs
@@ -31,26 +32,24 @@ def _keys(uri: str) -> list[str]:
 
 
 async def test_deleting_a_job_never_deletes_another_jobs_output(
-    kube, fake_kfp, tiny_model, tmp_path, s3_env, s3_bucket
+    kube, fake_kfp, tiny_model, tmp_path, s3_server, s3_bucket
 ):
-    """B points its output at A's, is refused, and is deleted: A's artifacts stay; deleting A removes them."""
+    """B points its output at A's: the operator's own claim refuses B before any run; deleting B keeps
+    A's artifacts, deleting A removes them.  Both read and write with their own output Secret."""
     shared = f"s3://{s3_bucket}/team-a/tone"
+    await create_secret(kube, "default", "team-s3", s3_secret_data(s3_server))
+    output = {"uri": shared, "credentialsSecret": "team-s3"}
     settings = kfp_settings(
         tmp_path, fake_kfp, delete_artifacts=True, default_output=f"s3://{s3_bucket}/jobs"
     )
+    store = open_store(shared, credentials=jobs.s3_credentials_from(s3_secret_data(s3_server)))
     async with running_operator(kube, settings):
-        await create(
-            kube, "default", "finetunejobs", finetune_manifest("a", tiny_model, output={"uri": shared})
-        )
+        await create(kube, "default", "finetunejobs", finetune_manifest("a", tiny_model, output=output))
         await wait_until(lambda: len(fake_kfp.created) == 1, what="A's run")
         run_a = fake_kfp.created[0]
-        # A's pipeline: its first step claims the output, its last publishes.
-        tasks.inspect_finetune(
-            **{k: run_a["runtime_config"]["parameters"][k] for k in ("spec", "job", "output_uri")}
-        )
+        assert json.loads(store.read_text(".slmops/job.json"))["name"] == "a"  # claimed before the run
         local = tmp_path / "published"
         publish_outputs(local)
-        store = open_store(shared)
         manifest = json.loads((local / "manifest.json").read_text())
         manifest["job"] = json.loads(store.read_text(".slmops/job.json"))
         (local / "manifest.json").write_text(json.dumps(manifest))
@@ -59,27 +58,21 @@ async def test_deleting_a_job_never_deletes_another_jobs_output(
                 store.upload_file(path, path.relative_to(local).as_posix())
         fake_kfp.set_state(run_a["run_id"], "SUCCEEDED")
         await wait_until(lambda: phase(kube, "a") == "Succeeded", what="A to succeed")
-        owned_by_a = _keys(shared)
+        assert current(kube, "default", "finetunejobs", "a")["status"]["metrics"]  # read with A's keys
+        owned_by_a = sorted(info.key for info in store.list(""))
 
-        await create(
-            kube, "default", "finetunejobs", finetune_manifest("b", tiny_model, output={"uri": shared})
-        )
-        await wait_until(lambda: len(fake_kfp.created) == 2, what="B's run")
-        run_b = fake_kfp.created[1]
-        try:
-            tasks.inspect_finetune(
-                **{k: run_b["runtime_config"]["parameters"][k] for k in ("spec", "job", "output_uri")}
-            )
-        except Exception as refused:
-            assert "already holds the output of FineTuneJob default/a" in str(refused)
-        else:
-            raise AssertionError("B's pipeline claimed A's output")
-        fake_kfp.set_state(run_b["run_id"], "FAILED", error="inspect failed")
+        await create(kube, "default", "finetunejobs", finetune_manifest("b", tiny_model, output=output))
         await wait_until(lambda: phase(kube, "b") == "Failed", what="B to fail")
+        message = current(kube, "default", "finetunejobs", "b")["status"]["message"]
+        assert (
+            message.startswith("spec.output.uri:")
+            and "already holds the output of FineTuneJob default/a" in message
+        )
+        assert len(fake_kfp.created) == 1, "B's run was started: a custom image would skip the pod's check"
 
         await delete(kube, "default", "finetunejobs", "b")
         await wait_until(lambda: current(kube, "default", "finetunejobs", "b") is None, what="B deleted")
-        assert set(owned_by_a) <= set(_keys(shared)), "deleting B deleted A's artifacts"
+        assert set(owned_by_a) <= {info.key for info in store.list("")}, "deleting B deleted A's artifacts"
         kept = await wait_until(  # kopf posts Events in the background
             lambda: [e for e in events(kube, "default", "b") if e.get("reason") == "ArtifactsKept"],
             what="ArtifactsKept",
@@ -88,7 +81,7 @@ async def test_deleting_a_job_never_deletes_another_jobs_output(
 
         await delete(kube, "default", "finetunejobs", "a")
         await wait_until(lambda: current(kube, "default", "finetunejobs", "a") is None, what="A deleted")
-        assert [k for k in _keys(shared) if not k.startswith(".slmops/error")] == []
+        assert [info.key for info in store.list("")] == []
 
 
 async def test_outputs_the_webhook_would_refuse_fail_the_job_without_it(kube, tiny_model, tmp_path):
@@ -164,10 +157,15 @@ async def test_a_secret_without_any_usable_key_is_missing_too(kube, fake_kfp, ti
     assert message.startswith("spec.model.accessSecret: Secret 'wrong-keys' holds none of the keys")
 
 
-async def test_standalone_kfp_mounts_a_run_owned_copy_and_deletes_it(kube, fake_kfp, tiny_model, tmp_path):
-    await create_secret(kube, "team-a", "team-s3", S3_KEYS_HELD)
+async def test_standalone_kfp_mounts_a_run_owned_copy_and_deletes_it(
+    kube, fake_kfp, tiny_model, tmp_path, s3_server, s3_bucket
+):
+    keys = s3_secret_data(s3_server)  # the operator claims the output with them before the run
+    await create_secret(kube, "team-a", "team-s3", keys)
     await create_secret(kube, "team-a", "hub", {"HF_TOKEN": "hf_team_a_token"})
-    settings = kfp_settings(tmp_path, fake_kfp, kfp_namespace="pipelines", default_output="s3://bucket/jobs")
+    settings = kfp_settings(
+        tmp_path, fake_kfp, kfp_namespace="pipelines", default_output=f"s3://{s3_bucket}/jobs"
+    )
     async with running_operator(kube, settings):
         body = finetune_manifest("creds", tiny_model, output={"credentialsSecret": "team-s3"})
         body["spec"]["model"] = {"uri": "hf://org/gated-model", "accessSecret": "hub"}
@@ -177,7 +175,7 @@ async def test_standalone_kfp_mounts_a_run_owned_copy_and_deletes_it(kube, fake_
         run = fake_kfp.created[0]
         run_name = run["display_name"]
         copy = current_secret(kube, "pipelines", f"{run_name}-output")
-        assert copy["data"] == {k: base64.b64encode(v.encode()).decode() for k, v in S3_KEYS_HELD.items()}
+        assert copy["data"] == {k: base64.b64encode(v.encode()).decode() for k, v in keys.items()}
         assert copy["metadata"]["labels"]["slmops.io/run"] == run_name
         hub = current_secret(kube, "pipelines", f"{run_name}-model")
         assert set(hub["data"]) == {"HF_TOKEN"}
@@ -185,7 +183,7 @@ async def test_standalone_kfp_mounts_a_run_owned_copy_and_deletes_it(kube, fake_
             by_name = {m["secretName"]: m for m in mounts}
             assert set(by_name) == {f"{run_name}-output", f"{run_name}-model"}, executor
             assert not any(m.get("optional") for m in mounts)  # never optional
-            assert {e["envVar"] for e in by_name[f"{run_name}-output"]["keyToEnv"]} == set(S3_KEYS_HELD)
+            assert {e["envVar"] for e in by_name[f"{run_name}-output"]["keyToEnv"]} == set(keys)
             assert [e["envVar"] for e in by_name[f"{run_name}-model"]["keyToEnv"]] == [
                 "SLMOPS_MODEL_HF_TOKEN"
             ]
@@ -202,14 +200,15 @@ async def test_standalone_kfp_mounts_a_run_owned_copy_and_deletes_it(kube, fake_
             lambda: current_secret(kube, "pipelines", f"{run_name}-output") is None, what="the copy gone"
         )
         assert current_secret(kube, "pipelines", f"{run_name}-model") is None
-        _no_secret_values_in(kube, fake_kfp, "team-a", "creds", [*S3_KEYS_HELD.values(), "hf_team_a_token"])
+        secret_values = [keys["AWS_ACCESS_KEY_ID"], keys["AWS_SECRET_ACCESS_KEY"], "hf_team_a_token"]
+        _no_secret_values_in(kube, fake_kfp, "team-a", "creds", secret_values)
 
 
 async def test_multi_user_kfp_runs_in_the_jobs_namespace_with_its_own_secret(
-    kube, multi_user_kfp, tiny_model, tmp_path
+    kube, multi_user_kfp, tiny_model, tmp_path, s3_server, s3_bucket
 ):
-    await create_secret(kube, "team-a", "team-s3", S3_KEYS_HELD)
-    settings = kfp_settings(tmp_path, multi_user_kfp, default_output="s3://bucket/jobs")
+    await create_secret(kube, "team-a", "team-s3", s3_secret_data(s3_server))
+    settings = kfp_settings(tmp_path, multi_user_kfp, default_output=f"s3://{s3_bucket}/jobs")
     async with running_operator(kube, settings):
         body = finetune_manifest("creds", tiny_model, output={"credentialsSecret": "team-s3"})
         body["metadata"]["namespace"] = "team-a"

@@ -11,7 +11,9 @@ nothing runs.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,16 @@ from slmops_operator import policy
 from slmops_operator.handlers.validation import problems_of
 from slmops_operator.settings import OperatorSettings
 from tests.conftest import TONE_DATA, finetune_manifest
-from tests.operator.conftest import API, local_settings, running_operator
+from tests.operator.conftest import (
+    API,
+    create,
+    current,
+    delete,
+    local_settings,
+    patch,
+    running_operator,
+    wait_until,
+)
 from tests.operator.test_kfp_backend import kfp_settings
 
 ROOT = "s3://shared/slmops"
@@ -271,3 +282,107 @@ def test_a_symlink_into_a_protected_folder_is_refused(tmp_path):
     body["metadata"]["namespace"] = "team-a"
     [problem] = problems_of("FineTuneJob", body, settings=settings)
     assert problem.startswith("spec.model.uri:") and "system files" in problem
+
+
+# -- status is not trusted: cancel, state and cleanup act on the run the operator names ---------------
+
+
+async def patch_status(kube, namespace: str, name: str, status: dict) -> None:
+    response = await kube.patch(
+        f"{API}/{namespace}/finetunejobs/{name}/status",
+        json={"status": status},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert response.status == 200, await response.text()
+
+
+async def test_a_patched_status_never_stops_or_reads_another_teams_run(kube, fake_kfp, tiny_model, tmp_path):
+    """team-a points its status.run at team-b's run, then suspends and deletes its job: b's run goes on."""
+    settings = kfp_settings(tmp_path, fake_kfp)
+    async with running_operator(kube, settings):
+        for namespace, name in (("team-a", "a"), ("team-b", "b")):
+            await create(kube, namespace, "finetunejobs", finetune_manifest(name, tiny_model))
+        await wait_until(lambda: len(fake_kfp.created) == 2, what="both runs")
+        runs = {"a": next(r for r in fake_kfp.created if "-team-a-" in r["display_name"])}
+        runs["b"] = next(r for r in fake_kfp.created if "-team-b-" in r["display_name"])
+        await wait_until(
+            lambda: (current(kube, "team-a", "finetunejobs", "a").get("status") or {}).get("run")
+        )
+        own = current(kube, "team-a", "finetunejobs", "a")["status"]["run"]
+        await patch_status(kube, "team-a", "a", {"run": {**own, "id": runs["b"]["run_id"]}})
+        fake_kfp.set_state(runs["b"]["run_id"], "FAILED", error="team-b's secret failure")
+        await asyncio.sleep(1.5)  # several passes: a's status must not mirror b's run
+        status = current(kube, "team-a", "finetunejobs", "a")["status"]
+        assert status["phase"] == "Running" and "team-b" not in json.dumps(status)
+        await patch(kube, "team-a", "finetunejobs", "a", {"spec": {"suspend": True}})
+        await wait_until(lambda: runs["a"]["run_id"] in fake_kfp.terminated, what="a's own run cancelled")
+        await delete(kube, "team-a", "finetunejobs", "a")
+        await wait_until(lambda: current(kube, "team-a", "finetunejobs", "a") is None, what="deletion")
+        assert runs["b"]["run_id"] not in fake_kfp.terminated
+
+
+async def test_the_local_backend_names_its_files_never_from_status(tmp_path):
+    """A status.run.id of '../victim' neither reads nor writes a file outside the state folder."""
+    from slmops_operator.api.status import RunRef
+    from slmops_operator.backends.base import JobRequest
+    from slmops_operator.backends.local import LocalBackend
+    from slmops_pipelines import jobs
+
+    settings = local_settings(tmp_path)
+    backend = LocalBackend(settings)
+    victim = tmp_path / "victim.state.json"
+    victim.write_text(json.dumps({"phase": "Succeeded", "metrics": {"secret": 1.0}}))
+    spec = jobs.job_kind("FineTuneJob").spec_class.model_validate(job("x")["spec"])
+    request = JobRequest("FineTuneJob", "team-a", "x", "uid-x", 1, spec, str(tmp_path / "out"))
+    forged = RunRef(backend="local", id="../victim", name=request.run_name)
+    await backend.cancel(forged, request)
+    state = await backend.state(forged, request)
+    assert state.metrics == {} and json.loads(victim.read_text())["phase"] == "Succeeded"
+    assert (settings.local_state_dir / f"{request.run_name}.state.json").exists()
+    assert sorted(p.parent for p in tmp_path.rglob("*.state.json")) == [tmp_path, settings.local_state_dir]
+
+
+# -- no confused deputy: the operator reads a tenant's URI only with the tenant's keys ---------------
+
+
+async def test_the_operator_never_reads_a_tenants_uri_with_its_own_keys(
+    kube, fake_kfp, tiny_model, tmp_path, s3_env, s3_bucket
+):
+    """team-a names team-b's output as its own: the operator (whose keys could read it) neither mirrors
+    its metrics nor its recorded error into team-a's status, and claims nothing there."""
+    from slmops_pipelines.storage import open_store
+    from tests.operator.test_kfp_backend import publish_outputs
+
+    victim = f"s3://{s3_bucket}/team-b-private/job"
+    published = tmp_path / "victim"
+    publish_outputs(published)
+    store = open_store(victim)  # with the ambient keys: the operator's own
+    for path in published.rglob("*"):
+        if path.is_file():
+            store.upload_file(path, path.relative_to(published).as_posix())
+    store.write_text(
+        ".slmops/error.json", json.dumps({"message": "team-b's secret column", "reason": "InvalidInput"})
+    )
+    before = sorted(info.key for info in store.list(""))
+    settings = kfp_settings(tmp_path, fake_kfp, default_output=f"s3://{s3_bucket}/slmops")
+    async with running_operator(kube, settings):
+        for name in ("thief", "thief-fails"):
+            body = finetune_manifest(name, tiny_model, output={"uri": victim})
+            await create(kube, "team-a", "finetunejobs", body)
+        await wait_until(lambda: len(fake_kfp.created) == 2, what="both runs")
+        by_name = {
+            ("thief-fails" if "-thief-fails-" in r["display_name"] else "thief"): r for r in fake_kfp.created
+        }
+        fake_kfp.set_state(by_name["thief"]["run_id"], "SUCCEEDED")
+        fake_kfp.set_state(by_name["thief-fails"]["run_id"], "FAILED", error="task train failed")
+
+        def finished(name: str) -> dict | None:
+            status = (current(kube, "team-a", "finetunejobs", name) or {}).get("status") or {}
+            return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+        succeeded = await wait_until(lambda: finished("thief"), what="thief to finish")
+        failed = await wait_until(lambda: finished("thief-fails"), what="thief-fails to finish")
+    assert succeeded["phase"] == "Succeeded" and not succeeded.get("metrics")
+    assert "not read by the operator" in succeeded["message"]
+    assert failed["message"] == "task train failed" and "secret column" not in json.dumps(failed)
+    assert sorted(info.key for info in store.list("")) == before  # no claim written there either

@@ -14,20 +14,6 @@ from slmops_pipelines.specs import JobSpec
 RunPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled"]
 
 
-def ref_id(run: RunRef) -> str:
-    """``run.id``: every RunRef a backend's submit returns has one, so every status the operator writes."""
-    if run.id is None:  # only a status edited by hand lacks it
-        raise ValueError(f"run {run.name!r}: the status has no run id")
-    return run.id
-
-
-def ref_name(run: RunRef) -> str:
-    """``run.name``: the handlers pass a backend only runs whose name they have matched."""
-    if run.name is None:  # not reached: see the handlers (reconcile, finalizer)
-        raise ValueError(f"run {run.id!r}: the status has no run name")
-    return run.name
-
-
 def run_name(kind: str, namespace: str, name: str, uid: str, attempt: int) -> str:
     """Deterministic: a retried handler or a restarted operator finds the run instead of starting another.
 
@@ -64,6 +50,17 @@ class JobRequest:
     @property
     def run_name(self) -> str:
         return run_name(self.kind, self.namespace, self.name, self.uid, self.attempt)
+
+    def job_run(self) -> jobs.JobRun:
+        """The job as every engine and stage takes it (its output already resolved)."""
+        return jobs.job_kind(self.kind).new_run(
+            self.name,
+            self.spec,
+            default_output=self.output_uri,
+            namespace=self.namespace,
+            source_uri=self.source_uri,
+            uid=self.uid,
+        )
 
     def job_context(
         self, *, distributed_engine: str, trainjob_runtime: str = "torch-distributed", trainer_image: str = ""
@@ -107,10 +104,14 @@ class Backend(Protocol):
         """Start the job's run, or find the one already started under ``request.run_name``."""
 
     async def state(self, run: RunRef, request: JobRequest) -> RunState:
-        """The run's phase, progress and, once finished, results or failure."""
+        """The run's phase, progress and, once finished, results or failure.
 
-    async def cancel(self, run: RunRef) -> None:
-        """Stop the run (idempotent: a run that is gone is stopped)."""
+        ``run`` comes from the job's status, which is not trusted: a backend acts only on the run
+        of ``request.run_name`` (the name the operator gives the job's attempt).
+        """
+
+    async def cancel(self, run: RunRef, request: JobRequest) -> None:
+        """Stop the job's run, ``request.run_name`` (idempotent: a run that is gone is stopped)."""
 
     async def close(self) -> None:
         """Release what the backend holds (worker processes, clients)."""

@@ -18,8 +18,14 @@
 * **state** maps the run's state; once it succeeded the artifacts and summary metrics come
   from the job's output location (:func:`slmops_pipelines.jobs.read_outcome`), and a
   failure's reason and spec field from what the failing step recorded there
-  (:func:`slmops_pipelines.jobs.read_failure`);
+  (:func:`slmops_pipelines.jobs.read_failure`) -- read with the job's own output Secret, or
+  the operator's keys only inside the job's slot of its own root
+  (:func:`slmops_operator.credentials.output_access`); elsewhere the status says where the
+  results are and KFP's own message says why a run failed;
 * **cancel** terminates the run; a run KFP no longer knows (404) is cancelled already;
+* ``status.run`` is not trusted (anyone who may patch ``*/status`` writes it): state and
+  cancel act on the run KFP knows under the name the operator gives the job's attempt, in
+  the namespace's experiment, and Secret copies are released under that name;
 * a run KFP no longer knows while the job waits for it (deleted in the dashboard, a KFP
   database restored from backup) fails the job with reason ``RunLost``; a succeeded run
   whose results cannot be read is reported as such (``RunState.outputs_error``), and the
@@ -42,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from slmops_operator.api.status import RunRef
-from slmops_operator.backends.base import JobRequest, RunPhase, RunState, ref_name
+from slmops_operator.backends.base import JobRequest, RunPhase, RunState
+from slmops_operator.credentials import MissingCredentials, OutputAccess, ResolvedSecret, output_access
 
 # KFP v2beta1 runtime states -> our run phases.
 STATES: dict[str, RunPhase] = {
@@ -77,6 +84,7 @@ class KfpBackend:
         self._packages: collections.OrderedDict[str, Path] = collections.OrderedDict()
         self._packages_lock = threading.Lock()
         self._package_dir: Path | None = None
+        self._output_secrets: dict[str, list[ResolvedSecret]] = {}  # run -> its job's output Secret
 
     # -- the client ----------------------------------------------------------------------------
 
@@ -270,7 +278,27 @@ class KfpBackend:
 
     async def submit(self, request: JobRequest) -> RunRef:
         mounts = await self._mounts(request)
+        if request.secrets is not None:
+            self._output_secrets[request.run_name] = [s for s in request.secrets if s.ref.purpose == "output"]
         return await asyncio.to_thread(self._submit, request, mounts)
+
+    async def output_access(self, request: JobRequest) -> OutputAccess:
+        """Whose keys read the job's output: its own Secret (read again after a restart), or the operator's in its root."""
+        from slmops_pipelines import jobs
+
+        secrets = (
+            request.secrets if request.secrets is not None else self._output_secrets.get(request.run_name)
+        )
+        names_one = any(ref.purpose == "output" for ref in jobs.secret_refs(request.spec))
+        if secrets is None and names_one and self.credentials is not None:
+            try:
+                resolved = await self.credentials.resolve(request.namespace, request.spec)
+            except MissingCredentials as exc:
+                return OutputAccess(None, str(exc))
+            secrets = self._output_secrets[request.run_name] = [
+                s for s in resolved if s.ref.purpose == "output"
+            ]
+        return output_access(request.output_uri, request.namespace, secrets, self.settings)
 
     async def _release(self, run_name: str) -> None:
         """Delete the run's Secret copies (standalone KFP; nothing to do in multi-user mode)."""
@@ -279,13 +307,15 @@ class KfpBackend:
 
     # -- state ---------------------------------------------------------------------------------
 
-    def _failure(self, request: JobRequest, run) -> RunState:
+    def _failure(self, request: JobRequest, run, access: OutputAccess) -> RunState:
         from slmops_pipelines import jobs
 
-        try:
-            recorded = jobs.read_failure(request.output_uri)
-        except Exception:  # the output itself may be unreachable: fall back to KFP's message
-            recorded = None
+        recorded = None
+        if access.credentials is not None:
+            try:
+                recorded = jobs.read_failure(request.output_uri, credentials=access.credentials)
+            except Exception:  # the output itself may be unreachable: fall back to KFP's message
+                recorded = None
         if recorded is not None:
             return RunState(
                 phase="Failed", message=recorded.message, reason=recorded.reason, spec_field=recorded.field
@@ -295,11 +325,15 @@ class KfpBackend:
         return RunState(phase="Failed", message=message, reason="PipelineFailed")
 
     @staticmethod
-    def _progress(run, request: JobRequest) -> dict[str, Any] | None:
+    def _progress(run, request: JobRequest, access: OutputAccess) -> dict[str, Any] | None:
         """The running step from the run's task details; the rest from the output location."""
         from slmops_pipelines import jobs
 
-        progress = jobs.read_progress(request.kind, request.spec, request.output_uri)
+        progress: dict[str, Any] = {}
+        if access.credentials is not None:
+            progress = jobs.read_progress(
+                request.kind, request.spec, request.output_uri, credentials=access.credentials
+            )
         details = getattr(run, "run_details", None)
         tasks = getattr(details, "task_details", None) or []
         running = [
@@ -310,12 +344,19 @@ class KfpBackend:
         return progress or None
 
     @staticmethod
-    def _succeeded(request: JobRequest) -> RunState:
+    def _succeeded(request: JobRequest, access: OutputAccess) -> RunState:
         """The artifacts and summary metrics of a succeeded run, from the job's output location."""
         from slmops_pipelines import jobs
 
+        if access.credentials is None:
+            return RunState(
+                phase="Succeeded",
+                message=f"the pipeline run succeeded; its results are in {request.output_uri} "
+                f"(not read by the operator: {access.why_not})",
+                artifacts={"output": request.output_uri},
+            )
         try:
-            outcome = jobs.read_outcome(request.kind, request.output_uri)
+            outcome = jobs.read_outcome(request.kind, request.output_uri, credentials=access.credentials)
         except Exception as exc:  # a bucket the operator may not read, a torn manifest
             return RunState(phase="Succeeded", outputs_error=f"{type(exc).__name__}: {exc}"[:500])
         return RunState(
@@ -325,42 +366,67 @@ class KfpBackend:
             metrics=jobs.summary_metrics(request.kind, outcome.metrics),
         )
 
-    def _state(self, run_ref: RunRef, request: JobRequest) -> RunState:
-        try:
-            run = self.client().get_run(run_ref.id)
-        except Exception as exc:
-            if not _not_found(exc):
-                raise
+    def _own_run(self, client, run_ref: RunRef, request: JobRequest):
+        """The KFP run of this job's current attempt, or None when KFP has none.
+
+        ``status.run`` is written by whoever may patch ``*/status``: its id is used only when KFP
+        says that run carries the name the operator gives this job's attempt and sits in the
+        namespace's experiment; otherwise the run is looked up by that name.
+        """
+        experiment_id = self._experiment_id(client, request)
+        if run_ref.id:
+            try:
+                run = client.get_run(run_ref.id)
+            except Exception as exc:
+                if not _not_found(exc):
+                    raise
+            else:
+                if run.display_name == request.run_name and run.experiment_id == experiment_id:
+                    return run
+        found = self._find_run(client, experiment_id, request)
+        return client.get_run(found.run_id) if found is not None else None
+
+    def _state(self, run_ref: RunRef, request: JobRequest, access: OutputAccess) -> RunState:
+        run = self._own_run(self.client(), run_ref, request)
+        if run is None:
             return RunState(
                 phase="Failed",
                 reason="RunLost",
-                message=f"run {run_ref.name} ({run_ref.id}) no longer exists in KFP: deleted outside slmops?",
+                message=f"run {request.run_name} no longer exists in KFP: deleted outside slmops?",
             )
         phase = STATES.get(str(run.state or "RUNTIME_STATE_UNSPECIFIED"), "Running")
         if phase == "Succeeded":
-            return self._succeeded(request)
+            return self._succeeded(request, access)
         if phase == "Failed":
-            return self._failure(request, run)
+            return self._failure(request, run, access)
         if phase == "Cancelled":
             return RunState(phase="Cancelled", message="the pipeline run was terminated")
-        return RunState(phase=phase, progress=self._progress(run, request))
+        return RunState(phase=phase, progress=self._progress(run, request, access))
 
     async def state(self, run: RunRef, request: JobRequest) -> RunState:
-        state = await asyncio.to_thread(self._state, run, request)
-        if state.finished and request.secrets_named:
-            await self._release(ref_name(run))
+        access = await self.output_access(request)
+        state = await asyncio.to_thread(self._state, run, request, access)
+        if state.finished:
+            self._output_secrets.pop(request.run_name, None)
+            if request.secrets_named:
+                await self._release(request.run_name)
         return state
 
-    def _terminate(self, run: RunRef) -> None:
+    def _terminate(self, run_ref: RunRef, request: JobRequest) -> None:
+        client = self.client()
+        run = self._own_run(client, run_ref, request)
+        if run is None:  # gone is as good as terminated
+            return
         try:
-            self.client().terminate_run(run.id)
+            client.terminate_run(run.run_id)
         except Exception as exc:
-            if not _not_found(exc):  # gone is as good as terminated
+            if not _not_found(exc):
                 raise
 
-    async def cancel(self, run: RunRef) -> None:
-        await asyncio.to_thread(self._terminate, run)
-        await self._release(ref_name(run))
+    async def cancel(self, run: RunRef, request: JobRequest) -> None:
+        await asyncio.to_thread(self._terminate, run, request)
+        self._output_secrets.pop(request.run_name, None)
+        await self._release(request.run_name)
 
     async def close(self) -> None:
         self._client = None

@@ -2,7 +2,9 @@
 
 For laptops, tests and clusters without Kubeflow Pipelines.  A job's run is the process
 ``python -m slmops_operator.backends.local_worker`` with a request file and a state file in
-``SLMOPS_LOCAL_STATE_DIR``, both named after the run.  The state file is the only channel:
+``SLMOPS_LOCAL_STATE_DIR``, both named after the run -- the name the operator computes from
+the job's kind, namespace, name, uid and attempt, never ``status.run`` (anyone who may patch
+``*/status`` writes that).  The state file is the only channel:
 
 * ``submit`` starts the worker unless the state file shows one alive (its pid) or finished,
   so a retried handler or a restarted operator adopts the run instead of starting another;
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from slmops_operator.api.status import RunRef
-from slmops_operator.backends.base import JobRequest, RunState, ref_id
+from slmops_operator.backends.base import JobRequest, RunState
 from slmops_pipelines.jobs import without_ambient_credentials
 
 
@@ -147,9 +149,9 @@ class LocalBackend:
             )
         return f"exit code {code}"
 
-    async def _worker_lost(self, run: RunRef, request: JobRequest, state: dict[str, Any]) -> RunState:
+    async def _worker_lost(self, request: JobRequest, state: dict[str, Any]) -> RunState:
         """The worker died without a verdict: start it again (it resumes), or give up after the limit."""
-        run_id = ref_id(run)
+        run_id = request.run_name
         restarts = int(state.get("restarts") or 0)
         if restarts < self.max_restarts:
             await asyncio.to_thread(self._start, await self._with_secrets(request), restarts=restarts + 1)
@@ -178,7 +180,7 @@ class LocalBackend:
         return self._ref(request)
 
     async def state(self, run: RunRef, request: JobRequest) -> RunState:
-        run_id = ref_id(run)
+        run_id = request.run_name  # never status.run: its files are named by the operator
         self._reap(run_id)
         state = self._read_state(run_id) or {}
         phase = state.get("phase", "Pending")
@@ -193,11 +195,11 @@ class LocalBackend:
                 metrics=state.get("metrics") or {},
             )
         if not _alive(state.get("pid"), run_id):
-            return await self._worker_lost(run, request, state)
+            return await self._worker_lost(request, state)
         return RunState(phase="Running" if phase == "Running" else "Pending", progress=state.get("progress"))
 
-    async def cancel(self, run: RunRef) -> None:
-        run_id = ref_id(run)
+    async def cancel(self, run: RunRef, request: JobRequest) -> None:
+        run_id = request.run_name
         state = self._read_state(run_id) or {}
         pid = state.get("pid")
         if pid is not None and _alive(pid, run_id):

@@ -25,8 +25,10 @@ import kopf
 from slmops_operator import policy
 from slmops_operator.api.resources import resource_of
 from slmops_operator.api.status import RunRef
+from slmops_operator.credentials import MissingCredentials, output_access
 from slmops_operator.handlers.conditions import FINISHED
 from slmops_operator.settings import OperatorSettings
+from slmops_pipelines.jobs import S3Credentials
 
 
 async def on_delete(
@@ -41,14 +43,21 @@ async def on_delete(
     """Cancel the run and delete what the job owns; give up (loudly) after the timeout."""
     current: dict[str, Any] = dict(status or {})
     left: list[str] = []
-    run = current.get("run") or {}
-    if run.get("name") and current.get("phase") not in FINISHED:
+    request = _request(reconciler, body, current)
+    if request is not None and current.get("phase") not in FINISHED:
+        # The run the operator names for this job's attempt, never status.run as written.
+        seen = current.get("run") or {}
+        run = (
+            RunRef.model_validate(seen)
+            if seen.get("name") == request.run_name
+            else RunRef(name=request.run_name)
+        )
         try:
-            await reconciler.backend.cancel(RunRef.model_validate(run))
-            logger.info(f"cancelled run {run['name']}")
+            await reconciler.backend.cancel(run, request)
+            logger.info(f"cancelled run {request.run_name}")
         except Exception as exc:  # KFP down, a 500: retried below
-            left.append(f"run {run['name']} not cancelled ({type(exc).__name__}: {exc})")
-        reconciler.release_slot(_namespace(body), run["name"])
+            left.append(f"run {request.run_name} not cancelled ({type(exc).__name__}: {exc})")
+        reconciler.release_slot(_namespace(body), request.run_name)
     if reconciler.settings.delete_artifacts:
         left += await _delete_artifacts(reconciler, body, current, logger)
     if not left:
@@ -68,21 +77,54 @@ async def on_delete(
     logger.warning(f"finalizer released with cleanup incomplete: {summary}")
 
 
+def _request(reconciler, body: kopf.Body, status: dict[str, Any]):
+    """The job's current attempt as a backend request; None for a job that never had a run."""
+    if not (status.get("run") or {}).get("name"):
+        return None
+    try:
+        resource = resource_of(body.get("kind", "")).model_validate(dict(body))
+        return reconciler.request(
+            resource, body.get("metadata") or {}, attempt=int(status.get("runAttempt") or 1)
+        )
+    except Exception:  # an object of an older, looser release, or one refused before it ran
+        return None
+
+
 def _namespace(body: kopf.Body) -> str:
     return (body.get("metadata") or {}).get("namespace") or "default"
 
 
 async def _delete_artifacts(reconciler, body: kopf.Body, status: dict[str, Any], logger) -> list[str]:
-    uri = (status.get("artifacts") or {}).get("output")
-    if not uri:  # not finished: whatever it wrote so far
-        try:
-            uri = reconciler.output_uri(resource_of(body.get("kind", "")).model_validate(dict(body)))
-        except Exception:  # an invalid object never ran: nothing to delete
-            return []
+    """Delete the output the job owns: the location its spec resolves to, never ``status.artifacts``
+    (anyone who may patch ``*/status`` writes that), with the job's own keys (see output_access)."""
+    try:
+        resource = resource_of(body.get("kind", "")).model_validate(dict(body))
+        uri = reconciler.output_uri(resource)
+    except Exception:  # an invalid object never ran: nothing to delete
+        return []
+    try:
+        secrets = await reconciler.credentials.resolve(resource.namespace, resource.spec)
+    except MissingCredentials as exc:
+        kopf.event(body, type="Normal", reason="ArtifactsKept", message=f"{uri}: not deleted, {exc}"[:1024])
+        return []
+    access = output_access(uri, resource.namespace, secrets, reconciler.settings)
+    if access.credentials is None:
+        kopf.event(
+            body,
+            type="Normal",
+            reason="ArtifactsKept",
+            message=f"{uri}: not deleted, {access.why_not}"[:1024],
+        )
+        return []
     uid = (body.get("metadata") or {}).get("uid") or ""
     try:
         cleanup = await asyncio.to_thread(
-            delete_owned_artifacts, uri, uid, reconciler.settings, namespace=_namespace(body)
+            delete_owned_artifacts,
+            uri,
+            uid,
+            reconciler.settings,
+            namespace=resource.namespace,
+            credentials=access.credentials,
         )
     except Exception as exc:  # S3 refusing the delete, unreachable: retried
         return [f"artifacts under {uri} not deleted ({type(exc).__name__}: {exc})"]
@@ -92,7 +134,14 @@ async def _delete_artifacts(reconciler, body: kopf.Body, status: dict[str, Any],
     return []
 
 
-def delete_owned_artifacts(uri: str, uid: str, settings: OperatorSettings, *, namespace: str | None = None):
+def delete_owned_artifacts(
+    uri: str,
+    uid: str,
+    settings: OperatorSettings,
+    *,
+    namespace: str | None = None,
+    credentials: S3Credentials | None = None,
+):
     """Delete the output at ``uri`` if this job (``uid``) claimed it; never the operator's own roots,
     nor another namespace's slot of the default output root."""
     from slmops_pipelines.jobs import Cleanup, delete_owned_output
@@ -102,4 +151,4 @@ def delete_owned_artifacts(uri: str, uid: str, settings: OperatorSettings, *, na
     )
     if refused:  # an output of an older release, or admitted without the webhook
         return Cleanup(kept=[f"{uri}: not deleted, {problem.split(': ', 1)[1]}" for problem in refused])
-    return delete_owned_output(uri, uid=uid)
+    return delete_owned_output(uri, uid=uid, credentials=credentials)

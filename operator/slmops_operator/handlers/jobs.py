@@ -38,7 +38,7 @@ import kopf
 from slmops_operator.api.resources import GROUP, VERSION, Resource, resource_of, resources
 from slmops_operator.api.status import RunRef
 from slmops_operator.backends.base import JobRequest
-from slmops_operator.credentials import MissingCredentials
+from slmops_operator.credentials import MissingCredentials, output_access
 from slmops_operator.handlers import finalizer, validation
 from slmops_operator.handlers.conditions import FINISHED, condition_status
 from slmops_operator.handlers.reconciler import BackendUnavailable, Reconciler
@@ -130,11 +130,11 @@ async def _suspended(reconciler: Reconciler, resource: Resource, job: JobPass) -
     was_suspended = bool(previous.get("name")) and condition_status(job.status, "Suspended") == "True"
     if resource.spec.suspend:
         if was_suspended:
-            await _cancel_once(reconciler, previous, namespace=resource.namespace, uid=job.uid)
+            await _cancel_once(reconciler, resource, job)
         job.go("Pending", reason="Suspended", message="spec.suspend is true", suspended=True)
         return True
     if was_suspended:  # resumed: the suspended run is cancelled (if that pass never came) before the next
-        await _cancel_once(reconciler, previous, namespace=resource.namespace, uid=job.uid)
+        await _cancel_once(reconciler, resource, job)
     return False
 
 
@@ -159,13 +159,21 @@ def _upstream_output(resource: Resource, outputs: dict[str, Any], go: Go) -> str
     return dependency["output"]
 
 
-async def _cancel_once(reconciler: Reconciler, run: dict[str, Any], *, namespace: str, uid: str) -> None:
-    """Cancel a run the operator stopped (suspend); once per run and operator process."""
-    if run["name"] in reconciler.cancelled:
+async def _cancel_once(reconciler: Reconciler, resource: Resource, job: JobPass) -> None:
+    """Cancel the run of the job's current attempt (suspend); once per run and operator process.
+
+    The run is the one the operator names from the job's uid and attempt, never ``status.run``
+    as written (anyone who may patch ``*/status`` could point it at another team's run).
+    """
+    request = reconciler.request(resource, job.meta, attempt=int(job.status.get("runAttempt") or 1))
+    if request.run_name in reconciler.cancelled:
         return
-    await reconciler.backend_call("cancel", reconciler.backend.cancel(RunRef.model_validate(run)), uid=uid)
-    reconciler.cancelled.add(run["name"])
-    reconciler.release_slot(namespace, run["name"])
+    run = _run_ref(job.status, request.run_name) or RunRef(
+        backend=reconciler.backend.name, name=request.run_name
+    )
+    await reconciler.backend_call("cancel", reconciler.backend.cancel(run, request), uid=job.uid)
+    reconciler.cancelled.add(request.run_name)
+    reconciler.release_slot(resource.namespace, request.run_name)
 
 
 def run_attempt(status: dict[str, Any]) -> int:
@@ -196,6 +204,8 @@ async def _start(reconciler: Reconciler, request: JobRequest, go, active: set[st
         except MissingCredentials as exc:
             go("Failed", reason="MissingCredentials", message=str(exc))
             return
+        if not await _claim_output(reconciler, request, go):
+            return
         run = await reconciler.backend_call("submit", reconciler.backend.submit(request), uid=request.uid)
         reconciler.submitting.setdefault(namespace, set()).add(request.run_name)
     go(
@@ -209,6 +219,30 @@ async def _start(reconciler: Reconciler, request: JobRequest, go, active: set[st
         },
         backend_ok=True,
     )
+
+
+async def _claim_output(reconciler: Reconciler, request: JobRequest, go: Go) -> bool:
+    """Claim the job's output before its run starts (False: another job holds it, the job failed).
+
+    The job's first step claims it too, but inside the job's own pod, which a custom
+    ``spec.image`` controls: the operator's claim is the one a tenant cannot skip.  It is made
+    with the job's own output Secret, or the operator's keys inside the job's slot of its
+    root; anywhere else the operator does not write, and the pod's claim is all there is.
+    """
+    from slmops_pipelines import jobs
+
+    access = output_access(request.output_uri, request.namespace, request.secrets, reconciler.settings)
+    if access.credentials is None:
+        return True
+    try:
+        await asyncio.to_thread(jobs.claim_output, request.job_run(), credentials=access.credentials)
+    except jobs.InputError as refused:  # another job's output
+        where = f"spec.{refused.field}: " if refused.field else ""
+        go("Failed", reason=refused.reason, message=f"{where}{refused.message}")
+        return False
+    except Exception as exc:  # the store unreachable: retried with backoff, then said in status
+        raise reconciler.failed("claim", exc, uid=request.uid) from exc
+    return True
 
 
 async def _honour_ttl(

@@ -88,14 +88,22 @@ class Reconciler:
         try:
             result = await coro
         except Exception as exc:
-            self.metrics.backend_errors.labels(backend=self.backend.name, operation=operation).inc()
-            failures = self.failures[uid] = self.failures.get(uid, 0) + 1
-            delay = min(60.0, self.settings.poll_seconds * 2**failures)
-            self.next_attempt[uid] = time.monotonic() + delay
-            raise BackendUnavailable(self.backend.name, operation, failures, exc) from exc
+            raise self.failed(operation, exc, uid=uid) from exc
         self.failures.pop(uid, None)
         self.next_attempt.pop(uid, None)
         return result
+
+    def failed(self, operation: str, exc: Exception, *, uid: str = "") -> BackendUnavailable:
+        """Count a failed call of the job's and set its backoff; the error to raise.
+
+        Only a backend call that succeeds clears the count: a step before it that succeeds
+        (the output claim) does not, or a backend that is down would never be reported.
+        """
+        self.metrics.backend_errors.labels(backend=self.backend.name, operation=operation).inc()
+        failures = self.failures[uid] = self.failures.get(uid, 0) + 1
+        delay = min(60.0, self.settings.poll_seconds * 2**failures)
+        self.next_attempt[uid] = time.monotonic() + delay
+        return BackendUnavailable(self.backend.name, operation, failures, exc)
 
 
 class BackendUnavailable(Exception):

@@ -106,7 +106,7 @@ def backend_trouble(reconciler: Reconciler, exc: BackendUnavailable, job: JobPas
     if exc.attempts < reconciler.settings.backend_retries:
         return
     message = f"{exc} (host: {reconciler.settings.kfp_host})" if exc.backend == "kfp" else str(exc)
-    if exc.operation == "submit" and not (job.status.get("run") or {}).get("name"):
+    if exc.operation in ("claim", "submit") and not (job.status.get("run") or {}).get("name"):
         job.go("Failed", reason="BackendUnreachable", message=message)
         return
     conditions = set_condition(

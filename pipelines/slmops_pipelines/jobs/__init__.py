@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 from slmops_pipelines.chat.engines import Sampling
 from slmops_pipelines.chat.session import NO_ADAPTER, ChatSession, Reply
 from slmops_pipelines.chat.targets import ChatTarget
-from slmops_pipelines.credentials import SecretRef, secret_refs, without_ambient_credentials
+from slmops_pipelines.credentials import (
+    S3Credentials,
+    SecretRef,
+    s3_credentials_from,
+    secret_refs,
+    without_ambient_credentials,
+)
 from slmops_pipelines.errors import InputError, JobError
 from slmops_pipelines.jobs.base import API_GROUP, API_VERSION, JobKind, JobRun, SummaryTable, Upstream
 from slmops_pipelines.jobs.finetune import FineTuneJobKind
@@ -169,11 +175,15 @@ def progress_tracker() -> Any:
 # -- reading an output location ------------------------------------------------------------------
 
 
-def read_outcome(kind: str, output_uri: str) -> JobOutcome:
-    """What a succeeded job left: artifacts and metrics, from its output location."""
+def read_outcome(kind: str, output_uri: str, *, credentials: S3Credentials | None = None) -> JobOutcome:
+    """What a succeeded job left: artifacts and metrics, from its output location.
+
+    ``credentials``: the keys to read it with (the job's own, on a cluster); None: the
+    environment's.
+    """
     from slmops_pipelines.storage import open_store
 
-    return job_kind(kind).read_outcome(open_store(output_uri))
+    return job_kind(kind).read_outcome(open_store(output_uri, credentials=credentials))
 
 
 def summary_metrics(kind: str, metrics_doc: dict[str, Any]) -> dict[str, float]:
@@ -181,30 +191,44 @@ def summary_metrics(kind: str, metrics_doc: dict[str, Any]) -> dict[str, float]:
     return job_kind(kind).summary_metrics(metrics_doc)
 
 
-def read_failure(output_uri: str) -> JobError | None:
+def read_failure(output_uri: str, *, credentials: S3Credentials | None = None) -> JobError | None:
     """The error a failing step recorded in the output location (with its spec field), if any."""
-    from slmops_pipelines.stages.outputs import read_error
+    from slmops_pipelines.stages.outputs import recorded_error
+    from slmops_pipelines.storage import open_store
 
-    return read_error(output_uri)
+    return recorded_error(open_store(output_uri, credentials=credentials))
 
 
-def read_progress(kind: str, spec: Any, output_uri: str) -> dict[str, Any]:
+def read_progress(
+    kind: str, spec: Any, output_uri: str, *, credentials: S3Credentials | None = None
+) -> dict[str, Any]:
     """A running job's progress as its steps record it in the output location (best effort)."""
     from slmops_pipelines.stages.progress import PROGRESS_KEY
     from slmops_pipelines.storage import open_store
 
     progress: dict[str, Any] = {}
     try:
-        store = open_store(output_uri)
+        store = open_store(output_uri, credentials=credentials)
         if store.exists(PROGRESS_KEY):
             progress = json.loads(store.read_text(PROGRESS_KEY))
+        progress.update(job_kind(kind).progress(spec, store))
     except Exception:  # progress is best effort: an unreadable store shows no progress
-        progress = {}
-    try:
-        progress.update(job_kind(kind).progress(spec, output_uri))
-    except Exception:
         pass
     return progress
+
+
+def claim_output(run: JobRun, *, credentials: S3Credentials | None = None) -> None:
+    """Claim ``run``'s output location for it before anything runs (the operator does, on a cluster).
+
+    InputError naming ``output.uri`` when another job holds it.  The job's own first step
+    claims it again (the same job takes its own claim over): this one is what a custom image
+    cannot skip.
+    """
+    from slmops_pipelines.steps import publish
+    from slmops_pipelines.storage import open_store
+
+    store = open_store(run.output_uri, field="output.uri", credentials=credentials)
+    publish.claim_output(store, run.identity())
 
 
 def import_gguf(gguf: Path, out_dir: Path) -> Path:
@@ -288,12 +312,12 @@ def open_chat(
     return open_session(target, sampling=sampling or Sampling(), raw=raw, adapter=adapter)
 
 
-def delete_owned_output(output_uri: str, *, uid: str) -> Cleanup:
+def delete_owned_output(output_uri: str, *, uid: str, credentials: S3Credentials | None = None) -> Cleanup:
     """Delete what the job ``uid`` owns at ``output_uri`` (its claim says so); keep everything else."""
     from slmops_pipelines.steps.publish import delete_owned_output as delete
     from slmops_pipelines.storage import open_store
 
-    return delete(open_store(output_uri), uid=uid)
+    return delete(open_store(output_uri, credentials=credentials), uid=uid)
 
 
 __all__ = [
@@ -315,11 +339,13 @@ __all__ = [
     "NullReporter",
     "Reply",
     "Reporter",
+    "S3Credentials",
     "Sampling",
     "SecretRef",
     "SummaryTable",
     "Upstream",
     "chat_target",
+    "claim_output",
     "compile_all",
     "compile_job",
     "delete_owned_output",
@@ -336,6 +362,7 @@ __all__ = [
     "register_kind",
     "run_arguments",
     "run_job",
+    "s3_credentials_from",
     "secret_refs",
     "spec_inputs",
     "spec_locations",

@@ -223,7 +223,7 @@ class JobKind(ABC, Generic[SpecT]):
     def summary_metrics(self, metrics_doc: dict[str, Any]) -> dict[str, float]:
         """The few numbers ``status.metrics`` carries, from ``metrics.json`` (flat, stable keys)."""
 
-    def progress(self, spec: Any, output_uri: str) -> dict[str, Any]:
+    def progress(self, spec: Any, store: ArtifactStore) -> dict[str, Any]:
         """What a running job's output location says beyond the stage and the step (none by default)."""
         return {}
 

@@ -94,12 +94,12 @@ class FineTuneJobKind(JobKind[FineTuneJobSpec]):
             }
         )
 
-    def progress(self, spec: FineTuneJobSpec, output_uri: str) -> dict[str, Any]:
+    def progress(self, spec: FineTuneJobSpec, store: base.ArtifactStore) -> dict[str, Any]:
         if spec.search is None:
             return {}
         from slmops_pipelines.stages.trial_records import trial_counts
 
-        return {"trials": trial_counts(output_uri, spec)}
+        return {"trials": trial_counts(store, spec)}
 
     def chat_loader(self) -> Callable[..., base.ChatTarget]:
         from slmops_pipelines.chat.targets import finetune_output_target

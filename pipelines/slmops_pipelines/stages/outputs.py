@@ -112,7 +112,11 @@ def record_error(output_uri: str, step: str, exc: JobError) -> None:
 
 def read_error(output_uri: str) -> JobError | None:
     """The error a step recorded in this output location, if any."""
-    store = open_store(output_uri)
+    return recorded_error(open_store(output_uri))
+
+
+def recorded_error(store: ArtifactStore) -> JobError | None:
+    """The error a step recorded in ``store`` (opened with whoever's keys may read it), if any."""
     if not store.exists(ERROR_KEY):
         return None
     return JobError.from_dict(json.loads(store.read_text(ERROR_KEY)))

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from slmops_pipelines.specs import FineTuneJobSpec
+from slmops_pipelines.storage import ArtifactStore
 
 TRIALS_PREFIX = ".slmops/trials"
 
@@ -30,13 +31,10 @@ def trial_recorder(output_uri: str, number: int):
     return record
 
 
-def trial_counts(output_uri: str, spec: FineTuneJobSpec) -> dict[str, Any] | None:
+def trial_counts(store: ArtifactStore, spec: FineTuneJobSpec) -> dict[str, Any] | None:
     """total/done/running/pruned/failed/bestTrial/bestValue from the recorded trials (None: no search)."""
-    from slmops_pipelines.storage import open_store
-
     if spec.search is None:
         return None
-    store = open_store(output_uri)
     states = [json.loads(store.read_text(info.key)) for info in store.list(TRIALS_PREFIX)]
     done = [t for t in states if t["state"] != "RUNNING"]
     complete = [t for t in done if t["state"] == "COMPLETE" and t["value"] is not None]
