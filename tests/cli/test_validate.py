@@ -111,3 +111,23 @@ def test_crds_check_detects_drift(tmp_path: Path):
     result = invoke("crds", "-o", str(tmp_path), "--check")
     assert result.exit_code == 1
     assert "stale" in result.output
+
+
+def test_a_value_that_looks_like_markup_is_one_plain_line(tmp_path: Path):
+    """What a tenant writes is printed as written: never read as rich markup (no MarkupError traceback)."""
+    import subprocess
+    import sys
+
+    body = finetune_manifest("markup", Path("/data/[bold]model[/key]"), output={"uri": "s3://"})
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(body))
+    proc = subprocess.run(
+        [sys.executable, "-c", "from slmops_operator.cli.main import main; main()", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "400", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "MarkupError" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error ") and "spec.output.uri: 's3://' is not a valid s3:// URI" in line

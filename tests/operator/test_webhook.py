@@ -191,3 +191,17 @@ def test_local_inputs_outside_the_allowed_roots(tmp_path):
     assert problems_of("FineTuneJob", body, settings=settings) == []
     body["spec"]["model"]["uri"] = "hf://org/model"
     assert problems_of("FineTuneJob", body, settings=settings) == []
+
+
+def test_the_webhook_never_falls_back_to_plain_http(tmp_path):
+    """A missing certificate is an error naming the folder; plain HTTP only when asked for."""
+    import pytest
+
+    from slmops_operator.settings import OperatorSettings, WebhookCertificateMissing
+
+    settings = OperatorSettings(webhook_cert_dir=tmp_path / "missing", local_state_dir=tmp_path)
+    with pytest.raises(WebhookCertificateMissing, match=r"SLMOPS_WEBHOOK_CERT_DIR: .*tls\.crt.* not found"):
+        settings.webhook_server()
+    insecure = settings.model_copy(update={"webhook_insecure": True}).webhook_server()
+    assert insecure is not None and insecure.insecure
+    assert settings.model_copy(update={"webhook_port": 0}).webhook_server() is None

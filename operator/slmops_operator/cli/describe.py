@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 PHASE_STYLES = {"Succeeded": "green", "Failed": "red", "Incomplete": "yellow"}
@@ -18,7 +19,7 @@ PHASE_STYLES = {"Succeeded": "green", "Failed": "red", "Incomplete": "yellow"}
 def describe_table(described: dict[str, Any]) -> Table:
     job = described["job"]
     table = Table(
-        title=f"{job.get('kind')} {job.get('namespace')}/{job.get('name')}",
+        title=escape(f"{job.get('kind')} {job.get('namespace')}/{job.get('name')}"),
         show_header=False,
         title_justify="left",
     )
@@ -26,19 +27,19 @@ def describe_table(described: dict[str, Any]) -> Table:
     table.add_column(overflow="fold")
     phase = described["phase"]
     table.add_row("phase", f"[{PHASE_STYLES.get(phase, 'white')}]{phase}[/]")
-    table.add_row("output", described["uri"])
+    table.add_row("output", escape(described["uri"]))
     if job.get("uid"):
-        table.add_row("uid", job["uid"])
+        table.add_row("uid", escape(job["uid"]))
     if described.get("createdAt"):
-        table.add_row("finished", described["createdAt"])
+        table.add_row("finished", escape(described["createdAt"]))
     if described.get("error"):
         error = described["error"]
         where = f"spec.{error['field']}: " if error.get("field") else ""
-        table.add_row("error", f"{where}{error['message']} ({error['reason']})")
+        table.add_row("error", escape(f"{where}{error['message']} ({error['reason']})"))
     for key, value in described.get("metrics", {}).items():
-        table.add_row(key, f"{value:.4g}")
+        table.add_row(escape(key), f"{value:.4g}")
     for key, uri in described.get("artifacts", {}).items():
-        table.add_row(key, uri)
+        table.add_row(escape(key), escape(uri))
     checksums = described.get("checksums")
     if checksums is not None:
         table.add_row("checksums", checksum_verdict(checksums))
@@ -50,7 +51,7 @@ def checksum_verdict(checksums: dict[str, Any]) -> str:
         return f"not verified ({checksums['files']} files listed)"
     if checksums["ok"]:
         return f"[green]ok[/]: {checksums['files']} files match the manifest"
-    listed = "; ".join(checksums["problems"][:5])
+    listed = escape("; ".join(checksums["problems"][:5]))
     more = f" (+{len(checksums['problems']) - 5} more)" if len(checksums["problems"]) > 5 else ""
     return f"[red]{len(checksums['problems'])} file(s) differ[/]: {listed}{more}"
 

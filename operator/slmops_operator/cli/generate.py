@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from slmops_operator.cli.runner import EXIT_FAILED, EXIT_INVALID
 
@@ -36,11 +37,11 @@ CHAT_HELP = "/adapter NAME switches adapters, /adapters lists them, /reset forge
 
 
 def note(message: str) -> None:
-    err_console.print(f"[dim]{message}[/dim]", highlight=False, soft_wrap=True)
+    err_console.print(f"[dim]{escape(message)}[/dim]", highlight=False, soft_wrap=True)
 
 
 def error_line(message: str) -> None:
-    err_console.print(f"[red]error[/red] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]error[/red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @contextmanager

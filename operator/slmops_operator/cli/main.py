@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from slmops_operator.cli.generate import chat, generate
 from slmops_operator.cli.runner import EXIT_FAILED, EXIT_INVALID
@@ -87,7 +88,7 @@ def crds(output_dir: Path, check: bool) -> None:
             continue
         output_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        console.print(f"wrote {path}")
+        console.print(f"wrote {escape(str(path))}")
     if stale:
         err_console.print(f"stale CRDs (run `slmops crds`): {', '.join(stale)}")
         sys.exit(EXIT_FAILED)
@@ -129,17 +130,23 @@ def compile_one_job(file: Path, output: Path | None, *, registry: str | None, ch
         resources = load_resources((file,))
     except ManifestError as exc:
         for problem in exc.problems:
-            err_console.print(f"[red]error[/red] {problem}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error[/red] {escape(str(problem))}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_INVALID)
     if len(resources) != 1:
         names = ", ".join(f"{r.kind_name} {r.name}" for r in resources)
-        err_console.print(f"[red]error[/red] {file}: compile one job at a time (it holds {names})")
+        err_console.print(
+            f"[red]error[/red] {escape(str(file))}: compile one job at a time (it holds {escape(names)})"
+        )
         sys.exit(EXIT_INVALID)
     resource = resources[0]
     path = output or Path(f"{resource.name}.pipeline.yaml")
     if not check:
         jobs.compile_job(resource.kind_name, resource.spec, path, registry=registry)
-        console.print(f"wrote {path} ({resource.kind_name} {resource.name})", highlight=False, soft_wrap=True)
+        console.print(
+            f"wrote {escape(str(path))} ({resource.kind_name} {escape(resource.name)})",
+            highlight=False,
+            soft_wrap=True,
+        )
         return
     with tempfile.TemporaryDirectory() as tmp:
         fresh = jobs.compile_job(resource.kind_name, resource.spec, Path(tmp) / path.name, registry=registry)
@@ -155,7 +162,7 @@ def compile_every_pipeline(output_dir: Path, *, registry: str | None, check: boo
 
     if not check:
         for path in jobs.compile_all(output_dir, registry=registry):
-            console.print(f"wrote {path}")
+            console.print(f"wrote {escape(str(path))}")
         return
     with tempfile.TemporaryDirectory() as tmp:
         fresh = jobs.compile_all(Path(tmp), registry=registry)
@@ -189,7 +196,8 @@ def validate(files: tuple[Path, ...], output_format: str) -> None:
             print_json({"valid": False, "problems": problems})
         for problem in exc.problems:
             err_console.print(
-                f"[red]error[/red] {problem.document}: [bold]{problem.path or '(document)'}[/bold]: {problem.reason}",
+                f"[red]error[/red] {escape(str(problem.document))}: [bold]{escape(problem.path or '(document)')}[/bold]: "
+                f"{escape(problem.reason)}",
                 highlight=False,
                 soft_wrap=True,  # one line per problem, whatever the terminal's width (grep, CI logs)
             )
@@ -210,9 +218,9 @@ def validate(files: tuple[Path, ...], output_format: str) -> None:
         print_json({"valid": True, "resources": found, "skipped": skipped})
         return
     for resource in manifests.resources:
-        console.print(f"[green]valid[/green] {resource.kind_name} {resource.name}", highlight=False)
+        console.print(f"[green]valid[/green] {resource.kind_name} {escape(resource.name)}", highlight=False)
     for other in manifests.skipped:
-        console.print(f"[yellow]skipped:[/yellow] {other}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]skipped:[/yellow] {escape(str(other))}", highlight=False, soft_wrap=True)
 
 
 @cli.command()
@@ -245,7 +253,7 @@ def run(files: tuple[Path, ...], engine: str, runs_dir: Path, output_format: str
             problems = [{"document": p.document, "path": p.path, "reason": p.reason} for p in exc.problems]
             print_json({"jobs": [], "problems": problems})
         for problem in exc.problems:
-            err_console.print(f"[red]error[/red] {problem}", highlight=False)
+            err_console.print(f"[red]error[/red] {escape(str(problem))}", highlight=False)
         sys.exit(EXIT_INVALID)
     results: list[dict[str, Any]] = []
     code = run_resources(
@@ -279,7 +287,7 @@ def describe(output: str, output_format: str, no_verify: bool) -> None:
     except jobs.JobError as exc:
         if output_format == "json":
             print_json({"uri": output, "error": exc.to_dict()})
-        err_console.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_INVALID)
     if output_format == "json":
         print_json(described)
@@ -339,10 +347,10 @@ def import_gguf_cmd(gguf: Path, out_dir: Path) -> None:
     from slmops_pipelines.jobs import import_gguf
 
     if (out_dir / "config.json").exists():
-        console.print(f"{out_dir} exists: nothing to do")
+        console.print(f"{escape(str(out_dir))} exists: nothing to do")
         return
     import_gguf(gguf, out_dir)
-    console.print(f"wrote {out_dir}")
+    console.print(f"wrote {escape(str(out_dir))}")
 
 
 def main() -> None:
@@ -366,7 +374,9 @@ def main() -> None:
             raise
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
         err_console.print(
-            f"[red]error[/red] {reason} (run with --debug for the traceback)", highlight=False, soft_wrap=True
+            f"[red]error[/red] {escape(reason)} (run with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
         )
         sys.exit(EXIT_FAILED)
 

@@ -7,6 +7,7 @@ would print nothing until the end, so each logging step becomes one plain line i
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -43,10 +44,10 @@ class RichReporter:
             self.progress.stop()
 
     def stage(self, name: str, message: str) -> None:
-        self.console.print(f"[bold]{name:>9}[/bold]  {message}")
+        self.console.print(f"[bold]{escape(name):>9}[/bold]  {escape(message)}")
 
     def info(self, message: str) -> None:
-        self.console.print(f"           {message}", style="dim")
+        self.console.print(f"           {escape(message)}", style="dim")
 
     def search_progress(self, counts: dict) -> None:
         if counts["running"] == 0 and counts["done"] == 0:

@@ -14,6 +14,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from slmops_operator.api.resources import Resource
@@ -25,7 +26,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 def render_table(table: jobs.SummaryTable) -> Table | str:
     """A kind's summary table for the terminal: rich wraps long cells, it never cuts names."""
     if table.layout == "lines":
-        return "\n".join(f"  {key}: {value}" for key, value in table.rows)
+        return "\n".join(f"  {escape(str(key))}: {escape(str(value))}" for key, value in table.rows)
     rich_table = Table(
         title=table.title,
         show_header=bool(table.columns),
@@ -44,7 +45,9 @@ def render_table(table: jobs.SummaryTable) -> Table | str:
         rich_table.add_column(style="bold")
         rich_table.add_column(overflow="fold")  # paths fold, never end in "…"
     for number, row in enumerate(table.rows):
-        rich_table.add_row(*row, style="bold green" if number == table.highlight else None)
+        rich_table.add_row(
+            *(escape(str(cell)) for cell in row), style="bold green" if number == table.highlight else None
+        )
     return rich_table
 
 
@@ -128,13 +131,15 @@ def run_resources(
         except jobs.InputError as exc:
             results.append(result_of(resource, "Failed", error=exc.to_dict()))
             err_console.print(
-                f"[red]error[/red] {resource.kind_name} {resource.name}: spec.{exc}", highlight=False
+                f"[red]error[/red] {resource.kind_name} {escape(resource.name)}: spec.{escape(str(exc))}",
+                highlight=False,
             )
             return EXIT_INVALID
         except jobs.JobError as exc:
             results.append(result_of(resource, "Failed", error=exc.to_dict()))
             err_console.print(
-                f"[red]failed[/red] {resource.kind_name} {resource.name}: {exc}", highlight=False
+                f"[red]failed[/red] {resource.kind_name} {escape(resource.name)}: {escape(str(exc))}",
+                highlight=False,
             )
             return EXIT_FAILED
         except KeyboardInterrupt:

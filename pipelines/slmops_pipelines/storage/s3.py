@@ -82,7 +82,7 @@ class S3Store(ArtifactStore):
         self.endpoint_url = endpoint_url or _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL")
         if self.endpoint_url and "://" not in self.endpoint_url:
             raise self._error(
-                f"S3 endpoint {self.endpoint_url!r} must be a URL starting with http:// or https://"
+                "the S3 endpoint (AWS_ENDPOINT_URL) must be a URL starting with http:// or https://"
             )
         self.region = region or _env("AWS_REGION", "AWS_DEFAULT_REGION") or DEFAULT_REGION
         # Kept private and out of __repr__ and messages: only boto3 ever sees them.
@@ -97,8 +97,13 @@ class S3Store(ArtifactStore):
 
     @property
     def endpoint_label(self) -> str:
-        """The endpoint as messages show it."""
-        return self.endpoint_url or f"https://s3.{self.region}.amazonaws.com"
+        """The endpoint as messages show it: never a configured one, which may come from a Secret.
+
+        Messages reach a job's status and Events, which more people read than the Secret.
+        """
+        if self.endpoint_url:
+            return "the S3 endpoint in AWS_ENDPOINT_URL"
+        return f"S3 endpoint https://s3.{self.region}.amazonaws.com"
 
     # -- primitives ------------------------------------------------------------------------
 
@@ -279,7 +284,7 @@ class S3Store(ArtifactStore):
 
         target = self.uri_of(key) if key else self.uri
         if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError)):
-            return self._error(f"cannot reach S3 endpoint {self.endpoint_label} for {self.uri}: {exc}")
+            return self._error(f"cannot reach {self.endpoint_label} for {self.uri}: {exc}")
         if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
             return self._error(f"no usable S3 credentials for {self.uri} ({exc}): {CREDENTIALS_HINT}")
         if not isinstance(exc, bx.ClientError):
@@ -297,7 +302,7 @@ class S3Store(ArtifactStore):
         if code == "NoSuchBucket" or (status == 404 and key is None):
             if not _from_s3(exc):
                 return self._error(
-                    f"S3 endpoint {self.endpoint_label} answered HTTP {status} for {self.uri} but does not "
+                    f"{self.endpoint_label} answered HTTP {status} for {self.uri} but does not "
                     "look like an S3 API (no x-amz-request-id header): check the endpoint URL and port"
                 )
             return self._error(
@@ -309,7 +314,22 @@ class S3Store(ArtifactStore):
         return self._error(f"S3 {action} of {target} failed ({detail})")
 
     def _error(self, message: str) -> StorageError:
-        return StorageError(message, field=self.field)
+        return StorageError(self._redacted(message), field=self.field)
+
+    def _redacted(self, message: str) -> str:
+        """``message`` without the configured endpoint (botocore's own messages name it)."""
+        if not self.endpoint_url:
+            return message
+        from urllib.parse import urlsplit
+
+        for secret in sorted(
+            {self.endpoint_url, self.endpoint_url.rstrip("/"), urlsplit(self.endpoint_url).netloc},
+            key=len,
+            reverse=True,
+        ):
+            if secret:
+                message = message.replace(secret, "$AWS_ENDPOINT_URL")
+        return message
 
 
 def _env(*names: str) -> str | None:
