@@ -96,11 +96,16 @@ class Credentials:
     async def stage_copies(
         self, secrets: list[ResolvedSecret], *, run_name: str, namespace: str, job: dict[str, str]
     ) -> list[dict[str, Any]]:
-        """Copy each Secret into ``namespace`` under a name the run owns; return the mounts."""
+        """Copy each Secret into ``namespace`` under a name the run owns; return the mounts.
+
+        A Secret of that name that the operator did not make for this run is never
+        overwritten: the job fails, naming it (RBAC cannot limit writes by name, so the code does).
+        """
         mounts = []
+        collection = f"/api/v1/namespaces/{namespace}/secrets"
         for secret in secrets:
             name = copy_name(run_name, secret.ref.purpose)
-            body = {
+            body: dict[str, Any] = {
                 "apiVersion": "v1",
                 "kind": "Secret",
                 "type": "Opaque",
@@ -115,14 +120,39 @@ class Credentials:
                 },
                 "data": dict(secret.data),
             }
-            await self.kube.apply(f"/api/v1/namespaces/{namespace}/secrets", name, body)
+            if not await self.kube.create(collection, body):  # a retried call: it exists
+                existing = await self._own_copy(f"{collection}/{name}", run_name)
+                if existing is None:
+                    raise MissingCredentials(
+                        secret.ref,
+                        namespace,
+                        f"cannot be copied: a Secret {name!r} the operator did not make exists",
+                    )
+                stale = {key: None for key in existing.get("data") or {} if key not in secret.data}
+                patch = {
+                    "metadata": {
+                        **body["metadata"],
+                        "resourceVersion": existing["metadata"]["resourceVersion"],
+                    },
+                    "data": {**stale, **secret.data},
+                }
+                await self.kube.merge(f"{collection}/{name}", patch)
             mounts.append({"name": name, "keyToEnv": secret.key_to_env()})
         return mounts
 
+    async def _own_copy(self, path: str, run_name: str) -> dict[str, Any] | None:
+        """The Secret at ``path`` if the operator made it for ``run_name``; None otherwise (or gone)."""
+        existing = await self.kube.get(path)
+        labels = ((existing or {}).get("metadata") or {}).get("labels") or {}
+        return existing if existing is not None and labels.get(RUN_LABEL) == run_name else None
+
     async def release_copies(self, *, run_name: str, namespace: str) -> None:
-        """Delete the run's Secret copies (idempotent)."""
+        """Delete the run's Secret copies (idempotent); a Secret the operator did not make stays."""
         for purpose in ("output", "model", "dataset"):
-            await self.kube.delete(f"/api/v1/namespaces/{namespace}/secrets/{copy_name(run_name, purpose)}")
+            path = f"/api/v1/namespaces/{namespace}/secrets/{copy_name(run_name, purpose)}"
+            ours = await self._own_copy(path, run_name)
+            if ours is not None:
+                await self.kube.delete(path, uid=ours["metadata"].get("uid"))
 
 
 def own_mounts(secrets: list[ResolvedSecret]) -> list[dict[str, Any]]:

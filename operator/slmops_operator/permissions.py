@@ -6,8 +6,8 @@
 * their ``status`` subresource: ``get``/``patch``;
 * ``events``: ``create`` (one per transition);
 * ``secrets``: ``get`` where jobs live (a job's own Secrets, see :mod:`slmops_operator.credentials`);
-  with standalone KFP, ``create``/``update``/``delete`` in the KFP namespace only, for the
-  run-owned copies (:func:`secret_copy_rules`);
+  with standalone KFP, ``get``/``create``/``patch``/``delete`` in the KFP namespace only, for
+  the run-owned copies, each write checked against the copy's label (:func:`secret_copy_rules`);
 * watching all namespaces: ``namespaces`` and ``customresourcedefinitions``, ``list``/``watch``
   (kopf's namespace and resource observers; off when a list of namespaces is given).
 
@@ -45,5 +45,9 @@ def operator_rules(*, clusterwide: bool) -> list[dict[str, list[str]]]:
 
 
 def secret_copy_rules() -> list[dict[str, list[str]]]:
-    """Standalone KFP, in the KFP namespace: the run-owned copies of jobs' Secrets."""
-    return [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "update", "delete"]}]
+    """Standalone KFP, in the KFP namespace: the run-owned copies of jobs' Secrets.
+
+    RBAC cannot limit a create by name: the operator checks (``get``) that a Secret carries its
+    ``slmops.io/run`` label for the run before it replaces or deletes it.
+    """
+    return [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch", "delete"]}]

@@ -11,18 +11,21 @@ multi-user      KFP runs in the job's namespace (Kubeflow profiles): its own acc
                 claims and pull secrets are the tenant's to use.
 standalone      every team's pipeline pods share the KFP namespace (``SLMOPS_KFP_NAMESPACE``):
                 a ServiceAccount, a claim or a pull secret there is KFP's or another team's,
-                so each must be on the namespace's allow-list (``SLMOPS_TENANT_ALLOW``); a
+                and a custom image runs any code there, so each must be on the namespace's
+                allow-list (``SLMOPS_TENANT_ALLOW``); a
                 model's own code (``trustRemoteCode``) runs beside other teams' Secret copies,
                 so only where the operator allows it (``SLMOPS_ALLOW_TRUST_REMOTE_CODE``).
 local           the work runs in worker processes of the operator's own pod: no input from
-                ``/proc``, ``/sys``, ``/dev``, service-account tokens, credential files, the
-                operator's state or its webhook certificate, even with no allowed roots set;
-                ``trustRemoteCode`` only where allowed.
+                credential files of its user, the operator's state or its webhook
+                certificate (symlinks and relative paths followed), even with no allowed
+                roots set; ``trustRemoteCode`` only where allowed.
 ==============  ========================================================================
 
 In every mode the default output root is split by namespace (``<root>/<namespace>/...``): a
 job writes only in its own namespace's slot and reads no other namespace's outputs, and a
-``system-*`` PriorityClass or a toleration of control-plane taints is refused.
+``system-*`` PriorityClass, a toleration of control-plane taints and an input under a pod's
+system folders (``/proc``, ``/sys``, ``/dev``, ``/var/run/secrets``: in standalone KFP the
+token there is KFP's own account's) are refused.
 
 The functions return ``spec.<field>: <reason>`` lines; the webhook (over HTTP), the
 reconciler (the webhook may be bypassed) and ``slmops validate --operator`` show them.
@@ -54,6 +57,7 @@ def problems(spec: JobSpec, namespace: str, settings: OperatorSettings) -> list[
     found = output_problems(spec.output.uri or "", settings, namespace=namespace)
     found += slot_problems(spec, namespace, settings)
     found += pod_problems(spec)
+    found += system_path_problems(spec)
     if settings.mode == "standalone":
         found += standalone_problems(spec, namespace, settings)
     if settings.mode == "local":
@@ -172,6 +176,31 @@ def pod_problems(spec: JobSpec) -> list[str]:
     return found
 
 
+def system_path_problems(spec: JobSpec) -> list[str]:
+    """No mode reads a pod's kernel files or its service-account token as data.
+
+    In standalone KFP that token is KFP's own account's; in the local backend, the
+    operator's.  No model or dataset lives there, so every mode refuses it (by the path as
+    written: the pods' filesystem is not this one; local mode also follows symlinks, below).
+    """
+    return [
+        f"spec.{loc.uri_field}: {loc.uri!r} is under {root}, a pod's system files and tokens, "
+        "which jobs may not read"
+        for loc in jobs.spec_inputs(spec)
+        if (root := _system_root(loc.uri)) is not None
+    ]
+
+
+def _system_root(uri: str) -> str | None:
+    """The system folder a local input names, lexically ('..' climbs from wherever a pod starts)."""
+    if uri.startswith(("s3://", "hf://", "pvc://")):
+        return None
+    path = local_path(uri)
+    if path is None and ".." in uri.split("/"):
+        path = posixpath.normpath(posixpath.join("/", uri))
+    return next((root for root in SYSTEM_PATHS if path and contains(root, path)), None)
+
+
 def standalone_problems(spec: JobSpec, namespace: str, settings: OperatorSettings) -> list[str]:
     """Standalone KFP: accounts, claims and pull secrets of the shared KFP namespace, allow-listed."""
     allowed = settings.allowance(namespace)
@@ -183,6 +212,12 @@ def standalone_problems(spec: JobSpec, namespace: str, settings: OperatorSetting
         found.append(
             f"spec.serviceAccountName: {account!r} is an account of {where}, not on {namespace}'s "
             f"allow-list ({hint}.serviceAccounts, SLMOPS_TENANT_ALLOW)"
+        )
+    image = spec.image
+    if image and not any(image.startswith(prefix) for prefix in allowed.images if prefix):
+        found.append(
+            f"spec.image: {image!r} would run its own code in {where}, as its account and beside other "
+            f"teams' Secret copies; not on {namespace}'s allow-list ({hint}.images, SLMOPS_TENANT_ALLOW)"
         )
     for index, secret in enumerate(spec.image_pull_secrets):
         if secret.name not in allowed.image_pull_secrets:
@@ -261,6 +296,8 @@ def local_problems(spec: JobSpec, settings: OperatorSettings) -> list[str]:
             continue
         path = local_path(loc.uri)
         blocked = _blocked_path(loc.uri, settings)
+        if _system_root(loc.uri) is not None:
+            continue  # said by system_path_problems
         if blocked is not None:
             found.append(f"spec.{loc.uri_field}: {loc.uri!r} is {blocked}, which jobs may not read")
         elif path is not None and contains(state, path) and not contains(outputs, path):

@@ -35,7 +35,8 @@ variable                               meaning
                                        operator's own, see :mod:`slmops_operator.policy`)
 ``SLMOPS_TENANT_ALLOW``                standalone KFP: what each namespace may name, as JSON
                                        ``{"team-a": {"serviceAccounts": [..], "claims": [..],
-                                       "imagePullSecrets": [..]}, "*": {..}}`` (``*``: every namespace)
+                                       "imagePullSecrets": [..], "images": [prefix, ..]}, "*": {..}}``
+                                       (``*``: every namespace)
 ``SLMOPS_ALLOW_TRUST_REMOTE_CODE``     ``true``: jobs may set ``trustRemoteCode`` in standalone KFP and
                                        local mode (multi-user KFP always may: the pods are the tenant's)
 ``SLMOPS_METRICS_PORT``                Prometheus metrics port (0: off)
@@ -67,6 +68,10 @@ class TenantAllowance(BaseModel):
     service_accounts: list[str] = Field(default_factory=list, alias="serviceAccounts")
     claims: list[str] = Field(default_factory=list, description="PersistentVolumeClaims (pvc://claim/...).")
     image_pull_secrets: list[str] = Field(default_factory=list, alias="imagePullSecrets")
+    images: list[str] = Field(
+        default_factory=list,
+        description="Image name prefixes spec.image may start with (registry.example/team-a/).",
+    )
 
 
 class OperatorSettings(BaseModel):
@@ -154,6 +159,7 @@ class OperatorSettings(BaseModel):
             service_accounts=[n for e in entries for n in e.service_accounts],
             claims=[n for e in entries for n in e.claims],
             image_pull_secrets=[n for e in entries for n in e.image_pull_secrets],
+            images=[n for e in entries for n in e.images],
         )
 
     def webhook_server(self):

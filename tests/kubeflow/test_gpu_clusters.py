@@ -244,6 +244,21 @@ def test_pytorchjob_nodes_get_everything_the_job_asks_for():
         assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
         assert template["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "high"
         kubernetes_validate.validate(as_pod(pod), "1.37", strict=True)
+        assert restricted(pod), pod.get("securityContext")
+
+
+def restricted(pod: dict[str, Any]) -> bool:
+    """What Pod Security "restricted" asks of a pod and each container (the checks a namespace enforces)."""
+    spec = pod.get("securityContext") or {}
+    if not spec.get("runAsNonRoot") or (spec.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+        return False
+    for container in pod["containers"]:
+        security = container.get("securityContext") or {}
+        if security.get("allowPrivilegeEscalation") is not False:
+            return False
+        if (security.get("capabilities") or {}).get("drop") != ["ALL"] or security.get("privileged"):
+            return False
+    return True
 
 
 def test_trainjob_nodes_get_the_runtime_and_overrides_the_trainer_api_has():

@@ -247,7 +247,7 @@ async def test_a_run_carries_the_jobs_service_account_image_and_trainjob_runtime
         fake_kfp,
         distributed_engine="trainjob",
         trainjob_runtime="torch-h100",
-        tenant_allow={"default": {"serviceAccounts": ["trainer"]}},  # standalone KFP: allow-listed
+        tenant_allow={"default": {"serviceAccounts": ["trainer"], "images": ["registry.example/team/"]}},
     )
     async with running_operator(kube, settings):
         await create(kube, "default", "finetunejobs", manifest)

@@ -40,6 +40,7 @@ TEAM_A = {
         "serviceAccounts": ["team-a-trainer"],
         "claims": ["team-a-data"],
         "imagePullSecrets": ["team-a-registry"],
+        "images": ["registry.example/team-a/"],
     }
 }
 
@@ -80,6 +81,7 @@ async def assert_accepted(kube, namespace: str, body: dict) -> None:
 
 STANDALONE_REFUSED = [
     (job("kfp-account", serviceAccountName="ml-pipeline"), "spec.serviceAccountName", "allow-list"),
+    (job("own-code", image="registry.example/team-b/x:1"), "spec.image", "allow-list"),
     (
         with_model("kfp-database", uri="pvc://mysql-pv-claim/models/x"),
         "spec.model.uri",
@@ -129,6 +131,7 @@ STANDALONE_ACCEPTED = [
     job(
         "allowed",
         serviceAccountName="team-a-trainer",
+        image="registry.example/team-a/slmops-trainer:0.1.0-cuda",
         imagePullSecrets=[{"name": "team-a-registry"}],
         dataset={"uri": "pvc://team-a-data/tone.jsonl"},
         output={"uri": f"{ROOT}/team-a/allowed"},
@@ -185,7 +188,12 @@ async def test_multi_user_kfp_lets_a_namespace_use_what_it_owns(kube, multi_user
         own["spec"]["model"]["trustRemoteCode"] = True
         await assert_accepted(kube, "team-a", own)
         for body, field, why in STANDALONE_REFUSED:
-            if field in ("spec.serviceAccountName", "spec.model.uri", "spec.imagePullSecrets[0].name"):
+            if field in (
+                "spec.serviceAccountName",
+                "spec.image",
+                "spec.model.uri",
+                "spec.imagePullSecrets[0].name",
+            ):
                 continue  # the namespace's own
             if field == "spec.model.trustRemoteCode":
                 continue  # runs in the tenant's own pods
@@ -386,3 +394,37 @@ async def test_the_operator_never_reads_a_tenants_uri_with_its_own_keys(
     assert "not read by the operator" in succeeded["message"]
     assert failed["message"] == "task train failed" and "secret column" not in json.dumps(failed)
     assert sorted(info.key for info in store.list("")) == before  # no claim written there either
+
+
+async def test_the_operator_never_writes_a_secret_it_did_not_make(kube):
+    """RBAC cannot limit writes in the KFP namespace by name: the operator checks its label first."""
+    import kopf
+    import pytest
+
+    from slmops_operator.credentials import Credentials, MissingCredentials, ResolvedSecret
+    from slmops_operator.handlers.kube import KubeApi
+    from slmops_pipelines.jobs import SecretRef
+    from tests.operator.conftest import create_secret
+
+    await create_secret(kube, "kubeflow", "run-x-output", {"AWS_ACCESS_KEY_ID": "kfp-own"})
+    server = str(kube.url).rstrip("/")
+    api = KubeApi(lambda **_: kopf.ConnectionInfo(server=server, insecure=True))
+    credentials = Credentials(api)
+    secret = ResolvedSecret(
+        SecretRef("output", "output.credentialsSecret", "s3"), {"AWS_ACCESS_KEY_ID": "dGVuYW50"}
+    )
+    job_of = {"kind": "FineTuneJob", "namespace": "team-a", "name": "x"}
+    try:
+        with pytest.raises(MissingCredentials, match="did not make"):
+            await credentials.stage_copies([secret], run_name="run-x", namespace="kubeflow", job=job_of)
+        await credentials.release_copies(run_name="run-x", namespace="kubeflow")
+        kept = await api.get("/api/v1/namespaces/kubeflow/secrets/run-x-output")
+        assert kept is not None and kept["data"]["AWS_ACCESS_KEY_ID"] != "dGVuYW50"
+        # its own copy: made, made again (a retried submit), released
+        for _ in range(2):
+            await credentials.stage_copies([secret], run_name="run-y", namespace="kubeflow", job=job_of)
+        assert (await api.get("/api/v1/namespaces/kubeflow/secrets/run-y-output"))["data"] == secret.data
+        await credentials.release_copies(run_name="run-y", namespace="kubeflow")
+        assert await api.get("/api/v1/namespaces/kubeflow/secrets/run-y-output") is None
+    finally:
+        await api.close()

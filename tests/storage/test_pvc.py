@@ -127,3 +127,32 @@ def test_a_job_reads_and_writes_claims_end_to_end(pvc_root, tiny_model, tone_dat
     with pytest.raises(InputError) as refused:
         run_finetune(job_run(other))
     assert refused.value.field == "output.uri"
+
+
+def test_a_link_out_of_a_claim_is_never_read(pvc_root, tiny_model, tone_data, tmp_path):
+    """A claim is a tenant's: a link in it to the pod's token (here: a file outside it) fails the job first."""
+    secret = tmp_path / "token"
+    secret.write_text("the pod's service-account token")
+    data = pvc_root / "data" / "tone"
+    shutil.copytree(tone_data, data)
+    (data / "train.jsonl").unlink()
+    (data / "train.jsonl").symlink_to(secret)
+    shutil.copytree(tiny_model, pvc_root / "models" / "tiny")
+    manifest = finetune_manifest(
+        "linked", Path("/unused"), dataset={"uri": "pvc://data/tone"}, output={"uri": str(tmp_path / "out")}
+    )
+    manifest["spec"]["model"]["uri"] = "pvc://models/tiny"
+    with pytest.raises(InputError) as refused:
+        run_finetune(job_run(FineTuneJob.model_validate(manifest)))
+    assert (
+        refused.value.field == "dataset.uri"
+        and "'tone/train.jsonl' on claim 'data' is a link" in refused.value.message
+    )
+    store = open_store("pvc://data/tone")
+    with pytest.raises(Exception, match="link to a file outside"):
+        list(store.list())
+    inside = pvc_root / "data" / "tone" / "alias.jsonl"  # a link within the claim is fine
+    inside.symlink_to(data / "eval.jsonl")
+    (data / "train.jsonl").unlink()
+    shutil.copy(tone_data / "train.jsonl", data / "train.jsonl")
+    assert "alias.jsonl" in {info.key for info in store.list()}

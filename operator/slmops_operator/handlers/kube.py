@@ -45,7 +45,15 @@ class KubeApi:
         return frozenset({*deletes, ("", "secrets", "get")})  # a job's Secrets, in its namespace
 
     # Standalone KFP only: the run-owned copies of a job's Secrets, in the KFP namespace.
-    COPY_CALLS = frozenset({("", "secrets", "create"), ("", "secrets", "update"), ("", "secrets", "delete")})
+    # Each write is checked first (get): the operator replaces or deletes only a copy it made.
+    COPY_CALLS = frozenset(
+        {
+            ("", "secrets", "get"),
+            ("", "secrets", "create"),
+            ("", "secrets", "update"),
+            ("", "secrets", "delete"),
+        }
+    )
 
     def __init__(self, login: Login | None = None) -> None:
         self.login = login
@@ -86,11 +94,14 @@ class KubeApi:
             )
         return self._session, info.server.rstrip("/")
 
-    async def _call(self, method: str, path: str, payload: object | None = None) -> Any:
+    async def _call(
+        self, method: str, path: str, payload: object | None = None, *, content_type: str | None = None
+    ) -> Any:
+        headers = {"Content-Type": content_type} if content_type else None
         for attempt in (1, 2):
             session, server = await self.session()
             try:
-                async with session.request(method, server + path, json=payload) as response:
+                async with session.request(method, server + path, json=payload, headers=headers) as response:
                     body = await response.json(content_type=None) if response.content_length != 0 else None
             except aiohttp.ClientError as exc:
                 raise ApiError(0, f"{type(exc).__name__}: {exc}") from exc
@@ -119,23 +130,31 @@ class KubeApi:
                 raise PermissionError(f"GET {path}: forbidden for the operator's service account") from exc
             raise kopf.TemporaryError(f"GET {path}: {exc.status} {exc}", delay=10) from exc
 
-    async def apply(self, collection: str, name: str, body: dict) -> None:
-        """Create ``body`` in ``collection``, or replace the object of that name (a retried call)."""
+    async def create(self, collection: str, body: dict) -> bool:
+        """POST ``body`` into ``collection``; False when an object of that name exists (409)."""
         try:
             await self._call("post", collection, body)
-            return
         except ApiError as exc:
-            if exc.status != 409:  # 409: it exists, replace it
-                raise kopf.TemporaryError(f"POST {collection}: {exc.status} {exc}", delay=10) from exc
-        try:
-            await self._call("put", f"{collection}/{name}", body)
-        except ApiError as exc:
-            raise kopf.TemporaryError(f"PUT {collection}/{name}: {exc.status} {exc}", delay=10) from exc
+            if exc.status == 409:
+                return False
+            raise kopf.TemporaryError(f"POST {collection}: {exc.status} {exc}", delay=10) from exc
+        return True
 
-    async def delete(self, path: str) -> None:
-        """DELETE ``path``; a 404 means it is gone already."""
+    async def merge(self, path: str, patch: dict) -> None:
+        """A JSON merge patch (with the ``resourceVersion`` it was checked at: a conflict is retried)."""
         try:
-            await self._call("delete", path)
+            await self._call_patch(path, patch)
+        except ApiError as exc:
+            raise kopf.TemporaryError(f"PATCH {path}: {exc.status} {exc}", delay=10) from exc
+
+    async def _call_patch(self, path: str, patch: dict) -> Any:
+        return await self._call("patch", path, patch, content_type="application/merge-patch+json")
+
+    async def delete(self, path: str, *, uid: str | None = None) -> None:
+        """DELETE ``path``; a 404 means it is gone already.  ``uid``: only that object (a precondition)."""
+        options = {"preconditions": {"uid": uid}} if uid else None
+        try:
+            await self._call("delete", path, options)
         except ApiError as exc:
             if exc.status == 404:
                 return

@@ -78,10 +78,13 @@ def check_placement(spec: FineTuneJobSpec, *, multi_node: bool) -> None:
 
 
 def check_inputs(spec: FineTuneJobSpec, *, multi_node: bool) -> None:
-    """Everything that can be checked before a byte is written: placement, metric and loss names."""
+    """Everything that can be checked before a byte is written or read: placement, metric and loss
+    names, claimed inputs that link out of their claim."""
+    from slmops_pipelines.stages.preflight import claims_stay_inside
     from slmops_pipelines.steps.metrics import check_metrics
     from slmops_pipelines.steps.train.losses import get_loss
 
+    claims_stay_inside(spec)
     check_placement(spec, multi_node=multi_node)
     check_metrics(spec.evaluation.metrics)
     get_loss(spec.training.loss)

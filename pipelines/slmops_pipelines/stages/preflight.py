@@ -31,7 +31,7 @@ from typing import Any
 
 from slmops_pipelines.errors import InputError
 from slmops_pipelines.specs import DatasetSpec, FineTuneJobSpec, ModelSpec, OptimizeJobSpec
-from slmops_pipelines.uris import parse_uri
+from slmops_pipelines.uris import parse_uri, pvc_root
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,31 @@ def declared_inputs_exist(spec: Any, findings: list[Finding]) -> list[Finding]:
     return findings
 
 
+def claims_stay_inside(spec: Any) -> None:
+    """No file of a claimed input is a link out of its claim; InputError naming the field and the file.
+
+    A claim's content is a tenant's and is read in a pod beside its service-account token
+    (in standalone KFP, KFP's own account's): a link to it must never be read as a model or
+    a dataset.  Runs before anything reads the inputs.
+    """
+    from slmops_pipelines.specs.locations import spec_inputs
+
+    for loc in spec_inputs(spec):
+        parsed = parse_uri(loc.uri) if loc.uri.startswith("pvc://") else None
+        if parsed is None or not parsed.local_path.exists():
+            continue
+        claim_root = Path(pvc_root()) / parsed.claim
+        top = parsed.local_path
+        paths = [top, *top.rglob("*")] if top.is_dir() else [top]
+        for path in paths:
+            if path.is_symlink() and not path.resolve().is_relative_to(claim_root.resolve()):
+                raise InputError(
+                    f"{path.relative_to(claim_root).as_posix()!r} on claim {parsed.claim!r} is a link to a file "
+                    "outside the claim: refusing to read it",
+                    field=loc.uri_field,
+                )
+
+
 def check_finetune_model(spec: FineTuneJobSpec) -> list[Finding]:
     """A FineTuneJob's model is readable.  Its dataset is checked as it is fingerprinted (one read of it):
     the inspect step adds that problem with :func:`finding_of`."""
@@ -231,6 +256,7 @@ def _check_adapters(spec: OptimizeJobSpec, base: ModelSpec, findings: list[Findi
 
 def check_optimize(spec: OptimizeJobSpec, *, locate_job: Callable[[str], str]) -> list[Finding]:
     """An OptimizeJob's base model is exportable, its adapters fit it, its evaluation data fits the templates."""
+    claims_stay_inside(spec)
     findings: list[Finding] = []
     base, field = _optimize_base(spec, locate_job)
     config = _readable(base.uri, "config.json", field, findings) if base is not None else None

@@ -43,7 +43,7 @@ def open_store(
         from slmops_pipelines.storage.local import LocalStore
 
         assert parsed.path is not None  # parse_uri sets it for every file and pvc URI
-        return LocalStore(Path.cwd() / parsed.path.expanduser(), field=field)
+        return LocalStore(Path.cwd() / parsed.path.expanduser(), field=field, confined=parsed.scheme == "pvc")
     raise StorageError(
         f"{uri!r} is a Hugging Face Hub repository and cannot be an artifact store; "
         "use s3://bucket/prefix or a local path",

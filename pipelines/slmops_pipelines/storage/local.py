@@ -32,11 +32,15 @@ TEMP_PREFIX = ".slmops-tmp-"
 class LocalStore(ArtifactStore):
     """Artifacts under a local folder; ``uri`` is the folder's absolute path."""
 
-    def __init__(self, root: Path, *, field: str | None = None) -> None:
+    def __init__(self, root: Path, *, field: str | None = None, confined: bool = False) -> None:
         # normpath, not resolve(): keep the user's symlinks in the path they see in messages.
         self.root = Path(os.path.normpath(Path(root).expanduser().absolute()))
         self.uri = str(self.root)
         self.field = field
+        # A claim's content is a tenant's, read in a pod beside its service-account token: a
+        # symbolic link in it must not lead a copy out of the claim.  A folder of one's own
+        # machine (an HF cache snapshot links to ../../blobs) is not confined.
+        self.confined = confined
 
     def __repr__(self) -> str:
         return f"LocalStore({self.uri!r})"
@@ -58,6 +62,8 @@ class LocalStore(ArtifactStore):
         return self._path(key).is_file()
 
     def read_bytes(self, key: str) -> bytes:
+        if self.confined:
+            self._refuse_escaping_link(self._path(key))
         path = self._path(key)
         if not path.is_file():
             raise self._error(f"{path} does not exist")
@@ -72,6 +78,8 @@ class LocalStore(ArtifactStore):
         self._copy(Path(local), self._path(key))
 
     def download_file(self, key: str, local: Path) -> None:
+        if self.confined:
+            self._refuse_escaping_link(self._path(key))
         source = self._path(key)
         if not source.is_file():
             raise self._error(f"{source} does not exist")
@@ -83,12 +91,21 @@ class LocalStore(ArtifactStore):
         if not base.is_dir():
             return iter(())
         with self._os_errors("list", base):
+            files = [p for p in base.rglob("*") if p.is_file() and not p.name.startswith(TEMP_PREFIX)]
+            if self.confined:
+                for path in files:
+                    self._refuse_escaping_link(path)
             infos = [
-                ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size)
-                for path in base.rglob("*")
-                if path.is_file() and not path.name.startswith(TEMP_PREFIX)
+                ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size) for path in files
             ]
         return iter(sorted(infos, key=lambda info: info.key))
+
+    def _refuse_escaping_link(self, path: Path) -> None:
+        if path.is_symlink() and not path.resolve().is_relative_to(self.root.resolve()):
+            raise self._error(
+                f"{path.relative_to(self.root).as_posix()!r} in {self.root} is a link to a file outside it: "
+                "refusing to read it"
+            )
 
     def delete_prefix(self, prefix: str) -> int:
         base = self._path(prefix) if prefix.strip("/") else self.root

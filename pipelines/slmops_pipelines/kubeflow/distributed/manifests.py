@@ -147,6 +147,18 @@ def _scheduling(w: Workload, *, priority: bool) -> dict[str, Any]:
     return {key: value for key, value in found.items() if value}
 
 
+# Pod Security "restricted": namespaces that enforce it admit the training nodes.  uid 10001
+# is our images' user; a custom spec.image runs as it too (its files must be readable by it).
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
 def pytorchjob(w: Workload) -> dict[str, Any]:
     volumes, mounts = _volumes(w)
     pod_spec: dict[str, Any] = {
@@ -159,9 +171,11 @@ def pytorchjob(w: Workload) -> dict[str, Any]:
                 "env": _env(w),
                 "resources": _resources(w),
                 "volumeMounts": mounts,
+                "securityContext": CONTAINER_SECURITY,
             }
         ],
         "volumes": volumes,
+        "securityContext": POD_SECURITY,
         **_scheduling(w, priority=True),
     }
     labels = _labels(w)
@@ -190,6 +204,8 @@ def pytorchjob(w: Workload) -> dict[str, Any]:
 
 
 def trainjob(w: Workload) -> dict[str, Any]:
+    """A TrainJob; its pods' security context is the ClusterTrainingRuntime's (Trainer's
+    podTemplateOverrides have no field for it): docs/operator.md says what to set there."""
     volumes, mounts = _volumes(w)
     override: dict[str, Any] = {
         "volumes": volumes,
