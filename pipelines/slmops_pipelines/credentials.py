@@ -35,7 +35,8 @@ S3_KEYS = (
     "AWS_REGION",
 )
 HF_KEYS = ("HF_TOKEN",)
-# What the local backend never hands its workers from its own environment.
+# What the local backend never hands its workers from its own environment: every cloud's and
+# the Hub's credentials, and the operator's own way into the cluster.
 AMBIENT_CREDENTIALS = (
     "AWS_",
     "HF_TOKEN",
@@ -43,6 +44,10 @@ AMBIENT_CREDENTIALS = (
     "HF_API_TOKEN",
     "SLMOPS_MODEL_",
     "SLMOPS_DATASET_",
+    "KUBECONFIG",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_",
+    "SLMOPS_KFP_TOKEN_PATH",
 )
 
 

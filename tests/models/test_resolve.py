@@ -73,3 +73,38 @@ def test_a_private_s3_model_is_read_with_the_models_own_keys(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "the-outputs-secret")
     found = resolve_model(ModelSpec(uri=f"s3://{s3_bucket}/private/tiny"))
     assert (found / "config.json").read_bytes() == (tiny_model / "config.json").read_bytes()
+
+
+def test_a_finetunejob_whose_model_bucket_holds_a_dot_dot_key_fails_naming_it(
+    tiny_model: Path, s3_env, s3_bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """S3 allows the key ``model/../../../../escaped`` (SeaweedFS refuses to store one, so the listing
+    here adds it, as a real S3 bucket would return it): the job fails naming the key, before
+    any file is written, and nothing appears outside the download folder."""
+    from slmops_pipelines.local import run_finetune
+    from slmops_pipelines.storage import ObjectInfo, open_store
+    from slmops_pipelines.storage.s3 import S3Store
+    from tests.conftest import finetune_manifest, job_run
+
+    uri = f"s3://{s3_bucket}/models/tiny-dotdot"
+    open_store(uri).upload_dir(tiny_model, "")
+    listed = S3Store.list
+
+    def with_an_escaping_key(self, prefix: str = ""):
+        yield from listed(self, prefix)
+        yield ObjectInfo(key="../../../../escaped", size=1)
+
+    monkeypatch.setattr(S3Store, "list", with_an_escaping_key)
+    monkeypatch.setenv("SLMOPS_CACHE_DIR", str(tmp_path / "cache"))
+    from slmops_operator.api import FineTuneJob
+
+    manifest = finetune_manifest("dotdot", tiny_model, output={"uri": str(tmp_path / "out")})
+    manifest["spec"]["model"]["uri"] = uri
+    job = FineTuneJob.model_validate(manifest)
+    with pytest.raises(Exception) as refused:
+        run_finetune(job_run(job))
+    assert "refusing to download a key that leaves" in str(refused.value) and "../../../../escaped" in str(
+        refused.value
+    )
+    assert getattr(refused.value, "field", None) == "model.uri"
+    assert not list(tmp_path.rglob("escaped")) and not Path("/escaped").exists()

@@ -241,6 +241,7 @@ async def test_a_local_worker_never_inherits_the_operators_credentials(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "operator-key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "operator-secret")
     monkeypatch.setenv("HF_TOKEN", "hf_operator")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "operator-kubeconfig"))
     await create_secret(kube, "default", "hub", {"HF_TOKEN": "hf_job_token"})
     async with running_operator(kube, local_settings(tmp_path)):
         training = {"maxSteps": 400, "saveSteps": 50, "loggingSteps": 1}
@@ -255,7 +256,7 @@ async def test_a_local_worker_never_inherits_the_operators_credentials(
             envs[name] = await wait_until(
                 lambda name=name: worker_env(kube, tmp_path, name), what=f"{name}'s worker"
             )
-    assert not [k for k in envs["plain"] if k.startswith("AWS_") or k == "HF_TOKEN"]
+    assert not [k for k in envs["plain"] if k.startswith("AWS_") or k in ("HF_TOKEN", "KUBECONFIG")]
     assert envs["gated"].get("SLMOPS_MODEL_HF_TOKEN") == "hf_job_token"
     assert "HF_TOKEN" not in envs["gated"] and "AWS_ACCESS_KEY_ID" not in envs["gated"]
 

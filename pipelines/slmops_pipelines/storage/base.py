@@ -118,12 +118,15 @@ class ArtifactStore(abc.ABC):
         parts = rel.split("/")
         if not rel or rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
             raise StorageError(
-                f"{self.uri_of(rel)}: refusing to download a key that leaves {local} ({rel!r})"
+                f"{self.uri_of(rel)}: refusing to download a key that leaves {local} ({rel!r})",
+                field=getattr(self, "field", None),
             )
         target = local / rel
         root = local.resolve()
         if not target.resolve().is_relative_to(root):  # a symlink inside local pointing out of it
-            raise StorageError(f"{self.uri_of(rel)}: refusing to download outside {local}")
+            raise StorageError(
+                f"{self.uri_of(rel)}: refusing to download outside {local}", field=getattr(self, "field", None)
+            )
         return target
 
     def _verify_sizes(
