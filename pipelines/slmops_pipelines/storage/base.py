@@ -125,7 +125,8 @@ class ArtifactStore(abc.ABC):
         root = local.resolve()
         if not target.resolve().is_relative_to(root):  # a symlink inside local pointing out of it
             raise StorageError(
-                f"{self.uri_of(rel)}: refusing to download outside {local}", field=getattr(self, "field", None)
+                f"{self.uri_of(rel)}: refusing to download outside {local}",
+                field=getattr(self, "field", None),
             )
         return target
 
