@@ -291,3 +291,10 @@ def test_every_value_is_described_and_the_readme_table_is_fresh():
         [sys.executable, str(REPO / "scripts" / "chart_readme.py"), "--check"], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_operator_image_can_be_pinned_by_digest():
+    digest = "sha256:" + "a" * 64
+    [deployment] = of_kind(render("--set", f"image.digest={digest}"), "Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"ghcr.io/slmops/slmops-operator:0.1.0@{digest}"
