@@ -25,6 +25,8 @@ variable                               meaning
 ``SLMOPS_DISTRIBUTED_ENGINE``          ``pytorchjob`` or ``trainjob``, for ``resources.nodes > 1``
 ``SLMOPS_TRAINJOB_RUNTIME``             the ClusterTrainingRuntime of TrainJobs (``torch-distributed``)
 ``SLMOPS_CACHE_PVC``                   PersistentVolumeClaim for the pipelines' model cache
+``SLMOPS_CACHE_MAX_GB``                the input cache's size limit (least recently used entries not
+                                       in use are evicted); empty: no limit
 ``SLMOPS_IMAGE_REGISTRY``              registry of the trainer/optimizer images
 ``SLMOPS_LOCAL_WORKERS``               jobs the local backend runs at once
 ``SLMOPS_LOCAL_MAX_RESTARTS``          times a worker that died without a verdict is started again
@@ -98,6 +100,11 @@ class OperatorSettings(BaseModel):
         description="The ClusterTrainingRuntime a TrainJob's runtimeRef names.",
     )
     cache_pvc: str = ""
+    cache_max_gb: float | None = Field(
+        default=None,
+        gt=0,
+        description="The input cache's size limit in GB (pipeline pods and local workers).",
+    )
     image_registry: str = ""
     local_workers: int = Field(default=1, ge=1)
     local_max_restarts: int = Field(

@@ -52,8 +52,11 @@ def test_s3_model_is_downloaded_once(tiny_model: Path, s3_env, s3_bucket):
     store.upload_dir(tiny_model, "")
     first = resolve_model(ModelSpec(uri=f"s3://{s3_bucket}/models/tiny"))
     assert (first / "config.json").read_bytes() == (tiny_model / "config.json").read_bytes()
-    store.delete_prefix("")  # the cache answers now
-    assert resolve_model(ModelSpec(uri=f"s3://{s3_bucket}/models/tiny")) == first
+    assert resolve_model(ModelSpec(uri=f"s3://{s3_bucket}/models/tiny")) == first  # listed, not downloaded
+    store.delete_prefix("")  # the source is gone: the cache does not answer for it
+    with pytest.raises(InputError) as gone:
+        resolve_model(ModelSpec(uri=f"s3://{s3_bucket}/models/tiny"))
+    assert gone.value.field == "model.uri" and "no objects under" in gone.value.message
 
 
 def test_a_private_s3_model_is_read_with_the_models_own_keys(

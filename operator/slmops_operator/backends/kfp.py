@@ -192,6 +192,7 @@ class KfpBackend:
             request.spec,
             registry=self.settings.image_registry or None,
             cache_pvc=self.settings.cache_pvc or None,
+            cache_max_gb=self.settings.cache_max_gb,
             secrets=mounts,
         )
         with self._packages_lock:

@@ -335,6 +335,66 @@ def operator_cmd(
 
 
 @cli.group()
+def cache() -> None:
+    """The input cache: remote models, adapters and datasets, one entry per content (SLMOPS_CACHE_DIR)."""
+
+
+@cache.command("ls")
+@json_option()
+def cache_ls(output_format: str) -> None:
+    """List the entries, least recently used first."""
+    import time
+
+    from rich.table import Table
+
+    from slmops_pipelines.jobs import cache_entries
+
+    found = cache_entries()
+    if output_format == "json":
+        print_json(
+            [
+                {
+                    "path": str(e.path),
+                    "uri": e.uri,
+                    "bytes": e.size,
+                    "lastUsed": e.last_used,
+                    "inUse": e.in_use,
+                }
+                for e in found
+            ]
+        )
+        return
+    table = Table(
+        title=f"{len(found)} entries, {sum(e.size for e in found) / 1e9:.2f} GB", title_justify="left"
+    )
+    for column in ("entry", "source", "MB", "last used", "in use"):
+        table.add_column(column, overflow="fold")
+    for e in found:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
+        table.add_row(
+            escape(e.path.name), escape(e.uri), f"{e.size / 1e6:.1f}", used, "yes" if e.in_use else ""
+        )
+    console.print(table, highlight=False)
+
+
+@cache.command("prune")
+@click.option(
+    "--max-gb",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Keep the most recently used entries that fit; 0 removes every entry not in use.",
+)
+def cache_prune(max_gb: float) -> None:
+    """Remove entries not in use, least recently used first."""
+    from slmops_pipelines.jobs import prune_cache
+
+    removed = prune_cache(max_bytes=int(max_gb * 1e9))
+    freed = sum(e.size for e in removed) / 1e9
+    console.print(f"removed {len(removed)} entries ({freed:.2f} GB)", highlight=False)
+
+
+@cli.group()
 def models() -> None:
     """Model utilities."""
 

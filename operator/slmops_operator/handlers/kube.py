@@ -50,7 +50,7 @@ class KubeApi:
         {
             ("", "secrets", "get"),
             ("", "secrets", "create"),
-            ("", "secrets", "update"),
+            ("", "secrets", "patch"),
             ("", "secrets", "delete"),
         }
     )

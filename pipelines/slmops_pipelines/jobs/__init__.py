@@ -99,6 +99,7 @@ def pipeline_for(
     *,
     registry: str | None = None,
     cache_pvc: str | None = None,
+    cache_max_gb: float | None = None,
     secrets: list[dict[str, Any]] | None = None,
 ) -> JobPipeline:
     """The pipeline that runs ``spec`` on a cluster, placed from its ``resources``.
@@ -110,7 +111,7 @@ def pipeline_for(
     job = job_kind(kind)
     images = job.images(spec, registry=registry)
     mounts = [SecretMount.model_validate(m) for m in secrets or []]
-    placement = job.placement(spec, cache_pvc=cache_pvc, secrets=mounts)
+    placement = job.placement(spec, cache_pvc=cache_pvc, cache_max_gb=cache_max_gb, secrets=mounts)
     name, factory = job.pipeline(spec)
     return JobPipeline(
         name=name,
@@ -231,6 +232,20 @@ def claim_output(run: JobRun, *, credentials: S3Credentials | None = None) -> No
     publish.claim_output(store, run.identity())
 
 
+def cache_entries() -> list[Any]:
+    """The input cache's entries (path, uri, size, last_used, in_use), least recently used first."""
+    from slmops_pipelines.models import input_cache
+
+    return input_cache.entries()
+
+
+def prune_cache(*, max_bytes: int = 0) -> list[Any]:
+    """Remove input cache entries not in use, least recently used first, until the rest fit ``max_bytes``."""
+    from slmops_pipelines.models import input_cache
+
+    return input_cache.prune(max_bytes=max_bytes)
+
+
 def import_gguf(gguf: Path, out_dir: Path) -> Path:
     """Dequantize a GGUF file into a plain transformers model folder (``slmops models import-gguf``)."""
     from slmops_pipelines.models.gguf_import import import_gguf as dequantize
@@ -344,6 +359,7 @@ __all__ = [
     "SecretRef",
     "SummaryTable",
     "Upstream",
+    "cache_entries",
     "chat_target",
     "claim_output",
     "compile_all",
@@ -356,6 +372,7 @@ __all__ = [
     "open_chat",
     "pipeline_for",
     "progress_tracker",
+    "prune_cache",
     "read_failure",
     "read_outcome",
     "read_progress",

@@ -158,7 +158,12 @@ class JobKind(ABC, Generic[SpecT]):
         """The name and the factory (``placement=``, ``images=``) of the KFP pipeline that runs ``spec``."""
 
     def placement(
-        self, spec: SpecT, *, cache_pvc: str | None = None, secrets: list[SecretMount] | None = None
+        self,
+        spec: SpecT,
+        *,
+        cache_pvc: str | None = None,
+        cache_max_gb: float | None = None,
+        secrets: list[SecretMount] | None = None,
     ) -> Placement:
         """Where the pipeline's pods go and what they get: ``spec.resources``, then the kind's own needs."""
         from slmops_pipelines.kubeflow.placement import Placement
@@ -167,6 +172,7 @@ class JobKind(ABC, Generic[SpecT]):
             spec.resources,  # type: ignore[attr-defined]
             secrets=list(secrets or []),
             cache_pvc=cache_pvc,
+            cache_max_gb=cache_max_gb,
             **self.pod_settings(spec),
             **self.placement_settings(spec),
         )

@@ -75,6 +75,9 @@ class Placement(BaseModel):
         default_factory=list, description="Secrets every pod mounts as variables (never optional)."
     )
     cache_pvc: str | None = Field(default=None, description="PersistentVolumeClaim for the model cache.")
+    cache_max_gb: float | None = Field(
+        default=None, gt=0, description="The input cache's size limit (SLMOPS_CACHE_MAX_GB) in the pods."
+    )
     target_parallelism: int = Field(default=4, ge=1, description="Optimize targets built at once.")
     target_families: list[str] = Field(
         default_factory=lambda: ["cpu"],
@@ -107,7 +110,13 @@ class Placement(BaseModel):
 
     @classmethod
     def for_resources(
-        cls, resources: ResourcesSpec, *, secrets: list[SecretMount], cache_pvc: str | None, **overrides: Any
+        cls,
+        resources: ResourcesSpec,
+        *,
+        secrets: list[SecretMount],
+        cache_pvc: str | None,
+        cache_max_gb: float | None = None,
+        **overrides: Any,
     ) -> Placement:
         """From a job's ``spec.resources``; ``overrides`` are what the job kind decides itself."""
         tolerations = [
@@ -125,6 +134,7 @@ class Placement(BaseModel):
             "tolerations": tolerations,
             "secrets": list(secrets),
             "cache_pvc": cache_pvc,
+            "cache_max_gb": cache_max_gb,
             "multi_node": resources.nodes > 1,
         }
         return cls(**{**placed, **overrides})
@@ -148,6 +158,8 @@ class Placement(BaseModel):
         if self.cache_pvc:
             kubernetes.mount_pvc(task, pvc_name=self.cache_pvc, mount_path=CACHE_MOUNT)
             task.set_env_variable("SLMOPS_CACHE_DIR", CACHE_MOUNT)
+        if self.cache_max_gb:
+            task.set_env_variable("SLMOPS_CACHE_MAX_GB", f"{self.cache_max_gb:g}")
         task.set_caching_options(enable_caching=self.caching)
         return task
 

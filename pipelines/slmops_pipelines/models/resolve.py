@@ -2,7 +2,8 @@
 
 * a local folder or ``file://`` folder -- used in place;
 * a local ``.gguf`` file -- dequantized once into the cache (see :mod:`.gguf_import`);
-* ``s3://bucket/prefix`` -- downloaded once into the cache (a folder saved with save_pretrained);
+* ``s3://bucket/prefix`` -- listed with the model's own keys on every use, downloaded once per
+  content into the input cache (a folder saved with save_pretrained; see :mod:`.input_cache`);
 * ``hf://org/name[@revision]`` -- ``huggingface_hub.snapshot_download`` into the HF cache.
 
 The cache root is ``$SLMOPS_CACHE_DIR`` or ``~/.cache/slmops``.  Cache entries are written
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 from slmops_pipelines.credentials import hf_token, s3_credentials
@@ -50,21 +50,13 @@ def _from_gguf(path: Path) -> Path:
     return import_gguf(path, target)
 
 
-def _from_s3(uri: str) -> Path:
+def _from_s3(uri: str, field: str) -> Path:
+    """The model as the bucket holds it now, listed with the model's own keys (see input_cache)."""
+    from slmops_pipelines.models import input_cache
     from slmops_pipelines.storage import open_store
 
-    target = cache_root() / "models" / f"s3-{_key(uri)}"
-    if (target / "config.json").is_file():
-        return target
-    store = open_store(uri, field="model.uri", credentials=s3_credentials("model"))
-    store.check()
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if not store.download_dir("", tmp):
-        raise InputError(f"no objects under {uri}", field="model.uri")
-    _check_model_folder(tmp, uri)
-    tmp.rename(target)
-    return target
+    store = open_store(uri, field=field, credentials=s3_credentials("model"))
+    return _check_model_folder(input_cache.fetch(store, "", field=field, kind="model"), uri)
 
 
 def _from_hub(repo: str, revision: str | None) -> Path:
@@ -76,13 +68,13 @@ def _from_hub(repo: str, revision: str | None) -> Path:
         raise InputError(f"cannot download hf://{repo}: {exc}", field="model.uri") from exc
 
 
-def resolve_model(spec: ModelSpec) -> Path:
+def resolve_model(spec: ModelSpec, *, field: str = "model.uri") -> Path:
     """A local folder holding the model named by ``spec.uri``."""
     parsed = parse_uri(spec.uri)
     if parsed.scheme == "hf":
         return _from_hub(parsed.repo, parsed.revision)
     if parsed.scheme == "s3":
-        return _from_s3(spec.uri)
+        return _from_s3(spec.uri, field)
     path = parsed.local_path.expanduser().resolve()  # hf and s3 returned above
     if not path.exists():
         raise InputError(f"model not found: {path}", field="model.uri")

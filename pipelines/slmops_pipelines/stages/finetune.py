@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from slmops_pipelines.errors import InputError
-from slmops_pipelines.models import cache_root, resolve_model
+from slmops_pipelines.models import cache_root, input_cache, resolve_model
 from slmops_pipelines.specs import FineTuneJobSpec
 from slmops_pipelines.stages.outputs import JobRun, open_output
 from slmops_pipelines.steps import publish
@@ -268,6 +268,8 @@ def publish_output(
         inputs={
             "model": {"uri": spec.model.uri, "resolvedPath": str(model_path)},
             "dataset": {"uri": spec.dataset.uri, "fingerprint": fingerprint},
+            # What each remote input held when it was read (a digest of its listing).
+            "digests": input_cache.read_digests(spec),
             # The result is the best trial's: the manifest says which, with its settings.
             **(
                 {"search": {"bestTrial": search["best_trial"], "params": search["best_params"]}}

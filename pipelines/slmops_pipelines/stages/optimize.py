@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slmops_pipelines.errors import InputError, JobError
-from slmops_pipelines.models import cache_root, resolve_model
+from slmops_pipelines.models import cache_root, input_cache, resolve_model
 from slmops_pipelines.models.load import load_causal_lm
 from slmops_pipelines.specs import DatasetSpec, ModelSpec, OptimizeJobSpec
 from slmops_pipelines.specs.optimize import OptimizeTarget
@@ -168,7 +168,7 @@ def prepare_source(
     prepared_dir.mkdir(parents=True, exist_ok=True)
     say("source", "resolving the model to optimize")
     source = resolve_source(spec, locate_job, prepared_dir)
-    base_path = resolve_model(source.base)
+    base_path = resolve_model(source.base, field=base_field(source))
     model, tokenizer, model_dir = load_merged(source, base_path, prepared_dir / "merged")
     adapters = _copy_adapters(source, prepared_dir)
     primary = _primary_data(spec, source)
@@ -425,7 +425,11 @@ def publish_output(
         out_dir,
         identity=identity,
         spec=spec.model_dump(mode="json", by_alias=True),
-        inputs={"source": metrics_doc["source"], "baseModel": metrics_doc["source"]["baseModel"]},
+        inputs={
+            "source": metrics_doc["source"],
+            "baseModel": metrics_doc["source"]["baseModel"],
+            "digests": input_cache.read_digests(spec),
+        },
         exclude=(".slmops/", "prepared/"),
     )
     return output_artifacts(store, metrics_doc)

@@ -10,7 +10,6 @@ reference every target is compared with.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,9 +95,10 @@ def _local_or_s3_dir(uri: str, work: Path, field_name: str) -> Path:
 
     parsed = parse_uri(uri)
     if parsed.scheme == "s3":  # an adapter is part of the model: read with the model's Secret
+        from slmops_pipelines.models import input_cache
+
         store = open_store(uri, field=field_name, credentials=s3_credentials("model"))
-        store.check()
-        return _fetch_dir(store, "", work / hashlib.sha256(uri.encode()).hexdigest()[:12])
+        return input_cache.fetch(store, "", field=field_name, kind="adapter")
     path = parsed.local_path.expanduser().resolve()
     if not path.is_dir():
         raise InputError(f"adapter folder not found: {path}", field=field_name)

@@ -94,7 +94,8 @@ def work_dir(store: ArtifactStore) -> Path:
     local = store.local_root()
     if local is not None:
         return local
-    work = cache_root() / "work" / hashlib.sha256(store.uri.encode()).hexdigest()[:16]
+    # Keyed by where the bytes are (endpoint included), not the URI text: two endpoints never share one.
+    work = cache_root() / "work" / hashlib.sha256(store.source_identity().encode()).hexdigest()[:16]
     work.mkdir(parents=True, exist_ok=True)
     return work
 

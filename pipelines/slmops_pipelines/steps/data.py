@@ -104,26 +104,21 @@ def _local_data_files(path: Path, fmt: str) -> tuple[str, dict[str, str]]:
     return builder, {name: str(p) for name, p in files.items()}
 
 
-def _fetch_s3_dataset(uri: str, cache_dir: Path) -> Path:
+def _fetch_s3_dataset(uri: str, field: str = "dataset.uri") -> Path:
+    """The dataset (one object or a folder) as the bucket holds it now, listed with the dataset's keys."""
+    from slmops_pipelines.models import input_cache
     from slmops_pipelines.storage import open_store
 
     parsed = parse_uri(uri)
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    target = cache_dir / "datasets" / digest
     parent, _, leaf = parsed.key.rpartition("/")
     store = open_store(
         f"s3://{parsed.bucket}/{parent}" if parent else f"s3://{parsed.bucket}",
-        field="dataset.uri",
+        field=field,
         credentials=s3_credentials("dataset"),
     )
-    store.check()
-    if store.exists(leaf):  # a single object
-        store.download_file(leaf, target / leaf)
-        return target / leaf
-    files = store.download_dir(leaf, target)
-    if not files:
-        raise InputError(f"no objects under {uri}", field="dataset.uri")
-    return target
+    entry = input_cache.fetch(store, leaf, field=field, kind="dataset")
+    single = entry / leaf
+    return single if single.is_file() else entry
 
 
 def _split_name(split: str) -> str:
@@ -147,7 +142,7 @@ def load_split(spec: DatasetSpec, split: str, *, cache_dir: Path, field_name: st
                 cache_dir=hf_cache,
                 token=hf_token("dataset"),
             )
-        path = _fetch_s3_dataset(spec.uri, cache_dir) if parsed.scheme == "s3" else parsed.local_path
+        path = _fetch_s3_dataset(spec.uri) if parsed.scheme == "s3" else parsed.local_path
         builder, files = _local_data_files(path.expanduser().resolve(), spec.format)
         if _split_name(split) not in files:
             raise InputError(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import builtins  # `list` is a method of the stores: annotations in the class spell the type builtins.list
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmops_pipelines.errors import StorageError
@@ -24,6 +24,9 @@ from slmops_pipelines.errors import StorageError
 class ObjectInfo:
     key: str  # relative to the store root
     size: int
+    # What the store says of the content (S3's ETag); "" where it says nothing.  Not part of
+    # equality: two listings of the same objects are equal whoever computed the tag.
+    etag: str = field(default="", compare=False)
 
 
 class ArtifactStore(abc.ABC):
@@ -69,6 +72,22 @@ class ArtifactStore(abc.ABC):
         """The local folder behind the store, or None for remote stores."""
 
     # -- helpers built on the primitives ---------------------------------------------------
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """The object ``key`` (size, ETag), or None when there is none."""
+        path = self.local_root()
+        if path is None:
+            raise NotImplementedError
+        target = path / key.strip("/")
+        if not target.is_file():
+            return None
+        stat = target.stat()
+        return ObjectInfo(key.strip("/"), stat.st_size, f"{stat.st_mtime_ns}")
+
+    def source_identity(self, prefix: str = "") -> str:
+        """Where ``prefix`` lives, for cache keys: two stores that could hold different bytes under
+        the same URI text (two S3 endpoints) never share one."""
+        return self.uri_of(prefix) if prefix else self.uri
 
     def uri_of(self, key: str) -> str:
         return self.uri.rstrip("/") + "/" + key.lstrip("/") if key else self.uri

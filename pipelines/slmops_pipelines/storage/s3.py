@@ -112,16 +112,21 @@ class S3Store(ArtifactStore):
             self._check_client.head_bucket(Bucket=self.bucket)
 
     def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
+
+    def stat(self, key: str) -> ObjectInfo | None:
         with self._errors("HeadObject", key):
             try:
-                self._client.head_object(Bucket=self.bucket, Key=self._full_key(key))
+                head = self._client.head_object(Bucket=self.bucket, Key=self._full_key(key))
             except Exception as exc:
                 # HEAD responses have no body, so a missing object is just "404".  A missing
                 # bucket looks the same; check() is where that gets reported.
                 if _http_status(exc) == 404:
-                    return False
+                    return None
                 raise
-        return True
+        return ObjectInfo(
+            key.strip("/"), int(head.get("ContentLength", 0)), str(head.get("ETag", "")).strip('"')
+        )
 
     def read_bytes(self, key: str) -> bytes:
         with self._errors("GetObject", key):
@@ -154,7 +159,10 @@ class S3Store(ArtifactStore):
             )
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        infos = [ObjectInfo(self._rel_key(obj["Key"]), obj["Size"]) for obj in self._list_raw(prefix)]
+        infos = [
+            ObjectInfo(self._rel_key(obj["Key"]), obj["Size"], str(obj.get("ETag", "")).strip('"'))
+            for obj in self._list_raw(prefix)
+        ]
         return iter(sorted(infos, key=lambda info: info.key))
 
     def delete_prefix(self, prefix: str) -> int:
@@ -173,6 +181,11 @@ class S3Store(ArtifactStore):
 
     def local_root(self) -> Path | None:
         return None
+
+    def source_identity(self, prefix: str = "") -> str:
+        # The endpoint is part of where the bytes are (it never leaves this process: hashed into keys).
+        endpoint = self.endpoint_url or f"aws:{self.region}"
+        return f"s3|{endpoint}|{self.bucket}|{self._full_key(prefix) if prefix.strip('/') else self.prefix}"
 
     # -- keys --------------------------------------------------------------------------------
 
