@@ -43,7 +43,7 @@ from slmops_operator.settings import OperatorSettings
 from slmops_pipelines import jobs
 from slmops_pipelines.specs import JobSpec
 
-# Local mode: folders of the operator's pod that hold its secrets or the kernel's view of it.
+# Every mode: a pod's kernel files and tokens (in standalone KFP, KFP's own account's; locally, the operator's).
 SYSTEM_PATHS = ("/proc", "/sys", "/dev", "/var/run/secrets", "/run/secrets")
 # ... and the credential files a process's home may hold (the worker shares the operator's home).
 HOME_CREDENTIALS = (".aws", ".kube", ".docker", ".netrc", ".git-credentials", ".config", ".ssh")
