@@ -21,14 +21,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 stamp="$VENV/.slmops-installed"
-want=$(cat pyproject.toml constraints.txt scripts/setup.sh scripts/fetch_helm.sh | sha256sum | cut -d' ' -f1)-$EXTRAS
+want=$(cat pyproject.toml constraints.txt constraints-lock.txt scripts/setup.sh scripts/fetch_helm.sh | sha256sum | cut -d' ' -f1)-$EXTRAS
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 
 echo "setup: installing slmops[$EXTRAS] into $VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[$EXTRAS]" 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt -c constraints-lock.txt -e ".[$EXTRAS]" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import slmops_operator, slmops_pipelines" # fail loudly if the install did not take
 # Chromium (tests/report opens report.html in it): from the OS packages when we are root on a
 # machine with apt-get; never a reason for the setup to fail.

@@ -1,4 +1,5 @@
-"""Every package the set-up installs is pinned: a fresh install is the one the tests ran on."""
+"""Every package the set-up installs is pinned (constraints.txt and constraints-lock.txt): a fresh
+install is the one the tests ran on."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 from tests.conftest import REPO
 
 NOT_PINNED = {"pip", "setuptools", "wheel", "slmops"}  # the installer itself, and this project
+FILES = ("constraints.txt", "constraints-lock.txt")
 
 
 def normalized(name: str) -> str:
@@ -16,12 +18,13 @@ def normalized(name: str) -> str:
 
 def pins() -> dict[str, str]:
     found = {}
-    for line in (REPO / "constraints.txt").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            assert version, f"constraints.txt: {line!r} is not pinned with =="
-            found[normalized(name)] = version.strip()
+    for file in FILES:
+        for line in (REPO / file).read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                name, _, version = line.partition("==")
+                assert version, f"{file}: {line!r} is not pinned with =="
+                found[normalized(name)] = version.strip()
     return found
 
 
@@ -29,13 +32,14 @@ def test_every_installed_package_is_pinned():
     pinned = pins()
     installed = {normalized(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
     unpinned = sorted(name for name in installed if name not in pinned and name not in NOT_PINNED)
-    assert unpinned == [], f"installed but not in constraints.txt: {unpinned}"
+    assert unpinned == [], f"installed but in neither {' nor '.join(FILES)}: {unpinned}"
 
 
 def test_no_package_is_pinned_twice():
     names = [
         normalized(line.split("==", 1)[0])
-        for line in (REPO / "constraints.txt").read_text().splitlines()
+        for file in FILES
+        for line in (REPO / file).read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     assert len(names) == len(set(names))
