@@ -175,9 +175,8 @@ def output_access(
     own = next((s for s in secrets or [] if s.ref.purpose == "output"), None)
     if own is not None and output_uri.startswith("s3://"):
         return OutputAccess(s3_credentials_from(own.env()))
-    slot = policy.namespace_slot(settings, namespace)
-    location = policy.local_path(output_uri) or output_uri.rstrip("/")
-    if slot and policy.contains(slot, location) and location != slot:
+    slot, where = policy.namespace_slot(settings, namespace), policy.location(output_uri)
+    if slot and policy.contains(slot, where) and where != slot:
         return OutputAccess({})
     if output_uri.startswith("pvc://"):
         return OutputAccess(None, "it is on a PersistentVolumeClaim, which the operator does not mount")

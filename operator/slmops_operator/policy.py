@@ -78,7 +78,8 @@ def local_path(uri: str) -> str | None:
     return posixpath.normpath(path) if path.startswith("/") else None
 
 
-def _location(uri: str) -> str:
+def location(uri: str) -> str:
+    """What ``contains`` compares: a local URI's normalized path, any other URI without its trailing '/'."""
     return local_path(uri) or uri.rstrip("/")
 
 
@@ -91,7 +92,7 @@ def contains(outer: str, inner: str) -> bool:
 def default_root(settings: OperatorSettings) -> str:
     """Where jobs without ``output.uri`` write, one slot per namespace ("" when there is none)."""
     if settings.default_output:
-        return _location(settings.default_output)
+        return location(settings.default_output)
     return str(settings.local_state_dir / "outputs") if settings.backend == "local" else ""
 
 
@@ -102,12 +103,12 @@ def namespace_slot(settings: OperatorSettings, namespace: str) -> str:
 
 
 def _reserved_roots(settings: OperatorSettings) -> dict[str, str]:
-    roots = {"the operator's state folder (SLMOPS_LOCAL_STATE_DIR)": str(settings.local_state_dir)}
-    if settings.default_output:
-        roots["the default output root (SLMOPS_DEFAULT_OUTPUT)"] = settings.default_output
-    elif settings.backend == "local":
-        roots["the default output root"] = str(settings.local_state_dir / "outputs")
-    return {what: _location(root) for what, root in roots.items() if root and root != "."}
+    outputs = "the default output root" + (" (SLMOPS_DEFAULT_OUTPUT)" if settings.default_output else "")
+    roots = {
+        "the operator's state folder (SLMOPS_LOCAL_STATE_DIR)": location(str(settings.local_state_dir)),
+        outputs: default_root(settings),
+    }
+    return {what: root for what, root in roots.items() if root and root != "."}
 
 
 def output_problems(uri: str, settings: OperatorSettings, *, namespace: str | None = None) -> list[str]:
@@ -116,16 +117,16 @@ def output_problems(uri: str, settings: OperatorSettings, *, namespace: str | No
     if not uri:
         return []
     found = []
-    location = _location(uri)
+    where = location(uri)
     for what, root in _reserved_roots(settings).items():
-        if contains(location, root):
+        if contains(where, root):
             found.append(
                 f"spec.output.uri: {uri!r} is or holds {what}; a job's output is a folder of its own "
                 "(leave output.uri empty to get one under the default root)"
             )
     root, slot = default_root(settings), namespace_slot(settings, namespace or "")
-    if namespace is not None and root and contains(root, location) and not found:
-        if not contains(slot, location) or location == slot:
+    if namespace is not None and root and contains(root, where) and not found:
+        if not contains(slot, where) or where == slot:
             found.append(
                 f"spec.output.uri: {uri!r} lies in the default output root outside this namespace's slot; "
                 f"jobs of {namespace} write under {slot}/<name> (leave output.uri empty to get one)"
@@ -149,7 +150,7 @@ def slot_problems(spec: JobSpec, namespace: str, settings: OperatorSettings) -> 
         f"spec.{loc.uri_field}: {loc.uri!r} is another namespace's output (under {root}); "
         f"jobs of {namespace} read outputs under {slot} only"
         for loc in jobs.spec_inputs(spec)
-        if contains(root, _location(loc.uri)) and not contains(slot, _location(loc.uri))
+        if contains(root, location(loc.uri)) and not contains(slot, location(loc.uri))
     ]
 
 
@@ -272,8 +273,9 @@ def _blocked_path(uri: str, settings: OperatorSettings) -> str | None:
         return None
     path = posixpath.normpath(os.path.abspath(uri[len("file://") :] if uri.startswith("file://") else uri))
     candidates = [path, os.path.realpath(path)]  # a symlink may lead into a protected folder
+    protected_paths = _protected_paths(settings)
     for candidate in candidates:
-        for protected, what in _protected_paths(settings).items():
+        for protected, what in protected_paths.items():
             if contains(protected, candidate):
                 return what
     return None

@@ -117,7 +117,7 @@ class OperatorSettings(BaseModel):
     )
     tenant_allow: dict[str, TenantAllowance] = Field(
         default_factory=dict,
-        description="Standalone KFP: namespace (or '*') -> the accounts, claims and pull secrets it may name.",
+        description="Standalone KFP: namespace (or '*') -> the accounts, claims, pull secrets and images it may name.",
     )
     allow_trust_remote_code: bool = Field(
         default=False, description="Standalone KFP and local mode: let jobs run a model repository's code."
@@ -163,10 +163,10 @@ class OperatorSettings(BaseModel):
         """What ``namespace`` may name in standalone KFP: its own entry and the ``*`` entry together."""
         entries = [self.tenant_allow[key] for key in (namespace, "*") if key in self.tenant_allow]
         return TenantAllowance(
-            service_accounts=[n for e in entries for n in e.service_accounts],
-            claims=[n for e in entries for n in e.claims],
-            image_pull_secrets=[n for e in entries for n in e.image_pull_secrets],
-            images=[n for e in entries for n in e.images],
+            **{
+                name: [item for e in entries for item in getattr(e, name)]
+                for name in TenantAllowance.model_fields
+            }
         )
 
     def webhook_server(self):

@@ -14,6 +14,16 @@ from slmops_pipelines.specs import JobSpec
 RunPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled"]
 
 
+def status_run(status: dict[str, Any], run_name: str) -> RunRef | None:
+    """``status.run`` when it names the run ``run_name``; None otherwise.
+
+    Anyone who may patch ``*/status`` writes it: its name is checked here, its id by the
+    backend (see ``Backend.state``), before either is acted on.
+    """
+    run = status.get("run") or {}
+    return RunRef.model_validate(run) if run.get("name") == run_name else None
+
+
 def run_name(kind: str, namespace: str, name: str, uid: str, attempt: int) -> str:
     """Deterministic: a retried handler or a restarted operator finds the run instead of starting another.
 

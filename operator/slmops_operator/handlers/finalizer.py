@@ -23,8 +23,9 @@ from typing import Any
 import kopf
 
 from slmops_operator import policy
-from slmops_operator.api.resources import resource_of
+from slmops_operator.api.resources import Resource, resource_of
 from slmops_operator.api.status import RunRef
+from slmops_operator.backends.base import status_run
 from slmops_operator.credentials import MissingCredentials, output_access
 from slmops_operator.handlers.conditions import FINISHED
 from slmops_operator.settings import OperatorSettings
@@ -43,15 +44,11 @@ async def on_delete(
     """Cancel the run and delete what the job owns; give up (loudly) after the timeout."""
     current: dict[str, Any] = dict(status or {})
     left: list[str] = []
-    request = _request(reconciler, body, current)
+    resource = _resource(body)  # None: an object of an older, looser release, or refused before it ran
+    request = _request(reconciler, resource, body, current)
     if request is not None and current.get("phase") not in FINISHED:
         # The run the operator names for this job's attempt, never status.run as written.
-        seen = current.get("run") or {}
-        run = (
-            RunRef.model_validate(seen)
-            if seen.get("name") == request.run_name
-            else RunRef(name=request.run_name)
-        )
+        run = status_run(current, request.run_name) or RunRef(name=request.run_name)
         try:
             await reconciler.backend.cancel(run, request)
             logger.info(f"cancelled run {request.run_name}")
@@ -59,7 +56,7 @@ async def on_delete(
             left.append(f"run {request.run_name} not cancelled ({type(exc).__name__}: {exc})")
         reconciler.release_slot(_namespace(body), request.run_name)
     if reconciler.settings.delete_artifacts:
-        left += await _delete_artifacts(reconciler, body, current, logger)
+        left += await _delete_artifacts(reconciler, resource, body, logger)
     if not left:
         return
     waited = runtime.total_seconds() if runtime is not None else 0.0
@@ -77,16 +74,22 @@ async def on_delete(
     logger.warning(f"finalizer released with cleanup incomplete: {summary}")
 
 
-def _request(reconciler, body: kopf.Body, status: dict[str, Any]):
+def _resource(body: kopf.Body) -> Resource | None:
+    try:
+        return resource_of(body.get("kind", "")).model_validate(dict(body))
+    except Exception:  # an object of an older, looser release, or one refused before it ran
+        return None
+
+
+def _request(reconciler, resource: Resource | None, body: kopf.Body, status: dict[str, Any]):
     """The job's current attempt as a backend request; None for a job that never had a run."""
-    if not (status.get("run") or {}).get("name"):
+    if resource is None or not (status.get("run") or {}).get("name"):
         return None
     try:
-        resource = resource_of(body.get("kind", "")).model_validate(dict(body))
         return reconciler.request(
             resource, body.get("metadata") or {}, attempt=int(status.get("runAttempt") or 1)
         )
-    except Exception:  # an object of an older, looser release, or one refused before it ran
+    except Exception:  # no output location could be resolved: it never ran
         return None
 
 
@@ -94,13 +97,14 @@ def _namespace(body: kopf.Body) -> str:
     return (body.get("metadata") or {}).get("namespace") or "default"
 
 
-async def _delete_artifacts(reconciler, body: kopf.Body, status: dict[str, Any], logger) -> list[str]:
+async def _delete_artifacts(reconciler, resource: Resource | None, body: kopf.Body, logger) -> list[str]:
     """Delete the output the job owns: the location its spec resolves to, never ``status.artifacts``
     (anyone who may patch ``*/status`` writes that), with the job's own keys (see output_access)."""
+    if resource is None:  # an invalid object never ran: nothing to delete
+        return []
     try:
-        resource = resource_of(body.get("kind", "")).model_validate(dict(body))
         uri = reconciler.output_uri(resource)
-    except Exception:  # an invalid object never ran: nothing to delete
+    except Exception:  # no output location: nothing was written
         return []
     try:
         secrets = await reconciler.credentials.resolve(resource.namespace, resource.spec)

@@ -37,7 +37,7 @@ import kopf
 
 from slmops_operator.api.resources import GROUP, VERSION, Resource, resource_of, resources
 from slmops_operator.api.status import RunRef
-from slmops_operator.backends.base import JobRequest
+from slmops_operator.backends.base import JobRequest, status_run
 from slmops_operator.credentials import MissingCredentials, output_access
 from slmops_operator.handlers import finalizer, validation
 from slmops_operator.handlers.conditions import FINISHED, condition_status
@@ -45,11 +45,6 @@ from slmops_operator.handlers.reconciler import BackendUnavailable, Reconciler
 from slmops_operator.handlers.status_writer import Go, JobPass, backend_trouble, mirror
 
 ACTIVE = ("Running",)
-
-
-def _run_ref(status: dict[str, Any], run_name: str) -> RunRef | None:
-    run = status.get("run") or {}
-    return RunRef.model_validate(run) if run.get("name") == run_name else None
 
 
 async def reconcile(
@@ -98,7 +93,7 @@ async def _reconcile(
     except kopf.PermanentError as exc:
         job.go("Failed", reason="InvalidSpec", message=str(exc))
         return
-    run = _run_ref(job.status, request.run_name)
+    run = status_run(job.status, request.run_name)
     if run is None:
         await _start(reconciler, request, job.go, active)
         return
@@ -168,9 +163,7 @@ async def _cancel_once(reconciler: Reconciler, resource: Resource, job: JobPass)
     request = reconciler.request(resource, job.meta, attempt=int(job.status.get("runAttempt") or 1))
     if request.run_name in reconciler.cancelled:
         return
-    run = _run_ref(job.status, request.run_name) or RunRef(
-        backend=reconciler.backend.name, name=request.run_name
-    )
+    run = status_run(job.status, request.run_name) or RunRef(name=request.run_name)
     await reconciler.backend_call("cancel", reconciler.backend.cancel(run, request), uid=job.uid)
     reconciler.cancelled.add(request.run_name)
     reconciler.release_slot(resource.namespace, request.run_name)

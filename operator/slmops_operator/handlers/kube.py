@@ -143,12 +143,9 @@ class KubeApi:
     async def merge(self, path: str, patch: dict) -> None:
         """A JSON merge patch (with the ``resourceVersion`` it was checked at: a conflict is retried)."""
         try:
-            await self._call_patch(path, patch)
+            await self._call("patch", path, patch, content_type="application/merge-patch+json")
         except ApiError as exc:
             raise kopf.TemporaryError(f"PATCH {path}: {exc.status} {exc}", delay=10) from exc
-
-    async def _call_patch(self, path: str, patch: dict) -> Any:
-        return await self._call("patch", path, patch, content_type="application/merge-patch+json")
 
     async def delete(self, path: str, *, uid: str | None = None) -> None:
         """DELETE ``path``; a 404 means it is gone already.  ``uid``: only that object (a precondition)."""

@@ -97,11 +97,13 @@ def fetch(store: ArtifactStore, prefix: str, *, field: str, kind: str) -> Path:
     """
     listing = list_source(store, prefix, field=field)
     entry = inputs_root() / f"{kind}-{listing.digest[:32]}"
-    if not _complete(entry, listing):
+    filled = not _complete(entry, listing)
+    if filled:
         _fill(store, prefix, listing, entry, field=field)
     _hold(entry)
     READ[field] = (listing.uri, f"sha256:{listing.digest}")
-    enforce_limit()
+    if filled:  # only a fill grows the cache
+        enforce_limit()
     return entry
 
 

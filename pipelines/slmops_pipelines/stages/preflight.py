@@ -180,6 +180,7 @@ def claims_stay_inside(spec: Any) -> None:
     a dataset.  Runs before anything reads the inputs.
     """
     from slmops_pipelines.specs.locations import spec_inputs
+    from slmops_pipelines.storage.local import links_out_of
 
     for loc in spec_inputs(spec):
         parsed = parse_uri(loc.uri) if loc.uri.startswith("pvc://") else None
@@ -189,7 +190,7 @@ def claims_stay_inside(spec: Any) -> None:
         top = parsed.local_path
         paths = [top, *top.rglob("*")] if top.is_dir() else [top]
         for path in paths:
-            if path.is_symlink() and not path.resolve().is_relative_to(claim_root.resolve()):
+            if links_out_of(path, claim_root):
                 raise InputError(
                     f"{path.relative_to(claim_root).as_posix()!r} on claim {parsed.claim!r} is a link to a file "
                     "outside the claim: refusing to read it",

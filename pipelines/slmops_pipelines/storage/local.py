@@ -29,6 +29,11 @@ from slmops_pipelines.storage.base import ArtifactStore, ObjectInfo
 TEMP_PREFIX = ".slmops-tmp-"
 
 
+def links_out_of(path: Path, root: Path) -> bool:
+    """True when ``path`` is a symbolic link whose target lies outside ``root``."""
+    return path.is_symlink() and not path.resolve().is_relative_to(root.resolve())
+
+
 class LocalStore(ArtifactStore):
     """Artifacts under a local folder; ``uri`` is the folder's absolute path."""
 
@@ -101,7 +106,7 @@ class LocalStore(ArtifactStore):
         return iter(sorted(infos, key=lambda info: info.key))
 
     def _refuse_escaping_link(self, path: Path) -> None:
-        if path.is_symlink() and not path.resolve().is_relative_to(self.root.resolve()):
+        if links_out_of(path, self.root):
             raise self._error(
                 f"{path.relative_to(self.root).as_posix()!r} in {self.root} is a link to a file outside it: "
                 "refusing to read it"
