@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-EXTRAS=${EXTRAS:-train,optimize,dev}
+EXTRAS=${EXTRAS:-train,optimize,serve,dev}
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV"

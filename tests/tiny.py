@@ -38,7 +38,7 @@ def build_tokenizer(texts: list[str], vocab_size: int = 512):
 
 
 def build_tiny_llama(
-    out_dir: Path, texts: list[str], *, hidden: int = 64, layers: int = 2, seed: int = 0
+    out_dir: Path, texts: list[str], *, hidden: int = 64, layers: int = 2, seed: int = 0, context: int = 256
 ) -> Path:
     """Save a tiny Llama + tokenizer to ``out_dir`` and return it."""
     import torch
@@ -54,7 +54,7 @@ def build_tiny_llama(
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=hidden // 4,
-        max_position_embeddings=256,
+        max_position_embeddings=context,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

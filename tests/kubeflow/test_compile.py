@@ -159,6 +159,11 @@ def test_chained_pipeline_feeds_the_finetune_output_to_optimize():
     for name in ("inspect-optimize", "prepare-source"):
         source = tasks[name]["inputs"]["parameters"]["source_uri"]["taskOutputParameter"]
         assert source == {"outputParameterKey": "Output", "producerTask": "publish-finetune"}
+    from slmops_pipelines.kubeflow import settings
+
+    shown = {f"finetune_{s.name}" for s in settings.FINETUNE} | {
+        f"optimize_{s.name}" for s in settings.OPTIMIZE
+    }
     assert set(doc["root"]["inputDefinitions"]["parameters"]) == {
         "finetune_spec",
         "finetune_job",
@@ -166,6 +171,7 @@ def test_chained_pipeline_feeds_the_finetune_output_to_optimize():
         "optimize_spec",
         "optimize_job",
         "optimize_output_uri",
+        *shown,
     }
 
 

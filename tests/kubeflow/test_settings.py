@@ -57,6 +57,38 @@ def test_every_pipeline_takes_its_settings_typed_and_described(factory, shown, t
     assert "what runs" in root["spec"]["description"]
 
 
+def test_the_combined_pipeline_shows_both_jobs_settings_prefixed(tmp_path):
+    from slmops_pipelines.kubeflow.pipelines import compile_pipeline, finetune_optimize_pipeline
+
+    ir = next(
+        yaml.safe_load_all(compile_pipeline(finetune_optimize_pipeline(), tmp_path / "p.yaml").read_text())
+    )
+    root = ir["root"]["inputDefinitions"]["parameters"]
+    for prefix, shown in (("finetune_", settings.FINETUNE), ("optimize_", settings.OPTIMIZE)):
+        for setting in shown:
+            assert setting.description in root[prefix + setting.name]["description"]
+        assert "what runs" in root[prefix + "spec"]["description"]
+    assert root["finetune_learning_rate"]["parameterType"] == "NUMBER_DOUBLE"
+    assert root["finetune_max_steps"]["parameterType"] == "NUMBER_INTEGER"
+
+
+@pytest.mark.parametrize(
+    ("component", "shown", "more"),
+    [("inspect_finetune", settings.FINETUNE, ()), ("inspect_optimize", settings.OPTIMIZE, ("source_uri",))],
+)
+def test_the_inspect_components_spell_the_settings_the_table_declares(component, shown, more):
+    """Their source ships to the pod, so it spells the parameters; they must be the table's."""
+    from slmops_pipelines.kubeflow import components
+
+    parameters = inspect.signature(getattr(components, component)).parameters
+    expected = [p.name for p in settings.JOB_PARAMETERS] + list(more) + [s.name for s in shown]
+    assert list(parameters) == expected
+    for setting in shown:
+        assert parameters[setting.name].annotation is type(setting.empty)
+        assert parameters[setting.name].default == setting.empty
+        assert setting.description in getattr(components, component).__doc__
+
+
 def test_the_run_arguments_fill_the_settings_from_the_spec():
     job = finetune_job()
     arguments = jobs.run_arguments("FineTuneJob", job.spec, job={"name": "ft"}, output_uri="s3://out/ft")
@@ -87,8 +119,6 @@ def test_the_inspect_step_checks_the_settings_before_it_claims_anything(tmp_path
     context = {"kind": "FineTuneJob", "apiVersion": "slmops.io/v1alpha1", "name": "ft"}
     out = tmp_path / "out"
     with pytest.raises(InputError) as err:
-        tasks.inspect_finetune(
-            spec=job.spec.to_manifest(), job=context, output_uri=str(out), shown={"method": "full"}
-        )
+        tasks.inspect_finetune(spec=job.spec.to_manifest(), job=context, output_uri=str(out), method="full")
     assert err.value.field == "method"
     assert not (out / ".slmops" / "job.json").exists()

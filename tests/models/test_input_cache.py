@@ -151,3 +151,109 @@ def test_eviction_keeps_what_is_in_use_and_the_cli_shows_it(tiny_model: Path, s3
         holder.kill()
         holder.wait()
     assert [e.path for e in input_cache.prune(max_bytes=0)] == [held]  # nobody holds it now
+
+
+def replace_config(uri: str, tiny_model: Path, revision: int) -> None:
+    config = json.loads((tiny_model / "config.json").read_text())
+    config["slmops_revision"] = revision
+    open_store(uri).write_text("config.json", json.dumps(config))
+
+
+def test_a_model_replaced_while_a_run_reads_it_fails_the_run_naming_the_field(
+    tiny_model: Path, s3_env, s3_bucket, cache_dir
+):
+    """Inside one run the first read pins the source: a second version is never mixed in."""
+    uri = f"s3://{s3_bucket}/models/mid-run"
+    upload(tiny_model, uri)
+    with input_cache.one_run():
+        first = resolve_model(ModelSpec(uri=uri))
+        assert resolve_model(ModelSpec(uri=uri)) == first  # unchanged: the same entry
+        replace_config(uri, tiny_model, 2)
+        with pytest.raises(JobError) as changed:
+            resolve_model(ModelSpec(uri=uri))
+    assert changed.value.field == "model.uri" and "changed while the job ran" in changed.value.message
+    assert (resolve_model(ModelSpec(uri=uri)) / "config.json").is_file()  # a new run reads the new one
+
+
+def test_a_pipelines_later_step_reads_the_inputs_its_first_step_read(
+    tiny_model: Path, s3_env, s3_bucket, cache_dir, tmp_path
+):
+    """KFP steps run in their own pods: the pins travel in the output location, step to step."""
+    from slmops_pipelines.kubeflow.tasks.common import pinned_inputs
+    from slmops_pipelines.stages.outputs import recorded_inputs
+
+    uri = f"s3://{s3_bucket}/models/pipeline"
+    upload(tiny_model, uri)
+    out = str(tmp_path / "out")
+
+    @pinned_inputs(first_step=True)
+    def inspect(*, output_uri: str) -> str:
+        return input_cache.pins()["model.uri"] if resolve_model(ModelSpec(uri=uri)) else ""
+
+    @pinned_inputs()
+    def train(*, output_uri: str) -> Path:
+        return resolve_model(ModelSpec(uri=uri))
+
+    pinned = inspect(output_uri=out)
+    assert recorded_inputs(out) == {"model.uri": pinned}
+    assert (train(output_uri=out) / "config.json").is_file()  # unchanged: the step reads it
+    replace_config(uri, tiny_model, 3)
+    with pytest.raises(JobError) as changed:
+        train(output_uri=out)  # another pod, after the model was replaced: refused
+    assert changed.value.field == "model.uri"
+    assert inspect(output_uri=out) != pinned  # a new run starts the record afresh
+    assert (train(output_uri=out) / "config.json").is_file()
+
+
+def test_the_optimize_source_fingerprint_follows_the_adapters_content(
+    tiny_model, s3_env, s3_bucket, cache_dir
+):
+    """A pipeline's source step is cached on this fingerprint: an adapter replaced in place changes it."""
+    from slmops_pipelines.kubeflow.tasks.optimize import source_fingerprint
+    from slmops_pipelines.specs import OptimizeJobSpec
+
+    upload(tiny_model, f"s3://{s3_bucket}/fp/base")
+    for name in ("a", "b"):
+        open_store(f"s3://{s3_bucket}/fp/{name}").write_text("adapter_config.json", json.dumps({"r": 8}))
+    spec = OptimizeJobSpec.model_validate(
+        {
+            "source": {
+                "model": {"uri": f"s3://{s3_bucket}/fp/base"},
+                "adapters": [{"name": n, "uri": f"s3://{s3_bucket}/fp/{n}"} for n in ("a", "b")],
+            },
+            "targets": [
+                {
+                    "name": "cpu",
+                    "provider": "CPUExecutionProvider",
+                    "precision": "fp32",
+                    "mergeAdapter": False,
+                }
+            ],
+        }
+    )
+    before = source_fingerprint(spec, "")
+    assert source_fingerprint(spec, "") == before
+    open_store(f"s3://{s3_bucket}/fp/b").write_text("adapter_config.json", json.dumps({"r": 16}))
+    assert source_fingerprint(spec, "") != before
+
+
+def test_each_evaluation_dataset_is_read_under_its_own_field(s3_env, s3_bucket, cache_dir, tmp_path):
+    """Two adapters' datasets in one run: each pinned and recorded under its spec field, not one."""
+    from slmops_pipelines.specs import DatasetSpec
+    from slmops_pipelines.steps.data import check_dataset
+
+    fields = {}
+    for n, rows in enumerate((["a", "b"], ["c", "d", "e"])):
+        uri = f"s3://{s3_bucket}/eval/{n}.jsonl"
+        open_store(uri.rsplit("/", 1)[0]).write_text(
+            f"{n}.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in rows)
+        )
+        fields[f"source.adapters[{n}].evaluation.dataset"] = DatasetSpec.model_validate(
+            {"uri": uri, "textTemplate": "{text}"}
+        )
+    with input_cache.one_run():
+        for prefix, spec in fields.items():
+            check_dataset(spec, seed=0, cache_dir=cache_dir, field_prefix=prefix)
+        pinned = input_cache.pins()
+    assert set(pinned) == {f"{prefix}.uri" for prefix in fields}
+    assert len(set(pinned.values())) == 2

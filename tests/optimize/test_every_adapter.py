@@ -217,18 +217,18 @@ def test_the_pipelines_tasks_measure_every_adapter_too(tiny_model, two_adapters,
         spec=spec, job=context, output_uri=out, source_uri=""
     )
     prepared, target_dir = tmp_path / "prepared", tmp_path / "target"
-    tasks.prepare_optimize_source(
+    tasks.prepare_source(
         spec=source_view,
         output_uri=out,
         source_uri="",
         fingerprint=fingerprint,
-        prepared_dir=str(prepared),
-        metrics=DashboardMetrics(tmp_path / "m1"),
+        prepared=str(prepared),
+        reference_metrics=DashboardMetrics(tmp_path / "m1"),
     )
     [view] = tasks.plan_targets(spec=spec)
     built = DashboardMetrics(tmp_path / "m2")
     tasks.build_target(
-        spec=view, output_uri=out, prepared_dir=str(prepared), target_dir=str(target_dir), metrics=built
+        spec=view, output_uri=out, prepared=str(prepared), target=str(target_dir), target_metrics=built
     )
     assert {"tone_perplexity", "sql_perplexity"} <= built.metadata.keys()
     published = DashboardMetrics(tmp_path / "m3")
@@ -237,11 +237,11 @@ def test_the_pipelines_tasks_measure_every_adapter_too(tiny_model, two_adapters,
         job=context,
         output_uri=out,
         started_at=started,
-        prepared_dir=str(prepared),
-        target_dirs=[str(target_dir)],
-        report_path=str(tmp_path / "report.html"),
-        summary_path=str(tmp_path / "summary.md"),
-        metrics=published,
+        prepared=str(prepared),
+        targets=[str(target_dir)],
+        report=str(tmp_path / "report.html"),
+        artifacts=str(tmp_path / "summary.md"),
+        summary=published,
     )
     assert "cpu-fp32-adapters_sql_perplexity" in published.metadata
     doc = json.loads((tmp_path / "out" / "metrics.json").read_text())

@@ -21,6 +21,7 @@ from rich.markup import escape
 
 from slmops_operator.cli.generate import chat, generate
 from slmops_operator.cli.runner import EXIT_FAILED, EXIT_INVALID
+from slmops_operator.cli.serve import serve
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -299,6 +300,7 @@ def describe(output: str, output_format: str, no_verify: bool) -> None:
 
 cli.add_command(generate)  # slmops generate TARGET --prompt TEXT (cli/generate.py)
 cli.add_command(chat)  # slmops chat TARGET
+cli.add_command(serve)  # slmops serve TARGET (cli/serve.py)
 
 
 @cli.command("operator")

@@ -128,20 +128,15 @@ def run_resources(
                     metrics=summary,
                 )
             )
-        except jobs.InputError as exc:
+        except jobs.JobError as exc:  # an InputError names the spec field it is about
+            invalid = isinstance(exc, jobs.InputError)
             results.append(result_of(resource, "Failed", error=exc.to_dict()))
+            word, where = ("error", "spec.") if invalid else ("failed", "")
             err_console.print(
-                f"[red]error[/red] {resource.kind_name} {escape(resource.name)}: spec.{escape(str(exc))}",
+                f"[red]{word}[/red] {resource.kind_name} {escape(resource.name)}: {where}{escape(str(exc))}",
                 highlight=False,
             )
-            return EXIT_INVALID
-        except jobs.JobError as exc:
-            results.append(result_of(resource, "Failed", error=exc.to_dict()))
-            err_console.print(
-                f"[red]failed[/red] {resource.kind_name} {escape(resource.name)}: {escape(str(exc))}",
-                highlight=False,
-            )
-            return EXIT_FAILED
+            return EXIT_INVALID if invalid else EXIT_FAILED
         except KeyboardInterrupt:
             results.append(result_of(resource, "Cancelled"))
             err_console.print(

@@ -28,12 +28,13 @@ from slmops_operator.api.status import RunRef
 from slmops_operator.backends.base import status_run
 from slmops_operator.credentials import MissingCredentials, output_access
 from slmops_operator.handlers.conditions import FINISHED
+from slmops_operator.handlers.reconciler import Reconciler, backoff
 from slmops_operator.settings import OperatorSettings
 from slmops_pipelines.jobs import S3Credentials
 
 
 async def on_delete(
-    reconciler,
+    reconciler: Reconciler,
     *,
     body: kopf.Body,
     status: kopf.Status,
@@ -62,9 +63,8 @@ async def on_delete(
     waited = runtime.total_seconds() if runtime is not None else 0.0
     summary = "; ".join(left)[:900]
     if waited < reconciler.settings.finalizer_timeout:
-        raise kopf.TemporaryError(
-            f"cleanup incomplete, retrying: {summary}", delay=min(60, 2 ** min(retry, 6))
-        )
+        delay = backoff(retry, reconciler.settings.poll_seconds)
+        raise kopf.TemporaryError(f"cleanup incomplete, retrying: {summary}", delay=delay)
     kopf.event(
         body,
         type="Warning",
@@ -81,7 +81,7 @@ def _resource(body: kopf.Body) -> Resource | None:
         return None
 
 
-def _request(reconciler, resource: Resource | None, body: kopf.Body, status: dict[str, Any]):
+def _request(reconciler: Reconciler, resource: Resource | None, body: kopf.Body, status: dict[str, Any]):
     """The job's current attempt as a backend request; None for a job that never had a run."""
     if resource is None or not (status.get("run") or {}).get("name"):
         return None
@@ -97,7 +97,9 @@ def _namespace(body: kopf.Body) -> str:
     return (body.get("metadata") or {}).get("namespace") or "default"
 
 
-async def _delete_artifacts(reconciler, resource: Resource | None, body: kopf.Body, logger) -> list[str]:
+async def _delete_artifacts(
+    reconciler: Reconciler, resource: Resource | None, body: kopf.Body, logger: kopf.Logger
+) -> list[str]:
     """Delete the output the job owns: the location its spec resolves to, never ``status.artifacts``
     (anyone who may patch ``*/status`` writes that), with the job's own keys (see output_access)."""
     if resource is None:  # an invalid object never ran: nothing to delete

@@ -42,7 +42,7 @@ from slmops_operator.credentials import MissingCredentials, output_access
 from slmops_operator.handlers import finalizer, validation
 from slmops_operator.handlers.conditions import FINISHED, condition_status
 from slmops_operator.handlers.reconciler import BackendUnavailable, Reconciler
-from slmops_operator.handlers.status_writer import Go, JobPass, backend_trouble, mirror
+from slmops_operator.handlers.status_writer import JobPass, backend_trouble, mirror
 
 ACTIVE = ("Running",)
 
@@ -85,7 +85,7 @@ async def _reconcile(
         return
     if await _suspended(reconciler, resource, job):
         return
-    source_uri = _upstream_output(resource, outputs, job.go)
+    source_uri = _upstream_output(resource, outputs, job)
     if source_uri is None:
         return
     try:
@@ -95,11 +95,11 @@ async def _reconcile(
         return
     run = status_run(job.status, request.run_name)
     if run is None:
-        await _start(reconciler, request, job.go, active)
+        await _start(reconciler, request, job, active)
         return
     state = await reconciler.backend_call("state", reconciler.backend.state(run, request), uid=request.uid)
     reconciler.release_slot(resource.namespace, request.run_name)  # seen: the index has it, or it ended
-    mirror(reconciler, request, run, state, job.go, job.status)
+    mirror(reconciler, request, run, state, job)
 
 
 async def _finished(reconciler: Reconciler, job: JobPass) -> None:
@@ -133,7 +133,7 @@ async def _suspended(reconciler: Reconciler, resource: Resource, job: JobPass) -
     return False
 
 
-def _upstream_output(resource: Resource, outputs: dict[str, Any], go: Go) -> str | None:
+def _upstream_output(resource: Resource, outputs: dict[str, Any], job: JobPass) -> str | None:
     """The output of the job this one reads from ("" without one); None while it waits or when it failed."""
     upstream = resource.job_kind.upstream(resource.spec)
     if upstream is None:
@@ -141,15 +141,15 @@ def _upstream_output(resource: Resource, outputs: dict[str, Any], go: Go) -> str
     name, what = upstream.name, f"{upstream.kind} {upstream.name}"
     found = list((outputs.get(upstream.kind) or {}).get((resource.namespace, name), []))
     if not found:
-        go("Pending", reason=f"WaitingFor{upstream.kind}", message=f"waiting for {what} to be created")
+        job.go("Pending", reason=f"WaitingFor{upstream.kind}", message=f"waiting for {what} to be created")
         return None
     dependency = found[0]
     if dependency["phase"] in ("Failed", "Cancelled"):
         message = f"{what} {dependency['phase'].lower()}: {dependency.get('message') or ''}".strip()
-        go("Failed", reason=f"{upstream.kind}Failed", message=message)
+        job.go("Failed", reason=f"{upstream.kind}Failed", message=message)
         return None
     if dependency["phase"] != "Succeeded" or not dependency.get("output"):
-        go("Pending", reason=f"WaitingFor{upstream.kind}", message=f"waiting for {what} to succeed")
+        job.go("Pending", reason=f"WaitingFor{upstream.kind}", message=f"waiting for {what} to succeed")
         return None
     return dependency["output"]
 
@@ -176,7 +176,7 @@ def run_attempt(status: dict[str, Any]) -> int:
     return attempt + 1 if resumed else attempt
 
 
-async def _start(reconciler: Reconciler, request: JobRequest, go, active: set[str]) -> None:
+async def _start(reconciler: Reconciler, request: JobRequest, job: JobPass, active: set[str]) -> None:
     """Submit, unless the namespace's running limit is reached (then Queued)."""
     limit = reconciler.settings.max_running_per_namespace
     namespace = request.namespace
@@ -185,7 +185,7 @@ async def _start(reconciler: Reconciler, request: JobRequest, go, active: set[st
         if limit:
             active = (active | reconciler.submitting.get(namespace, set())) - {request.run_name}
             if len(active) >= limit:
-                go(
+                job.go(
                     "Queued",
                     reason="NamespaceLimit",
                     message=f"{len(active)} of {limit} jobs running in {namespace}; waiting for a slot",
@@ -195,13 +195,13 @@ async def _start(reconciler: Reconciler, request: JobRequest, go, active: set[st
         try:  # only what the job's own namespace holds, checked before anything starts
             request.secrets = await reconciler.credentials.resolve(request.namespace, request.spec)
         except MissingCredentials as exc:
-            go("Failed", reason="MissingCredentials", message=str(exc))
+            job.go("Failed", reason="MissingCredentials", message=str(exc))
             return
-        if not await _claim_output(reconciler, request, go):
+        if not await _claim_output(reconciler, request, job):
             return
         run = await reconciler.backend_call("submit", reconciler.backend.submit(request), uid=request.uid)
         reconciler.submitting.setdefault(namespace, set()).add(request.run_name)
-    go(
+    job.go(
         "Running",
         reason="RunSubmitted",
         message=f"run {run.name} submitted to the {run.backend} backend",
@@ -214,7 +214,7 @@ async def _start(reconciler: Reconciler, request: JobRequest, go, active: set[st
     )
 
 
-async def _claim_output(reconciler: Reconciler, request: JobRequest, go: Go) -> bool:
+async def _claim_output(reconciler: Reconciler, request: JobRequest, job: JobPass) -> bool:
     """Claim the job's output before its run starts (False: another job holds it, the job failed).
 
     The job's first step claims it too, but inside the job's own pod, which a custom
@@ -231,7 +231,7 @@ async def _claim_output(reconciler: Reconciler, request: JobRequest, go: Go) -> 
         await asyncio.to_thread(jobs.claim_output, request.job_run(), credentials=access.credentials)
     except jobs.InputError as refused:  # another job's output
         where = f"spec.{refused.field}: " if refused.field else ""
-        go("Failed", reason=refused.reason, message=f"{where}{refused.message}")
+        job.go("Failed", reason=refused.reason, message=f"{where}{refused.message}")
         return False
     except Exception as exc:  # the store unreachable: retried with backoff, then said in status
         raise reconciler.failed("claim", exc, uid=request.uid) from exc

@@ -4,6 +4,10 @@ A :class:`Reconciler` holds the settings, the backend, the metrics and the API c
 plus what the operator process remembers between passes: runs submitted but not yet seen,
 runs it cancelled for a suspend, failed reads of a run's results, and the backoff of each
 job whose backend calls fail (:meth:`Reconciler.backend_call`).
+
+One retry policy, :func:`backoff`, for every handler: the job timers skip a job until its
+next attempt is due; the finalizer, which kopf retries itself, raises
+``kopf.TemporaryError(delay=backoff(...))``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ from slmops_operator.credentials import Credentials
 from slmops_operator.handlers.kube import KubeApi
 from slmops_operator.metrics import OperatorMetrics
 from slmops_operator.settings import OperatorSettings
+
+MAX_BACKOFF_S = 60.0
+
+
+def backoff(failures: int, base_s: float) -> float:
+    """Seconds to wait after ``failures`` consecutive failures: doubling from ``base_s``, at most a minute."""
+    return min(MAX_BACKOFF_S, base_s * 2 ** min(failures, 16))
 
 
 class Reconciler:
@@ -101,8 +112,7 @@ class Reconciler:
         """
         self.metrics.backend_errors.labels(backend=self.backend.name, operation=operation).inc()
         failures = self.failures[uid] = self.failures.get(uid, 0) + 1
-        delay = min(60.0, self.settings.poll_seconds * 2**failures)
-        self.next_attempt[uid] = time.monotonic() + delay
+        self.next_attempt[uid] = time.monotonic() + backoff(failures, self.settings.poll_seconds)
         return BackendUnavailable(self.backend.name, operation, failures, exc)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import kopf
 
@@ -20,21 +20,6 @@ from slmops_operator.backends.base import JobRequest, RunState
 from slmops_operator.handlers.conditions import backend_recovered, changed, phase_patch, set_condition
 from slmops_operator.handlers.reconciler import BackendUnavailable, Reconciler
 from slmops_operator.metrics import OperatorMetrics
-
-
-class Go(Protocol):
-    """One transition of the job at hand (:meth:`JobPass.go`), as the handlers pass it around."""
-
-    def __call__(
-        self,
-        phase: str,
-        *,
-        reason: str,
-        message: str = "",
-        suspended: bool = False,
-        extra: dict[str, Any] | None = None,
-        backend_ok: bool = False,
-    ) -> None: ...
 
 
 @dataclass
@@ -140,24 +125,26 @@ def progress_of(state: RunState) -> dict[str, Any] | None:
     return {k: v for k, v in progress.items() if v is not None}
 
 
-def mirror(reconciler: Reconciler, request: JobRequest, run: RunRef, state: RunState, go, status) -> None:
+def mirror(reconciler: Reconciler, request: JobRequest, run: RunRef, state: RunState, job: JobPass) -> None:
     """The run's state, into the job's phase, progress, results or failure."""
     extra: dict[str, Any] = {}
     progress = progress_of(state)
     if progress:
         extra["progress"] = progress
     if state.phase == "Succeeded" and state.outputs_error:
-        outputs_unreadable(reconciler, request, state, go, status, extra)
+        outputs_unreadable(reconciler, request, state, job, extra)
     elif state.phase == "Succeeded":
         reconciler.output_failures.pop(request.uid, None)
         extra.update(artifacts=state.artifacts, metrics=state.metrics)
-        go("Succeeded", reason="RunSucceeded", message=state.message or "done", extra=extra, backend_ok=True)
+        job.go(
+            "Succeeded", reason="RunSucceeded", message=state.message or "done", extra=extra, backend_ok=True
+        )
     elif state.phase == "Failed":
         where = f"spec.{state.spec_field}: " if state.spec_field else ""
         message = f"{where}{state.message}"
-        go("Failed", reason=state.reason or "RunFailed", message=message, extra=extra, backend_ok=True)
+        job.go("Failed", reason=state.reason or "RunFailed", message=message, extra=extra, backend_ok=True)
     elif state.phase == "Cancelled":
-        go(
+        job.go(
             "Cancelled",
             reason="RunCancelled",
             message=state.message or "cancelled",
@@ -166,27 +153,27 @@ def mirror(reconciler: Reconciler, request: JobRequest, run: RunRef, state: RunS
         )
     else:
         message = state.message or f"{state.phase.lower()} on {run.backend}"
-        go("Running", reason="RunRunning", message=message, extra=extra, backend_ok=True)
+        job.go("Running", reason="RunRunning", message=message, extra=extra, backend_ok=True)
 
 
 def outputs_unreadable(
-    reconciler: Reconciler, request: JobRequest, state: RunState, go, status, extra
+    reconciler: Reconciler, request: JobRequest, state: RunState, job: JobPass, extra: dict[str, Any]
 ) -> None:
     """The run succeeded but its results cannot be read: a condition while retrying, then Failed."""
     failures = reconciler.output_failures[request.uid] = reconciler.output_failures.get(request.uid, 0) + 1
     message = f"the run succeeded but its results cannot be read: {state.outputs_error}"
     if failures >= reconciler.settings.backend_retries:
         reconciler.output_failures.pop(request.uid, None)
-        go("Failed", reason="OutputsUnreadable", message=message, extra=extra, backend_ok=True)
+        job.go("Failed", reason="OutputsUnreadable", message=message, extra=extra, backend_ok=True)
         return
-    generation = status.get("observedGeneration")
+    generation = job.status.get("observedGeneration")
     conditions = set_condition(
         # Running's own conditions, the backend reachable (it answered), the results not readable.
-        backend_recovered(list(status.get("conditions") or []), generation=generation),
+        backend_recovered(list(job.status.get("conditions") or []), generation=generation),
         "OutputsReadable",
         "False",
         reason="OutputsUnreadable",
         message=f"{message} (attempt {failures} of {reconciler.settings.backend_retries})",
         generation=generation,
     )
-    go("Running", reason="RunRunning", message=message, extra={**extra, "conditions": conditions})
+    job.go("Running", reason="RunRunning", message=message, extra={**extra, "conditions": conditions})

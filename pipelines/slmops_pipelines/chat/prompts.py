@@ -71,15 +71,30 @@ class PromptRenderer:
 
     def render(self, text: str, history: list[Message] | None = None) -> str:
         """The prompt text for ``text`` after ``history`` (user and assistant turns)."""
+        return self.render_messages([*(history or []), {"role": "user", "content": text}])
+
+    def render_messages(self, messages: list[Message]) -> str:
+        """The prompt text for a conversation whose last message is the user's (OpenAI's ``messages``).
+
+        A system message in ``messages`` replaces the job's ``systemPrompt``; single-turn modes
+        answer the last user message alone, as training paired one prompt with one answer.
+        """
+        if not messages or messages[-1].get("role") != "user":
+            raise InputError("the last message must be the user's", field="messages")
+        system = [m for m in messages if m.get("role") == "system"]
+        turns = [m for m in messages if m.get("role") != "system"]
+        text = turns[-1]["content"]
         mode = self.mode
         if mode == "raw":
             return text
         user = self._fill_template(text) if mode.startswith("template") else text
         if mode == "template":
             return user
-        messages = self._system() + (list(history or []) if mode == "chat" else [])
-        messages.append({"role": "user", "content": user})
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        history = turns[:-1] if mode == "chat" else []
+        conversation = [*(system or self._system()), *history, {"role": "user", "content": user}]
+        return str(
+            self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        )
 
     def token_ids(self, prompt_text: str) -> list[int]:
         """The prompt's token ids, exactly as the training rows' prompts were tokenized."""

@@ -20,15 +20,13 @@ starts from the local copy the second time.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from slmops_pipelines.errors import InputError, JobError
-from slmops_pipelines.models import cache_root, resolve_model
+from slmops_pipelines.models import resolve_model
 from slmops_pipelines.specs import DatasetSpec, FineTuneJobSpec, ModelSpec, OptimizeJobSpec
 from slmops_pipelines.specs.optimize import default_adapter_name
 from slmops_pipelines.steps import publish
@@ -47,6 +45,8 @@ class ChatTarget:
     adapters: dict[str, Path] = field(default_factory=dict)  # PEFT folders or .onnx_adapter files
     tokenizer_dir: Path | None = None  # default: model_dir
     dataset: DatasetSpec | None = None  # None: no job known, render with the chat template if any
+    # An OptimizeJob's adapters with evaluation data of their own: rendered as that data was.
+    adapter_datasets: dict[str, DatasetSpec] = field(default_factory=dict)
     trust_remote_code: bool = False
     description: str = ""
 
@@ -175,21 +175,19 @@ def adapter_base(adapter_dir: Path, model: str | None) -> Path:
     )
 
 
-def local_copy(store: ArtifactStore, prefix: str, *, version: str = "") -> Path:
-    """The folder ``prefix`` of ``store`` on this machine: in place, or downloaded once into the cache."""
+def local_copy(store: ArtifactStore, prefix: str) -> Path:
+    """The folder ``prefix`` of ``store`` on this machine: in place, or its entry in the input cache.
+
+    A remote folder is listed with the user's keys every time and cached by what it holds
+    (:mod:`slmops_pipelines.models.input_cache`): an output published again at the same URI
+    is downloaded again, and keys that may not read it get an error, whatever the cache holds.
+    """
+    from slmops_pipelines.models import input_cache
+
     root = store.local_root()
     if root is not None:
         return root / prefix if prefix else root
-    uri = store.uri_of(prefix)
-    target = cache_root() / "generate" / hashlib.sha256(f"{uri}@{version}".encode()).hexdigest()[:16]
-    if target.is_dir():  # renamed into place only when complete
-        return target
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    if not store.download_dir(prefix, partial):
-        raise InputError(f"nothing under {uri}", field="target")
-    partial.rename(target)
-    return target
+    return input_cache.fetch(store, prefix, field="target", kind="output")
 
 
 # -- job outputs: what each kind's chat_target calls ---------------------------------------------
@@ -219,7 +217,7 @@ def finetune_output_target(
             f"{output.store.uri_of(chosen)} is not a model of this {output.kind} (it holds: {', '.join(held)})",
             field="target",
         )
-    folder = local_copy(output.store, chosen, version=str(output.manifest.get("createdAt", "")))
+    folder = local_copy(output.store, chosen)
     description = f"{output.kind} {name}: {chosen}/ of {output.store.uri}"
     if chosen != "adapter":
         target = folder_target(folder, model=model, dataset=spec.dataset, description=description)
@@ -255,13 +253,25 @@ def optimize_output_target(
             f"no target named {named!r} in {output.store.uri} (targets: {', '.join(built) or 'none'})",
             field="target",
         )
-    folder = local_copy(output.store, f"targets/{named}", version=str(output.manifest.get("createdAt", "")))
+    folder = local_copy(output.store, f"targets/{named}")
     job = output.manifest["job"].get("name", "")
-    return folder_target(
+    target = folder_target(
         folder,
         dataset=optimize_dataset(spec, output.manifest),
         description=f"{output.kind} {job}: target {named}{note}",
     )
+    target.adapter_datasets = adapter_datasets(spec)
+    return target
+
+
+def adapter_datasets(spec: OptimizeJobSpec) -> dict[str, DatasetSpec]:
+    """The adapters that the OptimizeJob evaluated on data of their own, by name."""
+    refs = [spec.source.adapter] if spec.source.adapter else list(spec.source.adapters or [])
+    return {
+        ref.name: ref.evaluation.dataset
+        for ref in refs
+        if ref.name and ref.evaluation is not None and ref.evaluation.dataset is not None
+    }
 
 
 def _named_target(part: str, target_name: str | None, uri: str) -> str | None:

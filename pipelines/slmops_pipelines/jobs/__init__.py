@@ -327,6 +327,24 @@ def open_chat(
     return open_session(target, sampling=sampling or Sampling(), raw=raw, adapter=adapter)
 
 
+def serve_target(target: str, **options: Any) -> None:
+    """Serve TARGET with OpenAI's HTTP API until SIGTERM (``slmops serve``; see :mod:`slmops_pipelines.serve`).
+
+    ``options``: :func:`slmops_pipelines.serve.run_server`'s (host, port, target_name, name,
+    threads, settings, access_log).
+    """
+    from slmops_pipelines.serve import run_server
+
+    run_server(target, **options)
+
+
+def serve_settings(**values: Any) -> Any:
+    """The server's :class:`~slmops_pipelines.serve.Settings` (max_batch, max_queue, max_tokens, drain_seconds)."""
+    from slmops_pipelines.serve import Settings
+
+    return Settings(**values)
+
+
 def delete_owned_output(output_uri: str, *, uid: str, credentials: S3Credentials | None = None) -> Cleanup:
     """Delete what the job ``uid`` owns at ``output_uri`` (its claim says so); keep everything else."""
     from slmops_pipelines.steps.publish import delete_owned_output as delete
@@ -381,6 +399,8 @@ __all__ = [
     "run_job",
     "s3_credentials_from",
     "secret_refs",
+    "serve_settings",
+    "serve_target",
     "spec_inputs",
     "spec_locations",
     "spec_remote_code",

@@ -91,26 +91,19 @@ class JobKind(ABC, Generic[SpecT]):
     def api_version(self) -> str:
         return f"{self.group}/{self.version}"
 
-    def new_run(
-        self,
-        name: str,
-        spec: SpecT,
-        *,
-        default_output: str,
-        namespace: str = "default",
-        source_uri: str = "",
-        uid: str = "",
-    ) -> JobRun:
-        """A run of this kind; its output location resolved here, once: ``spec.output.uri``, else ``default_output``."""
+    def new_run(self, name: str, spec: SpecT, *, default_output: str, **identity: str) -> JobRun:
+        """A run of this kind; its output location resolved here, once: ``spec.output.uri``, else ``default_output``.
+
+        ``identity``: the rest of :class:`JobRun`'s identity (``namespace``, ``uid``, ``source_uri``).
+        """
+        output_uri = spec.output.uri or default_output  # type: ignore[attr-defined]
         return JobRun(
             api_version=self.api_version,
             kind=self.name,
             name=name,
             spec=spec,
-            output_uri=spec.output.uri or default_output,  # type: ignore[attr-defined]
-            namespace=namespace,
-            source_uri=source_uri,
-            uid=uid,
+            output_uri=output_uri,
+            **identity,
         )
 
     def job_context(self) -> dict[str, str]:

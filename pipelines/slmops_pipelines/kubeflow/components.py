@@ -1,9 +1,11 @@
-"""The KFP components: one-line bodies that call :mod:`slmops_pipelines.kubeflow.tasks`.
+"""The KFP components: typed signatures over one call into :mod:`slmops_pipelines.kubeflow.tasks`.
 
 KFP ships each function's source to the pod (a "lightweight" component), so a body may use
-only what it imports itself; it imports :mod:`.tasks` from the slmops installed in the
-image.  :func:`make_components` binds the functions to images (``install_kfp_package=False``:
-the images carry kfp and slmops, nothing is installed at run time).
+only what it imports itself.  Every body is the same two lines: take the arguments, call the
+task of the same name with the artifacts as their local paths (:func:`.tasks.paths`); the
+task's parameters are the component's.  :func:`make_components` binds the functions to
+images (``install_kfp_package=False``: the images carry kfp and slmops, nothing is
+installed at run time).
 
 No ``from __future__ import annotations`` here: KFP reads the annotations to type the
 component's inputs and outputs.
@@ -14,6 +16,7 @@ from typing import Callable, List, NamedTuple  # noqa: UP035 -- KFP's type parse
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
+from slmops_pipelines.kubeflow import settings
 from slmops_pipelines.kubeflow.images import Images
 
 # -- FineTuneJob -------------------------------------------------------------------------------
@@ -36,46 +39,29 @@ def inspect_finetune(
         ("data_spec", dict),
         ("train_spec", dict),
         ("eval_spec", dict),
+        ("inputs", dict),
     ],
 ):
-    """Claim the output location, fingerprint the dataset, derive each step's view of the spec.
-
-    Args:
-        spec: The FineTuneJob's spec (JSON, as the resource has it): what runs.
-        job: Who the run is for: kind, name, namespace, uid, labels.
-        output_uri: Where the job's output goes.
-        model: The base model (spec.model.uri); empty: as the spec says.
-        dataset: The training data (spec.dataset.uri); empty: as the spec says.
-        method: lora, qlora, dora or full (spec.method); empty: as the spec says.
-        learning_rate: Peak learning rate (spec.training.learningRate); 0: as the spec says.
-        max_steps: Optimizer steps (spec.training.maxSteps); 0: as the spec says.
-    """
-    from collections import namedtuple
-
+    """Claim the output location, fingerprint the dataset, derive each step's view of the spec."""
+    arguments = dict(locals())
     from slmops_pipelines.kubeflow import tasks
 
-    shown = {
-        "model": model,
-        "dataset": dataset,
-        "method": method,
-        "learning_rate": learning_rate,
-        "max_steps": max_steps,
-    }
-    outputs = tasks.inspect_finetune(spec=spec, job=job, output_uri=output_uri, shown=shown)
-    return namedtuple("Inspection", ["fingerprint", "started_at", "data_spec", "train_spec", "eval_spec"])(
-        *outputs
-    )
+    return tasks.inspect_finetune(**tasks.paths(arguments))
 
 
 def prepare_data(
-    spec: dict, output_uri: str, fingerprint: str, data: Output[Dataset], data_metrics: Output[Metrics]
+    spec: dict,
+    output_uri: str,
+    fingerprint: str,
+    inputs: dict,
+    data: Output[Dataset],
+    data_metrics: Output[Metrics],
 ):
     """Render and tokenize the dataset."""
+    arguments = dict(locals())
     from slmops_pipelines.kubeflow import tasks
 
-    tasks.prepare_data(
-        spec=spec, output_uri=output_uri, fingerprint=fingerprint, data_dir=data.path, metrics=data_metrics
-    )
+    tasks.prepare_data(**tasks.paths(arguments))
 
 
 def train(
@@ -87,16 +73,10 @@ def train(
     train_metrics: Output[Metrics],
 ):
     """Train the adapter (or model): torchrun here, or a PyTorchJob/TrainJob for several nodes."""
+    arguments = dict(locals())
     from slmops_pipelines.kubeflow import tasks
 
-    tasks.train(
-        spec=spec,
-        job=job,
-        output_uri=output_uri,
-        data_dir=data.path,
-        model_dir=model.path,
-        metrics=train_metrics,
-    )
+    tasks.train(**tasks.paths(arguments))
 
 
 def evaluate_finetune(
@@ -109,17 +89,10 @@ def evaluate_finetune(
     eval_metrics: Output[Metrics],
 ):
     """Task accuracy of the fine-tuned and the base model; the merged model when asked for."""
+    arguments = dict(locals())
     from slmops_pipelines.kubeflow import tasks
 
-    tasks.evaluate_finetune(
-        spec=spec,
-        output_uri=output_uri,
-        data_dir=data.path,
-        model_dir=model.path,
-        evaluation_path=evaluation.path,
-        merged_dir=merged.path,
-        metrics=eval_metrics,
-    )
+    tasks.evaluate_finetune(**tasks.paths(arguments))
 
 
 def publish_finetune(
@@ -138,23 +111,10 @@ def publish_finetune(
     search: Input[Artifact] = None,
 ) -> str:
     """Write metrics, loss curve and report; upload everything (with a search's trials); manifest last."""
+    arguments = dict(locals())
     from slmops_pipelines.kubeflow import tasks
 
-    return tasks.publish_finetune(
-        spec=spec,
-        job=job,
-        output_uri=output_uri,
-        fingerprint=fingerprint,
-        started_at=started_at,
-        data_dir=data.path,
-        model_dir=model.path,
-        evaluation_path=evaluation.path,
-        merged_dir=merged.path,
-        report_path=report.path,
-        summary_path=artifacts.path,
-        metrics=summary,
-        search_dir=search.path if search is not None else "",
-    )
+    return tasks.publish_finetune(**tasks.paths(arguments))
 
 
 # -- hyperparameter search -------------------------------------------------------------------
@@ -176,16 +136,10 @@ def train_trial(
     trial_metrics: Output[Metrics],
 ):
     """Train and score one trial (a failed trial is recorded, not raised)."""
+    arguments = dict(locals())
     from slmops_pipelines.kubeflow import tasks
 
-    tasks.train_trial(
-        spec=spec,
-        trial=trial,
-        output_uri=output_uri,
-        data_dir=data.path,
-        trial_dir=trial_model.path,
-        metrics=trial_metrics,
-    )
+    tasks.train_trial(**tasks.paths(arguments))
 
 
 def pick_best(
@@ -196,15 +150,10 @@ def pick_best(
     search: Output[Artifact],
 ) -> dict:
     """The leaderboard; the best trial's results become the model; its spec is returned."""
+    arguments = dict(locals())
     from slmops_pipelines.kubeflow import tasks
 
-    return tasks.pick_best(
-        spec=spec,
-        output_uri=output_uri,
-        trial_dirs=[t.path for t in trials],
-        best_dir=best.path,
-        search_dir=search.path,
-    )
+    return tasks.pick_best(**tasks.paths(arguments))
 
 
 # -- OptimizeJob -------------------------------------------------------------------------------
@@ -213,25 +162,11 @@ def pick_best(
 def inspect_optimize(
     spec: dict, job: dict, output_uri: str, source_uri: str, model: str = "", targets: str = ""
 ) -> NamedTuple("Inspection", [("fingerprint", str), ("started_at", float), ("source_spec", dict)]):
-    """Claim the output location, fingerprint the source, derive the source step's view of the spec.
-
-    Args:
-        spec: The OptimizeJob's spec (JSON, as the resource has it): what runs.
-        job: Who the run is for: kind, name, namespace, uid, labels.
-        output_uri: Where the job's output goes.
-        source_uri: The output of the FineTuneJob it optimizes (empty for a model source).
-        model: What is optimized: a model URI, or `job <name>`; empty: as the spec says.
-        targets: The targets, name=provider/precision, comma separated; empty: as the spec says.
-    """
-    from collections import namedtuple
-
+    """Claim the output location, fingerprint the source, derive the source step's view of the spec."""
+    arguments = dict(locals())
     from slmops_pipelines.kubeflow import tasks
 
-    shown = {"model": model, "targets": targets}
-    outputs = tasks.inspect_optimize(
-        spec=spec, job=job, output_uri=output_uri, source_uri=source_uri, shown=shown
-    )
-    return namedtuple("Inspection", ["fingerprint", "started_at", "source_spec"])(*outputs)
+    return tasks.inspect_optimize(**tasks.paths(arguments))
 
 
 def plan_targets(spec: dict, family: str = "") -> list:
@@ -250,16 +185,10 @@ def prepare_source(
     reference_metrics: Output[Metrics],
 ):
     """Merge the adapter, render the evaluation rows and measure the PyTorch references."""
+    arguments = dict(locals())
     from slmops_pipelines.kubeflow import tasks
 
-    tasks.prepare_optimize_source(
-        spec=spec,
-        output_uri=output_uri,
-        source_uri=source_uri,
-        fingerprint=fingerprint,
-        prepared_dir=prepared.path,
-        metrics=reference_metrics,
-    )
+    tasks.prepare_source(**tasks.paths(arguments))
 
 
 def build_target(
@@ -270,15 +199,10 @@ def build_target(
     target_metrics: Output[Metrics],
 ):
     """Export the view's target to ONNX, quantize it, measure it and check its gates."""
+    arguments = dict(locals())
     from slmops_pipelines.kubeflow import tasks
 
-    tasks.build_target(
-        spec=spec,
-        output_uri=output_uri,
-        prepared_dir=prepared.path,
-        target_dir=target.path,
-        metrics=target_metrics,
-    )
+    tasks.build_target(**tasks.paths(arguments))
 
 
 def publish_optimize(
@@ -294,19 +218,21 @@ def publish_optimize(
     more_targets: Input[List[Model]] = None,  # noqa: UP006 -- the targets built in the other image
 ) -> str:
     """Collect the targets, write the comparison report, apply the gates, publish."""
+    arguments = dict(locals())
     from slmops_pipelines.kubeflow import tasks
 
-    return tasks.publish_optimize(
-        spec=spec,
-        job=job,
-        output_uri=output_uri,
-        started_at=started_at,
-        prepared_dir=prepared.path,
-        target_dirs=[t.path for t in [*targets, *(more_targets or [])]],
-        report_path=report.path,
-        summary_path=artifacts.path,
-        metrics=summary,
-    )
+    return tasks.publish_optimize(**tasks.paths(arguments))
+
+
+# The inspect steps' parameters as the dashboard describes them, from the one table of settings
+# (their shipped source keeps a one-line docstring; KFP reads this one when it binds them).
+inspect_finetune.__doc__ = settings.docstring(
+    inspect_finetune.__doc__ or "", (*settings.JOB_PARAMETERS, *settings.parameters(settings.FINETUNE))
+)
+inspect_optimize.__doc__ = settings.docstring(
+    inspect_optimize.__doc__ or "",
+    (*settings.JOB_PARAMETERS, settings.SOURCE_URI, *settings.parameters(settings.OPTIMIZE)),
+)
 
 
 class Components(NamedTuple):

@@ -44,6 +44,7 @@ def _inspect_and_prepare(c: Components, p: Placement, *, spec: Any, job: Any, ou
             spec=inspect.outputs["data_spec"],
             output_uri=output_uri,
             fingerprint=inspect.outputs["fingerprint"],
+            inputs=inspect.outputs["inputs"],
         ),
         name="prepare data",
     )
@@ -194,22 +195,6 @@ _FINETUNE_FAMILY: dict[str, tuple[Callable, str, str]] = {
 }
 
 
-SOURCE_URI = "The output location of the fine-tuning job it optimizes (empty for a model source)."
-
-
-def _docstring(description: str, shown: tuple[settings.Setting, ...], **more: str) -> str:
-    """A pipeline's docstring: KFP shows its ``Args:`` as the parameters' descriptions."""
-    common = {
-        "spec": "The job's whole spec (JSON, camelCase, as the resource has it): what runs.",
-        "job": "Who the run is for: kind, apiVersion, name, namespace, uid, labels.",
-        "output_uri": "Where the job's output goes (s3://, pvc:// or a path).",
-        **more,
-    }
-    lines = [f"    {name}: {text}" for name, text in common.items()]
-    lines += [f"    {s.name}: {s.description} Shows spec.{s.field}; empty: as the spec says." for s in shown]
-    return f"{description}\n\nArgs:\n" + "\n".join(lines) + "\n"
-
-
 def _finetune_family(member: str, placement: Placement | None, images: Images | None) -> Callable:
     """A FineTuneJob pipeline: the parameters every one of them takes, over its own steps."""
     from kfp import dsl
@@ -217,27 +202,13 @@ def _finetune_family(member: str, placement: Placement | None, images: Images | 
     steps, name, description = _FINETUNE_FAMILY[member]
     c, p = make_components(images or Images.default()), placement or Placement.default()
 
-    def pipeline(
-        spec: dict,
-        job: dict,
-        output_uri: str,
-        model: str = "",
-        dataset: str = "",
-        method: str = "",
-        learning_rate: float = 0.0,
-        max_steps: int = 0,
-    ) -> str:
-        shown = {
-            "model": model,
-            "dataset": dataset,
-            "method": method,
-            "learning_rate": learning_rate,
-            "max_steps": max_steps,
-        }
-        return steps(c, p, spec=spec, job=job, output_uri=output_uri, shown=shown).outputs["Output"]
+    def pipeline(**arguments: Any) -> str:
+        run = {key: arguments[key] for key in ("spec", "job", "output_uri")}
+        shown = settings.taken(arguments, "", settings.FINETUNE)
+        return steps(c, p, **run, shown=shown).outputs["Output"]
 
-    pipeline.__doc__ = _docstring(description, settings.FINETUNE)
-    return dsl.pipeline(name=name, description=description)(pipeline)
+    groups = {"": (*settings.JOB_PARAMETERS, *settings.parameters(settings.FINETUNE))}
+    return dsl.pipeline(name=name, description=description)(settings.sign(pipeline, description, groups))
 
 
 def finetune_pipeline(*, placement: Placement | None = None, images: Images | None = None) -> Callable:
@@ -248,24 +219,23 @@ def finetune_search_pipeline(*, placement: Placement | None = None, images: Imag
     return _finetune_family("finetune-search", placement, images)
 
 
+def _optimize_parameters() -> tuple[settings.Parameter, ...]:
+    return (*settings.JOB_PARAMETERS, settings.SOURCE_URI, *settings.parameters(settings.OPTIMIZE))
+
+
 def optimize_pipeline(*, placement: Placement | None = None, images: Images | None = None) -> Callable:
     from kfp import dsl
 
     c, p = make_components(images or Images.default()), placement or Placement.default(gpus=0)
-
     description = "slmops optimization: ONNX export and quantization per target, measured and gated."
 
-    def optimize(
-        spec: dict, job: dict, output_uri: str, source_uri: str = "", model: str = "", targets: str = ""
-    ) -> str:
-        shown = {"model": model, "targets": targets}
-        steps = _optimize_steps(
-            c, p, spec=spec, job=job, output_uri=output_uri, source_uri=source_uri, shown=shown
-        )
-        return steps.outputs["Output"]
+    def optimize(**arguments: Any) -> str:
+        run = {key: arguments[key] for key in ("spec", "job", "output_uri", "source_uri")}
+        shown = settings.taken(arguments, "", settings.OPTIMIZE)
+        return _optimize_steps(c, p, **run, shown=shown).outputs["Output"]
 
-    optimize.__doc__ = _docstring(description, settings.OPTIMIZE, source_uri=SOURCE_URI)
-    return dsl.pipeline(name="slmops-optimize", description=description)(optimize)
+    signed = settings.sign(optimize, description, {"": _optimize_parameters()})
+    return dsl.pipeline(name="slmops-optimize", description=description)(signed)
 
 
 def finetune_optimize_pipeline(
@@ -274,37 +244,33 @@ def finetune_optimize_pipeline(
     optimize_placement: Placement | None = None,
     images: Images | None = None,
 ) -> Callable:
+    """Both jobs in one run: the fine-tuning job's parameters as ``finetune_*``, the optimization's as ``optimize_*``."""
     from kfp import dsl
 
     c = make_components(images or Images.default())
     fp = finetune_placement or Placement.default()
     op = optimize_placement or Placement.default(gpus=0)
+    description = "slmops fine-tuning followed by the optimization of its result, in one run."
 
-    @dsl.pipeline(
-        name="slmops-finetune-optimize",
-        description="slmops fine-tuning followed by the optimization of its result, in one run.",
-    )
-    def finetune_optimize(
-        finetune_spec: dict,
-        finetune_job: dict,
-        finetune_output_uri: str,
-        optimize_spec: dict,
-        optimize_job: dict,
-        optimize_output_uri: str,
-    ) -> str:
+    def finetune_optimize(**arguments: Any) -> str:
+        def run(prefix: str) -> dict[str, Any]:
+            return {key: arguments[prefix + key] for key in ("spec", "job", "output_uri")}
+
         published = _finetune_steps(
-            c, fp, spec=finetune_spec, job=finetune_job, output_uri=finetune_output_uri
+            c, fp, **run("finetune_"), shown=settings.taken(arguments, "finetune_", settings.FINETUNE)
         )
-        return _optimize_steps(
-            c,
-            op,
-            spec=optimize_spec,
-            job=optimize_job,
-            output_uri=optimize_output_uri,
-            source_uri=published.outputs["Output"],
-        ).outputs["Output"]
+        shown = settings.taken(arguments, "optimize_", settings.OPTIMIZE)
+        steps = _optimize_steps(
+            c, op, **run("optimize_"), source_uri=published.outputs["Output"], shown=shown
+        )
+        return steps.outputs["Output"]
 
-    return finetune_optimize
+    groups = {
+        "finetune_": (*settings.JOB_PARAMETERS, *settings.parameters(settings.FINETUNE)),
+        "optimize_": (*settings.JOB_PARAMETERS, *settings.parameters(settings.OPTIMIZE)),
+    }
+    signed = settings.sign(finetune_optimize, description, groups)
+    return dsl.pipeline(name="slmops-finetune-optimize", description=description)(signed)
 
 
 PIPELINES: dict[str, Callable[..., Callable]] = {

@@ -10,14 +10,17 @@ longer says what the spec says fails the inspect step, naming both
 means "as the spec says".
 
 Each setting is written here once: its name, type, the spec field it shows, its
-description; the pipeline signatures in :mod:`.pipelines` spell the same parameters and a
-test keeps them equal.
+description.  The pipelines' signatures and ``Args:`` are made from them (:func:`sign`), and so
+is the docstring of the inspect components, whose shipped source must spell the parameters
+(a test keeps those equal).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from slmops_pipelines.errors import InputError
@@ -100,3 +103,80 @@ def check_settings(settings: tuple[Setting, ...], spec: Any, given: dict[str, Va
             f"({setting.read(spec)!r}): the spec is what runs; change it there, or leave the parameter empty",
             field=setting.field,
         )
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A pipeline (or component) parameter as KFP shows it: typed, described, maybe defaulted."""
+
+    name: str
+    type: type
+    description: str
+    default: Any = inspect.Parameter.empty
+
+
+# What every job pipeline takes before its settings.
+JOB_PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("spec", dict, "The job's whole spec (JSON, camelCase, as the resource has it): what runs."),
+    Parameter("job", dict, "Who the run is for: kind, apiVersion, name, namespace, uid, labels."),
+    Parameter("output_uri", str, "Where the job's output goes (s3://, pvc:// or a path)."),
+)
+SOURCE_URI = Parameter(
+    "source_uri",
+    str,
+    "The output location of the fine-tuning job it optimizes (empty for a model source).",
+    "",
+)
+
+
+def parameters(shown: tuple[Setting, ...]) -> tuple[Parameter, ...]:
+    """The settings as parameters: typed by their empty value, which is their default."""
+    return tuple(
+        Parameter(
+            s.name, type(s.empty), f"{s.description} Shows spec.{s.field}; empty: as the spec says.", s.empty
+        )
+        for s in shown
+    )
+
+
+def docstring(summary: str, params: Iterable[Parameter]) -> str:
+    """``summary`` and an ``Args:`` section: KFP shows it as the parameters' descriptions."""
+    lines = [f"    {p.name}: {p.description}" for p in params]
+    return f"{summary}\n\nArgs:\n" + "\n".join(lines) + "\n"
+
+
+def sign(
+    func: Callable[..., Any], summary: str, groups: dict[str, tuple[Parameter, ...]]
+) -> Callable[..., str]:
+    """``func`` (which takes ``**arguments``) with the typed signature and docstring KFP reads.
+
+    ``groups`` maps a name prefix to its parameters (``""`` for none): the combined pipeline
+    takes the fine-tuning job's as ``finetune_*`` and the optimization's as ``optimize_*``.
+    Parameters without a default come first, as Python wants; KFP passes them by position.
+    """
+    named = [replace(p, name=prefix + p.name) for prefix, params in groups.items() for p in params]
+    ordered = sorted(named, key=lambda p: p.default is not inspect.Parameter.empty)
+    signature = inspect.Signature(
+        [
+            inspect.Parameter(
+                p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default, annotation=p.type
+            )
+            for p in ordered
+        ],
+        return_annotation=str,
+    )
+
+    @functools.wraps(func)
+    def signed(*args: Any, **kwargs: Any) -> str:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return func(**bound.arguments)
+
+    signed.__signature__ = signature  # type: ignore[attr-defined]
+    signed.__doc__ = docstring(summary, named)
+    return signed
+
+
+def taken(arguments: dict[str, Any], prefix: str, shown: tuple[Setting, ...]) -> dict[str, Any]:
+    """The settings among a pipeline's ``arguments`` (named ``prefix`` + setting), by their own names."""
+    return {s.name: arguments[prefix + s.name] for s in shown if prefix + s.name in arguments}

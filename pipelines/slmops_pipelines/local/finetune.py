@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 
 from slmops_pipelines.local.reporting import NullReporter, Reporter
+from slmops_pipelines.models import input_cache
 from slmops_pipelines.quiet import quiet_libraries
 from slmops_pipelines.specs import FineTuneJobSpec
 from slmops_pipelines.stages import finetune as stages
 from slmops_pipelines.stages.outputs import JobOutcome, JobRun, work_dir
 
 
+@input_cache.one_run()  # an input replaced while the job runs fails it; never two versions
 def run_finetune(run: JobRun, *, reporter: Reporter | None = None) -> JobOutcome:
     """Run the job to completion (or resume it); raise JobError with a clear message on failure."""
     reporter = reporter or NullReporter()

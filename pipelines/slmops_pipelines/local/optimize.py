@@ -13,6 +13,7 @@ import shutil
 import time
 
 from slmops_pipelines.local.reporting import NullReporter, Reporter
+from slmops_pipelines.models import input_cache
 from slmops_pipelines.quiet import quiet_libraries
 from slmops_pipelines.specs import OptimizeJobSpec
 from slmops_pipelines.stages import optimize as stages
@@ -24,6 +25,7 @@ from slmops_pipelines.steps import publish
 PREPARED = "prepared"
 
 
+@input_cache.one_run()  # an input replaced while the job runs fails it; never two versions
 def run_optimize(run: JobRun, *, locate_job: JobLocator, reporter: Reporter | None = None) -> JobOutcome:
     """Run the job to completion (or find it complete); raise JobError with a clear message on failure."""
     reporter = reporter or NullReporter()

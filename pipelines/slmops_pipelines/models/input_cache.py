@@ -19,6 +19,12 @@ least recently used entries go until it fits, never one in use (a process holds 
 ``flock`` on each entry it uses, for as long as it lives).  ``slmops cache ls`` shows the
 entries and ``slmops cache prune`` removes what is not in use.
 
+Inside a run (:func:`one_run`) the first read of an input pins it: a source that lists
+differently later in the same run fails the job naming the field ("changed while the job
+ran") instead of mixing two versions in one run.  A run in several processes (a pipeline's
+pods) carries its pins from step to step (:func:`one_run` takes them, :func:`pins` gives
+them back); outside a run nothing is pinned.
+
 Hugging Face inputs (``hf://``) use huggingface_hub's own cache, whose revision check asks
 the Hub with the job's token on every use.
 """
@@ -33,6 +39,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -46,6 +53,9 @@ _HELD: list[IO[bytes]] = []  # the locks this process holds, for its lifetime
 
 # The remote inputs this process read: spec field -> (URI, digest of the listing it read).
 READ: dict[str, tuple[str, str]] = {}
+# Inside a run: spec field -> the digest its first read listed; later reads must list the same.
+_PINNED: dict[str, str] = {}
+_IN_RUN: list[bool] = []
 
 
 def inputs_root() -> Path:
@@ -88,6 +98,13 @@ def list_source(store: ArtifactStore, prefix: str, *, field: str) -> Listing:
     return Listing(source, uri, tuple(sorted((info.key, info.size, info.etag) for info in infos)))
 
 
+def listed(store: ArtifactStore, prefix: str, *, field: str) -> str:
+    """``sha256:...`` of what ``prefix`` of ``store`` holds now, without downloading it (pinned in a run)."""
+    listing = list_source(store, prefix, field=field)
+    _check_pin(field, listing)
+    return f"sha256:{listing.digest}"
+
+
 def fetch(store: ArtifactStore, prefix: str, *, field: str, kind: str) -> Path:
     """The cache entry holding ``prefix`` of ``store`` as it is now; downloaded when there is none.
 
@@ -96,6 +113,7 @@ def fetch(store: ArtifactStore, prefix: str, *, field: str, kind: str) -> Path:
     gives a folder holding that object under its own name.
     """
     listing = list_source(store, prefix, field=field)
+    _check_pin(field, listing)
     entry = inputs_root() / f"{kind}-{listing.digest[:32]}"
     filled = not _complete(entry, listing)
     if filled:
@@ -105,6 +123,40 @@ def fetch(store: ArtifactStore, prefix: str, *, field: str, kind: str) -> Path:
     if filled:  # only a fill grows the cache
         enforce_limit()
     return entry
+
+
+@contextlib.contextmanager
+def one_run(pinned: dict[str, str] | None = None) -> Iterator[None]:
+    """A run's reads: each input is pinned at its first read (or as ``pinned``, spec field ->
+    ``sha256:...``, read by the run's earlier steps) and must list the same until the end."""
+    saved, was = dict(_PINNED), list(_IN_RUN)
+    _PINNED.clear()
+    _PINNED.update(pinned or {})
+    _IN_RUN[:] = [True]
+    try:
+        yield
+    finally:
+        _PINNED.clear()
+        _PINNED.update(saved)
+        _IN_RUN[:] = was
+
+
+def pins() -> dict[str, str]:
+    """What the current run has read so far (spec field -> ``sha256:...``), to hand to its next step."""
+    return dict(_PINNED)
+
+
+def _check_pin(field: str, listing: Listing) -> None:
+    if not _IN_RUN:
+        return
+    digest = f"sha256:{listing.digest}"
+    pinned = _PINNED.setdefault(field, digest)
+    if pinned != digest:
+        raise InputError(
+            f"{listing.uri} changed while the job ran (first read as {pinned[:19]}, now {digest[:19]}): "
+            "one run never mixes two versions; run the job again",
+            field=field,
+        )
 
 
 def read_digests(spec: Any) -> dict[str, str]:

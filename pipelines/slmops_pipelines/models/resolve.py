@@ -68,6 +68,18 @@ def _from_hub(repo: str, revision: str | None) -> Path:
         raise InputError(f"cannot download hf://{repo}: {exc}", field="model.uri") from exc
 
 
+def model_digest(spec: ModelSpec, *, field: str = "model.uri") -> str:
+    """What an ``s3://`` model holds now (``sha256:`` of its listing, with the job's keys; pinned in a
+    run); its URI for any other scheme (a path or a PVC is read where it is; the Hub checks revisions)."""
+    from slmops_pipelines.models import input_cache
+    from slmops_pipelines.storage import open_store
+
+    if not spec.uri.startswith("s3://"):
+        return spec.uri
+    store = open_store(spec.uri, field=field, credentials=s3_credentials("model"))
+    return input_cache.listed(store, "", field=field)
+
+
 def resolve_model(spec: ModelSpec, *, field: str = "model.uri") -> Path:
     """A local folder holding the model named by ``spec.uri``."""
     parsed = parse_uri(spec.uri)

@@ -218,6 +218,7 @@ def prepare_source(
     (prepared_dir / REFERENCE_JSON).write_text(json.dumps(references, indent=2))
     described = {
         "base": source.base.model_dump(mode="json", by_alias=True),
+        "baseField": base_field(source),  # the spec field the base is read under (its pin, its errors)
         # None: the base model itself, which every pod resolves from its own model cache.
         "modelDir": None if model_dir == base_path else _relative(model_dir, prepared_dir),
         "adapters": adapters,
@@ -302,8 +303,11 @@ def build_target(
     target = _target(spec, target_name)
     described = json.loads((prepared_dir / SOURCE_JSON).read_text())
     base = ModelSpec.model_validate(described["base"])
+    base_uri_field = described.get("baseField") or "source.model.uri"
     model_dir = (
-        _prepared_path(prepared_dir, described["modelDir"]) if described["modelDir"] else resolve_model(base)
+        _prepared_path(prepared_dir, described["modelDir"])
+        if described["modelDir"]
+        else resolve_model(base, field=base_uri_field)
     )
     adapters = {name: _prepared_path(prepared_dir, rel) for name, rel in described["adapters"].items()}
     separate = not target.merge_adapter and bool(adapters)
@@ -323,7 +327,7 @@ def build_target(
     say("export", f"{target.name}: {target.provider} {target.precision}, {mode}")
     exported = export_target(
         target,
-        resolve_model(base) if separate else model_dir,
+        resolve_model(base, field=base_uri_field) if separate else model_dir,
         targets_dir,
         cache_dir=cache_root() / "onnx-builder",
         adapters=adapters if separate else None,

@@ -20,7 +20,7 @@ from slmops_pipelines.credentials import s3_credentials
 from slmops_pipelines.errors import InputError
 from slmops_pipelines.models.load import load_causal_lm
 from slmops_pipelines.specs import DatasetSpec, FineTuneJobSpec, ModelSpec, OptimizeJobSpec
-from slmops_pipelines.specs.optimize import default_adapter_name
+from slmops_pipelines.specs.optimize import AdapterRef, default_adapter_name
 from slmops_pipelines.steps import publish
 from slmops_pipelines.storage import ArtifactStore, open_store
 
@@ -105,6 +105,12 @@ def _local_or_s3_dir(uri: str, work: Path, field_name: str) -> Path:
     return path
 
 
+def adapter_refs(spec: OptimizeJobSpec) -> list[tuple[str, AdapterRef]]:
+    """The adapters of a model source, each with the spec field its URI is read under."""
+    refs = [spec.source.adapter] if spec.source.adapter else list(spec.source.adapters or [])
+    return [(f"{spec.source.adapter_field(n)}.uri", ref) for n, ref in enumerate(refs)]
+
+
 def resolve_source(spec: OptimizeJobSpec, locate_job: JobLocator, work: Path) -> ResolvedSource:
     source = spec.source
     if source.fine_tune_job_ref is not None:
@@ -112,12 +118,10 @@ def resolve_source(spec: OptimizeJobSpec, locate_job: JobLocator, work: Path) ->
     else:
         if source.model is None:  # not reached: OptimizeSource requires fineTuneJobRef or model
             raise InputError("set exactly one of fineTuneJobRef and model", field="source")
-        refs = [source.adapter] if source.adapter else list(source.adapters or [])
-        field_of = "source.adapter.uri" if source.adapter else "source.adapters"
         adapters = {
             # AdapterRef's validator fills in every name; the default is spelled out for the type.
-            (ref.name or default_adapter_name(ref.uri)): _local_or_s3_dir(ref.uri, work, field_of)
-            for ref in refs
+            (ref.name or default_adapter_name(ref.uri)): _local_or_s3_dir(ref.uri, work, uri_field)
+            for uri_field, ref in adapter_refs(spec)
         }
         first = next(iter(adapters.values()), None)
         resolved = ResolvedSource(

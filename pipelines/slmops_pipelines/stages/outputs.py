@@ -123,6 +123,29 @@ def recorded_error(store: ArtifactStore) -> JobError | None:
     return JobError.from_dict(json.loads(store.read_text(ERROR_KEY)))
 
 
+INPUTS_KEY = ".slmops/inputs.json"
+
+
+def record_inputs(output_uri: str, read: dict[str, str], *, first_step: bool = False) -> None:
+    """Add what a step read first (spec field -> ``sha256:...``) to its run's record.
+
+    The first step of a run starts the record afresh; later steps add the inputs they were
+    the first to read.  Each step of a pipeline reads its inputs pinned to the record
+    (:func:`recorded_inputs`, :func:`slmops_pipelines.models.input_cache.one_run`).
+    """
+    store = open_store(output_uri)
+    known = {} if first_step else recorded_inputs(output_uri)
+    merged = {**read, **known}  # what an earlier step read stays what the run reads
+    if first_step or merged != known:
+        store.write_text(INPUTS_KEY, json.dumps(merged, indent=2, sort_keys=True))
+
+
+def recorded_inputs(output_uri: str) -> dict[str, str]:
+    """What the run's steps so far read of its remote inputs (empty before its first step)."""
+    store = open_store(output_uri)
+    return json.loads(store.read_text(INPUTS_KEY)) if store.exists(INPUTS_KEY) else {}
+
+
 def clear_error(output_uri: str) -> None:
     """A previous run's failure is not this run's."""
     store = open_store(output_uri)

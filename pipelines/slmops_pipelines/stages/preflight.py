@@ -138,14 +138,12 @@ def _model_identity(name: str) -> str | None:
 
 def _dataset_columns(dataset: DatasetSpec, field: str, findings: list[Finding], *, seed: int) -> None:
     from slmops_pipelines.models import cache_root
-    from slmops_pipelines.steps.data import check_dataset
+    from slmops_pipelines.steps.data import check_dataset, field_under
 
     try:
-        check_dataset(dataset, seed=seed, cache_dir=cache_root())
+        check_dataset(dataset, seed=seed, cache_dir=cache_root(), field_prefix=field)
     except InputError as exc:
-        findings.append(
-            Finding(f"{field}.{exc.field.removeprefix('dataset.')}" if exc.field else field, exc.message)
-        )
+        findings.append(Finding(field_under(field, exc.field) or field, exc.message))
 
 
 def declared_inputs_exist(spec: Any, findings: list[Finding]) -> list[Finding]:

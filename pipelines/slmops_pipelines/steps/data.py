@@ -126,8 +126,10 @@ def _split_name(split: str) -> str:
     return match["name"] if match else split
 
 
-def load_split(spec: DatasetSpec, split: str, *, cache_dir: Path, field_name: str) -> datasets.Dataset:
-    """Load one split expression (``train[:4096]``) of the spec's dataset."""
+def load_split(
+    spec: DatasetSpec, split: str, *, cache_dir: Path, field_name: str, uri_field: str = "dataset.uri"
+) -> datasets.Dataset:
+    """Load one split expression (``train[:4096]``) of the spec's dataset (its URI read as ``uri_field``)."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -142,7 +144,7 @@ def load_split(spec: DatasetSpec, split: str, *, cache_dir: Path, field_name: st
                 cache_dir=hf_cache,
                 token=hf_token("dataset"),
             )
-        path = _fetch_s3_dataset(spec.uri) if parsed.scheme == "s3" else parsed.local_path
+        path = _fetch_s3_dataset(spec.uri, uri_field) if parsed.scheme == "s3" else parsed.local_path
         builder, files = _local_data_files(path.expanduser().resolve(), spec.format)
         if _split_name(split) not in files:
             raise InputError(
@@ -160,12 +162,16 @@ def load_split(spec: DatasetSpec, split: str, *, cache_dir: Path, field_name: st
 
 
 def load_splits(
-    spec: DatasetSpec, *, seed: int, cache_dir: Path
+    spec: DatasetSpec, *, seed: int, cache_dir: Path, uri_field: str = "dataset.uri"
 ) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    train = load_split(spec, spec.train_split, cache_dir=cache_dir, field_name="dataset.trainSplit")
+    train = load_split(
+        spec, spec.train_split, cache_dir=cache_dir, field_name="dataset.trainSplit", uri_field=uri_field
+    )
     evaluation = None
     if spec.eval_split:
-        evaluation = load_split(spec, spec.eval_split, cache_dir=cache_dir, field_name="dataset.evalSplit")
+        evaluation = load_split(
+            spec, spec.eval_split, cache_dir=cache_dir, field_name="dataset.evalSplit", uri_field=uri_field
+        )
     elif spec.eval_fraction:
         if len(train) < 2:
             raise InputError("too few rows to hold out an eval fraction", field="dataset.evalFraction")
@@ -334,14 +340,26 @@ def _tokenize_split(
 
 
 def check_dataset(
-    spec: DatasetSpec, *, seed: int, cache_dir: Path
+    spec: DatasetSpec, *, seed: int, cache_dir: Path, field_prefix: str = "dataset"
 ) -> tuple[datasets.Dataset, datasets.Dataset | None, str]:
-    """Load the splits and check every field the spec names: fails fast, before any model is loaded."""
-    train_raw, eval_raw = load_splits(spec, seed=seed, cache_dir=cache_dir)
+    """Load the splits and check every field the spec names: fails fast, before any model is loaded.
+
+    ``field_prefix``: where the dataset sits in the spec (``evaluation.dataset``); its URI is
+    read (pinned, recorded in the lineage) under that field.  Other errors name ``dataset.*``
+    fields, which the caller places (:func:`field_under`).
+    """
+    train_raw, eval_raw = load_splits(spec, seed=seed, cache_dir=cache_dir, uri_field=f"{field_prefix}.uri")
     mode = render_mode(spec, list(train_raw.column_names))
     if eval_raw is not None:
         render_mode(spec, list(eval_raw.column_names))
     return train_raw, eval_raw, mode
+
+
+def field_under(prefix: str, field: str | None) -> str | None:
+    """A ``dataset.*`` error field placed where the dataset sits in the spec (``prefix``)."""
+    if field is None or field.startswith(f"{prefix}.") or not field.startswith("dataset"):
+        return field
+    return f"{prefix}{field.removeprefix('dataset')}"
 
 
 def fingerprint_dataset(spec: DatasetSpec, *, seed: int, cache_dir: Path) -> str:
@@ -409,10 +427,11 @@ def evaluation_examples(
 ) -> list[Example]:
     """Rendered examples of the spec's eval split (or of its train split when it has none)."""
     try:
-        _train, eval_raw, mode = check_dataset(spec, seed=seed, cache_dir=cache_dir)
+        _train, eval_raw, mode = check_dataset(
+            spec, seed=seed, cache_dir=cache_dir, field_prefix=field_prefix
+        )
     except InputError as exc:
-        spec_field = f"{field_prefix}{exc.field.removeprefix('dataset')}" if exc.field is not None else None
-        raise InputError(exc.message, field=spec_field) from exc
+        raise InputError(exc.message, field=field_under(field_prefix, exc.field)) from exc
     rows = eval_raw if eval_raw is not None else _train
     return [render_example(row, spec, mode, tokenizer) for row in rows]
 

@@ -18,7 +18,7 @@ output artifact.  One module per pipeline part:
 The component bodies call ``tasks.<name>``: the names below are the components' contract.
 """
 
-from slmops_pipelines.kubeflow.tasks.common import JobContext, MetricsArtifact, reports_errors
+from slmops_pipelines.kubeflow.tasks.common import JobContext, MetricsArtifact, paths, reports_errors
 from slmops_pipelines.kubeflow.tasks.finetune import (
     evaluate_finetune,
     inspect_finetune,
@@ -30,7 +30,7 @@ from slmops_pipelines.kubeflow.tasks.optimize import (
     build_target,
     inspect_optimize,
     plan_targets,
-    prepare_optimize_source,
+    prepare_source,
     publish_optimize,
     source_fingerprint,
 )
@@ -43,11 +43,12 @@ __all__ = [
     "evaluate_finetune",
     "inspect_finetune",
     "inspect_optimize",
+    "paths",
     "pick_best",
     "plan_targets",
     "plan_trials",
     "prepare_data",
-    "prepare_optimize_source",
+    "prepare_source",
     "publish_finetune",
     "publish_optimize",
     "reports_errors",

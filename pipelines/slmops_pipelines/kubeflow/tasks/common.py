@@ -11,14 +11,18 @@ from __future__ import annotations
 import functools
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from slmops_pipelines.errors import JobError
-from slmops_pipelines.stages.outputs import JobRun, clear_error, record_error
+from slmops_pipelines.models import input_cache
+from slmops_pipelines.stages.outputs import JobRun, clear_error, record_error, record_inputs, recorded_inputs
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class MetricsArtifact(Protocol):
@@ -50,16 +54,25 @@ class JobContext(BaseModel):
 
     def run(self, spec: Any, output_uri: str, source_uri: str = "") -> JobRun:
         """The JobRun the stages take, for this context (the output location comes resolved)."""
-        return JobRun(
-            api_version=self.api_version,
-            kind=self.kind,
-            name=self.name,
-            spec=spec,
-            output_uri=output_uri,
-            namespace=self.namespace,
-            source_uri=source_uri,
-            uid=self.uid,
-        )
+        identity = self.model_dump(include={"api_version", "kind", "name", "namespace", "uid"})
+        return JobRun(spec=spec, output_uri=output_uri, source_uri=source_uri, **identity)
+
+
+def paths(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A component's arguments as its task takes them: each artifact (or list of them) as its path.
+
+    ``Metrics`` artifacts stay objects (the task logs scalars to them); an optional input
+    artifact that was not given (``None``) is left as is.
+    """
+
+    def local(value: Any) -> Any:
+        if isinstance(value, list):
+            return [local(item) for item in value]
+        if hasattr(value, "path") and not hasattr(value, "log_metric"):
+            return value.path
+        return value
+
+    return {name: local(value) for name, value in arguments.items()}
 
 
 def log_metrics(metrics: MetricsArtifact, values: dict[str, Any]) -> None:
@@ -103,6 +116,30 @@ def reports_errors(func):
     return wrapper
 
 
+def pinned_inputs(*, first_step: bool = False) -> Callable[[F], F]:
+    """The task reads each remote input as the run's earlier steps did, in whatever pod it runs.
+
+    What a step reads first is added to the run's record in the output location
+    (:func:`~slmops_pipelines.stages.outputs.record_inputs`); every later step reads pinned
+    to it, so a model or dataset replaced at its URI mid-run fails the step naming the field
+    instead of training on one version and evaluating another.  The run's first step
+    (inspect) starts the record afresh; it is written once the step has claimed the output.
+    """
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(**kwargs: Any) -> Any:
+            output_uri = kwargs["output_uri"]
+            with input_cache.one_run({} if first_step else recorded_inputs(output_uri)):
+                result = func(**kwargs)
+                record_inputs(output_uri, input_cache.pins(), first_step=first_step)
+            return result
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
 def copy_into(src: Path, dst: Path) -> None:
     """Copy the contents of ``src`` into ``dst`` (merging folders)."""
     if src.is_dir():
@@ -121,6 +158,8 @@ __all__ = [
     "copy_into",
     "log_metrics",
     "markdown_links",
+    "paths",
+    "pinned_inputs",
     "print_event",
     "reports_errors",
     "say",

@@ -16,6 +16,7 @@ from slmops_pipelines.errors import JobError
 from slmops_pipelines.kubeflow.tasks.common import (
     MetricsArtifact,
     log_metrics,
+    pinned_inputs,
     print_event,
     reports_errors,
     say,
@@ -33,8 +34,9 @@ def plan_trials(*, spec: dict) -> list[dict]:
 
 
 @reports_errors
+@pinned_inputs()
 def train_trial(
-    *, spec: dict, trial: dict, output_uri: str, data_dir: str, trial_dir: str, metrics: MetricsArtifact
+    *, spec: dict, trial: dict, output_uri: str, data: str, trial_model: str, trial_metrics: MetricsArtifact
 ) -> None:
     """Train (and, for answer metrics, evaluate) one trial; a failure is the trial's, not the run's."""
     from slmops_pipelines.stages import finetune as stages
@@ -43,7 +45,7 @@ def train_trial(
     parsed = FineTuneJobSpec.model_validate(spec)
     search = search_of(parsed)
     tspec = trial_spec(parsed, trial["params"])
-    work = Path(trial_dir)
+    work = Path(trial_model)
     work.mkdir(parents=True, exist_ok=True)
     model_path = stages.resolve_base_model(tspec)
     number = int(trial["trial"])  # numbers travel as protobuf Struct values: floats
@@ -58,7 +60,7 @@ def train_trial(
     record({**result, "state": "RUNNING"})
     try:
         train_result = stages.train(
-            tspec, model_path=model_path, data_dir=Path(data_dir), work=work, on_event=print_event
+            tspec, model_path=model_path, data_dir=Path(data), work=work, on_event=print_event
         )
         evaluation = None
         if search.metric not in ("eval_loss", "train_loss"):
@@ -67,7 +69,7 @@ def train_trial(
                 tspec.model_copy(update={"evaluation": quick}),
                 model_path=model_path,
                 train_dir=work,
-                data_dir=Path(data_dir),
+                data_dir=Path(data),
                 merged_dir=None,
             )
         result.update(state="COMPLETE", value=objective_value(search, train_result, evaluation))
@@ -78,26 +80,26 @@ def train_trial(
         shutil.rmtree(work / stages.CHECKPOINTS, ignore_errors=True)
         (work / "trial.json").write_text(json.dumps(result, indent=2))
         record(result)
-    log_metrics(metrics, {search.metric: result["value"], "trial": number})
+    log_metrics(trial_metrics, {search.metric: result["value"], "trial": number})
 
 
 @reports_errors
-def pick_best(*, spec: dict, output_uri: str, trial_dirs: list[str], best_dir: str, search_dir: str) -> dict:
+def pick_best(*, spec: dict, output_uri: str, trials: list[str], best: str, search: str) -> dict:
     """The leaderboard from every trial; the best trial's results as the model; return its spec."""
     from slmops_pipelines.stages.search import RESULT_FOLDERS, adopt_best, summarize
 
     parsed = FineTuneJobSpec.model_validate(spec)
     results, folders = [], {}
-    for folder in map(Path, trial_dirs):
+    for folder in map(Path, trials):
         result = json.loads((folder / "trial.json").read_text())
         result["trial"] = int(result["trial"])
         results.append(result)
         folders[result["trial"]] = folder
     summary = summarize(parsed, sorted(results, key=lambda r: r["trial"]))
-    adopt_best(folders[summary["best_trial"]], Path(best_dir))
-    search = Path(search_dir)
+    adopt_best(folders[summary["best_trial"]], Path(best))
+    leaderboard = Path(search)
     for number, folder in sorted(folders.items()):
-        target = search / "trials" / f"trial-{number:03d}"
+        target = leaderboard / "trials" / f"trial-{number:03d}"
         target.mkdir(parents=True, exist_ok=True)
         for name in (*RESULT_FOLDERS, "trial.json"):
             source = folder / name
@@ -105,6 +107,6 @@ def pick_best(*, spec: dict, output_uri: str, trial_dirs: list[str], best_dir: s
                 shutil.copytree(source, target / name, dirs_exist_ok=True)
             elif source.is_file():
                 shutil.copyfile(source, target / name)
-    (search / "summary.json").write_text(json.dumps(summary, indent=2))
+    (leaderboard / "summary.json").write_text(json.dumps(summary, indent=2))
     say("search", f"best trial {summary['best_trial']}: {summary['metric']} {summary['best_value']:.4g}")
     return summary["trial_spec"]

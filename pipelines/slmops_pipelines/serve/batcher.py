@@ -1,0 +1,238 @@
+"""Concurrent requests decoded together: onnxruntime-genai batches, one adapter per batch.
+
+onnxruntime-genai's ``Generator`` decodes a batch of sequences in one pass per token, with
+one active adapter and one set of search options for the whole batch; its continuous
+batching ``Engine`` takes no adapters.  So one worker thread runs every model call and:
+
+* **admits** waiting requests into a new batch whenever fewer than ``max_batch`` sequences
+  are being decoded, taking the oldest request and the others waiting for the same adapter
+  and sampling (temperature, top-p, seed) with it;
+* **steps** every active batch by one token in turn, so a request that arrives while a
+  batch runs starts at the next turn (its prefill, then its tokens, interleaved with the
+  others') instead of waiting for that batch to end; time to first token is bounded by
+  one step of each active batch plus its own prefill;
+* ends a sequence at an end-of-sequence token, at its ``max_new_tokens``, or when its
+  client goes away (:meth:`Sequence.cancel`): from then on it no longer counts against
+  ``max_batch`` and its tokens are dropped, and a batch whose sequences all ended is
+  released at once.
+
+Prompts of different lengths are padded on the right with the pad token, which
+onnxruntime-genai masks per sequence (a batch answers exactly as each prompt would alone;
+``tests/serve`` checks it).  The queue holds at most ``max_queue`` waiting requests:
+:meth:`Batcher.submit` refuses more (the server's 429).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from slmops_pipelines.chat.engines import Sampling
+
+if TYPE_CHECKING:
+    from slmops_pipelines.steps.optimize.runtime import GenaiEngine
+
+# What a sequence hands its owner, from the worker thread: a token id, or the end (a reason).
+OnToken = Callable[[int], None]
+OnEnd = Callable[[str, str | None], None]  # finish reason ("stop", "length", "cancelled", "error"), error
+
+
+class QueueFull(Exception):
+    """More requests are waiting than ``max_queue``."""
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request's generation: its prompt, adapter and sampling, and where its tokens go."""
+
+    prompt_ids: list[int]
+    adapter: str | None
+    sampling: Sampling
+    on_token: OnToken
+    on_end: OnEnd
+    queued_at: float = field(default_factory=time.monotonic)
+    produced: int = 0
+    ended: bool = False
+    cancelled: bool = False
+    finish_reason: str = ""  # once ended: stop, length, cancelled or error
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """What a batch shares: the adapter and the search options."""
+        s = self.sampling
+        return (self.adapter, s.greedy, 0.0 if s.greedy else s.temperature, s.top_p, s.seed)
+
+    def cancel(self) -> None:
+        """The client went away (or a stop sequence ended the text): stop, free the slot."""
+        self.cancelled = True
+
+
+class _Batch:
+    """Sequences decoded together by one generator."""
+
+    def __init__(self, engine: GenaiEngine, sequences: list[Sequence], *, pad_id: int, context: int) -> None:
+        import numpy as np
+
+        self.sequences = sequences
+        longest = max(len(s.prompt_ids) for s in sequences)
+        most = max(s.sampling.max_new_tokens for s in sequences)
+        engine.use_adapter(sequences[0].adapter)  # one worker thread: set, then made into the generator
+        self.generator = engine.generator(min(context, longest + most), search=search_options(sequences))
+        rows = [s.prompt_ids + [pad_id] * (longest - len(s.prompt_ids)) for s in sequences]
+        self.generator.append_tokens(np.asarray(rows, dtype=np.int32))  # the prefill
+
+    @property
+    def live(self) -> list[Sequence]:
+        return [s for s in self.sequences if not s.ended]
+
+    def step(self, eos: frozenset[int]) -> None:
+        """One token for every sequence still running."""
+        for seq in self.live:
+            if seq.cancelled:
+                _end(seq, "cancelled")
+        if not self.live:
+            return
+        if self.generator.is_done():  # the batch's max_length: the context is full
+            for seq in self.live:
+                _end(seq, "length")
+            return
+        self.generator.generate_next_token()
+        tokens = self.generator.get_next_tokens()
+        for row, seq in enumerate(self.sequences):
+            if seq.ended:
+                continue
+            token = int(tokens[row])
+            if token in eos:
+                _end(seq, "stop")
+                continue
+            seq.produced += 1
+            seq.on_token(token)
+            if seq.produced >= seq.sampling.max_new_tokens:
+                _end(seq, "length")
+
+
+def search_options(sequences: list[Sequence]) -> dict[str, Any]:
+    """onnxruntime-genai's search options for a batch of sequences that share their sampling."""
+    sampling = sequences[0].sampling
+    search: dict[str, Any] = {"batch_size": len(sequences), "do_sample": not sampling.greedy}
+    if not sampling.greedy:
+        search.update(temperature=sampling.temperature, top_p=sampling.top_p)
+    if sampling.seed is not None:
+        search["random_seed"] = sampling.seed
+    return search
+
+
+def _end(seq: Sequence, reason: str, error: str | None = None) -> None:
+    if not seq.ended:
+        seq.ended, seq.finish_reason = True, reason
+        seq.on_end(reason, error)
+
+
+class Batcher:
+    """The worker thread that admits, batches and steps every request (see the module's notes)."""
+
+    def __init__(
+        self,
+        engine: GenaiEngine,
+        *,
+        eos_ids: set[int],
+        pad_id: int,
+        context_length: int,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.engine, self.eos = engine, frozenset(eos_ids)
+        self.pad_id, self.context = pad_id, context_length
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.on_batch = on_batch or (lambda size: None)
+        self.waiting: deque[Sequence] = deque()
+        self.batches: list[_Batch] = []
+        self._wake = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="slmops-batcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the worker (what runs is cancelled: drain first if it should finish)."""
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def running(self) -> int:
+        """Sequences being decoded now."""
+        return sum(len(b.live) for b in list(self.batches))
+
+    def submit(self, seq: Sequence) -> None:
+        with self._wake:
+            if len(self.waiting) >= self.max_queue + max(0, self._free()):
+                raise QueueFull(
+                    f"{self.max_batch} requests are being answered and {len(self.waiting)} are waiting "
+                    f"(--max-batch {self.max_batch}, --max-queue {self.max_queue}): try again shortly"
+                )
+            self.waiting.append(seq)
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stop and not self.waiting and not self.batches:
+                    self._wake.wait()
+                if self._stop:
+                    break
+                admitted = self._admit()
+            for group in admitted:
+                self._start(group)
+            for batch in list(self.batches):
+                self._step(batch)
+        for seq in [*self.waiting, *(s for b in self.batches for s in b.live)]:
+            _end(seq, "cancelled")
+
+    def _admit(self) -> list[list[Sequence]]:
+        """Groups of waiting sequences (same adapter and sampling) that fit the free slots."""
+        for seq in [s for s in self.waiting if s.cancelled]:
+            self.waiting.remove(seq)
+            _end(seq, "cancelled")
+        groups = []
+        free = self._free()
+        while self.waiting and free > 0:
+            key = self.waiting[0].key
+            group = [s for s in self.waiting if s.key == key][:free]
+            for seq in group:
+                self.waiting.remove(seq)
+            groups.append(group)
+            free -= len(group)
+        return groups
+
+    def _free(self) -> int:
+        """Slots for more sequences: ``max_batch`` less those decoding (a cancelled one holds none)."""
+        return self.max_batch - sum(1 for b in list(self.batches) for s in b.live if not s.cancelled)
+
+    def _start(self, group: list[Sequence]) -> None:
+        try:
+            self.batches.append(_Batch(self.engine, group, pad_id=self.pad_id, context=self.context))
+            self.on_batch(len(group))
+        except Exception as exc:  # the runtime refused the batch: its requests fail, the server goes on
+            for seq in group:
+                _end(seq, "error", f"{type(exc).__name__}: {exc}")
+
+    def _step(self, batch: _Batch) -> None:
+        try:
+            batch.step(self.eos)
+        except Exception as exc:
+            for seq in batch.live:
+                _end(seq, "error", f"{type(exc).__name__}: {exc}")
+        if not batch.live:
+            self.batches.remove(batch)  # its generator (and its KV cache) goes with it

@@ -1,0 +1,88 @@
+"""What the server says before its model is loaded, and the CPU count its threads come from."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from slmops_pipelines.cpus import available_cpus, cgroup_quota
+from slmops_pipelines.serve import Server, load_served
+from slmops_pipelines.serve.app import serve
+from tests.serve.conftest import free_port
+
+
+def fetch(url: str) -> tuple[int, dict, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read())
+
+
+def test_requests_wait_for_the_model_with_503_and_retry_after(genai_target: Path):
+    from slmops_pipelines import jobs
+
+    loaded = threading.Event()
+
+    def load():
+        loaded.wait(60)  # the model is still loading until the test says so
+        return load_served(jobs.chat_target(str(genai_target)), base_id="tiny", threads=1)
+
+    server, port = Server(load), free_port()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    running = serve(server, "127.0.0.1", port, stop=stop)
+    thread = threading.Thread(target=loop.run_until_complete, args=(running,))
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                status, _, body = fetch(url + "/health")
+                break
+            except OSError:
+                threading.Event().wait(0.1)
+        assert status == 200  # live while it loads
+        status, _, body = fetch(url + "/ready")
+        assert status == 503 and body["status"] == "loading"
+        status, headers, body = fetch(url + "/v1/models")
+        assert status == 503 and headers.get("Retry-After") and body["error"]["code"] == "model_loading"
+        loaded.set()
+        for _ in range(300):
+            if fetch(url + "/ready")[0] == 200:
+                break
+            threading.Event().wait(0.1)
+        assert [m["id"] for m in fetch(url + "/v1/models")[2]["data"]] == ["tiny", "alpha", "beta"]
+    finally:
+        loaded.set()
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(60)
+    assert not thread.is_alive()
+
+
+def test_the_thread_pool_is_sized_from_the_cgroup_quota(tmp_path: Path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_quota(tmp_path) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert cgroup_quota(v1) == 2.0
+    assert 1 <= available_cpus() <= len(__import__("os").sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("bad", ["runs/nothing-here"])
+def test_a_target_that_is_not_there_is_one_line_before_listening(bad, tmp_path):
+    from click.testing import CliRunner
+
+    from slmops_operator.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path / bad), "--port", str(free_port())])
+    assert result.exit_code == 2 and "not found" in result.output and "Traceback" not in result.output
