@@ -33,7 +33,7 @@ echo "setup_llamacpp: building llama-cpp-python==$VERSION into $VENV (several mi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 CMAKE_ARGS="$CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
   "$VENV/bin/python" -m pip install --quiet --no-cache-dir --no-binary llama-cpp-python \
-  "llama-cpp-python==$VERSION" numpy 2>&1 | grep -v "^WARNING: Location" || true
+  "llama-cpp-python[server]==$VERSION" numpy 2>&1 | grep -v "^WARNING: Location" || true
 # What bench/llamacpp_peer.py imports of slmops' measuring code (its specs are pydantic models),
 # and what llama.cpp's convert_hf_to_gguf.py needs to turn the merged model into a GGUF file
 # (torch alone first, so that pip takes the CPU build on disk).

@@ -178,3 +178,36 @@ def test_gpu_script_runs_its_smoke_mode_on_the_cpu(tmp_path):
     assert rows["QLoRA training"]["skipped"]  # no CUDA here: said, not estimated
     assert rows["ONNX decode cpu-int4"]["tokens_per_s"] > 0
     assert "| LoRA training |" in out
+
+
+def test_serve_bench_loads_a_server_with_concurrent_clients(genai_target: Path, tmp_path):
+    """bench/serve.py on an OptimizeJob output holding the tiny target (llama.cpp left out)."""
+    import shutil
+
+    from slmops_pipelines.steps import publish
+    from slmops_pipelines.storage import open_store
+
+    out = tmp_path / "opt"
+    shutil.copytree(genai_target, out / "targets" / "tiny")
+    spec = {
+        "source": {
+            "model": {"uri": "/models/tiny"},
+            "adapters": [{"name": "alpha", "uri": "/a"}, {"name": "beta", "uri": "/b"}],
+        },
+        "targets": [
+            {"name": "tiny", "provider": "CPUExecutionProvider", "precision": "fp32", "mergeAdapter": False}
+        ],
+    }
+    identity = {
+        "apiVersion": "slmops.io/v1alpha1",
+        "kind": "OptimizeJob",
+        "namespace": "default",
+        "name": "opt",
+    }
+    publish.write_manifest(open_store(str(out)), out, identity=identity, spec=spec, inputs={})
+    figures = tmp_path / "serve.json"
+    command = [sys.executable, BENCH / "serve.py", "--output", out, "--targets", "tiny", "--clients", "1,2"]
+    output = run([*command, "--requests", "1", "--max-tokens", "4", "--no-llamacpp", "--json", figures])
+    assert "slmops tiny" in output
+    rows = json.loads(figures.read_text())["rows"]["slmops tiny"]
+    assert [r["clients"] for r in rows] == [1, 2] and all(r["tokens"] > 0 for r in rows)

@@ -28,7 +28,13 @@ def args_of(steps) -> dict[str, str]:
 
 
 def test_there_is_one_image_per_role():
-    assert {p.parent.name for p in DOCKERFILES} == {"operator", "trainer", "optimizer", "optimizer-cuda"}
+    assert {p.parent.name for p in DOCKERFILES} == {
+        "operator",
+        "trainer",
+        "optimizer",
+        "optimizer-cuda",
+        "server",
+    }
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.parent.name)

@@ -26,6 +26,7 @@ def test_every_image_has_its_dockerfile():
         "slmops-trainer",
         "slmops-optimizer",
         "slmops-optimizer-cuda",
+        "slmops-server",
     }
     for artifact in artifacts:
         assert (REPO / artifact["docker"]["dockerfile"]).is_file()

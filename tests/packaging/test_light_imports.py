@@ -28,6 +28,7 @@ def test_operator_and_specs_import_without_heavy_libraries():
         "import slmops_pipelines.kubeflow.pipelines, slmops_pipelines.kubeflow.kfp_local, slmops_pipelines.jobs\n"
         "import slmops_operator.runtime, slmops_operator.backends.local, slmops_operator.handlers.jobs\n"
         "import slmops_pipelines.chat.targets, slmops_pipelines.chat.engines, slmops_pipelines.chat.session\n"
+        "import slmops_pipelines.serve, slmops_pipelines.serve.app, slmops_operator.cli.serve\n"
         f"loaded = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )

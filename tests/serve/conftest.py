@@ -14,33 +14,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.optimize.test_adapters import make_adapter
-
-
-@pytest.fixture(scope="session")
-def genai_target(tmp_path_factory) -> Path:
-    """A tiny model exported once for onnxruntime-genai, adapters ``alpha`` and ``beta`` kept separate.
-
-    Its context is long (4096) so that an answer can last seconds: long enough to drop a
-    stream or stop the server while it is decoded.
-    """
-    from slmops_pipelines.specs.optimize import OptimizeTarget
-    from slmops_pipelines.steps.optimize.export import export_target
-    from tests.conftest import tone_texts
-    from tests.tiny import build_tiny_llama
-
-    root = tmp_path_factory.mktemp("serve")
-    tiny_model = build_tiny_llama(root / "base", tone_texts(), context=4096)
-    every = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    adapters = {
-        "alpha": make_adapter(tiny_model, root / "alpha", 1, every),
-        "beta": make_adapter(tiny_model, root / "beta", 2, ["q_proj", "v_proj"]),
-    }
-    target = OptimizeTarget(
-        name="tiny", provider="CPUExecutionProvider", precision="fp32", merge_adapter=False
-    )
-    export_target(target, tiny_model, root / "targets", cache_dir=root / "builder", adapters=adapters)
-    return root / "targets" / "tiny"
 
 
 def free_port() -> int:

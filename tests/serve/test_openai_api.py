@@ -56,8 +56,10 @@ def ask(client: openai.OpenAI, model: str, **kw) -> str:
     return reply.choices[0].message.content or ""
 
 
-def test_the_models_are_the_base_and_every_adapter(client):
+def test_the_models_are_the_base_and_every_adapter(client, server):
     assert [m.id for m in client.models.list().data] == ["tiny", "alpha", "beta"]
+    kserve_style = openai.OpenAI(base_url=server.url + "/openai/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in kserve_style.models.list().data] == ["tiny", "alpha", "beta"]
 
 
 def test_each_model_id_answers_as_onnxruntime_genai_does_alone(client, expected):
@@ -155,15 +157,18 @@ def test_a_dropped_stream_frees_its_slot_at_once(genai_target, tmp_path):
 def test_sigterm_lets_the_requests_in_flight_finish(genai_target, tmp_path):
     served = start_server(genai_target, tmp_path, "--threads", "1")
     served.wait_ready()
-    client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(
-            client.chat.completions.create, model="tiny", messages=MESSAGES, max_tokens=2000, temperature=0
-        )
-        while "slmops_serve_running_sequences 1.0" not in served.get("/metrics")[1]:
-            time.sleep(0.02)
-        served.process.send_signal(signal.SIGTERM)
-        reply = pending.result(timeout=60)
-    assert reply.choices[0].finish_reason in ("length", "stop") and reply.usage.completion_tokens > 100
+    body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 4000, "min_tokens": 4000, "stream": True}
+    request = urllib.request.Request(
+        served.url + "/v1/chat/completions",
+        data=json.dumps({**body, "temperature": 0}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    response = urllib.request.urlopen(request, timeout=60)
+    assert response.readline().startswith(b"data: ")  # in flight
+    served.process.send_signal(signal.SIGTERM)
+    events = [line for line in response.read().decode().splitlines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"  # the answer finished after the signal
+    last = json.loads(events[-2].removeprefix("data: "))
+    assert last["choices"][0]["finish_reason"] == "length"
     assert served.process.wait(timeout=60) == 0
-    assert "stopped" in served.log.read_text()
+    assert "200 tiny" in served.log.read_text() and "stopped" in served.log.read_text()

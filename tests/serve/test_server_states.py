@@ -86,3 +86,49 @@ def test_a_target_that_is_not_there_is_one_line_before_listening(bad, tmp_path):
 
     result = CliRunner().invoke(cli, ["serve", str(tmp_path / bad), "--port", str(free_port())])
     assert result.exit_code == 2 and "not found" in result.output and "Traceback" not in result.output
+
+
+def test_the_server_prefers_a_target_whose_adapters_are_separate():
+    from slmops_pipelines.chat.targets import default_target
+    from slmops_pipelines.specs import OptimizeJobSpec
+
+    spec = OptimizeJobSpec.model_validate(
+        {
+            "source": {
+                "model": {"uri": "/models/base"},
+                "adapter": {"name": "tone", "uri": "/adapters/tone"},
+            },
+            "targets": [
+                {"name": "merged", "provider": "CPUExecutionProvider", "precision": "int4"},
+                {
+                    "name": "separate",
+                    "provider": "CPUExecutionProvider",
+                    "precision": "int4",
+                    "mergeAdapter": False,
+                },
+            ],
+        }
+    )
+    assert default_target(spec, ["merged", "separate"])[0] == "merged"  # generate and chat: the first
+    named, note = default_target(spec, ["merged", "separate"], prefer=["separate"])
+    assert named == "separate" and "merged" in note
+
+
+def test_a_target_served_alone_renders_as_its_job_did(genai_target: Path, tmp_path: Path):
+    """KServe downloads targets/NAME alone: the folder's slmops-prompts.json says how the job rendered."""
+    import shutil
+
+    from slmops_pipelines import jobs
+    from slmops_pipelines.steps.optimize.serving import write_prompts
+
+    folder = tmp_path / "cpu-int4-adapter"
+    shutil.copytree(genai_target, folder)
+    job_data = {"uri": "/data/tone", "promptTemplate": "Tone of: {phrase}", "completionTemplate": " {tone}"}
+    sql_data = {"uri": "/data/sql", "promptTemplate": "SQL for: {q}", "completionTemplate": " {sql}"}
+    write_prompts(folder, job_data, {"beta": sql_data})
+    model = load_served(jobs.chat_target(str(folder)), base_id="tiny", threads=1)
+    text = model.tokenizer.decode
+    asked = [{"role": "user", "content": "see you soon"}]
+    assert text(model.chat_prompt(None, asked), skip_special_tokens=True).endswith("Tone of: see you soon")
+    assert text(model.chat_prompt("alpha", asked), skip_special_tokens=True).endswith("Tone of: see you soon")
+    assert text(model.chat_prompt("beta", asked), skip_special_tokens=True).endswith("SQL for: see you soon")

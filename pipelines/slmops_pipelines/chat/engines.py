@@ -34,6 +34,7 @@ class Sampling:
     """How the next token is chosen: greedy unless ``temperature`` > 0."""
 
     max_new_tokens: int = 256
+    min_new_tokens: int = 0  # end-of-sequence is not taken before (slmops serve's min_tokens)
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None

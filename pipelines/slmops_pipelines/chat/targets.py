@@ -21,6 +21,7 @@ starts from the local copy the second time.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from slmops_pipelines.models import resolve_model
 from slmops_pipelines.specs import DatasetSpec, FineTuneJobSpec, ModelSpec, OptimizeJobSpec
 from slmops_pipelines.specs.optimize import default_adapter_name
 from slmops_pipelines.steps import publish
+from slmops_pipelines.steps.optimize.serving import read_prompts
 from slmops_pipelines.storage import ArtifactStore, open_store
 from slmops_pipelines.uris import UriError, parse_uri
 
@@ -126,9 +128,12 @@ def folder_target(
     if (path / "genai_config.json").is_file():
         adapters = {p.name.removesuffix(ADAPTER_SUFFIX): p for p in sorted(path.glob(f"*{ADAPTER_SUFFIX}"))}
         _no_model_option(model, "an onnxruntime-genai folder holds its base model")
-        return ChatTarget(
-            "genai", path, adapters, dataset=dataset, description=description or f"{path} (onnx)"
+        carried, own = read_prompts(path)  # how the job rendered prompts, for a folder served alone
+        target = ChatTarget(
+            "genai", path, adapters, dataset=dataset or carried, description=description or f"{path} (onnx)"
         )
+        target.adapter_datasets = own
+        return target
     if (path / "adapter_config.json").is_file():
         base = adapter_base(path, model)
         name = adapter_name or default_adapter_name(str(path))
@@ -194,9 +199,16 @@ def local_copy(store: ArtifactStore, prefix: str) -> Path:
 
 
 def finetune_output_target(
-    output: JobOutput, *, target_name: str | None = None, model: str | None = None
+    output: JobOutput,
+    *,
+    target_name: str | None = None,
+    model: str | None = None,
+    prefer_adapters: bool = False,
 ) -> ChatTarget:
-    """A FineTuneJob's adapter on its base model (or ``model/``, ``merged/`` when named or alone)."""
+    """A FineTuneJob's adapter on its base model (or ``model/``, ``merged/`` when named or alone).
+
+    ``prefer_adapters`` changes nothing here: the adapter is what this output offers first.
+    """
     if target_name is not None:
         raise InputError(
             f"--target picks a target of an optimized output; a {output.kind}'s has none", field="target"
@@ -236,9 +248,18 @@ def finetune_output_target(
 
 
 def optimize_output_target(
-    output: JobOutput, *, target_name: str | None = None, model: str | None = None
+    output: JobOutput,
+    *,
+    target_name: str | None = None,
+    model: str | None = None,
+    prefer_adapters: bool = False,
 ) -> ChatTarget:
-    """One target folder of an OptimizeJob (``--target``, the folder named, or the first that runs here)."""
+    """One target folder of an OptimizeJob (``--target``, the folder named, or the first that runs here).
+
+    ``prefer_adapters`` (``slmops serve``): by default, the first runnable target that keeps
+    its adapters separate, where there is one: a server is where one base with several
+    adapters pays off.
+    """
     if model is not None:
         raise InputError("--model is for adapter folders: a target holds its base model", field="model")
     spec = OptimizeJobSpec.model_validate(output.manifest["spec"])
@@ -247,7 +268,12 @@ def optimize_output_target(
     named = _named_target(output.part, target_name, output.store.uri)
     note = ""
     if named is None:
-        named, note = default_target(spec, built)
+        separate = [
+            n
+            for n in built
+            if any(p.startswith(f"targets/{n}/") and p.endswith(ADAPTER_SUFFIX) for p in paths)
+        ]
+        named, note = default_target(spec, built, prefer=separate if prefer_adapters else ())
     if named not in built:
         raise InputError(
             f"no target named {named!r} in {output.store.uri} (targets: {', '.join(built) or 'none'})",
@@ -260,18 +286,8 @@ def optimize_output_target(
         dataset=optimize_dataset(spec, output.manifest),
         description=f"{output.kind} {job}: target {named}{note}",
     )
-    target.adapter_datasets = adapter_datasets(spec)
+    target.adapter_datasets = spec.source.adapter_datasets()
     return target
-
-
-def adapter_datasets(spec: OptimizeJobSpec) -> dict[str, DatasetSpec]:
-    """The adapters that the OptimizeJob evaluated on data of their own, by name."""
-    refs = [spec.source.adapter] if spec.source.adapter else list(spec.source.adapters or [])
-    return {
-        ref.name: ref.evaluation.dataset
-        for ref in refs
-        if ref.name and ref.evaluation is not None and ref.evaluation.dataset is not None
-    }
 
 
 def _named_target(part: str, target_name: str | None, uri: str) -> str | None:
@@ -285,8 +301,8 @@ def _named_target(part: str, target_name: str | None, uri: str) -> str | None:
     return name
 
 
-def default_target(spec: OptimizeJobSpec, built: list[str]) -> tuple[str, str]:
-    """The first target (in spec order) this machine can run, and a note naming the others."""
+def default_target(spec: OptimizeJobSpec, built: list[str], prefer: Iterable[str] = ()) -> tuple[str, str]:
+    """The first target (in spec order; of ``prefer`` first) this machine can run, and a note naming the others."""
     from slmops_pipelines.steps.optimize.providers import available_providers
 
     here = available_providers()
@@ -296,6 +312,8 @@ def default_target(spec: OptimizeJobSpec, built: list[str]) -> tuple[str, str]:
             f"none of the targets ({', '.join(built) or 'none built'}) runs on this machine's providers",
             field="target",
         )
+    preferred = set(prefer)
+    runnable.sort(key=lambda name: name not in preferred)  # stable: spec order within each group
     others = [name for name in built if name != runnable[0]]
     return runnable[0], (f" (also: {', '.join(others)}; pick one with --target NAME)" if others else "")
 

@@ -298,10 +298,13 @@ def describe_output(output_uri: str, *, verify: bool = True) -> dict[str, Any]:
 # -- talking to what a job made (slmops generate, slmops chat) --------------------------------------
 
 
-def chat_target(target: str, *, target_name: str | None = None, model: str | None = None) -> ChatTarget:
+def chat_target(
+    target: str, *, target_name: str | None = None, model: str | None = None, prefer_adapters: bool = False
+) -> ChatTarget:
     """What TARGET names, ready to load: a job's output (its kind decides what), or a model folder.
 
-    ``target_name`` picks an OptimizeJob's target; ``model`` is a PEFT adapter's base model.
+    ``target_name`` picks an OptimizeJob's target; ``model`` is a PEFT adapter's base model;
+    ``prefer_adapters`` picks, by default, a target with separate adapters (``slmops serve``).
     """
     from slmops_pipelines.chat.targets import find_job_output, plain_target
 
@@ -315,7 +318,7 @@ def chat_target(target: str, *, target_name: str | None = None, model: str | Non
     kind = KINDS.get(output.kind)
     if kind is None:
         raise InputError(f"{target}: a {output.kind or 'job of unknown kind'}'s output", field="target")
-    return kind.chat_target(output, target_name=target_name, model=model)
+    return kind.chat_target(output, target_name=target_name, model=model, prefer_adapters=prefer_adapters)
 
 
 def open_chat(

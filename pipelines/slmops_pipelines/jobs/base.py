@@ -238,15 +238,24 @@ class JobKind(ABC, Generic[SpecT]):
         return None
 
     def chat_target(
-        self, output: JobOutput, *, target_name: str | None = None, model: str | None = None
+        self,
+        output: JobOutput,
+        *,
+        target_name: str | None = None,
+        model: str | None = None,
+        prefer_adapters: bool = False,
     ) -> ChatTarget:
-        """The model in a succeeded output that ``slmops generate``/``chat`` load, and how to render for it."""
+        """The model in a succeeded output that ``slmops generate``/``chat``/``serve`` load, and how to render for it.
+
+        ``prefer_adapters``: by default, a model with separate adapters where the output has one
+        (``slmops serve``).
+        """
         from slmops_pipelines.errors import InputError
 
         loader = self.chat_loader()
         if loader is None:
             raise InputError(f"a {self.name}'s output holds no model to generate with", field="target")
-        return loader(output, target_name=target_name, model=model)
+        return loader(output, target_name=target_name, model=model, prefer_adapters=prefer_adapters)
 
     def read_outcome(self, store: ArtifactStore, *, already_complete: bool = False) -> JobOutcome:
         """The outcome of a succeeded job, from its output location alone."""

@@ -33,7 +33,8 @@ def run_server(
     from slmops_pipelines import jobs
     from slmops_pipelines.cpus import available_cpus
 
-    chosen = jobs.chat_target(target, target_name=target_name)  # fails fast: a bad TARGET never listens
+    # Fails fast (a bad TARGET never listens); by default a target whose adapters are separate.
+    chosen = jobs.chat_target(target, target_name=target_name, prefer_adapters=True)
     base_id = name or base_id_of(target)
     pool = threads or available_cpus()
 

@@ -1,6 +1,7 @@
 """The HTTP server: OpenAI's API over the batcher, health, readiness, metrics, a graceful stop.
 
-Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
+Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions`` (also
+under ``/openai/v1``, where KServe's LLM runtimes serve OpenAI's API),
 ``GET /health`` (live: the process answers), ``GET /ready`` (the model is loaded and the
 server is not draining), ``GET /metrics`` (Prometheus).
 
@@ -37,7 +38,9 @@ from slmops_pipelines.serve.model import ServedModel
 
 log = logging.getLogger("slmops.serve")
 
-RETRY_AFTER_S = 1  # what a 429 or a 503 while loading tells the client to wait
+RETRY_AFTER_S = 1
+# OpenAI's paths, and the same under /openai as KServe's own LLM runtimes serve them.
+API_PREFIXES = ("/v1", "/openai/v1")  # what a 429 or a 503 while loading tells the client to wait
 
 
 @dataclass
@@ -81,9 +84,10 @@ class Server:
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready)
         app.router.add_get("/metrics", self.prometheus)
-        app.router.add_get("/v1/models", self.models)
-        app.router.add_post("/v1/chat/completions", self.chat_completions)
-        app.router.add_post("/v1/completions", self.completions)
+        for prefix in API_PREFIXES:
+            app.router.add_get(f"{prefix}/models", self.models)
+            app.router.add_post(f"{prefix}/chat/completions", self.chat_completions)
+            app.router.add_post(f"{prefix}/completions", self.completions)
         return app
 
     @web.middleware
@@ -99,7 +103,7 @@ class Server:
 
     def _refused(self, request: web.Request, exc: api.ApiError) -> None:
         """Count and log a request refused before it generated (one that generated is counted already)."""
-        if request.get("accounted") or not request.path.startswith("/v1/"):
+        if request.get("accounted") or not request.path.startswith(tuple(f"{p}/" for p in API_PREFIXES)):
             return
         model_id = str(request.get("model_id", ""))
         self.metrics.requests.labels(model=model_id, status=str(exc.status)).inc()
@@ -202,7 +206,13 @@ class Server:
                 code="context_length_exceeded",
             )
         limit = wanted if wanted is not None else min(room, self.settings.max_tokens)
-        return Sampling(max_new_tokens=limit, temperature=req.temperature, top_p=req.top_p, seed=req.seed)
+        return Sampling(
+            max_new_tokens=limit,
+            min_new_tokens=min(req.min_tokens, limit),
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+        )
 
     async def _generate(
         self, request: web.Request, req: Any, adapter: str | None, prompt: list[int], *, chat: bool

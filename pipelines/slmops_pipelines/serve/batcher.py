@@ -62,9 +62,9 @@ class Sequence:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """What a batch shares: the adapter and the search options."""
+        """What a batch shares: the adapter and the search options (``min_new_tokens`` included)."""
         s = self.sampling
-        return (self.adapter, s.greedy, 0.0 if s.greedy else s.temperature, s.top_p, s.seed)
+        return (self.adapter, s.greedy, 0.0 if s.greedy else s.temperature, s.top_p, s.seed, s.min_new_tokens)
 
     def cancel(self) -> None:
         """The client went away (or a stop sequence ended the text): stop, free the slot."""
@@ -81,7 +81,12 @@ class _Batch:
         longest = max(len(s.prompt_ids) for s in sequences)
         most = max(s.sampling.max_new_tokens for s in sequences)
         engine.use_adapter(sequences[0].adapter)  # one worker thread: set, then made into the generator
-        self.generator = engine.generator(min(context, longest + most), search=search_options(sequences))
+        least = sequences[0].sampling.min_new_tokens  # shared: part of the batch's key
+        self.generator = engine.generator(
+            min(context, longest + most),
+            min_length=min(context, longest + least) if least else 0,
+            search=search_options(sequences),
+        )
         rows = [s.prompt_ids + [pad_id] * (longest - len(s.prompt_ids)) for s in sequences]
         self.generator.append_tokens(np.asarray(rows, dtype=np.int32))  # the prefill
 
@@ -144,11 +149,15 @@ class Batcher:
         context_length: int,
         max_batch: int = 8,
         max_queue: int = 64,
+        gather_s: float = 0.02,
+        join_s: float = 0.1,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.engine, self.eos = engine, frozenset(eos_ids)
         self.pad_id, self.context = pad_id, context_length
         self.max_batch, self.max_queue = max_batch, max_queue
+        self.gather_s, self.join_s = gather_s, join_s
+        self.last_batch = 0  # the size of the batch started last: concurrency seen lately
         self.on_batch = on_batch or (lambda size: None)
         self.waiting: deque[Sequence] = deque()
         self.batches: list[_Batch] = []
@@ -192,7 +201,9 @@ class Batcher:
                     self._wake.wait()
                 if self._stop:
                     break
-                admitted = self._admit()
+                if not self.batches and self.waiting and not self._due():
+                    self._wake.wait(self.gather_s)  # idle: let the requests arriving with this one join it
+                admitted = self._admit() if self._due() else []
             for group in admitted:
                 self._start(group)
             for batch in list(self.batches):
@@ -216,6 +227,19 @@ class Batcher:
             free -= len(group)
         return groups
 
+    def _due(self) -> bool:
+        """Whether the waiting requests start now: the slots they fit are all asked for, the server
+        has seen one request at a time so far, or the oldest has gathered company long enough
+        (``gather_s`` when idle; ``join_s`` while batches run)."""
+        if not self.waiting:
+            return False
+        if len(self.waiting) >= self._free():
+            return True
+        if not self.batches and self.last_batch < 2:
+            return True  # one client at a time (so far): nobody to wait for
+        waited = time.monotonic() - self.waiting[0].queued_at
+        return waited >= (self.join_s if self.batches else self.gather_s)
+
     def _free(self) -> int:
         """Slots for more sequences: ``max_batch`` less those decoding (a cancelled one holds none)."""
         return self.max_batch - sum(1 for b in list(self.batches) for s in b.live if not s.cancelled)
@@ -223,6 +247,7 @@ class Batcher:
     def _start(self, group: list[Sequence]) -> None:
         try:
             self.batches.append(_Batch(self.engine, group, pad_id=self.pad_id, context=self.context))
+            self.last_batch = len(group)
             self.on_batch(len(group))
         except Exception as exc:  # the runtime refused the batch: its requests fail, the server goes on
             for seq in group:

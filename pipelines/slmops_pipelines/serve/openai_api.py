@@ -51,6 +51,9 @@ class _Request(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     n: int = Field(default=1, ge=1, le=1)  # one choice per request
+    # Not OpenAI's: the least new tokens before end-of-sequence counts, as llama.cpp's and vLLM's
+    # servers take it (benchmarks ask for answers of a known length).
+    min_tokens: int = Field(default=0, ge=0)
 
     @field_validator("stop")
     @classmethod

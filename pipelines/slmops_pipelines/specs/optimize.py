@@ -139,6 +139,14 @@ class OptimizeSource(SpecModel):
         """The adapters, in spec order, whether given as ``adapter`` or ``adapters``."""
         return [self.adapter] if self.adapter else list(self.adapters or [])
 
+    def adapter_datasets(self) -> dict[str, DatasetSpec]:
+        """The adapters with evaluation data of their own (rendered as that data was), by name."""
+        return {
+            ref.name: ref.evaluation.dataset
+            for ref in self.adapter_refs()
+            if ref.name and ref.evaluation is not None and ref.evaluation.dataset is not None
+        }
+
     def adapter_field(self, index: int) -> str:
         """The spec field of the ``index``-th adapter: ``source.adapter`` or ``source.adapters[i]``."""
         return "source.adapter" if self.adapter else f"source.adapters[{index}]"

@@ -54,6 +54,7 @@ from slmops_pipelines.stages.optimize_source import (
 )
 from slmops_pipelines.stages.outputs import JobRun
 from slmops_pipelines.steps import publish
+from slmops_pipelines.steps.optimize.serving import write_prompts
 from slmops_pipelines.storage import ArtifactStore
 
 if TYPE_CHECKING:
@@ -225,9 +226,27 @@ def prepare_source(
         "description": {**(source.description or {"model": source.base.uri}), "baseModel": source.base.uri},
         "evaluationRows": len(examples),
         "metrics": sorted(wanted),
+        "prompts": _prompt_specs(spec, source, primary.dataset),
     }
     (prepared_dir / SOURCE_JSON).write_text(json.dumps(described, indent=2))
     return described
+
+
+def _prompt_specs(
+    spec: OptimizeJobSpec, source: ResolvedSource, merged: DatasetSpec | None
+) -> dict[str, Any]:
+    """How the job's prompts were rendered: the job's data, the merged model's, each adapter's own."""
+
+    def dump(dataset: DatasetSpec | None) -> dict[str, Any] | None:
+        return (
+            dataset.model_dump(mode="json", by_alias=True, exclude_none=True) if dataset is not None else None
+        )
+
+    return {
+        "dataset": dump(spec.evaluation.dataset or source.dataset),
+        "merged": dump(merged),
+        "adapters": {name: dump(dataset) for name, dataset in spec.source.adapter_datasets().items()},
+    }
 
 
 def _base_engine(source: ResolvedSource, base_path: Path, tokenizer, wanted: set[str]):
@@ -334,6 +353,12 @@ def build_target(
         calibration=calibration,
     )
     names = list(adapters) if separate else []
+    prompts = described.get("prompts") or {}
+    write_prompts(  # for whoever serves the folder alone (KServe downloads targets/NAME by itself)
+        targets_dir / target.name,
+        prompts.get("dataset") if separate else prompts.get("merged"),
+        (prompts.get("adapters") or {}) if separate else {},
+    )
     engine, metrics = _measure_target(target, exported, names, tokenizer, examples, common, say)
     gates = check_gates(target.name, spec.evaluation.gates, metrics, reference)
     as_json = metrics.to_json()

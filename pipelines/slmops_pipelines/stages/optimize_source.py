@@ -107,8 +107,7 @@ def _local_or_s3_dir(uri: str, work: Path, field_name: str) -> Path:
 
 def adapter_refs(spec: OptimizeJobSpec) -> list[tuple[str, AdapterRef]]:
     """The adapters of a model source, each with the spec field its URI is read under."""
-    refs = [spec.source.adapter] if spec.source.adapter else list(spec.source.adapters or [])
-    return [(f"{spec.source.adapter_field(n)}.uri", ref) for n, ref in enumerate(refs)]
+    return [(f"{spec.source.adapter_field(n)}.uri", ref) for n, ref in enumerate(spec.source.adapter_refs())]
 
 
 def resolve_source(spec: OptimizeJobSpec, locate_job: JobLocator, work: Path) -> ResolvedSource:
