@@ -22,6 +22,9 @@ server, sent to ``/v1/completions`` as plain text so that every answer runs to t
   converted to GGUF and quantized to Q4_0 as bench/optimize.py does.  Skipped, saying so,
   where not installed.
 
+First, the ceiling: onnxruntime-genai alone decoding batches of 1, 4 and 8 sequences of the
+first target (what batching can give on this machine, with no HTTP, no scheduler).
+
 Per server and number of clients: aggregate tokens/s (completion tokens of every request over
 the wall time of the round), p50/p95 time to first token and request latency, and the ratio
 of the aggregate tokens/s to the same server's with one client.
@@ -186,6 +189,41 @@ def slmops_rows(args: argparse.Namespace, work: Path) -> dict[str, list[dict]]:
     return rows
 
 
+def engine_rows(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """The ceiling: onnxruntime-genai decoding batches of N with no server around it (the first target
+    as shipped, a 20-token prompt, ``--max-tokens`` new tokens)."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    target = args.targets[0]
+    model = og.Model(str(args.output / "targets" / target))
+    rounds = []
+    for batch in args.clients:
+        params = og.GeneratorParams(model)
+        length = 20 + args.max_tokens
+        params.set_search_options(max_length=length, min_length=length, batch_size=batch)
+        generator = og.Generator(model, params)
+        generator.append_tokens(np.asarray([[1, *range(100, 119)]] * batch, dtype=np.int32))
+        started, steps = time.perf_counter(), 0
+        while not generator.is_done():
+            generator.generate_next_token()
+            steps += 1
+        wall = time.perf_counter() - started
+        rounds.append(
+            {
+                "clients": batch,
+                "requests": batch,
+                "tokens": batch * steps,
+                "tokens_per_s": round(batch * steps / wall, 1),
+                "ttft_p50_ms": None,
+                "ttft_p95_ms": None,
+                "latency_p50_s": round(wall, 2),
+                "latency_p95_s": round(wall, 2),
+            }
+        )
+    return {f"genai {target} (alone)": rounds}
+
+
 def llamacpp_rows(args: argparse.Namespace, work: Path) -> dict[str, list[dict]]:
     """llama.cpp's own OpenAI server on the merged model at Q4_0 (bench/optimize.py's conversion)."""
     import optimize
@@ -257,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     with tempfile.TemporaryDirectory(prefix="slmops-bench-serve-") as tmp:
         work = Path(tmp)
-        rows = slmops_rows(args, work)
+        rows = engine_rows(args)
+        rows.update(slmops_rows(args, work))
         if not args.no_llamacpp:
             rows.update(llamacpp_rows(args, work))
     print(f"machine: {machine()}")

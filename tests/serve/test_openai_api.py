@@ -132,7 +132,14 @@ def test_a_dropped_stream_frees_its_slot_at_once(genai_target, tmp_path):
     try:
         served.wait_ready()
         body = json.dumps(
-            {"model": "tiny", "messages": MESSAGES, "max_tokens": 4000, "stream": True, "temperature": 0}
+            {
+                "model": "tiny",
+                "messages": MESSAGES,
+                "max_tokens": 4000,
+                "min_tokens": 4000,
+                "stream": True,
+                "temperature": 0,
+            }
         ).encode()
         request = urllib.request.Request(
             served.url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}

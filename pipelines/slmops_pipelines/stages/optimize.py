@@ -249,6 +249,16 @@ def _prompt_specs(
     }
 
 
+def _carry_prompts(described: dict[str, Any], folder: Path, *, separate: bool) -> None:
+    """How the job rendered prompts, into the target folder: for whoever serves it alone (KServe
+    downloads targets/NAME by itself); a merged model renders as its adapter's data did."""
+    prompts = described.get("prompts") or {}
+    if separate:
+        write_prompts(folder, prompts.get("dataset"), prompts.get("adapters") or {})
+    else:
+        write_prompts(folder, prompts.get("merged"), {})
+
+
 def _base_engine(source: ResolvedSource, base_path: Path, tokenizer, wanted: set[str]):
     """The base model, to compare answers with (nothing to compare without answer metrics)."""
     from slmops_pipelines.steps.optimize.reference import TorchEngine
@@ -353,12 +363,7 @@ def build_target(
         calibration=calibration,
     )
     names = list(adapters) if separate else []
-    prompts = described.get("prompts") or {}
-    write_prompts(  # for whoever serves the folder alone (KServe downloads targets/NAME by itself)
-        targets_dir / target.name,
-        prompts.get("dataset") if separate else prompts.get("merged"),
-        (prompts.get("adapters") or {}) if separate else {},
-    )
+    _carry_prompts(described, targets_dir / target.name, separate=separate)
     engine, metrics = _measure_target(target, exported, names, tokenizer, examples, common, say)
     gates = check_gates(target.name, spec.evaluation.gates, metrics, reference)
     as_json = metrics.to_json()
