@@ -159,21 +159,19 @@ class Server:
     # -- generation ---------------------------------------------------------------------------------
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        model = self._serving()
-        body = await _json(request)
-        req = api.parse(api.ChatCompletionRequest, body)
-        request["model_id"] = req.model
-        adapter = model.adapter_of(req.model)
-        prompt = model.chat_prompt(adapter, req.conversation())
-        return await self._generate(request, req, adapter, prompt, chat=True)
+        return await self._answer(request, chat=True)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(request, chat=False)
+
+    async def _answer(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+        """Parse, pick the model id's adapter, render (chat) or take the text as is, generate."""
         model = self._serving()
-        body = await _json(request)
-        req = api.parse(api.CompletionRequest, body)
+        req = api.parse(api.ChatCompletionRequest if chat else api.CompletionRequest, await _json(request))
         request["model_id"] = req.model
         adapter = model.adapter_of(req.model)
-        return await self._generate(request, req, adapter, model.completion_prompt(req.text), chat=False)
+        prompt = model.chat_prompt(adapter, req.conversation()) if chat else model.completion_prompt(req.text)
+        return await self._generate(request, req, adapter, prompt, chat=chat)
 
     def _serving(self) -> ServedModel:
         if self.draining:
@@ -228,17 +226,9 @@ class Server:
                 )
                 return response
             text, completion_tokens, finish = await self._collect(request, req, answer)
-            build = api.chat_completion if chat else api.completion
-            return web.json_response(
-                build(
-                    api.new_id("chatcmpl" if chat else "cmpl"),
-                    req.model,
-                    text,
-                    finish,
-                    len(prompt),
-                    completion_tokens,
-                )
-            )
+            id_ = api.new_id("chatcmpl" if chat else "cmpl")
+            usage = api.usage(len(prompt), completion_tokens)
+            return web.json_response(api.answer(id_, req.model, text, finish, usage, chat=chat))
         except api.ApiError as exc:
             status = exc.status
             raise

@@ -143,36 +143,18 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def chat_completion(
-    id_: str, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
+def answer(
+    id_: str, model: str, text: str, finish_reason: str, usage_: dict[str, int], *, chat: bool
 ) -> dict[str, Any]:
+    """A whole (non-streamed) answer: a chat completion's message, or a completion's text."""
+    content: dict[str, Any] = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
     return {
         "id": id_,
-        "object": "chat.completion",
+        "object": "chat.completion" if chat else "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish_reason,
-                "logprobs": None,
-            }
-        ],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
-
-
-def completion(
-    id_: str, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
-) -> dict[str, Any]:
-    return {
-        "id": id_,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}],
-        "usage": usage(prompt_tokens, completion_tokens),
+        "choices": [{"index": 0, **content, "finish_reason": finish_reason, "logprobs": None}],
+        "usage": usage_,
     }
 
 
