@@ -105,8 +105,9 @@ def finetune_manifest(name: str, model: Path, **spec_overrides) -> dict:
 def genai_target(tmp_path_factory) -> Path:
     """A tiny model exported once for onnxruntime-genai, adapters ``alpha`` and ``beta`` kept separate.
 
-    Its context is long (4096) so that an answer can last seconds: long enough to drop a
-    stream or stop the server while it is decoded.
+    Its context is long (16384) so that an answer can last many seconds: a server writes a
+    stream nobody reads into the socket's buffers (megabytes) without waiting, so only an answer
+    longer than the test's next steps keeps its slot taken while the test looks.
     """
     from slmops_pipelines.specs.optimize import OptimizeTarget
     from slmops_pipelines.steps.optimize.export import export_target
@@ -114,7 +115,7 @@ def genai_target(tmp_path_factory) -> Path:
     from tests.tiny import build_tiny_llama
 
     root = tmp_path_factory.mktemp("serve")
-    tiny_model = build_tiny_llama(root / "base", tone_texts(), context=4096)
+    tiny_model = build_tiny_llama(root / "base", tone_texts(), context=16384)
     every = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     adapters = {
         "alpha": make_adapter(tiny_model, root / "alpha", 1, every),

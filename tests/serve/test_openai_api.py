@@ -115,7 +115,7 @@ def test_bad_requests_get_openais_errors_naming_the_parameter(client, server):
     assert empty.value.param == "messages"
     with pytest.raises(openai.BadRequestError) as too_long:
         client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "word " * 2000}], max_tokens=4
+            model="tiny", messages=[{"role": "user", "content": "word " * 20000}], max_tokens=4
         )
     assert too_long.value.code == "context_length_exceeded"
     request = urllib.request.Request(server.url + "/v1/chat/completions", data=b"{not json", method="POST")
@@ -135,8 +135,8 @@ def test_a_dropped_stream_frees_its_slot_at_once(genai_target, tmp_path):
             {
                 "model": "tiny",
                 "messages": MESSAGES,
-                "max_tokens": 4000,
-                "min_tokens": 4000,
+                "max_tokens": 16000,  # many seconds: it outlasts the test's next steps on a slow machine
+                "min_tokens": 16000,
                 "stream": True,
                 "temperature": 0,
             }
