@@ -53,21 +53,33 @@ class Reply:
 
 
 class TextStream:
-    """Token ids in, new text out: decodes everything so far and returns what was not shown yet."""
+    """Token ids in, new text out, in time that does not grow with the answer.
+
+    Decoding every id so far on each token costs the square of the answer's length (seconds
+    of a server's event loop for a long answer); so, as vLLM's incremental detokenizer does,
+    only the ids since the last piece shown are decoded, after the few before them that give
+    a tokenizer its context (a leading space, bytes of one character split over tokens).
+    """
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.shown = ""
+        self._prefix = 0  # ids[_prefix:_read] were shown already: decoded again for their context
+        self._read = 0
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # half a character: wait for the rest of its bytes
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
+        text = decode(self.ids[self._prefix :], skip_special_tokens=True)
+        if text.endswith("\ufffd") or len(text) <= len(before):  # half a character: wait for its bytes
             return ""
-        if not text.startswith(self.shown):  # the tokenizer re-merged: show from where they differ
+        if not text.startswith(before):  # the tokenizer re-merged: wait until they agree again
             return ""
-        piece, self.shown = text[len(self.shown) :], text
+        piece = text[len(before) :]
+        self._prefix, self._read = self._read, len(self.ids)
+        self.shown += piece
         return piece
 
     def text(self) -> str:

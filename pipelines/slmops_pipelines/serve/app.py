@@ -33,6 +33,7 @@ from slmops_pipelines.chat.engines import Sampling
 from slmops_pipelines.chat.session import TextStream
 from slmops_pipelines.serve import openai_api as api
 from slmops_pipelines.serve.batcher import Batcher, QueueFull, Sequence
+from slmops_pipelines.serve.inbox import Inbox
 from slmops_pipelines.serve.metrics import ServeMetrics
 from slmops_pipelines.serve.model import ServedModel
 
@@ -53,10 +54,10 @@ class Settings:
 
 @dataclass
 class _Answer:
-    """One request's generation as the handler sees it: tokens arrive on ``events``."""
+    """One request's generation as the handler sees it: tokens arrive in ``inbox``."""
 
     seq: Sequence
-    events: asyncio.Queue[tuple[str, Any, Any]]
+    inbox: Inbox
     started: float
     stamps: list[float] = field(default_factory=list)
 
@@ -239,14 +240,13 @@ class Server:
             self._account(req.model, status, len(prompt), completion_tokens, finish, answer)
 
     def _submit(self, adapter: str | None, prompt: list[int], sampling: Sampling) -> _Answer:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[tuple[str, Any, Any]] = asyncio.Queue()
+        inbox = Inbox(asyncio.get_running_loop())
 
         def on_token(token: int) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, ("token", token, time.perf_counter()))
+            inbox.put(("token", token, time.perf_counter()))
 
         def on_end(reason: str, error: str | None) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, ("end", reason, error))
+            inbox.put(("end", reason, error))
 
         seq = Sequence(prompt, adapter, sampling, on_token, on_end)
         assert self.batcher is not None
@@ -260,7 +260,7 @@ class Server:
                 code="queue_full",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             ) from exc
-        return _Answer(seq, events, time.perf_counter())
+        return _Answer(seq, inbox, time.perf_counter())
 
     async def _tokens(self, request: web.Request, answer: _Answer):  # -> AsyncIterator[int], then the reason
         """The answer's tokens as they come; returns (through StopAsyncIteration) at its end.
@@ -269,19 +269,20 @@ class Server:
         """
         while True:
             try:
-                kind, value, extra = await asyncio.wait_for(answer.events.get(), timeout=0.5)
+                bunch = await answer.inbox.take(timeout=0.5)
             except asyncio.TimeoutError:
                 if request.transport is None or request.transport.is_closing():
                     answer.seq.cancel()
                     raise ConnectionResetError("the client went away") from None
                 continue
-            if kind == "token":
-                answer.stamps.append(extra)
-                yield value
-                continue
-            if value == "error":
-                raise api.ApiError(500, f"generation failed: {extra}", type="server_error")
-            return
+            for kind, value, extra in bunch:
+                if kind == "token":
+                    answer.stamps.append(extra)
+                    yield value
+                    continue
+                if value == "error":
+                    raise api.ApiError(500, f"generation failed: {extra}", type="server_error")
+                return
 
     async def _collect(self, request: web.Request, req: Any, answer: _Answer) -> tuple[str, int, str]:
         """The whole answer (non-streaming): text, tokens, finish reason."""
@@ -290,8 +291,8 @@ class Server:
         stops, produced = req.stops, 0
         async for token in self._tokens(request, answer):
             produced += 1
-            text.push(token)
-            if stops and (cut := _stop_at(text.shown, stops)) is not None:
+            before = len(text.shown)
+            if text.push(token) and stops and (cut := _stop_at(text.shown, stops, before)) is not None:
                 return text.shown[:cut], produced, "stop"
         return text.text(), produced, "stop" if answer.seq.finish_reason == "stop" else "length"
 
@@ -319,9 +320,10 @@ class Server:
         try:
             async for token in self._tokens(request, answer):
                 produced += 1
+                before = len(text.shown)
                 text.push(token)
                 whole = text.shown  # decoded so far, less a character whose bytes are still coming
-                cut = _stop_at(whole, stops) if stops else None
+                cut = _stop_at(whole, stops, before) if stops else None
                 if cut is not None:
                     whole, finish = whole[:cut], "stop"
                 safe = len(whole) if cut is not None else _safe_length(whole, stops)
@@ -430,9 +432,13 @@ async def _json(request: web.Request) -> Any:
         raise api.ApiError(400, f"the request body is not valid JSON: {exc}") from exc
 
 
-def _stop_at(text: str, stops: list[str]) -> int | None:
-    """Where the first stop sequence in ``text`` begins (None: none there)."""
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+def _stop_at(text: str, stops: list[str], new: int = 0) -> int | None:
+    """Where the first stop sequence in ``text`` begins (None: none there).
+
+    ``text[:new]`` was searched already: only a stop that ends after it is looked for, so a
+    long answer costs its length once, not once per token.
+    """
+    found = [i for i in (text.find(s, max(0, new - len(s) + 1)) for s in stops) if i >= 0]
     return min(found) if found else None
 
 

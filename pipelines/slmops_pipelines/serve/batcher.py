@@ -161,6 +161,7 @@ class Batcher:
         self.on_batch = on_batch or (lambda size: None)
         self.waiting: deque[Sequence] = deque()
         self.batches: list[_Batch] = []
+        self._starting = 0  # admitted, their batch still being built: their slots are taken already
         self._wake = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="slmops-batcher", daemon=True)
@@ -224,6 +225,7 @@ class Batcher:
             for seq in group:
                 self.waiting.remove(seq)
             groups.append(group)
+            self._starting += len(group)
             free -= len(group)
         return groups
 
@@ -242,16 +244,24 @@ class Batcher:
 
     def _free(self) -> int:
         """Slots for more sequences: ``max_batch`` less those decoding (a cancelled one holds none)."""
-        return self.max_batch - sum(1 for b in list(self.batches) for s in b.live if not s.cancelled)
+        decoding = sum(1 for b in list(self.batches) for s in b.live if not s.cancelled)
+        return self.max_batch - decoding - self._starting
 
     def _start(self, group: list[Sequence]) -> None:
+        """Build the group's batch (its prefill runs here, outside the lock, while requests arrive)."""
         try:
-            self.batches.append(_Batch(self.engine, group, pad_id=self.pad_id, context=self.context))
-            self.last_batch = len(group)
-            self.on_batch(len(group))
+            batch = _Batch(self.engine, group, pad_id=self.pad_id, context=self.context)
         except Exception as exc:  # the runtime refused the batch: its requests fail, the server goes on
             for seq in group:
                 _end(seq, "error", f"{type(exc).__name__}: {exc}")
+            batch = None
+        with self._wake:  # the slots move from starting to decoding at once: none is free between
+            self._starting -= len(group)
+            if batch is not None:
+                self.batches.append(batch)
+        if batch is not None:
+            self.last_batch = len(group)
+            self.on_batch(len(group))
 
     def _step(self, batch: _Batch) -> None:
         try:
