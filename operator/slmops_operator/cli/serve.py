@@ -11,57 +11,44 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from slmops_operator.cli.generate import one_line_errors
 
+# One row an option: (flag, type, default, help).  The last four are the server's Settings.
+OPTIONS: list[tuple[str, Any, Any, str]] = [
+    ("--host", str, "127.0.0.1", "Address to listen on (0.0.0.0: every interface)."),
+    ("--port", click.IntRange(0, 65535), 8000, "Port to listen on."),
+    ("--target", str, None, "Which target of an optimized output (default: the first this machine runs)."),
+    ("--name", str, None, "The base model's id (default: TARGET's last path segment)."),
+    (
+        "--threads",
+        click.IntRange(min=1),
+        None,
+        "Threads per model call (default: the CPUs this process may use).",
+    ),
+    ("--max-batch", click.IntRange(min=1), 8, "Sequences decoded at once."),
+    ("--max-queue", click.IntRange(min=0), 64, "Requests waiting beyond that (then 429)."),
+    ("--max-tokens", click.IntRange(min=1), 1024, "Answer length when a request names no max_tokens."),
+    ("--drain-seconds", click.FloatRange(min=0), 30.0, "On SIGTERM, how long requests in flight may take."),
+]
+SETTINGS = ("max_batch", "max_queue", "max_tokens", "drain_seconds")
+
+
+def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for flag, kind, default, help_ in reversed(OPTIONS):
+        shown = default is not None
+        command = click.option(flag, type=kind, default=default, show_default=shown, help=help_)(command)
+    return command
+
 
 @click.command()
-@click.argument("target")
-@click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface)."
-)
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option(
-    "--target",
-    "target_name",
-    default=None,
-    help="Which target of an optimized output (default: the first this machine runs).",
-)
-@click.option("--name", default=None, help="The base model's id (default: TARGET's last path segment).")
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Threads per model call (default: the CPUs this process may use, cgroup quota included).",
-)
-@click.option(
-    "--max-batch", type=click.IntRange(min=1), default=8, show_default=True, help="Sequences decoded at once."
-)
-@click.option(
-    "--max-queue",
-    type=click.IntRange(min=0),
-    default=64,
-    show_default=True,
-    help="Requests waiting beyond that (then 429).",
-)
-@click.option(
-    "--max-tokens",
-    type=click.IntRange(min=1),
-    default=1024,
-    show_default=True,
-    help="Answer length when a request names no max_tokens (within the context).",
-)
-@click.option(
-    "--drain-seconds",
-    type=click.FloatRange(min=0),
-    default=30.0,
-    show_default=True,
-    help="On SIGTERM, how long requests in flight may take to finish.",
-)
-def serve(target: str, **options: Any) -> None:
+@click.argument("source", metavar="TARGET")
+@server_options
+def serve(source: str, **options: Any) -> None:
     """Serve TARGET with OpenAI's API: /v1/models, /v1/chat/completions, /v1/completions.
 
     Also /health, /ready and /metrics (Prometheus).  The base model and each adapter are
@@ -73,20 +60,8 @@ def serve(target: str, **options: Any) -> None:
     debug = os.environ.get("SLMOPS_DEBUG") == "1"  # `slmops --debug serve`: the libraries' logs too
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.WARNING)
     logging.getLogger("slmops.serve").setLevel(logging.INFO)
-    settings = jobs.serve_settings(
-        max_batch=options["max_batch"],
-        max_queue=options["max_queue"],
-        max_tokens=options["max_tokens"],
-        drain_seconds=options["drain_seconds"],
-    )
+    settings = jobs.serve_settings(**{key: options.pop(key) for key in SETTINGS})
     with one_line_errors():
         jobs.serve_target(
-            target,
-            target_name=options["target_name"],
-            name=options["name"],
-            host=options["host"],
-            port=options["port"],
-            threads=options["threads"],
-            settings=settings,
-            access_log=debug,
+            source, target_name=options.pop("target"), settings=settings, access_log=debug, **options
         )

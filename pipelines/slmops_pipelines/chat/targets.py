@@ -198,18 +198,27 @@ def local_copy(store: ArtifactStore, prefix: str) -> Path:
 # -- job outputs: what each kind's chat_target calls ---------------------------------------------
 
 
-def finetune_output_target(
-    output: JobOutput,
-    *,
-    target_name: str | None = None,
-    model: str | None = None,
-    prefer_adapters: bool = False,
-) -> ChatTarget:
+@dataclass(frozen=True)
+class TargetChoice:
+    """What the user asked to load from a job's output (what every kind's loader takes).
+
+    ``target_name``: ``--target``, an OptimizeJob's target; ``model``: ``--model``, a PEFT
+    adapter's base model; ``prefer_adapters`` (``slmops serve``): by default, a model whose
+    adapters stay separate, where the output has one.
+    """
+
+    target_name: str | None = None
+    model: str | None = None
+    prefer_adapters: bool = False
+
+
+def finetune_output_target(output: JobOutput, choice: TargetChoice) -> ChatTarget:
     """A FineTuneJob's adapter on its base model (or ``model/``, ``merged/`` when named or alone).
 
-    ``prefer_adapters`` changes nothing here: the adapter is what this output offers first.
+    ``choice.prefer_adapters`` changes nothing here: the adapter is what this output offers first.
     """
-    if target_name is not None:
+    model = choice.model
+    if choice.target_name is not None:
         raise InputError(
             f"--target picks a target of an optimized output; a {output.kind}'s has none", field="target"
         )
@@ -247,25 +256,19 @@ def finetune_output_target(
     return target
 
 
-def optimize_output_target(
-    output: JobOutput,
-    *,
-    target_name: str | None = None,
-    model: str | None = None,
-    prefer_adapters: bool = False,
-) -> ChatTarget:
+def optimize_output_target(output: JobOutput, choice: TargetChoice) -> ChatTarget:
     """One target folder of an OptimizeJob (``--target``, the folder named, or the first that runs here).
 
-    ``prefer_adapters`` (``slmops serve``): by default, the first runnable target that keeps
-    its adapters separate, where there is one: a server is where one base with several
+    ``choice.prefer_adapters`` (``slmops serve``): by default, the first runnable target that
+    keeps its adapters separate, where there is one: a server is where one base with several
     adapters pays off.
     """
-    if model is not None:
+    if choice.model is not None:
         raise InputError("--model is for adapter folders: a target holds its base model", field="model")
     spec = OptimizeJobSpec.model_validate(output.manifest["spec"])
     paths = {entry["path"] for entry in output.manifest.get("files", [])}
     built = [t.name for t in spec.targets if f"targets/{t.name}/genai_config.json" in paths]
-    named = _named_target(output.part, target_name, output.store.uri)
+    named = _named_target(output.part, choice.target_name, output.store.uri)
     note = ""
     if named is None:
         separate = [
@@ -273,7 +276,7 @@ def optimize_output_target(
             for n in built
             if any(p.startswith(f"targets/{n}/") and p.endswith(ADAPTER_SUFFIX) for p in paths)
         ]
-        named, note = default_target(spec, built, prefer=separate if prefer_adapters else ())
+        named, note = default_target(spec, built, prefer=separate if choice.prefer_adapters else ())
     if named not in built:
         raise InputError(
             f"no target named {named!r} in {output.store.uri} (targets: {', '.join(built) or 'none'})",

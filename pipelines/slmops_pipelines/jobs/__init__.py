@@ -306,7 +306,7 @@ def chat_target(
     ``target_name`` picks an OptimizeJob's target; ``model`` is a PEFT adapter's base model;
     ``prefer_adapters`` picks, by default, a target with separate adapters (``slmops serve``).
     """
-    from slmops_pipelines.chat.targets import find_job_output, plain_target
+    from slmops_pipelines.chat.targets import TargetChoice, find_job_output, plain_target
 
     output = find_job_output(target)
     if output is None:
@@ -318,7 +318,7 @@ def chat_target(
     kind = KINDS.get(output.kind)
     if kind is None:
         raise InputError(f"{target}: a {output.kind or 'job of unknown kind'}'s output", field="target")
-    return kind.chat_target(output, target_name=target_name, model=model, prefer_adapters=prefer_adapters)
+    return kind.chat_target(output, TargetChoice(target_name, model, prefer_adapters))
 
 
 def open_chat(

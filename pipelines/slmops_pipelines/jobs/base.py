@@ -27,7 +27,7 @@ API_GROUP = "slmops.io"
 API_VERSION = "v1alpha1"
 
 if TYPE_CHECKING:
-    from slmops_pipelines.chat.targets import ChatTarget, JobOutput
+    from slmops_pipelines.chat.targets import ChatTarget, JobOutput, TargetChoice
     from slmops_pipelines.kubeflow.images import Images
     from slmops_pipelines.kubeflow.placement import Placement, SecretMount
     from slmops_pipelines.local.reporting import Reporter
@@ -230,32 +230,21 @@ class JobKind(ABC, Generic[SpecT]):
     def summary_tables(self, name: str, outcome: JobOutcome, *, wall_time_s: float) -> list[SummaryTable]:
         """The tables ``slmops run`` prints when the job finished."""
 
-    def chat_loader(self) -> Callable[..., ChatTarget] | None:
-        """What loads a succeeded output of this kind for generate/chat (``output, *, target_name, model``).
+    def chat_loader(self) -> Callable[[JobOutput, TargetChoice], ChatTarget] | None:
+        """What loads a succeeded output of this kind for generate/chat/serve (``output, choice``).
 
         None (the default): its output holds no model to talk to.
         """
         return None
 
-    def chat_target(
-        self,
-        output: JobOutput,
-        *,
-        target_name: str | None = None,
-        model: str | None = None,
-        prefer_adapters: bool = False,
-    ) -> ChatTarget:
-        """The model in a succeeded output that ``slmops generate``/``chat``/``serve`` load, and how to render for it.
-
-        ``prefer_adapters``: by default, a model with separate adapters where the output has one
-        (``slmops serve``).
-        """
+    def chat_target(self, output: JobOutput, choice: TargetChoice) -> ChatTarget:
+        """The model in a succeeded output that ``slmops generate``/``chat``/``serve`` load, and how to render for it."""
         from slmops_pipelines.errors import InputError
 
         loader = self.chat_loader()
         if loader is None:
             raise InputError(f"a {self.name}'s output holds no model to generate with", field="target")
-        return loader(output, target_name=target_name, model=model, prefer_adapters=prefer_adapters)
+        return loader(output, choice)
 
     def read_outcome(self, store: ArtifactStore, *, already_complete: bool = False) -> JobOutcome:
         """The outcome of a succeeded job, from its output location alone."""

@@ -101,7 +101,7 @@ class FineTuneJobKind(JobKind[FineTuneJobSpec]):
 
         return {"trials": trial_counts(store, spec)}
 
-    def chat_loader(self) -> Callable[..., base.ChatTarget]:
+    def chat_loader(self) -> Callable[[base.JobOutput, base.TargetChoice], base.ChatTarget]:
         from slmops_pipelines.chat.targets import finetune_output_target
 
         return finetune_output_target

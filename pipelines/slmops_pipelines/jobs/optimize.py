@@ -92,7 +92,7 @@ class OptimizeJobKind(JobKind[OptimizeJobSpec]):
                 values[f"{target}.{adapter}.accuracy"] = row["metrics"].get("accuracy")
         return float_values(values)
 
-    def chat_loader(self) -> Callable[..., base.ChatTarget]:
+    def chat_loader(self) -> Callable[[base.JobOutput, base.TargetChoice], base.ChatTarget]:
         from slmops_pipelines.chat.targets import optimize_output_target
 
         return optimize_output_target

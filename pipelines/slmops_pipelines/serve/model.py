@@ -109,24 +109,25 @@ def load_served(target: ChatTarget, *, base_id: str, threads: int) -> ServedMode
     renderers: dict[str | None, PromptRenderer] = {None: PromptRenderer(tokenizer, target.dataset)}
     for name in target.adapters:
         renderers[name] = PromptRenderer(tokenizer, target.adapter_datasets.get(name) or target.dataset)
-    context, eos, pad = _limits(folder)
     return ServedModel(
-        base_id=base_id,
-        engine=engine,
-        tokenizer=tokenizer,
-        renderers=renderers,
-        context_length=context,
-        eos_ids=eos,
-        pad_id=pad,
+        base_id,
+        engine,
+        tokenizer,
+        renderers,
+        **_limits(folder),
         threads=threads,
         description=target.description,
     )
 
 
-def _limits(folder: Path) -> tuple[int, set[int], int]:
-    """The context length, end-of-sequence ids and pad id genai_config.json declares."""
+def _limits(folder: Path) -> dict[str, Any]:
+    """ServedModel's context_length, eos_ids and pad_id: what genai_config.json declares."""
     model = json.loads((folder / "genai_config.json").read_text())["model"]
     eos = model.get("eos_token_id", [])
     eos_ids = {int(t) for t in (eos if isinstance(eos, list) else [eos])}
     pad = model.get("pad_token_id")
-    return int(model.get("context_length") or 2048), eos_ids, int(pad if pad is not None else min(eos_ids))
+    return {
+        "context_length": int(model.get("context_length") or 2048),
+        "eos_ids": eos_ids,
+        "pad_id": int(pad if pad is not None else min(eos_ids)),
+    }
