@@ -8,6 +8,8 @@
 * ``secrets``: ``get`` where jobs live (a job's own Secrets, see :mod:`slmops_operator.credentials`);
   with standalone KFP, ``get``/``create``/``patch``/``delete`` in the KFP namespace only, for
   the run-owned copies, each write checked against the copy's label (:func:`secret_copy_rules`);
+* ``inferenceservices`` (KServe): ``get``/``create``/``patch`` where jobs live, with the
+  chart's ``kserve.enabled`` (:func:`serving_rules`);
 * watching all namespaces: ``namespaces`` and ``customresourcedefinitions``, ``list``/``watch``
   (kopf's namespace and resource observers; off when a list of namespaces is given).
 
@@ -42,6 +44,22 @@ def operator_rules(*, clusterwide: bool) -> list[dict[str, list[str]]]:
             },
         ]
     return rules
+
+
+def serving_rules() -> list[dict[str, list[str]]]:
+    """With the chart's ``kserve.enabled``: the InferenceServices of jobs' ``spec.serve``.
+
+    The operator changes only those it labelled ``app.kubernetes.io/managed-by: slmops``
+    (:mod:`slmops_operator.handlers.serving`); it never deletes one (the job owns it: deleting
+    the job lets Kubernetes' garbage collector delete it).
+    """
+    return [
+        {
+            "apiGroups": ["serving.kserve.io"],
+            "resources": ["inferenceservices"],
+            "verbs": ["get", "create", "patch"],
+        }
+    ]
 
 
 def secret_copy_rules() -> list[dict[str, list[str]]]:

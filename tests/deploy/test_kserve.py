@@ -70,3 +70,18 @@ def test_the_server_image_serves_without_torch():
     text = (REPO / "images" / "server" / "Dockerfile").read_text()
     assert '"/src[serve]"' in text and "! pip show torch" in text
     assert 'ENTRYPOINT ["slmops"]' in text
+
+
+def test_with_kserve_the_operator_may_make_inference_services_and_only_then():
+    from slmops_operator.handlers.kube import KubeApi
+    from slmops_operator.permissions import operator_rules, serving_rules
+    from tests.deploy.test_chart import normalized
+
+    [cluster_role] = of_kind(render("--set", "kserve.enabled=true"), "ClusterRole")
+    expected = operator_rules(clusterwide=True) + serving_rules()
+    assert normalized(cluster_role["rules"]) == normalized(expected)
+    for group, resource, verb in KubeApi.SERVING_CALLS:
+        assert ((group,), resource, verb) in normalized(serving_rules())
+    assert "delete" not in {verb for _, _, verb in normalized(serving_rules())}  # the job owns it: GC deletes
+    [without] = of_kind(render(), "ClusterRole")
+    assert not [r for r in without["rules"] if "serving.kserve.io" in r["apiGroups"]]

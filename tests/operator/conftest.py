@@ -22,7 +22,7 @@ import pytest_asyncio
 from slmops_operator.runtime import Operator, build_operator
 from slmops_operator.settings import OperatorSettings
 from tests.fixtures.fake_kfp import FakeKfp
-from tests.fixtures.kube_emulator import StrictKubernetesEmulator, Webhook, declare_slmops
+from tests.fixtures.kube_emulator import StrictKubernetesEmulator, Webhook, declare_kserve, declare_slmops
 from tests.fixtures.seaweedfs import free_ports
 from tests.fixtures.webhook_tls import make_webhook_certs
 
@@ -39,6 +39,7 @@ def _no_keepalive(url):
 async def kube() -> AsyncIterator[StrictKubernetesEmulator]:
     async with StrictKubernetesEmulator() as emulator, kmock.Server(emulator, client_fct=_no_keepalive):
         declare_slmops(emulator)
+        declare_kserve(emulator)
         yield emulator
 
 

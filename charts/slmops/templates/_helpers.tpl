@@ -80,4 +80,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
+{{- if .Values.kserve.enabled }}
+- apiGroups: [serving.kserve.io]
+  resources: [inferenceservices]
+  verbs: [get, create, patch]
+{{- end }}
 {{- end -}}

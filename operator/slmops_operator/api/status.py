@@ -63,6 +63,27 @@ class RunRef(SpecModel):
     url: str | None = Field(default=None, description="Dashboard URL of the run.")
 
 
+class TargetStatus(SpecModel):
+    """Where one built target is (a job that builds targets), as KServe's storageUri takes it."""
+
+    storage_uri: str | None = Field(default=None, description="The target's folder (s3://, pvc://, a path).")
+    provider: str | None = Field(default=None, description="Its ONNX Runtime execution provider.")
+    precision: str | None = Field(default=None, description="Its weight precision.")
+
+
+class ServingStatus(SpecModel):
+    """The InferenceService ``spec.serve`` asked for (a job that may be served)."""
+
+    name: str | None = Field(default=None, description="The InferenceService, in the job's namespace.")
+    target: str | None = Field(default=None, description="The target it serves.")
+    storage_uri: str | None = Field(default=None, description="What KServe downloads: the target's folder.")
+    url: str | None = Field(default=None, description="Its URL (the OpenAI API under /openai/v1 and /v1).")
+    ready: bool | None = Field(default=None, description="Whether KServe says it is ready.")
+    replaced_by: str | None = Field(
+        default=None, description="A later job that now serves under this name (this one no longer acts)."
+    )
+
+
 class JobStatus(SpecModel):
     """Observed state of a job."""
 
@@ -81,6 +102,12 @@ class JobStatus(SpecModel):
         description="The job's run number: 1, then one more each time a suspended job resumes after its run was cancelled.",
     )
     artifacts: dict[str, str] = Field(default_factory=dict, description="Artifact name to URI.")
+    targets: dict[str, TargetStatus] = Field(
+        default_factory=dict, description="The built targets (a job that builds targets): name to location."
+    )
+    serving: ServingStatus | None = Field(
+        default=None, description="What spec.serve made (a job that may be served)."
+    )
     metrics: dict[str, float] = Field(default_factory=dict, description="Summary metrics.")
     message: str | None = Field(default=None, description="Latest human-readable message.")
     start_time: str | None = Field(default=None, description="RFC 3339 time the run started.")

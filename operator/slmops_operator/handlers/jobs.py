@@ -39,7 +39,7 @@ from slmops_operator.api.resources import GROUP, VERSION, Resource, resource_of,
 from slmops_operator.api.status import RunRef
 from slmops_operator.backends.base import JobRequest, status_run
 from slmops_operator.credentials import MissingCredentials, output_access
-from slmops_operator.handlers import finalizer, validation
+from slmops_operator.handlers import finalizer, serving, validation
 from slmops_operator.handlers.conditions import FINISHED, condition_status
 from slmops_operator.handlers.reconciler import BackendUnavailable, Reconciler
 from slmops_operator.handlers.status_writer import JobPass, backend_trouble, mirror
@@ -103,13 +103,17 @@ async def _reconcile(
 
 
 async def _finished(reconciler: Reconciler, job: JobPass) -> None:
-    """Final: only suspend and ttlSecondsAfterFinished may change, and neither reruns the job."""
+    """Final: only suspend and ttlSecondsAfterFinished may change, and neither reruns the job.
+
+    What it asked to serve (``spec.serve``) is made and mirrored here (:mod:`.serving`).
+    """
     if job.status.get("observedGeneration") != job.generation:
         job.patch.status["observedGeneration"] = job.generation
     try:
         resource = resource_of(job.kind).model_validate(dict(job.body))
     except Exception:  # a finished job of an older, looser release: keep its verdict
         return
+    await serving.reconcile_serving(reconciler, resource, job)
     await _honour_ttl(reconciler, resource, job.status, job.logger)
 
 

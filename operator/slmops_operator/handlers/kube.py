@@ -1,7 +1,8 @@
 """The few Kubernetes API calls the operator makes itself (kopf makes the rest), on kopf's public login.
 
-The calls: deleting a finished job whose ``ttlSecondsAfterFinished`` passed, and reading,
-copying and deleting a job's Secrets (see :mod:`slmops_operator.credentials`).
+The calls: deleting a finished job whose ``ttlSecondsAfterFinished`` passed, reading,
+copying and deleting a job's Secrets (see :mod:`slmops_operator.credentials`), and making
+the InferenceService a job's ``spec.serve`` asks for (see :mod:`.serving`).
 
 They use the credentials the operator's login gives kopf (a :class:`kopf.ConnectionInfo`
 from ``kopf.login_with_service_account`` or ``kopf.login_with_kubeconfig``: a kubeconfig's
@@ -43,6 +44,16 @@ class KubeApi:
 
         deletes = {(kind.group, kind.plural, "delete") for kind in jobs.KINDS.values()}  # TTLs
         return frozenset({*deletes, ("", "secrets", "get")})  # a job's Secrets, in its namespace
+
+    # Only where the chart's kserve.enabled: the InferenceService of a job's spec.serve
+    # (handlers/serving.py), in the job's namespace.
+    SERVING_CALLS = frozenset(
+        {
+            ("serving.kserve.io", "inferenceservices", "get"),
+            ("serving.kserve.io", "inferenceservices", "create"),
+            ("serving.kserve.io", "inferenceservices", "patch"),
+        }
+    )
 
     # Standalone KFP only: the run-owned copies of a job's Secrets, in the KFP namespace.
     # Each write is checked first (get): the operator replaces or deletes only a copy it made.

@@ -20,6 +20,7 @@ from slmops_operator.backends.base import JobRequest, RunState
 from slmops_operator.handlers.conditions import backend_recovered, changed, phase_patch, set_condition
 from slmops_operator.handlers.reconciler import BackendUnavailable, Reconciler
 from slmops_operator.metrics import OperatorMetrics
+from slmops_pipelines import jobs
 
 
 @dataclass
@@ -136,6 +137,7 @@ def mirror(reconciler: Reconciler, request: JobRequest, run: RunRef, state: RunS
     elif state.phase == "Succeeded":
         reconciler.output_failures.pop(request.uid, None)
         extra.update(artifacts=state.artifacts, metrics=state.metrics)
+        extra.update(jobs.KINDS[request.kind].status_details(request.spec, state.artifacts))
         job.go(
             "Succeeded", reason="RunSucceeded", message=state.message or "done", extra=extra, backend_ok=True
         )

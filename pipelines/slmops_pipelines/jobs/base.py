@@ -222,6 +222,10 @@ class JobKind(ABC, Generic[SpecT]):
     def summary_metrics(self, metrics_doc: dict[str, Any]) -> dict[str, float]:
         """The few numbers ``status.metrics`` carries, from ``metrics.json`` (flat, stable keys)."""
 
+    def status_details(self, spec: Any, artifacts: dict[str, str]) -> dict[str, Any]:
+        """What a succeeded job's status shows beyond artifacts and metrics (none by default)."""
+        return {}
+
     def progress(self, spec: Any, store: ArtifactStore) -> dict[str, Any]:
         """What a running job's output location says beyond the stage and the step (none by default)."""
         return {}

@@ -80,6 +80,16 @@ class OptimizeJobKind(JobKind[OptimizeJobSpec]):
 
         return output_artifacts(store, publish.read_json(store, "metrics.json") or {})
 
+    def status_details(self, spec: OptimizeJobSpec, artifacts: dict[str, str]) -> dict[str, Any]:
+        """``status.targets``: each built target's folder (KServe's ``storageUri``), provider, precision."""
+        return {
+            "targets": {
+                t.name: {"storageUri": artifacts[t.name], "provider": t.provider, "precision": t.precision}
+                for t in spec.targets
+                if t.name in artifacts
+            }
+        }
+
     def summary_metrics(self, metrics_doc: dict[str, Any]) -> dict[str, float]:
         values: dict[str, Any] = {"wallTimeSeconds": metrics_doc.get("wall_time_s")}
         for target, entry in (metrics_doc.get("targets") or {}).items():

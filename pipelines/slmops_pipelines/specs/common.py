@@ -308,7 +308,7 @@ class Toleration(SpecModel):
     toleration_seconds: int | None = Field(default=None, ge=0, description="For NoExecute: how long to stay.")
 
 
-_QUANTITY = r"^([0-9]+(\.[0-9]+)?)(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
+QUANTITY = r"^([0-9]+(\.[0-9]+)?)(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
 _QUANTITY_SCALE = {
     "m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
     "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40,
@@ -317,7 +317,7 @@ _QUANTITY_SCALE = {
 
 def quantity_value(quantity: str) -> float:
     """A Kubernetes quantity (``500m``, ``8``, ``32Gi``) as a number, to compare a limit with a request."""
-    match = re.match(_QUANTITY, quantity)
+    match = re.match(QUANTITY, quantity)
     if match is None:
         raise ValueError(f"{quantity!r} is not a quantity")
     return float(match.group(1)) * _QUANTITY_SCALE[match.group(3) or ""]
@@ -335,10 +335,10 @@ class ResourcesSpec(SpecModel):
         le=64,
         description="Training processes per node: GPUs per node on a cluster, CPU processes (gloo) without GPUs.",
     )
-    cpu: Annotated[str, Field(pattern=_QUANTITY)] | None = Field(
+    cpu: Annotated[str, Field(pattern=QUANTITY)] | None = Field(
         default=None, description="CPU request, e.g. 8."
     )
-    memory: Annotated[str, Field(pattern=_QUANTITY)] | None = Field(
+    memory: Annotated[str, Field(pattern=QUANTITY)] | None = Field(
         default=None, description="Memory request, e.g. 32Gi."
     )
     gpus_per_node: int | None = Field(
@@ -354,11 +354,11 @@ class ResourcesSpec(SpecModel):
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=64, description="Tolerations for the pods."
     )
-    cpu_limit: Annotated[str, Field(pattern=_QUANTITY)] | None = Field(
+    cpu_limit: Annotated[str, Field(pattern=QUANTITY)] | None = Field(
         default=None,
         description="CPU limit of the training (and optimize target) pods, e.g. 16; at least cpu.",
     )
-    memory_limit: Annotated[str, Field(pattern=_QUANTITY)] | None = Field(
+    memory_limit: Annotated[str, Field(pattern=QUANTITY)] | None = Field(
         default=None,
         description="Memory limit of the training (and optimize target) pods, e.g. 64Gi; at least memory.",
     )

@@ -24,6 +24,7 @@ from slmops_pipelines.specs.common import (
     check_uri,
 )
 from slmops_pipelines.specs.locations import LocationKind
+from slmops_pipelines.specs.serve import SERVED_PROVIDER, ServeSpec
 
 Provider = Literal[
     "CPUExecutionProvider",
@@ -389,6 +390,11 @@ class OptimizeJobSpec(JobSpecBase):
             "|| self.targets.all(t, has(t.mergeAdapter) && !t.mergeAdapter)",
             "several adapters cannot be merged into one model; set mergeAdapter: false on every target",
         ),
+        (
+            "!has(self.serve) || self.targets.exists(t, t.provider == 'CPUExecutionProvider' "
+            "&& (!has(self.serve.target) || t.name == self.serve.target))",
+            "serve.target must name a CPUExecutionProvider target of targets (the serving runtime runs on CPU)",
+        ),
     )
 
     source: OptimizeSource = Field(description="The model (and adapters) to optimize.")
@@ -400,6 +406,27 @@ class OptimizeJobSpec(JobSpecBase):
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute for the conversion.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where artifacts are written.")
+    serve: ServeSpec | None = Field(
+        default=None,
+        description="Serve a target with KServe once the job succeeded: an InferenceService owned by the job.",
+    )
+
+    def served_target(self) -> OptimizeTarget | None:
+        """The target ``serve`` puts behind KServe: the one named, else the first the runtime runs."""
+        if self.serve is None:
+            return None
+        runnable = [t for t in self.targets if t.provider == SERVED_PROVIDER]
+        wanted = self.serve.target
+        return next((t for t in runnable if wanted is None or t.name == wanted), None)
+
+    @model_validator(mode="after")
+    def _check_served_target(self) -> OptimizeJobSpec:
+        if self.serve is not None and self.served_target() is None:
+            which = f"{self.serve.target!r} is not" if self.serve.target else "there is no"
+            raise ValueError(
+                f"serve.target: {which} a {SERVED_PROVIDER} target of targets (the serving runtime runs on CPU)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_targets(self) -> OptimizeJobSpec:
