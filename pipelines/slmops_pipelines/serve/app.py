@@ -263,9 +263,12 @@ class Server:
         return _Answer(seq, inbox, time.perf_counter())
 
     async def _tokens(self, request: web.Request, answer: _Answer):  # -> AsyncIterator[int], then the reason
-        """The answer's tokens as they come; returns (through StopAsyncIteration) at its end.
+        """The answer's tokens in the bunches they come in; returns (StopAsyncIteration) at its end.
 
-        Checks the connection while it waits: a client that went away cancels the sequence.
+        A bunch is what the batcher made since the handler last looked: one streamed chunk for
+        all of it, not one per token, so a client that falls behind costs fewer writes and
+        fewer parses, not more.  Checks the connection while it waits: a client that went
+        away cancels the sequence.
         """
         while True:
             try:
@@ -275,24 +278,25 @@ class Server:
                     answer.seq.cancel()
                     raise ConnectionResetError("the client went away") from None
                 continue
-            for kind, value, extra in bunch:
-                if kind == "token":
-                    answer.stamps.append(extra)
-                    yield value
-                    continue
-                if value == "error":
-                    raise api.ApiError(500, f"generation failed: {extra}", type="server_error")
-                return
+            tokens = [value for kind, value, _ in bunch if kind == "token"]
+            answer.stamps.extend(extra for kind, _, extra in bunch if kind == "token")
+            if tokens:
+                yield tokens
+            ended = next(((value, extra) for kind, value, extra in bunch if kind == "end"), None)
+            if ended is None:
+                continue
+            if ended[0] == "error":
+                raise api.ApiError(500, f"generation failed: {ended[1]}", type="server_error")
+            return
 
     async def _collect(self, request: web.Request, req: Any, answer: _Answer) -> tuple[str, int, str]:
         """The whole answer (non-streaming): text, tokens, finish reason."""
         assert self.model is not None
         text = TextStream(self.model.tokenizer)
         stops, produced = req.stops, 0
-        async for token in self._tokens(request, answer):
-            produced += 1
-            before = len(text.shown)
-            if text.push(token) and stops and (cut := _stop_at(text.shown, stops, before)) is not None:
+        async for tokens in self._tokens(request, answer):
+            produced, cut = _push(text, tokens, stops, produced)
+            if cut is not None:
                 return text.shown[:cut], produced, "stop"
         return text.text(), produced, "stop" if answer.seq.finish_reason == "stop" else "length"
 
@@ -318,12 +322,9 @@ class Server:
         text, sent, produced, finish = TextStream(self.model.tokenizer), 0, 0, "length"
         stops = req.stops
         try:
-            async for token in self._tokens(request, answer):
-                produced += 1
-                before = len(text.shown)
-                text.push(token)
+            async for tokens in self._tokens(request, answer):
+                produced, cut = _push(text, tokens, stops, produced)
                 whole = text.shown  # decoded so far, less a character whose bytes are still coming
-                cut = _stop_at(whole, stops, before) if stops else None
                 if cut is not None:
                     whole, finish = whole[:cut], "stop"
                 safe = len(whole) if cut is not None else _safe_length(whole, stops)
@@ -430,6 +431,19 @@ async def _json(request: web.Request) -> Any:
         return await request.json()
     except (ValueError, UnicodeDecodeError) as exc:
         raise api.ApiError(400, f"the request body is not valid JSON: {exc}") from exc
+
+
+def _push(text: TextStream, tokens: list[int], stops: list[str], produced: int) -> tuple[int, int | None]:
+    """Decode a bunch of tokens; (tokens counted, where a stop sequence begins or None).
+
+    Stops at the token that completes a stop sequence: the tokens after it are not the answer's.
+    """
+    for token in tokens:
+        produced += 1
+        before = len(text.shown)
+        if text.push(token) and stops and (cut := _stop_at(text.shown, stops, before)) is not None:
+            return produced, cut
+    return produced, None
 
 
 def _stop_at(text: str, stops: list[str], new: int = 0) -> int | None:
