@@ -210,6 +210,17 @@ def test_raw_sends_the_text_as_is(models):
     assert "prompts: the text as is" in rendered[("--raw",)]
 
 
+def test_chat_shows_each_rendered_prompt_when_asked(models):
+    result = CliRunner().invoke(
+        cli,
+        ["chat", str(models["ft"]), "--show-prompt", "--max-new-tokens", "2"],
+        input="I love this\nsee you\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "<|im_start|>user\nTone of: I love this<|im_end|>" in result.stderr
+    assert "<|im_start|>user\nTone of: see you<|im_end|>" in result.stderr
+
+
 def test_generate_streams_the_answer_to_stdout_and_the_timing_to_stderr(models):
     result = CliRunner().invoke(
         cli, ["generate", str(models["alpha"]), "-p", "I love this", "--max-new-tokens", "8"]

@@ -299,3 +299,16 @@ def test_the_operator_image_can_be_pinned_by_digest():
     [deployment] = of_kind(render("--set", f"image.digest={digest}"), "Deployment")
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"] == f"ghcr.io/slmops/slmops-operator:0.1.0@{digest}"
+
+
+def test_the_chart_claims_the_oldest_kubernetes_its_crds_run_on():
+    """The CRDs' CEL rules name a fieldPath, which Kubernetes 1.28 added: the chart refuses older ones."""
+    crds = "\n".join(p.read_text() for p in (REPO / "crds").glob("*.yaml"))
+    assert "fieldPath:" in crds
+    render("--kube-version", "1.28.0")
+    render("--kube-version", "1.34.0")  # a recent release: the chart sets no ceiling
+    proc = subprocess.run(
+        [helm(), "template", "slmops", str(CHART), "--kube-version", "1.27.9"], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "kubeVersion" in proc.stderr
+    assert "Kubernetes 1.28+" in (REPO / "docs" / "install.md").read_text()

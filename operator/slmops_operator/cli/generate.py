@@ -81,6 +81,11 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True),
         click.option("--seed", type=int, default=None, help="Seed of the sampling, for repeatable answers."),
+        click.option(
+            "--show-prompt",
+            is_flag=True,
+            help="First print each rendered prompt (what the model receives) to stderr.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -128,9 +133,6 @@ def answer(session: ChatSession, text: str) -> None:
 @click.command()
 @model_options
 @click.option("--prompt", "-p", required=True, help="The text to answer.")
-@click.option(
-    "--show-prompt", is_flag=True, help="First print the rendered prompt (what the model receives) to stderr."
-)
 def generate(prompt: str, show_prompt: bool, **settings: Any) -> None:
     """Answer PROMPT with the model TARGET names, streaming the tokens.
 
@@ -148,7 +150,7 @@ def generate(prompt: str, show_prompt: bool, **settings: Any) -> None:
 
 @click.command()
 @model_options
-def chat(**settings: Any) -> None:
+def chat(show_prompt: bool, **settings: Any) -> None:
     """Chat with the model TARGET names: one message per line on stdin (a terminal or a pipe).
 
     In the chat: /adapter NAME switches adapters without reloading the model, /adapters lists
@@ -166,6 +168,8 @@ def chat(**settings: Any) -> None:
                 if not run_command(session, text):
                     break
             elif text:
+                if show_prompt:  # with the history, as the model receives it
+                    err_console.print(session.render(text), markup=False, highlight=False, soft_wrap=True)
                 try:
                     answer(session, text)
                 except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat
