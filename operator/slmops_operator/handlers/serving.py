@@ -95,8 +95,8 @@ async def reconcile_serving(reconciler: Reconciler, resource: Resource, job: Job
             job,
             seen,
             "False",
-            "NotServed",
-            f"the job {job.status.get('phase', '').lower()}: what serves stays",
+            reason="NotServed",
+            message=f"the job {job.status.get('phase', '').lower()}: what serves stays",
         )
         return
     name = service_name(resource)
@@ -105,8 +105,8 @@ async def reconcile_serving(reconciler: Reconciler, resource: Resource, job: Job
             job,
             seen,
             "False",
-            "InvalidName",
-            f"{name!r} cannot name an InferenceService: set spec.serve.name",
+            reason="InvalidName",
+            message=f"{name!r} cannot name an InferenceService: set spec.serve.name",
         )
         return
     spec: Any = resource.spec
@@ -124,8 +124,8 @@ async def reconcile_serving(reconciler: Reconciler, resource: Resource, job: Job
                 job,
                 seen,
                 "False",
-                "NameTaken",
-                f"InferenceService {name} exists and slmops does not manage it",
+                reason="NameTaken",
+                message=f"InferenceService {name} exists and slmops does not manage it",
             )
             return
         elif _owner_uid(current) != job.uid:
@@ -137,12 +137,11 @@ async def reconcile_serving(reconciler: Reconciler, resource: Resource, job: Job
         elif current["spec"] != desired["spec"]:
             await reconciler.kube.merge(path, {"spec": desired["spec"]})
     except PermissionError as exc:
-        _say(job, seen, "False", "Forbidden", f"{exc} (the chart's kserve.enabled grants it)")
+        _say(job, seen, "False", reason="Forbidden", message=f"{exc} (the chart's kserve.enabled grants it)")
         return
-    except (
-        kopf.TemporaryError
-    ) as exc:  # KServe not installed (404), the API busy: said, tried again next pass
-        _say(job, seen, "False", "ServingUnavailable", str(exc))
+    except kopf.TemporaryError as exc:
+        # KServe not installed (404), the API busy: said in status, tried again next pass
+        _say(job, seen, "False", reason="ServingUnavailable", message=str(exc))
         return
     _mirror(job, seen, name, target.name, storage_uri, current)
 
@@ -183,22 +182,26 @@ def _mirror(
     message = f"InferenceService {name} serves target {target}" + (
         f" at {status['url']}" if ready else " (not ready yet)"
     )
-    _say(
-        job,
-        {k: v for k, v in serving.items() if v is not None},
-        "True" if ready else "False",
-        "Ready" if ready else "NotReady",
-        message,
-    )
+    shown = {k: v for k, v in serving.items() if v is not None}
+    if ready:
+        _say(job, shown, "True", reason="Ready", message=message)
+    else:
+        _say(job, shown, "False", reason="NotReady", message=message)
 
 
 def _replaced(job: JobPass, seen: dict[str, Any], isvc: dict[str, Any]) -> None:
     by = (isvc["metadata"].get("labels") or {}).get(JOB_LABEL) or "another job"
     served = {**seen, "replacedBy": by, "ready": False}
-    _say(job, served, "False", "Replaced", f"InferenceService {seen['name']} now serves {by}'s target")
+    _say(
+        job,
+        served,
+        "False",
+        reason="Replaced",
+        message=f"InferenceService {seen['name']} now serves {by}'s target",
+    )
 
 
-def _say(job: JobPass, serving: dict[str, Any], status: str, reason: str, message: str) -> None:
+def _say(job: JobPass, serving: dict[str, Any], status: str, *, reason: str, message: str) -> None:
     """Write ``status.serving`` and the ``Serving`` condition into the pass's patch (when they change)."""
     conditions = set_condition(
         list(job.status.get("conditions") or []),
