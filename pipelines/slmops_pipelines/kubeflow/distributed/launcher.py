@@ -16,6 +16,7 @@ KUBECONFIG).  The rules:
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slmops_pipelines.errors import JobError
-from slmops_pipelines.kubeflow.distributed.manifests import ENGINES
+from slmops_pipelines.kubeflow.distributed.manifests import ENGINES, SUPPORTED_RELEASES
 
 
 class Cancelled(Exception):
@@ -93,10 +94,14 @@ class WorkloadClient:
         from kubernetes.client.exceptions import ApiException
 
         try:
+            # Strict: a field this cluster's release does not declare is refused, not pruned
+            # (a pruned podTemplateOverrides would start pods without their volumes and account).
             return self.api.create_namespaced_custom_object(
-                body=body, **self._args(body["metadata"]["namespace"])
+                body=body, field_validation="Strict", **self._args(body["metadata"]["namespace"])
             )
         except ApiException as exc:
+            if exc.status == 400 and "unknown field" in str(exc.body):
+                raise self._unsupported(exc) from exc
             if exc.status == 404:
                 raise JobError(
                     f"the cluster has no {self.kind} API ({self.group}/{self.version}): install "
@@ -117,6 +122,18 @@ class WorkloadClient:
         except ApiException as exc:
             if exc.status != 404:
                 raise self._error("delete", name, exc) from exc
+
+    def _unsupported(self, exc) -> JobError:
+        """The cluster runs a release whose API lacks a field we send: say which releases work."""
+        fields = sorted(set(re.findall(r'unknown field \\?"([^"\\]+)', str(exc.body))))
+        works = SUPPORTED_RELEASES[self.engine]
+        return JobError(
+            f"this cluster's {self.kind} API ({self.group}/{self.version}) does not declare "
+            f"{', '.join(fields) or 'a field slmops sends'}: slmops creates {self.kind}s for {works}; "
+            "install one of those or choose the other distributed engine",
+            field="resources.nodes",
+            reason="DistributedEngineVersion",
+        )
 
     def _error(self, verb: str, name: str, exc) -> JobError:
         return JobError(

@@ -44,6 +44,13 @@ ENGINES = {
     "pytorchjob": ("kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"),
     "trainjob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"),
 }
+
+# The releases whose API takes the workloads built below (docs/install.md's compatibility table).
+SUPPORTED_RELEASES = {
+    "pytorchjob": "the Kubeflow Training Operator v1 (kubeflow.org/v1 PyTorchJobs)",
+    "trainjob": "Kubeflow Trainer v2.1 and v2.2 (spec.podTemplateOverrides: v2.0 named it podSpecOverrides, "
+    "v2.3 replaced it with runtimePatches)",
+}
 NODE_MODULE = ["python", "-m", "slmops_pipelines.steps.train.node"]
 
 
