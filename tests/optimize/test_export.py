@@ -117,12 +117,17 @@ def test_gptq_without_calibration_rows_is_refused_naming_the_target(tiny_model, 
 
 
 def test_targets_ship_their_session_settings(tiny_model, tmp_path, isolated_cache):
-    """What the job measured with travels in genai_config.json: plain og.Model gets the same."""
+    """Spinning and the optimization level travel in genai_config.json; a thread count only when asked.
+
+    Without ``runtime.threads`` the folder names none: whoever loads it sizes the pool where it
+    runs (slmops' loaders: the CPUs they may use), never from the machine that built it.
+    """
     import json
 
     import onnxruntime_genai as og
 
     from slmops_pipelines.steps.cpus import usable_cpus
+    from slmops_pipelines.steps.optimize.runtime import GenaiEngine
 
     default = export_target(
         target("cpu-int4", "CPUExecutionProvider", "int4"),
@@ -133,9 +138,11 @@ def test_targets_ship_their_session_settings(tiny_model, tmp_path, isolated_cach
     options = json.loads((default.path / "genai_config.json").read_text())["model"]["decoder"][
         "session_options"
     ]
-    assert options["intra_op_num_threads"] == usable_cpus()
+    assert "intra_op_num_threads" not in options  # not the build machine's count
     assert options["session.intra_op.allow_spinning"] == "1"
     assert options["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    assert GenaiEngine(default.path).threads == usable_cpus()  # sized where it is loaded
+    assert GenaiEngine(default.path, threads=1).threads == 1
 
     tuned = OptimizeTarget.model_validate(
         {
@@ -151,3 +158,4 @@ def test_targets_ship_their_session_settings(tiny_model, tmp_path, isolated_cach
     ]
     assert (options["intra_op_num_threads"], options["session.intra_op.allow_spinning"]) == (7, "0")
     og.Model(str(exported.path))  # onnxruntime accepts what was written
+    assert GenaiEngine(exported.path).threads == 7  # the count the spec asked for

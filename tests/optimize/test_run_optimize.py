@@ -62,6 +62,8 @@ def optimized(runs: Path):
 def test_every_target_is_built_evaluated_and_compared(optimized):
     outcome, out = optimized
     doc = json.loads((out / "metrics.json").read_text())
+    from slmops_pipelines.steps.cpus import usable_cpus
+
     reference = doc["reference"]["finetuned_pytorch"]
     assert reference["latency"]["decode_tokens_per_s_p50"] > 0 and reference["total"] == 6
     assert doc["reference"]["base_pytorch"]["accuracy"] is not None  # the base model, for deltas
@@ -70,6 +72,7 @@ def test_every_target_is_built_evaluated_and_compared(optimized):
         assert metrics["skipped"] is None
         assert metrics["total"] == 6 and metrics["perplexity"] > 1 and metrics["rouge_l"] is not None
         assert metrics["latency"]["prefill_ms_p50"] > 0 and metrics["size_mb"] > 0
+        assert metrics["latency"]["threads"] == usable_cpus()  # sized here, and said
         assert {"accuracy", "perplexity", "decode_speedup"} <= doc["targets"][name]["vsFinetuned"].keys()
         assert "accuracy" in doc["targets"][name]["vsBase"]
     skipped = doc["targets"]["cuda-fp16"]["metrics"]

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from slmops_pipelines.cpus import available_cpus, cgroup_quota
 from slmops_pipelines.serve import Server, load_served
 from slmops_pipelines.serve.app import serve
 from tests.serve.conftest import free_port
@@ -63,19 +62,6 @@ def test_requests_wait_for_the_model_with_503_and_retry_after(genai_target: Path
         loop.call_soon_threadsafe(stop.set)
         thread.join(60)
     assert not thread.is_alive()
-
-
-def test_the_thread_pool_is_sized_from_the_cgroup_quota(tmp_path: Path):
-    (tmp_path / "cpu.max").write_text("150000 100000\n")
-    assert cgroup_quota(tmp_path) == 1.5
-    (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert cgroup_quota(tmp_path) is None
-    v1 = tmp_path / "v1"
-    (v1 / "cpu").mkdir(parents=True)
-    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000")
-    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
-    assert cgroup_quota(v1) == 2.0
-    assert 1 <= available_cpus() <= len(__import__("os").sched_getaffinity(0))
 
 
 @pytest.mark.parametrize("bad", ["runs/nothing-here"])

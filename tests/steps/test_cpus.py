@@ -37,3 +37,10 @@ def test_a_cgroup_v1_quota_counts_too(tmp_path):
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
     assert usable_cpus(cgroup_root=tmp_path) == 1
+
+
+def test_a_cgroup_v1_quota_under_cpu_cpuacct_counts_too(tmp_path):
+    (tmp_path / "cpu,cpuacct").mkdir()
+    (tmp_path / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("100000\n")
+    (tmp_path / "cpu,cpuacct" / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cpus(cgroup_root=tmp_path) == 1

@@ -29,17 +29,19 @@ def run_server(
     settings: Settings | None = None,
     access_log: bool = False,
 ) -> None:
-    """Serve TARGET until SIGTERM (see :mod:`.app`); the thread count defaults to the CPUs this process may use."""
+    """Serve TARGET until SIGTERM (see :mod:`.app`).
+
+    ``threads``: by default the target's ``runtime.threads`` where it names one, else the CPUs
+    this process may use (:class:`~slmops_pipelines.steps.optimize.runtime.GenaiEngine`).
+    """
     from slmops_pipelines import jobs
-    from slmops_pipelines.cpus import available_cpus
 
     # Fails fast (a bad TARGET never listens); by default a target whose adapters are separate.
     chosen = jobs.chat_target(target, target_name=target_name, prefer_adapters=True)
     base_id = name or base_id_of(target)
-    pool = threads or available_cpus()
 
     def load() -> ServedModel:
-        return load_served(chosen, base_id=base_id, threads=pool)
+        return load_served(chosen, base_id=base_id, threads=threads)
 
     asyncio.run(serve(Server(load, settings), host, port, access_log=access_log))
 

@@ -5,7 +5,7 @@ default the TARGET's last path segment, such as the job's name) and each adapter
 A request for an adapter is rendered the way the job rendered that adapter's data (its own
 evaluation data when the optimization gave it some, else the job's); the base model's
 requests the way the job's data was.  The thread pool is sized where the server runs
-(:func:`slmops_pipelines.cpus.available_cpus`), never from the machine that built the target.
+(:func:`slmops_pipelines.steps.cpus.usable_cpus`), never from the machine that built the target.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def base_id_of(target: str) -> str:
     return target.rstrip("/").rsplit("/", 1)[-1] or "model"
 
 
-def load_served(target: ChatTarget, *, base_id: str, threads: int) -> ServedModel:
+def load_served(target: ChatTarget, *, base_id: str, threads: int | None = None) -> ServedModel:
     """Load the target once: its model and adapters, tokenizer and renderers."""
     from slmops_pipelines.chat.engines import genai_provider
     from slmops_pipelines.models.load import load_tokenizer
@@ -115,7 +115,7 @@ def load_served(target: ChatTarget, *, base_id: str, threads: int) -> ServedMode
         tokenizer,
         renderers,
         **_limits(folder),
-        threads=threads,
+        threads=engine.threads,
         description=target.description,
     )
 

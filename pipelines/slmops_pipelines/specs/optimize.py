@@ -240,8 +240,9 @@ def _algorithm_rules() -> list[tuple[str, str]]:
 class TargetRuntime(SpecModel):
     """onnxruntime settings written into the target's genai_config.json, so that they travel with it.
 
-    A user who loads the folder with plain ``onnxruntime_genai.Model`` gets these settings, and
-    the job's latency figures are measured with them: the speed reported is the speed shipped.
+    A user who loads the folder with plain ``onnxruntime_genai.Model`` gets these settings.  A
+    thread count is written only when asked: it belongs to the machine that serves the model,
+    which slmops' own loaders (serve, generate, chat, the job's evaluation) size where they run.
     """
 
     threads: int | None = Field(
@@ -249,9 +250,10 @@ class TargetRuntime(SpecModel):
         ge=0,
         le=1024,
         description=(
-            "Intra-op threads of the CPU kernels. Default: the CPUs the optimize step may use (its "
-            "cgroup limit, what its latency figures measure); set your serving pods' CPUs; 0 lets "
-            "onnxruntime choose (its count of physical cores, often 1 on a 2-vCPU VM)."
+            "Intra-op threads written into the target for whoever loads it. Default: none -- slmops' "
+            "loaders use the CPUs they may use where they run (a pod's CPU limit), plain "
+            "onnxruntime_genai.Model gets onnxruntime's count of physical cores (often 1 on a 2-vCPU "
+            "VM: set your serving pods' CPUs here for those users); 0 writes onnxruntime's default."
         ),
     )
     spin: bool = Field(

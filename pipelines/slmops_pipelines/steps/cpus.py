@@ -31,13 +31,14 @@ def _quota(root: Path) -> float | None:
             return int(text[0]) / int(text[1])
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    for controller in ("cpu", "cpu,cpuacct"):  # cgroup v1 mounts it under either name
+        try:
+            quota = int((root / controller / "cpu.cfs_quota_us").read_text())
+            period = int((root / controller / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
         if quota > 0 and period > 0:
             return quota / period
-    except (OSError, ValueError):
-        pass
     return None
 
 

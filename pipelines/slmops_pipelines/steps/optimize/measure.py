@@ -57,6 +57,7 @@ class Latency:
     decode_ms_per_token_p50: float
     decode_ms_per_token_p95: float
     runs: int
+    threads: int | None = None  # the intra-op threads the figures were measured with
 
 
 @dataclass
@@ -188,6 +189,7 @@ def measure_latency(engine: Engine, prompt_ids: list[int], *, new_tokens: int = 
         decode_ms_per_token_p50=float(np.percentile(per_token, 50)),
         decode_ms_per_token_p95=float(np.percentile(per_token, 95)),
         runs=runs,
+        threads=getattr(engine, "threads", None),
     )
 
 

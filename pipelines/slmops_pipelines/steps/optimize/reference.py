@@ -12,6 +12,13 @@ class TorchEngine:
         self.model = model.eval()
         self.tokenizer = tokenizer
 
+    @property
+    def threads(self) -> int:
+        """PyTorch's intra-op threads (what the reference's latency was measured with)."""
+        import torch
+
+        return torch.get_num_threads()
+
     def greedy(
         self, prompt_ids: list[int], max_new_tokens: int, *, ignore_eos: bool = False, on_token=None
     ) -> list[int]:

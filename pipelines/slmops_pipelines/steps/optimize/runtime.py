@@ -1,10 +1,12 @@
 """Running an exported target with onnxruntime-genai (the runtime it is deployed with).
 
-A target is loaded exactly as a user loads it: ``genai_config.json`` as shipped, with the
-session settings the export baked into it (:mod:`.session`: threads, spinning), so that the
-latency the job reports is the latency a user of the folder gets.  Only the provider is set
-here (the folder may be measured on another machine than the one it names), and benchmarks
-may override the thread count to compare engines at equal threads.
+A target is loaded as ``genai_config.json`` ships it, with the session settings the export
+wrote (:mod:`.session`: spinning, and a thread count only where ``runtime.threads`` asked).
+Two things are chosen here, on the machine that loads it: the provider (a folder may be
+measured on another machine than the one it names) and, where the folder names no thread
+count, the pool size: the CPUs this process may use (its cgroup quota included), never the
+build machine's.  ``threads`` overrides both (``slmops serve --threads``, benchmarks at
+equal threads); :attr:`GenaiEngine.threads` is the count the model runs with.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops_pipelines.steps.cpus import usable_cpus
 from slmops_pipelines.steps.optimize.measure import log_softmax_at
+
+
+def shipped_threads(folder: Path) -> int | None:
+    """The thread count the folder's genai_config.json names (``runtime.threads``), if any."""
+    config = json.loads((folder / "genai_config.json").read_text())
+    options = config.get("model", {}).get("decoder", {}).get("session_options", {})
+    count = options.get("intra_op_num_threads")
+    return int(count) if count else None
 
 
 class GenaiEngine:
@@ -30,10 +41,10 @@ class GenaiEngine:
 
         self._og = og
         config = og.Config(str(folder))
-        if threads is not None:  # benchmarks only: targets ship their own (genai_config.json)
-            config.overlay(
-                json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}})
-            )
+        self.threads = threads or shipped_threads(folder) or usable_cpus()
+        config.overlay(
+            json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": self.threads}}}})
+        )
         config.clear_providers()
         if provider != "cpu":
             config.append_provider(provider)

@@ -4,11 +4,15 @@ onnxruntime-genai reads ``model.decoder.session_options`` from the folder it loa
 written there travel with the artifact: a user who runs ``onnxruntime_genai.Model(folder)`` gets
 them, and so does the job's own evaluation, which loads every target exactly that way.
 
-* **threads**: onnxruntime sizes its intra-op pool from the physical cores it detects, which
-  on virtual machines is often fewer than the CPUs a process may use: on a 2-vCPU VM it picks
-  one thread, and SmolLM2-135M's int4 target decodes at 68 tokens/s instead of 110.  The
-  default is what the optimize step itself may use (:func:`slmops_pipelines.steps.cpus.usable_cpus`,
-  its cgroup limit in a pod); ``runtime.threads`` sets the serving machine's count.
+* **threads**: only when ``runtime.threads`` asks for a count.  A count is a fact of the
+  machine that runs the model, not of the one that built it: a target built in a 1-CPU
+  optimize pod and served on 2 CPUs decoded at 0.55x with the builder's count baked in, and a
+  big build node's count oversubscribes a small serving pod.  Without one, slmops' own loaders
+  (``serve``, ``generate``, ``chat``, the job's evaluation) size the pool where they load the
+  folder (:class:`~slmops_pipelines.steps.optimize.runtime.GenaiEngine`: the CPUs the process
+  may use, its cgroup quota included), and plain ``onnxruntime_genai.Model`` gets
+  onnxruntime's default (its physical cores: one thread on a 2-vCPU VM, where the count of
+  the serving pod's CPUs in ``runtime.threads`` decodes faster -- docs/optimize.md).
 * **spinning**: a decoded token is hundreds of kernels of tens of microseconds each; pool
   threads that sleep between them pay a wake-up per kernel (77 against 100 tokens/s here).
   Spinning is onnxruntime's default, written down so that it is visible and can be turned off
@@ -26,20 +30,20 @@ from pathlib import Path
 from typing import Any
 
 from slmops_pipelines.specs.optimize import TargetRuntime
-from slmops_pipelines.steps.cpus import usable_cpus
 
 SPINNING_KEY = "session.intra_op.allow_spinning"
 
 
 def session_options(runtime: TargetRuntime) -> dict[str, Any]:
     """The ``session_options`` entries a target's runtime settings stand for."""
-    threads = runtime.threads if runtime.threads is not None else usable_cpus()
-    return {
-        "intra_op_num_threads": threads,
+    options: dict[str, Any] = {
         "graph_optimization_level": "ORT_ENABLE_ALL",
         # Unknown keys are passed to onnxruntime as session config entries, whose values are strings.
         SPINNING_KEY: "1" if runtime.spin else "0",
     }
+    if runtime.threads is not None:
+        options["intra_op_num_threads"] = runtime.threads
+    return options
 
 
 def bake_session_options(folder: Path, runtime: TargetRuntime) -> dict[str, Any]:
@@ -48,6 +52,7 @@ def bake_session_options(folder: Path, runtime: TargetRuntime) -> dict[str, Any]
     config = json.loads(path.read_text())
     options = config["model"]["decoder"].setdefault("session_options", {})
     written = session_options(runtime)
+    options.pop("intra_op_num_threads", None)  # the builder's machine's count, if it wrote one
     options.update(written)
     path.write_text(json.dumps(config, indent=4))
     return written

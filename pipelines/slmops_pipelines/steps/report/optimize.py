@@ -23,6 +23,7 @@ COLUMNS = [
     ("prefill ms p50", lambda m: (m.get("latency") or {}).get("prefill_ms_p50")),
     ("decode tok/s p50", lambda m: (m.get("latency") or {}).get("decode_tokens_per_s_p50")),
     ("decode ms/token p95", lambda m: (m.get("latency") or {}).get("decode_ms_per_token_p95")),
+    ("threads", lambda m: (m.get("latency") or {}).get("threads")),  # sized where it was measured
 ]
 
 
@@ -135,7 +136,8 @@ def comparison_table(doc: dict[str, Any]) -> str:
 def _conditions(rows: int) -> str:
     return (
         f'<p class="fine">{rows} evaluation rows; latency: a 32-token '
-        "prompt, 32 new tokens, batch 1 (p50 over the runs); speedup: decode tokens/s against "
+        "prompt, 32 new tokens, batch 1 (p50 over the runs), with the threads shown (the CPUs the "
+        "evaluation may use, or runtime.threads); speedup: decode tokens/s against "
         f"{REFERENCE}.</p>"
     )
 
