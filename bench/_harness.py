@@ -5,9 +5,11 @@ rounds that alternate between the models (``latency_rounds``): each round measur
 model once, so that a slow spell of the machine touches every model alike, and each figure is
 the median over the rounds.  Engines:
 
-* ONNX folders: ``GenaiEngine``, which loads a folder as a user does (``genai_config.json``
-  as shipped); a second engine per folder overrides the intra-op threads to one per usable
-  CPU, the setting at which engines compare at equal threads;
+* ONNX folders: ``GenaiEngine(as_shipped=True)``, which loads a folder as plain
+  ``onnxruntime_genai.Model`` does (``genai_config.json`` as shipped: its thread count where
+  ``runtime.threads`` wrote one, else onnxruntime's own); a second engine per folder sets the
+  intra-op threads to one per usable CPU, as slmops' own loaders do and the setting at which
+  engines compare at equal threads;
 * PyTorch: transformers with the adapter merged (``TorchEngine``);
 * GGUF files: llama.cpp through ``bench/llamacpp_peer.py`` in the llama.cpp venv, which runs
   the same measuring code there; as shipped is llama-cpp-python's own thread count.
@@ -116,10 +118,11 @@ def usable_cpus() -> int:
 
 
 def onnx_engine(row: dict, *, threads: int | None = None):
+    """``threads`` None: as shipped (plain onnxruntime_genai.Model's threads); else that many."""
     from slmops_pipelines.steps.optimize.runtime import GenaiEngine
 
     adapters = {"tuned": Path(row["adapter"])} if row.get("adapter") else None
-    engine = GenaiEngine(Path(row["folder"]), adapters=adapters, threads=threads)
+    engine = GenaiEngine(Path(row["folder"]), adapters=adapters, threads=threads, as_shipped=threads is None)
     if adapters:
         engine.use_adapter("tuned")
     return engine
@@ -217,8 +220,10 @@ def latency_rounds(args, rows: dict[str, dict], tokenizer, examples) -> None:
                     got = asdict(measure_latency(engines[(name, setting)], prompt, runs=args.latency_runs))
                 samples.setdefault((name, setting), []).append(got)
     for (name, setting), runs in samples.items():
-        med = {key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "runs"}
+        timed = [key for key in runs[0] if key not in ("runs", "threads")]
+        med = {key: statistics.median(r[key] for r in runs) for key in timed}
         suffix = "" if setting == "shipped" else "_threads"
+        rows[name][f"threads{suffix}"] = runs[0].get("threads")  # None: onnxruntime's own choice
         rows[name][f"decode_tok_s_p50{suffix}"] = med["decode_tokens_per_s_p50"]
         rows[name][f"decode_tok_s_p95{suffix}"] = 1000 / med["decode_ms_per_token_p95"]
         rows[name][f"prefill_ms_p50{suffix}"] = med["prefill_ms_p50"]

@@ -268,7 +268,8 @@ def test_the_notes_say_what_was_installed_and_how_to_run_a_job(tmp_path):
     assert "installed as slmops in slmops-system" in notes
     assert "backend kfp" in notes and "http://kfp.example:8888" in notes
     assert "kubectl -n slmops-system rollout status deployment/slmops" in notes
-    assert "kubectl -n team-a apply -f examples/01-finetune-lora.yaml" in notes
+    assert "kubectl apply -f deploy/kind/finetune-smollm2.yaml" in notes  # the cluster's own example
+    assert "examples/01-finetune-lora.yaml" not in notes  # laptop paths: not for a cluster
     local = render_notes(tmp_path / "local", "--set", "backend=local", "--set", "webhook.enabled=false")
     assert "KFP:" not in local and "webhook:   off" in local
 

@@ -131,7 +131,7 @@ class Server:
         batcher.start()
         self.model, self.batcher = model, batcher
         log.info(
-            "ready in %.1f s: %s (models: %s; %d threads; batches of up to %d)",
+            "ready in %.1f s: %s (models: %s; %s threads; batches of up to %d)",
             time.perf_counter() - started,
             model.description,
             ", ".join(model.ids),

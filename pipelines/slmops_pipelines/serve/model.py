@@ -32,7 +32,7 @@ class ServedModel:
     context_length: int
     eos_ids: set[int]
     pad_id: int
-    threads: int
+    threads: int | None  # None: onnxruntime chose (never for a served model: it is sized here)
     description: str
 
     @property

@@ -36,15 +36,23 @@ class GenaiEngine:
         provider: str = "cpu",
         adapters: dict[str, Path] | None = None,
         threads: int | None = None,
+        as_shipped: bool = False,
     ) -> None:
+        """``as_shipped``: the threads exactly as plain ``onnxruntime_genai.Model`` takes them (the
+        folder's count, else onnxruntime's own choice: ``threads`` is then None) -- benchmarks'
+        figure of what a user who loads the folder alone gets."""
         import onnxruntime_genai as og
 
         self._og = og
         config = og.Config(str(folder))
-        self.threads = threads or shipped_threads(folder) or usable_cpus()
-        config.overlay(
-            json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": self.threads}}}})
-        )
+        self.threads: int | None = shipped_threads(folder)
+        if not as_shipped:
+            self.threads = threads or self.threads or usable_cpus()
+            config.overlay(
+                json.dumps(
+                    {"model": {"decoder": {"session_options": {"intra_op_num_threads": self.threads}}}}
+                )
+            )
         config.clear_providers()
         if provider != "cpu":
             config.append_provider(provider)
