@@ -116,6 +116,19 @@ def run_slmops(job: dict, *, work: Path, name: str, timeout: float | None = None
     return measured
 
 
+def versions(*packages: str) -> dict[str, str]:
+    """The installed version of each package (in this interpreter), for the figures' record."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in packages:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed here"
+    return found
+
+
 def machine() -> str:
     """One line: CPU model, cores, memory."""
     model = "unknown CPU"
