@@ -28,7 +28,7 @@ OPTIONS: list[tuple[str, Any, Any, str]] = [
         "--threads",
         click.IntRange(min=1),
         None,
-        "Threads per model call (default: the CPUs this process may use).",
+        "Threads per model call (default: the target's runtime.threads, else the CPUs this process may use).",
     ),
     ("--max-batch", click.IntRange(min=1), 8, "Sequences decoded at once."),
     ("--max-queue", click.IntRange(min=0), 64, "Requests waiting beyond that (then 429)."),
