@@ -134,7 +134,7 @@ async def reconcile_serving(reconciler: Reconciler, resource: Resource, job: Job
                 return
             await reconciler.kube.merge(path, _takeover(current, desired))
             current = {**current, "spec": desired["spec"], "status": {}}
-        elif current["spec"] != desired["spec"]:
+        elif not _holds(current["spec"], desired["spec"]):  # the spec changed (replicas, resources)
             await reconciler.kube.merge(path, {"spec": desired["spec"]})
     except PermissionError as exc:
         _say(job, seen, "False", reason="Forbidden", message=f"{exc} (the chart's kserve.enabled grants it)")
@@ -144,6 +144,17 @@ async def reconcile_serving(reconciler: Reconciler, resource: Resource, job: Job
         _say(job, seen, "False", reason="ServingUnavailable", message=str(exc))
         return
     _mirror(job, seen, name, target.name, storage_uri, current)
+
+
+def _holds(current: Any, desired: Any) -> bool:
+    """Whether ``current`` has every field ``desired`` sets, with its value.
+
+    KServe's webhook defaults fields we never set (the protocol, the containers): comparing the
+    whole spec would patch it again on every pass.
+    """
+    if isinstance(desired, dict):
+        return isinstance(current, dict) and all(_holds(current.get(k), v) for k, v in desired.items())
+    return bool(current == desired)
 
 
 def _owner_uid(isvc: dict[str, Any]) -> str | None:
