@@ -28,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -404,10 +405,11 @@ def export_target(
         template, modules = prepare_template(model_dir, adapters, out_root / "work", field="source")
         layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
         lora_nodes = lora_node_names(layers, modules)
-    # One scratch folder per build: the builder empties its cache folder when it finishes, which
-    # would pull it from under a target built at the same time (a ParallelFor on one node).
-    scratch = cache_dir / f"{target.name}.{os.getpid()}"
-    scratch.mkdir(parents=True, exist_ok=True)
+    # One private scratch folder per build: the builder empties its cache folder when it
+    # finishes, which would pull it from under a target built at the same time (a ParallelFor
+    # on one node, or another namespace's pod on a shared cache volume, where pids repeat).
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=cache_dir))
     command = builder_command(
         target, model_dir, partial, scratch, template_adapter=template, lora_nodes=lora_nodes
     )
