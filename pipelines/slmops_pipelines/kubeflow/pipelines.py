@@ -86,6 +86,7 @@ def _finetune_steps(c: Components, p: Placement, *, spec: Any, job: Any, output_
     )
     # Several nodes: the step only launches and follows the PyTorchJob/TrainJob, whose nodes get the GPUs.
     train = p.launcher(task, name="train") if p.multi_node else p.compute(task, gpus=p.gpus, name="train")
+    p.retried(train)
     run = {"spec": spec, "job": job, "output_uri": output_uri}
     evaluated = {"eval_spec": inspect.outputs["eval_spec"], "model": train.outputs["model"]}
     return _evaluate_and_publish(c, p, run, inspect=inspect, data=data, **evaluated)
@@ -97,10 +98,12 @@ def _finetune_search_steps(c: Components, p: Placement, *, spec: Any, job: Any, 
     inspect, data = _inspect_and_prepare(c, p, spec=spec, job=job, output_uri=output_uri, shown=shown)
     plan = p.common(c.plan_trials(spec=spec), name="plan trials")
     with dsl.ParallelFor(items=plan.output, parallelism=p.trial_parallelism) as trial_item:
-        trial = p.compute(
-            c.train_trial(spec=spec, trial=trial_item, output_uri=output_uri, data=data.outputs["data"]),
-            gpus=p.gpus,
-            name="trial",
+        trial = p.retried(
+            p.compute(
+                c.train_trial(spec=spec, trial=trial_item, output_uri=output_uri, data=data.outputs["data"]),
+                gpus=p.gpus,
+                name="trial",
+            )
         )
     best = p.common(
         c.pick_best(spec=spec, output_uri=output_uri, trials=dsl.Collected(trial.outputs["trial_model"])),

@@ -85,6 +85,11 @@ class Placement(BaseModel):
     )
     trial_parallelism: int = Field(default=2, ge=1, description="Search trials trained at once.")
     caching: bool = Field(default=True, description="Reuse the outputs of steps whose inputs did not change.")
+    train_retries: int = Field(
+        default=2,
+        ge=0,
+        description="Retries of a failed training step (a preempted node): each resumes from the last checkpoint.",
+    )
 
     @classmethod
     def default(cls, *, gpus: int = 1) -> Placement:
@@ -105,6 +110,7 @@ class Placement(BaseModel):
                 "node_affinity": None,
                 "image_pull_secrets": [],
                 "claims": [],
+                "train_retries": 0,  # here a failure is the test's or the user's to see at once
             }
         )
 
@@ -198,6 +204,13 @@ class Placement(BaseModel):
         ):
             if value:
                 setter(value)
+
+    def retried(self, task: PipelineTask) -> PipelineTask:
+        """A training step: KFP runs it again when its pod fails (preempted, drained, evicted),
+        and the new pod resumes from the last complete checkpoint in the output."""
+        if self.train_retries:
+            task.set_retry(num_retries=self.train_retries, backoff_duration="60s", backoff_factor=2)
+        return task
 
     def launcher(self, task: PipelineTask, *, name: str | None = None) -> PipelineTask:
         """The train step of a multi-node job: it creates and follows the PyTorchJob/TrainJob.

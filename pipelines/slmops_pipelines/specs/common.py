@@ -380,6 +380,17 @@ class ResourcesSpec(SpecModel):
         ),
     )
 
+    termination_grace_period_seconds: int | None = Field(
+        default=None,
+        ge=30,
+        le=86400,
+        description=(
+            "Seconds the training nodes of a PyTorchJob get between SIGTERM (preemption, drain) and SIGKILL to "
+            "finish their step and save a complete checkpoint of it (default: what a checkpoint of the job's "
+            "method needs, 180 for adapters, 900 for full fine-tuning; docs/operations.md says how to size it)."
+        ),
+    )
+
     @model_validator(mode="after")
     def _limits_cover_requests(self) -> ResourcesSpec:
         for name, request, limit in (

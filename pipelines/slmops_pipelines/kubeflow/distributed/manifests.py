@@ -154,6 +154,19 @@ def _scheduling(w: Workload, *, priority: bool) -> dict[str, Any]:
     return {key: value for key, value in found.items() if value}
 
 
+# Between SIGTERM and SIGKILL a training node finishes its step and saves a checkpoint of it
+# (steps/train/preemption.py): one step plus writing and uploading the checkpoint.  An adapter's
+# is megabytes; a full fine-tune's holds the weights and two optimizer moments (16 bytes a
+# parameter in fp32: 27 GB for 1.7B parameters, minutes at the bandwidths of a cloud disk).
+DEFAULT_GRACE_SECONDS = {"adapter": 180, "full": 900}
+
+
+def grace_period_seconds(spec: FineTuneJobSpec) -> int:
+    """``resources.terminationGracePeriodSeconds``, else what a checkpoint of the job's method needs."""
+    given = spec.resources.termination_grace_period_seconds
+    return given or DEFAULT_GRACE_SECONDS["full" if spec.method == "full" else "adapter"]
+
+
 # Pod Security "restricted": namespaces that enforce it admit the training nodes.  uid 10001
 # is our images' user; a custom spec.image runs as it too (its files must be readable by it).
 POD_SECURITY = {
@@ -183,6 +196,7 @@ def pytorchjob(w: Workload) -> dict[str, Any]:
         ],
         "volumes": volumes,
         "securityContext": POD_SECURITY,
+        "terminationGracePeriodSeconds": grace_period_seconds(w.spec),
         **_scheduling(w, priority=True),
     }
     labels = _labels(w)
@@ -211,8 +225,8 @@ def pytorchjob(w: Workload) -> dict[str, Any]:
 
 
 def trainjob(w: Workload) -> dict[str, Any]:
-    """A TrainJob; its pods' security context is the ClusterTrainingRuntime's (Trainer's
-    podTemplateOverrides have no field for it): docs/operator.md says what to set there."""
+    """A TrainJob; its pods' security context and grace period are the ClusterTrainingRuntime's
+    (Trainer's podTemplateOverrides have no field for them): docs/operator.md says what to set there."""
     volumes, mounts = _volumes(w)
     override: dict[str, Any] = {
         "volumes": volumes,

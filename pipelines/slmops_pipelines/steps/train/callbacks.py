@@ -1,4 +1,5 @@
-"""Trainer callbacks: progress events for whoever watches, and complete-checkpoint markers.
+"""Trainer callbacks: progress events for whoever watches, complete-checkpoint markers, and
+saving then stopping on a stop request (see :mod:`.preemption`).
 
 Progress goes to an append-only JSON-lines file written by the main process only.  The
 parent (``slmops run``'s progress bar, the operator's local backend, a KFP component) tails
@@ -7,9 +8,12 @@ it; a file works across processes, containers and restarts where a pipe would no
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -81,3 +85,52 @@ class MarkCompleteCheckpoints(TrainerCallback):
             (folder / COMPLETE_MARKER).write_text(
                 json.dumps({"step": state.global_step, "time": time.time()})
             )
+
+
+class StopOnRequest(TrainerCallback):
+    """Save the current step and stop, on every rank, once any rank was asked to stop."""
+
+    def __init__(self, stop_path: Path) -> None:
+        self.stop_path = stop_path
+        self.signalled = False
+        self.stopped_at: int | None = None
+        self.why = "SIGTERM"
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+
+    def _asked_here(self) -> bool:
+        if self.stop_path.exists():
+            with contextlib.suppress(OSError, ValueError):
+                self.why = json.loads(self.stop_path.read_text()).get("why", self.why)
+            return True
+        return self.signalled
+
+    def _asked_anywhere(self, args: Any) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        asked = self._asked_here()
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return asked
+        flag = torch.tensor([1 if asked else 0], device=args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stopped_at is None and self._asked_anywhere(args):
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_evaluate = False  # no time for it: the grace period is counting
+            control.should_training_stop = True
+        return control
+
+    def write_preempted(self, path: Path, state: Any) -> None:
+        """Rank 0, once the checkpoint is saved: what the parent reports."""
+        path.write_text(
+            json.dumps({"step": self.stopped_at, "total_steps": state.max_steps, "why": self.why})
+        )
+
+    def restore_signal(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

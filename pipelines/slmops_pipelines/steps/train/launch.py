@@ -4,7 +4,9 @@
 (a free rendezvous port, so parallel jobs do not collide).  Every process runs
 :mod:`slmops_pipelines.steps.train.__main__`.  The parent tails the event log and calls
 ``on_event`` for each new event: the CLI draws a progress bar from them, the operator will
-mirror them into ``status.progress``.
+mirror them into ``status.progress``.  SIGTERM to this process asks the trainers to save the
+step they reach and stop (:mod:`.preemption`); the step then fails with the reason
+``Preempted`` and a rerun resumes from that checkpoint.
 
 On CPU-only machines each process gets ``cores // processes`` threads: torchrun would
 otherwise give each one thread and leave cores idle.
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from slmops_pipelines.errors import JobError
 from slmops_pipelines.steps.cpus import usable_cpus
+from slmops_pipelines.steps.train.preemption import preempted_error, sigterm_requests_stop
 from slmops_pipelines.steps.train.request import TrainRequest, TrainResult
 
 EventHandler = Callable[[dict], None]
@@ -148,11 +151,11 @@ def run_training(
     logs.mkdir(parents=True, exist_ok=True)
     request_path = logs / "train_request.json"
     request_path.write_text(request.model_dump_json(indent=2))
-    request.result_path.unlink(missing_ok=True)
-    request.error_path.unlink(missing_ok=True)
+    for stale in (request.result_path, request.error_path, request.stop_path, request.preempted_path):
+        stale.unlink(missing_ok=True)
     tail = _EventTail(request.events_path)
     log_path = logs / "train.log"
-    with log_path.open("a") as log:
+    with log_path.open("a") as log, sigterm_requests_stop(request.stop_path):
         proc = subprocess.Popen(
             torchrun_command(request_path, processes, rendezvous),
             stdout=log,
@@ -178,6 +181,8 @@ def run_training(
             on_event(event)
     if request.error_path.exists():
         raise JobError.from_dict(json.loads(request.error_path.read_text()))
+    if request.preempted_path.exists():
+        raise preempted_error(request.preempted_path)
     if proc.returncode == 0 and rendezvous is not None and rendezvous.node_rank != 0:
         return None
     if proc.returncode != 0 or not request.result_path.exists():

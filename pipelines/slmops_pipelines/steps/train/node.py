@@ -8,7 +8,9 @@ environment.  Each node:
    ``STAGING_URI`` into its own disk, and resolves the base model into its own cache;
 2. restores the latest complete checkpoint from ``OUTPUT_URI/checkpoints`` (every rank loads
    it when the Trainer resumes), so a restarted pod or a retried step continues;
-3. runs torchrun with ``processesPerNode`` processes, joined to the other nodes.
+3. runs torchrun with ``processesPerNode`` processes, joined to the other nodes; on SIGTERM
+   (preemption, drain) every rank saves the same step and the node exits 143, so that the
+   engine restarts it and it resumes there (:mod:`.preemption`).
 
 Node 0 holds global rank 0, which writes the events, the checkpoints and the result: it
 mirrors events to ``STAGING_URI/events.jsonl`` as they come (the train step follows them),
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 
 from slmops_pipelines.errors import JobError
+from slmops_pipelines.steps.train.preemption import PREEMPTED_REASON
 from slmops_pipelines.storage import ArtifactStore, open_store
 
 REQUEST = "request.json"
@@ -36,6 +39,7 @@ RESULT = "result"
 COMPLETE = "result/COMPLETE"
 ERROR = "error.json"
 EVENT_UPLOAD_INTERVAL_S = 5.0
+PREEMPTED_EXIT = 143
 
 
 class EventMirror:
@@ -82,7 +86,7 @@ def run_node(staging_uri: str, output_uri: str, *, scratch: Path) -> None:
     try:
         run_training(request, on_event=on_event if first else None, rendezvous=rendezvous)
     except JobError as exc:
-        if first:
+        if first and exc.reason != PREEMPTED_REASON:  # preempted: the restarted node resumes
             staging.write_text(ERROR, json.dumps(exc.to_dict()))
         raise
     finally:
@@ -107,7 +111,8 @@ def main(argv: list[str]) -> int:
             run_node(argv[0], argv[1], scratch=Path(scratch))
         except JobError as exc:
             print(f"[slmops] training failed: {exc}", file=sys.stderr, flush=True)
-            return 1
+            # 128 + SIGTERM: what the engines' ExitCode restart policy retries (a preempted node)
+            return PREEMPTED_EXIT if exc.reason == PREEMPTED_REASON else 1
     return 0
 
 

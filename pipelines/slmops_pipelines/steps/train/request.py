@@ -31,6 +31,16 @@ class TrainRequest(BaseModel):
     def result_path(self) -> Path:
         return self.work_dir / "logs" / "train_result.json"
 
+    @property
+    def stop_path(self) -> Path:
+        """Written by the parent on SIGTERM: save the step reached and stop (see :mod:`.preemption`)."""
+        return self.work_dir / "logs" / "stop-requested"
+
+    @property
+    def preempted_path(self) -> Path:
+        """Written by rank 0 when it stopped on request: the step whose checkpoint it saved."""
+        return self.work_dir / "logs" / "preempted.json"
+
 
 class TrainResult(BaseModel):
     global_step: int

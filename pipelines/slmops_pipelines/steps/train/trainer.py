@@ -19,7 +19,12 @@ import resource
 import time
 
 from slmops_pipelines.steps.cpus import usable_cpus
-from slmops_pipelines.steps.train.callbacks import EventLog, MarkCompleteCheckpoints, ProgressEvents
+from slmops_pipelines.steps.train.callbacks import (
+    EventLog,
+    MarkCompleteCheckpoints,
+    ProgressEvents,
+    StopOnRequest,
+)
 from slmops_pipelines.steps.train.checkpoints import checkpoint_step, latest_complete_checkpoint
 from slmops_pipelines.steps.train.methods import get_method
 from slmops_pipelines.steps.train.precision import with_resolved_precision
@@ -112,12 +117,15 @@ def _load_model_and_tokenizer(request: TrainRequest):
     return method, method.wrap(model, spec), tokenizer
 
 
-def _callbacks(spec, events: EventLog, *, world_size: int, resumed_from: int | None, has_eval: bool) -> list:
+def _callbacks(
+    spec, events: EventLog, stop: StopOnRequest, *, world_size: int, resumed_from: int | None, has_eval: bool
+) -> list:
     from transformers import EarlyStoppingCallback
 
     callbacks = [
         ProgressEvents(events, world_size=world_size, resumed_from=resumed_from),
         MarkCompleteCheckpoints(),
+        stop,
     ]
     if spec.training.early_stopping is not None and has_eval:
         callbacks.append(
@@ -149,9 +157,9 @@ def _final_eval_loss(trainer, has_eval: bool) -> float | None:
     return trainer.evaluate().get("eval_loss")
 
 
-def train(request: TrainRequest) -> TrainResult:
+def train(request: TrainRequest) -> TrainResult | None:
+    """Train as the request says; None when stopped by a stop request (``logs/preempted.json``)."""
     import datasets
-    import torch
     from transformers import DataCollatorForSeq2Seq, set_seed
 
     from slmops_pipelines.steps.train.losses import DEFAULT as DEFAULT_LOSS
@@ -174,6 +182,7 @@ def train(request: TrainRequest) -> TrainResult:
 
     resume = latest_complete_checkpoint(request.checkpoints_dir)
     resumed_from = checkpoint_step(resume) if resume else None
+    stop = StopOnRequest(request.stop_path)
     trainer = SparseLogitsTrainer(
         model=model,
         args=_training_arguments(request, has_eval=has_eval, world_size=world_size),
@@ -183,7 +192,7 @@ def train(request: TrainRequest) -> TrainResult:
             DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
         ),
         callbacks=_callbacks(
-            spec, events, world_size=world_size, resumed_from=resumed_from, has_eval=has_eval
+            spec, events, stop, world_size=world_size, resumed_from=resumed_from, has_eval=has_eval
         ),
         # SLMOPS_DENSE_LOGITS=1 turns the sparse LM head off (for benchmarks and debugging).
         sparse_logits=spec.dataset.loss_on_completion_only and not os.environ.get("SLMOPS_DENSE_LOGITS"),
@@ -191,6 +200,12 @@ def train(request: TrainRequest) -> TrainResult:
     )
     started = time.time()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if stop.stopped_at is not None and stop.stopped_at < trainer.state.max_steps:
+        if trainer.is_world_process_zero():  # the checkpoint of that step is saved and marked
+            stop.write_preempted(request.preempted_path, trainer.state)
+        _barrier()
+        return None
+    stop.restore_signal()
     runtime = _training_seconds(time.time() - started, trainer.state.log_history, resumed_from)
     eval_loss = _final_eval_loss(trainer, has_eval)
     if eval_loss is not None:
@@ -213,9 +228,15 @@ def train(request: TrainRequest) -> TrainResult:
     )
     if trainer.is_world_process_zero():
         request.result_path.write_text(json.dumps(result.model_dump(), indent=2))
+    _barrier()
+    return result
+
+
+def _barrier() -> None:
+    import torch
+
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
-    return result
 
 
 def _result(
