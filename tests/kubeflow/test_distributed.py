@@ -25,7 +25,7 @@ from slmops_pipelines.errors import InputError, JobError
 from slmops_pipelines.kubeflow.distributed import launcher
 from slmops_pipelines.kubeflow.distributed.train import STAGING, train_on_cluster
 from slmops_pipelines.kubeflow.tasks import JobContext
-from slmops_pipelines.specs.common import Toleration
+from slmops_pipelines.specs.resources import Toleration
 from slmops_pipelines.stages import finetune as stages
 from slmops_pipelines.storage import open_store
 from tests.conftest import REPO, finetune_manifest

@@ -123,7 +123,7 @@ def test_a_multi_node_launcher_holds_no_gpu_and_the_jobs_image_and_pull_secret_a
     assert train["resources"]["resourceMemoryRequest"] == LAUNCHER_MEMORY
     assert "resourceCpuLimit" not in train["resources"]
     # The launcher stays off the tainted GPU pool: no selector, no tolerations, no affinity.
-    assert set(platform["exec-train"]) == {"imagePullSecret", "secretAsEnv"}
+    assert set(platform["exec-train"]) == {"imagePullSecret", "secretAsEnv", "podMetadata"}  # labels: the job
     for name, container in ir["deploymentSpec"]["executors"].items():
         assert container["container"]["image"] == IMAGE, name
         assert platform[name]["imagePullSecret"] == [
@@ -155,7 +155,7 @@ def test_a_single_node_train_step_gets_the_gpus_requests_limits_and_placement(tm
         train["nodeAffinity"][0]["nodeAffinityJson"]["runtimeValue"]["constant"] == AFFINITY["nodeAffinity"]
     )
     # Steps that only look at the world stay off the GPU pool.
-    assert set(platform["exec-inspect-finetune"]) == {"imagePullSecret", "secretAsEnv"}
+    assert set(platform["exec-inspect-finetune"]) == {"imagePullSecret", "secretAsEnv", "podMetadata"}
 
 
 def test_cuda_and_cpu_targets_build_in_their_own_images(tmp_path):

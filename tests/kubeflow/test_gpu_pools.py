@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+import yaml
+
 from slmops_operator.api import FineTuneJob
 from slmops_pipelines.kubeflow.distributed.manifests import DEFAULT_GRACE_SECONDS, Workload, build
 from tests.kubeflow.test_gpu_clusters import big_finetune, compiled
@@ -66,7 +69,6 @@ def test_a_full_fine_tune_gets_a_longer_default_grace_period():
 
 
 def test_a_too_short_grace_period_is_refused_naming_the_field():
-    import pytest
     from pydantic import ValidationError
 
     manifest = single_node(terminationGracePeriodSeconds=5)
@@ -79,3 +81,104 @@ def test_a_failed_training_step_is_retried_and_resumes(tmp_path):
     tasks = ir["root"]["dag"]["tasks"]
     assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 2
     assert "retryPolicy" not in tasks["publish-finetune"]
+
+
+# -- Kueue on every GPU pod ------------------------------------------------------------------------
+
+QUEUED = {"kueue.x-k8s.io/queue-name": "gpu-queue", "kueue.x-k8s.io/priority-class": "high"}
+
+
+def labelled(manifest: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    manifest["metadata"]["labels"] = dict(labels)
+    return manifest
+
+
+def pod_labels(platform: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {
+        name.removeprefix("exec-"): (config.get("podMetadata") or {}).get("labels") or {}
+        for name, config in platform.items()
+    }
+
+
+def test_compile_shows_the_queue_on_every_gpu_step_of_a_single_node_job(tmp_path):
+    from click.testing import CliRunner
+
+    from slmops_operator.cli.main import cli
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(labelled(single_node(), QUEUED)))
+    result = CliRunner().invoke(cli, ["compile", str(job), "-o", str(tmp_path / "p.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "Kueue queue gpu-queue: evaluate-finetune, train" in result.output
+    ir, *platform = yaml.safe_load_all((tmp_path / "p.yaml").read_text())
+    labels = pod_labels(platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"])
+    gpu_steps = {
+        name.removeprefix("exec-")
+        for name, executor in ir["deploymentSpec"]["executors"].items()
+        if (executor["container"].get("resources") or {}).get("accelerator")
+    }
+    assert gpu_steps == {"train", "evaluate-finetune"}
+    for step, found in labels.items():
+        queued = {k: v for k, v in found.items() if k.startswith("kueue.x-k8s.io/")}
+        assert queued == (QUEUED if step in gpu_steps else {}), step
+
+
+def test_cpu_steps_join_the_queue_only_when_asked(tmp_path):
+    _ir, platform = compiled(labelled(single_node(queueCpuSteps=True), QUEUED), tmp_path)
+    for step, found in pod_labels(platform).items():
+        assert {k: v for k, v in found.items() if k.startswith("kueue")} == QUEUED, step
+
+
+def test_without_a_queue_label_no_pod_is_queued_and_every_pod_names_its_job(tmp_path):
+    _ir, platform = compiled(single_node(), tmp_path)
+    for step, found in pod_labels(platform).items():
+        assert found == {
+            "slmops.io/job": "one-gpu",
+            "slmops.io/kind": "finetunejob",
+            "slmops.io/namespace": "team-a",
+        }, step
+
+
+def test_a_multi_node_launcher_stays_outside_the_queue_and_its_nodes_carry_it(tmp_path):
+    manifest = labelled(big_finetune(), QUEUED)
+    _ir, platform = compiled(manifest, tmp_path)
+    assert not any(k.startswith("kueue") for k in pod_labels(platform)["train"])
+    for engine in ("pytorchjob", "trainjob"):
+        for pod in training_pods(manifest, engine):
+            labels = pod["metadata"]["labels"]
+            assert {k: labels[k] for k in QUEUED} == QUEUED
+            assert labels["slmops.io/job"] == "big" and labels["slmops.io/namespace"] == "team-a"
+
+
+# -- GPU sharing ---------------------------------------------------------------------------------
+
+
+def test_a_mig_slice_is_rendered_as_the_pods_gpu(tmp_path):
+    ir, _platform = compiled(single_node(gpuResource="nvidia.com/mig-1g.10gb"), tmp_path)
+    train = ir["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]["accelerator"]
+    assert train["resourceType"] == "nvidia.com/mig-1g.10gb" and train["resourceCount"] == "1"
+    manifest = big_finetune()
+    manifest["spec"]["resources"].update(processesPerNode=1, gpuResource="nvidia.com/gpu.shared")
+    for pod in training_pods(manifest):
+        assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu.shared"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("resources", "says"),
+    [
+        ({"gpuResource": "gpu"}, "gpuResource"),
+        ({"gpuResource": "kubernetes.io/gpu"}, "gpuResource"),
+        ({"gpuResource": "nvidia.com/mig-one"}, "MIG profile"),
+        ({"gpuResource": "nvidia.com/mig-1g.10gb", "processesPerNode": 2}, "one MIG slice"),
+    ],
+)
+def test_an_invalid_gpu_resource_is_refused_naming_the_field(tmp_path, resources, says):
+    from click.testing import CliRunner
+
+    from slmops_operator.cli.main import cli
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(single_node(**resources)))
+    result = CliRunner().invoke(cli, ["validate", str(job)])
+    assert result.exit_code == 2, result.output
+    assert "resources" in result.output and says in result.output, result.output

@@ -194,6 +194,7 @@ class KfpBackend:
             cache_pvc=self.settings.cache_pvc or None,
             cache_max_gb=self.settings.cache_max_gb,
             secrets=mounts,
+            meta=jobs.JobMeta(request.name, request.namespace, dict(request.labels)),
         )
         with self._packages_lock:
             if pipeline.key in self._packages:

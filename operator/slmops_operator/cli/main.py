@@ -141,19 +141,36 @@ def compile_one_job(file: Path, output: Path | None, *, registry: str | None, ch
         sys.exit(EXIT_INVALID)
     resource = resources[0]
     path = output or Path(f"{resource.name}.pipeline.yaml")
+    meta = jobs.JobMeta(resource.name, resource.namespace, dict(resource.metadata.labels or {}))
     if not check:
-        jobs.compile_job(resource.kind_name, resource.spec, path, registry=registry)
+        jobs.compile_job(resource.kind_name, resource.spec, path, registry=registry, meta=meta)
         console.print(
             f"wrote {escape(str(path))} ({resource.kind_name} {escape(resource.name)})",
             highlight=False,
             soft_wrap=True,
         )
+        show_queued_steps(path)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = jobs.compile_job(resource.kind_name, resource.spec, Path(tmp) / path.name, registry=registry)
+        fresh = jobs.compile_job(
+            resource.kind_name, resource.spec, Path(tmp) / path.name, registry=registry, meta=meta
+        )
         if not path.exists() or path.read_text() != fresh.read_text():
             err_console.print(f"stale pipeline (run `slmops compile {file} -o {path}`): {path}")
             sys.exit(EXIT_FAILED)
+
+
+def show_queued_steps(path: Path) -> None:
+    """Which steps Kueue queues (the job's kueue.x-k8s.io/queue-name on their pods)."""
+    from slmops_pipelines import jobs
+
+    by_queue: dict[str, list[str]] = {}
+    for step, queue in jobs.queued_steps(path).items():
+        by_queue.setdefault(queue, []).append(step)
+    for queue, steps in by_queue.items():
+        console.print(
+            f"Kueue queue {escape(queue)}: {escape(', '.join(steps))}", highlight=False, soft_wrap=True
+        )
 
 
 def compile_every_pipeline(output_dir: Path, *, registry: str | None, check: bool) -> None:

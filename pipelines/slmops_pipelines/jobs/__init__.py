@@ -33,7 +33,15 @@ from slmops_pipelines.credentials import (
     without_ambient_credentials,
 )
 from slmops_pipelines.errors import InputError, JobError
-from slmops_pipelines.jobs.base import API_GROUP, API_VERSION, JobKind, JobRun, SummaryTable, Upstream
+from slmops_pipelines.jobs.base import (
+    API_GROUP,
+    API_VERSION,
+    JobKind,
+    JobMeta,
+    JobRun,
+    SummaryTable,
+    Upstream,
+)
 from slmops_pipelines.jobs.finetune import FineTuneJobKind
 from slmops_pipelines.jobs.optimize import OptimizeJobKind
 from slmops_pipelines.local.reporting import NullReporter, Reporter
@@ -101,17 +109,19 @@ def pipeline_for(
     cache_pvc: str | None = None,
     cache_max_gb: float | None = None,
     secrets: list[dict[str, Any]] | None = None,
+    meta: JobMeta | None = None,
 ) -> JobPipeline:
     """The pipeline that runs ``spec`` on a cluster, placed from its ``resources``.
 
-    ``secrets`` are the mounts (``{name, keyToEnv}``) every pod of the run gets.
+    ``secrets`` are the mounts (``{name, keyToEnv}``) every pod of the run gets; ``meta`` the
+    resource's name, namespace and labels (its pods' cost labels, Kueue's queue).
     """
     from slmops_pipelines.kubeflow.placement import SecretMount
 
     job = job_kind(kind)
     images = job.images(spec, registry=registry)
     mounts = [SecretMount.model_validate(m) for m in secrets or []]
-    placement = job.placement(spec, cache_pvc=cache_pvc, cache_max_gb=cache_max_gb, secrets=mounts)
+    placement = job.placement(spec, cache_pvc=cache_pvc, cache_max_gb=cache_max_gb, secrets=mounts, job=meta)
     name, factory = job.pipeline(spec)
     return JobPipeline(
         name=name,
@@ -120,7 +130,9 @@ def pipeline_for(
     )
 
 
-def compile_job(kind: str, spec: Any, path: Path, *, registry: str | None = None) -> Path:
+def compile_job(
+    kind: str, spec: Any, path: Path, *, registry: str | None = None, meta: JobMeta | None = None
+) -> Path:
     """The pipeline the operator would submit for this job, with its placement, written to ``path``.
 
     The job's Secrets are mounted by name with the keys they must hold (the operator, which
@@ -128,7 +140,15 @@ def compile_job(kind: str, spec: Any, path: Path, *, registry: str | None = None
     """
     from slmops_pipelines.credentials import assumed_mounts
 
-    return pipeline_for(kind, spec, registry=registry, secrets=assumed_mounts(spec)).compile(path)
+    pipeline = pipeline_for(kind, spec, registry=registry, secrets=assumed_mounts(spec), meta=meta)
+    return pipeline.compile(path)
+
+
+def queued_steps(path: Path) -> dict[str, str]:
+    """Step -> Kueue queue, for the steps of a compiled job pipeline whose pods Kueue admits."""
+    from slmops_pipelines.kubeflow.pipelines import queued_steps as found
+
+    return found(path)
 
 
 def job_images(kind: str, spec: Any, *, registry: str | None = None) -> Images:
@@ -368,6 +388,7 @@ __all__ = [
     "InputError",
     "JobError",
     "JobKind",
+    "JobMeta",
     "JobOutcome",
     "JobPipeline",
     "JobRun",
@@ -394,6 +415,7 @@ __all__ = [
     "pipeline_for",
     "progress_tracker",
     "prune_cache",
+    "queued_steps",
     "read_failure",
     "read_outcome",
     "read_progress",

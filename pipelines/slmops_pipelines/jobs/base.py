@@ -68,6 +68,15 @@ def float_values(values: dict[str, Any]) -> dict[str, float]:
     }
 
 
+@dataclass(frozen=True)
+class JobMeta:
+    """The resource's own metadata, as far as its pods carry it."""
+
+    name: str
+    namespace: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
 class JobKind(ABC, Generic[SpecT]):
     """One kind of job.  A new kind is a subclass in its own module and one line in the registry.
 
@@ -157,15 +166,21 @@ class JobKind(ABC, Generic[SpecT]):
         cache_pvc: str | None = None,
         cache_max_gb: float | None = None,
         secrets: list[SecretMount] | None = None,
+        job: JobMeta | None = None,
     ) -> Placement:
-        """Where the pipeline's pods go and what they get: ``spec.resources``, then the kind's own needs."""
-        from slmops_pipelines.kubeflow.placement import Placement
+        """Where the pipeline's pods go and what they get: ``spec.resources``, then the kind's own needs.
 
+        ``job``: the resource's name, namespace and labels -- its pods' cost labels and Kueue's.
+        """
+        from slmops_pipelines.kubeflow.placement import Placement, job_pod_labels
+
+        labels = job_pod_labels(self.name, job.name, job.namespace, job.labels) if job else {}
         return Placement.for_resources(
             spec.resources,  # type: ignore[attr-defined]
             secrets=list(secrets or []),
             cache_pvc=cache_pvc,
             cache_max_gb=cache_max_gb,
+            **labels,
             **self.pod_settings(spec),
             **self.placement_settings(spec),
         )

@@ -298,3 +298,20 @@ def compile_all(out_dir: Path = COMPILED_DIR, *, images: Images | None = None) -
         compile_pipeline(factory(images=images), out_dir / f"{name}.yaml")
         for name, factory in PIPELINES.items()
     ]
+
+
+def queued_steps(path: Path) -> dict[str, str]:
+    """Step -> Kueue queue, for the steps of a compiled pipeline whose pods carry a queue label."""
+    import yaml
+
+    from slmops_pipelines.kubeflow.placement import QUEUE_LABEL
+
+    documents = list(yaml.safe_load_all(path.read_text()))
+    if len(documents) < 2:  # no platform spec: nothing Kubernetes-specific
+        return {}
+    executors = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    return {
+        name.removeprefix("exec-"): labels[QUEUE_LABEL]
+        for name, config in sorted(executors.items())
+        if QUEUE_LABEL in (labels := (config.get("podMetadata") or {}).get("labels") or {})
+    }

@@ -9,6 +9,10 @@ What goes where, and why:
 * training and fine-tune evaluation get the GPUs, the CPU/memory requests, the node
   selector and the tolerations (GPU pools are usually tainted);
 * optimize targets get a GPU only when a target's provider needs one (CUDA, TensorRT);
+* every pod that asks for a GPU carries the job's Kueue labels (queue name, priority class),
+  so that Kueue's pod integration holds single-node jobs to the queue's quota too; the CPU
+  steps only with ``resources.queueCpuSteps``; every pod carries the job's name, kind and
+  namespace as labels, for cost tools;
 * every pod gets the job's Secrets (:class:`SecretMount`: exactly the keys the operator saw
   in them, never ``optional``, so a Secret that goes missing stops the pod instead of
   silently running without credentials) and, when configured, the model cache volume, so
@@ -17,17 +21,46 @@ What goes where, and why:
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slmops_pipelines.specs.common import ResourcesSpec
+from slmops_pipelines.specs.resources import ResourcesSpec
 from slmops_pipelines.uris import PVC_ROOT
 
 if TYPE_CHECKING:
     from kfp.dsl import PipelineTask
 
 CACHE_MOUNT = "/var/cache/slmops"
+
+# Kueue's labels, passed through from the job's own: the LocalQueue of the job's pods and
+# their WorkloadPriorityClass.  Kueue's pod integration queues every pod carrying the first.
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+KUEUE_LABELS = (QUEUE_LABEL, PRIORITY_LABEL)
+# Which job a pod works for, for cost tools (OpenCost, Kubecost) that group pods by label:
+# in standalone KFP the pods run in KFP's namespace, so the job's namespace is a label too.
+JOB_NAME_LABEL = "slmops.io/job"
+JOB_KIND_LABEL = "slmops.io/kind"
+JOB_NAMESPACE_LABEL = "slmops.io/namespace"
+
+
+def label_value(text: str) -> str:
+    """``text`` as a label value: at most 63 characters, alphanumeric at both ends."""
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", re.sub(r"[^A-Za-z0-9._-]", "-", text)[:63])
+
+
+def job_pod_labels(kind: str, name: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    """The placement settings a job's own metadata decides: its pods' cost labels and Kueue's."""
+    return {
+        "pod_labels": {
+            JOB_NAME_LABEL: label_value(name),
+            JOB_KIND_LABEL: label_value(kind.lower()),
+            JOB_NAMESPACE_LABEL: label_value(namespace),
+        },
+        "queue_labels": {key: labels[key] for key in KUEUE_LABELS if labels.get(key)},
+    }
 
 
 # What the train step of a multi-node job needs: the kubernetes client following one object.
@@ -85,6 +118,17 @@ class Placement(BaseModel):
     )
     trial_parallelism: int = Field(default=2, ge=1, description="Search trials trained at once.")
     caching: bool = Field(default=True, description="Reuse the outputs of steps whose inputs did not change.")
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels of every pod: the job it works for (cost tools group by them).",
+    )
+    queue_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Kueue's labels (queue name, priority class) for every pod that asks for a GPU.",
+    )
+    queue_cpu_steps: bool = Field(
+        default=False, description="The pods that ask for no GPU go through the queue too."
+    )
     train_retries: int = Field(
         default=2,
         ge=0,
@@ -110,6 +154,8 @@ class Placement(BaseModel):
                 "node_affinity": None,
                 "image_pull_secrets": [],
                 "claims": [],
+                "pod_labels": {},
+                "queue_labels": {},
                 "train_retries": 0,  # here a failure is the test's or the user's to see at once
             }
         )
@@ -142,6 +188,7 @@ class Placement(BaseModel):
             "cache_pvc": cache_pvc,
             "cache_max_gb": cache_max_gb,
             "multi_node": resources.nodes > 1,
+            "queue_cpu_steps": resources.queue_cpu_steps,
         }
         return cls(**{**placed, **overrides})
 
@@ -167,7 +214,18 @@ class Placement(BaseModel):
         if self.cache_max_gb:
             task.set_env_variable("SLMOPS_CACHE_MAX_GB", f"{self.cache_max_gb:g}")
         task.set_caching_options(enable_caching=self.caching)
+        for key, value in sorted(self.pod_labels.items()):
+            kubernetes.add_pod_label(task, label_key=key, label_value=value)
+        if self.queue_cpu_steps:  # every pod, whatever it asks for
+            self._queue(task)
         return task
+
+    def _queue(self, task: PipelineTask) -> None:
+        """Kueue's pod integration admits the pod against the queue's quota (once per pod)."""
+        from kfp import kubernetes
+
+        for key, value in sorted(self.queue_labels.items()):
+            kubernetes.add_pod_label(task, label_key=key, label_value=value)
 
     def compute(
         self, task: PipelineTask, *, gpus: int, requests: bool = True, name: str | None = None
@@ -178,6 +236,8 @@ class Placement(BaseModel):
         self.common(task, name=name)
         if gpus:
             task.set_accelerator_type(self.gpu_resource).set_accelerator_limit(gpus)
+            if not self.queue_cpu_steps:  # common() queued it already
+                self._queue(task)
         if requests:
             self._requests_and_limits(task)
         if self.node_affinity:

@@ -6,8 +6,6 @@ from slmops_pipelines.specs.common import (
     JobSpec,
     ModelSpec,
     OutputSpec,
-    ResourcesSpec,
-    Toleration,
 )
 from slmops_pipelines.specs.finetune import (
     EarlyStoppingSpec,
@@ -23,6 +21,7 @@ from slmops_pipelines.specs.optimize import (
     OptimizeSource,
     OptimizeTarget,
 )
+from slmops_pipelines.specs.resources import ResourcesSpec, Toleration
 
 __all__ = [
     "DatasetSpec",

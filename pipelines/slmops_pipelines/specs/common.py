@@ -1,18 +1,20 @@
-"""Spec parts shared by FineTuneJob and OptimizeJob: model, dataset, output and resources."""
+"""Spec parts shared by FineTuneJob and OptimizeJob: model, dataset, output (resources: :mod:`.resources`)."""
 
 from __future__ import annotations
 
 import re
 import string
 from pathlib import PurePath
-from typing import Annotated, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import Field, field_validator, model_validator
 
-from slmops_pipelines.specs.affinity import Affinity
 from slmops_pipelines.specs.base import SpecModel, cel_rules, has_true
 from slmops_pipelines.specs.locations import LocationKind, secret_conflicts
 from slmops_pipelines.uris import UriError, parse_uri
+
+if TYPE_CHECKING:
+    from slmops_pipelines.specs.resources import ResourcesSpec
 
 # Bounds the runtime has: numpy/torch seeds are 32-bit; beyond these a job cannot finish anyway.
 MAX_SEED = 2**32 - 1
@@ -294,119 +296,6 @@ class OutputSpec(SpecModel):
                 "output folder, so give it a folder of its own"
             )
         return value
-
-
-class Toleration(SpecModel):
-    """A Kubernetes toleration for the job's pods."""
-
-    key: str | None = Field(default=None, description="Taint key; empty matches all keys (with Exists).")
-    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: str | None = Field(default=None, description="Taint value for Equal.")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
-        default=None, description="Taint effect to tolerate; empty matches all effects."
-    )
-    toleration_seconds: int | None = Field(default=None, ge=0, description="For NoExecute: how long to stay.")
-
-
-QUANTITY = r"^([0-9]+(\.[0-9]+)?)(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
-_QUANTITY_SCALE = {
-    "m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-    "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40,
-}  # fmt: skip
-
-
-def quantity_value(quantity: str) -> float:
-    """A Kubernetes quantity (``500m``, ``8``, ``32Gi``) as a number, to compare a limit with a request."""
-    match = re.match(QUANTITY, quantity)
-    if match is None:
-        raise ValueError(f"{quantity!r} is not a quantity")
-    return float(match.group(1)) * _QUANTITY_SCALE[match.group(3) or ""]
-
-
-class ResourcesSpec(SpecModel):
-    """Compute for the job: nodes, processes (GPUs) per node and pod resources."""
-
-    nodes: int = Field(
-        default=1, ge=1, le=1024, description="Nodes to train on (more than 1: a PyTorchJob/TrainJob)."
-    )
-    processes_per_node: int = Field(
-        default=1,
-        ge=1,
-        le=64,
-        description="Training processes per node: GPUs per node on a cluster, CPU processes (gloo) without GPUs.",
-    )
-    cpu: Annotated[str, Field(pattern=QUANTITY)] | None = Field(
-        default=None, description="CPU request, e.g. 8."
-    )
-    memory: Annotated[str, Field(pattern=QUANTITY)] | None = Field(
-        default=None, description="Memory request, e.g. 32Gi."
-    )
-    gpus_per_node: int | None = Field(
-        default=None,
-        ge=0,
-        le=64,
-        description="GPUs per node on a cluster (default: processesPerNode; 0 trains on CPU).",
-    )
-    gpu_resource: str = Field(default="nvidia.com/gpu", description="Extended resource name of a GPU.")
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, max_length=64, description="Node labels the pods must match."
-    )
-    tolerations: list[Toleration] = Field(
-        default_factory=list, max_length=64, description="Tolerations for the pods."
-    )
-    cpu_limit: Annotated[str, Field(pattern=QUANTITY)] | None = Field(
-        default=None,
-        description="CPU limit of the training (and optimize target) pods, e.g. 16; at least cpu.",
-    )
-    memory_limit: Annotated[str, Field(pattern=QUANTITY)] | None = Field(
-        default=None,
-        description="Memory limit of the training (and optimize target) pods, e.g. 64Gi; at least memory.",
-    )
-    affinity: Affinity | None = Field(
-        default=None,
-        description=(
-            "A Kubernetes Affinity (nodeAffinity, podAffinity, podAntiAffinity) for the pods that do the work: "
-            "the training nodes of a PyTorchJob/TrainJob, the train, evaluate and target steps.  On KFP's "
-            "pipeline pods only nodeAffinity applies (the platform spec has no pod affinity)."
-        ),
-    )
-    priority_class_name: str | None = Field(
-        default=None,
-        pattern=SECRET_NAME,
-        max_length=253,
-        description=(
-            "PriorityClass of the training nodes of a PyTorchJob (with Kueue, a TrainJob's priority comes from "
-            "the kueue.x-k8s.io/priority-class label, passed through from the job's labels)."
-        ),
-    )
-
-    termination_grace_period_seconds: int | None = Field(
-        default=None,
-        ge=30,
-        le=86400,
-        description=(
-            "Seconds the training nodes of a PyTorchJob get between SIGTERM (preemption, drain) and SIGKILL to "
-            "finish their step and save a complete checkpoint of it (default: what a checkpoint of the job's "
-            "method needs, 180 for adapters, 900 for full fine-tuning; docs/operations.md says how to size it)."
-        ),
-    )
-
-    @model_validator(mode="after")
-    def _limits_cover_requests(self) -> ResourcesSpec:
-        for name, request, limit in (
-            ("cpu", self.cpu, self.cpu_limit),
-            ("memory", self.memory, self.memory_limit),
-        ):
-            if request and limit and quantity_value(limit) < quantity_value(request):
-                raise ValueError(
-                    f"{name}Limit {limit} is below the {name} request {request}: Kubernetes refuses such pods"
-                )
-        return self
-
-    @property
-    def gpus(self) -> int:
-        """GPUs each training pod asks for."""
-        return self.processes_per_node if self.gpus_per_node is None else self.gpus_per_node
 
 
 class LocalObjectReference(SpecModel):

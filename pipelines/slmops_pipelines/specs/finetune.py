@@ -15,8 +15,8 @@ from slmops_pipelines.specs.common import (
     JobSpecBase,
     ModelSpec,
     OutputSpec,
-    ResourcesSpec,
 )
+from slmops_pipelines.specs.resources import ResourcesSpec
 from slmops_pipelines.specs.search import SearchSpec
 
 Method = Literal["lora", "qlora", "dora", "full"]

@@ -20,10 +20,10 @@ from slmops_pipelines.specs.common import (
     JobSpecBase,
     ModelSpec,
     OutputSpec,
-    ResourcesSpec,
     check_uri,
 )
 from slmops_pipelines.specs.locations import LocationKind
+from slmops_pipelines.specs.resources import ResourcesSpec
 from slmops_pipelines.specs.serve import SERVED_PROVIDER, ServeSpec
 
 Provider = Literal[

@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import Field
 
 from slmops_pipelines.specs.base import SpecModel
-from slmops_pipelines.specs.common import QUANTITY
+from slmops_pipelines.specs.resources import QUANTITY
 
 # KServe names Services and Deployments after an InferenceService: a DNS-1035 label, with
 # room for the suffixes it adds (``-predictor``, ``-default``).

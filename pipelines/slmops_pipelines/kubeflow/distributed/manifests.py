@@ -31,13 +31,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from slmops_pipelines.kubeflow.placement import CACHE_MOUNT, SecretMount
+from slmops_pipelines.kubeflow.placement import (
+    CACHE_MOUNT,
+    JOB_NAME_LABEL,
+    JOB_NAMESPACE_LABEL,
+    KUEUE_LABELS,
+    SecretMount,
+    label_value,
+)
 from slmops_pipelines.specs import FineTuneJobSpec
 from slmops_pipelines.specs.locations import spec_claims
 from slmops_pipelines.uris import PVC_ROOT
 
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 JOB_LABEL = "slmops.io/finetunejob"
 UID_LABEL = "slmops.io/job-uid"
 ENGINES = {
@@ -69,6 +74,7 @@ class Workload:
     labels: dict[str, str] = field(default_factory=dict)
     runtime: str = "torch-distributed"  # TrainJob: the ClusterTrainingRuntime
     secrets: list[dict[str, Any]] = field(default_factory=list)  # the run's mounts, by name
+    job_namespace: str = ""  # the FineTuneJob's (the workload may run in KFP's namespace)
 
 
 def workload_name(job_name: str, key: str) -> str:
@@ -83,11 +89,13 @@ def _labels(w: Workload) -> dict[str, str]:
     labels = {
         "app.kubernetes.io/managed-by": "slmops",
         "app.kubernetes.io/component": "trainer",
-        JOB_LABEL: w.job_name[:63],
+        JOB_LABEL: label_value(w.job_name),
+        JOB_NAME_LABEL: label_value(w.job_name),  # what every pod of a job carries, for cost tools
+        JOB_NAMESPACE_LABEL: label_value(w.job_namespace or w.namespace),
     }
     if w.job_uid:
         labels[UID_LABEL] = w.job_uid
-    for passed in (QUEUE_LABEL, PRIORITY_LABEL):  # Kueue admits and orders the workload itself
+    for passed in KUEUE_LABELS:  # Kueue admits and orders the workload itself
         if passed in w.labels:
             labels[passed] = w.labels[passed]
     return labels

@@ -103,6 +103,7 @@ def train_on_cluster(
         staging_uri=staging.uri,
         output_uri=store.uri,
         labels=ctx.labels,
+        job_namespace=ctx.namespace,
         runtime=ctx.trainjob_runtime,
         secrets=list(ctx.secrets),
     )
