@@ -48,10 +48,8 @@ def test_output_is_complete_and_described_by_the_manifest(finished):
     assert not (out / "checkpoints").exists()  # resume state is dropped once the job is done
     manifest = json.loads((out / "manifest.json").read_text())
     listed = {entry["path"]: entry for entry in manifest["files"]}
-    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {
-        "manifest.json",
-        ".slmops/job.json",
-    }
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
+    on_disk = {rel for rel in on_disk if not rel.startswith(".slmops/")}  # the job's own records
     assert set(listed) == on_disk
     for rel, entry in listed.items():
         assert entry["sha256"] == sha256(out / rel) and entry["size"] == (out / rel).stat().st_size
@@ -74,6 +72,13 @@ def test_metrics_and_report(finished):
     assert metrics["data"]["train"]["rows"] == 64
     html = (out / "report.html").read_text()
     assert 'data-series="train loss"' in html and "accuracy, fine-tuned" in html
+    # What it cost, per stage: no GPU here, so no GPU-seconds; CPU time includes the trainers'.
+    usage = metrics["usage"]
+    assert set(usage["stages"]) == {"data", "train", "evaluate"}
+    assert usage["gpu_seconds"] == 0 and all(s["gpus"] == 0 for s in usage["stages"].values())
+    assert usage["stages"]["train"]["cpu_s"] >= 0.5 * metrics["train"]["train_runtime_s"]
+    assert usage["wall_seconds"] == pytest.approx(sum(s["wall_s"] for s in usage["stages"].values()), abs=0.5)
+    assert 'id="usage"' in html and "GPU-seconds" in html
 
 
 def test_merged_model_matches_base_plus_adapter(finished, tiny_model):

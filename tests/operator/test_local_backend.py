@@ -93,6 +93,8 @@ async def _finetune_then_optimize(kube, tiny_model: Path, s3_env, s3_bucket) -> 
     assert condition(obj, "Failed")["status"] == "False"
     assert status["startTime"] <= status["completionTime"]
     assert {"trainLoss", "accuracy", "tokensPerSecond"} <= status["metrics"].keys()
+    assert {"data", "train", "evaluate"} <= status["usage"]["stages"].keys()
+    assert status["usage"]["gpuSeconds"] == 0 and status["usage"]["cpuSeconds"] > 0
     for key in ("adapter", "manifest", "report"):
         assert status["artifacts"][key].startswith(f"s3://{s3_bucket}/jobs/tone/")
     store = open_store(status["artifacts"]["output"])

@@ -84,6 +84,25 @@ class ServingStatus(SpecModel):
     )
 
 
+class StageUsageStatus(SpecModel):
+    """What one stage cost (its runs added up: retries, resumed attempts, search trials)."""
+
+    runs: int = Field(default=0, description="How many times it ran.")
+    gpus: int = Field(default=0, description="GPUs it held (the most of any run).")
+    wall_seconds: float = Field(default=0.0, description="Wall time, seconds.")
+    cpu_seconds: float = Field(default=0.0, description="CPU time of its processes, seconds.")
+    gpu_seconds: float = Field(default=0.0, description="GPUs x wall time, seconds.")
+
+
+class UsageStatus(SpecModel):
+    """What the job cost: GPU-seconds (GPUs x wall time of the steps that held them), CPU-seconds, wall time."""
+
+    gpu_seconds: float = Field(default=0.0, description="GPUs x wall time of the stages that held GPUs.")
+    cpu_seconds: float = Field(default=0.0, description="CPU time of every stage's processes.")
+    wall_seconds: float = Field(default=0.0, description="Wall time of the stages, added up.")
+    stages: dict[str, StageUsageStatus] = Field(default_factory=dict, description="Stage name to its usage.")
+
+
 class JobStatus(SpecModel):
     """Observed state of a job."""
 
@@ -109,6 +128,7 @@ class JobStatus(SpecModel):
         default=None, description="What spec.serve made (a job that may be served)."
     )
     metrics: dict[str, float] = Field(default_factory=dict, description="Summary metrics.")
+    usage: UsageStatus | None = Field(default=None, description="What the job cost, per stage.")
     message: str | None = Field(default=None, description="Latest human-readable message.")
     start_time: str | None = Field(default=None, description="RFC 3339 time the run started.")
     completion_time: str | None = Field(default=None, description="RFC 3339 time the run ended.")

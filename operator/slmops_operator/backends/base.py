@@ -98,6 +98,7 @@ class RunState:
     progress: dict[str, Any] | None = None
     artifacts: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    usage: dict[str, Any] | None = None  # status.usage: what the run cost, per stage
     # A run that succeeded but whose results could not be read (a bucket the operator may not
     # read, say): the reconciler retries, then fails the job with this message.
     outputs_error: str | None = None

@@ -193,6 +193,7 @@ class LocalBackend:
                 progress=state.get("progress"),
                 artifacts=state.get("artifacts") or {},
                 metrics=state.get("metrics") or {},
+                usage=state.get("usage"),
             )
         if not _alive(state.get("pid"), run_id):
             return await self._worker_lost(request, state)

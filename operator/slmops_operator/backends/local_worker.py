@@ -118,6 +118,7 @@ def run(request: dict[str, Any], state_path: Path) -> int:
             "message": "already complete" if outcome.already_complete else "done",
             "artifacts": {"output": outcome.output_uri, **outcome.artifacts},
             "metrics": kind.summary_metrics(outcome.metrics),
+            "usage": jobs.usage_status(outcome.metrics),
             "progress": {**reporter.progress, "stage": "done", "percent": 100},
         },
     )

@@ -137,6 +137,8 @@ def mirror(reconciler: Reconciler, request: JobRequest, run: RunRef, state: RunS
     elif state.phase == "Succeeded":
         reconciler.output_failures.pop(request.uid, None)
         extra.update(artifacts=state.artifacts, metrics=state.metrics)
+        if state.usage:
+            extra["usage"] = state.usage
         extra.update(jobs.KINDS[request.kind].status_details(request.spec, state.artifacts))
         job.go(
             "Succeeded", reason="RunSucceeded", message=state.message or "done", extra=extra, backend_ok=True

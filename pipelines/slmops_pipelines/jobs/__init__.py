@@ -212,6 +212,29 @@ def summary_metrics(kind: str, metrics_doc: dict[str, Any]) -> dict[str, float]:
     return job_kind(kind).summary_metrics(metrics_doc)
 
 
+def usage_status(metrics_doc: dict[str, Any]) -> dict[str, Any] | None:
+    """``status.usage`` (camelCase) from ``metrics.json``'s ``usage``; None where it was not measured."""
+    usage = metrics_doc.get("usage") or {}
+    if not usage.get("stages"):
+        return None
+
+    def row(stage: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "runs": stage["runs"],
+            "gpus": stage["gpus"],
+            "wallSeconds": stage["wall_s"],
+            "cpuSeconds": stage["cpu_s"],
+            "gpuSeconds": stage["gpu_s"],
+        }
+
+    return {
+        "gpuSeconds": usage["gpu_seconds"],
+        "cpuSeconds": usage["cpu_seconds"],
+        "wallSeconds": usage["wall_seconds"],
+        "stages": {name: row(stage) for name, stage in usage["stages"].items()},
+    }
+
+
 def read_failure(output_uri: str, *, credentials: S3Credentials | None = None) -> JobError | None:
     """The error a failing step recorded in the output location (with its spec field), if any."""
     from slmops_pipelines.stages.outputs import recorded_error
@@ -430,5 +453,6 @@ __all__ = [
     "spec_locations",
     "spec_remote_code",
     "summary_metrics",
+    "usage_status",
     "without_ambient_credentials",
 ]

@@ -21,6 +21,7 @@ from slmops_pipelines.quiet import quiet_libraries
 from slmops_pipelines.specs import FineTuneJobSpec
 from slmops_pipelines.stages import finetune as stages
 from slmops_pipelines.stages.outputs import JobOutcome, JobRun, work_dir
+from slmops_pipelines.stages.usage import metered
 
 
 @input_cache.one_run()  # an input replaced while the job runs fails it; never two versions
@@ -43,23 +44,26 @@ def run_finetune(run: JobRun, *, reporter: Reporter | None = None) -> JobOutcome
         )
     work = work_dir(store)
     remote = store.local_root() is None
-    model_path, data_dir, stats = _prepare(spec, work=work, reporter=reporter)
-    search, evaluated_spec = _train(
-        spec,
-        model_path=model_path,
-        data_dir=data_dir,
-        work=work,
-        checkpoints=store if remote else None,
-        reporter=reporter,
-    )
+    with metered(store, "data"):  # the output is claimed: its usage records are this job's
+        model_path, data_dir, stats = _prepare(spec, work=work, reporter=reporter)
+    with metered(store, "train"):
+        search, evaluated_spec = _train(
+            spec,
+            model_path=model_path,
+            data_dir=data_dir,
+            work=work,
+            checkpoints=store if remote else None,
+            reporter=reporter,
+        )
     reporter.stage("evaluate", "generating answers for the eval split")
-    evaluation = stages.evaluate(
-        evaluated_spec,
-        model_path=model_path,
-        train_dir=work,
-        data_dir=data_dir,
-        merged_dir=work / "merged" if spec.output.merged_model else None,
-    )
+    with metered(store, "evaluate"):
+        evaluation = stages.evaluate(
+            evaluated_spec,
+            model_path=model_path,
+            train_dir=work,
+            data_dir=data_dir,
+            merged_dir=work / "merged" if spec.output.merged_model else None,
+        )
     reporter.stage("report", "metrics, loss curve and report")
     metrics = stages.write_report(
         run,

@@ -20,6 +20,7 @@ from slmops_pipelines.stages import optimize as stages
 from slmops_pipelines.stages.optimize import GateError, JobLocator
 from slmops_pipelines.stages.outputs import JobOutcome, JobRun, open_output, work_dir
 from slmops_pipelines.stages.preflight import check_optimize, raise_findings
+from slmops_pipelines.stages.usage import metered
 from slmops_pipelines.steps import publish
 
 PREPARED = "prepared"
@@ -44,13 +45,20 @@ def run_optimize(run: JobRun, *, locate_job: JobLocator, reporter: Reporter | No
     work = work_dir(store)
     prepared = work / PREPARED
 
-    stages.prepare_source(spec, locate_job=locate_job, prepared_dir=prepared, say=reporter.stage)
-    results = [
-        stages.build_target(
-            spec, target_name=name_, prepared_dir=prepared, targets_dir=work / "targets", say=reporter.stage
-        )
-        for name_ in stages.target_names(spec)
-    ]
+    with metered(store, "prepare"):  # the output is claimed: its usage records are this job's
+        stages.prepare_source(spec, locate_job=locate_job, prepared_dir=prepared, say=reporter.stage)
+    results = []
+    for name_ in stages.target_names(spec):
+        with metered(store, "target"):
+            results.append(
+                stages.build_target(
+                    spec,
+                    target_name=name_,
+                    prepared_dir=prepared,
+                    targets_dir=work / "targets",
+                    say=reporter.stage,
+                )
+            )
 
     reporter.stage("report", "metrics, comparison and report")
     wall = time.time() - started

@@ -29,6 +29,7 @@ from typing import Any
 from slmops_pipelines.errors import InputError
 from slmops_pipelines.models import cache_root, input_cache, resolve_model
 from slmops_pipelines.specs import FineTuneJobSpec
+from slmops_pipelines.stages import usage
 from slmops_pipelines.stages.outputs import JobRun, open_output
 from slmops_pipelines.steps import publish
 from slmops_pipelines.steps.train.checkpoints import CHECKPOINTS, restore_checkpoint, sync_checkpoint
@@ -163,7 +164,10 @@ def train(
             sync_checkpoint(checkpoint_store, work, int(event["step"]))
 
     request = TrainRequest(spec=spec, model_path=model_path, data_dir=data_dir, work_dir=work)
-    return run_training(request, on_event=handle)
+    result = run_training(request, on_event=handle)
+    if result is not None:
+        usage.hold_gpus(result.gpus)
+    return result
 
 
 def read_train_result(work: Path):
@@ -231,6 +235,7 @@ def write_report(
         "evaluation": evaluation,
         "log_history": result.log_history,
         "wall_time_s": round(wall_time_s, 1),
+        "usage": usage.of_output(run.output_uri),
         **({"search": search} if search else {}),
     }
     out_dir.mkdir(parents=True, exist_ok=True)

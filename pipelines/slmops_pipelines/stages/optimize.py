@@ -33,6 +33,7 @@ from slmops_pipelines.models import cache_root, input_cache, resolve_model
 from slmops_pipelines.models.load import load_causal_lm
 from slmops_pipelines.specs import DatasetSpec, ModelSpec, OptimizeJobSpec
 from slmops_pipelines.specs.optimize import OptimizeTarget
+from slmops_pipelines.stages import usage
 from slmops_pipelines.stages.optimize_adapters import (
     QUALITY_GATES,
     EvaluationData,
@@ -425,6 +426,7 @@ def write_report(
         "targets": {key: {k: v for k, v in value.items() if k != "name"} for key, value in ordered.items()},
         "gates": [gate for result in ordered.values() for gate in result["gates"]],
         "wall_time_s": round(wall_time_s, 1),
+        "usage": usage.of_output(run.output_uri),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics_doc, indent=2))

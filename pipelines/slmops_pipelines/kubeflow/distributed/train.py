@@ -20,6 +20,7 @@ from slmops_pipelines.kubeflow.distributed import launcher
 from slmops_pipelines.kubeflow.distributed.manifests import Workload, build, workload_name
 from slmops_pipelines.kubeflow.images import Images
 from slmops_pipelines.specs import FineTuneJobSpec
+from slmops_pipelines.stages import usage
 from slmops_pipelines.stages.outputs import spec_hash
 from slmops_pipelines.steps.train import node
 from slmops_pipelines.storage import ArtifactStore, open_store
@@ -133,6 +134,7 @@ def train_on_cluster(
             f"{client.kind} {workload.name} succeeded without a complete result at {staging.uri}/{node.RESULT}",
             reason="TrainingFailed",
         )
+    usage.hold_gpus(spec.resources.nodes * spec.resources.gpus)  # the nodes', for as long as this step ran
     staging.download_dir(node.RESULT, work)
     (work / "COMPLETE").unlink(missing_ok=True)
     staging.delete_prefix("")

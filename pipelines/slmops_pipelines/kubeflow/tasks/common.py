@@ -116,6 +116,25 @@ def reports_errors(func):
     return wrapper
 
 
+def metered_task(stage: str) -> Callable[[F], F]:
+    """The task's wall time, CPU time and GPUs go to the output's usage records as ``stage``
+    (:mod:`slmops_pipelines.stages.usage`), whether it succeeds or fails.  Only for tasks that
+    run after the first step claimed the output: a record never lands in another job's."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(**kwargs: Any) -> Any:
+            from slmops_pipelines.stages.usage import metered
+            from slmops_pipelines.storage import open_store
+
+            with metered(open_store(kwargs["output_uri"], field="output.uri"), stage):
+                return func(**kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
 def pinned_inputs(*, first_step: bool = False) -> Callable[[F], F]:
     """The task reads each remote input as the run's earlier steps did, in whatever pod it runs.
 
@@ -158,6 +177,7 @@ __all__ = [
     "copy_into",
     "log_metrics",
     "markdown_links",
+    "metered_task",
     "paths",
     "pinned_inputs",
     "print_event",

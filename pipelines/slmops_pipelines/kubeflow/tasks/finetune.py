@@ -25,6 +25,7 @@ from slmops_pipelines.kubeflow.tasks.common import (
     copy_into,
     log_metrics,
     markdown_links,
+    metered_task,
     pinned_inputs,
     print_event,
     reports_errors,
@@ -88,6 +89,7 @@ def inspect_finetune(
     return fingerprint, started, views["data"], views["train"], views["evaluate"], input_cache.pins()
 
 
+@metered_task("data")
 @reports_errors
 @pinned_inputs()
 def prepare_data(
@@ -120,6 +122,7 @@ def prepare_data(
     )
 
 
+@metered_task("train")
 @reports_errors
 @pinned_inputs()
 def train(
@@ -172,6 +175,7 @@ def train(
     )
 
 
+@metered_task("evaluate")
 @reports_errors
 @pinned_inputs()
 def evaluate_finetune(
@@ -204,6 +208,7 @@ def evaluate_finetune(
             log_metrics(eval_metrics, {"base_accuracy": scores["base"]["accuracy"]})
 
 
+@metered_task("publish")
 @reports_errors
 @pinned_inputs()
 def publish_finetune(

@@ -19,7 +19,13 @@ from slmops_pipelines.errors import InputError
 from slmops_pipelines.kubeflow import settings
 from slmops_pipelines.kubeflow.settings import check_settings
 from slmops_pipelines.kubeflow.tasks import common
-from slmops_pipelines.kubeflow.tasks.common import JobContext, MetricsArtifact, pinned_inputs, reports_errors
+from slmops_pipelines.kubeflow.tasks.common import (
+    JobContext,
+    MetricsArtifact,
+    metered_task,
+    pinned_inputs,
+    reports_errors,
+)
 from slmops_pipelines.models.resolve import model_digest
 from slmops_pipelines.specs import OptimizeJobSpec
 from slmops_pipelines.stages.optimize_source import adapter_refs, source_locator
@@ -91,6 +97,7 @@ def plan_targets(*, spec: dict, family: str = "") -> list[dict]:
     return [v for v, t in zip(views, parsed.targets, strict=True) if family in ("", image_family(t.provider))]
 
 
+@metered_task("prepare")
 @reports_errors
 @pinned_inputs()
 def prepare_source(
@@ -139,6 +146,7 @@ def _adapter_scalars(by_adapter: dict[str, Any], prefix: str = "") -> dict[str, 
     return scalars
 
 
+@metered_task("target")
 @reports_errors
 @pinned_inputs()
 def build_target(
@@ -175,6 +183,7 @@ def build_target(
     common.log_metrics(target_metrics, {"decode_speedup": result["vsFinetuned"].get("decode_speedup")})
 
 
+@metered_task("publish")
 @reports_errors
 @pinned_inputs()
 def publish_optimize(

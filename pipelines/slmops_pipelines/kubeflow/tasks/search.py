@@ -16,6 +16,7 @@ from slmops_pipelines.errors import JobError
 from slmops_pipelines.kubeflow.tasks.common import (
     MetricsArtifact,
     log_metrics,
+    metered_task,
     pinned_inputs,
     print_event,
     reports_errors,
@@ -33,6 +34,7 @@ def plan_trials(*, spec: dict) -> list[dict]:
     return [{"trial": n, "params": params} for n, params in enumerate(planned_trials(search_of(parsed)))]
 
 
+@metered_task("train")
 @reports_errors
 @pinned_inputs()
 def train_trial(
@@ -83,6 +85,7 @@ def train_trial(
     log_metrics(trial_metrics, {search.metric: result["value"], "trial": number})
 
 
+@metered_task("select")
 @reports_errors
 def pick_best(*, spec: dict, output_uri: str, trials: list[str], best: str, search: str) -> dict:
     """The leaderboard from every trial; the best trial's results as the model; return its spec."""

@@ -94,6 +94,7 @@ def write_report(
             _leaderboard(metrics, search_plot),
             kit.section("Training", kit.kv_table(summary_rows(metrics), columns=2), anchor="training"),
             _data_section(metrics.get("data") or {}),
+            kit.usage_section(metrics.get("usage")),
         ]
     )
     footer = f"slmops · {train.get('tokens_seen', 0):,} tokens seen · all figures in metrics.json"

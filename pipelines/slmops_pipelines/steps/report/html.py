@@ -329,3 +329,34 @@ def _tick(value: float) -> str:
 
 def _clip(text: str, size: int) -> str:
     return text if len(text) <= size else text[: size - 1] + "…"
+
+
+def usage_section(usage: dict[str, Any] | None) -> str:
+    """What the job cost, stage by stage (metrics.json ``usage``); nothing when it was not measured."""
+    if not usage or not usage.get("stages"):
+        return ""
+    rows = [
+        [
+            esc(name),
+            str(row["runs"]),
+            str(row["gpus"]),
+            duration(row["wall_s"]),
+            number(row["cpu_s"]),
+            number(row["gpu_s"]),
+        ]
+        for name, row in usage["stages"].items()
+    ]
+    rows.append(
+        [
+            "<b>total</b>",
+            "",
+            "",
+            duration(usage["wall_seconds"]),
+            number(usage["cpu_seconds"]),
+            number(usage["gpu_seconds"]),
+        ]
+    )
+    header = ["stage", "runs", "GPUs", "wall time", "CPU-seconds", "GPU-seconds"]
+    return section(
+        "Usage", table(header, rows, numeric=[False, True, True, True, True, True]), anchor="usage"
+    )

@@ -116,6 +116,7 @@ def write_optimize_report(doc: dict[str, Any], out_dir: Path, *, title: str) -> 
             kit.section("Comparison", comparison_table(doc) + _conditions(rows), anchor="comparison"),
             kit.section("Speed, accuracy and size", _charts(doc), anchor="charts"),
             kit.section("Gates", _gates_table(doc.get("gates", [])), anchor="gates"),
+            kit.usage_section(doc.get("usage")),
         ]
     )
     footer = "slmops · all figures in metrics.json"

@@ -46,20 +46,26 @@ def request_stop(path: Path, why: str) -> None:
 def sigterm_requests_stop(path: Path) -> Iterator[None]:
     """While training runs, SIGTERM to this (parent) process becomes a stop request.
 
-    Only the main thread may install signal handlers; elsewhere SIGTERM keeps its meaning.
+    A handler the process had already (the operator's local worker cancels its job on
+    SIGTERM) runs after the request: it stops the wait, and the trainers, which got the stop
+    request, still save their step before torchrun's grace runs out.  Only the main thread
+    may install signal handlers; elsewhere SIGTERM keeps its meaning.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    before = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: Any) -> None:
         request_stop(path, "SIGTERM")
+        if callable(before):
+            before(signum, frame)
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, before)
 
 
 def preempted_error(path: Path):

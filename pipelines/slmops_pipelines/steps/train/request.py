@@ -46,6 +46,7 @@ class TrainResult(BaseModel):
     global_step: int
     total_steps: int
     world_size: int
+    gpus: int = 0  # GPUs the run trained on, all nodes together (one per process on GPUs)
     resumed_from_step: int | None = None
     stopped_early: bool = False
     train_loss: float | None = None

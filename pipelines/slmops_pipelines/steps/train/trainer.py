@@ -258,6 +258,7 @@ def _result(
         global_step=state.global_step,
         total_steps=state.max_steps,
         world_size=trainer.args.world_size,
+        gpus=trainer.args.world_size if trainer.args.device.type == "cuda" else 0,
         resumed_from_step=resumed_from,
         stopped_early=state.global_step < state.max_steps,
         train_loss=_finite(output.training_loss),
