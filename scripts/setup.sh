@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-EXTRAS=${EXTRAS:-train,optimize,serve,dev}
+EXTRAS=${EXTRAS:-train,optimize,serve,tracking,dev}
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV"
@@ -43,10 +43,23 @@ install_chromium() {
   fi
 }
 
+# MLflow's server (tests/tracking starts it): a venv of its own, since its pins (pyarrow) are not
+# ours; the jobs themselves use its client, mlflow-skinny (the tracking extra).
+install_mlflow_server() {
+  local server="$VENV/mlflow-server"
+  [ -x "$server/bin/mlflow" ] && "$server/bin/mlflow" --version 2>/dev/null | grep -q "$MLFLOW_VERSION" && return 0
+  echo "setup: installing mlflow $MLFLOW_VERSION (the tracking server the tests start) into $server"
+  "$PYTHON" -m venv "$server"
+  "$server/bin/python" -m pip install --quiet "mlflow==$MLFLOW_VERSION" 2>&1 | grep -v "^WARNING: Location" || true
+  "$server/bin/mlflow" --version >/dev/null  # fail loudly if the install did not take
+}
+MLFLOW_VERSION=$(sed -n 's/^mlflow-skinny==//p' constraints.txt)  # the server matches its client
+
 case ",$EXTRAS," in
   *,dev,*)
     VENV="$VENV" scripts/fetch_helm.sh  # helm lint/template in the test suite
     install_chromium
+    install_mlflow_server
     ;;
 esac
 echo "$want" > "$stamp"

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -126,3 +132,67 @@ def genai_target(tmp_path_factory) -> Path:
     )
     export_target(target, tiny_model, root / "targets", cache_dir=root / "builder", adapters=adapters)
     return root / "targets" / "tiny"
+
+
+# -- a real MLflow tracking server (mlflow server, SQLite, local artifact root) ----------------
+# MLflow's server lives in a venv of its own (.venv/mlflow-server, made by scripts/setup.sh): its pins
+# (pyarrow) differ from ours, while the jobs use mlflow-skinny, its client.
+
+MLFLOW_SERVER = Path(sys.prefix) / "mlflow-server" / "bin" / "mlflow"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> Iterator[str]:
+    """The URL of a running ``mlflow server``; stopped at the end of the session."""
+    assert MLFLOW_SERVER.exists(), (
+        f"{MLFLOW_SERVER} is missing: run scripts/setup.sh (the dev extras make it)"
+    )
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen(
+        [
+            str(MLFLOW_SERVER),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise AssertionError(
+                    f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -12,6 +12,8 @@ purpose      spec field                   variables (Secret key ``K``)
 output       output.credentialsSecret     ``K`` (the AWS SDK's own: ``AWS_ACCESS_KEY_ID``...)
 model        model.accessSecret           ``SLMOPS_MODEL_K``
 dataset      dataset.accessSecret         ``SLMOPS_DATASET_K``
+tracking     tracking.mlflow.             ``K`` (MLflow's own: ``MLFLOW_TRACKING_USERNAME``...)
+             credentialsSecret
 ===========  ===========================  ============================================
 
 On a cluster the operator reads each Secret in the job's namespace (a missing one fails the
@@ -35,6 +37,8 @@ S3_KEYS = (
     "AWS_REGION",
 )
 HF_KEYS = ("HF_TOKEN",)
+# MLflow's client reads these itself (basic auth, or a bearer token).
+MLFLOW_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 # What the local backend never hands its workers from its own environment: every cloud's and
 # the Hub's credentials, and the operator's own way into the cluster.
 AMBIENT_CREDENTIALS = (
@@ -48,6 +52,7 @@ AMBIENT_CREDENTIALS = (
     "GOOGLE_APPLICATION_CREDENTIALS",
     "AZURE_",
     "SLMOPS_KFP_TOKEN_PATH",
+    "MLFLOW_TRACKING_",
 )
 
 
@@ -62,6 +67,7 @@ PURPOSES = {
     "output": Purpose("output", "", S3_KEYS),
     "model": Purpose("model", "SLMOPS_MODEL_", S3_KEYS + HF_KEYS),
     "dataset": Purpose("dataset", "SLMOPS_DATASET_", S3_KEYS + HF_KEYS),
+    "tracking": Purpose("tracking", "", MLFLOW_KEYS),
 }
 
 
@@ -89,12 +95,20 @@ def secret_refs(spec: Any) -> list[SecretRef]:
     for loc in spec_locations(spec):
         if loc.secret and not any(r.purpose == loc.purpose and r.name == loc.secret for r in refs):
             refs.append(SecretRef(loc.purpose, loc.secret_field, loc.secret))
-    return sorted(refs, key=lambda ref: list(PURPOSES).index(ref.purpose))  # output, model, dataset
+    mlflow = spec.tracking.mlflow if getattr(spec, "tracking", None) else None
+    if mlflow is not None and mlflow.credentials_secret:  # a server, not a location: no URI rules apply
+        refs.append(SecretRef("tracking", "tracking.mlflow.credentialsSecret", mlflow.credentials_secret))
+    return sorted(refs, key=lambda ref: list(PURPOSES).index(ref.purpose))  # output, model, dataset, tracking
 
 
 def required_keys(spec: Any, ref: SecretRef) -> tuple[str, ...]:
     """The keys a named Secret must hold for what it reads: an HF token, an S3 key pair, or both."""
     from slmops_pipelines.specs.locations import spec_locations
+
+    if (
+        ref.purpose == "tracking"
+    ):  # MLflow's basic auth (a token works too; the operator mounts what is there)
+        return MLFLOW_KEYS[:2]
 
     schemes = {
         loc.uri.split("://", 1)[0]

@@ -23,7 +23,7 @@ from tests.operator.conftest import (
 )
 
 
-def optimize_manifest(name: str, ref: str) -> dict:
+def optimize_manifest(name: str, ref: str, **spec) -> dict:
     return {
         "apiVersion": "slmops.io/v1alpha1",
         "kind": "OptimizeJob",
@@ -33,6 +33,7 @@ def optimize_manifest(name: str, ref: str) -> dict:
             "targets": [{"name": "cpu-int4", "provider": "CPUExecutionProvider", "precision": "int4"}],
             "evaluation": {"maxNewTokens": 4, "maxSamples": 4, "metrics": ["accuracy", "size"]},
             "output": {"credentialsSecret": "team-s3"},  # reads its source from S3
+            **spec,
         },
     }
 
@@ -41,18 +42,25 @@ def condition(obj: dict, type_: str) -> dict:
     return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
 
 
-async def test_finetune_then_optimize(kube, tiny_model: Path, tmp_path, s3_env, s3_bucket):
+async def test_finetune_then_optimize(kube, tiny_model: Path, tmp_path, s3_env, s3_bucket, mlflow_server):
     async with running_operator(kube, local_settings(tmp_path)) as operator:
-        await _finetune_then_optimize(kube, tiny_model, s3_env, s3_bucket)
+        await _finetune_then_optimize(kube, tiny_model, s3_env, s3_bucket, mlflow_server)
     exposition = generate_latest(operator.metrics.registry).decode()
     assert 'slmops_transitions_total{kind="FineTuneJob",phase="Succeeded"} 1.0' in exposition
     assert 'slmops_jobs{kind="FineTuneJob",phase="Succeeded"} 1.0' in exposition
     assert "slmops_reconcile_seconds_count" in exposition
 
 
-async def _finetune_then_optimize(kube, tiny_model: Path, s3_env, s3_bucket) -> None:
+async def _finetune_then_optimize(kube, tiny_model: Path, s3_env, s3_bucket, mlflow_server: str) -> None:
+    # Both jobs log to MLflow with the team's Secret (the server has no auth: it ignores them).
+    await create_secret(
+        kube, "default", "team-mlflow", {"MLFLOW_TRACKING_USERNAME": "team", "MLFLOW_TRACKING_PASSWORD": "pw"}
+    )
+    tracking = {
+        "mlflow": {"trackingUri": mlflow_server, "experiment": "team", "credentialsSecret": "team-mlflow"}
+    }
     # The OptimizeJob first: it waits for the FineTuneJob it refers to.
-    await create(kube, "default", "optimizejobs", optimize_manifest("tone-opt", "tone"))
+    await create(kube, "default", "optimizejobs", optimize_manifest("tone-opt", "tone", tracking=tracking))
     await wait_until(
         lambda: (
             (current(kube, "default", "optimizejobs", "tone-opt") or {}).get("status", {}).get("phase")
@@ -70,6 +78,7 @@ async def _finetune_then_optimize(kube, tiny_model: Path, s3_env, s3_bucket) -> 
         tiny_model,
         output={"uri": f"s3://{s3_bucket}/jobs/tone", "credentialsSecret": "team-s3"},
         training={"maxSteps": 6},
+        tracking=tracking,
     )
     await create(kube, "default", "finetunejobs", body)
     phases, progress = [], []
@@ -121,6 +130,7 @@ async def _finetune_then_optimize(kube, tiny_model: Path, s3_env, s3_bucket) -> 
     )
     assert opt["status"]["phase"] == "Succeeded", opt["status"]
     assert opt["status"]["metrics"]["cpu-int4.sizeMb"] > 0
+    _both_runs_are_in_mlflow(mlflow_server, obj, opt)
     assert open_store(opt["status"]["artifacts"]["manifest"].rsplit("/", 1)[0]).exists(
         "targets/cpu-int4/genai_config.json"
     )
@@ -266,3 +276,23 @@ async def test_a_search_shows_its_trials_in_status(kube, tiny_model: Path, tmp_p
     trials = status["progress"]["trials"]
     assert trials["total"] == 2 and trials["done"] == 2 and trials["running"] == 0
     assert trials["bestTrial"] in (0, 1) and trials["bestValue"] > 0
+
+
+def _both_runs_are_in_mlflow(mlflow_server: str, finetune: dict, optimize: dict) -> None:
+    """The FineTuneJob's run and the OptimizeJob's, linked, read back with MLflow's own client."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    runs = {}
+    for obj in (finetune, optimize):
+        assert condition(obj, "Tracked")["status"] == "True", obj["status"]["conditions"]
+        recorded = obj["status"]["tracking"]["mlflow"]
+        assert condition(obj, "Tracked")["message"] == recorded["url"]
+        runs[obj["kind"]] = client.get_run(recorded["runId"])
+    tuned, optimized = runs["FineTuneJob"], runs["OptimizeJob"]
+    assert tuned.data.params["training.maxSteps"] == "6" and client.get_metric_history(
+        tuned.info.run_id, "loss"
+    )
+    assert optimized.data.tags["slmops.finetune_run_id"] == tuned.info.run_id
+    assert optimized.data.metrics["targets.cpu-int4.metrics.size_mb"] > 0
+    assert "targets.cpu-int4.metrics.accuracy" in optimized.data.metrics

@@ -103,6 +103,22 @@ class UsageStatus(SpecModel):
     stages: dict[str, StageUsageStatus] = Field(default_factory=dict, description="Stage name to its usage.")
 
 
+class MlflowRunStatus(SpecModel):
+    """The job's run in MLflow, or why it is not there."""
+
+    tracking_uri: str | None = Field(default=None, description="The tracking server.")
+    experiment_id: str | None = Field(default=None, description="The experiment's id.")
+    run_id: str | None = Field(default=None, description="The run's id.")
+    url: str | None = Field(default=None, description="The run's page.")
+    error: str | None = Field(default=None, description="Why it could not be logged (the job itself stands).")
+
+
+class TrackingStatus(SpecModel):
+    """Where the job's run is tracked (spec.tracking)."""
+
+    mlflow: MlflowRunStatus | None = Field(default=None, description="MLflow.")
+
+
 class JobStatus(SpecModel):
     """Observed state of a job."""
 
@@ -129,6 +145,7 @@ class JobStatus(SpecModel):
     )
     metrics: dict[str, float] = Field(default_factory=dict, description="Summary metrics.")
     usage: UsageStatus | None = Field(default=None, description="What the job cost, per stage.")
+    tracking: TrackingStatus | None = Field(default=None, description="Where the job's run is tracked.")
     message: str | None = Field(default=None, description="Latest human-readable message.")
     start_time: str | None = Field(default=None, description="RFC 3339 time the run started.")
     completion_time: str | None = Field(default=None, description="RFC 3339 time the run ended.")

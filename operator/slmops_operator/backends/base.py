@@ -99,6 +99,7 @@ class RunState:
     artifacts: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     usage: dict[str, Any] | None = None  # status.usage: what the run cost, per stage
+    tracking: dict[str, Any] | None = None  # status.tracking: where MLflow has the run, or why not
     # A run that succeeded but whose results could not be read (a bucket the operator may not
     # read, say): the reconciler retries, then fails the job with this message.
     outputs_error: str | None = None

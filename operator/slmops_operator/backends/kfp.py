@@ -367,6 +367,7 @@ class KfpBackend:
             artifacts={"output": outcome.output_uri, **outcome.artifacts},
             metrics=jobs.summary_metrics(request.kind, outcome.metrics),
             usage=jobs.usage_status(outcome.metrics),
+            tracking=jobs.tracking_status(outcome.metrics),
         )
 
     def _own_run(self, client, run_ref: RunRef, request: JobRequest):

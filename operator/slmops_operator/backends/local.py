@@ -194,6 +194,7 @@ class LocalBackend:
                 artifacts=state.get("artifacts") or {},
                 metrics=state.get("metrics") or {},
                 usage=state.get("usage"),
+                tracking=state.get("tracking"),
             )
         if not _alive(state.get("pid"), run_id):
             return await self._worker_lost(request, state)

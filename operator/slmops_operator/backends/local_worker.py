@@ -119,6 +119,7 @@ def run(request: dict[str, Any], state_path: Path) -> int:
             "artifacts": {"output": outcome.output_uri, **outcome.artifacts},
             "metrics": kind.summary_metrics(outcome.metrics),
             "usage": jobs.usage_status(outcome.metrics),
+            "tracking": jobs.tracking_status(outcome.metrics),
             "progress": {**reporter.progress, "stage": "done", "percent": 100},
         },
     )

@@ -139,10 +139,13 @@ def mirror(reconciler: Reconciler, request: JobRequest, run: RunRef, state: RunS
         extra.update(artifacts=state.artifacts, metrics=state.metrics)
         if state.usage:
             extra["usage"] = state.usage
+        if state.tracking:
+            extra["tracking"] = state.tracking
         extra.update(jobs.KINDS[request.kind].status_details(request.spec, state.artifacts))
         job.go(
             "Succeeded", reason="RunSucceeded", message=state.message or "done", extra=extra, backend_ok=True
         )
+        tracked(job, state.tracking)
     elif state.phase == "Failed":
         where = f"spec.{state.spec_field}: " if state.spec_field else ""
         message = f"{where}{state.message}"
@@ -158,6 +161,24 @@ def mirror(reconciler: Reconciler, request: JobRequest, run: RunRef, state: RunS
     else:
         message = state.message or f"{state.phase.lower()} on {run.backend}"
         job.go("Running", reason="RunRunning", message=message, extra=extra, backend_ok=True)
+
+
+def tracked(job: JobPass, tracking: dict[str, Any] | None) -> None:
+    """The ``Tracked`` condition: where MLflow has the run, or why it could not be logged there
+    (an unreachable tracking server never fails the job: this is where it says so)."""
+    mlflow = (tracking or {}).get("mlflow")
+    if not mlflow:
+        return
+    ok = not mlflow.get("error")
+    conditions = list(job.patch.status.get("conditions") or job.status.get("conditions") or [])
+    job.patch.status["conditions"] = set_condition(
+        conditions,
+        "Tracked",
+        "True" if ok else "False",
+        reason="Tracked" if ok else "TrackingUnavailable",
+        message=mlflow.get("url", "") if ok else f"{mlflow.get('trackingUri')}: {mlflow.get('error')}",
+        generation=job.generation,
+    )
 
 
 def outputs_unreadable(

@@ -212,6 +212,12 @@ def summary_metrics(kind: str, metrics_doc: dict[str, Any]) -> dict[str, float]:
     return job_kind(kind).summary_metrics(metrics_doc)
 
 
+def tracking_status(metrics_doc: dict[str, Any]) -> dict[str, Any] | None:
+    """``status.tracking`` from ``metrics.json``'s ``tracking`` (what MLflow said); None: not asked."""
+    mlflow = (metrics_doc.get("tracking") or {}).get("mlflow")
+    return {"mlflow": dict(mlflow)} if mlflow else None
+
+
 def usage_status(metrics_doc: dict[str, Any]) -> dict[str, Any] | None:
     """``status.usage`` (camelCase) from ``metrics.json``'s ``usage``; None where it was not measured."""
     usage = metrics_doc.get("usage") or {}
@@ -453,6 +459,7 @@ __all__ = [
     "spec_locations",
     "spec_remote_code",
     "summary_metrics",
+    "tracking_status",
     "usage_status",
     "without_ambient_credentials",
 ]

@@ -23,6 +23,9 @@ from slmops_pipelines.specs.locations import LocationKind
 CEL_KEY = "x-kubernetes-validations"
 
 
+SECRET_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"  # a DNS subdomain, as Kubernetes names Secrets
+
+
 def cel_rules(*rules: tuple[str, str]) -> ConfigDict:
     """A model config carrying CEL ``(rule, message)`` pairs into the model's JSON schema.
 

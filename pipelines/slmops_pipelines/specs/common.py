@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import Field, field_validator, model_validator
 
-from slmops_pipelines.specs.base import SpecModel, cel_rules, has_true
+from slmops_pipelines.specs.base import SECRET_NAME, SpecModel, cel_rules, has_true
 from slmops_pipelines.specs.locations import LocationKind, secret_conflicts
+from slmops_pipelines.specs.tracking import TrackingSpec
 from slmops_pipelines.uris import UriError, parse_uri
 
 if TYPE_CHECKING:
@@ -44,9 +45,6 @@ def is_filesystem_root(path: str | PurePath) -> bool:
 
     text = str(path)
     return text.startswith("/") and posixpath.normpath(text) in ("/", "//")
-
-
-SECRET_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"  # a DNS subdomain, as Kubernetes names Secrets
 
 
 def access_secret_field() -> Any:
@@ -338,6 +336,9 @@ class JobSpecBase(SpecModel):
     suspend: bool = Field(
         default=False,
         description="Stop the job's run (or keep it from starting); false again resumes it from its last checkpoint.",
+    )
+    tracking: TrackingSpec | None = Field(
+        default=None, description="Experiment tracking (MLflow) for the job's runs: off unless set."
     )
     ttl_seconds_after_finished: int | None = Field(
         default=None,

@@ -9,8 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from slmops_pipelines.specs.affinity import Affinity
-from slmops_pipelines.specs.base import SpecModel
-from slmops_pipelines.specs.common import SECRET_NAME
+from slmops_pipelines.specs.base import SECRET_NAME, SpecModel
 
 
 class Toleration(SpecModel):

@@ -31,6 +31,7 @@ from slmops_pipelines.models import cache_root, input_cache, resolve_model
 from slmops_pipelines.specs import FineTuneJobSpec
 from slmops_pipelines.stages import usage
 from slmops_pipelines.stages.outputs import JobRun, open_output
+from slmops_pipelines.stages.tracking import record_tracking
 from slmops_pipelines.steps import publish
 from slmops_pipelines.steps.train.checkpoints import CHECKPOINTS, restore_checkpoint, sync_checkpoint
 from slmops_pipelines.storage import ArtifactStore
@@ -247,6 +248,7 @@ def write_report(
 
         search_plot = plot_search(search, out_dir / "search.png")
     render(metrics, out_dir, title=f"{run.kind} {run.name}", search_plot=search_plot)
+    record_tracking(run, metrics, out_dir)  # MLflow, when the spec asks: never fails the job
     return metrics
 
 
