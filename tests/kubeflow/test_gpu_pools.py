@@ -182,3 +182,20 @@ def test_an_invalid_gpu_resource_is_refused_naming_the_field(tmp_path, resources
     result = CliRunner().invoke(cli, ["validate", str(job)])
     assert result.exit_code == 2, result.output
     assert "resources" in result.output and says in result.output, result.output
+
+
+def test_the_grace_period_follows_the_size_of_the_model(tiny_model):
+    from slmops_pipelines.kubeflow.distributed.manifests import MAX_GRACE_SECONDS, grace_period_seconds
+    from slmops_pipelines.models.resolve import model_bytes
+    from slmops_pipelines.specs import ModelSpec
+
+    adapter = FineTuneJob.model_validate(big_finetune()).spec
+    full = FineTuneJob.model_validate(big_finetune(method="full")).spec
+    size = model_bytes(ModelSpec(uri=str(tiny_model)))
+    assert size and size == sum(p.stat().st_size for p in tiny_model.rglob("*") if p.is_file())
+    assert grace_period_seconds(adapter, size) == DEFAULT_GRACE_SECONDS["adapter"]  # a tiny model
+    gigabytes_3_4 = int(3.4e9)  # 1.7B parameters in bf16: its full checkpoint is ~20 GB
+    assert 500 < grace_period_seconds(full, gigabytes_3_4) < 600
+    assert grace_period_seconds(adapter, gigabytes_3_4) == DEFAULT_GRACE_SECONDS["adapter"]
+    assert grace_period_seconds(full, int(140e9)) == MAX_GRACE_SECONDS
+    assert model_bytes(ModelSpec(uri="s3://no-such-bucket-here/model")) is None

@@ -80,6 +80,31 @@ def model_digest(spec: ModelSpec, *, field: str = "model.uri") -> str:
     return input_cache.listed(store, "", field=field)
 
 
+def model_bytes(spec: ModelSpec) -> int | None:
+    """The model's size as its source lists it (S3 with the model's keys, the Hub, a folder);
+    None when it cannot be told cheaply (no download is made for it)."""
+    parsed = parse_uri(spec.uri)
+    try:
+        if parsed.scheme == "s3":
+            from slmops_pipelines.models import input_cache
+            from slmops_pipelines.storage import open_store
+
+            store = open_store(spec.uri, field="model.uri", credentials=s3_credentials("model"))
+            return input_cache.list_source(store, "", field="model.uri").size
+        if parsed.scheme == "hf":
+            from huggingface_hub import HfApi
+
+            info = HfApi().model_info(
+                parsed.repo, revision=parsed.revision, files_metadata=True, token=hf_token("model")
+            )
+            return sum(s.size or 0 for s in info.siblings or []) or None
+        path = parsed.local_path.expanduser()
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        return sum(p.stat().st_size for p in files) or None
+    except Exception:  # offline, gated, not there yet: the caller falls back on a default
+        return None
+
+
 def resolve_model(spec: ModelSpec, *, field: str = "model.uri") -> Path:
     """A local folder holding the model named by ``spec.uri``."""
     parsed = parse_uri(spec.uri)

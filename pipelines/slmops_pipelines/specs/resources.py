@@ -121,8 +121,8 @@ class ResourcesSpec(SpecModel):
         le=86400,
         description=(
             "Seconds the training nodes of a PyTorchJob get between SIGTERM (preemption, drain) and SIGKILL to "
-            "finish their step and save a complete checkpoint of it (default: what a checkpoint of the job's "
-            "method needs, 180 for adapters, 900 for full fine-tuning; docs/operations.md says how to size it)."
+            "finish their step and save a complete checkpoint of it (default: what a checkpoint of the model needs, "
+            "from its size and the method, at least 180; docs/operations.md says how to size it)."
         ),
     )
 

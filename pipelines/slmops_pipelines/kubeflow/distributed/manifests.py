@@ -27,6 +27,7 @@ job's labels, so that Kueue admits and orders the workload itself.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,7 @@ class Workload:
     runtime: str = "torch-distributed"  # TrainJob: the ClusterTrainingRuntime
     secrets: list[dict[str, Any]] = field(default_factory=list)  # the run's mounts, by name
     job_namespace: str = ""  # the FineTuneJob's (the workload may run in KFP's namespace)
+    model_bytes: int | None = None  # the base model's size, for the grace period of its nodes
 
 
 def workload_name(job_name: str, key: str) -> str:
@@ -164,15 +166,27 @@ def _scheduling(w: Workload, *, priority: bool) -> dict[str, Any]:
 
 # Between SIGTERM and SIGKILL a training node finishes its step and saves a checkpoint of it
 # (steps/train/preemption.py): one step plus writing and uploading the checkpoint.  An adapter's
-# is megabytes; a full fine-tune's holds the weights and two optimizer moments (16 bytes a
-# parameter in fp32: 27 GB for 1.7B parameters, minutes at the bandwidths of a cloud disk).
-DEFAULT_GRACE_SECONDS = {"adapter": 180, "full": 900}
+# is megabytes; a full fine-tune's holds the weights and Adam's two moments in fp32 (12 bytes a
+# parameter: 20 GB for 1.7B parameters, minutes at the bandwidths of a cloud disk and S3).
+DEFAULT_GRACE_SECONDS = {"adapter": 180, "full": 900}  # the model's size unknown
+MAX_GRACE_SECONDS = 3600
+STEP_SECONDS = 120  # the step in progress, and starting the save
+CHECKPOINT_BYTES_PER_SECOND = 50e6  # written, then uploaded: a slow disk and a slow store
+ADAPTER_SHARE = 0.02  # LoRA/DoRA train ~1% of the weights: twice that, to be safe
 
 
-def grace_period_seconds(spec: FineTuneJobSpec) -> int:
-    """``resources.terminationGracePeriodSeconds``, else what a checkpoint of the job's method needs."""
+def grace_period_seconds(spec: FineTuneJobSpec, model_bytes: int | None = None) -> int:
+    """``resources.terminationGracePeriodSeconds``, else what a checkpoint of this model needs
+    (from its size as shipped, 16-bit weights), else the method's default."""
     given = spec.resources.termination_grace_period_seconds
-    return given or DEFAULT_GRACE_SECONDS["full" if spec.method == "full" else "adapter"]
+    if given:
+        return given
+    if not model_bytes:
+        return DEFAULT_GRACE_SECONDS["full" if spec.method == "full" else "adapter"]
+    parameters = model_bytes / 2
+    trained = parameters if spec.method == "full" else parameters * ADAPTER_SHARE
+    seconds = STEP_SECONDS + trained * 12 / CHECKPOINT_BYTES_PER_SECOND
+    return int(min(MAX_GRACE_SECONDS, max(DEFAULT_GRACE_SECONDS["adapter"], math.ceil(seconds))))
 
 
 # Pod Security "restricted": namespaces that enforce it admit the training nodes.  uid 10001
@@ -204,7 +218,7 @@ def pytorchjob(w: Workload) -> dict[str, Any]:
         ],
         "volumes": volumes,
         "securityContext": POD_SECURITY,
-        "terminationGracePeriodSeconds": grace_period_seconds(w.spec),
+        "terminationGracePeriodSeconds": grace_period_seconds(w.spec, w.model_bytes),
         **_scheduling(w, priority=True),
     }
     labels = _labels(w)

@@ -19,6 +19,7 @@ from slmops_pipelines.errors import InputError, JobError
 from slmops_pipelines.kubeflow.distributed import launcher
 from slmops_pipelines.kubeflow.distributed.manifests import Workload, build, workload_name
 from slmops_pipelines.kubeflow.images import Images
+from slmops_pipelines.models.resolve import model_bytes
 from slmops_pipelines.specs import FineTuneJobSpec
 from slmops_pipelines.stages import usage
 from slmops_pipelines.stages.outputs import spec_hash
@@ -105,6 +106,7 @@ def train_on_cluster(
         output_uri=store.uri,
         labels=ctx.labels,
         job_namespace=ctx.namespace,
+        model_bytes=model_bytes(spec.model),
         runtime=ctx.trainjob_runtime,
         secrets=list(ctx.secrets),
     )
