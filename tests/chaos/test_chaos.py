@@ -37,7 +37,7 @@ import kmock
 import pytest
 
 from tests.conftest import REPO
-from tests.fixtures.fake_kfp import FakeKfp
+from tests.fixtures.fake_kfp import FakeKfp, pipeline_ir
 from tests.fixtures.kube_emulator import StrictKubernetesEmulator, declare_slmops
 from tests.fixtures.seaweedfs import free_ports
 from tests.operator.test_kfp_backend import claimed_by, publish_outputs
@@ -251,7 +251,7 @@ async def drive_runs(
                     kfp.set_state(run_id, "FAILED", error="injected pipeline failure")
                     continue
                 out = Path(parameters["output_uri"])
-                if run["pipeline_spec"]["pipelineInfo"]["name"].startswith("slmops-finetune"):
+                if pipeline_ir(run)["pipelineInfo"]["name"].startswith("slmops-finetune"):
                     publish_outputs(out)
                 else:
                     out.mkdir(parents=True, exist_ok=True)

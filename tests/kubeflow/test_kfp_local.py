@@ -84,6 +84,9 @@ def test_finetune_pipeline_produces_the_local_engines_artifacts(kfp_finished, ti
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train"]["global_step"] == 4
     assert metrics["evaluation"]["finetuned"]["total"] == 8
+    # Each task, in its own process, recorded its usage; the publish step summed them.
+    assert {"data", "train", "evaluate"} <= set(metrics["usage"]["stages"])
+    assert metrics["usage"]["stages"]["train"]["cpu_s"] > 0 and metrics["usage"]["gpu_seconds"] == 0
     assert outcome.artifacts["adapter"] == str(out / "adapter")
     assert not (out / "checkpoints").exists() and not (out / ".slmops" / "error.json").exists()
 
@@ -141,6 +144,7 @@ def test_optimize_pipeline_builds_targets_in_parallel_for(kfp_finished, tmp_path
     assert list(doc["targets"]) == ["cpu-int4", "cpu-int8"]  # spec order, whatever order they finished in
     for target in doc["targets"].values():
         assert target["metrics"]["accuracy"] is not None and target["metrics"]["size_mb"] > 0
+    assert doc["usage"]["stages"]["target"]["runs"] == 2 and "prepare" in doc["usage"]["stages"]
     local = run_optimize(job_run(opt, str(tmp_path / "opt-local")), locate_job=lambda _n: str(out))
     assert manifest_paths(tmp_path / "opt-kfp") == manifest_paths(tmp_path / "opt-local")
     assert set(local.artifacts) == set(outcome.artifacts)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from slmops_operator.settings import OperatorSettings
 from tests.conftest import finetune_manifest
+from tests.fixtures.fake_kfp import pipeline_ir
 from tests.operator.conftest import create, current, delete, running_operator, wait_until, webhook_settings
 
 
@@ -72,7 +73,19 @@ async def test_submit_poll_succeed(kube, fake_kfp, tiny_model, tmp_path):
         assert parameters["spec"]["training"]["maxSteps"] == 4
         assert parameters["job"]["name"] == "tone" and parameters["job"]["uid"]
         assert parameters["job"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
-        assert run["pipeline_spec"]["pipelineInfo"]["name"] == "slmops-finetune"
+        assert pipeline_ir(run)["pipelineInfo"]["name"] == "slmops-finetune"
+        # Every pod names its job (cost tools); the job's queue goes on the pods that ask for a GPU.
+        platform = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]
+        gpu_pods = {
+            name
+            for name, e in pipeline_ir(run)["deploymentSpec"]["executors"].items()
+            if (e["container"].get("resources") or {}).get("accelerator")
+        }
+        assert gpu_pods == {"exec-train", "exec-evaluate-finetune"}
+        for name, config in platform["deploymentSpec"]["executors"].items():
+            labels = config["podMetadata"]["labels"]
+            assert labels["slmops.io/job"] == "tone" and labels["slmops.io/namespace"] == "default", name
+            assert (labels.get("kueue.x-k8s.io/queue-name") == "team-queue") == (name in gpu_pods), name
 
         fake_kfp.set_state(run["run_id"], "RUNNING")
         # The train step mirrors its progress into the output location; status follows.
@@ -175,7 +188,7 @@ async def test_a_searchs_trials_show_in_status(kube, fake_kfp, tiny_model, tmp_p
         await create(kube, "default", "finetunejobs", body)
         await wait_until(lambda: fake_kfp.created, what="a run")
         run = fake_kfp.created[0]
-        assert run["pipeline_spec"]["pipelineInfo"]["name"] == "slmops-finetune-search"
+        assert pipeline_ir(run)["pipelineInfo"]["name"] == "slmops-finetune-search"
         trials = tmp_path / "outputs" / "default" / "hpo" / ".slmops" / "trials"
         trials.mkdir(parents=True, exist_ok=True)
         (trials / "trial-000.json").write_text(
@@ -205,9 +218,7 @@ async def test_a_searchs_trials_show_in_status(kube, fake_kfp, tiny_model, tmp_p
         }
 
 
-async def test_jobs_with_one_placement_share_one_compiled_package(
-    fake_kfp, tiny_model, tmp_path, monkeypatch
-):
+async def test_the_runs_of_one_job_share_one_compiled_package(fake_kfp, tiny_model, tmp_path, monkeypatch):
     import slmops_pipelines.kubeflow.pipelines as pipelines
     from slmops_operator.backends.base import JobRequest
     from slmops_operator.backends.kfp import KfpBackend
@@ -219,17 +230,22 @@ async def test_jobs_with_one_placement_share_one_compiled_package(
         pipelines, "compile_pipeline", lambda p, path: (compiled.append(path), real_compile(p, path))
     )
 
-    def request(name: str, **overrides) -> JobRequest:
+    def request(name: str, attempt: int = 1, **overrides) -> JobRequest:
         spec = FineTuneJobSpec.model_validate(job(name, tiny_model, **overrides)["spec"])
-        return JobRequest("FineTuneJob", "default", name, f"uid-{name}", 1, spec, str(tmp_path / name))
+        return JobRequest("FineTuneJob", "default", name, f"uid-{name}", attempt, spec, str(tmp_path / name))
 
     backend = KfpBackend(kfp_settings(tmp_path, fake_kfp))
     for name in ("a", "b"):
         await backend.submit(request(name, training={"maxSteps": 3 if name == "a" else 5}))
+    # A's next run (resumed after a suspend) with another spec value: the same placement, the same package.
+    await backend.submit(request("a", attempt=2, training={"maxSteps": 4}))
     await backend.submit(request("big", resources={"gpusPerNode": 2, "nodeSelector": {"gpu": "h200"}}))
-    assert len(compiled) == 2  # a and b differ in spec only (a run argument), not in placement
-    runs = {run["runtime_config"]["parameters"]["job"]["name"]: run for run in fake_kfp.created}
-    assert runs["a"]["runtime_config"]["parameters"]["spec"]["training"]["maxSteps"] == 3
+    # One package per job (its pods carry its name: cost labels), shared by its runs: the spec's
+    # values are run arguments, not part of the package.
+    assert len(compiled) == 3
+    runs = {run["runtime_config"]["parameters"]["job"]["name"]: run for run in fake_kfp.created[1:]}
+    assert fake_kfp.created[0]["runtime_config"]["parameters"]["spec"]["training"]["maxSteps"] == 3
+    assert runs["a"]["runtime_config"]["parameters"]["spec"]["training"]["maxSteps"] == 4
     assert runs["b"]["runtime_config"]["parameters"]["spec"]["training"]["maxSteps"] == 5
     assert "h200" not in json.dumps(runs["a"]) and "h200" in json.dumps(runs["big"])
     assert len(fake_kfp.experiments) == 1
@@ -257,7 +273,5 @@ async def test_a_run_carries_the_jobs_service_account_image_and_trainjob_runtime
         context = run["runtime_config"]["parameters"]["job"]
         assert context["trainerImage"] == image
         assert (context["distributedEngine"], context["trainjobRuntime"]) == ("trainjob", "torch-h100")
-        images = {
-            e["container"]["image"] for e in run["pipeline_spec"]["deploymentSpec"]["executors"].values()
-        }
+        images = {e["container"]["image"] for e in pipeline_ir(run)["deploymentSpec"]["executors"].values()}
         assert images == {image}
