@@ -77,6 +77,18 @@ class JobMeta:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+def run_facts(metrics_doc: dict[str, Any]) -> list[list[str]]:
+    """What ``slmops run`` says of any job beyond its figures: what it cost, where MLflow has it."""
+    rows = []
+    usage = metrics_doc.get("usage") or {}
+    if usage.get("stages"):
+        rows.append(["cost", f"{usage['gpu_seconds']:g} GPU-s, {usage['cpu_seconds']:g} CPU-s"])
+    mlflow = (metrics_doc.get("tracking") or {}).get("mlflow") or {}
+    if mlflow:
+        rows.append(["MLflow", mlflow.get("url") or f"not logged: {mlflow.get('error')}"])
+    return rows
+
+
 class JobKind(ABC, Generic[SpecT]):
     """One kind of job.  A new kind is a subclass in its own module and one line in the registry.
 

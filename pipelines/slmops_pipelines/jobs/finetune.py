@@ -114,6 +114,7 @@ class FineTuneJobKind(JobKind[FineTuneJobSpec]):
         rows = [(k, v) for k, v in summary_rows(outcome.metrics) if k != "wall time (s)"]
         rows.append(("wall time (s)", round(wall_time_s, 1)))
         cells = [[k, f"{v:.4g}" if isinstance(v, float) else str(v)] for k, v in rows if v is not None]
+        cells += base.run_facts(outcome.metrics)
         cells += [[key, uri] for key, uri in outcome.artifacts.items()]
         tables = [SummaryTable(title=f"FineTuneJob {name}", rows=cells)]
         if outcome.metrics.get("search"):

@@ -116,6 +116,6 @@ class OptimizeJobKind(JobKind[OptimizeJobSpec]):
         if outcome.metrics.get("targets"):
             header, rows = comparison_rows(outcome.metrics, compact=True)
             tables.append(SummaryTable(title=f"OptimizeJob {name}", columns=header, rows=rows))
-        artifacts = [[key, uri] for key, uri in outcome.artifacts.items()]
+        artifacts = base.run_facts(outcome.metrics) + [[key, uri] for key, uri in outcome.artifacts.items()]
         tables.append(SummaryTable(title="artifacts", rows=artifacts, layout="lines"))
         return tables
