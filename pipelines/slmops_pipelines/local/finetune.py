@@ -72,6 +72,7 @@ def run_finetune(run: JobRun, *, reporter: Reporter | None = None) -> JobOutcome
         evaluation=evaluation,
         out_dir=work,
         wall_time_s=time.time() - started,
+        started_at=started,
         search=search,
     )
     reporter.stage("publish", f"writing {output_uri}")

@@ -63,7 +63,7 @@ def run_optimize(run: JobRun, *, locate_job: JobLocator, reporter: Reporter | No
     reporter.stage("report", "metrics, comparison and report")
     wall = time.time() - started
     metrics_doc = stages.write_report(
-        run, prepared_dir=prepared, results=results, out_dir=work, wall_time_s=wall
+        run, prepared_dir=prepared, results=results, out_dir=work, wall_time_s=wall, started_at=started
     )
     # The merged copy of base + adapter and the rendered rows are inputs, not outputs.
     shutil.rmtree(prepared, ignore_errors=True)

@@ -215,6 +215,7 @@ def write_report(
     out_dir: Path,
     wall_time_s: float,
     search: dict[str, Any] | None = None,
+    started_at: float | None = None,
 ) -> dict[str, Any]:
     """``metrics.json``, ``loss_curve.png`` and ``report.html`` into ``out_dir``; return the metrics."""
     from slmops_pipelines.steps.report.finetune import plot_loss_curve
@@ -236,6 +237,7 @@ def write_report(
         "evaluation": evaluation,
         "log_history": result.log_history,
         "wall_time_s": round(wall_time_s, 1),
+        **({"started_at": round(started_at, 3)} if started_at else {}),
         "usage": usage.of_output(run.output_uri),
         **({"search": search} if search else {}),
     }

@@ -410,6 +410,7 @@ def write_report(
     results: list[dict[str, Any]],
     out_dir: Path,
     wall_time_s: float,
+    started_at: float | None = None,
 ) -> dict[str, Any]:
     """``metrics.json`` and ``report.html`` into ``out_dir`` (targets in spec order); return the metrics."""
     from slmops_pipelines.steps.report.optimize import write_optimize_report
@@ -427,6 +428,7 @@ def write_report(
         "targets": {key: {k: v for k, v in value.items() if k != "name"} for key, value in ordered.items()},
         "gates": [gate for result in ordered.values() for gate in result["gates"]],
         "wall_time_s": round(wall_time_s, 1),
+        **({"started_at": round(started_at, 3)} if started_at else {}),
         "usage": usage.of_output(run.output_uri),
     }
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,8 @@ The server is the tenant's: it is reached from the job's pods with the job's cre
 (MLflow's own ``MLFLOW_TRACKING_*`` variables, from ``credentialsSecret``).  It never fails
 the job: an unreachable or refusing server gives a record with an ``error``, which the
 ``Tracked`` condition shows.  Logging is idempotent per job run: a retried step finds the
-finished MLflow run of this job (tag ``slmops.run``) and logs nothing twice.
+finished MLflow run of this job run (tag ``slmops.run``: the job and when its run started)
+and logs nothing twice; running the job again makes a new MLflow run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import os
 import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -86,12 +88,15 @@ def _experiment(client, name: str) -> str:
         return found.experiment_id
 
 
-def _identity(run: JobRun) -> str:
-    return "/".join((run.kind, run.namespace or "-", run.name, run.uid or "local"))
+def _identity(run: JobRun, metrics_doc: dict[str, Any]) -> str:
+    """This run of the job: a retried step (the same start) finds it, a rerun (a new start) does not."""
+    started = metrics_doc.get("started_at")
+    attempt = f"{started:.3f}" if isinstance(started, int | float) else uuid.uuid4().hex
+    return "/".join((run.kind, run.namespace or "-", run.name, run.uid or "local", attempt))
 
 
 def _log(client, experiment_id: str, run: JobRun, metrics_doc: dict[str, Any], out_dir: Path) -> str:
-    identity = _identity(run)
+    identity = _identity(run, metrics_doc)
     earlier = client.search_runs(
         [experiment_id], filter_string=f"tags.`slmops.run` = '{identity}'", max_results=5
     )

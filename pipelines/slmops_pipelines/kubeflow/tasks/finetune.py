@@ -252,6 +252,7 @@ def publish_finetune(
             evaluation=scores,
             out_dir=out,
             wall_time_s=time.time() - started_at,
+            started_at=started_at,
             search=trials,
         )
         shutil.copyfile(out / "report.html", report)

@@ -221,6 +221,7 @@ def publish_optimize(
             results=results,
             out_dir=out,
             wall_time_s=time.time() - started_at,
+            started_at=started_at,
         )
         shutil.copyfile(out / "report.html", report)
         for name, entry in metrics_doc["targets"].items():
