@@ -12,10 +12,12 @@ import json
 import re
 import subprocess
 
+import pytest
 import yaml
 
 from slmops_operator.api.manifests import load_resources
 from tests.conftest import REPO
+from tests.deploy.test_chart import NEWEST, OLDEST
 
 KIND = REPO / "deploy" / "kind"
 
@@ -24,12 +26,13 @@ def docs(name: str) -> list[dict]:
     return [d for d in yaml.safe_load_all((KIND / name).read_text()) if d]
 
 
-def test_the_cluster_objects_pass_strict_validation():
+@pytest.mark.parametrize("version", [OLDEST, NEWEST])
+def test_the_cluster_objects_pass_strict_validation(version):
     import kubernetes_validate
 
     for name in ("storage.yaml", "team-a.yaml"):
         for doc in docs(name):
-            kubernetes_validate.validate(doc, "1.37", strict=True)
+            kubernetes_validate.validate(doc, version, strict=True)
 
 
 def test_the_job_is_valid_and_reads_what_the_seed_writes():
