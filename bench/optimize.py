@@ -70,9 +70,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "bench"), str(REPO / "pipelines"), str(REPO / "operator")]
+sys.path[:0] = [str(REPO / "bench"), str(REPO / "scripts"), str(REPO / "pipelines"), str(REPO / "operator")]
 
-from _measure import machine, run_measured, run_slmops  # noqa: E402
+from _measure import machine, run_measured, run_slmops, versions  # noqa: E402
+from bench_tables import optimize_table  # noqa: E402  (scripts/: the docs' table, from these figures)
 from judge import PROMPT  # noqa: E402  (the task's prompt, as the judge asks it)
 
 MODEL = REPO / ".cache" / "models" / "SmolLM2-135M-Instruct"
@@ -367,27 +368,6 @@ def produce_all(args, precisions: list[str], tools: list[str], work: Path, token
     return rows
 
 
-def print_table(rows: dict[str, dict], threads: int) -> None:
-    baseline = rows.get("PyTorch fp32", {}).get("decode_tok_s_p50")
-    print(
-        f"| model | produce s | size MB | accuracy | perplexity | prefill ms p50 | decode tok/s as shipped "
-        f"| decode tok/s, {threads} threads | vs PyTorch | MB read/token | bound tok/s | of bound |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, r in rows.items():
-        if "error" in r:
-            print(f"| {name} | could not run: {r['error']} |||||||||||")
-            continue
-        produce = f"{r['produce_s']:.0f}" if r.get("produce_s") is not None else ""
-        speedup = f"{r['decode_tok_s_p50'] / baseline:.1f}x" if baseline else ""
-        print(
-            f"| {name} | {produce} | {r['size_mb']:.0f} | {r['accuracy']:.0%} | {r['perplexity']:.3f} "
-            f"| {r['prefill_ms_p50']:.1f} | {r['decode_tok_s_p50']:.0f} / {r['decode_tok_s_p95']:.0f} "
-            f"| {r['decode_tok_s_p50_threads']:.0f} | {speedup} "
-            f"| {r['bytes_per_token'] / 2**20:.0f} | {r['bound_tok_s']:.0f} | {r['of_bound']:.0%} |"
-        )
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
@@ -471,15 +451,21 @@ def main(argv: list[str] | None = None) -> int:
         if "error" not in row:
             row["bound_tok_s"] = bandwidth / row["bytes_per_token"]
             row["of_bound"] = row["decode_tok_s_p50"] / row["bound_tok_s"]
+    command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+    figures = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "command": command,
+        "versions": versions("torch", "transformers", "peft", "onnxruntime", "onnxruntime-genai"),
+        "threads": usable_cpus(),
+        "bandwidth_bytes_per_s": bandwidth,
+        "models": rows,
+        "verdict": verdict(rows),
+    }
     print()
-    print_table(rows, usable_cpus())
-    print()
-    for line in verdict(rows):
-        print(line)
-    if args.json:
-        args.json.write_text(
-            json.dumps({"bandwidth_bytes_per_s": bandwidth, "models": rows}, indent=2, default=str)
-        )
+    print(optimize_table(figures))  # the table docs/benchmarks.md makes from the JSON, the same code
+    if args.json:  # bench/results/optimize.json
+        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")
     return 0
 
 

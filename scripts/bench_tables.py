@@ -65,7 +65,36 @@ def serve_table(figures: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDERERS: dict[str, Callable[[dict], str]] = {"serve": serve_table}
+def optimize_table(figures: dict) -> str:
+    """bench/optimize.py: each model's production, quality and decode speed, as shipped and at equal threads."""
+    models = figures["models"]
+    threads = figures["threads"]
+    baseline = (models.get("PyTorch fp32") or {}).get("decode_tok_s_p50")
+    lines = [
+        "| model | produce s | size MB | accuracy | perplexity | prefill ms p50 | decode tok/s as shipped "
+        f"| decode tok/s, {threads} threads | vs PyTorch | MB read/token | bound tok/s | of bound |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in models.items():
+        if "error" in r:
+            lines.append(f"| {name} | could not run: {r['error']} |||||||||||")
+            continue
+        produce = f"{r['produce_s']:.0f}" if r.get("produce_s") is not None else ""
+        speedup = f"{r['decode_tok_s_p50'] / baseline:.1f}x" if baseline else ""
+        lines.append(
+            f"| {name} | {produce} | {r['size_mb']:.0f} | {r['accuracy']:.0%} | {r['perplexity']:.3f} "
+            f"| {r['prefill_ms_p50']:.1f} | {r['decode_tok_s_p50']:.0f} / {r['decode_tok_s_p95']:.0f} "
+            f"| {r['decode_tok_s_p50_threads']:.0f} | {speedup} "
+            f"| {r['bytes_per_token'] / 2**20:.0f} | {r['bound_tok_s']:.0f} | {r['of_bound']:.0%} |"
+        )
+    lines.append("")
+    lines.extend(f"* {line}" for line in figures.get("verdict", []))
+    lines.append("")
+    lines.append(f"*{figures['machine']}, {figures['date']}: `{figures['command']}`*")
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS: dict[str, Callable[[dict], str]] = {"serve": serve_table, "optimize": optimize_table}
 
 
 def rendered(text: str) -> str:

@@ -22,7 +22,7 @@ EXAMPLES_DIR = REPO / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
 NUMBERED = re.compile(r"^(\d\d)-[a-z0-9]+(-[a-z0-9]+)*\.yaml$")
 # Where each runs: on this machine (slmops run) or on a cluster only (kubectl, Argo CD).
-CLUSTER_ONLY = {"10", "11", "12", "13", "14"}
+CLUSTER_ONLY = {"10", "11", "12", "13", "14", "15"}
 COMMAND = re.compile(r"^#\s+(slmops run|kubectl (-n \S+ )?apply -f)\s")
 REMOTE = ("hf://", "s3://", "pvc://")
 
@@ -63,10 +63,10 @@ def all_jobs() -> dict[str, tuple[Path, dict[str, Any]]]:
     return {job["metadata"]["name"]: (path, job) for path in EXAMPLES for job in jobs(path)}
 
 
-def test_there_are_exactly_fourteen_numbered_examples():
+def test_there_are_exactly_fifteen_numbered_examples():
     names = [path.name for path in EXAMPLES]
     assert all(NUMBERED.match(name) for name in names), names
-    assert [number(path) for path in EXAMPLES] == [f"{n:02d}" for n in range(1, 15)], names
+    assert [number(path) for path in EXAMPLES] == [f"{n:02d}" for n in range(1, 16)], names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
