@@ -232,6 +232,12 @@ def train(request: TrainRequest) -> TrainResult | None:
     return result
 
 
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()  # what _training_arguments decided by (use_cpu)
+
+
 def _barrier() -> None:
     import torch
 
@@ -258,7 +264,7 @@ def _result(
         global_step=state.global_step,
         total_steps=state.max_steps,
         world_size=trainer.args.world_size,
-        gpus=trainer.args.world_size if trainer.args.device.type == "cuda" else 0,
+        gpus=trainer.args.world_size if _on_gpu() else 0,  # each process trains on one GPU, or none does
         resumed_from_step=resumed_from,
         stopped_early=state.global_step < state.max_steps,
         train_loss=_finite(output.training_loss),
