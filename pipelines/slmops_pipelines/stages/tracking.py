@@ -204,11 +204,12 @@ def _finetune_run(run: JobRun) -> dict[str, Any] | None:
     if not run.source_uri:
         return None
     try:
-        from slmops_pipelines.credentials import s3_credentials
+        from slmops_pipelines.steps import publish
         from slmops_pipelines.storage import open_store
 
-        store = open_store(run.source_uri, credentials=s3_credentials("model"))
-        recorded = json.loads(store.read_text("metrics.json")).get("tracking") or {}
+        # Read as the job reads its source (stages/optimize_source.py): with the output's keys.
+        store = open_store(run.source_uri, field="source.fineTuneJobRef")
+        recorded = (publish.read_json(store, "metrics.json") or {}).get("tracking") or {}
     except Exception:  # an untracked or unreadable source: no link, nothing else lost
         return None
     mlflow = recorded.get("mlflow") or {}
