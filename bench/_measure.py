@@ -65,15 +65,20 @@ def run_measured(
     cwd: Path | None = None,
     log: Path,
     timeout: float | None = None,
+    cpus: set[int] | None = None,
 ) -> Measured:
     """Run ``cmd`` to completion, output to ``log``; wall time and peak tree RSS.
 
-    Past ``timeout`` seconds the command is killed and ``TimeoutError`` raised.
+    Past ``timeout`` seconds the command is killed and ``TimeoutError`` raised.  ``cpus``: the
+    only CPUs the command may run on (as ``taskset -c`` or a pod's CPU limit would set them).
     """
     peak = 0
     with open(log, "w") as out:
         started = time.perf_counter()
-        process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        process = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True, preexec_fn=pin
+        )
         done = threading.Event()
 
         def sample() -> None:
@@ -97,7 +102,9 @@ def run_measured(
     return Measured(returncode, wall, peak / 2**20, Path(log).read_text())
 
 
-def run_slmops(job: dict, *, work: Path, name: str, timeout: float | None = None) -> Measured:
+def run_slmops(
+    job: dict, *, work: Path, name: str, timeout: float | None = None, cpus: set[int] | None = None
+) -> Measured:
     """``slmops run`` of ``job`` (written to ``work/NAME.yaml``), from a clean output folder.
 
     Raises ``RuntimeError`` with the end of the job's output when it fails.
@@ -110,7 +117,7 @@ def run_slmops(job: dict, *, work: Path, name: str, timeout: float | None = None
     path.write_text(yaml.safe_dump(job, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": python_path()}
     cmd = [sys.executable, "-c", "from slmops_operator.cli.main import main; main()", "run", str(path)]
-    measured = run_measured(cmd, env=env, log=work / f"{name}.log", timeout=timeout)
+    measured = run_measured(cmd, env=env, log=work / f"{name}.log", timeout=timeout, cpus=cpus)
     if measured.returncode:
         raise RuntimeError(f"slmops run {name} failed:\n{measured.output[-3000:]}")
     return measured

@@ -50,12 +50,14 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+sys.path[:0] = [str(REPO / "bench"), str(REPO / "scripts")]
 
-from _measure import machine, run_measured, run_slmops  # noqa: E402
+from _measure import machine, run_measured, run_slmops, versions  # noqa: E402
+from bench_tables import finetune_table  # noqa: E402  (scripts/: the docs' table, from these figures)
 from judge import PROMPT  # noqa: E402  (the task's prompt, as the judge asks it)
 
 MODEL = REPO / ".cache" / "models" / "SmolLM2-135M-Instruct"
@@ -352,25 +354,29 @@ def main(argv: list[str] | None = None) -> int:
 
     params = model_parameters(args.model)
     peaks = {name: matmul_peak(dtype) for name, dtype in (("fp32", "float32"), ("bf16", "bfloat16"))}
-    print()
-    print(
-        f"matmul peak here: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; "
-        f"{params / 1e6:.0f}M parameters"
-    )
-    print("| tool | precision | wall s | train s | tokens/s | MFU | peak RSS MB | eval loss | accuracy |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for tool, r in results.items():
+    for r in results.values():
         r["mfu"] = r["tokens_per_s"] * 4 * params / peaks[r["precision"]]
-        print(
-            f"| {tool} | {r['precision']} | {r['wall_s']:.1f} | {r['train_s']:.1f} | {r['tokens_per_s']:.0f} "
-            f"| {r['mfu']:.0%} | {r['peak_rss_mb']:.0f} | {r['eval_loss']:.4f} "
-            f"| {r['accuracy']:.0%} ({r['correct']}/{r['rows']}) |"
-        )
+    command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+    figures = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "command": command,
+        "versions": versions("torch", "transformers", "peft", "trl", "accelerate"),
+        "work": {
+            "steps": args.steps,
+            "batch": args.batch,
+            "max_seq_len": args.max_seq_len,
+            "eval_rows": args.eval_rows,
+        },
+        "parameters": params,
+        "matmul_peak_flops": peaks,
+        "tools": results,
+        "verdict": verdict(results),
+    }
     print()
-    for line in verdict(results):
-        print(line)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    print(finetune_table(figures))  # the table docs/benchmarks.md makes from the JSON, the same code
+    if args.json:  # bench/results/finetune.json
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
 

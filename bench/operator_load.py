@@ -41,7 +41,16 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "pipelines"), str(REPO / "operator")]
+sys.path[:0] = [
+    str(REPO),
+    str(REPO / "bench"),
+    str(REPO / "scripts"),
+    str(REPO / "pipelines"),
+    str(REPO / "operator"),
+]
+
+from _measure import machine, versions  # noqa: E402
+from bench_tables import operator_table  # noqa: E402  (scripts/: the docs' table, from these figures)
 
 API = "/apis/slmops.io/v1alpha1/namespaces/default/finetunejobs"
 
@@ -289,25 +298,6 @@ async def bench_size(n: int, *, concurrency: int, settle: float, poll_seconds: f
     }
 
 
-def print_table(results: list[dict]) -> None:
-    print()
-    print(
-        "| jobs | runs | exactly one run | p50 s | p95 s | max s | jobs/s | RSS idle MB | RSS peak MB "
-        "| RSS end MB | CPU ms/job |"
-    )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in results:
-        if not r["submitted"]:
-            print(f"| {r['jobs']} | {r['runs']} | 0/{r['jobs']} | no run submitted: {r['failures']} |")
-            continue
-        print(
-            f"| {r['jobs']} | {r['runs']} | {r['jobs_with_exactly_one_run']}/{r['jobs']} "
-            f"| {r['p50_s']:.3f} | {r['p95_s']:.3f} | {r['max_s']:.3f} | {r['jobs_per_s']:.1f} "
-            f"| {r['rss_idle_mb']:.0f} | {r['rss_peak_mb']:.0f} | {r['rss_end_mb']:.0f} "
-            f"| {r['cpu_s_per_job'] * 1000:.1f} |"
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 100, 1000], help="batch sizes, in order")
@@ -318,9 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="keep the operator's logs and outputs in this folder")
     args = parser.parse_args(argv)
 
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    )
+    print(f"machine: {machine()}, Python {platform.python_version()}")
     results = []
     with tempfile.TemporaryDirectory(prefix="slmops-bench-operator-") as tmp:
         if args.keep:
@@ -338,9 +326,18 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(json.dumps(result), flush=True)
             results.append(result)
-    print_table(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+    figures = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "command": command,
+        "versions": {"python": platform.python_version(), **versions("kopf", "kfp", "kmock")},
+        "sizes": results,
+    }
+    print()
+    print(operator_table(figures))  # the table docs/benchmarks.md makes from the JSON, the same code
+    if args.json:  # bench/results/operator.json
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
     wrong = [r for r in results if r["jobs_with_exactly_one_run"] != r["jobs"] or r["runs"] != r["jobs"]]
     if wrong:
         print(f"FAIL: not exactly one run per job for sizes {[r['jobs'] for r in wrong]}", file=sys.stderr)

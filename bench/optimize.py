@@ -12,6 +12,9 @@ For each precision, from the same base model and LoRA adapter:
   adapter merged, and for int4 a second target that keeps the adapter separate
   (``mergeAdapter: false``, measured with the adapter applied); only the size metric, so that
   its clock is the time to produce;
+* ``slmops-1cpu`` -- the same merged target, its ``slmops run`` pinned to one CPU (as in a
+  1-CPU optimize pod, ``taskset -c 0``), then measured like every other row on all of this
+  machine's CPUs: whether a target carries its build machine's settings (int4 only);
 * ``builder``  -- onnxruntime-genai's model builder with its defaults, ``-p int4 -e cpu``, on the
   merged model: what Olive's ModelBuilder pass runs, and what a user of onnxruntime-genai
   starts from (int4 only: the builder has no int8);
@@ -36,7 +39,8 @@ Then one harness measures every model the same way, PyTorch fp32 (adapter merged
 as the baseline: slmops' measuring code (``slmops_pipelines.steps.optimize.measure``), with the
 same prompts for every engine.  The ONNX models are loaded as a user loads them, plain
 ``onnxruntime_genai.Model(folder)``, so that settings a folder ships with (slmops bakes its
-thread count into genai_config.json) count and settings it lacks do not:
+thread count into genai_config.json only where ``runtime.threads`` asks) count and settings it
+lacks do not:
 
 * time to produce -- the whole command, model loading and adapter merge included;
 * size            -- every file of the model folder (the GGUF file);
@@ -63,6 +67,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -82,7 +87,7 @@ DATA = REPO / "examples" / "data" / "tone"
 OLIVE_VENV = REPO / ".cache" / "bench" / "olive-venv"
 LLAMACPP_VENV = REPO / ".cache" / "bench" / "llamacpp-venv"
 PRECISIONS = ("int4", "int8")
-TOOLS = ("slmops", "builder", "olive", "llamacpp")
+TOOLS = ("slmops", "slmops-1cpu", "builder", "olive", "llamacpp")
 GGUF_TYPES = {"int4": "Q4_0", "int8": "Q8_0"}
 
 
@@ -123,6 +128,22 @@ def produce_slmops(args: argparse.Namespace, precision: str, work: Path, tokeniz
             row["adapter"] = str(next(folder.glob("*.onnx_adapter")))
         rows[f"slmops {target['name']}"] = row
     return rows
+
+
+def produce_slmops_one_cpu(
+    args: argparse.Namespace, precision: str, work: Path, tokenizer
+) -> dict[str, dict]:
+    """The same merged target, its OptimizeJob pinned to one CPU (a 1-CPU optimize pod), run on all."""
+    if precision != "int4":
+        return {}
+    out = work / f"slmops-1cpu-{precision}"
+    job = slmops_job(args, precision, out)
+    job["spec"]["targets"] = job["spec"]["targets"][:1]  # the merged target
+    measured = run_slmops(
+        job, work=work, name=f"slmops-1cpu-{precision}", cpus={min(os.sched_getaffinity(0))}
+    )
+    folder = out / "targets" / job["spec"]["targets"][0]["name"]
+    return {f"slmops cpu-{precision}, built on 1 CPU": {"produce_s": measured.wall_s, "folder": str(folder)}}
 
 
 def merged_model(args: argparse.Namespace, work: Path) -> Path:
@@ -318,6 +339,7 @@ def last_error(output: str) -> str:
 
 PRODUCERS = {
     "slmops": produce_slmops,
+    "slmops-1cpu": produce_slmops_one_cpu,
     "builder": produce_builder,
     "olive": produce_olive,
     "llamacpp": produce_llamacpp,
@@ -327,16 +349,30 @@ PRODUCERS = {
 # -- the run -------------------------------------------------------------------------------------
 
 
-def ratio(rows: dict[str, dict], ours: str, theirs: str, goal: float, what: str) -> str | None:
-    if ours not in rows or theirs not in rows:
+def ratio(
+    rows: dict[str, dict], ours: str, theirs: str, goal: float, what: str, column: str = "decode_tok_s_p50"
+) -> str | None:
+    if column not in rows.get(ours, {}) or column not in rows.get(theirs, {}):
         return None
-    a, b = rows[ours]["decode_tok_s_p50"], rows[theirs]["decode_tok_s_p50"]
+    a, b = rows[ours][column], rows[theirs][column]
     return f"{what}: {a:.0f} vs {b:.0f} tok/s = {a / b:.2f}x ({'met' if a / b >= goal else 'NOT met'}: goal >= {goal}x)"
 
 
 def verdict(rows: dict[str, dict]) -> list[str]:
-    """Issue 17's goals, on the figures as shipped."""
+    """Issue 17's goals, on the figures as shipped; issue 26's at equal threads and across build machines."""
+    equal = "decode_tok_s_p50_threads"
     lines = [
+        ratio(
+            rows,
+            "slmops cpu-int4",
+            "builder cpu-int4",
+            1.3,
+            "int4 vs the builder's int4 at equal threads",
+            equal,
+        ),
+        ratio(
+            rows, "slmops cpu-int4, built on 1 CPU", "slmops cpu-int4", 0.9, "int4 built on 1 CPU vs on all"
+        ),
         ratio(rows, "slmops cpu-int4", "builder cpu-int4", 2, "int4 vs the model builder's default int4"),
         ratio(rows, "slmops cpu-int4", "llama.cpp Q4_0", 2, "int4 vs llama.cpp Q4_0"),
         ratio(rows, "slmops cpu-int4-adapter", "slmops cpu-int4", 0.8, "separate adapter vs merged"),

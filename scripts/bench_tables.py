@@ -94,14 +94,232 @@ def optimize_table(figures: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDERERS: dict[str, Callable[[dict], str]] = {"serve": serve_table, "optimize": optimize_table}
+def finetune_table(figures: dict) -> str:
+    """bench/finetune.py: the demo's fine-tuning through each tool, judged by one judge."""
+    lines = [
+        "| tool | precision | wall s | train s | tokens/s | MFU | peak RSS MB | eval loss | accuracy |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for tool, r in figures["tools"].items():
+        lines.append(
+            f"| {tool} | {r['precision']} | {r['wall_s']:.1f} | {r['train_s']:.1f} | {r['tokens_per_s']:.0f} "
+            f"| {r['mfu']:.0%} | {r['peak_rss_mb']:.0f} | {r['eval_loss']:.4f} "
+            f"| {r['accuracy']:.0%} ({r['correct']}/{r['rows']}) |"
+        )
+    peaks = figures["matmul_peak_flops"]
+    lines.append("")
+    lines.extend(f"* {line}" for line in figures.get("verdict", []))
+    lines.append(
+        f"* matmul peak in this run: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} "
+        f"GFLOP/s; {figures['parameters'] / 1e6:.0f}M parameters"
+    )
+    lines.append("")
+    lines.append(f"*{figures['machine']}, {figures['date']}: `{figures['command']}`*")
+    return "\n".join(lines) + "\n"
+
+
+def operator_table(figures: dict) -> str:
+    """bench/operator_load.py: N FineTuneJobs applied at once, to one KFP run each."""
+    lines = [
+        "| jobs | runs | exactly one run | p50 s | p95 s | max s | jobs/s | RSS idle MB | RSS peak MB "
+        "| RSS end MB | CPU ms/job |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in figures["sizes"]:
+        if not r["submitted"]:
+            lines.append(
+                f"| {r['jobs']} | {r['runs']} | 0/{r['jobs']} | no run submitted: {r['failures']} ||||||||"
+            )
+            continue
+        lines.append(
+            f"| {r['jobs']} | {r['runs']} | {r['jobs_with_exactly_one_run']}/{r['jobs']} "
+            f"| {r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['max_s']:.2f} | {r['jobs_per_s']:.1f} "
+            f"| {r['rss_idle_mb']:.0f} | {r['rss_peak_mb']:.0f} | {r['rss_end_mb']:.0f} "
+            f"| {r['cpu_s_per_job'] * 1000:.1f} |"
+        )
+    lines.append("")
+    lines.append(f"*{figures['machine']}, {figures['date']}: `{figures['command']}`*")
+    return "\n".join(lines) + "\n"
+
+
+def int4_sweep_table(figures: dict) -> str:
+    """bench/int4_sweep.py: the model builder's int4 settings side by side, at equal threads."""
+    variants = figures["variants"]
+    base = (variants.get("default-b32") or {}).get("decode_tok_s_p50_threads")
+    lines = [
+        f"| variant | builder options | size MB | accuracy | perplexity | prefill ms | decode tok/s, {figures['threads']} threads | vs default |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in variants.items():
+        options = " ".join(f"`{k}={v}`" for k, v in r["options"].items()) or "(none)"
+        if "error" in r:
+            lines.append(f"| {name} | {options} | could not build: {r['error']} ||||||")
+            continue
+        speed = r["decode_tok_s_p50_threads"]
+        ratio = f"{speed / base:.2f}x" if base else ""
+        lines.append(
+            f"| {name} | {options} | {r['size_mb']:.0f} | {r['accuracy']:.0%} | {r['perplexity']:.3f} "
+            f"| {r['prefill_ms_p50_threads']:.1f} | {speed:.0f} | {ratio} |"
+        )
+    lines.append("")
+    lines.append(f"*{figures['machine']}, {figures['date']}: `{figures['command']}`*")
+    return "\n".join(lines) + "\n"
+
+
+def _decode(models: dict, name: str) -> str | None:
+    r = models.get(name) or {}
+    if "decode_tok_s_p50" not in r:
+        return None
+    return f"{r['decode_tok_s_p50']:.0f} ({r['accuracy']:.0%})"
+
+
+def _named(pairs: list[tuple[str, str | None]]) -> str:
+    return "; ".join(f"{label} {value}" for label, value in pairs if value is not None)
+
+
+def _ratio(ours: float | None, theirs: float | None) -> float | None:
+    return ours / theirs if ours and theirs else None
+
+
+def _goal(text: str, ratio: float | None, goal: float) -> str | None:
+    if ratio is None:
+        return None
+    return f"{text.format(ratio=ratio)} (goal {goal:g}x: {'met' if ratio >= goal else 'not met'})"
+
+
+def _finetune_row(tools: dict) -> str:
+    def figure(tool: str) -> str | None:
+        r = tools.get(tool)
+        return None if r is None else f"{r['tokens_per_s']:.0f} {r['precision']} ({r['accuracy']:.0%})"
+
+    trl = ", ".join(f for f in (figure("trl-bf16"), figure("trl")) if f) or None
+    others = _named(
+        [("TRL", trl), ("plain transformers+peft", figure("plain")), ("Microsoft Olive", figure("olive"))]
+    )
+    return f"| LoRA fine-tuning, the demo job, tokens/s (accuracy) | {figure('slmops')} | {others} |"
+
+
+def _finetune_summary(figures: dict) -> tuple[list[str], list[str | None]]:
+    tools = figures["tools"]
+    best = max((tools[t]["tokens_per_s"] for t in ("trl", "trl-bf16") if t in tools), default=None)
+    ratio = _ratio(tools.get("slmops", {}).get("tokens_per_s"), best)
+    return [_finetune_row(tools)], [_goal("fine-tuning: {ratio:.2f}x TRL's best tokens/s", ratio, 3)]
+
+
+def _decode_summary(figures: dict) -> tuple[list[str], list[str | None]]:
+    models = figures["models"]
+    int4 = _named(
+        [
+            ("model builder", _decode(models, "builder cpu-int4")),
+            ("Olive", _decode(models, "olive cpu-int4")),
+            ("llama.cpp Q4_0", _decode(models, "llama.cpp Q4_0")),
+        ]
+    )
+    int8 = _named(
+        [("Olive", _decode(models, "olive cpu-int8")), ("llama.cpp Q8_0", _decode(models, "llama.cpp Q8_0"))]
+    )
+    rows = [
+        f"| CPU int4 decode, tokens/s as shipped (accuracy) | {_decode(models, 'slmops cpu-int4')} | {int4} |",
+        f"| CPU int8 decode, tokens/s as shipped (accuracy) | {_decode(models, 'slmops cpu-int8')} | {int8} |",
+    ]
+    speed = {name: r.get("decode_tok_s_p50_threads") for name, r in models.items()}
+    builder = _ratio(speed.get("slmops cpu-int4"), speed.get("builder cpu-int4"))
+    adapter = _ratio(speed.get("slmops cpu-int4-adapter"), speed.get("slmops cpu-int4"))
+    notes = [
+        _goal("int4 decode at equal threads: {ratio:.2f}x the model builder's int4", builder, 1.3),
+        _goal("the separate adapter: {ratio:.2f}x the merged model's decode", adapter, 0.8),
+    ]
+    return rows, notes
+
+
+def _serve_summary(figures: dict) -> tuple[list[str], list[str | None]]:
+    rows = figures["rows"]
+
+    def at(name: str, clients: int) -> float | None:
+        return next((r["tokens_per_s"] for r in rows.get(name, []) if r["clients"] == clients), None)
+
+    merged, adapter, theirs = (
+        at("slmops cpu-int4", 8),
+        at("slmops cpu-int4-adapter", 8),
+        at("llama.cpp Q4_0", 8),
+    )
+    ours = _named(
+        [
+            ("merged", f"{merged:.0f}" if merged else None),
+            ("adapter per request", f"{adapter:.0f}" if adapter else None),
+        ]
+    )
+    row = f"| serving, int4, 8 concurrent clients, tokens/s | {ours} | " + (
+        f"llama.cpp's server {theirs:.0f} |" if theirs else "|"
+    )
+    ratio = _ratio(merged, at("slmops cpu-int4", 1))
+    with_adapter = _ratio(adapter, at("slmops cpu-int4-adapter", 1))
+    text = "serving: 8 clients get {ratio:.2f}x one client's tokens/s merged" + (
+        f", {with_adapter:.2f}x with the adapter" if with_adapter else ""
+    )
+    return [row], [_goal(text, ratio, 2.5)]
+
+
+def _operator_summary(figures: dict) -> tuple[list[str], list[str | None]]:
+    largest = figures["sizes"][-1]
+    one_each = largest["jobs_with_exactly_one_run"] == largest["jobs"] == largest["runs"]
+    runs = "exactly one KFP run each" if one_each else "NOT one KFP run each"
+    return [
+        f"| the operator, {largest['jobs']} jobs applied at once | {runs}, {largest['rss_peak_mb']:.0f} MB peak RSS | |"
+    ], []
+
+
+SUMMARIES = {  # README's order: what each benchmark's headline is, and what it is called
+    "finetune": ("fine-tuning", _finetune_summary),
+    "optimize": ("decode", _decode_summary),
+    "serve": ("serving", _serve_summary),
+    "operator": ("the operator", _operator_summary),
+}
+
+
+def summary_table(results: dict) -> str:
+    """README's block: the headline of each benchmark's newest figures (bench/results/*.json)."""
+    lines = ["| what | slmops | others |", "| --- | --- | --- |"]
+    notes: list[str | None] = []
+    sources = []
+    for name, (what, summary) in SUMMARIES.items():
+        if name in results:
+            rows, said = summary(results[name])
+            lines += rows
+            notes += said
+            sources.append((results[name]["machine"], f"{what} {results[name]['date']}"))
+    lines.append("")
+    lines.extend(f"* {note}" for note in notes if note)
+    lines.append("")
+    machines: dict[str, list[str]] = {}
+    for machine, run in sources:
+        machines.setdefault(machine, []).append(run)
+    said = "; ".join(f"{machine}: {', '.join(runs)}" for machine, runs in machines.items())
+    lines.append(f"*{said} (docs/benchmarks.md has each run's command and versions)*")
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS: dict[str, Callable[[dict], str]] = {
+    "int4_sweep": int4_sweep_table,
+    "summary": summary_table,
+    "operator": operator_table,
+    "serve": serve_table,
+    "optimize": optimize_table,
+    "finetune": finetune_table,
+}
+
+
+def figures_at(path: Path) -> dict:
+    """One script's figures, or for a folder every script's, by name (optimize.json -> "optimize")."""
+    if path.is_dir():
+        return {child.stem: json.loads(child.read_text()) for child in sorted(path.glob("*.json"))}
+    return json.loads(path.read_text())
 
 
 def rendered(text: str) -> str:
     def one(match: re.Match) -> str:
         opening, kind, source, _, closing = match.groups()
-        figures = json.loads((REPO / source).read_text())
-        return opening + RENDERERS[kind](figures) + closing
+        return opening + RENDERERS[kind](figures_at(REPO / source)) + closing
 
     return BLOCK.sub(one, text)
 

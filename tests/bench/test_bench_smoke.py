@@ -69,7 +69,10 @@ def finetune_run(tmp_path_factory, tiny_model: Path, olive: Path) -> tuple[Path,
 
 def test_finetune_bench_runs_every_tool_and_judges_each(finetune_run):
     work, out = finetune_run
-    figures = json.loads((work / "figures.json").read_text())
+    written = json.loads((work / "figures.json").read_text())
+    assert written["machine"] and written["date"] and "finetune.py" in written["command"]
+    assert written["versions"]["torch"] and written["parameters"] > 0 and written["verdict"]
+    figures = written["tools"]
     assert list(figures) == ["slmops", "slmops-fp32", "trl", "trl-bf16", "plain", "olive"]
     for tool, r in figures.items():
         assert r["wall_s"] > r["train_s"] > 0, tool
@@ -78,7 +81,7 @@ def test_finetune_bench_runs_every_tool_and_judges_each(finetune_run):
         assert r["rows"] == 4 and 0 <= r["accuracy"] <= 1 and r["eval_loss"] > 0, tool
         assert (Path(r["adapter"]) / "adapter_config.json").exists(), tool
     assert figures["slmops-fp32"]["precision"] == "fp32" and figures["trl-bf16"]["precision"] == "bf16"
-    assert "| slmops |" in out and "vs TRL's best" in out and "matmul peak here" in out
+    assert "| slmops |" in out and "vs TRL's best" in out and "matmul peak in this run" in out
 
 
 def optimize_bench(
@@ -113,13 +116,14 @@ def optimize_bench(
 
 def test_optimize_bench_builds_and_measures_every_tool(finetune_run, tiny_model: Path, olive: Path, tmp_path):
     work, _ = finetune_run
-    figures, out = optimize_bench(work, tiny_model, tmp_path, tools="slmops,builder,olive", olive=olive)
+    figures, out = optimize_bench(work, tiny_model, tmp_path, tools="slmops,slmops-1cpu,builder,olive", olive=olive)
     assert figures["bandwidth_bytes_per_s"] > 1e8
     models = figures["models"]
     assert list(models) == [
         "PyTorch fp32",
         "slmops cpu-int4",
         "slmops cpu-int4-adapter",
+        "slmops cpu-int4, built on 1 CPU",
         "builder cpu-int4",
         "olive cpu-int4",
     ]
@@ -131,10 +135,34 @@ def test_optimize_bench_builds_and_measures_every_tool(finetune_run, tiny_model:
     # int4 weights are smaller than fp32 ones: what one token reads shrinks with them.
     assert models["slmops cpu-int4"]["bytes_per_token"] < models["PyTorch fp32"]["bytes_per_token"]
     assert "int4 vs the model builder's default int4" in out and "separate adapter vs merged" in out
+    assert "int4 built on 1 CPU vs on all" in out and "at equal threads" in out
 
     folders = [models["slmops cpu-int4"]["folder"], models["builder cpu-int4"]["folder"]]
     profile = run([sys.executable, BENCH / "profile_decode.py", *folders, "--runs", 1])
     assert profile.count("| MatMulNBits |") == 2 and "| /lm_head/MatMul" in profile
+
+
+def test_int4_sweep_builds_each_variant_and_measures_it_at_equal_threads(
+    finetune_run, tiny_model: Path, tmp_path
+):
+    work, _ = finetune_run
+    command = [
+        sys.executable,
+        BENCH / "int4_sweep.py",
+        "--model",
+        tiny_model,
+        "--adapter",
+        work / "slmops-out" / "adapter",
+    ]
+    command += ["--data", TONE_DATA, "--variants", "default-b32,rtn-b32", "--eval-rows", 4]
+    command += ["--latency-runs", 1, "--rounds", 1, "--work", tmp_path, "--json", tmp_path / "figures.json"]
+    out = run(command)
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert list(figures["variants"]) == ["default-b32", "rtn-b32"] and figures["threads"] >= 1
+    assert figures["variants"]["rtn-b32"]["options"] == {"int4_algo_config": "rtn"}
+    for name, r in figures["variants"].items():
+        assert r["decode_tok_s_p50_threads"] > 0 and r["rows"] == 4 and r["size_mb"] > 0, name
+    assert "| rtn-b32 | `int4_algo_config=rtn` |" in out and "| 1.00x |" in out
 
 
 def test_optimize_bench_measures_llamacpp_where_it_is_built(finetune_run, tiny_model: Path, tmp_path):
@@ -163,7 +191,9 @@ def test_operator_bench_gives_each_job_exactly_one_run(tmp_path):
             tmp_path / "figures.json",
         ]
     )
-    figures = json.loads((tmp_path / "figures.json").read_text())
+    written = json.loads((tmp_path / "figures.json").read_text())
+    assert written["machine"] and written["date"] and written["versions"]["kopf"]
+    figures = written["sizes"]
     assert [r["jobs"] for r in figures] == [1, 5]
     for r in figures:
         assert r["runs"] == r["jobs_with_exactly_one_run"] == r["jobs"]

@@ -139,6 +139,15 @@ def test_without_a_queue_label_no_pod_is_queued_and_every_pod_names_its_job(tmp_
         }, step
 
 
+def test_a_job_named_like_a_yaml_number_or_boolean_keeps_its_name_as_a_string(tmp_path):
+    """Every job's package is the shared one with its name put in: never re-typed by YAML."""
+    for name in ("123", "true", "1e3"):
+        manifest = single_node()
+        manifest["metadata"]["name"] = name
+        _ir, platform = compiled(manifest, tmp_path)
+        assert {found["slmops.io/job"] for found in pod_labels(platform).values()} == {name}
+
+
 def test_a_multi_node_launcher_stays_outside_the_queue_and_its_nodes_carry_it(tmp_path):
     manifest = labelled(big_finetune(), QUEUED)
     _ir, platform = compiled(manifest, tmp_path)

@@ -240,15 +240,27 @@ async def test_the_runs_of_one_job_share_one_compiled_package(fake_kfp, tiny_mod
     # A's next run (resumed after a suspend) with another spec value: the same placement, the same package.
     await backend.submit(request("a", attempt=2, training={"maxSteps": 4}))
     await backend.submit(request("big", resources={"gpusPerNode": 2, "nodeSelector": {"gpu": "h200"}}))
-    # One package per job (its pods carry its name: cost labels), shared by its runs: the spec's
-    # values are run arguments, not part of the package.
-    assert len(compiled) == 3
+    # One package per placement, shared by every job and run with it: the spec's values are run
+    # arguments, and each job's name and namespace (its pods' cost labels) are put into its copy.
+    assert len(compiled) == 2
     runs = {run["runtime_config"]["parameters"]["job"]["name"]: run for run in fake_kfp.created[1:]}
     assert fake_kfp.created[0]["runtime_config"]["parameters"]["spec"]["training"]["maxSteps"] == 3
     assert runs["a"]["runtime_config"]["parameters"]["spec"]["training"]["maxSteps"] == 4
     assert runs["b"]["runtime_config"]["parameters"]["spec"]["training"]["maxSteps"] == 5
     assert "h200" not in json.dumps(runs["a"]) and "h200" in json.dumps(runs["big"])
+    for run in fake_kfp.created:
+        name = run["runtime_config"]["parameters"]["job"]["name"]
+        labels = [
+            executor["podMetadata"]["labels"]
+            for executor in run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"][
+                "deploymentSpec"
+            ]["executors"].values()
+        ]
+        assert labels and all(found["slmops.io/job"] == name for found in labels), name
+        assert all(found["slmops.io/namespace"] == "default" for found in labels)
+        assert "stand-in" not in json.dumps(run)
     assert len(fake_kfp.experiments) == 1
+    assert not list(backend._package_dir.glob("*-default-*.yaml"))  # each job's copy is removed once sent
     await backend.close()
 
 

@@ -44,6 +44,7 @@ import json
 import shutil
 import tempfile
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,8 @@ class KfpBackend:
         return runs[0] if runs else None
 
     def _package(self, request: JobRequest, mounts: list[dict[str, Any]]) -> Path:
-        """The compiled pipeline package for this job's pipeline and placement (kept, LRU)."""
+        """This job's pipeline package: the one compiled for its pipeline and placement (kept,
+        LRU), with the job's own name and namespace in its pods' labels.  The caller removes it."""
         from slmops_pipelines import jobs
 
         pipeline = jobs.pipeline_for(
@@ -197,20 +199,23 @@ class KfpBackend:
             meta=jobs.JobMeta(request.name, request.namespace, dict(request.labels)),
         )
         with self._packages_lock:
-            if pipeline.key in self._packages:
-                self._packages.move_to_end(pipeline.key)
-                return self._packages[pipeline.key]
             if self._package_dir is None:
                 self._package_dir = Path(tempfile.mkdtemp(prefix="slmops-pipelines-"))
-            path = (
-                self._package_dir / f"{pipeline.name}-{len(self._packages)}-{abs(hash(pipeline.key)):x}.yaml"
+            shared = self._packages.get(pipeline.key)
+            if shared is not None:
+                self._packages.move_to_end(pipeline.key)
+            else:
+                shared = self._package_dir / f"{pipeline.name}-{abs(hash(pipeline.key)):x}.yaml"
+                pipeline.compile_shared(shared)
+                self._packages[pipeline.key] = shared
+                while len(self._packages) > PACKAGES_KEPT:
+                    _, old = self._packages.popitem(last=False)
+                    old.unlink(missing_ok=True)
+            own = (
+                self._package_dir
+                / f"{pipeline.name}-{request.namespace}-{request.name}-{uuid.uuid4().hex[:8]}.yaml"
             )
-            pipeline.compile(path)
-            self._packages[pipeline.key] = path
-            while len(self._packages) > PACKAGES_KEPT:
-                _, old = self._packages.popitem(last=False)
-                old.unlink(missing_ok=True)
-            return path
+            return pipeline.for_this_job(shared, own)
 
     def _trainer_image(self, request: JobRequest) -> str:
         """The image of a multi-node job's training nodes: the one its train step runs in."""
@@ -246,15 +251,19 @@ class KfpBackend:
             existing = self._find_run(client, experiment_id, request)
             if existing is not None:
                 return self._ref(existing.run_id, request.run_name)
-            result = client.create_run_from_pipeline_package(
-                str(self._package(request, mounts)),
-                arguments=self._arguments(request, mounts),
-                run_name=request.run_name,
-                experiment_id=experiment_id,
-                namespace=request.namespace if self.multi_user() else None,
-                # Every pod of the run runs as the job's ServiceAccount (KFP's default otherwise).
-                service_account=request.spec.service_account_name,
-            )
+            package = self._package(request, mounts)
+            try:
+                result = client.create_run_from_pipeline_package(
+                    str(package),
+                    arguments=self._arguments(request, mounts),
+                    run_name=request.run_name,
+                    experiment_id=experiment_id,
+                    namespace=request.namespace if self.multi_user() else None,
+                    # Every pod of the run runs as the job's ServiceAccount (KFP's default otherwise).
+                    service_account=request.spec.service_account_name,
+                )
+            finally:
+                package.unlink(missing_ok=True)
         except Exception:
             self._experiments.pop(request.namespace, None)  # it may have been deleted
             raise

@@ -86,19 +86,38 @@ def job_kind(name: str) -> JobKind[Any]:
 # -- on a cluster ----------------------------------------------------------------------------------
 
 
+# A job's name and namespace in its pods' labels are compiled as these stand-ins, and each job's
+# package is the shared one with its own values put in: compiling is most of what a submission
+# costs (bench/operator_load.py), and a package per job name would compile at every job.
+NAME_STAND_IN = "slmops-stand-in-job-name"
+NAMESPACE_STAND_IN = "slmops-stand-in-job-namespace"
+
+
 @dataclass(frozen=True)
 class JobPipeline:
     """The pipeline a job is submitted as: built with the job's placement, keyed for reuse."""
 
     name: str
     key: str  # equal keys compile to the same package: the pipeline, the placement, the images
+    values: dict[str, str]  # a stand-in of the shared package -> this job's value
     _build: Any
 
-    def compile(self, path: Path) -> Path:
-        """Write the IR YAML (with the kfp-kubernetes platform spec) to ``path``."""
+    def compile_shared(self, path: Path) -> Path:
+        """Write the package every job with this key shares (the IR YAML with the kfp-kubernetes
+        platform spec, the stand-ins in its pods' labels) to ``path``."""
         from slmops_pipelines.kubeflow.pipelines import compile_pipeline
 
         return compile_pipeline(self._build(), path)
+
+    def for_this_job(self, shared: Path, path: Path) -> Path:
+        """This job's package at ``path``: the shared one with the job's own values."""
+        from slmops_pipelines.kubeflow.pipelines import with_values
+
+        return with_values(shared, path, self.values)
+
+    def compile(self, path: Path) -> Path:
+        """Write this job's package to ``path``."""
+        return self.for_this_job(self.compile_shared(path), path)
 
 
 def pipeline_for(
@@ -121,13 +140,25 @@ def pipeline_for(
     job = job_kind(kind)
     images = job.images(spec, registry=registry)
     mounts = [SecretMount.model_validate(m) for m in secrets or []]
-    placement = job.placement(spec, cache_pvc=cache_pvc, cache_max_gb=cache_max_gb, secrets=mounts, job=meta)
+    stand_in = JobMeta(NAME_STAND_IN, NAMESPACE_STAND_IN, meta.labels) if meta else None
+    placement = job.placement(
+        spec, cache_pvc=cache_pvc, cache_max_gb=cache_max_gb, secrets=mounts, job=stand_in
+    )
     name, factory = job.pipeline(spec)
     return JobPipeline(
         name=name,
         key=job.compiled_key(spec, placement, images),
+        values=_label_values(meta),
         _build=lambda: factory(placement=placement, images=images),
     )
+
+
+def _label_values(meta: JobMeta | None) -> dict[str, str]:
+    from slmops_pipelines.kubeflow.placement import label_value
+
+    if meta is None:
+        return {}
+    return {NAME_STAND_IN: label_value(meta.name), NAMESPACE_STAND_IN: label_value(meta.namespace)}
 
 
 def compile_job(

@@ -292,6 +292,30 @@ def compile_pipeline(pipeline: Callable, path: Path) -> Path:
     return path
 
 
+def with_values(shared: Path, path: Path, values: dict[str, str]) -> Path:
+    """``shared`` written to ``path`` with every string equal to a key of ``values`` replaced.
+
+    The YAML is parsed and written again rather than edited as text, so that a value stays a
+    string whatever it looks like (a job named ``123`` or ``true``).
+    """
+    if not values and shared == path:
+        return path
+    import yaml
+
+    def swap(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: swap(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [swap(value) for value in node]
+        return values.get(node, node) if isinstance(node, str) else node
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    documents = [swap(doc) for doc in yaml.load_all(shared.read_text(), Loader=loader)]
+    path.write_text(yaml.dump_all(documents, Dumper=dumper, sort_keys=False))
+    return path
+
+
 def compile_all(out_dir: Path = COMPILED_DIR, *, images: Images | None = None) -> list[Path]:
     """Write every pipeline, with the default placement, as ``<name>.yaml`` in ``out_dir``."""
     return [
