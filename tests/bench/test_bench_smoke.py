@@ -116,7 +116,9 @@ def optimize_bench(
 
 def test_optimize_bench_builds_and_measures_every_tool(finetune_run, tiny_model: Path, olive: Path, tmp_path):
     work, _ = finetune_run
-    figures, out = optimize_bench(work, tiny_model, tmp_path, tools="slmops,slmops-1cpu,builder,olive", olive=olive)
+    figures, out = optimize_bench(
+        work, tiny_model, tmp_path, tools="slmops,slmops-1cpu,builder,olive", olive=olive
+    )
     assert figures["bandwidth_bytes_per_s"] > 1e8
     models = figures["models"]
     assert list(models) == [
