@@ -331,7 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     drifted = []
     for path in DOCS:
         text = path.read_text()
-        fresh = rendered(text)
+        try:
+            fresh = rendered(text)
+        except FileNotFoundError as missing:
+            print(
+                f"{path.relative_to(REPO)}: no figures at {missing.filename}: run its benchmark with --json"
+            )
+            return 1
         if fresh != text:
             drifted.append(path.relative_to(REPO))
             if not args.check:

@@ -95,7 +95,15 @@ OPT = {
 
 def test_optimize_spec_accepts_a_valid_target():
     spec = OptimizeJobSpec.model_validate(OPT)
-    assert spec.targets[0].quantization.int4_block_size == 32
+    assert spec.targets[0].quantization.int4_block_size is None  # unset: the provider's own
+    assert spec.targets[0].int4_block_size == 64
+
+
+def test_the_int4_block_size_is_the_providers_unless_the_spec_names_one():
+    cuda = {"name": "gpu", "provider": "CUDAExecutionProvider", "precision": "int4"}
+    pinned = {**OPT["targets"][0], "quantization": {"int4BlockSize": 32}}
+    spec = OptimizeJobSpec.model_validate({**OPT, "targets": [cuda, pinned]})
+    assert [t.int4_block_size for t in spec.targets] == [32, 32]
 
 
 def test_optimize_rejects_precision_the_provider_cannot_run():

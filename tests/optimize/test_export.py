@@ -98,6 +98,11 @@ def test_the_default_int4_head_shares_the_embedding_table(tiny_model, tmp_path, 
     )
     assert {attrs["bits"] for attrs in matmul_nbits(exported.path).values()} == {4}
     assert "GatherBlockQuantized" in op_types(exported.path)  # the embedding reads the shared int4 table
+    # The CPU's measured block size (the provider table), where the spec names none.
+    assert {attrs["block_size"] for attrs in matmul_nbits(exported.path).values()} == {64}
+    # Each layer's gate and up projections are one kernel (steps/optimize/fuse.py).
+    names = list(matmul_nbits(exported.path))
+    assert any("gate_up_proj" in n for n in names) and not any("/gate_proj/" in n for n in names)
 
 
 def test_hqq_is_refused_on_the_cpu_with_the_reason():

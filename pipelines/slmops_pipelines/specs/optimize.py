@@ -171,7 +171,13 @@ class OptimizeSource(SpecModel):
 class QuantizationSpec(SpecModel):
     """How weights are quantized for int4 and int8 targets."""
 
-    int4_block_size: Literal[16, 32, 64, 128, 256] = Field(default=32, description="Weights per int4 scale.")
+    int4_block_size: Literal[16, 32, 64, 128, 256] | None = Field(
+        default=None,
+        description=(
+            "Weights per int4 scale. Unset: the provider's measured best (64 on CPUExecutionProvider: "
+            "faster than 32 at the same accuracy on the demo; 32 elsewhere)."
+        ),
+    )
     int4_algorithm: Int4Algorithm = Field(
         default="rtn",
         description=(
@@ -303,6 +309,11 @@ class OptimizeTarget(SpecModel):
         if self.precision == "int8":
             return self.quantization.int8_mode
         return ""
+
+    @property
+    def int4_block_size(self) -> int:
+        """Weights per int4 scale: ``quantization.int4BlockSize``, else the provider's default."""
+        return self.quantization.int4_block_size or providers.PROVIDERS[self.provider].int4_block_size
 
     @property
     def recipe(self) -> providers.Recipe:

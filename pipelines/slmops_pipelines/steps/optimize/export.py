@@ -77,7 +77,7 @@ def builder_command(
         if lora_nodes:  # LoRA weights stay float, so that adapters can replace them
             extra["int4_nodes_to_exclude"] = ",".join(lora_nodes)
     if precision == "int4":
-        extra["int4_block_size"] = str(target.quantization.int4_block_size)
+        extra["int4_block_size"] = str(target.int4_block_size)
         extra["int4_algo_config"] = "rtn_last" if target.quantization.lm_head_int8 else "rtn"
         if provider.builder_ep == "cpu":
             extra["int4_accuracy_level"] = "4"  # int8 activations: the fast CPU kernels
@@ -232,6 +232,17 @@ def _quantize_nbits(
     _save_in_place(folder, quantizer.model.model)
 
 
+def _fuse_gate_up(folder: Path) -> None:
+    """Each layer's gate and up projections as one kernel call (steps/optimize/fuse.py)."""
+    import onnx
+
+    from slmops_pipelines.steps.optimize.fuse import fuse_gate_up
+
+    model = onnx.load(str(folder / "model.onnx"))  # with its external weights
+    if fuse_gate_up(model):
+        _save_in_place(folder, model)
+
+
 def _quantizer_class():
     """onnxruntime's MatMulNBitsQuantizer, with nodes_to_exclude honoured by GPTQ too.
 
@@ -301,15 +312,15 @@ def _rewrite_external_data_name(model_path: Path, old: str, new: str) -> None:
 LM_HEAD = "/lm_head/MatMul"
 
 
-def _quantize_int4_hqq(folder: Path, quantization: QuantizationSpec, exclude: list[str]) -> None:
+def _quantize_int4_hqq(folder: Path, quantization: QuantizationSpec, block: int, exclude: list[str]) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
 
-    config = HQQWeightOnlyQuantConfig(block_size=quantization.int4_block_size, bits=4)
-    _quantize_int4_with(folder, quantization, exclude, config)
+    config = HQQWeightOnlyQuantConfig(block_size=block, bits=4)
+    _quantize_int4_with(folder, quantization, block, exclude, config)
 
 
 def _quantize_int4_gptq(
-    folder: Path, quantization: QuantizationSpec, exclude: list[str], calibration: list[list[int]]
+    folder: Path, quantization: QuantizationSpec, block: int, exclude: list[str], calibration: list[list[int]]
 ) -> None:
     """GPTQ (Frantar et al., 2022): each weight's rounding error corrected on the job's own rows."""
     from onnxruntime.quantization.matmul_nbits_quantizer import GPTQWeightOnlyQuantConfig
@@ -318,12 +329,13 @@ def _quantize_int4_gptq(
     config = GPTQWeightOnlyQuantConfig(calibration_data_reader=rows, op_types_to_quantize=("MatMul",))
     # Its progress bar is print()ed, carriage returns and all: kept out of the job's output.
     with contextlib.redirect_stdout(io.StringIO()):
-        _quantize_int4_with(folder, quantization, exclude, config)
+        _quantize_int4_with(folder, quantization, block, exclude, config)
 
 
-def _quantize_int4_with(folder: Path, quantization: QuantizationSpec, exclude: list[str], config) -> None:
+def _quantize_int4_with(
+    folder: Path, quantization: QuantizationSpec, block: int, exclude: list[str], config
+) -> None:
     """int4 by ``config``'s algorithm; then, with lmHeadInt8, the output layer on its own in int8."""
-    block = quantization.int4_block_size
     head = [LM_HEAD] if quantization.lm_head_int8 else []
     _quantize_nbits(folder, bits=4, block_size=block, algo_config=config, exclude=exclude + head)
     if head:
@@ -372,8 +384,10 @@ def _post_pass(
         "int8-static": lambda: _quantize_int8_static(
             folder, _needs(calibration, target)[: q.calibration_samples]
         ),
-        "int4-hqq": lambda: _quantize_int4_hqq(folder, q, lora_nodes),
-        "int4-gptq": lambda: _quantize_int4_gptq(folder, q, lora_nodes, _needs(calibration, target)),
+        "int4-hqq": lambda: _quantize_int4_hqq(folder, q, target.int4_block_size, lora_nodes),
+        "int4-gptq": lambda: _quantize_int4_gptq(
+            folder, q, target.int4_block_size, lora_nodes, _needs(calibration, target)
+        ),
     }
     passes[target.recipe.post_pass]()
 
@@ -423,6 +437,8 @@ def export_target(
 
         graph_inputs = extract_lora_inputs(partial / "model.onnx")
     _post_pass(partial, target, lora_nodes or [], calibration)
+    if PROVIDERS[target.provider].fuse_gate_up:
+        _fuse_gate_up(partial)
     if adapters:
         from slmops_pipelines.steps.optimize.adapters import write_onnx_adapter
 

@@ -12,7 +12,7 @@ them, and so does the job's own evaluation, which loads every target exactly tha
   folder (:class:`~slmops_pipelines.steps.optimize.runtime.GenaiEngine`: the CPUs the process
   may use, its cgroup quota included), and plain ``onnxruntime_genai.Model`` gets
   onnxruntime's default (its physical cores: one thread on a 2-vCPU VM, where the count of
-  the serving pod's CPUs in ``runtime.threads`` decodes faster -- docs/optimize.md).
+  the serving pod's CPUs in ``runtime.threads`` decodes faster -- docs/serving.md).
 * **spinning**: a decoded token is hundreds of kernels of tens of microseconds each; pool
   threads that sleep between them pay a wake-up per kernel (77 against 100 tokens/s here).
   Spinning is onnxruntime's default, written down so that it is visible and can be turned off
