@@ -1,4 +1,4 @@
-"""The MLP's gate and up projections fused into one MatMulNBits: the same numbers, fewer kernels."""
+"""Projections that read one input fused into one MatMulNBits: the same numbers, fewer kernels."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from slmops_pipelines.steps.optimize.fuse import fuse_gate_up
+from slmops_pipelines.steps.optimize.fuse import fuse_projections
 
 K, N, BLOCK = 64, 48, 32
 
 
-def _nbits(name: str, rng: np.random.Generator, *, n: int = N, zero_points: bool = False) -> tuple:
+def _nbits(
+    name: str, rng: np.random.Generator, *, n: int = N, zero_points: bool = False, folder: str = "mlp"
+) -> tuple:
     blocks = K // BLOCK
     weight = numpy_helper.from_array(
         rng.integers(0, 256, (n, blocks, BLOCK // 2), dtype=np.uint8), f"{name}.w"
@@ -30,8 +32,8 @@ def _nbits(name: str, rng: np.random.Generator, *, n: int = N, zero_points: bool
     node = helper.make_node(
         "MatMulNBits",
         inputs,
-        [f"/model/layers.0/mlp/{name}/MatMul/output_0"],
-        name=f"/model/layers.0/mlp/{name}/MatMul_Q4",
+        [f"/model/layers.0/{folder}/{name}/MatMul/output_0"],
+        name=f"/model/layers.0/{folder}/{name}/MatMul_Q4",
         domain="com.microsoft",
         K=K,
         N=n,
@@ -75,7 +77,7 @@ def test_one_kernel_gives_exactly_what_the_two_gave():
     x = np.random.default_rng(1).standard_normal((3, K), dtype=np.float32)
     model = mlp()
     before = run(model, x)
-    assert fuse_gate_up(model) == 1
+    assert fuse_projections(model) == 1
     ops = [node.op_type for node in model.graph.node]
     assert ops.count("MatMulNBits") == 1 and "Split" in ops
     fused = next(node for node in model.graph.node if node.op_type == "MatMulNBits")
@@ -102,4 +104,44 @@ def _other_accuracy_level() -> onnx.ModelProto:
 )
 def test_pairs_it_cannot_stack_exactly_are_left_alone(model):
     nodes = len(model.graph.node)
-    assert fuse_gate_up(model) == 0 and len(model.graph.node) == nodes
+    assert fuse_projections(model) == 0 and len(model.graph.node) == nodes
+
+
+def attention_inputs() -> onnx.ModelProto:
+    """q, k and v read one input (a separate adapter's graph keeps them apart); their sum out."""
+    rng = np.random.default_rng(2)
+    made = [
+        _nbits(name, rng, n=n, folder="attn") for name, n in (("q_proj", 64), ("k_proj", 32), ("v_proj", 32))
+    ]
+    q, k, v = (node.output[0] for node, _ in made)
+    nodes = [node for node, _ in made] + [
+        helper.make_node("Slice", [q, "zero", "half", "last"], ["q_half"]),
+        helper.make_node("Add", ["q_half", k], ["qk"]),
+        helper.make_node("Add", ["qk", v], ["y"]),
+    ]
+    consts = [
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "zero"),
+        numpy_helper.from_array(np.array([32], dtype=np.int64), "half"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "last"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "attn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32])],
+        [init for _, inits in made for init in inits] + consts,
+    )
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def test_query_key_and_value_kept_apart_become_one_kernel():
+    x = np.random.default_rng(3).standard_normal((2, K), dtype=np.float32)
+    model = attention_inputs()
+    before = run(model, x)
+    assert fuse_projections(model) == 1
+    fused = [node for node in model.graph.node if node.op_type == "MatMulNBits"]
+    assert [node.name for node in fused] == ["/model/layers.0/attn/qkv_proj/MatMul"]
+    assert {a.name: a.i for a in fused[0].attribute}["N"] == 128
+    onnx.checker.check_model(model)
+    np.testing.assert_array_equal(run(model, x), before)

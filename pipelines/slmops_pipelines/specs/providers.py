@@ -33,17 +33,17 @@ class ProviderInfo:
     genai_name: str  # the name onnxruntime-genai's config uses
     family: ImageFamily  # the image (and, for cuda, the GPUs) its targets are built and measured with
     int4_block_size: int = 32  # weights per int4 scale where the spec sets none (the builder's default)
-    fuse_gate_up: bool = (
-        False  # the MLP's gate and up projections as one MatMulNBits (steps/optimize/fuse.py)
-    )
+    # Projections that read one input (gate/up; q/k/v where adapters keep them apart) as one
+    # MatMulNBits each: steps/optimize/fuse.py.  Measured on the CPU only.
+    fuse_projections: bool = False
 
 
 PROVIDERS: dict[str, ProviderInfo] = {
-    # Block 64 on the CPU: 1.39x the decode of the builder's default int4 (block 32) at equal
-    # threads, at 100% accuracy and perplexity 1.015 on the demo (bench/int4_sweep.py,
-    # docs/benchmarks.md); half the scales to read, and one MatMulNBits block loop in two.
+    # Block 64 on the CPU: 1.16x-1.39x the decode of the builder's default int4 (block 32) at
+    # equal threads in two runs, at 100% accuracy and perplexity 1.015 on the demo
+    # (bench/int4_sweep.py, bench/optimize.py: docs/benchmarks.md); half the scales to read.
     "CPUExecutionProvider": ProviderInfo(
-        "CPUExecutionProvider", "cpu", "cpu", "cpu", int4_block_size=64, fuse_gate_up=True
+        "CPUExecutionProvider", "cpu", "cpu", "cpu", int4_block_size=64, fuse_projections=True
     ),
     "CUDAExecutionProvider": ProviderInfo("CUDAExecutionProvider", "cuda", "cuda", "cuda"),
     "DmlExecutionProvider": ProviderInfo("DmlExecutionProvider", "dml", "dml", "cpu"),

@@ -232,14 +232,14 @@ def _quantize_nbits(
     _save_in_place(folder, quantizer.model.model)
 
 
-def _fuse_gate_up(folder: Path) -> None:
-    """Each layer's gate and up projections as one kernel call (steps/optimize/fuse.py)."""
+def _fuse_projections(folder: Path) -> None:
+    """Projections that read one input as one kernel call each (steps/optimize/fuse.py)."""
     import onnx
 
-    from slmops_pipelines.steps.optimize.fuse import fuse_gate_up
+    from slmops_pipelines.steps.optimize.fuse import fuse_projections
 
     model = onnx.load(str(folder / "model.onnx"))  # with its external weights
-    if fuse_gate_up(model):
+    if fuse_projections(model):
         _save_in_place(folder, model)
 
 
@@ -437,8 +437,8 @@ def export_target(
 
         graph_inputs = extract_lora_inputs(partial / "model.onnx")
     _post_pass(partial, target, lora_nodes or [], calibration)
-    if PROVIDERS[target.provider].fuse_gate_up:
-        _fuse_gate_up(partial)
+    if PROVIDERS[target.provider].fuse_projections:
+        _fuse_projections(partial)
     if adapters:
         from slmops_pipelines.steps.optimize.adapters import write_onnx_adapter
 
