@@ -136,6 +136,17 @@ def versions(*packages: str) -> dict[str, str]:
     return found
 
 
+def provenance(argv: list[str] | None, *packages: str) -> dict[str, object]:
+    """What every figures file records of its run: the date, the machine, the command, the versions."""
+    command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "command": command,
+        "versions": versions(*packages),
+    }
+
+
 def machine() -> str:
     """One line: CPU model, cores, memory."""
     model = "unknown CPU"

@@ -56,7 +56,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "scripts")]
 
-from _measure import machine, run_measured, run_slmops, versions  # noqa: E402
+from _measure import machine, provenance, run_measured, run_slmops  # noqa: E402
 from bench_tables import finetune_table  # noqa: E402  (scripts/: the docs' table, from these figures)
 from judge import PROMPT  # noqa: E402  (the task's prompt, as the judge asks it)
 
@@ -276,7 +276,6 @@ def judge(args: argparse.Namespace, adapter: str, work: Path, name: str) -> dict
 
 def matmul_peak(dtype_name: str, *, size: int = 2048, repeats: int = 10) -> float:
     """FLOP/s of a square matmul on all threads, best of ``repeats``: the MFU denominator."""
-    import time
 
     import torch
 
@@ -356,12 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     peaks = {name: matmul_peak(dtype) for name, dtype in (("fp32", "float32"), ("bf16", "bfloat16"))}
     for r in results.values():
         r["mfu"] = r["tokens_per_s"] * 4 * params / peaks[r["precision"]]
-    command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
     figures = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "command": command,
-        "versions": versions("torch", "transformers", "peft", "trl", "accelerate"),
+        **provenance(argv, "torch", "transformers", "peft", "trl", "accelerate"),
         "work": {
             "steps": args.steps,
             "batch": args.batch,

@@ -23,14 +23,14 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "scripts"), str(REPO / "pipelines"), str(REPO / "operator")]
 
-from _measure import machine, run_measured, versions  # noqa: E402
+from _measure import machine, provenance, run_measured  # noqa: E402
 from bench_tables import int4_sweep_table  # noqa: E402  (scripts/: the docs' table, from these figures)
+from optimize import merged_model  # noqa: E402  (the adapter merged as bench/optimize.py merges it)
 
 MODEL = REPO / ".cache" / "models" / "SmolLM2-135M-Instruct"
 ADAPTER = REPO / "runs" / "smollm2-tone" / "adapter"
@@ -49,21 +49,6 @@ VARIANTS: dict[str, dict[str, str]] = {
     # GatherBlockQuantized names an initializer the quantizer called otherwise): not shared here
     "k_quant-b32": {"int4_algo_config": "k_quant", "shared_embeddings": "false"},
 }
-
-
-def merged_model(args: argparse.Namespace, work: Path) -> Path:
-    """The base model with the adapter merged, saved once."""
-    folder = work / "merged"
-    if (folder / "config.json").exists():
-        return folder
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    PeftModel.from_pretrained(model, str(args.adapter)).merge_and_unload().save_pretrained(folder)
-    AutoTokenizer.from_pretrained(args.model).save_pretrained(folder)
-    return folder
 
 
 def build(name: str, options: dict[str, str], merged: Path, work: Path) -> dict:
@@ -134,12 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         live = {name: row for name, row in rows.items() if "error" not in row}
         args.rounds = max(args.rounds, 1)
         latency_rounds(args, live, tokenizer, examples)
-    command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
     figures = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "command": command,
-        "versions": versions("onnxruntime", "onnxruntime-genai"),
+        **provenance(argv, "onnxruntime", "onnxruntime-genai"),
         "threads": usable_cpus(),
         "variants": rows,
     }

@@ -49,7 +49,7 @@ sys.path[:0] = [
     str(REPO / "operator"),
 ]
 
-from _measure import machine, versions  # noqa: E402
+from _measure import machine, provenance  # noqa: E402
 from bench_tables import operator_table  # noqa: E402  (scripts/: the docs' table, from these figures)
 
 API = "/apis/slmops.io/v1alpha1/namespaces/default/finetunejobs"
@@ -326,14 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(json.dumps(result), flush=True)
             results.append(result)
-    command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
-    figures = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "command": command,
-        "versions": {"python": platform.python_version(), **versions("kopf", "kfp", "kmock")},
-        "sizes": results,
-    }
+    figures = {**provenance(argv, "kopf", "kfp", "kmock"), "sizes": results}
+    figures["versions"] = {"python": platform.python_version(), **figures["versions"]}
     print()
     print(operator_table(figures))  # the table docs/benchmarks.md makes from the JSON, the same code
     if args.json:  # bench/results/operator.json

@@ -77,7 +77,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "scripts"), str(REPO / "pipelines"), str(REPO / "operator")]
 
-from _measure import machine, run_measured, run_slmops, versions  # noqa: E402
+from _measure import machine, provenance, run_measured, run_slmops  # noqa: E402
 from bench_tables import optimize_table  # noqa: E402  (scripts/: the docs' table, from these figures)
 from judge import PROMPT  # noqa: E402  (the task's prompt, as the judge asks it)
 
@@ -487,12 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         if "error" not in row:
             row["bound_tok_s"] = bandwidth / row["bytes_per_token"]
             row["of_bound"] = row["decode_tok_s_p50"] / row["bound_tok_s"]
-    command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
     figures = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "command": command,
-        "versions": versions("torch", "transformers", "peft", "onnxruntime", "onnxruntime-genai"),
+        **provenance(argv, "torch", "transformers", "peft", "onnxruntime", "onnxruntime-genai"),
         "threads": usable_cpus(),
         "bandwidth_bytes_per_s": bandwidth,
         "models": rows,

@@ -48,7 +48,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from _measure import machine, versions  # noqa: E402
+from _measure import provenance  # noqa: E402
 
 OUTPUT = REPO / "runs" / "smollm2-tone-cpu"
 DATA = REPO / "examples" / "data" / "tone"
@@ -299,13 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.update(slmops_rows(args, work))
         if not args.no_llamacpp:
             rows.update(llamacpp_rows(args, work))
-    command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
-    print(f"machine: {machine()}")
-    print(f"command: {command}")
+    figures = provenance(argv, "onnxruntime-genai", "aiohttp", "openai")
+    print(f"machine: {figures['machine']}")
+    print(f"command: {figures['command']}")
     print_table(rows)
     if args.json:  # bench/results/serve.json: what docs/benchmarks.md's table is made from
-        figures = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": command}
-        figures["versions"] = versions("onnxruntime-genai", "aiohttp", "openai")
         args.json.write_text(json.dumps({**figures, "rows": rows}, indent=2) + "\n")
     return 0
 

@@ -29,6 +29,12 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def _with_source(lines: list[str], figures: dict) -> str:
+    """The table's lines, then the line that says which run they come from."""
+    lines = [*lines, "", f"*{figures['machine']}, {figures['date']}: `{figures['command']}`*"]
+    return "\n".join(lines) + "\n"
+
+
 def serve_table(figures: dict) -> str:
     """bench/serve.py: the engine's own ceiling, then each server at 1/4/8 clients."""
     rows = figures["rows"]
@@ -60,9 +66,7 @@ def serve_table(figures: dict) -> str:
             lines.append(
                 f"| {label} | {r['clients']} | {r['tokens_per_s']:.0f} | {ratio} | {ttft} | {latency} |"
             )
-    lines.append("")
-    lines.append(f"*{figures['machine']}, {figures['date']}: `{figures['command']}`*")
-    return "\n".join(lines) + "\n"
+    return _with_source(lines, figures)
 
 
 def optimize_table(figures: dict) -> str:
@@ -89,9 +93,7 @@ def optimize_table(figures: dict) -> str:
         )
     lines.append("")
     lines.extend(f"* {line}" for line in figures.get("verdict", []))
-    lines.append("")
-    lines.append(f"*{figures['machine']}, {figures['date']}: `{figures['command']}`*")
-    return "\n".join(lines) + "\n"
+    return _with_source(lines, figures)
 
 
 def finetune_table(figures: dict) -> str:
@@ -113,9 +115,7 @@ def finetune_table(figures: dict) -> str:
         f"* matmul peak in this run: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} "
         f"GFLOP/s; {figures['parameters'] / 1e6:.0f}M parameters"
     )
-    lines.append("")
-    lines.append(f"*{figures['machine']}, {figures['date']}: `{figures['command']}`*")
-    return "\n".join(lines) + "\n"
+    return _with_source(lines, figures)
 
 
 def operator_table(figures: dict) -> str:
@@ -137,9 +137,7 @@ def operator_table(figures: dict) -> str:
             f"| {r['rss_idle_mb']:.0f} | {r['rss_peak_mb']:.0f} | {r['rss_end_mb']:.0f} "
             f"| {r['cpu_s_per_job'] * 1000:.1f} |"
         )
-    lines.append("")
-    lines.append(f"*{figures['machine']}, {figures['date']}: `{figures['command']}`*")
-    return "\n".join(lines) + "\n"
+    return _with_source(lines, figures)
 
 
 def int4_sweep_table(figures: dict) -> str:
@@ -161,9 +159,7 @@ def int4_sweep_table(figures: dict) -> str:
             f"| {name} | {options} | {r['size_mb']:.0f} | {r['accuracy']:.0%} | {r['perplexity']:.3f} "
             f"| {r['prefill_ms_p50_threads']:.1f} | {speed:.0f} | {ratio} |"
         )
-    lines.append("")
-    lines.append(f"*{figures['machine']}, {figures['date']}: `{figures['command']}`*")
-    return "\n".join(lines) + "\n"
+    return _with_source(lines, figures)
 
 
 def _decode(models: dict, name: str) -> str | None:
