@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmops_pipelines.errors import InputError, JobError
-from slmops_pipelines.specs.optimize import OptimizeTarget, QuantizationSpec
+from slmops_pipelines.specs.optimize import OptimizeTarget
 from slmops_pipelines.specs.providers import PROVIDERS
 from slmops_pipelines.steps.optimize.session import bake_session_options
 
@@ -312,31 +312,30 @@ def _rewrite_external_data_name(model_path: Path, old: str, new: str) -> None:
 LM_HEAD = "/lm_head/MatMul"
 
 
-def _quantize_int4_hqq(folder: Path, quantization: QuantizationSpec, block: int, exclude: list[str]) -> None:
+def _quantize_int4_hqq(folder: Path, target: OptimizeTarget, exclude: list[str]) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
 
-    config = HQQWeightOnlyQuantConfig(block_size=block, bits=4)
-    _quantize_int4_with(folder, quantization, block, exclude, config)
+    config = HQQWeightOnlyQuantConfig(block_size=target.int4_block_size, bits=4)
+    _quantize_int4_with(folder, target, exclude, config)
 
 
 def _quantize_int4_gptq(
-    folder: Path, quantization: QuantizationSpec, block: int, exclude: list[str], calibration: list[list[int]]
+    folder: Path, target: OptimizeTarget, exclude: list[str], calibration: list[list[int]]
 ) -> None:
     """GPTQ (Frantar et al., 2022): each weight's rounding error corrected on the job's own rows."""
     from onnxruntime.quantization.matmul_nbits_quantizer import GPTQWeightOnlyQuantConfig
 
-    rows = _CalibrationRows(folder / "model.onnx", calibration[: quantization.calibration_samples])
+    rows = _CalibrationRows(folder / "model.onnx", calibration[: target.quantization.calibration_samples])
     config = GPTQWeightOnlyQuantConfig(calibration_data_reader=rows, op_types_to_quantize=("MatMul",))
     # Its progress bar is print()ed, carriage returns and all: kept out of the job's output.
     with contextlib.redirect_stdout(io.StringIO()):
-        _quantize_int4_with(folder, quantization, block, exclude, config)
+        _quantize_int4_with(folder, target, exclude, config)
 
 
-def _quantize_int4_with(
-    folder: Path, quantization: QuantizationSpec, block: int, exclude: list[str], config
-) -> None:
+def _quantize_int4_with(folder: Path, target: OptimizeTarget, exclude: list[str], config) -> None:
     """int4 by ``config``'s algorithm; then, with lmHeadInt8, the output layer on its own in int8."""
-    head = [LM_HEAD] if quantization.lm_head_int8 else []
+    block = target.int4_block_size
+    head = [LM_HEAD] if target.quantization.lm_head_int8 else []
     _quantize_nbits(folder, bits=4, block_size=block, algo_config=config, exclude=exclude + head)
     if head:
         _quantize_nbits(folder, bits=8, block_size=block, include=head)
@@ -384,10 +383,8 @@ def _post_pass(
         "int8-static": lambda: _quantize_int8_static(
             folder, _needs(calibration, target)[: q.calibration_samples]
         ),
-        "int4-hqq": lambda: _quantize_int4_hqq(folder, q, target.int4_block_size, lora_nodes),
-        "int4-gptq": lambda: _quantize_int4_gptq(
-            folder, q, target.int4_block_size, lora_nodes, _needs(calibration, target)
-        ),
+        "int4-hqq": lambda: _quantize_int4_hqq(folder, target, lora_nodes),
+        "int4-gptq": lambda: _quantize_int4_gptq(folder, target, lora_nodes, _needs(calibration, target)),
     }
     passes[target.recipe.post_pass]()
 
