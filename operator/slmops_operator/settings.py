@@ -84,6 +84,12 @@ class OperatorSettings(BaseModel):
     default_output: str = ""
     poll_seconds: float = Field(default=10.0, gt=0)
     backend_retries: int = Field(default=5, ge=1, description="Failed backend calls before status says so.")
+    submit_grace_seconds: float = Field(
+        default=15.0,
+        ge=0,
+        description="How long a run creation whose answer was lost (a failed call, an operator "
+        "killed mid-call) may still land: the run is looked for again after it, never created twice.",
+    )
     finalizer_timeout: float = Field(
         default=300.0, gt=0, description="Seconds a deleted job's cleanup is retried before giving up."
     )

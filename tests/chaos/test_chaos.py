@@ -414,6 +414,7 @@ async def run_chaos(seed: int, workdir: Path) -> dict:
             "SLMOPS_METRICS_PORT": "0",
             "SLMOPS_POLL_SECONDS": "0.5",
             "SLMOPS_BACKEND_RETRIES": "4",
+            "SLMOPS_SUBMIT_GRACE_SECONDS": "3",  # late answers take up to 2 s
             "SLMOPS_MAX_RUNNING_PER_NAMESPACE": str(LIMIT),
             "SLMOPS_DELETE_ARTIFACTS": "true",
             "SLMOPS_FINALIZER_TIMEOUT": "10",

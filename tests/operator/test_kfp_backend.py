@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
+
+import kmock
+import pytest
 
 from slmops_operator.settings import OperatorSettings
 from tests.conftest import finetune_manifest
-from tests.fixtures.fake_kfp import pipeline_ir
-from tests.operator.conftest import create, current, delete, running_operator, wait_until, webhook_settings
+from tests.fixtures.fake_kfp import FakeKfp, pipeline_ir
+from tests.operator.conftest import (
+    create,
+    current,
+    delete,
+    running_operator,
+    serving,
+    wait_until,
+    webhook_settings,
+)
 
 
 def kfp_settings(tmp_path: Path, fake, **overrides) -> OperatorSettings:
@@ -287,3 +300,67 @@ async def test_a_run_carries_the_jobs_service_account_image_and_trainjob_runtime
         assert (context["distributedEngine"], context["trainjobRuntime"]) == ("trainjob", "torch-h100")
         images = {e["container"]["image"] for e in pipeline_ir(run)["deploymentSpec"]["executors"].values()}
         assert images == {image}
+
+
+class LateCreation(FakeKfp):
+    """KFP whose first run creation fails with 500, and the run appears a second later all the same
+    (a proxy timed out while the API server went on; an operator killed mid-call)."""
+
+    def __init__(self, landing_after: float) -> None:
+        super().__init__()
+        self.landing_after, self.lost_answers = landing_after, 0
+
+    def dispatch(self, request: kmock.Request):
+        method, path = str(request.method).rsplit(".", 1)[-1].upper(), request.url.path
+        if path == "/apis/v2beta1/runs" and method == "POST" and not self.lost_answers:
+            self.lost_answers += 1
+            asyncio.get_running_loop().call_later(self.landing_after, super().dispatch, request)
+            return kmock.Response(status=500, payload={"error": "upstream timed out", "code": 13})
+        return super().dispatch(request)
+
+
+def finetune_request(name: str, model: Path, tmp_path: Path, *, created: float | None = None):
+    from slmops_operator.backends.base import JobRequest
+    from slmops_pipelines.specs import FineTuneJobSpec
+
+    spec = FineTuneJobSpec.model_validate(job(name, model)["spec"])
+    return JobRequest(
+        "FineTuneJob", "default", name, f"uid-{name}", 1, spec, str(tmp_path / name), created=created
+    )
+
+
+async def test_a_creation_whose_answer_was_lost_is_looked_for_again_not_repeated(tiny_model, tmp_path):
+    from slmops_operator.backends.kfp import KfpBackend
+
+    async with serving(LateCreation(landing_after=1.0)) as fake:
+        backend = KfpBackend(kfp_settings(tmp_path, fake, submit_grace_seconds=3))
+        request = finetune_request("lost", tiny_model, tmp_path)
+        with pytest.raises(Exception, match="500"):
+            await backend.submit(request)
+        assert not fake.created  # not yet: it lands while the retry waits
+        run = await backend.submit(request)  # retried at once, as a handler with no backoff would
+        await asyncio.sleep(1.5)  # past the late landing, whatever the retry did
+        assert [r["run_id"] for r in fake.created] == [run.id]
+        await backend.close()
+
+
+async def test_a_restarted_operator_waits_for_a_creation_its_predecessor_left_in_flight(tiny_model, tmp_path):
+    from slmops_operator.backends.kfp import KfpBackend
+
+    async with serving(LateCreation(landing_after=1.0)) as fake:
+        created = time.time() - 5  # the job is older than the operator process
+        killed = KfpBackend(kfp_settings(tmp_path, fake, submit_grace_seconds=3))
+        with pytest.raises(Exception, match="500"):  # its process dies before the answer
+            await killed.submit(finetune_request("mid-call", tiny_model, tmp_path, created=created))
+        restarted = KfpBackend(kfp_settings(tmp_path, fake, submit_grace_seconds=3))
+        started = time.monotonic()
+        run = await restarted.submit(finetune_request("mid-call", tiny_model, tmp_path, created=created))
+        await asyncio.sleep(max(0.0, started + 1.5 - time.monotonic()))  # past the late landing
+        assert [r["run_id"] for r in fake.created] == [run.id]
+        assert time.monotonic() - started >= 2.5  # it waited out the grace from its own start
+        # A job created after the process started cannot have a creation in flight: no wait.
+        started = time.monotonic()
+        await restarted.submit(finetune_request("new", tiny_model, tmp_path, created=time.time() + 1))
+        assert time.monotonic() - started < 2.0 and len(fake.created) == 2
+        await killed.close()
+        await restarted.close()

@@ -49,6 +49,7 @@ class JobRequest:
     output_uri: str
     labels: dict[str, str] = field(default_factory=dict)
     source_uri: str = ""  # the output of the job's upstream (an OptimizeJob's fineTuneJobRef)
+    created: float | None = None  # the resource's creationTimestamp (epoch seconds)
     # The job's Secrets, read in its namespace before submitting (values in memory only).
     secrets: list[ResolvedSecret] | None = field(default=None, repr=False)
 

@@ -44,6 +44,7 @@ import json
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,8 @@ class KfpBackend:
         self._packages_lock = threading.Lock()
         self._package_dir: Path | None = None
         self._output_secrets: dict[str, list[ResolvedSecret]] = {}  # run -> its job's output Secret
+        self._started = time.time()
+        self._unsure: dict[str, float] = {}  # run -> when a creation of it failed (it may still land)
 
     # -- the client ----------------------------------------------------------------------------
 
@@ -244,12 +247,18 @@ class KfpBackend:
             backend="kfp", id=run_id, name=run_name, url=f"{self.settings.dashboard}/#/runs/details/{run_id}"
         )
 
+    def _existing(self, request: JobRequest) -> RunRef | None:
+        client = self.client()
+        found = self._find_run(client, self._experiment_id(client, request), request)
+        return None if found is None else self._ref(found.run_id, request.run_name)
+
     def _submit(self, request: JobRequest, mounts: list[dict[str, Any]]) -> RunRef:
         client = self.client()
         try:
             experiment_id = self._experiment_id(client, request)
             existing = self._find_run(client, experiment_id, request)
             if existing is not None:
+                self._unsure.pop(request.run_name, None)
                 return self._ref(existing.run_id, request.run_name)
             package = self._package(request, mounts)
             try:
@@ -262,12 +271,30 @@ class KfpBackend:
                     # Every pod of the run runs as the job's ServiceAccount (KFP's default otherwise).
                     service_account=request.spec.service_account_name,
                 )
+            except Exception:
+                self._unsure[request.run_name] = time.time()  # the run may be created all the same
+                raise
             finally:
                 package.unlink(missing_ok=True)
         except Exception:
             self._experiments.pop(request.namespace, None)  # it may have been deleted
             raise
+        self._unsure.pop(request.run_name, None)
         return self._ref(result.run_id, request.run_name)
+
+    def _settled_at(self, request: JobRequest) -> float:
+        """When every creation of the job's run that may still be in flight has landed.
+
+        KFP takes no idempotency key: a creation whose answer was lost (the call failed, or an
+        earlier operator process was killed mid-call) may land after the run was looked for,
+        and a second creation would start a second run.  So the run is looked for again only
+        once such a creation has had ``submit_grace_seconds`` to land: after this process's
+        own failed call, or, for a job older than this process, after its start.
+        """
+        since = self._unsure.get(request.run_name)
+        if since is None and request.created is not None and request.created <= self._started:
+            since = self._started
+        return 0.0 if since is None else since + self.settings.submit_grace_seconds
 
     async def _mounts(self, request: JobRequest) -> list[dict[str, Any]]:
         """The Secrets the run's pods mount: the job's own (multi-user) or run-owned copies."""
@@ -291,6 +318,12 @@ class KfpBackend:
         mounts = await self._mounts(request)
         if request.secrets is not None:
             self._output_secrets[request.run_name] = [s for s in request.secrets if s.ref.purpose == "output"]
+        wait = self._settled_at(request) - time.time()
+        if wait > 0:  # a creation may be in flight: take the run if it is there, else let it land
+            existing = await asyncio.to_thread(self._existing, request)
+            if existing is not None:
+                return existing
+            await asyncio.sleep(wait)
         return await asyncio.to_thread(self._submit, request, mounts)
 
     async def output_access(self, request: JobRequest) -> OutputAccess:

@@ -10,8 +10,9 @@ most one status patch and one Event per transition:
 3. a job with an upstream (an OptimizeJob's ``fineTuneJobRef``; the job kind says) -> Pending
    until that job Succeeded (its output is the source), Failed when it Failed;
 4. no run yet -> Queued while the namespace's running limit is reached, else submit: the
-   backend finds the run by its deterministic name before starting one, so a retried
-   handler or a restarted operator never starts a second run;
+   backend finds the run by its deterministic name before starting one (after a grace for a
+   creation that may still land), so a retried handler or a restarted operator never starts
+   a second run;
 5. a run -> mirror its phase, progress, artifacts and metrics, or its failure (reason,
    message and the spec field it is about).
 

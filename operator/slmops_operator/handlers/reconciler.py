@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -85,6 +86,7 @@ class Reconciler:
             output_uri=self.output_uri(resource),
             labels=dict(meta.get("labels") or {}),
             source_uri=source_uri,
+            created=_epoch(meta.get("creationTimestamp")),
         )
 
     def release_slot(self, namespace: str, run_name: str) -> None:
@@ -120,3 +122,13 @@ class BackendUnavailable(Exception):
     def __init__(self, backend: str, operation: str, attempts: int, cause: Exception) -> None:
         super().__init__(f"{backend} backend: {operation} failed ({attempts} attempt(s)): {cause}")
         self.backend, self.operation, self.attempts = backend, operation, attempts
+
+
+def _epoch(timestamp: Any) -> float | None:
+    """An API server's RFC 3339 timestamp in epoch seconds (None when absent or unreadable)."""
+    if not timestamp:
+        return None
+    try:
+        return datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
