@@ -13,8 +13,12 @@ import os
 import signal
 from pathlib import Path
 
+import kmock
+
 from tests.conftest import finetune_manifest
+from tests.fixtures.kube_emulator import StrictKubernetesEmulator, declare_slmops
 from tests.operator.conftest import (
+    _no_keepalive,
     create,
     current,
     delete,
@@ -141,6 +145,31 @@ async def test_a_run_lost_in_kfp_fails_the_job(kube, fake_kfp, tiny_model, tmp_p
         await wait_until(lambda: phase(kube, "lost") == "Failed", what="Failed")
     assert (condition(kube, "lost", "Failed") or {}).get("reason") == "RunLost"
     assert "no longer exists in KFP" in status_of(kube, "lost")["message"]
+
+
+class LaggingWatch(StrictKubernetesEmulator):
+    """Watch events arrive late (a busy API server, a watch being re-established): a timer's body
+    lags the status the operator itself wrote."""
+
+    lag_s = 1.5
+
+    async def _serve_watch(self, request):
+        async for item in super()._serve_watch(request):
+            if item:
+                await asyncio.sleep(self.lag_s)
+            yield item
+
+
+async def test_a_run_lost_while_the_status_lags_is_not_submitted_again(fake_kfp, tiny_model, tmp_path):
+    async with LaggingWatch() as kube, kmock.Server(kube, client_fct=_no_keepalive):
+        declare_slmops(kube)
+        async with running_operator(kube, kfp_settings(tmp_path, fake_kfp)):
+            await create(kube, "default", "finetunejobs", job("lagging", tiny_model))
+            await wait_until(lambda: fake_kfp.created, what="a run")
+            fake_kfp.runs.clear()  # deleted in the dashboard before the operator saw its own status
+            await wait_until(lambda: phase(kube, "lagging") == "Failed", timeout=30, what="Failed")
+    assert len(fake_kfp.created) == 1
+    assert (condition(kube, "lagging", "Failed") or {}).get("reason") == "RunLost"
 
 
 async def test_unreadable_results_are_a_condition_then_a_failure(kube, fake_kfp, tiny_model, tmp_path):

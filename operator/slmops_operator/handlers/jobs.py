@@ -95,6 +95,9 @@ async def _reconcile(
         job.go("Failed", reason="InvalidSpec", message=str(exc))
         return
     run = status_run(job.status, request.run_name)
+    if run is None and request.run_name in reconciler.runs:  # submitted; its status not seen yet
+        run = reconciler.runs[request.run_name]
+        job.patch.status.update(_run_fields(run, request))
     if run is None:
         await _start(reconciler, request, job, active)
         return
@@ -206,17 +209,22 @@ async def _start(reconciler: Reconciler, request: JobRequest, job: JobPass, acti
             return
         run = await reconciler.backend_call("submit", reconciler.backend.submit(request), uid=request.uid)
         reconciler.submitting.setdefault(namespace, set()).add(request.run_name)
+        reconciler.remember_run(request.run_name, run)
     job.go(
         "Running",
         reason="RunSubmitted",
         message=f"run {run.name} submitted to the {run.backend} backend",
-        extra={
-            "run": run.model_dump(mode="json", by_alias=True, exclude_none=True),
-            "runAttempt": request.attempt,
-            "progress": {"stage": "submitted"},
-        },
+        extra={**_run_fields(run, request), "progress": {"stage": "submitted"}},
         backend_ok=True,
     )
+
+
+def _run_fields(run: RunRef, request: JobRequest) -> dict[str, Any]:
+    """What status says of the job's run: the run, and which of the job's runs it is."""
+    return {
+        "run": run.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "runAttempt": request.attempt,
+    }
 
 
 async def _claim_output(reconciler: Reconciler, request: JobRequest, job: JobPass) -> bool:

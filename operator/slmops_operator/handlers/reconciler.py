@@ -13,6 +13,7 @@ next attempt is due; the finalizer, which kopf retries itself, raises
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -21,6 +22,7 @@ from typing import Any
 import kopf
 
 from slmops_operator.api.resources import Resource
+from slmops_operator.api.status import RunRef
 from slmops_operator.backends.base import Backend, JobRequest
 from slmops_operator.credentials import Credentials
 from slmops_operator.handlers.kube import KubeApi
@@ -28,6 +30,7 @@ from slmops_operator.metrics import OperatorMetrics
 from slmops_operator.settings import OperatorSettings
 
 MAX_BACKOFF_S = 60.0
+RUNS_REMEMBERED = 10_000  # more than the jobs one operator watches at once
 
 
 def backoff(failures: int, base_s: float) -> float:
@@ -50,6 +53,9 @@ class Reconciler:
         self.settings, self.backend, self.metrics, self.kube = settings, backend, metrics, kube
         self.credentials = credentials or Credentials(kube)
         self.submitting: dict[str, set[str]] = {}  # namespace -> runs submitted, not yet seen in any state
+        # Runs this process submitted or found, by name: a timer's body lags its own status write
+        # until the watch brings it, and a run lost meanwhile must not be submitted again.
+        self.runs: collections.OrderedDict[str, RunRef] = collections.OrderedDict()
         self.output_failures: dict[str, int] = {}  # job uid -> failed reads of a succeeded run's results
         self.cancelled: set[str] = (
             set()
@@ -88,6 +94,12 @@ class Reconciler:
             source_uri=source_uri,
             created=_epoch(meta.get("creationTimestamp")),
         )
+
+    def remember_run(self, run_name: str, run: RunRef) -> None:
+        self.runs[run_name] = run
+        self.runs.move_to_end(run_name)
+        while len(self.runs) > RUNS_REMEMBERED:
+            self.runs.popitem(last=False)
 
     def release_slot(self, namespace: str, run_name: str) -> None:
         """The run was seen (in any state), cancelled or deleted: the index or nothing holds it now."""
