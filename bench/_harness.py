@@ -11,8 +11,10 @@ the median over the rounds.  Engines:
   intra-op threads to one per usable CPU, as slmops' own loaders do and the setting at which
   engines compare at equal threads;
 * PyTorch: transformers with the adapter merged (``TorchEngine``);
-* GGUF files: llama.cpp through ``bench/llamacpp_peer.py`` in the llama.cpp venv, which runs
-  the same measuring code there; as shipped is llama-cpp-python's own thread count.
+* peers in venvs of their own, each running the same measuring code there: GGUF files through
+  llama.cpp (``bench/llamacpp_peer.py``; as shipped is llama-cpp-python's own thread count),
+  OpenVINO IR folders through OpenVINO GenAI (``bench/openvino_peer.py``; as shipped is
+  OpenVINO's own).
 """
 
 from __future__ import annotations
@@ -140,10 +142,25 @@ def torch_engine(args: argparse.Namespace, tokenizer):
     return TorchEngine(model, tokenizer), model
 
 
+# A row's key naming its model file or folder -> (the args' venv attribute, the peer script).
+PEERS = {"gguf": ("llamacpp_venv", "llamacpp_peer.py"), "openvino": ("openvino_venv", "openvino_peer.py")}
+
+
+def peer_of(row: dict) -> str | None:
+    """The peer that measures a row's model (None: this process measures it)."""
+    return next((key for key in PEERS if key in row), None)
+
+
+def peer_model_bytes(row: dict) -> int:
+    """The bytes of a peer's weights (the GGUF file; the IR's .bin files)."""
+    path = Path(row[peer_of(row) or ""])
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.glob("*.bin"))
+
+
 def run_peer(
     args: argparse.Namespace, row: dict, examples: list, *, wanted: set[str], threads: int | None
 ) -> dict:
-    """One measurement of a GGUF file by bench/llamacpp_peer.py, in the llama.cpp venv."""
+    """One measurement of a peer's model by its bench/*_peer.py, in the peer's venv."""
     request = {
         "examples": [asdict(e) for e in examples],
         "wanted": sorted(wanted),
@@ -152,16 +169,18 @@ def run_peer(
         "latency_runs": args.latency_runs,
         "threads": threads,
     }
-    path = Path(row["gguf"]).with_suffix(".request.json")
+    kind = peer_of(row) or ""
+    venv, script = PEERS[kind]
+    path = Path(row[kind]).with_suffix(".request.json")
     path.write_text(json.dumps(request))
-    python = args.llamacpp_venv / "bin" / "python"
+    python = getattr(args, venv) / "bin" / "python"
     done = subprocess.run(
-        [str(python), str(REPO / "bench" / "llamacpp_peer.py"), row["gguf"], str(path)],
+        [str(python), str(REPO / "bench" / script), row[kind], str(path)],
         capture_output=True,
         text=True,
     )
     if done.returncode:
-        raise RuntimeError(f"llama.cpp measuring failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{script} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -170,9 +189,9 @@ def quality(args, row: dict, tokenizer, examples, config, torch_model=None) -> d
     from slmops_pipelines.steps.optimize.measure import measure
 
     kv = kv_cache_bytes(config, position=48, dtype_bytes=4)  # fp32 KV cache on the CPU
-    if "gguf" in row:
+    if peer_of(row):
         metrics = run_peer(args, row, examples, wanted=QUALITY, threads=usable_cpus())
-        return {**_quality_of(metrics), "bytes_per_token": os.path.getsize(row["gguf"]) + kv}
+        return {**_quality_of(metrics), "bytes_per_token": peer_model_bytes(row) + kv}
     if torch_model is not None:
         engine, size = (
             row["engine"],
@@ -211,7 +230,7 @@ def latency_rounds(args, rows: dict[str, dict], tokenizer, examples) -> None:
         print(f"-- latency round {round_ + 1}/{args.rounds}", flush=True)
         for name, row in rows.items():
             for setting in ("shipped", "threads"):
-                if "gguf" in row:
+                if peer_of(row):
                     peer_threads = threads if setting == "threads" else None
                     got = run_peer(args, row, examples[:0], wanted={"latency"}, threads=peer_threads)[
                         "latency"

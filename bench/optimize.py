@@ -2,6 +2,7 @@
 
     scripts/setup.sh && bench/setup_olive.sh && scripts/prepare_demo_model.sh   # once
     bench/setup_llamacpp.sh                                  # once, ~6 min: the llama.cpp peer
+    bench/setup_openvino.sh                                  # once, ~1 min: the OpenVINO GenAI peer
     .venv/bin/slmops run examples/01-finetune-lora.yaml      # once: the adapter (runs/smollm2-tone)
     .venv/bin/python bench/optimize.py                       # int4 and int8, every tool
     .venv/bin/python bench/optimize.py --precisions int4 --eval-rows 8 --latency-runs 2   # quicker
@@ -30,6 +31,12 @@ For each precision, from the same base model and LoRA adapter:
   its int8 workflow asks the model builder for an int8 export, which onnxruntime-genai 0.13
   does not have, so the builder exports fp32 and Olive's static quantization makes it int8.
   When Olive fails, its row says why, and the other tools are still measured;
+* ``openvino`` -- OpenVINO GenAI (openvino-genai and optimum-intel, in their own venv:
+  bench/setup_openvino.sh): the merged model exported by ``optimum-cli export openvino
+  --weight-format int4|int8`` (int4 in groups of 64, the largest that divides the demo model's
+  hidden size of 576; optimum-intel's defaults otherwise: its int8 embeddings and output
+  layer), run by ``openvino_genai.LLMPipeline`` with OpenVINO's own thread count as shipped
+  (bench/openvino_peer.py, the same measuring code).  Skipped, saying so, where not installed;
 * ``llamacpp`` -- llama.cpp (llama-cpp-python, built by bench/setup_llamacpp.sh into its own
   venv): the merged model converted to GGUF by llama.cpp's convert_hf_to_gguf.py, quantized
   to Q4_0 (int4) or Q8_0 (int8) as llama.cpp users do, measured by the same measuring code
@@ -69,6 +76,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -86,8 +94,19 @@ ADAPTER = REPO / "runs" / "smollm2-tone" / "adapter"
 DATA = REPO / "examples" / "data" / "tone"
 OLIVE_VENV = REPO / ".cache" / "bench" / "olive-venv"
 LLAMACPP_VENV = REPO / ".cache" / "bench" / "llamacpp-venv"
+OPENVINO_VENV = REPO / ".cache" / "bench" / "openvino-venv"
 PRECISIONS = ("int4", "int8")
-TOOLS = ("slmops", "slmops-1cpu", "builder", "olive", "llamacpp")
+TOOLS = ("slmops", "slmops-1cpu", "builder", "olive", "llamacpp", "openvino")
+# The peers' own venvs: the marker their setup script leaves, and the packages whose versions count.
+PEER_VENVS = {
+    "olive": ("olive_venv", ".olive-installed", ("olive-ai",)),
+    "llamacpp": ("llamacpp_venv", ".llamacpp-installed", ("llama-cpp-python",)),
+    "openvino": (
+        "openvino_venv",
+        ".openvino-installed",
+        ("openvino-genai", "openvino", "optimum-intel", "nncf"),
+    ),
+}
 GGUF_TYPES = {"int4": "Q4_0", "int8": "Q8_0"}
 
 
@@ -218,6 +237,39 @@ def produce_llamacpp(args: argparse.Namespace, precision: str, work: Path, token
     return {f"llama.cpp {kind}": {"produce_s": time.perf_counter() - started, "gguf": str(out)}}
 
 
+def produce_openvino(args: argparse.Namespace, precision: str, work: Path, tokenizer) -> dict[str, dict]:
+    """The merged model to OpenVINO IR, weights compressed by optimum-intel as its users do."""
+    venv = args.openvino_venv
+    if not (venv / ".openvino-installed").exists():
+        raise RuntimeError(f"OpenVINO GenAI is not installed at {venv}: run bench/setup_openvino.sh")
+    out = work / f"openvino-{precision}"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [str(venv / "bin" / "optimum-cli"), "export", "openvino", "--model", str(merged_model(args, work))]
+    cmd += ["--task", "text-generation-with-past", "--weight-format", precision]
+    if precision == "int4":
+        cmd += ["--group-size", "64"]  # its default, 128, does not divide the hidden size (576)
+    measured = run_measured([*cmd, str(out)], cwd=work, log=work / f"openvino-{precision}.log")
+    if measured.returncode:
+        raise RuntimeError(f"optimum-cli export openvino failed: {last_error(measured.output)}")
+    return {f"openvino cpu-{precision}": {"produce_s": measured.wall_s, "openvino": str(out)}}
+
+
+def peer_versions(args: argparse.Namespace) -> dict[str, str]:
+    """The versions of what each peer's venv runs (they are not this process's packages)."""
+    found: dict[str, str] = {}
+    for tool, (attr, marker, packages) in PEER_VENVS.items():
+        venv = getattr(args, attr)
+        if tool not in args.tool_list or not (venv / marker).exists():
+            continue
+        script = "import importlib.metadata as m, sys; print(' '.join(m.version(p) for p in sys.argv[1:]))"
+        done = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", script, *packages], capture_output=True, text=True
+        )
+        if done.returncode == 0:
+            found.update(zip(packages, done.stdout.split(), strict=True))
+    return found
+
+
 def calibration_rows(args: argparse.Namespace, tokenizer, work: Path) -> Path:
     """The training rows as chat text: the calibration set Olive gets instead of wikitext-2."""
     path = work / "olive-calibration.jsonl"
@@ -343,6 +395,7 @@ PRODUCERS = {
     "builder": produce_builder,
     "olive": produce_olive,
     "llamacpp": produce_llamacpp,
+    "openvino": produce_openvino,
 }
 
 
@@ -356,6 +409,14 @@ def ratio(
         return None
     a, b = rows[ours][column], rows[theirs][column]
     return f"{what}: {a:.0f} vs {b:.0f} tok/s = {a / b:.2f}x ({'met' if a / b >= goal else 'NOT met'}: goal >= {goal}x)"
+
+
+def compare(rows: dict[str, dict], ours: str, theirs: str, what: str, column: str) -> str | None:
+    """A side-by-side figure with no goal attached."""
+    if column not in rows.get(ours, {}) or column not in rows.get(theirs, {}):
+        return None
+    a, b = rows[ours][column], rows[theirs][column]
+    return f"{what}: {a:.0f} vs {b:.0f} tok/s = {a / b:.2f}x"
 
 
 def verdict(rows: dict[str, dict]) -> list[str]:
@@ -375,6 +436,21 @@ def verdict(rows: dict[str, dict]) -> list[str]:
         ),
         ratio(rows, "slmops cpu-int4", "builder cpu-int4", 2, "int4 vs the model builder's default int4"),
         ratio(rows, "slmops cpu-int4", "llama.cpp Q4_0", 2, "int4 vs llama.cpp Q4_0"),
+        compare(rows, "slmops cpu-int4", "llama.cpp Q4_0", "int4 vs llama.cpp Q4_0 at equal threads", equal),
+        compare(
+            rows,
+            "slmops cpu-int4",
+            "openvino cpu-int4",
+            "int4 vs OpenVINO GenAI int4 at equal threads",
+            equal,
+        ),
+        compare(
+            rows,
+            "slmops cpu-int8",
+            "openvino cpu-int8",
+            "int8 vs OpenVINO GenAI int8 at equal threads",
+            equal,
+        ),
         ratio(rows, "slmops cpu-int4-adapter", "slmops cpu-int4", 0.8, "separate adapter vs merged"),
         ratio(rows, "slmops cpu-int8", "builder cpu-int4", 1.3, "int8 vs the model builder's default int4"),
     ]
@@ -425,6 +501,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--olive-venv", type=Path, default=OLIVE_VENV)
     parser.add_argument("--llamacpp-venv", type=Path, default=LLAMACPP_VENV)
+    parser.add_argument("--openvino-venv", type=Path, default=OPENVINO_VENV)
     parser.add_argument("--work", type=Path, help="keep logs and models here (default: a temp folder)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -470,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
     if "llamacpp" in args.tool_list and not (args.llamacpp_venv / ".llamacpp-installed").exists():
         print(f"llama.cpp: skipped, not installed at {args.llamacpp_venv} (bench/setup_llamacpp.sh)")
         args.tool_list.remove("llamacpp")
+    if "openvino" in args.tool_list and not (args.openvino_venv / ".openvino-installed").exists():
+        print(f"OpenVINO GenAI: skipped, not installed at {args.openvino_venv} (bench/setup_openvino.sh)")
+        args.tool_list.remove("openvino")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     config = AutoConfig.from_pretrained(args.model)
     examples = eval_examples(args, tokenizer)
@@ -494,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": rows,
         "verdict": verdict(rows),
     }
+    figures["versions"].update(peer_versions(args))
     print()
     print(optimize_table(figures))  # the table docs/benchmarks.md makes from the JSON, the same code
     if args.json:  # bench/results/optimize.json

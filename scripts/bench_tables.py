@@ -31,7 +31,9 @@ def _ms(value: float | None) -> str:
 
 def _with_source(lines: list[str], figures: dict) -> str:
     """The table's lines, then the line that says which run they come from."""
-    lines = [*lines, "", f"*{figures['machine']}, {figures['date']}: `{figures['command']}`*"]
+    versions = ", ".join(f"{name} {version}" for name, version in (figures.get("versions") or {}).items())
+    with_versions = f"; {versions}" if versions else ""
+    lines = [*lines, "", f"*{figures['machine']}, {figures['date']}: `{figures['command']}`{with_versions}*"]
     return "\n".join(lines) + "\n"
 
 
@@ -209,10 +211,15 @@ def _decode_summary(figures: dict) -> tuple[list[str], list[str | None]]:
             ("model builder", _decode(models, "builder cpu-int4")),
             ("Olive", _decode(models, "olive cpu-int4")),
             ("llama.cpp Q4_0", _decode(models, "llama.cpp Q4_0")),
+            ("OpenVINO GenAI", _decode(models, "openvino cpu-int4")),
         ]
     )
     int8 = _named(
-        [("Olive", _decode(models, "olive cpu-int8")), ("llama.cpp Q8_0", _decode(models, "llama.cpp Q8_0"))]
+        [
+            ("Olive", _decode(models, "olive cpu-int8")),
+            ("llama.cpp Q8_0", _decode(models, "llama.cpp Q8_0")),
+            ("OpenVINO GenAI", _decode(models, "openvino cpu-int8")),
+        ]
     )
     rows = [
         f"| CPU int4 decode, tokens/s as shipped (accuracy) | {_decode(models, 'slmops cpu-int4')} | {int4} |",
