@@ -145,3 +145,87 @@ def test_query_key_and_value_kept_apart_become_one_kernel():
     assert {a.name: a.i for a in fused[0].attribute}["N"] == 128
     onnx.checker.check_model(model)
     np.testing.assert_array_equal(run(model, x), before)
+
+
+ATTENTION = (("q_proj", 64), ("k_proj", 32), ("v_proj", 32))
+RANK = 4
+
+
+def attention_with_lora() -> onnx.ModelProto:
+    """q, k, v with a separate adapter's LoRA branches (A and B graph inputs, rank 0 by default)."""
+    model = attention_inputs()
+    graph = model.graph
+    for node in list(graph.node):
+        if node.op_type != "MatMulNBits":
+            continue
+        member = node.name.split("/")[-2]
+        base, n = node.output[0], dict(ATTENTION)[member]
+        stem, prefix = f"model.layers.0.attn.{member}", f"/model/layers.0/attn/{member}"
+        a, b = f"{stem}.lora_A.MatMul.weight", f"{stem}.lora_B.MatMul.weight"
+        graph.input.extend(
+            [
+                helper.make_tensor_value_info(a, TensorProto.FLOAT, [K, "lora_r"]),
+                helper.make_tensor_value_info(b, TensorProto.FLOAT, ["lora_r", n]),
+            ]
+        )
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.zeros((K, 0), np.float32), a),
+                numpy_helper.from_array(np.zeros((0, n), np.float32), b),
+            ]
+        )
+        low, delta, summed = f"{prefix}/lora_A/out", f"{prefix}/lora_B/out", f"{prefix}/lora/Add/output_0"
+        for consumer in graph.node:  # what read the projection now reads it with the adapter's delta
+            consumer.input[:] = [summed if i == base else i for i in consumer.input]
+        graph.node.extend(
+            [
+                helper.make_node("MatMul", ["x", a], [low], name=f"{prefix}/lora_A/MatMul"),
+                helper.make_node("MatMul", [low, b], [delta], name=f"{prefix}/lora_B/MatMul"),
+                helper.make_node("Add", [base, delta], [summed], name=f"{prefix}/lora/Add"),
+            ]
+        )
+    from slmops_pipelines.steps.optimize.fuse import _sort_topologically
+
+    _sort_topologically(graph)
+    return model
+
+
+def run_with(model: onnx.ModelProto, x: np.ndarray, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["y"], {"x": x, **feeds})[0]
+
+
+@pytest.mark.parametrize("fuse_base", [True, False], ids=["fused-projections", "separate-projections"])
+def test_lora_branches_of_a_group_become_two_matmuls_with_the_same_numbers(fuse_base):
+    from slmops_pipelines.steps.optimize.adapters import _fuse_group
+    from slmops_pipelines.steps.optimize.fuse import fuse_lora
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, K), dtype=np.float32)
+    model = attention_with_lora()
+    # An adapter that adapts q and v, not k (k keeps rank 0: its block of the fused B is empty).
+    feeds = {}
+    for member, n in ATTENTION:
+        if member != "k_proj":
+            feeds[f"model.layers.0.attn.{member}.lora_A.MatMul.weight"] = rng.standard_normal(
+                (K, RANK), np.float32
+            )
+            feeds[f"model.layers.0.attn.{member}.lora_B.MatMul.weight"] = rng.standard_normal(
+                (RANK, n), np.float32
+            )
+    before, base_only = run_with(model, x, feeds), run_with(model, x, {})
+    assert np.abs(before - base_only).max() > 0.1  # the adapter does something
+    if fuse_base:
+        assert fuse_projections(model) == 1
+    [group] = fuse_lora(model)
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("MatMul") == 2 and ops.count("Add") == (3 if fuse_base else 5)
+    onnx.checker.check_model(model)
+    graph_inputs = {name: ([K, RANK], 1) for pair in group.members for name in pair}
+    fused_feeds = dict(feeds)
+    _fuse_group(fused_feeds, group, graph_inputs)
+    assert fused_feeds[group.a].shape == (K, 2 * RANK) and fused_feeds[group.b].shape == (2 * RANK, 128)
+    np.testing.assert_allclose(run_with(model, x, fused_feeds), before, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        run_with(model, x, {}), base_only, rtol=1e-6, atol=1e-6
+    )  # no adapter: the base

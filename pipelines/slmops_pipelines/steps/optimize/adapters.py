@@ -23,11 +23,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from slmops_pipelines.errors import InputError
+from slmops_pipelines.steps.optimize.fuse import LoraGroup
 
 ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
 MLP = {"gate_proj", "up_proj", "down_proj"}
@@ -119,14 +121,26 @@ def _scaling(config: dict, module_path: str) -> float:
     return alpha / (rank**0.5) if config.get("use_rslora") else alpha / rank
 
 
-def write_onnx_adapter(adapter_dir: Path, out_file: Path, graph_inputs: dict, *, field: str) -> int:
-    """Convert a PEFT adapter to ``.onnx_adapter``; return the number of parameters written."""
+def write_onnx_adapter(
+    adapter_dir: Path,
+    out_file: Path,
+    graph_inputs: dict,
+    *,
+    field: str,
+    groups: Sequence[LoraGroup] = (),
+) -> int:
+    """Convert a PEFT adapter to ``.onnx_adapter``; return the number of parameters written.
+
+    ``groups``: the LoRA branches the graph fused (steps/optimize/fuse.py), written as their
+    fused inputs: the members' A side by side, their B block diagonal, a member this adapter
+    does not adapt as rank 0.
+    """
     import onnxruntime as ort
     from safetensors.numpy import load_file
 
     config = read_adapter_config(adapter_dir, field)
     weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    params = {}
+    arrays: dict[str, np.ndarray] = {}
     for key, weight in weights.items():
         match = _PEFT_KEY_RE.match(key)
         if not match:
@@ -148,13 +162,34 @@ def write_onnx_adapter(adapter_dir: Path, out_file: Path, graph_inputs: dict, *,
                 f"the model {expected[other_dim]}",
                 field=field,
             )
-        params[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+        arrays[name] = array
+    for group in groups:
+        _fuse_group(arrays, group, graph_inputs)
+    params = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items()}
     adapter_format = ort.AdapterFormat()
     adapter_format.set_adapter_version(1)
     adapter_format.set_model_version(1)
     adapter_format.set_parameters(params)
     adapter_format.export_adapter(str(out_file))
     return len(params)
+
+
+def _fuse_group(arrays: dict[str, np.ndarray], group: LoraGroup, graph_inputs: dict) -> None:
+    """Replace a fused group's member arrays by the group's two (none if it adapts no member)."""
+    if not any(a in arrays for a, _ in group.members):
+        return
+    features = graph_inputs[group.members[0][0]][0][0]
+    a_parts, b_parts = [], []
+    for (a_name, b_name), width in zip(group.members, group.widths, strict=True):
+        a_parts.append(arrays.pop(a_name, np.zeros((features, 0), np.float32)))
+        b_parts.append(arrays.pop(b_name, np.zeros((0, width), np.float32)))
+    ranks = [part.shape[1] for part in a_parts]
+    block = np.zeros((sum(ranks), sum(group.widths)), np.float32)
+    row = column = 0
+    for part, rank, width in zip(b_parts, ranks, group.widths, strict=True):
+        block[row : row + rank, column : column + width] = part
+        row, column = row + rank, column + width
+    arrays[group.a], arrays[group.b] = np.concatenate(a_parts, axis=1), block
 
 
 def union_of_modules(adapters: dict[str, Path], field: str) -> set[str]:

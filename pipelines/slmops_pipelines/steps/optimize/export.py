@@ -36,6 +36,7 @@ from pathlib import Path
 from slmops_pipelines.errors import InputError, JobError
 from slmops_pipelines.specs.optimize import OptimizeTarget
 from slmops_pipelines.specs.providers import PROVIDERS
+from slmops_pipelines.steps.optimize.fuse import LoraGroup
 from slmops_pipelines.steps.optimize.session import bake_session_options
 
 # transformers 5 writes this tokenizer class, which onnxruntime-genai's tokenizer does not know;
@@ -232,15 +233,19 @@ def _quantize_nbits(
     _save_in_place(folder, quantizer.model.model)
 
 
-def _fuse_projections(folder: Path) -> None:
-    """Projections that read one input as one kernel call each (steps/optimize/fuse.py)."""
+def _fuse_projections(folder: Path) -> list[LoraGroup]:
+    """Projections that read one input as one kernel call each, and so their LoRA branches
+    (steps/optimize/fuse.py); returns the LoRA groups, the layout the adapter files take."""
     import onnx
 
-    from slmops_pipelines.steps.optimize.fuse import fuse_projections
+    from slmops_pipelines.steps.optimize.fuse import fuse_lora, fuse_projections
 
     model = onnx.load(str(folder / "model.onnx"))  # with its external weights
-    if fuse_projections(model):
+    fused = fuse_projections(model)
+    groups = fuse_lora(model)
+    if fused or groups:
         _save_in_place(folder, model)
+    return groups
 
 
 def _quantizer_class():
@@ -434,13 +439,13 @@ def export_target(
 
         graph_inputs = extract_lora_inputs(partial / "model.onnx")
     _post_pass(partial, target, lora_nodes or [], calibration)
-    if PROVIDERS[target.provider].fuse_projections:
-        _fuse_projections(partial)
+    groups = _fuse_projections(partial) if PROVIDERS[target.provider].fuse_projections else []
     if adapters:
         from slmops_pipelines.steps.optimize.adapters import write_onnx_adapter
 
         for name, path in adapters.items():
-            write_onnx_adapter(path, partial / f"{name}.onnx_adapter", graph_inputs, field="source")
+            out = partial / f"{name}.onnx_adapter"
+            write_onnx_adapter(path, out, graph_inputs, field="source", groups=groups)
     shutil.rmtree(out_root / "work", ignore_errors=True)  # the template adapter, if one was made
     fix_tokenizer_config(partial)
     bake_session_options(partial, target.runtime)

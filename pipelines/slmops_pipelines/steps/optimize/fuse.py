@@ -7,8 +7,15 @@ model, but not the MLP's gate and up projections, nor q/k/v where separate adapt
 apart.  Here each such group -- ``mlp/{gate,up}_proj``, ``attn/{q,k,v}_proj`` -- that reads one
 input with one quantization is stacked along N: packed weights and scales row after row (each
 row of a ``MatMulNBits`` weight is quantized on its own, so stacking changes no number), and a
-``Split`` hands each consumer the output it read before, under the same name.  A separate
-adapter's LoRA branches add to those outputs and are untouched.
+``Split`` hands each consumer the output it read before, under the same name.
+
+A separate adapter's LoRA branches (``MatMul(MatMul(x, A), B)`` added to each projection,
+A and B graph inputs that each adapter file sets) are grouped the same way
+(:func:`fuse_lora`): the members' A side by side, ``[in, r1 + r2 + ...]``, and their B block
+diagonal, ``[r1 + r2 + ..., N1 + N2 + ...]``, so that a group costs two small MatMuls and one
+Add, added to the fused projection before its Split, instead of two MatMuls and an Add per
+member.  Adapter files are written in that layout (steps/optimize/adapters.py): the products
+are the members' own, since the off-diagonal blocks are zeros.
 
 Pure graph surgery on an ``onnx.ModelProto`` with its weights loaded; nothing is measured here.
 """
@@ -16,6 +23,7 @@ Pure graph surgery on an ``onnx.ModelProto`` with its weights loaded; nothing is
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 # (the folder of the group's nodes, its members in output order, the fused node's name)
@@ -109,3 +117,148 @@ def fuse_projections(model: Any) -> int:
         if unused in initializers:
             graph.initializer.remove(initializers[unused])
     return fused
+
+
+@dataclass(frozen=True)
+class LoraGroup:
+    """One fused LoRA branch: the graph inputs ``a`` ``[in, r1 + r2 + ...]`` and ``b`` (block
+    diagonal, ``[r1 + r2 + ..., N1 + N2 + ...]``) that stand for its members' A and B inputs."""
+
+    a: str
+    b: str
+    members: tuple[tuple[str, str], ...]  # each member's (A input, B input), in output order
+    widths: tuple[int, ...]  # each member's N
+
+
+def _value_info(graph: Any, name: str) -> Any:
+    return next(i for i in graph.input if i.name == name)
+
+
+def _dims(info: Any) -> list[Any]:
+    return [d.dim_param or d.dim_value for d in info.type.tensor_type.shape.dim]
+
+
+def _lora_branches(graph: Any, prefix: str, members: tuple[str, ...]) -> list[tuple[Any, Any, Any]] | None:
+    """(A MatMul, B MatMul, Add) of each member, when every member has a branch on one input."""
+    by_name = {node.name: node for node in graph.node}
+    inputs = {i.name for i in graph.input}
+    branches = []
+    for member in members:
+        a = by_name.get(f"{prefix}{member}/lora_A/MatMul")
+        b = by_name.get(f"{prefix}{member}/lora_B/MatMul")
+        add = by_name.get(f"{prefix}{member}/lora/Add")
+        if a is None or b is None or add is None or b.input[0] != a.output[0]:
+            return None
+        if a.input[1] not in inputs or b.input[1] not in inputs or b.output[0] not in add.input:
+            return None
+        branches.append((a, b, add))
+    return branches if len({a.input[0] for a, _, _ in branches}) == 1 else None
+
+
+def fuse_lora(model: Any) -> list[LoraGroup]:
+    """Fuse every group's LoRA branches in place (see the module's docstring); return the groups."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {init.name: init for init in graph.initializer}
+    layers = sorted({m["prefix"] for node in graph.node if (m := NODE.match(node.name))})
+    groups: list[LoraGroup] = []
+    for prefix in layers:
+        for folder, members, fused in GROUPS:
+            if not prefix.endswith(f"/{folder}/"):
+                continue
+            branches = _lora_branches(graph, prefix, members)
+            if branches is None:
+                continue
+            infos = [(_value_info(graph, a.input[1]), _value_info(graph, b.input[1])) for a, b, _ in branches]
+            features = _dims(infos[0][0])[0]
+            widths = tuple(int(_dims(b_info)[1]) for _, b_info in infos)
+            elem_type = infos[0][0].type.tensor_type.elem_type
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+            stem = infos[0][0].name.split(f".{members[0]}.lora_A.")[0]  # model.layers.N.attn
+            a_name, b_name = f"{stem}.{fused}.lora_A.MatMul.weight", f"{stem}.{fused}.lora_B.MatMul.weight"
+            rank = f"lora_r_{fused}"
+            graph.input.extend(
+                [
+                    onnx.helper.make_tensor_value_info(a_name, elem_type, [features, rank]),
+                    onnx.helper.make_tensor_value_info(b_name, elem_type, [rank, sum(widths)]),
+                ]
+            )
+            graph.initializer.extend(  # no adapter active: rank 0, exactly the base model
+                [
+                    numpy_helper.from_array(np.zeros((features, 0), dtype), a_name),
+                    numpy_helper.from_array(np.zeros((0, sum(widths)), dtype), b_name),
+                ]
+            )
+            x = branches[0][0].input[0]
+            low, delta = f"{prefix}{fused}/lora_A/MatMul/output_0", f"{prefix}{fused}/lora_B/MatMul/output_0"
+            new = [
+                onnx.helper.make_node("MatMul", [x, a_name], [low], name=f"{prefix}{fused}/lora_A/MatMul"),
+                onnx.helper.make_node(
+                    "MatMul", [low, b_name], [delta], name=f"{prefix}{fused}/lora_B/MatMul"
+                ),
+            ]
+            bases = [next(i for i in add.input if i != b.output[0]) for _, b, add in branches]
+            split = producers.get(bases[0])
+            if split is not None and split.op_type == "Split" and list(split.output) == bases:
+                # The projections are one fused kernel: add the group's delta before its Split,
+                # which then hands out what the members' Adds did.
+                summed = f"{prefix}{fused}/lora/Add/output_0"
+                new.append(
+                    onnx.helper.make_node(
+                        "Add", [split.input[0], delta], [summed], name=f"{prefix}{fused}/lora/Add"
+                    )
+                )
+                split.input[0] = summed
+                del split.output[:]
+                split.output.extend(add.output[0] for _, _, add in branches)
+                removed = [node for branch in branches for node in branch]
+            else:  # separate projections: split the delta back into the members' Adds
+                sizes = numpy_helper.from_array(
+                    np.array(widths, dtype=np.int64), f"{prefix}{fused}.lora.split"
+                )
+                graph.initializer.append(sizes)
+                new.append(
+                    onnx.helper.make_node(
+                        "Split",
+                        [delta, sizes.name],
+                        [b.output[0] for _, b, _ in branches],
+                        name=f"{prefix}{fused}/lora/Split",
+                        axis=-1,
+                    )
+                )
+                removed = [node for a, b, _ in branches for node in (a, b)]
+            for node in removed:
+                graph.node.remove(node)
+            graph.node.extend(new)
+            members_io = tuple((a.input[1], b.input[1]) for a, b, _ in branches)
+            for name in (n for pair in members_io for n in pair):
+                graph.input.remove(_value_info(graph, name))
+                if name in initializers:
+                    graph.initializer.remove(initializers[name])
+            groups.append(LoraGroup(a_name, b_name, members_io, widths))
+    if groups:
+        _sort_topologically(graph)
+    return groups
+
+
+def _sort_topologically(graph: Any) -> None:
+    """Order the nodes so that each comes after what it reads (the graph's order where it may)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        still = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                still.append(node)
+        if len(still) == len(pending):
+            raise RuntimeError(f"the graph has a cycle or a missing input at {still[0].name}")
+        pending = still
+    del graph.node[:]
+    graph.node.extend(ordered)
