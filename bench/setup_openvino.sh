@@ -33,7 +33,10 @@ torch=$(grep '^torch==' constraints.txt)
 "$VENV/bin/python" -m pip install --quiet "$torch" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -m pip install --quiet "$torch" "openvino-genai==$OPENVINO_GENAI_VERSION" \
   "optimum-intel[openvino]==$OPTIMUM_INTEL_VERSION" pydantic 2>&1 | grep -v "^WARNING: Location" || true
+# optimum-intel pulls torchvision, whose PyPI build does not load beside the CPU torch (its ops
+# fail to register, and transformers' model classes with them); only vision models need it.
+"$VENV/bin/python" -m pip uninstall --quiet --yes torchvision 2>&1 | grep -v "^WARNING" || true
 # What bench/openvino_peer.py imports of slmops' measuring code, and the tools it runs: fail loudly.
-"$VENV/bin/python" -c "import openvino_genai, optimum.intel, pydantic, torch"
+"$VENV/bin/python" -c "import openvino_genai, optimum.intel, pydantic, torch; from transformers import PreTrainedModel"
 "$VENV/bin/optimum-cli" export openvino --help >/dev/null
 echo "$want" > "$stamp"
