@@ -179,6 +179,19 @@ def test_optimize_bench_measures_llamacpp_where_it_is_built(finetune_run, tiny_m
     assert "| llama.cpp Q4_0 |" in out
 
 
+def test_optimize_bench_measures_openvino_where_it_is_installed(finetune_run, tiny_model: Path, tmp_path):
+    """OpenVINO GenAI and optimum-intel live in a venv of their own (bench/setup_openvino.sh)."""
+    venv = REPO / ".cache" / "bench" / "openvino-venv"
+    if not (venv / ".openvino-installed").exists():
+        pytest.skip(f"OpenVINO GenAI is not installed here ({venv}): run bench/setup_openvino.sh")
+    work, _ = finetune_run
+    figures, out = optimize_bench(work, tiny_model, tmp_path, tools="openvino")
+    row = figures["models"]["openvino cpu-int4"]
+    assert row["decode_tok_s_p50"] > 0 and row["decode_tok_s_p50_threads"] > 0 and row["rows"] == 4, row
+    assert 0 <= row["accuracy"] <= 1 and row["perplexity"] >= 1 and row["size_mb"] > 0, row
+    assert figures["versions"]["openvino-genai"] and "| openvino cpu-int4 |" in out
+
+
 def test_operator_bench_gives_each_job_exactly_one_run(tmp_path):
     out = run(
         [

@@ -57,16 +57,17 @@ async def reconcile(
     patch: kopf.Patch,
     logger: logging.Logger,
     outputs: dict[str, Any] | None = None,
-    active: set[str] | None = None,
+    active: Callable[[], set[str]] | None = None,
     **_: Any,
 ) -> None:
-    """One pass over one job.  ``outputs``: kind -> the index of that kind's jobs (phase, output)."""
+    """One pass over one job.  ``outputs``: kind -> the index of that kind's jobs (phase, output);
+    ``active``: the runs active in the job's namespace, asked only when a limit needs them."""
     started = time.perf_counter()
     job = JobPass(kind, body, dict(status or {}), patch, logger, metrics=reconciler.metrics)
     if reconciler.backing_off(job.uid):
         return
     try:
-        await _reconcile(reconciler, job, outputs=outputs or {}, active=active or set())
+        await _reconcile(reconciler, job, outputs=outputs or {}, active=active or set)
     except BackendUnavailable as exc:
         backend_trouble(reconciler, exc, job)
     finally:
@@ -74,7 +75,7 @@ async def reconcile(
 
 
 async def _reconcile(
-    reconciler: Reconciler, job: JobPass, *, outputs: dict[str, Any], active: set[str]
+    reconciler: Reconciler, job: JobPass, *, outputs: dict[str, Any], active: Callable[[], set[str]]
 ) -> None:
     if job.status.get("phase") in FINISHED:
         await _finished(reconciler, job)
@@ -184,19 +185,21 @@ def run_attempt(status: dict[str, Any]) -> int:
     return attempt + 1 if resumed else attempt
 
 
-async def _start(reconciler: Reconciler, request: JobRequest, job: JobPass, active: set[str]) -> None:
+async def _start(
+    reconciler: Reconciler, request: JobRequest, job: JobPass, active: Callable[[], set[str]]
+) -> None:
     """Submit, unless the namespace's running limit is reached (then Queued)."""
     limit = reconciler.settings.max_running_per_namespace
     namespace = request.namespace
     lock = reconciler.locks.setdefault(namespace, asyncio.Lock())
     async with lock:  # two queued jobs of one namespace must not both take the last slot
         if limit:
-            active = (active | reconciler.submitting.get(namespace, set())) - {request.run_name}
-            if len(active) >= limit:
+            running = (active() | reconciler.submitting.get(namespace, set())) - {request.run_name}
+            if len(running) >= limit:
                 job.go(
                     "Queued",
                     reason="NamespaceLimit",
-                    message=f"{len(active)} of {limit} jobs running in {namespace}; waiting for a slot",
+                    message=f"{len(running)} of {limit} jobs running in {namespace}; waiting for a slot",
                     extra={"runAttempt": request.attempt},
                 )
                 return
@@ -324,11 +327,13 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
             sharp=False,
         )
         async def tick(param: Any = None, namespace: str | None = None, **kwargs: Any) -> None:
-            active = {
-                run
-                for cls in resources().values()
-                for run in (kwargs.get(index_id("active_jobs", cls.plural)) or {}).get(namespace, [])
-            }
+            def active() -> set[str]:  # the namespace's active runs: a set as large as the namespace
+                return {
+                    run
+                    for cls in resources().values()
+                    for run in (kwargs.get(index_id("active_jobs", cls.plural)) or {}).get(namespace, [])
+                }
+
             outputs = {name: kwargs.get(index_id("outputs", cls.plural)) for name, cls in resources().items()}
             await reconcile(
                 reconciler,
@@ -340,8 +345,9 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
                 outputs=outputs,
                 active=active,
             )
-            phases = kwargs.get(index_id("phases", resource_of(param).plural)) or {}
-            reconciler.metrics.set_phase_counts(param, Counter(phases.get(param, [])))
+            if reconciler.phase_counts_due(param):  # a count over every job: not on every job's tick
+                phases = kwargs.get(index_id("phases", resource_of(param).plural)) or {}
+                reconciler.metrics.set_phase_counts(param, Counter(phases.get(param, [])))
 
         @kopf.on.delete(GROUP, VERSION, plural, registry=registry, id=f"finalize-{plural}", param=kind)
         async def finalize(

@@ -31,6 +31,7 @@ from slmops_operator.settings import OperatorSettings
 
 MAX_BACKOFF_S = 60.0
 RUNS_REMEMBERED = 10_000  # more than the jobs one operator watches at once
+PHASE_COUNT_S = 1.0
 
 
 def backoff(failures: int, base_s: float) -> float:
@@ -63,6 +64,7 @@ class Reconciler:
         self.locks: dict[str, asyncio.Lock] = {}
         self.failures: dict[str, int] = {}  # job uid -> consecutive failed backend calls
         self.next_attempt: dict[str, float] = {}  # job uid -> monotonic time of the next backend call
+        self._phases_counted: dict[str, float] = {}  # kind -> monotonic time of the last phase count
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -94,6 +96,15 @@ class Reconciler:
             source_uri=source_uri,
             created=_epoch(meta.get("creationTimestamp")),
         )
+
+    def phase_counts_due(self, kind: str) -> bool:
+        """Whether the jobs-by-phase gauge of ``kind`` is due a recount (once a second at most:
+        a count walks every job of the kind, and each job's tick would otherwise make one)."""
+        now = time.monotonic()
+        if now - self._phases_counted.get(kind, -PHASE_COUNT_S) < PHASE_COUNT_S:
+            return False
+        self._phases_counted[kind] = now
+        return True
 
     def remember_run(self, run_name: str, run: RunRef) -> None:
         self.runs[run_name] = run
