@@ -157,10 +157,6 @@ def _lora_branches(graph: Any, prefix: str, members: tuple[str, ...]) -> list[tu
 
 def fuse_lora(model: Any) -> list[LoraGroup]:
     """Fuse every group's LoRA branches in place (see the module's docstring); return the groups."""
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
     initializers = {init.name: init for init in graph.initializer}
@@ -173,76 +169,93 @@ def fuse_lora(model: Any) -> list[LoraGroup]:
             branches = _lora_branches(graph, prefix, members)
             if branches is None:
                 continue
-            infos = [(_value_info(graph, a.input[1]), _value_info(graph, b.input[1])) for a, b, _ in branches]
-            features = _dims(infos[0][0])[0]
-            widths = tuple(int(_dims(b_info)[1]) for _, b_info in infos)
-            elem_type = infos[0][0].type.tensor_type.elem_type
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
-            stem = infos[0][0].name.split(f".{members[0]}.lora_A.")[0]  # model.layers.N.attn
-            a_name, b_name = f"{stem}.{fused}.lora_A.MatMul.weight", f"{stem}.{fused}.lora_B.MatMul.weight"
-            rank = f"lora_r_{fused}"
-            graph.input.extend(
-                [
-                    onnx.helper.make_tensor_value_info(a_name, elem_type, [features, rank]),
-                    onnx.helper.make_tensor_value_info(b_name, elem_type, [rank, sum(widths)]),
-                ]
-            )
-            graph.initializer.extend(  # no adapter active: rank 0, exactly the base model
-                [
-                    numpy_helper.from_array(np.zeros((features, 0), dtype), a_name),
-                    numpy_helper.from_array(np.zeros((0, sum(widths)), dtype), b_name),
-                ]
-            )
-            x = branches[0][0].input[0]
-            low, delta = f"{prefix}{fused}/lora_A/MatMul/output_0", f"{prefix}{fused}/lora_B/MatMul/output_0"
-            new = [
-                onnx.helper.make_node("MatMul", [x, a_name], [low], name=f"{prefix}{fused}/lora_A/MatMul"),
-                onnx.helper.make_node(
-                    "MatMul", [low, b_name], [delta], name=f"{prefix}{fused}/lora_B/MatMul"
-                ),
-            ]
-            bases = [next(i for i in add.input if i != b.output[0]) for _, b, add in branches]
-            split = producers.get(bases[0])
-            if split is not None and split.op_type == "Split" and list(split.output) == bases:
-                # The projections are one fused kernel: add the group's delta before its Split,
-                # which then hands out what the members' Adds did.
-                summed = f"{prefix}{fused}/lora/Add/output_0"
-                new.append(
-                    onnx.helper.make_node(
-                        "Add", [split.input[0], delta], [summed], name=f"{prefix}{fused}/lora/Add"
-                    )
-                )
-                split.input[0] = summed
-                del split.output[:]
-                split.output.extend(add.output[0] for _, _, add in branches)
-                removed = [node for branch in branches for node in branch]
-            else:  # separate projections: split the delta back into the members' Adds
-                sizes = numpy_helper.from_array(
-                    np.array(widths, dtype=np.int64), f"{prefix}{fused}.lora.split"
-                )
-                graph.initializer.append(sizes)
-                new.append(
-                    onnx.helper.make_node(
-                        "Split",
-                        [delta, sizes.name],
-                        [b.output[0] for _, b, _ in branches],
-                        name=f"{prefix}{fused}/lora/Split",
-                        axis=-1,
-                    )
-                )
-                removed = [node for a, b, _ in branches for node in (a, b)]
+            group = _fused_inputs(graph, branches, members[0], fused)
+            new, removed = _fused_nodes(graph, prefix, fused, group, branches, producers)
             for node in removed:
                 graph.node.remove(node)
             graph.node.extend(new)
-            members_io = tuple((a.input[1], b.input[1]) for a, b, _ in branches)
-            for name in (n for pair in members_io for n in pair):
+            for name in (n for pair in group.members for n in pair):
                 graph.input.remove(_value_info(graph, name))
                 if name in initializers:
                     graph.initializer.remove(initializers[name])
-            groups.append(LoraGroup(a_name, b_name, members_io, widths))
+            groups.append(group)
     if groups:
         _sort_topologically(graph)
     return groups
+
+
+def _fused_inputs(graph: Any, branches: list[tuple[Any, Any, Any]], first: str, fused: str) -> LoraGroup:
+    """The group's two graph inputs (rank 0 by default: no adapter, exactly the base model)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    infos = [(_value_info(graph, a.input[1]), _value_info(graph, b.input[1])) for a, b, _ in branches]
+    features = _dims(infos[0][0])[0]
+    widths = tuple(int(_dims(b_info)[1]) for _, b_info in infos)
+    elem_type = infos[0][0].type.tensor_type.elem_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+    stem = infos[0][0].name.split(f".{first}.lora_A.")[0]  # model.layers.N.attn
+    a_name, b_name = f"{stem}.{fused}.lora_A.MatMul.weight", f"{stem}.{fused}.lora_B.MatMul.weight"
+    rank = f"lora_r_{fused}"
+    graph.input.extend(
+        [
+            onnx.helper.make_tensor_value_info(a_name, elem_type, [features, rank]),
+            onnx.helper.make_tensor_value_info(b_name, elem_type, [rank, sum(widths)]),
+        ]
+    )
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.zeros((features, 0), dtype), a_name),
+            numpy_helper.from_array(np.zeros((0, sum(widths)), dtype), b_name),
+        ]
+    )
+    members = tuple((a.input[1], b.input[1]) for a, b, _ in branches)
+    return LoraGroup(a_name, b_name, members, widths)
+
+
+def _fused_nodes(
+    graph: Any,
+    prefix: str,
+    fused: str,
+    group: LoraGroup,
+    branches: list[tuple[Any, Any, Any]],
+    producers: dict[str, Any],
+) -> tuple[list[Any], list[Any]]:
+    """The group's new nodes, and the members' nodes they replace."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    x = branches[0][0].input[0]
+    low, delta = f"{prefix}{fused}/lora_A/MatMul/output_0", f"{prefix}{fused}/lora_B/MatMul/output_0"
+    new = [
+        onnx.helper.make_node("MatMul", [x, group.a], [low], name=f"{prefix}{fused}/lora_A/MatMul"),
+        onnx.helper.make_node("MatMul", [low, group.b], [delta], name=f"{prefix}{fused}/lora_B/MatMul"),
+    ]
+    bases = [next(i for i in add.input if i != b.output[0]) for _, b, add in branches]
+    split = producers.get(bases[0])
+    if split is not None and split.op_type == "Split" and list(split.output) == bases:
+        # The projections are one fused kernel: add the group's delta before its Split, which
+        # then hands out what the members' Adds did.
+        summed = f"{prefix}{fused}/lora/Add/output_0"
+        new.append(
+            onnx.helper.make_node("Add", [split.input[0], delta], [summed], name=f"{prefix}{fused}/lora/Add")
+        )
+        split.input[0] = summed
+        del split.output[:]
+        split.output.extend(add.output[0] for _, _, add in branches)
+        return new, [node for branch in branches for node in branch]
+    # Separate projections: split the delta back into the members' Adds.
+    sizes = numpy_helper.from_array(np.array(group.widths, dtype=np.int64), f"{prefix}{fused}.lora.split")
+    graph.initializer.append(sizes)
+    outputs = [b.output[0] for _, b, _ in branches]
+    new.append(
+        onnx.helper.make_node(
+            "Split", [delta, sizes.name], outputs, name=f"{prefix}{fused}/lora/Split", axis=-1
+        )
+    )
+    return new, [node for a, b, _ in branches for node in (a, b)]
 
 
 def _sort_topologically(graph: Any) -> None:
