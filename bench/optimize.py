@@ -197,7 +197,7 @@ def produce_builder(args: argparse.Namespace, precision: str, work: Path, tokeni
 
 def llamacpp_python(args: argparse.Namespace) -> Path:
     python = args.llamacpp_venv / "bin" / "python"
-    if not (args.llamacpp_venv / ".llamacpp-installed").exists():
+    if not installed(args, "llamacpp"):
         raise RuntimeError(f"llama.cpp is not installed at {args.llamacpp_venv}: run bench/setup_llamacpp.sh")
     return python
 
@@ -237,10 +237,16 @@ def produce_llamacpp(args: argparse.Namespace, precision: str, work: Path, token
     return {f"llama.cpp {kind}": {"produce_s": time.perf_counter() - started, "gguf": str(out)}}
 
 
+def installed(args: argparse.Namespace, tool: str) -> bool:
+    """Whether a peer's venv was made (its setup script leaves the marker last)."""
+    attr, marker, _ = PEER_VENVS[tool]
+    return (getattr(args, attr) / marker).exists()
+
+
 def produce_openvino(args: argparse.Namespace, precision: str, work: Path, tokenizer) -> dict[str, dict]:
     """The merged model to OpenVINO IR, weights compressed by optimum-intel as its users do."""
     venv = args.openvino_venv
-    if not (venv / ".openvino-installed").exists():
+    if not installed(args, "openvino"):
         raise RuntimeError(f"OpenVINO GenAI is not installed at {venv}: run bench/setup_openvino.sh")
     out = work / f"openvino-{precision}"
     shutil.rmtree(out, ignore_errors=True)
@@ -257,9 +263,9 @@ def produce_openvino(args: argparse.Namespace, precision: str, work: Path, token
 def peer_versions(args: argparse.Namespace) -> dict[str, str]:
     """The versions of what each peer's venv runs (they are not this process's packages)."""
     found: dict[str, str] = {}
-    for tool, (attr, marker, packages) in PEER_VENVS.items():
+    for tool, (attr, _, packages) in PEER_VENVS.items():
         venv = getattr(args, attr)
-        if tool not in args.tool_list or not (venv / marker).exists():
+        if tool not in args.tool_list or not installed(args, tool):
             continue
         script = "import importlib.metadata as m, sys; print(' '.join(m.version(p) for p in sys.argv[1:]))"
         done = subprocess.run(
@@ -544,10 +550,10 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {machine()}; onnxruntime {onnxruntime.__version__}, "
         f"onnxruntime-genai {onnxruntime_genai.__version__}"
     )
-    if "llamacpp" in args.tool_list and not (args.llamacpp_venv / ".llamacpp-installed").exists():
+    if "llamacpp" in args.tool_list and not installed(args, "llamacpp"):
         print(f"llama.cpp: skipped, not installed at {args.llamacpp_venv} (bench/setup_llamacpp.sh)")
         args.tool_list.remove("llamacpp")
-    if "openvino" in args.tool_list and not (args.openvino_venv / ".openvino-installed").exists():
+    if "openvino" in args.tool_list and not installed(args, "openvino"):
         print(f"OpenVINO GenAI: skipped, not installed at {args.openvino_venv} (bench/setup_openvino.sh)")
         args.tool_list.remove("openvino")
     tokenizer = AutoTokenizer.from_pretrained(args.model)

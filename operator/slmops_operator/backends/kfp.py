@@ -255,11 +255,11 @@ class KfpBackend:
     def _submit(self, request: JobRequest, mounts: list[dict[str, Any]]) -> RunRef:
         client = self.client()
         try:
-            experiment_id = self._experiment_id(client, request)
-            existing = self._find_run(client, experiment_id, request)
+            existing = self._existing(request)
             if existing is not None:
                 self._unsure.pop(request.run_name, None)
-                return self._ref(existing.run_id, request.run_name)
+                return existing
+            experiment_id = self._experiment_id(client, request)  # found above: remembered
             package = self._package(request, mounts)
             try:
                 result = client.create_run_from_pipeline_package(
