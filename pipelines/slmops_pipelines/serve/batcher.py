@@ -7,6 +7,12 @@ batching ``Engine`` takes no adapters.  So one worker thread runs every model ca
 * **admits** waiting requests into a new batch whenever fewer than ``max_batch`` sequences
   are being decoded, taking the oldest request and the others waiting for the same adapter
   and sampling (temperature, top-p, seed) with it;
+* **gathers** before it admits, since a batch cannot grow once it has started: as many
+  requests as were wanted at once in the last ``recent_s`` seconds (the clients that keep it
+  busy come back together after their answers), waiting at most ``gather_s`` when idle and
+  ``join_s`` while batches run; a request that comes while a batch is about to end (its
+  sequences' ``max_new_tokens`` reached within that wait, at the steps' recent pace) waits
+  for it, so that the two start as one batch instead of two that each cost a step;
 * **steps** every active batch by one token in turn, so a request that arrives while a
   batch runs starts at the next turn (its prefill, then its tokens, interleaved with the
   others') instead of waiting for that batch to end; time to first token is bounded by
@@ -94,6 +100,11 @@ class _Batch:
     def live(self) -> list[Sequence]:
         return [s for s in self.sequences if not s.ended]
 
+    @property
+    def steps_left(self) -> int:
+        """Steps until every sequence reached its ``max_new_tokens`` (the batch may end sooner)."""
+        return max((s.sampling.max_new_tokens - s.produced for s in self.live), default=0)
+
     def step(self, eos: frozenset[int]) -> None:
         """One token for every sequence still running."""
         for seq in self.live:
@@ -149,15 +160,17 @@ class Batcher:
         context_length: int,
         max_batch: int = 8,
         max_queue: int = 64,
-        gather_s: float = 0.02,
+        gather_s: float = 0.05,
         join_s: float = 0.1,
+        recent_s: float = 2.0,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.engine, self.eos = engine, frozenset(eos_ids)
         self.pad_id, self.context = pad_id, context_length
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.gather_s, self.join_s = gather_s, join_s
-        self.last_batch = 0  # the size of the batch started last: concurrency seen lately
+        self.gather_s, self.join_s, self.recent_s = gather_s, join_s, recent_s
+        self.demand: deque[tuple[float, int]] = deque()  # (when, requests wanted at once): lately's peak
+        self.turn_s = 0.0  # how long stepping every batch once takes lately
         self.on_batch = on_batch or (lambda size: None)
         self.waiting: deque[Sequence] = deque()
         self.batches: list[_Batch] = []
@@ -193,6 +206,7 @@ class Batcher:
                     f"(--max-batch {self.max_batch}, --max-queue {self.max_queue}): try again shortly"
                 )
             self.waiting.append(seq)
+            self._note_demand()
             self._wake.notify()
 
     def _run(self) -> None:
@@ -203,12 +217,15 @@ class Batcher:
                 if self._stop:
                     break
                 if not self.batches and self.waiting and not self._due():
-                    self._wake.wait(self.gather_s)  # idle: let the requests arriving with this one join it
+                    self._wake.wait(self._patience())  # idle: let the requests arriving with this one join it
                 admitted = self._admit() if self._due() else []
             for group in admitted:
                 self._start(group)
+            started = time.monotonic()
             for batch in list(self.batches):
                 self._step(batch)
+            if self.batches:
+                self.turn_s = 0.8 * self.turn_s + 0.2 * (time.monotonic() - started)
         for seq in [*self.waiting, *(s for b in self.batches for s in b.live)]:
             _end(seq, "cancelled")
 
@@ -230,17 +247,35 @@ class Batcher:
         return groups
 
     def _due(self) -> bool:
-        """Whether the waiting requests start now: the slots they fit are all asked for, the server
-        has seen one request at a time so far, or the oldest has gathered company long enough
-        (``gather_s`` when idle; ``join_s`` while batches run)."""
+        """Whether the waiting requests start now (see the module's notes): the oldest has waited
+        long enough, or no batch ends within its wait and the requests wanted at once lately are
+        all here (or fill the free slots)."""
         if not self.waiting:
             return False
-        if len(self.waiting) >= self._free():
+        patience = self._patience()
+        if patience <= 0:
             return True
-        if not self.batches and self.last_batch < 2:
-            return True  # one client at a time (so far): nobody to wait for
-        waited = time.monotonic() - self.waiting[0].queued_at
-        return waited >= (self.join_s if self.batches else self.gather_s)
+        if any(b.steps_left * self.turn_s <= patience for b in self.batches):
+            return False  # a batch is about to end: start with its clients, as one batch
+        decoding = self.max_batch - self._free()
+        return len(self.waiting) >= min(self._free(), self._expected() - decoding)
+
+    def _patience(self) -> float:
+        """How much longer the oldest waiting request may wait for company."""
+        waited = time.monotonic() - self.waiting[0].queued_at if self.waiting else 0.0
+        return (self.join_s if self.batches else self.gather_s) - waited
+
+    def _note_demand(self) -> None:
+        """Remember how many requests are wanted at once now (under the lock)."""
+        now = time.monotonic()
+        self.demand.append((now, self.max_batch - self._free() + len(self.waiting)))
+        while self.demand and now - self.demand[0][0] > self.recent_s:
+            self.demand.popleft()
+
+    def _expected(self) -> int:
+        """The most requests wanted at once lately: the clients that keep the server busy."""
+        now = time.monotonic()
+        return max((n for when, n in self.demand if now - when <= self.recent_s), default=1)
 
     def _free(self) -> int:
         """Slots for more sequences: ``max_batch`` less those decoding (a cancelled one holds none)."""
@@ -260,7 +295,6 @@ class Batcher:
             if batch is not None:
                 self.batches.append(batch)
         if batch is not None:
-            self.last_batch = len(group)
             self.on_batch(len(group))
 
     def _step(self, batch: _Batch) -> None:
