@@ -164,3 +164,32 @@ def test_targets_ship_their_session_settings(tiny_model, tmp_path, isolated_cach
     assert (options["intra_op_num_threads"], options["session.intra_op.allow_spinning"]) == (7, "0")
     og.Model(str(exported.path))  # onnxruntime accepts what was written
     assert GenaiEngine(exported.path).threads == 7  # the count the spec asked for
+
+
+@pytest.mark.parametrize("block", [128, 256])
+def test_a_block_that_does_not_divide_the_hidden_size_still_runs(block, tiny_model, tmp_path, isolated_cache):
+    """The tiny model's hidden size is 64: each row of the shared int4 table is padded to one block,
+    which the builder's Reshape of the embedding table did not expect (the first token failed)."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    t = target(f"int4-b{block}", "CPUExecutionProvider", "int4", int4BlockSize=block)
+    exported = export_target(t, tiny_model, tmp_path, cache_dir=isolated_cache / "b")
+    assert "GatherBlockQuantized" in op_types(exported.path)
+    model = og.Model(str(exported.path))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=12, min_length=12)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.asarray([[1, 5, 9, 13]], dtype=np.int32))
+    while not generator.is_done():
+        generator.generate_next_token()
+    assert len(generator.get_sequence(0)) == 12
+
+
+def test_the_graph_alone_is_mended_where_nothing_else_is_rewritten(tiny_model, tmp_path, isolated_cache):
+    """A GPU target (no fusion) gets the same padded-block gather, its weights file untouched."""
+    t = target("cuda-int4-b128", "CUDAExecutionProvider", "int4", int4BlockSize=128)
+    exported = export_target(t, tiny_model, tmp_path, cache_dir=isolated_cache / "b")
+    graph = onnx.load(str(exported.path / "model.onnx"), load_external_data=False).graph
+    assert any(node.name.endswith("/Unpad") for node in graph.node)
+    onnx.load(str(exported.path / "model.onnx"))  # its external weights still load

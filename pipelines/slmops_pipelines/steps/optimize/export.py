@@ -233,17 +233,27 @@ def _quantize_nbits(
     _save_in_place(folder, quantizer.model.model)
 
 
-def _fuse_projections(folder: Path) -> list[LoraGroup]:
-    """Projections that read one input as one kernel call each, and so their LoRA branches
-    (steps/optimize/fuse.py); returns the LoRA groups, the layout the adapter files take."""
+def _rewrite_graph(folder: Path, *, fuse: bool) -> list[LoraGroup]:
+    """The builder's graph, mended and made faster: tied int4 embeddings that read padded blocks
+    (steps/optimize/embeddings.py) and, where ``fuse``, projections that read one input as one
+    kernel call each, and so their LoRA branches (steps/optimize/fuse.py); returns the LoRA
+    groups, the layout the adapter files take."""
     import onnx
 
+    from slmops_pipelines.steps.optimize.embeddings import unpad_shared_embeddings
     from slmops_pipelines.steps.optimize.fuse import fuse_lora, fuse_projections
 
-    model = onnx.load(str(folder / "model.onnx"))  # with its external weights
+    path = folder / "model.onnx"
+    if not fuse:  # the graph alone: the weights stay in their file, untouched
+        graph_only = onnx.load(str(path), load_external_data=False)
+        if unpad_shared_embeddings(graph_only):
+            onnx.save_model(graph_only, str(path))
+        return []
+    model = onnx.load(str(path))  # with its external weights
+    unpadded = unpad_shared_embeddings(model)
     fused = fuse_projections(model)
     groups = fuse_lora(model)
-    if fused or groups:
+    if unpadded or fused or groups:
         _save_in_place(folder, model)
     return groups
 
@@ -439,7 +449,7 @@ def export_target(
 
         graph_inputs = extract_lora_inputs(partial / "model.onnx")
     _post_pass(partial, target, lora_nodes or [], calibration)
-    groups = _fuse_projections(partial) if PROVIDERS[target.provider].fuse_projections else []
+    groups = _rewrite_graph(partial, fuse=PROVIDERS[target.provider].fuse_projections)
     if adapters:
         from slmops_pipelines.steps.optimize.adapters import write_onnx_adapter
 
