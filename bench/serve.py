@@ -23,7 +23,8 @@ server, sent to ``/v1/completions`` as plain text so that every answer runs to t
   where not installed.
 
 First, the ceiling: onnxruntime-genai alone decoding batches of 1, 4 and 8 sequences of the
-first target (what batching can give on this machine, with no HTTP, no scheduler).
+first target, loaded as the server loads it (what batching can give on this machine, with no
+HTTP, no scheduler, no clients).
 
 Per server and number of clients: aggregate tokens/s (completion tokens of every request over
 the wall time of the round), p50/p95 time to first token and request latency, and the ratio
@@ -190,19 +191,19 @@ def slmops_rows(args: argparse.Namespace, work: Path) -> dict[str, list[dict]]:
 
 
 def engine_rows(args: argparse.Namespace) -> dict[str, list[dict]]:
-    """The ceiling: onnxruntime-genai decoding batches of N with no server around it (the first target
-    as shipped, a 20-token prompt, ``--max-tokens`` new tokens)."""
+    """The ceiling: onnxruntime-genai decoding batches of N with no server around it (the first target,
+    loaded as the server loads it: one thread per usable CPU; a 20-token prompt, ``--max-tokens`` new
+    tokens, after a warm-up batch)."""
     import numpy as np
-    import onnxruntime_genai as og
+
+    from slmops_pipelines.steps.optimize.runtime import GenaiEngine
 
     target = args.targets[0]
-    model = og.Model(str(args.output / "targets" / target))
+    engine = GenaiEngine(args.output / "targets" / target)
     rounds = []
-    for batch in args.clients:
-        params = og.GeneratorParams(model)
+    for batch in [args.clients[0], *args.clients]:  # the first: a warm-up, not reported
         length = 20 + args.max_tokens
-        params.set_search_options(max_length=length, min_length=length, batch_size=batch)
-        generator = og.Generator(model, params)
+        generator = engine.generator(length, min_length=length, search={"batch_size": batch})
         generator.append_tokens(np.asarray([[1, *range(100, 119)]] * batch, dtype=np.int32))
         started, steps = time.perf_counter(), 0
         while not generator.is_done():
@@ -221,7 +222,7 @@ def engine_rows(args: argparse.Namespace) -> dict[str, list[dict]]:
                 "latency_p95_s": round(wall, 2),
             }
         )
-    return {f"genai {target} (alone)": rounds}
+    return {f"genai {target} (alone)": rounds[1:]}
 
 
 def llamacpp_rows(args: argparse.Namespace, work: Path) -> dict[str, list[dict]]:
