@@ -15,6 +15,7 @@ adds one in a test-only kind and shows every check sees it).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -62,15 +63,22 @@ class Location:
         return f"{self.field}.{self.secret_key}" if self.secret_key else ""
 
 
+@functools.cache
+def _fields(cls: type[BaseModel]) -> tuple[tuple[str, str], ...]:
+    """A spec class's fields as (attribute, manifest spelling): asked once per class, since the
+    operator walks every job's spec on every tick."""
+    return tuple((name, info.alias or name) for name, info in cls.model_fields.items())
+
+
 def _alias(model: BaseModel, name: str) -> str:
-    info = type(model).model_fields[name]
-    return info.alias or name
+    return dict(_fields(type(model)))[name]
 
 
 def _walk(value: object, path: str) -> Iterator[Location]:
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            yield from _walk(item, f"{path}[{index}]")
+            if isinstance(item, BaseModel | list | tuple):
+                yield from _walk(item, f"{path}[{index}]")
         return
     if not isinstance(value, BaseModel):
         return
@@ -89,9 +97,10 @@ def _walk(value: object, path: str) -> Iterator[Location]:
             secret_key=secret_key,
             code_field=code_field,
         )
-    for name in type(value).model_fields:
+    for name, alias in _fields(type(value)):
         child = getattr(value, name)
-        yield from _walk(child, f"{path}.{_alias(value, name)}" if path else _alias(value, name))
+        if isinstance(child, BaseModel | list | tuple):  # a scalar holds no location: not walked
+            yield from _walk(child, f"{path}.{alias}" if path else alias)
 
 
 def spec_locations(spec: object) -> list[Location]:
