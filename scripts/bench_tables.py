@@ -142,6 +142,29 @@ def operator_table(figures: dict) -> str:
     return _with_source(lines, figures)
 
 
+def batch_kernels_table(figures: dict) -> str:
+    """bench/batch_kernels.py: decoding batches with the int4 kernel against an int8 GEMM prototype."""
+    nodes: dict[str, dict[int, float]] = {}
+    for r in figures["nodes"]:
+        nodes.setdefault(r["node"], {})[r["rows"]] = r["us_per_call"]
+    lines = [
+        "| model | batch | ms per step | tokens/s | x1 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        *(
+            f"| {r['model']} | {r['batch']} | {r['ms_per_step']:.2f} | {r['tokens_per_s']:.0f} | {r['x1']:.2f} |"
+            for r in figures["decode"]
+        ),
+        "",
+        "| one node, K 576 N 3072 | " + " | ".join(f"{m} rows" for m in next(iter(nodes.values()))) + " |",
+        "| --- |" + " ---: |" * len(next(iter(nodes.values()))),
+        *(
+            f"| {node} | " + " | ".join(f"{us:.0f} us" for us in rows.values()) + " |"
+            for node, rows in nodes.items()
+        ),
+    ]
+    return _with_source(lines, figures)
+
+
 def int4_sweep_table(figures: dict) -> str:
     """bench/int4_sweep.py: the model builder's int4 settings side by side, at equal threads."""
     variants = figures["variants"]
@@ -303,6 +326,7 @@ def summary_table(results: dict) -> str:
 
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
+    "batch_kernels": batch_kernels_table,
     "int4_sweep": int4_sweep_table,
     "summary": summary_table,
     "operator": operator_table,

@@ -256,3 +256,26 @@ def test_serve_bench_loads_a_server_with_concurrent_clients(genai_target: Path, 
     assert "slmops tiny" in output
     rows = json.loads(figures.read_text())["rows"]["slmops tiny"]
     assert [r["clients"] for r in rows] == [1, 2] and all(r["tokens"] > 0 for r in rows)
+
+
+def test_batch_kernels_prototype_replaces_every_int4_node_and_measures_both(
+    tiny_model, tmp_path, isolated_cache
+):
+    """bench/batch_kernels.py on a tiny int4 target: the int8 copy loads and decodes like the original."""
+    from slmops_pipelines.specs.optimize import OptimizeTarget
+    from slmops_pipelines.steps.optimize.export import export_target
+
+    target = OptimizeTarget(name="int4", provider="CPUExecutionProvider", precision="int4")
+    exported = export_target(target, tiny_model, tmp_path / "targets", cache_dir=isolated_cache / "b")
+    figures = tmp_path / "kernels.json"
+    command = [sys.executable, BENCH / "batch_kernels.py", "--target", exported.path, "--batches", "1,2"]
+    run([*command, "--rounds", "1", "--steps", "2", "--json", figures])
+    found = json.loads(figures.read_text())
+    assert found["replaced"] > 0
+    assert {(r["model"].split()[0], r["batch"]) for r in found["decode"]} == {
+        ("int4", 1),
+        ("int4", 2),
+        ("int8", 1),
+        ("int8", 2),
+    }
+    assert all(r["tokens_per_s"] > 0 for r in found["decode"]) and found["nodes"]
