@@ -224,8 +224,9 @@ class Batcher:
             started = time.monotonic()
             for batch in list(self.batches):
                 self._step(batch)
-            if self.batches:
-                self.turn_s = 0.8 * self.turn_s + 0.2 * (time.monotonic() - started)
+            if self.batches:  # the pace that tells a batch about to end (the first turn: as it is)
+                elapsed = time.monotonic() - started
+                self.turn_s = 0.8 * self.turn_s + 0.2 * elapsed if self.turn_s else elapsed
         for seq in [*self.waiting, *(s for b in self.batches for s in b.live)]:
             _end(seq, "cancelled")
 
