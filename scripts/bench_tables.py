@@ -165,6 +165,28 @@ def batch_kernels_table(figures: dict) -> str:
     return _with_source(lines, figures)
 
 
+def lora_kernels_table(figures: dict) -> str:
+    """bench/lora_kernels.py: a separate adapter's LoRA branch per kernel, microseconds per call."""
+    kernels = list(dict.fromkeys(r["kernel"] for r in figures["rows"]))
+    groups: dict[str, dict[str, float]] = {}
+    for r in figures["rows"]:
+        groups.setdefault(f"{r['group']} (K {r['k']}, rank {r['rank']}, N {r['n']})", {})[r["kernel"]] = r[
+            "us_per_call"
+        ]
+    lines = [
+        "| LoRA group | " + " | ".join(kernels) + " |",
+        "| --- |" + " ---: |" * len(kernels),
+        *(
+            f"| {group} | " + " | ".join(f"{us[k]:.1f} us" for k in kernels) + " |"
+            for group, us in groups.items()
+        ),
+        "| a layer (the four) | "
+        + " | ".join(f"{sum(us[k] for us in groups.values()):.1f} us" for k in kernels)
+        + " |",
+    ]
+    return _with_source(lines, figures)
+
+
 def int4_sweep_table(figures: dict) -> str:
     """bench/int4_sweep.py: the model builder's int4 settings side by side, at equal threads."""
     variants = figures["variants"]
@@ -327,6 +349,7 @@ def summary_table(results: dict) -> str:
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "batch_kernels": batch_kernels_table,
+    "lora_kernels": lora_kernels_table,
     "int4_sweep": int4_sweep_table,
     "summary": summary_table,
     "operator": operator_table,

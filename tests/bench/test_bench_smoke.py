@@ -279,3 +279,10 @@ def test_batch_kernels_prototype_replaces_every_int4_node_and_measures_both(
         ("int8", 2),
     }
     assert all(r["tokens_per_s"] > 0 for r in found["decode"]) and found["nodes"]
+
+
+def test_lora_kernels_times_every_group_with_every_kernel(tmp_path):
+    figures = tmp_path / "lora.json"
+    run([sys.executable, BENCH / "lora_kernels.py", "--copies", "2", "--repeats", "1", "--json", figures])
+    rows = json.loads(figures.read_text())["rows"]
+    assert len(rows) == 12 and all(r["us_per_call"] > 0 for r in rows)
