@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,75 +25,72 @@ def engine(genai_target: Path):
     return GenaiEngine(genai_target, threads=1)
 
 
-class Round:
-    """Requests sent to a batcher, and when each ended."""
-
-    def __init__(self, batcher: Batcher) -> None:
-        self.batcher, self.ended, self.lock = batcher, [], threading.Lock()
-
-    def send(self, max_new_tokens: int = 4) -> threading.Event:
-        done = threading.Event()
-
-        def on_end(reason: str, error: str | None) -> None:
-            assert error is None, error
-            done.set()
-
-        sampling = Sampling(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
-        self.batcher.submit(Sequence([1, 5, 6, 7], None, sampling, lambda token: None, on_end))
-        return done
+@pytest.fixture
+def sizes() -> list[int]:
+    """Each batch's size, as it started."""
+    return []
 
 
-def batcher_for(engine, sizes: list[int], **timing: float) -> Batcher:
-    batcher = Batcher(
-        engine, eos_ids={2}, pad_id=0, context_length=16384, max_batch=8, on_batch=sizes.append, **timing
+@pytest.fixture
+def batcher(engine, sizes: list[int]) -> Iterator[Batcher]:
+    """A running batcher whose waits (5 s) are far longer than any answer here: a test that
+    took one would show."""
+    running = Batcher(
+        engine,
+        eos_ids={2},
+        pad_id=0,
+        context_length=16384,
+        max_batch=8,
+        gather_s=5.0,
+        join_s=5.0,
+        on_batch=sizes.append,
     )
-    batcher.start()
-    return batcher
+    running.start()
+    yield running
+    running.stop()
 
 
-def test_clients_that_come_back_one_after_another_start_as_one_batch(engine):
-    sizes: list[int] = []
-    batcher = batcher_for(engine, sizes, gather_s=5.0, join_s=5.0)
-    try:
-        first = [Round(batcher).send() for _ in range(4)]  # four clients at once
-        assert all(done.wait(30) for done in first)
-        before, started = len(sizes), time.monotonic()
-        again = []
-        for _ in range(4):  # they come back a few milliseconds apart, as clients do
-            again.append(Round(batcher).send())
-            time.sleep(0.03)
-        assert all(done.wait(30) for done in again)
-        assert sizes[before:] == [4]
-        assert time.monotonic() - started < 2.5  # started when the fourth came, not after 5 s
-    finally:
-        batcher.stop()
+def send(batcher: Batcher, max_new_tokens: int = 4) -> threading.Event:
+    """Submit one request; the event is set when it ends."""
+    done = threading.Event()
+
+    def on_end(reason: str, error: str | None) -> None:
+        assert error is None, error
+        done.set()
+
+    sampling = Sampling(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
+    batcher.submit(Sequence([1, 5, 6, 7], None, sampling, lambda token: None, on_end))
+    return done
 
 
-def test_one_client_at_a_time_never_waits_for_company(engine):
-    sizes: list[int] = []
-    batcher = batcher_for(engine, sizes, gather_s=5.0, join_s=5.0)
-    try:
-        for _ in range(3):
-            started = time.monotonic()
-            assert Round(batcher).send().wait(30)
-            assert time.monotonic() - started < 2.5  # not the 5 s gather window
-        assert sizes == [1, 1, 1]
-    finally:
-        batcher.stop()
+def test_clients_that_come_back_one_after_another_start_as_one_batch(batcher, sizes):
+    first = [send(batcher) for _ in range(4)]  # four clients at once
+    assert all(done.wait(30) for done in first)
+    before, started = len(sizes), time.monotonic()
+    again = []
+    for _ in range(4):  # they come back a few milliseconds apart, as clients do
+        again.append(send(batcher))
+        time.sleep(0.03)
+    assert all(done.wait(30) for done in again)
+    assert sizes[before:] == [4]
+    assert time.monotonic() - started < 2.5  # started when the fourth came, not after 5 s
 
 
-def test_a_request_does_not_wait_for_a_batch_far_from_its_end(engine):
-    sizes: list[int] = []
-    batcher = batcher_for(engine, sizes, gather_s=5.0, join_s=5.0)
-    try:
-        long = Round(batcher).send(max_new_tokens=100000)  # decodes for minutes
-        deadline = time.monotonic() + 10
-        while not sizes:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+def test_one_client_at_a_time_never_waits_for_company(batcher, sizes):
+    for _ in range(3):
         started = time.monotonic()
-        assert Round(batcher).send().wait(30)
-        assert time.monotonic() - started < 2.5  # started beside it, not after a 5 s wait
-        assert sizes == [1, 1] and not long.is_set()
-    finally:
-        batcher.stop()
+        assert send(batcher).wait(30)
+        assert time.monotonic() - started < 2.5  # not the 5 s gather window
+    assert sizes == [1, 1, 1]
+
+
+def test_a_request_does_not_wait_for_a_batch_far_from_its_end(batcher, sizes):
+    long = send(batcher, max_new_tokens=100000)  # decodes for minutes
+    deadline = time.monotonic() + 10
+    while not sizes:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    started = time.monotonic()
+    assert send(batcher).wait(30)
+    assert time.monotonic() - started < 2.5  # started beside it, not after a 5 s wait
+    assert sizes == [1, 1] and not long.is_set()

@@ -64,14 +64,14 @@ class Location:
 
 
 @functools.cache
-def _fields(cls: type[BaseModel]) -> tuple[tuple[str, str], ...]:
-    """A spec class's fields as (attribute, manifest spelling): asked once per class, since the
+def _aliases(cls: type[BaseModel]) -> dict[str, str]:
+    """A spec class's fields, attribute -> manifest spelling: asked once per class, since the
     operator walks every job's spec on every tick."""
-    return tuple((name, info.alias or name) for name, info in cls.model_fields.items())
+    return {name: info.alias or name for name, info in cls.model_fields.items()}
 
 
 def _alias(model: BaseModel, name: str) -> str:
-    return dict(_fields(type(model)))[name]
+    return _aliases(type(model))[name]
 
 
 def _walk(value: object, path: str) -> Iterator[Location]:
@@ -97,7 +97,7 @@ def _walk(value: object, path: str) -> Iterator[Location]:
             secret_key=secret_key,
             code_field=code_field,
         )
-    for name, alias in _fields(type(value)):
+    for name, alias in _aliases(type(value)).items():
         child = getattr(value, name)
         if isinstance(child, BaseModel | list | tuple):  # a scalar holds no location: not walked
             yield from _walk(child, f"{path}.{alias}" if path else alias)
