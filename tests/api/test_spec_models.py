@@ -106,6 +106,14 @@ def test_the_int4_block_size_is_the_providers_unless_the_spec_names_one():
     assert [t.int4_block_size for t in spec.targets] == [32, 32]
 
 
+def test_separate_adapters_get_the_providers_finer_int4_block():
+    """A block-64 base cost the demo's separate adapter 10 points where block 32 cost 3."""
+    separate = {**OPT["targets"][0], "name": "cpu-int4-adapter", "mergeAdapter": False}
+    pinned = {**separate, "name": "pinned", "quantization": {"int4BlockSize": 64}}
+    spec = OptimizeJobSpec.model_validate({**OPT, "targets": [OPT["targets"][0], separate, pinned]})
+    assert [t.int4_block_size for t in spec.targets] == [64, 32, 64]
+
+
 def test_optimize_rejects_precision_the_provider_cannot_run():
     bad = {**OPT, "targets": [{"name": "trt", "provider": "TensorrtExecutionProvider", "precision": "fp32"}]}
     errors = errors_of(OptimizeJobSpec, bad)

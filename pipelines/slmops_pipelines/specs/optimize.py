@@ -174,8 +174,9 @@ class QuantizationSpec(SpecModel):
     int4_block_size: Literal[16, 32, 64, 128, 256] | None = Field(
         default=None,
         description=(
-            "Weights per int4 scale. Unset: the provider's measured best (64 on CPUExecutionProvider: "
-            "faster than 32 at the same accuracy on the demo; 32 elsewhere). Larger blocks decode "
+            "Weights per int4 scale. Unset: the provider's measured best (64 on CPUExecutionProvider "
+            "with the adapter merged: faster than 32 at the same accuracy on the demo; 32 where adapters "
+            "stay separate, which lost 10 points at 64 on the demo; 32 elsewhere). Larger blocks decode "
             "batches faster but cost accuracy (the demo: 91% at 128 against 100% at 64); a block that "
             "does not divide the hidden size is padded."
         ),
@@ -314,8 +315,12 @@ class OptimizeTarget(SpecModel):
 
     @property
     def int4_block_size(self) -> int:
-        """Weights per int4 scale: ``quantization.int4BlockSize``, else the provider's default."""
-        return self.quantization.int4_block_size or providers.PROVIDERS[self.provider].int4_block_size
+        """Weights per int4 scale: ``quantization.int4BlockSize``, else the provider's default
+        for a merged target or for one whose adapters stay separate."""
+        if self.quantization.int4_block_size:
+            return self.quantization.int4_block_size
+        info = providers.PROVIDERS[self.provider]
+        return info.int4_block_size if self.merge_adapter else info.int4_block_size_separate
 
     @property
     def recipe(self) -> providers.Recipe:

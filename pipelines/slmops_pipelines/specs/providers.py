@@ -33,6 +33,9 @@ class ProviderInfo:
     genai_name: str  # the name onnxruntime-genai's config uses
     family: ImageFamily  # the image (and, for cuda, the GPUs) its targets are built and measured with
     int4_block_size: int = 32  # weights per int4 scale where the spec sets none (the builder's default)
+    # ... and where adapters stay separate: an adapter trained on the unquantized base sits on
+    # the int4 base's rounding as it is, where a merged one is rounded with it.
+    int4_block_size_separate: int = 32
     # Projections that read one input (gate/up; q/k/v where adapters keep them apart) as one
     # MatMulNBits each: steps/optimize/fuse.py.  Measured on the CPU only.
     fuse_projections: bool = False
@@ -42,8 +45,16 @@ PROVIDERS: dict[str, ProviderInfo] = {
     # Block 64 on the CPU: 1.16x-1.39x the decode of the builder's default int4 (block 32) at
     # equal threads in two runs, at 100% accuracy and perplexity 1.015 on the demo
     # (bench/int4_sweep.py, bench/optimize.py: docs/benchmarks.md); half the scales to read.
+    # Not with separate adapters: the demo's adapter on a block-64 base lost 10-11 points
+    # (89-90% with RTN, 85% with GPTQ) where block 32 lost 3 and the merged model 1.
     "CPUExecutionProvider": ProviderInfo(
-        "CPUExecutionProvider", "cpu", "cpu", "cpu", int4_block_size=64, fuse_projections=True
+        "CPUExecutionProvider",
+        "cpu",
+        "cpu",
+        "cpu",
+        int4_block_size=64,
+        int4_block_size_separate=32,
+        fuse_projections=True,
     ),
     "CUDAExecutionProvider": ProviderInfo("CUDAExecutionProvider", "cuda", "cuda", "cuda"),
     "DmlExecutionProvider": ProviderInfo("DmlExecutionProvider", "dml", "dml", "cpu"),
