@@ -6,10 +6,12 @@
 # llama.cpp is what CPU users run for a model this size, so bench/optimize.py measures it as a
 # peer of slmops' int4/int8 targets, from the GGUF file the demo model comes from.
 #
-# The wheel builds from source with the system compiler.  A native build (-march=native) died
-# with an illegal instruction on this machine: its CPU reports AMX, which the VM does not let
-# a process use.  So the CPU features are spelled out, AVX-512 (with VNNI, BF16, VBMI) on and
-# the AMX ones off; set LLAMACPP_CMAKE_ARGS to build for another CPU.
+# The wheel builds from source with the system compiler, for the CPU it is built on: the
+# benchmark runs where it was set up.  Not -march=native: that died with an illegal
+# instruction on a VM whose CPU reports AMX that a process may not use.  So each instruction
+# set is switched on from what /proc/cpuinfo reports (AVX2, FMA, F16C, AVX-512 and its VNNI,
+# BF16 and VBMI), AMX always off; a fixed list of AVX-512 flags built a library that died on
+# an AVX2-only EPYC.  Set LLAMACPP_CMAKE_ARGS to build for another CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,16 @@ PYTHON=${PYTHON:-python3}
 VENV=${LLAMACPP_VENV:-.cache/bench/llamacpp-venv}
 VERSION=${LLAMACPP_VERSION:-0.3.36}
 SENTENCEPIECE_VERSION=0.2.1
-CMAKE_ARGS=${LLAMACPP_CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"}
+
+# -DGGML_<NAME>=ON where this CPU reports the flag, OFF where it does not.
+cpu_flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+ggml() {
+  if [[ "$cpu_flags" == *" $2 "* ]]; then echo "-DGGML_$1=ON"; else echo "-DGGML_$1=OFF"; fi
+}
+detected="-DGGML_NATIVE=OFF $(ggml AVX avx) $(ggml AVX2 avx2) $(ggml FMA fma) $(ggml F16C f16c)"
+detected+=" $(ggml AVX512 avx512f) $(ggml AVX512_VNNI avx512_vnni) $(ggml AVX512_BF16 avx512_bf16)"
+detected+=" $(ggml AVX512_VBMI avx512vbmi) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+CMAKE_ARGS=${LLAMACPP_CMAKE_ARGS:-"$detected -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"}
 
 stamp="$VENV/.llamacpp-installed"
 want=$(cat constraints.txt bench/setup_llamacpp.sh | sha256sum | cut -d' ' -f1)-$(printf '%s %s' "$VERSION" "$CMAKE_ARGS" | sha256sum | cut -d' ' -f1)
@@ -29,7 +40,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   mkdir -p "$(dirname "$VENV")"
   "$PYTHON" -m venv "$VENV"
 fi
-echo "setup_llamacpp: building llama-cpp-python==$VERSION into $VENV (several minutes)"
+echo "setup_llamacpp: building llama-cpp-python==$VERSION into $VENV (several minutes): $CMAKE_ARGS"
+# Built for other instructions (or a build that did not take): pip would keep it as satisfied.
+"$VENV/bin/python" -m pip uninstall --quiet --yes llama-cpp-python 2>/dev/null || true
 "$VENV/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 CMAKE_ARGS="$CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
   "$VENV/bin/python" -m pip install --quiet --no-cache-dir --no-binary llama-cpp-python \
