@@ -19,9 +19,6 @@ import pytest
 from tests.conftest import REPO, TONE_DATA
 
 BENCH = REPO / "bench"
-# A benchmark's smallest run starts several tools (the module fixtures: Olive, a fine-tune each):
-# on a slow CPU without bf16 instructions that outlasts the suite's 600 s per test.
-pytestmark = pytest.mark.timeout(1200)
 OLIVE_VENV = REPO / ".cache" / "bench" / "olive-venv"
 
 
