@@ -152,11 +152,7 @@ async def bench_size(n: int, *, concurrency: int, settle: float, poll_seconds: f
     import kmock
 
     from tests.fixtures.fake_kfp import FakeKfp
-    from tests.fixtures.kube_emulator import (
-        StrictKubernetesEmulator,
-        declare_slmops,
-        forget_answered_requests,
-    )
+    from tests.fixtures.kube_emulator import ForgetfulRawHandler, StrictKubernetesEmulator, declare_slmops
     from tests.fixtures.seaweedfs import free_ports
 
     submitted_at: dict[str, float] = {}
@@ -173,13 +169,6 @@ async def bench_size(n: int, *, concurrency: int, settle: float, poll_seconds: f
                 if len(submitted_at) >= n:
                     all_submitted.set()
             return answer
-
-    class ForgetfulRawHandler(kmock.RawHandler):
-        async def _handle(self, request):
-            try:
-                return await super()._handle(request)
-            finally:
-                forget_answered_requests(self, request)
 
     def no_keepalive(url):
         return aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(force_close=True))

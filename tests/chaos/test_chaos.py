@@ -38,7 +38,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.fixtures.fake_kfp import FakeKfp, pipeline_ir
-from tests.fixtures.kube_emulator import StrictKubernetesEmulator, declare_slmops
+from tests.fixtures.kube_emulator import ForgetfulRawHandler, StrictKubernetesEmulator, declare_slmops
 from tests.fixtures.seaweedfs import free_ports
 from tests.operator.test_kfp_backend import claimed_by, publish_outputs
 
@@ -369,6 +369,26 @@ def check_the_end(kube, kfp: ChaosKfp, jobs: list[dict], deleted: set) -> Counte
     return per_job
 
 
+def stuck(kube, jobs: list[dict]) -> list[tuple]:
+    """The jobs not finished: name, phase, status message and when status last moved."""
+    found = []
+    for body in jobs:
+        obj = stored(kube, body)
+        status = (obj or {}).get("status") or {}
+        if obj is not None and status.get("phase") not in FINISHED:
+            moved = max((c.get("lastTransitionTime", "") for c in status.get("conditions", [])), default="")
+            found.append(
+                (
+                    body["metadata"]["namespace"],
+                    body["metadata"]["name"],
+                    status.get("phase"),
+                    status.get("message"),
+                    moved,
+                )
+            )
+    return found
+
+
 def _phase_and_reason(obj: dict | None) -> str:
     if obj is None:
         return "deleted"
@@ -394,9 +414,11 @@ async def run_chaos(seed: int, workdir: Path) -> dict:
         return aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(force_close=True))
 
     async with (
-        DroppingEmulator() as kube,
+        # Requests are forgotten once answered: KMock matches each one against its log (O(n)),
+        # and this run makes tens of thousands.
+        DroppingEmulator(keep_requests=False) as kube,
         kmock.Server(kube, client_fct=no_keepalive),
-        kmock.RawHandler() as kfp_handler,
+        ForgetfulRawHandler() as kfp_handler,
         kmock.Server(kfp_handler, client_fct=no_keepalive),
     ):
         declare_slmops(kube)
@@ -436,17 +458,9 @@ async def run_chaos(seed: int, workdir: Path) -> dict:
             deadline = time.monotonic() + DEADLINE_S
             while not settled(kube, jobs, deleted):
                 if time.monotonic() > deadline:
-                    stuck = [
-                        (
-                            b["metadata"]["namespace"],
-                            b["metadata"]["name"],
-                            (stored(kube, b) or {}).get("status", {}).get("phase"),
-                        )
-                        for b in jobs
-                        if stored(kube, b) is not None
-                        and (stored(kube, b).get("status") or {}).get("phase") not in FINISHED
-                    ]
-                    raise AssertionError(f"seed {seed}: not settled after {DEADLINE_S} s: {stuck[:10]}")
+                    raise AssertionError(
+                        f"seed {seed}: not settled after {DEADLINE_S} s: {stuck(kube, jobs)}"
+                    )
                 await asyncio.sleep(0.5)
             per_job = check_the_end(kube, kfp, jobs, deleted)
             phases = Counter(_phase_and_reason(stored(kube, b)) for b in jobs)

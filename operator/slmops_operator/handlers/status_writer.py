@@ -76,6 +76,10 @@ class JobPass:
         for key, value in update.items():
             self.patch.status[key] = value
         if self.status.get("phase") != phase or self.status.get("observedGeneration") != self.generation:
+            # The operator's log tells each job's story: one line per transition.
+            self.logger.info(
+                f"{self.status.get('phase') or 'new'} -> {phase} ({reason}){': ' + message if message else ''}"
+            )
             kopf.event(
                 self.body,
                 type="Warning" if phase == "Failed" else "Normal",
