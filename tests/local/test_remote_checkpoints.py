@@ -64,3 +64,34 @@ def test_a_checkpoint_rotated_away_during_upload_is_dropped(tmp_path: Path):
     make_checkpoint(work, 2, complete=True)
     _sync_checkpoint(store, work, 2)  # no error: a newer checkpoint exists
     assert not [info.key for info in store.list("checkpoints")]
+
+
+def test_a_checkpoint_rotated_mid_upload_is_dropped_while_its_folder_remains(tmp_path: Path):
+    """rmtree removes the files first: the upload fails on a missing file while the folder is there."""
+    work = tmp_path / "work"
+
+    class HalfRotatingStore(type(open_store(str(tmp_path / "out")))):
+        def upload_file(self, local: Path, key: str) -> None:
+            (work / "checkpoints" / "checkpoint-2" / "trainer_state.json").unlink(missing_ok=True)
+            super().upload_file(local, key)
+
+    store = HalfRotatingStore(tmp_path / "out")
+    make_checkpoint(work, 2, complete=True)
+    _sync_checkpoint(store, work, 2)  # no error: the Trainer is rotating it away
+    assert not [info.key for info in store.list("checkpoints")]
+
+
+def test_a_checkpoint_that_fails_to_upload_while_complete_fails_the_sync(tmp_path: Path):
+    """A store that refuses a write while every file is there is a real error, not a rotation."""
+    import pytest
+
+    from slmops_pipelines.errors import StorageError
+
+    class FullStore(type(open_store(str(tmp_path / "out")))):
+        def upload_file(self, local: Path, key: str) -> None:
+            raise StorageError(f"cannot upload {local}: no space left")
+
+    work = tmp_path / "work"
+    make_checkpoint(work, 2, complete=True)
+    with pytest.raises(StorageError, match="no space left"):
+        _sync_checkpoint(FullStore(tmp_path / "out"), work, 2)

@@ -74,21 +74,29 @@ def sync_checkpoint(store: ArtifactStore, work: Path, step: int) -> None:
             break
         time.sleep(0.1)
     if marker.exists():
-        prefix = f"{CHECKPOINTS}/checkpoint-{step}"
-        try:
-            for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != marker):
-                store.upload_file(path, f"{prefix}/{path.relative_to(folder).as_posix()}")
-            store.upload_file(marker, f"{prefix}/{COMPLETE_MARKER}")
-        except (StorageError, OSError):
-            if folder.exists():
-                raise
-            # The Trainer rotated this checkpoint away (saveTotalLimit) while it was being
-            # uploaded: a newer one exists.  Without its marker the partial copy never counts;
-            # drop it.
-            store.delete_prefix(prefix)
+        _upload_checkpoint(store, folder, f"{CHECKPOINTS}/checkpoint-{step}")
     # The Trainer rotates old checkpoints away (saveTotalLimit): mirror that in the store.
     local_dir = work / CHECKPOINTS
     local_names = {p.name for p in local_dir.iterdir()} if local_dir.is_dir() else set()
     stored_names = {info.key.split("/")[1] for info in store.list(CHECKPOINTS) if info.key.count("/") >= 2}
     for stale in sorted(stored_names - local_names):
         store.delete_prefix(f"{CHECKPOINTS}/{stale}")
+
+
+def _upload_checkpoint(store: ArtifactStore, folder: Path, prefix: str) -> None:
+    """Upload a complete checkpoint, its marker last; drop the copy if the Trainer rotated it."""
+    marker = folder / COMPLETE_MARKER
+    files: list[Path] = []
+    try:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p != marker)
+        for path in files:
+            store.upload_file(path, f"{prefix}/{path.relative_to(folder).as_posix()}")
+        store.upload_file(marker, f"{prefix}/{COMPLETE_MARKER}")
+    except (StorageError, OSError):
+        # A complete checkpoint only loses files when the Trainer rotates it away
+        # (saveTotalLimit) while it is being uploaded: a newer one exists.  rmtree removes the
+        # files before the folder, so ask whether any file went, not whether the folder did.
+        # Without its marker the partial copy never counts; drop it.
+        if marker.exists() and all(path.exists() for path in files):
+            raise
+        store.delete_prefix(prefix)
