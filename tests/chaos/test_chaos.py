@@ -63,20 +63,30 @@ class ChaosKfp(FakeKfp):
         self.rng = rng
         self.faults: Counter[str] = Counter()
         self.lost: str | None = None
+        self.lost_at = 0.0
+        self.landed: dict[str, tuple[float, float]] = {}  # run id -> (request seen, run created)
 
     def _answer(self, request: kmock.Request):
-        roll = self.rng.random()
+        roll, seen = self.rng.random(), time.time()
         if roll < 0.10:
             self.faults["kfp 500"] += 1
             return kmock.Response(status=500, payload={"error": "injected", "code": 13})
         if roll < 0.20:
             self.faults["kfp late"] += 1
-            return self._late(request)
-        return super()._answer(request)
+            return self._late(request, seen)
+        return self._noted(request, seen)
 
-    async def _late(self, request: kmock.Request):
+    async def _late(self, request: kmock.Request, seen: float):
         await asyncio.sleep(self.rng.uniform(0.5, 2.0))
-        return super()._answer(request)
+        return self._noted(request, seen)
+
+    def _noted(self, request: kmock.Request, seen: float):
+        """The answer; a run it created is noted with when its request was seen."""
+        before = len(self.created)
+        answer = super()._answer(request)
+        if len(self.created) > before:
+            self.landed[self.created[-1]["run_id"]] = (seen, time.time())
+        return answer
 
     def dispatch(self, request: kmock.Request):
         path = request.url.path
@@ -195,8 +205,10 @@ class Operator:
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env, self.log, self.process, self.kills = env, log, None, 0
+        self.lives: list[list[float]] = []  # [started, killed] per process, wall clock
 
     async def start(self) -> None:
+        self.lives.append([time.time()])
         with self.log.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -216,6 +228,7 @@ class Operator:
             os.killpg(self.process.pid, signal.SIGKILL)
             await self.process.wait()
             self.kills += 1
+            self.lives[-1].append(time.time())
 
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -243,7 +256,7 @@ async def drive_runs(
                 kfp.set_state(run_id, "RUNNING")
             elif run["state"] == "RUNNING" and age > rng.uniform(1.0, 4.0):
                 if kfp.lost is None and rng.random() < 0.2:
-                    kfp.lost = run_id  # deleted in the dashboard
+                    kfp.lost, kfp.lost_at = run_id, time.time()  # deleted in the dashboard
                     del kfp.runs[run_id]
                     continue
                 parameters = run["runtime_config"]["parameters"]
@@ -316,6 +329,24 @@ async def kill_and_restart(operator: Operator, rng: random.Random, stop: asyncio
             return
 
 
+class LoopLag:
+    """How late this process's event loop wakes up: the fake KFP and the emulator share it."""
+
+    def __init__(self) -> None:
+        self.worst, self.over_1s = 0.0, 0
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            asked = loop.time()
+            await asyncio.sleep(0.1)
+            late = loop.time() - asked - 0.1
+            self.worst, self.over_1s = max(self.worst, late), self.over_1s + (late > 1.0)
+
+    def __str__(self) -> str:
+        return f"event loop lag: worst {self.worst:.2f} s, {self.over_1s} wake-ups over 1 s late"
+
+
 def settled(kube, jobs: list[dict], deleted: set) -> bool:
     for body in jobs:
         obj = stored(kube, body)
@@ -330,13 +361,53 @@ def settled(kube, jobs: list[dict], deleted: set) -> bool:
     return True
 
 
-def check_the_end(kube, kfp: ChaosKfp, jobs: list[dict], deleted: set) -> Counter:
+def submitted_twice(kfp: ChaosKfp, operator: Operator, lag: LoopLag, names: Counter) -> str:
+    """Each run created more than once: when each creation's request was seen and landed,
+    against the operator processes' lives and this loop's lag (seconds from the first start)."""
+    t0 = operator.lives[0][0]
+    twice = {name for name, count in names.items() if count > 1}
+    landed = [
+        (
+            run["display_name"],
+            *(round(t - t0, 2) for t in kfp.landed.get(run["run_id"], ())),
+            "lost" if run["run_id"] == kfp.lost else "",
+        )
+        for run in kfp.created
+        if run["display_name"] in twice
+    ]
+    lives = [[round(t - t0, 2) for t in life] for life in operator.lives]
+    return f"a run name submitted twice: (name, seen, created, lost) {landed}; operator lives {lives}; {lag}"
+
+
+def counted_runs(kfp: ChaosKfp) -> list[dict]:
+    """Every run created, less the lost one where the operator created it again.
+
+    An operator killed mid-creation leaves a run its status never named; the job may wait
+    Queued while that run goes on.  Deleted in the dashboard before a later process found it,
+    the run is gone for the operator too, and the job's run is created (once) when it starts.
+    """
+    lost = next((run for run in kfp.created if run["run_id"] == kfp.lost), None)
+    again = [
+        run
+        for run in kfp.created
+        if lost is not None
+        and run is not lost
+        and run["display_name"] == lost["display_name"]
+        and kfp.landed.get(run["run_id"], (0.0, 0.0))[1] > kfp.lost_at
+    ]
+    return [run for run in kfp.created if not (again and run is lost)]
+
+
+def check_the_end(
+    kube, kfp: ChaosKfp, jobs: list[dict], deleted: set, operator: Operator, lag: LoopLag
+) -> Counter:
     """Every promise, checked; returns the runs per job."""
     runs_by_uid: dict[str, list[dict]] = defaultdict(list)
-    for run in [*kfp.created]:
+    created = counted_runs(kfp)
+    for run in created:
         runs_by_uid[run["runtime_config"]["parameters"]["job"]["uid"]].append(run)
-    names = Counter(run["display_name"] for run in kfp.created)
-    assert max(names.values()) == 1, f"a run name submitted twice: {names.most_common(3)}"
+    names = Counter(run["display_name"] for run in created)
+    assert max(names.values()) == 1, submitted_twice(kfp, operator, lag, names)
     per_job: Counter[int] = Counter()
     for body in jobs:
         obj = stored(kube, body)
@@ -449,6 +520,8 @@ async def run_chaos(seed: int, workdir: Path) -> dict:
         stop_driving, users_done = asyncio.Event(), asyncio.Event()
         outputs_ready: dict[str, float] = {}
         driver = asyncio.create_task(drive_runs(kfp, random.Random(seed + 3), outputs_ready, stop_driving))
+        lag = LoopLag()
+        lagging = asyncio.create_task(lag.watch(stop_driving))
         killer = asyncio.create_task(kill_and_restart(operator, random.Random(seed + 4), users_done))
         try:
             async with aiohttp.ClientSession(str(kube.url)) as session:
@@ -462,14 +535,14 @@ async def run_chaos(seed: int, workdir: Path) -> dict:
                         f"seed {seed}: not settled after {DEADLINE_S} s: {stuck(kube, jobs)}"
                     )
                 await asyncio.sleep(0.5)
-            per_job = check_the_end(kube, kfp, jobs, deleted)
+            per_job = check_the_end(kube, kfp, jobs, deleted, operator, lag)
             phases = Counter(_phase_and_reason(stored(kube, b)) for b in jobs)
         finally:
             stop_driving.set()
             users_done.set()
             killer.cancel()
             await operator.stop()
-            await asyncio.gather(driver, killer, return_exceptions=True)
+            await asyncio.gather(driver, killer, lagging, return_exceptions=True)
     return {
         "seed": seed,
         "seconds": round(time.monotonic() - started, 1),
@@ -481,6 +554,7 @@ async def run_chaos(seed: int, workdir: Path) -> dict:
         "user actions": dict(actions),
         "runs per job": dict(sorted(per_job.items())),
         "phases": dict(phases),
+        "loop lag worst s": round(lag.worst, 2),
     }
 
 
@@ -489,3 +563,15 @@ async def test_chaos(seed, tmp_path):
     figures = await run_chaos(seed, tmp_path)
     print(f"\nchaos {json.dumps(figures)}")
     assert figures["kills"] >= 5
+
+
+def test_a_run_lost_then_created_again_counts_once_and_a_true_duplicate_still_counts_twice():
+    """The end check's own logic: only a creation after the loss replaces the lost run."""
+    kfp = ChaosKfp(random.Random(0))
+    for run_id, landed in (("a1", 1.0), ("a2", 5.0), ("b1", 1.0), ("b2", 2.0)):
+        kfp.created.append({"run_id": run_id, "display_name": run_id[0]})
+        kfp.landed[run_id] = (landed, landed)
+    kfp.lost, kfp.lost_at = "a1", 3.0  # a1 lost at 3 s, created again at 5 s
+    assert [run["run_id"] for run in counted_runs(kfp)] == ["a2", "b1", "b2"]
+    kfp.lost, kfp.lost_at = "b1", 3.0  # b1 lost after b2 was created: a duplicate all the same
+    assert [run["run_id"] for run in counted_runs(kfp)] == ["a1", "a2", "b1", "b2"]
