@@ -383,8 +383,9 @@ def counted_runs(kfp: ChaosKfp) -> list[dict]:
     """Every run created, less the lost one where the operator created it again.
 
     An operator killed mid-creation leaves a run its status never named; the job may wait
-    Queued while that run goes on.  Deleted in the dashboard before a later process found it,
-    the run is gone for the operator too, and the job's run is created (once) when it starts.
+    Queued while that run goes on, until a later process finds it.  Deleted in the dashboard
+    before that, the run is gone for the operator too, and the job's run is created (once)
+    when it starts.
     """
     lost = next((run for run in kfp.created if run["run_id"] == kfp.lost), None)
     again = [

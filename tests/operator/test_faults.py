@@ -263,3 +263,33 @@ async def test_jobs_of_a_namespace_submitted_side_by_side_share_one_experiment(
             await create(kube, "default", "finetunejobs", job(f"side-{i}", tiny_model))
         await wait_until(lambda: len(fake_kfp.created) == 6, what="six runs")
     assert [e["display_name"] for e in fake_kfp.experiments.values()] == ["slmops-default"]
+
+
+async def test_a_queued_job_whose_run_an_earlier_process_started_runs_instead_of_waiting(
+    kube, fake_kfp, tiny_model, tmp_path
+):
+    """A process killed between creating a run and writing status left the job Queued (the
+    namespace full) while its run went on: the next process finds the run and says Running."""
+    from slmops_operator.backends.base import JobRequest
+    from slmops_operator.backends.kfp import KfpBackend
+    from slmops_pipelines.specs import FineTuneJobSpec
+
+    settings = kfp_settings(tmp_path, fake_kfp, max_running_per_namespace=1)
+    async with running_operator(kube, settings):
+        await create(kube, "default", "finetunejobs", job("first", tiny_model))
+        await wait_until(lambda: phase(kube, "first") == "Running", what="the first to run")
+        await create(kube, "default", "finetunejobs", job("late", tiny_model))
+        await wait_until(lambda: phase(kube, "late") == "Queued", what="the second to queue")
+    # What the killed process did: the job's own run, created, its status never written.
+    body = current(kube, "default", "finetunejobs", "late")
+    spec = FineTuneJobSpec.model_validate(body["spec"])
+    earlier = KfpBackend(settings)
+    request = JobRequest("FineTuneJob", "default", "late", body["metadata"]["uid"], 1, spec, "unused")
+    run = await earlier.submit(request)
+    await earlier.close()
+    async with running_operator(kube, settings):
+        await wait_until(lambda: phase(kube, "late") == "Running", what="the run found")
+        assert status_of(kube, "late")["run"]["id"] == run.id
+        assert "found (started before an operator restart)" in status_of(kube, "late")["message"]
+        assert phase(kube, "first") == "Running"  # the limit does not stop a run that runs
+    assert [r["display_name"] for r in fake_kfp.created].count(request.run_name) == 1

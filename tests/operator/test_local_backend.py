@@ -296,3 +296,26 @@ def _both_runs_are_in_mlflow(mlflow_server: str, finetune: dict, optimize: dict)
     assert optimized.data.tags["slmops.finetune_run_id"] == tuned.info.run_id
     assert optimized.data.metrics["targets.cpu-int4.metrics.size_mb"] > 0
     assert "targets.cpu-int4.metrics.accuracy" in optimized.data.metrics
+
+
+async def test_find_names_a_run_an_earlier_process_started_and_nothing_else(tmp_path, tiny_model):
+    """A finished run, or a live worker, is the job's; no state, or a dead unfinished worker
+    (restarted by submit), is not."""
+    import os
+
+    from slmops_operator.backends.base import JobRequest
+    from slmops_operator.backends.local import LocalBackend
+    from slmops_pipelines.specs import FineTuneJobSpec
+
+    settings = local_settings(tmp_path)
+    backend = LocalBackend(settings)
+    spec = FineTuneJobSpec.model_validate(finetune_manifest("x", tiny_model)["spec"])
+    request = JobRequest("FineTuneJob", "default", "x", "uid-x", 1, spec, str(tmp_path / "out"))
+    state = Path(settings.local_state_dir) / f"{request.run_name}.state.json"
+    assert await backend.find(request) is None
+    state.write_text(json.dumps({"phase": "Running", "pid": os.getpid()}))  # not this run's worker
+    assert await backend.find(request) is None
+    state.write_text(json.dumps({"phase": "Succeeded"}))
+    found = await backend.find(request)
+    assert found is not None and found.name == request.run_name
+    await backend.close()

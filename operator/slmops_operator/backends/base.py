@@ -116,6 +116,10 @@ class Backend(Protocol):
     async def submit(self, request: JobRequest) -> RunRef:
         """Start the job's run, or find the one already started under ``request.run_name``."""
 
+    async def find(self, request: JobRequest) -> RunRef | None:
+        """The job's run if an earlier operator process started it unsaid (killed before its
+        status write): looked for only where one may have, at most once per process and job."""
+
     async def state(self, run: RunRef, request: JobRequest) -> RunState:
         """The run's phase, progress and, once finished, results or failure.
 

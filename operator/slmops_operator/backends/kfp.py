@@ -89,6 +89,7 @@ class KfpBackend:
         self._output_secrets: dict[str, list[ResolvedSecret]] = {}  # run -> its job's output Secret
         self._started = time.time()
         self._unsure: dict[str, float] = {}  # run -> when a creation of it failed (it may still land)
+        self._looked_for: set[str] = set()  # runs find() looked for in this process
 
     # -- the client ----------------------------------------------------------------------------
 
@@ -325,6 +326,14 @@ class KfpBackend:
                 return existing
             await asyncio.sleep(wait)
         return await asyncio.to_thread(self._submit, request, mounts)
+
+    async def find(self, request: JobRequest) -> RunRef | None:
+        """The job's run, if a creation this process cannot rule out landed (``_settled_at``)."""
+        if request.run_name in self._looked_for or not self._settled_at(request):
+            return None
+        found = await asyncio.to_thread(self._existing, request)
+        self._looked_for.add(request.run_name)
+        return found
 
     async def output_access(self, request: JobRequest) -> OutputAccess:
         """Whose keys read the job's output: its own Secret (read again after a restart), or the operator's in its root."""

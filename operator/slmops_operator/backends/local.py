@@ -179,6 +179,12 @@ class LocalBackend:
             await asyncio.to_thread(self._start, await self._with_secrets(request))
         return self._ref(request)
 
+    async def find(self, request: JobRequest) -> RunRef | None:
+        """The job's run, if an earlier operator process started it: still running, or finished."""
+        state = self._read_state(request.run_name) or {}
+        finished = state.get("phase") in ("Succeeded", "Failed", "Cancelled")
+        return self._ref(request) if finished or _alive(state.get("pid"), request.run_name) else None
+
     async def state(self, run: RunRef, request: JobRequest) -> RunState:
         run_id = request.run_name  # never status.run: its files are named by the operator
         self._reap(run_id)

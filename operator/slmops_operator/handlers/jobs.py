@@ -193,9 +193,13 @@ async def _start(
     namespace = request.namespace
     lock = reconciler.locks.setdefault(namespace, asyncio.Lock())
     async with lock:  # two queued jobs of one namespace must not both take the last slot
-        if limit:
-            running = (active() | reconciler.submitting.get(namespace, set())) - {request.run_name}
-            if len(running) >= limit:
+        running = (active() | reconciler.submitting.get(namespace, set())) - {request.run_name}
+        said = "submitted to"
+        if limit and len(running) >= limit:
+            # An earlier operator process killed mid-submit may have started the run all the
+            # same: then the job runs (status says so), whatever the limit.
+            run = await reconciler.backend_call("find", reconciler.backend.find(request), uid=request.uid)
+            if run is None:
                 job.go(
                     "Queued",
                     reason="NamespaceLimit",
@@ -203,23 +207,32 @@ async def _start(
                     extra={"runAttempt": request.attempt},
                 )
                 return
-        try:  # only what the job's own namespace holds, checked before anything starts
-            request.secrets = await reconciler.credentials.resolve(request.namespace, request.spec)
-        except MissingCredentials as exc:
-            job.go("Failed", reason="MissingCredentials", message=str(exc))
-            return
-        if not await _claim_output(reconciler, request, job):
-            return
-        run = await reconciler.backend_call("submit", reconciler.backend.submit(request), uid=request.uid)
+            said = "found (started before an operator restart) on"
+        else:
+            run = await _submit(reconciler, request, job)
+            if run is None:
+                return
         reconciler.submitting.setdefault(namespace, set()).add(request.run_name)
         reconciler.remember_run(request.run_name, run)
     job.go(
         "Running",
         reason="RunSubmitted",
-        message=f"run {run.name} submitted to the {run.backend} backend",
+        message=f"run {run.name} {said} the {run.backend} backend",
         extra={**_run_fields(run, request), "progress": {"stage": "submitted"}},
         backend_ok=True,
     )
+
+
+async def _submit(reconciler: Reconciler, request: JobRequest, job: JobPass) -> RunRef | None:
+    """Resolve the job's Secrets, claim its output, start its run (None: the job failed)."""
+    try:  # only what the job's own namespace holds, checked before anything starts
+        request.secrets = await reconciler.credentials.resolve(request.namespace, request.spec)
+    except MissingCredentials as exc:
+        job.go("Failed", reason="MissingCredentials", message=str(exc))
+        return None
+    if not await _claim_output(reconciler, request, job):
+        return None
+    return await reconciler.backend_call("submit", reconciler.backend.submit(request), uid=request.uid)
 
 
 def _run_fields(run: RunRef, request: JobRequest) -> dict[str, Any]:
