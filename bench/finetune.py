@@ -343,6 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"work: {args.steps} steps x {args.batch} rows x <= {args.max_seq_len} tokens, LoRA r16 on {len(TARGETS)} modules"
     )
+    params = model_parameters(args.model)
+    peaks = {name: matmul_peak(dtype) for name, dtype in (("fp32", "float32"), ("bf16", "bfloat16"))}
+    # Without bf16 instructions torch emulates the large bf16 matmul (about 1 GFLOP/s) while a
+    # model's smaller ones may take a faster path (an MFU of 1.2 on an AVX2-only EPYC): what the
+    # machine can do on bf16 numbers is never less than converting them and multiplying in fp32.
+    peaks["bf16"] = max(peaks["bf16"], peaks["fp32"])
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="slmops-bench-finetune-") as tmp:
         work = args.work or Path(tmp)
@@ -351,18 +357,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"-- {tool} ...", flush=True)
             result = RUNNERS[tool](args, work)
             result.update(judge(args, result["adapter"], work, tool))
+            result["mfu"] = result["tokens_per_s"] * 4 * params / peaks[result["precision"]]
             results[tool] = result
             print(json.dumps({"tool": tool, **result}), flush=True)
+            if args.json:  # after each tool: a run stopped midway keeps what it measured
+                args.json.write_text(
+                    json.dumps(figures_of(args, argv, params, peaks, results), indent=2) + "\n"
+                )
+    figures = figures_of(args, argv, params, peaks, results)
+    print()
+    print(finetune_table(figures))  # the table docs/benchmarks.md makes from the JSON, the same code
+    return 0
 
-    params = model_parameters(args.model)
-    peaks = {name: matmul_peak(dtype) for name, dtype in (("fp32", "float32"), ("bf16", "bfloat16"))}
-    # Without bf16 instructions torch emulates the large bf16 matmul (about 1 GFLOP/s) while a
-    # model's smaller ones may take a faster path (an MFU of 1.2 on an AVX2-only EPYC): what the
-    # machine can do on bf16 numbers is never less than converting them and multiplying in fp32.
-    peaks["bf16"] = max(peaks["bf16"], peaks["fp32"])
-    for r in results.values():
-        r["mfu"] = r["tokens_per_s"] * 4 * params / peaks[r["precision"]]
-    figures = {
+
+def figures_of(
+    args: argparse.Namespace, argv: list[str] | None, params: int, peaks: dict, results: dict
+) -> dict:
+    """The figures file: provenance, the work, the peaks and every tool measured so far."""
+    return {
         **provenance(argv, "torch", "transformers", "peft", "trl", "accelerate"),
         "work": {
             "steps": args.steps,
@@ -375,11 +387,6 @@ def main(argv: list[str] | None = None) -> int:
         "tools": results,
         "verdict": verdict(results),
     }
-    print()
-    print(finetune_table(figures))  # the table docs/benchmarks.md makes from the JSON, the same code
-    if args.json:  # bench/results/finetune.json
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
 
 
 if __name__ == "__main__":
