@@ -193,7 +193,9 @@ async def _start(
     namespace = request.namespace
     lock = reconciler.locks.setdefault(namespace, asyncio.Lock())
     async with lock:  # two queued jobs of one namespace must not both take the last slot
-        running = (active() | reconciler.submitting.get(namespace, set())) - {request.run_name}
+        running: set[str] = set()  # counted only under a limit: a set as large as the namespace
+        if limit:
+            running = (active() | reconciler.submitting.get(namespace, set())) - {request.run_name}
         said = "submitted to"
         if limit and len(running) >= limit:
             # An earlier operator process killed mid-submit may have started the run all the
