@@ -229,3 +229,68 @@ def test_lora_branches_of_a_group_become_two_matmuls_with_the_same_numbers(fuse_
     np.testing.assert_allclose(
         run_with(model, x, {}), base_only, rtol=1e-6, atol=1e-6
     )  # no adapter: the base
+
+
+def attention_layer() -> onnx.ModelProto:
+    """q, k and v projections read by GroupQueryAttention (2 query heads, 1 key/value head of 32),
+    with a key/value cache of 3 positions, as a separate adapter's graph feeds it."""
+    rng = np.random.default_rng(5)
+    made = [_nbits(name, rng, n=n, folder="attn") for name, n in ATTENTION]
+    gqa = helper.make_node(
+        "GroupQueryAttention",
+        [*(node.output[0] for node, _ in made), "past_key", "past_value", "seqlens_k", "total"],
+        ["y", "present_key", "present_value"],
+        name="/model/layers.0/attn/GroupQueryAttention",
+        domain="com.microsoft",
+        num_heads=2,
+        kv_num_heads=1,
+    )
+    cache = [1, 1, "past", 32]
+    graph = helper.make_graph(
+        [node for node, _ in made] + [gqa],
+        "attn",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "seq", K]),
+            helper.make_tensor_value_info("past_key", TensorProto.FLOAT, cache),
+            helper.make_tensor_value_info("past_value", TensorProto.FLOAT, cache),
+            helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
+            helper.make_tensor_value_info("total", TensorProto.INT32, []),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "seq", 64]),
+            helper.make_tensor_value_info("present_key", TensorProto.FLOAT, [1, 1, "total", 32]),
+            helper.make_tensor_value_info("present_value", TensorProto.FLOAT, [1, 1, "total", 32]),
+        ],
+        [init for _, inits in made for init in inits],
+    )
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def test_attention_reads_the_fused_query_key_and_value_packed_without_a_split():
+    from slmops_pipelines.steps.optimize.fuse import pack_attention
+
+    rng = np.random.default_rng(6)
+    feeds = {
+        "x": rng.standard_normal((1, 1, K), dtype=np.float32),  # one new token after 3 cached
+        "past_key": rng.standard_normal((1, 1, 3, 32), dtype=np.float32),
+        "past_value": rng.standard_normal((1, 1, 3, 32), dtype=np.float32),
+        "seqlens_k": np.array([3], dtype=np.int32),
+        "total": np.array(4, dtype=np.int32),
+    }
+
+    def outputs(model: onnx.ModelProto) -> list[np.ndarray]:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, feeds)
+
+    model = attention_layer()
+    assert pack_attention(model) == 0  # three projections: nothing packed to read
+    before = outputs(model)
+    assert fuse_projections(model) == 1 and pack_attention(model) == 1
+    ops = [node.op_type for node in model.graph.node]
+    assert ops == ["MatMulNBits", "GroupQueryAttention"]
+    assert list(model.graph.node[1].input[:3]) == ["/model/layers.0/attn/qkv_proj/MatMul/output_0", "", ""]
+    assert not [i for i in model.graph.initializer if i.name.endswith(".split")]
+    onnx.checker.check_model(model)
+    for got, want in zip(outputs(model), before, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

@@ -241,7 +241,7 @@ def _rewrite_graph(folder: Path, *, fuse: bool) -> list[LoraGroup]:
     import onnx
 
     from slmops_pipelines.steps.optimize.embeddings import unpad_shared_embeddings
-    from slmops_pipelines.steps.optimize.fuse import fuse_lora, fuse_projections
+    from slmops_pipelines.steps.optimize.fuse import fuse_lora, fuse_projections, pack_attention
 
     path = folder / "model.onnx"
     if not fuse:  # the graph alone: the weights stay in their file, untouched
@@ -253,7 +253,8 @@ def _rewrite_graph(folder: Path, *, fuse: bool) -> list[LoraGroup]:
     unpadded = unpad_shared_embeddings(model)
     fused = fuse_projections(model)
     groups = fuse_lora(model)
-    if unpadded or fused or groups:
+    packed = pack_attention(model)
+    if unpadded or fused or groups or packed:
         _save_in_place(folder, model)
     return groups
 

@@ -17,6 +17,11 @@ Add, added to the fused projection before its Split, instead of two MatMuls and 
 member.  Adapter files are written in that layout (steps/optimize/adapters.py): the products
 are the members' own, since the off-diagonal blocks are zeros.
 
+Last, attention that reads the fused query, key and value through a ``Split`` reads them packed
+instead (:func:`pack_attention`): ``GroupQueryAttention`` takes one ``[.., q + k + v]`` input,
+as the builder's merged graphs feed it, and the ``Split`` (a kernel call per layer and token)
+goes.
+
 Pure graph surgery on an ``onnx.ModelProto`` with its weights loaded; nothing is measured here.
 """
 
@@ -256,6 +261,34 @@ def _fused_nodes(
         )
     )
     return new, [node for a, b, _ in branches for node in (a, b)]
+
+
+def pack_attention(model: Any) -> int:
+    """Feed each ``GroupQueryAttention`` whose query, key and value are one ``Split``'s three
+    outputs (read by nothing else) the Split's input, packed; return how many were packed."""
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}
+    packed = 0
+    for node in [n for n in graph.node if n.op_type == "GroupQueryAttention"]:
+        split = producers.get(node.input[0]) if len(node.input) >= 3 else None
+        if split is None or split.op_type != "Split" or list(split.output) != list(node.input[:3]):
+            continue
+        if _attributes(split).get("axis") not in (-1, 2) or any(
+            readers[o] != 1 or o in outputs for o in split.output
+        ):
+            continue
+        node.input[0], node.input[1], node.input[2] = split.input[0], "", ""
+        graph.node.remove(split)
+        packed += 1
+    used = {i for node in graph.node for i in node.input}
+    for init in [i for i in graph.initializer if i.name.endswith(".split") and i.name not in used]:
+        graph.initializer.remove(init)  # the Splits' sizes
+    return packed
 
 
 def _sort_topologically(graph: Any) -> None:
