@@ -9,6 +9,13 @@ this prints.  Decoding is ``openvino_genai.LLMPipeline`` as its users run it (gr
 ids in, a streamer that stamps each new token); the answer log-likelihoods need logits, which
 the pipeline does not return, so they come from optimum-intel's ``OVModelForCausalLM`` over
 the same IR files.  The measuring is ``slmops_pipelines.steps.optimize.measure.measure``.
+
+One setting differs from the pipeline's defaults: prefix caching is off.  On CPUs the pipeline
+runs its paged-attention backend with a latency-oriented scheduler that keeps the KV cache of
+earlier prompts and reuses it for a prompt that starts the same way, and the latency runs repeat
+one prompt: every run after the first would skip its prefill, so the prefill time would measure
+a cache hit, where the other engines (which keep nothing between requests) compute the prompt.
+The rest of that scheduler's configuration is kept (no limit on the tokens of one step).
 """
 
 from __future__ import annotations
@@ -37,6 +44,16 @@ def _streamer(on_token):
     return Stamp()
 
 
+def _scheduler_without_prefix_cache():
+    """The pipeline's latency-oriented scheduler configuration, prefix caching off (see above)."""
+    import openvino_genai as ov_genai
+
+    config = ov_genai.SchedulerConfig()
+    config.max_num_batched_tokens = sys.maxsize  # as the latency-oriented default: no limit
+    config.enable_prefix_caching = False
+    return config
+
+
 class OpenVinoEngine:
     """measure()'s Engine over OpenVINO GenAI's LLMPipeline (and optimum-intel for log-likelihoods)."""
 
@@ -44,7 +61,9 @@ class OpenVinoEngine:
         import openvino_genai as ov_genai
 
         self.folder, self.eos = folder, eos
-        properties = {} if threads is None else {"INFERENCE_NUM_THREADS": threads}
+        properties: dict = {"scheduler_config": _scheduler_without_prefix_cache()}
+        if threads is not None:
+            properties["INFERENCE_NUM_THREADS"] = threads
         self.pipe = ov_genai.LLMPipeline(str(folder), "CPU", **properties)
         self.threads = threads
         self._scorer = None  # made on first use: latency-only runs never need it

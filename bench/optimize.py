@@ -36,7 +36,9 @@ For each precision, from the same base model and LoRA adapter:
   --weight-format int4|int8`` (int4 in groups of 64, the largest that divides the demo model's
   hidden size of 576; optimum-intel's defaults otherwise: its int8 embeddings and output
   layer), run by ``openvino_genai.LLMPipeline`` with OpenVINO's own thread count as shipped
-  (bench/openvino_peer.py, the same measuring code).  Skipped, saying so, where not installed;
+  and prefix caching off, so that the repeated latency prompt is computed each time, as the
+  others compute it (bench/openvino_peer.py, the same measuring code).  Skipped, saying so,
+  where not installed;
 * ``llamacpp`` -- llama.cpp (llama-cpp-python, built by bench/setup_llamacpp.sh into its own
   venv): the merged model converted to GGUF by llama.cpp's convert_hf_to_gguf.py, quantized
   to Q4_0 (int4) or Q8_0 (int8) as llama.cpp users do, measured by the same measuring code
