@@ -14,7 +14,10 @@ CPU, alternating rounds:
   re-quantized to int8 per output column (onnxruntime's packed int8 GEMM: twice the bytes,
   but one pass over the weights per batch);
 * **one node**: a single ``MatMulNBits`` (K 576, N 3072: SmolLM2's gate and up projections)
-  against ``DynamicQuantizeMatMul`` of that shape, for 1 to 8 rows: what a row costs each.
+  against ``DynamicQuantizeMatMul`` of that shape and a plain fp32 ``MatMul`` (the weights
+  dequantized: what a dequantize-then-GEMM path costs), for 1 to 8 rows (decoding batches)
+  and for ``--prompt-rows`` (a prompt's tokens in one call: the prefill path): what a row
+  costs each.
 
 The int8 copy is a prototype for the figure only: its answers differ slightly from the int4
 target's, and slmops ships nothing made by it.
@@ -164,6 +167,10 @@ def node_rows(
                 numpy_helper.from_array((rng.random(n * k // block) * 0.01).astype(np.float32), "s"),
             ],
         ),
+        "MatMul fp32 (dequantized)": (
+            helper.make_node("MatMul", ["x", "w"], ["y"]),
+            [numpy_helper.from_array((rng.random((k, n), dtype=np.float32) - 0.5) * 0.1, "w")],
+        ),
         "DynamicQuantizeMatMul int8": (
             helper.make_node("DynamicQuantizeMatMul", ["x", "w", "s", "z"], ["y"], domain="com.microsoft"),
             [
@@ -192,16 +199,17 @@ def node_rows(
         )
         for m in rows_per_call:
             x = rng.random((m, k), dtype=np.float32)
+            repeats = calls if m <= 8 else max(calls // 5, 1)  # a prompt's call takes a millisecond
             for _ in range(20):
                 session.run(None, {"x": x})
             started = time.perf_counter()
-            for _ in range(calls):
+            for _ in range(repeats):
                 session.run(None, {"x": x})
             found.append(
                 {
                     "node": name,
                     "rows": m,
-                    "us_per_call": round(1e6 * (time.perf_counter() - started) / calls, 1),
+                    "us_per_call": round(1e6 * (time.perf_counter() - started) / repeats, 1),
                 }
             )
     return found
@@ -215,9 +223,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batches", default="1,4,8", help="sequences per batch")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is kept")
     parser.add_argument("--steps", type=int, default=64, help="new tokens per round")
+    parser.add_argument(
+        "--prompt-rows", default="32,64", help="rows of the one-node calls that stand for a prompt's prefill"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.prompt_rows = [int(m) for m in args.prompt_rows.split(",") if m]
     return args
 
 
@@ -233,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             "int8 DynamicQuantizeMatMul (prototype)": prototype,
         }
         decode = decode_rows(folders, args.batches, args.rounds, args.steps)
-    nodes = node_rows(sorted({1, 2, 4, 8, *args.batches}), usable_cpus())
+    nodes = node_rows(sorted({1, 2, 4, 8, *args.batches, *args.prompt_rows}), usable_cpus())
     figures = provenance(argv, "onnxruntime", "onnxruntime-genai")
     print(f"machine: {figures['machine']}")
     print(f"command: {figures['command']}")
