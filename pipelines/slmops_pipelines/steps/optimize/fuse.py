@@ -28,6 +28,7 @@ Pure graph surgery on an ``onnx.ModelProto`` with its weights loaded; nothing is
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,11 +118,15 @@ def fuse_projections(model: Any) -> int:
         graph.node.insert(position, matmul)
         graph.initializer.extend([*stacked, sizes])
         fused += 1
-    still_used = {i for node in graph.node for i in node.input}
-    for unused in used_before - still_used:  # the members' own weights and scales
-        if unused in initializers:
-            graph.initializer.remove(initializers[unused])
+    _drop_unread(graph, used_before)  # the members' own weights and scales
     return fused
+
+
+def _drop_unread(graph: Any, names: set[str]) -> None:
+    """Remove the initializers among ``names`` that no node reads any more."""
+    read = {i for node in graph.node for i in node.input}
+    for init in [i for i in graph.initializer if i.name in names and i.name not in read]:
+        graph.initializer.remove(init)
 
 
 @dataclass(frozen=True)
@@ -268,11 +273,9 @@ def pack_attention(model: Any) -> int:
     outputs (read by nothing else) the Split's input, packed; return how many were packed."""
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    readers = Counter(name for node in graph.node for name in node.input)
     outputs = {o.name for o in graph.output}
+    sizes: set[str] = set()
     packed = 0
     for node in [n for n in graph.node if n.op_type == "GroupQueryAttention"]:
         split = producers.get(node.input[0]) if len(node.input) >= 3 else None
@@ -284,10 +287,9 @@ def pack_attention(model: Any) -> int:
             continue
         node.input[0], node.input[1], node.input[2] = split.input[0], "", ""
         graph.node.remove(split)
+        sizes.update(split.input[1:])
         packed += 1
-    used = {i for node in graph.node for i in node.input}
-    for init in [i for i in graph.initializer if i.name.endswith(".split") and i.name not in used]:
-        graph.initializer.remove(init)  # the Splits' sizes
+    _drop_unread(graph, sizes)  # the Splits' sizes
     return packed
 
 
