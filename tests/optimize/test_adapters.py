@@ -65,7 +65,8 @@ def genai_logits(folder: Path, adapter: str | None) -> np.ndarray:
     if adapter:
         generator.set_active_adapter(loaded, adapter)  # before the prompt: the KV cache must see it
     generator.append_tokens(np.asarray(PROMPT, dtype=np.int32))
-    return np.asarray(generator.get_output("logits"))[0]
+    # the last token's: all that a CPU graph gives (steps/optimize/logits.py)
+    return np.asarray(generator.get_output("logits"))[0, -1]
 
 
 def torch_logits(base: Path, adapter: Path | None) -> np.ndarray:
@@ -76,7 +77,7 @@ def torch_logits(base: Path, adapter: Path | None) -> np.ndarray:
     if adapter:
         model = PeftModel.from_pretrained(model, adapter)
     with torch.no_grad():
-        return model(torch.tensor([PROMPT])).logits[0].numpy()
+        return model(torch.tensor([PROMPT])).logits[0, -1].numpy()
 
 
 def test_adapter_files_sit_next_to_one_base_model(exported):

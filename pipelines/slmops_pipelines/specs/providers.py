@@ -39,6 +39,9 @@ class ProviderInfo:
     # Projections that read one input (gate/up; q/k/v where adapters keep them apart) as one
     # MatMulNBits each: steps/optimize/fuse.py.  Measured on the CPU only.
     fuse_projections: bool = False
+    # The output layer for each row's last real token only (steps/optimize/logits.py): needs an
+    # attention mask as long as the tokens so far, which graph capture on GPUs does not give.
+    prune_prefill_logits: bool = False
 
 
 PROVIDERS: dict[str, ProviderInfo] = {
@@ -55,6 +58,7 @@ PROVIDERS: dict[str, ProviderInfo] = {
         int4_block_size=64,
         int4_block_size_separate=32,
         fuse_projections=True,
+        prune_prefill_logits=True,
     ),
     "CUDAExecutionProvider": ProviderInfo("CUDAExecutionProvider", "cuda", "cuda", "cuda"),
     "DmlExecutionProvider": ProviderInfo("DmlExecutionProvider", "dml", "dml", "cpu"),

@@ -233,20 +233,23 @@ def _quantize_nbits(
     _save_in_place(folder, quantizer.model.model)
 
 
-def _rewrite_graph(folder: Path, *, fuse: bool) -> list[LoraGroup]:
+def _rewrite_graph(folder: Path, *, fuse: bool, prune: bool) -> list[LoraGroup]:
     """The builder's graph, mended and made faster: tied int4 embeddings that read padded blocks
-    (steps/optimize/embeddings.py) and, where ``fuse``, projections that read one input as one
-    kernel call each, and so their LoRA branches (steps/optimize/fuse.py); returns the LoRA
-    groups, the layout the adapter files take."""
+    (steps/optimize/embeddings.py); where ``fuse``, projections that read one input as one
+    kernel call each, and so their LoRA branches (steps/optimize/fuse.py); where ``prune``, the
+    output layer for each row's last real token only (steps/optimize/logits.py).  Returns the
+    LoRA groups, the layout the adapter files take."""
     import onnx
 
     from slmops_pipelines.steps.optimize.embeddings import unpad_shared_embeddings
     from slmops_pipelines.steps.optimize.fuse import fuse_lora, fuse_projections, pack_attention
+    from slmops_pipelines.steps.optimize.logits import prune_prefill_logits
 
     path = folder / "model.onnx"
     if not fuse:  # the graph alone: the weights stay in their file, untouched
         graph_only = onnx.load(str(path), load_external_data=False)
-        if unpad_shared_embeddings(graph_only):
+        changed = [unpad_shared_embeddings(graph_only), prune and prune_prefill_logits(graph_only)]
+        if any(changed):
             onnx.save_model(graph_only, str(path))
         return []
     model = onnx.load(str(path))  # with its external weights
@@ -254,7 +257,8 @@ def _rewrite_graph(folder: Path, *, fuse: bool) -> list[LoraGroup]:
     fused = fuse_projections(model)
     groups = fuse_lora(model)
     packed = pack_attention(model)
-    if unpadded or fused or groups or packed:
+    pruned = prune and prune_prefill_logits(model)
+    if unpadded or fused or groups or packed or pruned:
         _save_in_place(folder, model)
     return groups
 
@@ -450,7 +454,8 @@ def export_target(
 
         graph_inputs = extract_lora_inputs(partial / "model.onnx")
     _post_pass(partial, target, lora_nodes or [], calibration)
-    groups = _rewrite_graph(partial, fuse=PROVIDERS[target.provider].fuse_projections)
+    provider = PROVIDERS[target.provider]
+    groups = _rewrite_graph(partial, fuse=provider.fuse_projections, prune=provider.prune_prefill_logits)
     if adapters:
         from slmops_pipelines.steps.optimize.adapters import write_onnx_adapter
 

@@ -12,6 +12,7 @@ equal threads); :attr:`GenaiEngine.threads` is the count the model runs with.
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ class GenaiEngine:
         import onnxruntime_genai as og
 
         self._og = og
+        self.folder = folder
         config = og.Config(str(folder))
         self.threads: int | None = shipped_threads(folder)
         if not as_shipped:
@@ -98,10 +100,31 @@ class GenaiEngine:
                 on_token()
         return out
 
+    @cached_property
+    def pruned(self) -> bool:
+        """Whether the graph gives the last position's logits only (steps/optimize/logits.py)."""
+        from slmops_pipelines.steps.optimize.logits import has_pruned_logits
+
+        return has_pruned_logits(self.folder)
+
     def answer_nll(self, prompt_ids: list[int], answer_ids: list[int]) -> float:
+        """The answer's negative log-likelihood given the prompt: one prefill of both where the
+        graph gives every position's logits, else the answer fed one token at a time."""
+        if self.pruned:
+            return self._answer_nll_by_token(prompt_ids, answer_ids)
         sequence = prompt_ids + answer_ids
         generator = self.generator(len(sequence) + 1)
         generator.append_tokens(np.asarray(sequence, dtype=np.int32))
         logits = np.asarray(generator.get_output("logits"))[0]  # (positions, vocab) after prefill
         start = len(prompt_ids) - 1  # the logits at position p predict token p + 1
         return -sum(log_softmax_at(logits[start + i], token) for i, token in enumerate(answer_ids))
+
+    def _answer_nll_by_token(self, prompt_ids: list[int], answer_ids: list[int]) -> float:
+        generator = self.generator(len(prompt_ids) + len(answer_ids) + 1)
+        generator.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
+        nll = 0.0
+        for i, token in enumerate(answer_ids):
+            if i:  # the answer so far: the logits that predict this token
+                generator.append_tokens(np.asarray([answer_ids[i - 1]], dtype=np.int32))
+            nll -= log_softmax_at(np.asarray(generator.get_output("logits"))[0, -1], token)
+        return nll
