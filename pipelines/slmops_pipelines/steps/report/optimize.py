@@ -73,19 +73,19 @@ def comparison_rows(doc: dict[str, Any], *, compact: bool = False) -> tuple[list
     adapter_column = any(adapter for _, adapter, _, _ in entries)  # only jobs with several adapters
     columns = [(t, g) for t, g in COLUMNS if t in COMPACT] if compact else COLUMNS
     used = [(title, get) for title, get in columns if any(get(m) is not None for _, _, m, _ in entries)]
+    notes = [f"skipped: {m['skipped']}" if m.get("skipped") else "" for _, _, m, _ in entries]
     header = [
         "model",
         *(["adapter"] if adapter_column else []),
         *[title for title, _ in used],
         "speedup",
-        "note",
+        *(["note"] if any(notes) else []),  # an empty column would cost 80 columns' room
     ]
     rows = []
-    for label, adapter, metrics, speedup in entries:
+    for (label, adapter, metrics, speedup), note in zip(entries, notes, strict=True):
         cells = [label, *([adapter] if adapter_column else []), *[_fmt(get(metrics)) for _, get in used]]
         cells.append(f"{speedup:.2f}x" if speedup else "")
-        cells.append(f"skipped: {metrics['skipped']}" if metrics.get("skipped") else "")
-        rows.append(cells)
+        rows.append(cells + ([note] if any(notes) else []))
     return header, rows
 
 
