@@ -94,3 +94,59 @@ def test_a_request_does_not_wait_for_a_batch_far_from_its_end(batcher, sizes):
     assert send(batcher).wait(30)
     assert time.monotonic() - started < 2.5  # started beside it, not after a 5 s wait
     assert sizes == [1, 1] and not long.is_set()
+
+
+@pytest.mark.parametrize(("sent_after", "waits"), [(200, True), (50, False)])
+def test_a_request_waits_for_a_batch_that_ends_within_half_its_own_answer(engine, sent_after, waits):
+    """Clients whose answers ended apart would stay apart (two batches, a step each) for every
+    answer after: one that comes when a running batch has less left than half its own answer
+    waits for it, one that comes earlier starts beside it at once."""
+    batcher = Batcher(engine, eos_ids={2}, pad_id=0, context_length=16384, gather_s=0.01, join_s=0.01)
+    batcher.start()
+    try:
+        events: dict[str, float] = {}
+        produced = threading.Semaphore(0)
+
+        def first_token(name: str) -> None:
+            events.setdefault(f"{name} first", time.monotonic())
+
+        def submit(name: str, on_token) -> None:
+            sampling = Sampling(max_new_tokens=300, min_new_tokens=300)
+            on_end = lambda reason, error: events.setdefault(f"{name} end", time.monotonic())  # noqa: E731
+            batcher.submit(Sequence([1, 5, 6, 7], None, sampling, on_token, on_end))
+
+        submit("running", lambda token: produced.release())
+        for _ in range(sent_after):  # the running batch is that far into its 300 tokens
+            assert produced.acquire(timeout=30)
+        submit("new", lambda token: first_token("new"))
+        deadline = time.monotonic() + 60
+        while "new end" not in events:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert (events["new first"] > events["running end"]) is waits
+    finally:
+        batcher.stop()
+
+
+def test_clients_of_an_answer_longer_than_the_memory_of_demand_come_back_as_one_batch(engine):
+    """Demand is remembered ``recent_s``; a running batch renews it every step, so its clients,
+    back after an answer longer than that, still start together."""
+    sizes: list[int] = []
+    batcher = Batcher(
+        engine, eos_ids={2}, pad_id=0, context_length=16384, gather_s=5.0, join_s=5.0,
+        recent_s=0.3, on_batch=sizes.append,
+    )  # fmt: skip
+    batcher.start()
+    try:
+        started = time.monotonic()
+        first = [send(batcher, max_new_tokens=3000) for _ in range(4)]
+        assert all(done.wait(60) for done in first)
+        assert time.monotonic() - started > 0.3  # the answer outlasted the memory of its submits
+        again = []
+        for _ in range(4):
+            again.append(send(batcher, max_new_tokens=4))
+            time.sleep(0.03)
+        assert all(done.wait(30) for done in again)
+        assert sizes == [4, 4]
+    finally:
+        batcher.stop()

@@ -10,9 +10,14 @@ batching ``Engine`` takes no adapters.  So one worker thread runs every model ca
 * **gathers** before it admits, since a batch cannot grow once it has started: as many
   requests as were wanted at once in the last ``recent_s`` seconds (the clients that keep it
   busy come back together after their answers), waiting at most ``gather_s`` when idle and
-  ``join_s`` while batches run; a request that comes while a batch is about to end (its
-  sequences' ``max_new_tokens`` reached within that wait, at the steps' recent pace) waits
-  for it, so that the two start as one batch instead of two that each cost a step;
+  ``join_s`` while batches run;
+* **synchronizes**: a request that comes while a batch is running waits for that batch's end
+  (its sequences' ``max_new_tokens`` reached, at the steps' recent pace) where that comes
+  within ``sync`` of the request's own answer time, so that they start as one batch: two
+  batches of 7 and 1 cost a step each, nearly twice one batch of 8, and clients whose
+  answers ended apart would otherwise stay apart for every answer after (8 clients measured
+  2+6 batches round after round).  Within one answer they decode together, and no request
+  waits more than that fraction of its own answer;
 * **steps** every active batch by one token in turn, so a request that arrives while a
   batch runs starts at the next turn (its prefill, then its tokens, interleaved with the
   others') instead of waiting for that batch to end; time to first token is bounded by
@@ -163,12 +168,13 @@ class Batcher:
         gather_s: float = 0.05,
         join_s: float = 0.1,
         recent_s: float = 2.0,
+        sync: float = 0.5,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.engine, self.eos = engine, frozenset(eos_ids)
         self.pad_id, self.context = pad_id, context_length
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.gather_s, self.join_s, self.recent_s = gather_s, join_s, recent_s
+        self.gather_s, self.join_s, self.recent_s, self.sync = gather_s, join_s, recent_s, sync
         self.demand: deque[tuple[float, int]] = deque()  # (when, requests wanted at once): lately's peak
         self.turn_s = 0.0  # how long stepping every batch once takes lately
         self.on_batch = on_batch or (lambda size: None)
@@ -216,6 +222,8 @@ class Batcher:
                     self._wake.wait()
                 if self._stop:
                     break
+                if self.batches:  # its clients are wanted at once too: remembered until they come back
+                    self._note_demand()
                 if not self.batches and self.waiting and not self._due():
                     self._wake.wait(self._patience())  # idle: let the requests arriving with this one join it
                 admitted = self._admit() if self._due() else []
@@ -248,18 +256,28 @@ class Batcher:
         return groups
 
     def _due(self) -> bool:
-        """Whether the waiting requests start now (see the module's notes): the oldest has waited
-        long enough, or no batch ends within its wait and the requests wanted at once lately are
-        all here (or fill the free slots)."""
+        """Whether the waiting requests start now (see the module's notes): no batch ends within
+        what the oldest may wait for it, and it has waited long enough for company or the
+        requests wanted at once lately are all here (or fill the free slots)."""
         if not self.waiting:
             return False
-        patience = self._patience()
-        if patience <= 0:
+        if self._batch_ends_within_reach():
+            return False  # start with its clients, as one batch
+        if self._patience() <= 0:
             return True
-        if any(b.steps_left * self.turn_s <= patience for b in self.batches):
-            return False  # a batch is about to end: start with its clients, as one batch
         decoding = self.max_batch - self._free()
         return len(self.waiting) >= min(self._free(), self._expected() - decoding)
+
+    def _batch_ends_within_reach(self) -> bool:
+        """Whether a running batch ends before the oldest waiting request has waited ``sync`` of
+        its own answer's time (at least ``join_s``), at the steps' recent pace."""
+        if not self.batches or not self.turn_s:
+            return False
+        oldest = self.waiting[0]
+        waited = time.monotonic() - oldest.queued_at
+        reach = max(self.join_s, self.sync * oldest.sampling.max_new_tokens * self.turn_s)
+        soonest = min(b.steps_left for b in self.batches) * self.turn_s
+        return waited + soonest <= reach
 
     def _patience(self) -> float:
         """How much longer the oldest waiting request may wait for company."""
