@@ -13,15 +13,14 @@ batching ``Engine`` takes no adapters.  So one worker thread runs every model ca
   ``join_s`` while batches run;
 * **synchronizes**: a request that comes while a batch is running waits for that batch's end
   (its sequences' ``max_new_tokens`` reached, at the steps' recent pace) where that comes
-  within ``sync`` of the request's own answer time, so that they start as one batch: two
-  batches of 7 and 1 cost a step each, nearly twice one batch of 8, and clients whose
-  answers ended apart would otherwise stay apart for every answer after (8 clients measured
-  2+6 batches round after round).  Within one answer they decode together, and no request
-  waits more than that fraction of its own answer;
-* **steps** every active batch by one token in turn, so a request that arrives while a
-  batch runs starts at the next turn (its prefill, then its tokens, interleaved with the
-  others') instead of waiting for that batch to end; time to first token is bounded by
-  one step of each active batch plus its own prefill;
+  within ``sync`` of the request's own answer time and ``sync_max_s`` at most, so that they
+  start as one batch: two batches of 7 and 1 cost a step each, nearly twice one batch of 8,
+  and clients whose answers ended apart would otherwise stay apart for every answer after
+  (8 clients measured 2+6 batches round after round);
+* **steps** every active batch by one token in turn, so a request that does not wait for a
+  batch's end starts at the next turn (its prefill, then its tokens, interleaved with the
+  others'); time to first token is bounded by that wait (``sync_max_s``), one step of each
+  active batch and its own prefill;
 * ends a sequence at an end-of-sequence token, at its ``max_new_tokens``, or when its
   client goes away (:meth:`Sequence.cancel`): from then on it no longer counts against
   ``max_batch`` and its tokens are dropped, and a batch whose sequences all ended is
@@ -169,12 +168,14 @@ class Batcher:
         join_s: float = 0.1,
         recent_s: float = 2.0,
         sync: float = 0.5,
+        sync_max_s: float = 1.0,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.engine, self.eos = engine, frozenset(eos_ids)
         self.pad_id, self.context = pad_id, context_length
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.gather_s, self.join_s, self.recent_s, self.sync = gather_s, join_s, recent_s, sync
+        self.gather_s, self.join_s, self.recent_s = gather_s, join_s, recent_s
+        self.sync, self.sync_max_s = sync, sync_max_s
         self.demand: deque[tuple[float, int]] = deque()  # (when, requests wanted at once): lately's peak
         self.turn_s = 0.0  # how long stepping every batch once takes lately
         self.on_batch = on_batch or (lambda size: None)
@@ -270,12 +271,13 @@ class Batcher:
 
     def _batch_ends_within_reach(self) -> bool:
         """Whether a running batch ends before the oldest waiting request has waited ``sync`` of
-        its own answer's time (at least ``join_s``), at the steps' recent pace."""
+        its own answer's time (at least ``join_s``, at most ``sync_max_s``), at the recent pace."""
         if not self.batches or not self.turn_s:
             return False
         oldest = self.waiting[0]
         waited = time.monotonic() - oldest.queued_at
-        reach = max(self.join_s, self.sync * oldest.sampling.max_new_tokens * self.turn_s)
+        answer_s = oldest.sampling.max_new_tokens * self.turn_s
+        reach = max(self.join_s, min(self.sync * answer_s, self.sync_max_s))
         soonest = min(b.steps_left for b in self.batches) * self.turn_s
         return waited + soonest <= reach
 
