@@ -48,10 +48,12 @@ import argparse
 import json
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "scripts")]
@@ -258,30 +260,53 @@ RUNNERS = {
 }
 
 
-def judge(args: argparse.Namespace, adapter: str, work: Path, name: str) -> dict:
-    cmd = [
-        sys.executable,
-        str(REPO / "bench" / "judge.py"),
-        str(args.model),
-        adapter,
-        str(args.data / "eval.jsonl"),
-        "--rows",
-        str(args.eval_rows),
-    ]
-    measured = run_measured(cmd, log=work / f"judge-{name}.log")
-    if measured.returncode:
-        raise RuntimeError(f"judging {name} failed:\n{measured.output[-3000:]}")
-    return json.loads(measured.output.strip().splitlines()[-1])
+class Judge:
+    """One ``bench/judge.py`` process for every tool: started at the first adapter (after the
+    first tool has trained, so that its imports never compete with a measured run), idle while
+    the others train, asked over stdin; its stderr goes to ``judge.log``."""
+
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.command = [sys.executable, str(REPO / "bench" / "judge.py"), str(args.model)]
+        self.command += [str(args.data / "eval.jsonl"), "--rows", str(args.eval_rows)]
+        self.log = work / "judge.log"
+        self.process: subprocess.Popen[str] | None = None
+
+    def __call__(self, adapter: str, name: str) -> dict:
+        if self.process is None:
+            log = self.log.open("w")
+            self.process = subprocess.Popen(
+                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
+            )
+        assert self.process.stdin and self.process.stdout
+        self.process.stdin.write(adapter + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if not answer:
+            self.process.wait()
+            tail = self.log.read_text()[-3000:]
+            raise RuntimeError(f"judging {name} failed (exit {self.process.returncode}):\n{tail}")
+        return json.loads(answer)
+
+    def close(self) -> None:
+        if self.process is not None:
+            assert self.process.stdin
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
 
 
 def matmul_peak(dtype_name: str, *, size: int = 2048, repeats: int = 10, budget_s: float = 5.0) -> float:
     """FLOP/s of a square matmul on all threads, best of ``repeats`` (fewer once ``budget_s`` is
-    spent: a CPU without bf16 instructions emulates bf16 at about 1 GFLOP/s, 15 s a call)."""
+    spent).  The side doubles from 256 up to ``size`` while the next one fits the budget: a CPU
+    without bf16 instructions emulates bf16 at well under 1 GFLOP/s (a minute for one 2048-square
+    call), where the rate, not the side, is what the figure needs."""
 
     import torch
 
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    side = 256
+    while side < size and _one_matmul_s(torch, dtype, side) * 8 < budget_s / 4:
+        side *= 2  # 8x the work for the next side
+    a, b = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
     best, deadline = float("inf"), time.perf_counter() + budget_s
     for done in range(repeats + 1):
         started = time.perf_counter()
@@ -289,7 +314,15 @@ def matmul_peak(dtype_name: str, *, size: int = 2048, repeats: int = 10, budget_
         best = min(best, time.perf_counter() - started)
         if done >= 1 and time.perf_counter() > deadline:  # one call after the warm-up at least
             break
-    return 2 * size**3 / best
+    return 2 * side**3 / best
+
+
+def _one_matmul_s(torch: Any, dtype: Any, side: int) -> float:
+    a, b = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
+    a @ b  # warm-up: the first call allocates and picks its kernel
+    started = time.perf_counter()
+    a @ b
+    return time.perf_counter() - started
 
 
 def model_parameters(model: Path) -> int:
@@ -349,14 +382,27 @@ def main(argv: list[str] | None = None) -> int:
     # model's smaller ones may take a faster path (an MFU of 1.2 on an AVX2-only EPYC): what the
     # machine can do on bf16 numbers is never less than converting them and multiplying in fp32.
     peaks["bf16"] = max(peaks["bf16"], peaks["fp32"])
-    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="slmops-bench-finetune-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        results = measure_tools(args, argv, tools, work, params, peaks)
+    figures = figures_of(args, argv, params, peaks, results)
+    print()
+    print(finetune_table(figures))  # the table docs/benchmarks.md makes from the JSON, the same code
+    return 0
+
+
+def measure_tools(
+    args: argparse.Namespace, argv: list[str] | None, tools: list[str], work: Path, params: int, peaks: dict
+) -> dict[str, dict]:
+    """Train with each tool in turn, then judge its adapter; the figures file after each."""
+    results: dict[str, dict] = {}
+    judge = Judge(args, work)
+    try:
         for tool in tools:
             print(f"-- {tool} ...", flush=True)
             result = RUNNERS[tool](args, work)
-            result.update(judge(args, result["adapter"], work, tool))
+            result.update(judge(result["adapter"], tool))
             result["mfu"] = result["tokens_per_s"] * 4 * params / peaks[result["precision"]]
             results[tool] = result
             print(json.dumps({"tool": tool, **result}), flush=True)
@@ -364,10 +410,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.json.write_text(
                     json.dumps(figures_of(args, argv, params, peaks, results), indent=2) + "\n"
                 )
-    figures = figures_of(args, argv, params, peaks, results)
-    print()
-    print(finetune_table(figures))  # the table docs/benchmarks.md makes from the JSON, the same code
-    return 0
+    finally:
+        judge.close()
+    return results
 
 
 def figures_of(

@@ -180,7 +180,7 @@ def compile_every_pipeline(output_dir: Path, *, registry: str | None, check: boo
 
     if not check:
         for path in jobs.compile_all(output_dir, registry=registry):
-            console.print(f"wrote {escape(str(path))}")
+            console.print(f"wrote {escape(str(path))}", soft_wrap=True)
         return
     with tempfile.TemporaryDirectory() as tmp:
         fresh = jobs.compile_all(Path(tmp), registry=registry)
@@ -191,7 +191,11 @@ def compile_every_pipeline(output_dir: Path, *, registry: str | None, check: boo
             or (output_dir / path.name).read_text() != path.read_text()
         ]
     if stale:
-        err_console.print(f"stale pipelines (run `slmops compile`): {', '.join(stale)}")
+        err_console.print(  # one line, whatever the width: the paths stay whole for copying
+            f"stale pipelines (run `slmops compile`): {escape(', '.join(stale))}",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(EXIT_FAILED)
 
 
