@@ -31,12 +31,14 @@ Figures per tool:
 * tokens/s      -- non-padding training tokens over the training loop's seconds, as each tool
                    reports the loop (slmops' metrics.json; the Trainer's train_runtime);
 * peak RSS      -- the command's whole process tree, sampled every 0.1 s;
-* eval loss and accuracy -- from ``bench/judge.py``, one judge for every adapter: loss on the
-  answer tokens of the held-out eval rows, exact-match accuracy of greedy answers.
+* eval loss and accuracy -- from ``bench/judge.py``, one judge for every adapter (one process,
+  idle while the next tool trains): loss on the answer tokens of the held-out eval rows,
+  exact-match accuracy of greedy answers.
 
 * MFU          -- model FLOPs utilization: tokens/s x 4 x parameters (forward, and backward to
                    the activations: the base weights are frozen) over a matmul peak measured on
-                   the spot (2048x2048, all threads), in the precision the tool trains in.
+                   the spot (square, all threads, 2048 wide unless a call of that side would
+                   overrun a few seconds), in the precision the tool trains in.
 
 The goals (issue 17): slmops' tokens/s at least 3x TRL's best.  The verdict is printed under
 the table.
