@@ -275,10 +275,10 @@ class Judge:
 
     def __call__(self, adapter: str, name: str) -> dict:
         if self.process is None:
-            log = self.log.open("w")
-            self.process = subprocess.Popen(
-                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
-            )
+            with self.log.open("w") as log:  # the child keeps its own copy of the descriptor
+                self.process = subprocess.Popen(
+                    self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
+                )
         assert self.process.stdin and self.process.stdout
         self.process.stdin.write(adapter + "\n")
         self.process.stdin.flush()

@@ -15,8 +15,8 @@ Each row of ``EVAL.jsonl`` has the prompt's fields and the expected answer (the 
 * accuracy  -- greedy generation of up to 8 tokens after the generation prompt; the answer,
   stripped and lower-cased, must equal the expected one.
 
-Prints one JSON line per adapter.  Plain transformers + peft, nothing of slmops: a tool is not judged by
-its own code.
+Prints one JSON line per adapter.  Plain transformers + peft, nothing of slmops: a tool is
+not judged by its own code.
 """
 
 from __future__ import annotations
