@@ -96,33 +96,44 @@ def test_a_request_does_not_wait_for_a_batch_far_from_its_end(batcher, sizes):
     assert sizes == [1, 1] and not long.is_set()
 
 
-@pytest.mark.parametrize(("sent_after", "waits"), [(200, True), (50, False)])
-def test_a_request_waits_for_a_batch_that_ends_within_half_its_own_answer(engine, sent_after, waits):
+@pytest.mark.parametrize(
+    ("running_tokens", "sent_after", "new_tokens", "sync_max_s", "waits"),
+    [(300, 200, 10000, 600.0, True), (3000, 500, 1000, 600.0, False), (3000, 500, 10000, 0.0, False)],
+    ids=["ends-within-half", "ends-later", "past-the-cap"],
+)
+def test_a_request_waits_for_a_batch_that_ends_within_half_its_own_answer(
+    engine, running_tokens, sent_after, new_tokens, sync_max_s, waits
+):
     """Clients whose answers ended apart would stay apart (two batches, a step each) for every
     answer after: one that comes when a running batch has less left than half its own answer
-    waits for it, one that comes earlier starts beside it at once."""
-    batcher = Batcher(engine, eos_ids={2}, pad_id=0, context_length=16384, gather_s=0.01, join_s=0.01)
+    waits for it, one that comes earlier starts beside it at once, and so does one whose wait
+    would pass ``sync_max_s`` (the first two lift that cap).  A step here takes a fraction of
+    a millisecond and a busy machine's pauses swing the pace severalfold, so the margins are
+    wide: 100 steps left against half of 10000, 2500 against half of 1000."""
+    batcher = Batcher(
+        engine, eos_ids={2}, pad_id=0, context_length=16384, gather_s=0.01, join_s=0.01, sync_max_s=sync_max_s,
+    )  # fmt: skip
     batcher.start()
     try:
         events: dict[str, float] = {}
         produced = threading.Semaphore(0)
 
-        def first_token(name: str) -> None:
-            events.setdefault(f"{name} first", time.monotonic())
-
-        def submit(name: str, on_token) -> None:
-            sampling = Sampling(max_new_tokens=300, min_new_tokens=300)
+        def submit(name: str, tokens: int, on_token) -> Sequence:
+            sampling = Sampling(max_new_tokens=tokens, min_new_tokens=tokens)
             on_end = lambda reason, error: events.setdefault(f"{name} end", time.monotonic())  # noqa: E731
-            batcher.submit(Sequence([1, 5, 6, 7], None, sampling, on_token, on_end))
+            seq = Sequence([1, 5, 6, 7], None, sampling, on_token, on_end)
+            batcher.submit(seq)
+            return seq
 
-        submit("running", lambda token: produced.release())
-        for _ in range(sent_after):  # the running batch is that far into its 300 tokens
+        submit("running", running_tokens, lambda token: produced.release())
+        for _ in range(sent_after):  # the running batch is that far into its answer
             assert produced.acquire(timeout=30)
-        submit("new", lambda token: first_token("new"))
+        new = submit("new", new_tokens, lambda token: events.setdefault("new first", time.monotonic()))
         deadline = time.monotonic() + 60
-        while "new end" not in events:
+        while not {"new first", "running end"} <= events.keys():
             assert time.monotonic() < deadline
             time.sleep(0.01)
+        new.cancel()
         assert (events["new first"] > events["running end"]) is waits
     finally:
         batcher.stop()

@@ -177,7 +177,8 @@ class Batcher:
         self.gather_s, self.join_s, self.recent_s = gather_s, join_s, recent_s
         self.sync, self.sync_max_s = sync, sync_max_s
         self.demand: deque[tuple[float, int]] = deque()  # (when, requests wanted at once): lately's peak
-        self.turn_s = 0.0  # how long stepping every batch once takes lately
+        self.turn_s = 0.0  # how long a turn of the worker (admitting, stepping every batch) takes lately
+        self._turn_ended: float | None = None  # when the last turn with batches ended
         self.on_batch = on_batch or (lambda size: None)
         self.waiting: deque[Sequence] = deque()
         self.batches: list[_Batch] = []
@@ -228,16 +229,25 @@ class Batcher:
                 if not self.batches and self.waiting and not self._due():
                     self._wake.wait(self._patience())  # idle: let the requests arriving with this one join it
                 admitted = self._admit() if self._due() else []
+            started = time.monotonic() if self._turn_ended is None else self._turn_ended
             for group in admitted:
                 self._start(group)
-            started = time.monotonic()
             for batch in list(self.batches):
                 self._step(batch)
-            if self.batches:  # the pace that tells a batch about to end (the first turn: as it is)
-                elapsed = time.monotonic() - started
-                self.turn_s = 0.8 * self.turn_s + 0.2 * elapsed if self.turn_s else elapsed
+            self._note_pace(started)
         for seq in [*self.waiting, *(s for b in self.batches for s in b.live)]:
             _end(seq, "cancelled")
+
+    def _note_pace(self, started: float) -> None:
+        """The pace that tells a batch about to end: a turn's whole period, from the last turn's
+        end (the lock, admitting and prefills count too: timing the steps alone missed most of
+        a turn when steps are short or the machine is busy); the first turn, as it is."""
+        if not self.batches:
+            self._turn_ended = None
+            return
+        self._turn_ended = time.monotonic()
+        elapsed = self._turn_ended - started
+        self.turn_s = 0.8 * self.turn_s + 0.2 * elapsed if self.turn_s else elapsed
 
     def _admit(self) -> list[list[Sequence]]:
         """Groups of waiting sequences (same adapter and sampling) that fit the free slots."""
@@ -288,8 +298,11 @@ class Batcher:
 
     def _note_demand(self) -> None:
         """Remember how many requests are wanted at once now (under the lock)."""
-        now = time.monotonic()
-        self.demand.append((now, self.max_batch - self._free() + len(self.waiting)))
+        now, wanted = time.monotonic(), self.max_batch - self._free() + len(self.waiting)
+        if self.demand and self.demand[-1][1] == wanted:  # the same peak, renewed: one entry, not one a step
+            self.demand[-1] = (now, wanted)
+        else:
+            self.demand.append((now, wanted))
         while self.demand and now - self.demand[0][0] > self.recent_s:
             self.demand.popleft()
 
