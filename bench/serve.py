@@ -28,7 +28,11 @@ HTTP, no scheduler, no clients).
 
 Per server and number of clients: aggregate tokens/s (completion tokens of every request over
 the wall time of the round), p50/p95 time to first token and request latency, and the ratio
-of the aggregate tokens/s to the same server's with one client.
+of the aggregate tokens/s to the same server's with one client.  The rounds run ``--repeats``
+times, the client counts interleaved (1, 4, 8, 1, 4, 8...): a round with one client lasts two
+seconds, and this machine's speed drifts by a fifth between minutes, so each row is the median
+round's tokens/s (every round's figure beside it in the JSON) and the percentiles of all its
+rounds' requests.
 """
 
 from __future__ import annotations
@@ -125,12 +129,9 @@ def one_request(client, model: str, text: str, max_tokens: int) -> dict:
     }
 
 
-def load_round(url: str, model: str, clients: int, args: argparse.Namespace) -> dict:
-    import openai
-
-    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
+def load_round(client, model: str, clients: int, args: argparse.Namespace) -> dict:
+    """One round: ``clients`` threads, each sending ``--requests`` requests one after another."""
     texts = prompts(clients * args.requests)
-    one_request(client, model, texts[0], 4)  # warm-up: the first call's allocations are not the load's
 
     def worker(n: int) -> list[dict]:
         return [
@@ -141,14 +142,34 @@ def load_round(url: str, model: str, clients: int, args: argparse.Namespace) -> 
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         done = [r for rows in pool.map(worker, range(clients)) for r in rows]
-    wall = time.perf_counter() - started
+    return {"wall_s": time.perf_counter() - started, "requests": done}
+
+
+def load_rounds(url: str, model: str, args: argparse.Namespace) -> list[dict]:
+    """Every client count's rounds, interleaved ``--repeats`` times, summarized per count."""
+    import openai
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
+    one_request(client, model, prompts(1)[0], 4)  # warm-up: the first call's allocations are not the load's
+    rounds: dict[int, list[dict]] = {c: [] for c in args.clients}
+    for _ in range(args.repeats):
+        for clients in args.clients:
+            rounds[clients].append(load_round(client, model, clients, args))
+    return [summarize(clients, rounds[clients]) for clients in args.clients]
+
+
+def summarize(clients: int, rounds: list[dict]) -> dict:
+    """A row: the median round's tokens/s (each round's listed), percentiles over every request."""
+    done = [r for one in rounds for r in one["requests"]]
+    rates = [round(sum(r["tokens"] for r in one["requests"]) / one["wall_s"], 1) for one in rounds]
     ttft = sorted(r["ttft_s"] for r in done if r["ttft_s"] is not None)
     latency = sorted(r["latency_s"] for r in done)
     return {
         "clients": clients,
         "requests": len(done),
         "tokens": sum(r["tokens"] for r in done),
-        "tokens_per_s": round(sum(r["tokens"] for r in done) / wall, 1),
+        "tokens_per_s": round(statistics.median(rates), 1),
+        "tokens_per_s_rounds": rates,
         "ttft_p50_ms": round(1000 * statistics.median(ttft), 1) if ttft else None,
         "ttft_p95_ms": round(1000 * percentile(ttft, 95), 1) if ttft else None,
         "latency_p50_s": round(statistics.median(latency), 2),
@@ -184,45 +205,47 @@ def slmops_rows(args: argparse.Namespace, work: Path) -> dict[str, list[dict]]:
         server = Running(command, port, work / f"slmops-{target}.log", "/ready")
         try:
             model = served_model(server.url)
-            rows[f"slmops {target}"] = [load_round(server.url, model, c, args) for c in args.clients]
+            rows[f"slmops {target}"] = load_rounds(server.url, model, args)
         finally:
             server.stop()
     return rows
 
 
 def engine_rows(args: argparse.Namespace) -> dict[str, list[dict]]:
-    """The ceiling: onnxruntime-genai decoding batches of N with no server around it (the first target,
-    loaded as the server loads it: one thread per usable CPU; a 20-token prompt, ``--max-tokens`` new
-    tokens, after a warm-up batch)."""
-    import numpy as np
-
+    """The ceiling: onnxruntime-genai decoding batches of N with no server around it (the first
+    target, loaded as the server loads it: one thread per usable CPU).  A round is ``--requests``
+    batches one after another, each a 20-token prompt's prefill and ``--max-tokens`` new tokens
+    (a server prefills too), interleaved and repeated as the servers' rounds are."""
     from slmops_pipelines.steps.optimize.runtime import GenaiEngine
 
     target = args.targets[0]
     engine = GenaiEngine(args.output / "targets" / target)
-    rounds = []
-    for batch in [args.clients[0], *args.clients]:  # the first: a warm-up, not reported
-        length = 20 + args.max_tokens
-        generator = engine.generator(length, min_length=length, search={"batch_size": batch})
-        generator.append_tokens(np.asarray([[1, *range(100, 119)]] * batch, dtype=np.int32))
-        started, steps = time.perf_counter(), 0
-        while not generator.is_done():
-            generator.generate_next_token()
-            steps += 1
-        wall = time.perf_counter() - started
-        rounds.append(
-            {
-                "clients": batch,
-                "requests": batch,
-                "tokens": batch * steps,
-                "tokens_per_s": round(batch * steps / wall, 1),
-                "ttft_p50_ms": None,
-                "ttft_p95_ms": None,
-                "latency_p50_s": round(wall, 2),
-                "latency_p95_s": round(wall, 2),
-            }
-        )
-    return {f"genai {target} (alone)": rounds[1:]}
+    decode_batch(engine, args.clients[0], args.max_tokens)  # warm-up, not reported
+    rounds: dict[int, list[dict]] = {c: [] for c in args.clients}
+    for _ in range(args.repeats):
+        for batch in args.clients:
+            started = time.perf_counter()
+            walls = [decode_batch(engine, batch, args.max_tokens) for _ in range(args.requests)]
+            done = [
+                {"ttft_s": None, "latency_s": wall, "tokens": args.max_tokens}
+                for wall in walls
+                for _ in range(batch)
+            ]
+            rounds[batch].append({"wall_s": time.perf_counter() - started, "requests": done})
+    return {f"genai {target} (alone)": [summarize(c, rounds[c]) for c in args.clients]}
+
+
+def decode_batch(engine, batch: int, max_tokens: int) -> float:
+    """Seconds to prefill ``batch`` 20-token prompts and decode ``max_tokens`` tokens for each."""
+    import numpy as np
+
+    started = time.perf_counter()
+    length = 20 + max_tokens
+    generator = engine.generator(length, min_length=length, search={"batch_size": batch})
+    generator.append_tokens(np.asarray([[1, *range(100, 119)]] * batch, dtype=np.int32))
+    while not generator.is_done():
+        generator.generate_next_token()
+    return time.perf_counter() - started
 
 
 def llamacpp_rows(args: argparse.Namespace, work: Path) -> dict[str, list[dict]]:
@@ -255,7 +278,7 @@ def llamacpp_rows(args: argparse.Namespace, work: Path) -> dict[str, list[dict]]
     command += ["--n_ctx", "2048", "--model_alias", "smollm2-tone", "--interrupt_requests", "False"]
     server = Running(command, port, work / "llamacpp.log", "/v1/models")
     try:
-        return {"llama.cpp Q4_0": [load_round(server.url, "smollm2-tone", c, args) for c in args.clients]}
+        return {"llama.cpp Q4_0": load_rounds(server.url, "smollm2-tone", args)}
     finally:
         server.stop()
 
@@ -283,6 +306,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", default="1,4,8", help="concurrent clients per round")
     parser.add_argument("--requests", type=int, default=4, help="requests per client per round")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds per client count, interleaved")
     parser.add_argument("--llamacpp-venv", type=Path, default=LLAMACPP_VENV)
     parser.add_argument("--no-llamacpp", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures here")

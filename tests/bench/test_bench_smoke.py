@@ -252,10 +252,26 @@ def test_serve_bench_loads_a_server_with_concurrent_clients(genai_target: Path, 
     publish.write_manifest(open_store(str(out)), out, identity=identity, spec=spec, inputs={})
     figures = tmp_path / "serve.json"
     command = [sys.executable, BENCH / "serve.py", "--output", out, "--targets", "tiny", "--clients", "1,2"]
-    output = run([*command, "--requests", "1", "--max-tokens", "4", "--no-llamacpp", "--json", figures])
+    output = run(
+        [
+            *command,
+            "--requests",
+            "1",
+            "--max-tokens",
+            "4",
+            "--repeats",
+            "2",
+            "--no-llamacpp",
+            "--json",
+            figures,
+        ]
+    )
     assert "slmops tiny" in output
-    rows = json.loads(figures.read_text())["rows"]["slmops tiny"]
-    assert [r["clients"] for r in rows] == [1, 2] and all(r["tokens"] > 0 for r in rows)
+    found = json.loads(figures.read_text())["rows"]
+    for name in ["slmops tiny", "genai tiny (alone)"]:
+        rows = found[name]
+        assert [r["clients"] for r in rows] == [1, 2] and all(r["tokens"] > 0 for r in rows)
+        assert all(len(r["tokens_per_s_rounds"]) == 2 and r["requests"] == 2 * r["clients"] for r in rows)
 
 
 def test_batch_kernels_prototype_replaces_every_int4_node_and_measures_both(
