@@ -161,3 +161,39 @@ def test_clients_of_an_answer_longer_than_the_memory_of_demand_come_back_as_one_
         assert sizes == [4, 4]
     finally:
         batcher.stop()
+
+
+def test_a_request_that_waited_for_a_batch_gives_its_clients_time_to_come_back(engine):
+    """A request that waits for a running batch's end (to start with its clients) has used up
+    its own wait for company by then: started alone at that end, before the clients' next
+    requests came, it began a split that came back round after round (seen: batches of 1 and 7
+    for 8 clients).  From the end it gives them ``gather_s``, and they start as one batch."""
+    sizes: list[int] = []
+    batcher = Batcher(
+        engine, eos_ids={2}, pad_id=0, context_length=16384, gather_s=0.3, join_s=0.01,
+        sync_max_s=600.0, on_batch=sizes.append,
+    )  # fmt: skip
+    batcher.start()
+    try:
+        produced = threading.Semaphore(0)
+        back: list[threading.Event] = []
+
+        def come_back(reason: str, error: str | None) -> None:  # a client's next request, 30 ms after
+            threading.Timer(0.03, lambda: back.append(send(batcher, max_new_tokens=4))).start()
+
+        sampling = Sampling(max_new_tokens=3000, min_new_tokens=3000)
+        for _ in range(4):
+            batcher.submit(
+                Sequence([1, 5, 6, 7], None, sampling, lambda token: produced.release(), come_back)
+            )
+        for _ in range(4 * 2000):  # 1000 steps left: longer than gather_s here, a fifth of half of 10000
+            assert produced.acquire(timeout=30)
+        # It may start with them: the same search options (min_new_tokens is the batch's).
+        late = Sampling(max_new_tokens=10000, min_new_tokens=4)
+        batcher.submit(Sequence([1, 5, 6, 7], None, late, lambda token: None, lambda reason, error: None))
+        deadline = time.monotonic() + 60
+        while len(back) < 4 or not all(done.wait(0.1) for done in back):
+            assert time.monotonic() < deadline
+        assert sizes == [4, 5]
+    finally:
+        batcher.stop()

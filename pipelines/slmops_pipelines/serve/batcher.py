@@ -9,8 +9,9 @@ batching ``Engine`` takes no adapters.  So one worker thread runs every model ca
   and sampling (temperature, top-p, seed) with it;
 * **gathers** before it admits, since a batch cannot grow once it has started: as many
   requests as were wanted at once in the last ``recent_s`` seconds (the clients that keep it
-  busy come back together after their answers), waiting at most ``gather_s`` when idle and
-  ``join_s`` while batches run;
+  busy come back together after their answers), waiting at most ``gather_s`` when idle (from
+  the last batch's end, for a request that waited for that end) and ``join_s`` while batches
+  run;
 * **synchronizes**: a request that comes while a batch is running waits for that batch's end
   (its sequences' ``max_new_tokens`` reached, at the steps' recent pace) where that comes
   within ``sync`` of the request's own answer time and ``sync_max_s`` at most, so that they
@@ -179,6 +180,7 @@ class Batcher:
         self.demand: deque[tuple[float, int]] = deque()  # (when, requests wanted at once): lately's peak
         self.turn_s = 0.0  # how long a turn of the worker (admitting, stepping every batch) takes lately
         self._turn_ended: float | None = None  # when the last turn with batches ended
+        self._idle_since = 0.0  # when the last batch ended: its clients come back from then on
         self.on_batch = on_batch or (lambda size: None)
         self.waiting: deque[Sequence] = deque()
         self.batches: list[_Batch] = []
@@ -292,9 +294,15 @@ class Batcher:
         return waited + soonest <= reach
 
     def _patience(self) -> float:
-        """How much longer the oldest waiting request may wait for company."""
-        waited = time.monotonic() - self.waiting[0].queued_at if self.waiting else 0.0
-        return (self.join_s if self.batches else self.gather_s) - waited
+        """How much longer the oldest waiting request may wait for company: counted from its
+        arrival, or when idle from the last batch's end, if later: a request that waited for a
+        batch to end (to start with its clients) then gives them ``gather_s`` to come back
+        (started alone at the end, it began a split that came back round after round)."""
+        if not self.waiting:
+            return self.join_s if self.batches else self.gather_s
+        if self.batches:
+            return self.join_s - (time.monotonic() - self.waiting[0].queued_at)
+        return self.gather_s - (time.monotonic() - max(self.waiting[0].queued_at, self._idle_since))
 
     def _note_demand(self) -> None:
         """Remember how many requests are wanted at once now (under the lock)."""
@@ -339,3 +347,5 @@ class Batcher:
                 _end(seq, "error", f"{type(exc).__name__}: {exc}")
         if not batch.live:
             self.batches.remove(batch)  # its generator (and its KV cache) goes with it
+            if not self.batches:
+                self._idle_since = time.monotonic()
