@@ -32,7 +32,8 @@ of the aggregate tokens/s to the same server's with one client.  The rounds run 
 times, the client counts interleaved (1, 4, 8, 1, 4, 8...): a round with one client lasts two
 seconds, and this machine's speed drifts by a fifth between minutes, so each row is the median
 round's tokens/s (every round's figure beside it in the JSON) and the percentiles of all its
-rounds' requests.
+rounds' requests.  Rounds are ``--pause`` apart, longer than ``slmops serve`` remembers how
+many clients came at once (a lone client right after 8 would wait for company that had gone).
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ def load_rounds(url: str, model: str, args: argparse.Namespace) -> list[dict]:
     rounds: dict[int, list[dict]] = {c: [] for c in args.clients}
     for _ in range(args.repeats):
         for clients in args.clients:
+            time.sleep(args.pause)  # an idle server: it no longer expects the last round's clients
             rounds[clients].append(load_round(client, model, clients, args))
     return [summarize(clients, rounds[clients]) for clients in args.clients]
 
@@ -307,6 +309,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=4, help="requests per client per round")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="rounds per client count, interleaved")
+    parser.add_argument(
+        "--pause", type=float, default=3.0,
+        help="seconds between rounds: longer than slmops serve's memory of demand (2 s)",
+    )  # fmt: skip
     parser.add_argument("--llamacpp-venv", type=Path, default=LLAMACPP_VENV)
     parser.add_argument("--no-llamacpp", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures here")

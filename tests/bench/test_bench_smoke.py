@@ -252,20 +252,8 @@ def test_serve_bench_loads_a_server_with_concurrent_clients(genai_target: Path, 
     publish.write_manifest(open_store(str(out)), out, identity=identity, spec=spec, inputs={})
     figures = tmp_path / "serve.json"
     command = [sys.executable, BENCH / "serve.py", "--output", out, "--targets", "tiny", "--clients", "1,2"]
-    output = run(
-        [
-            *command,
-            "--requests",
-            "1",
-            "--max-tokens",
-            "4",
-            "--repeats",
-            "2",
-            "--no-llamacpp",
-            "--json",
-            figures,
-        ]
-    )
+    quick = ["--requests", "1", "--max-tokens", "4", "--repeats", "2", "--pause", "0", "--no-llamacpp"]
+    output = run([*command, *quick, "--json", figures])
     assert "slmops tiny" in output
     found = json.loads(figures.read_text())["rows"]
     for name in ["slmops tiny", "genai tiny (alone)"]:
