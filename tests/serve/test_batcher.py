@@ -197,3 +197,59 @@ def test_a_request_that_waited_for_a_batch_gives_its_clients_time_to_come_back(e
         assert sizes == [4, 5]
     finally:
         batcher.stop()
+
+
+class _FirstPrefillWaits:
+    """The engine, its first batch's generator held until ``go`` is set: requests sent meanwhile
+    arrive while that batch is being prefilled."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.building, self.go = engine, threading.Event(), threading.Event()
+
+    def use_adapter(self, name: str | None) -> None:
+        self.engine.use_adapter(name)
+
+    def generator(self, *args, **kwargs):
+        if not self.building.is_set():
+            self.building.set()
+            assert self.go.wait(30)
+        return self.engine.generator(*args, **kwargs)
+
+
+def answer(batcher: Batcher, prompt: list[int]) -> tuple[list[int], threading.Event]:
+    tokens: list[int] = []
+    done = threading.Event()
+    sampling = Sampling(max_new_tokens=12, min_new_tokens=12)
+    batcher.submit(Sequence(prompt, None, sampling, tokens.append, lambda reason, error: done.set()))
+    return tokens, done
+
+
+def test_requests_that_come_during_a_batchs_prefill_join_it_and_answer_as_alone(engine):
+    """A burst's first request starts alone (nobody else was expected); the others, arriving
+    while its prefill runs, join it before its first token instead of decoding beside it as a
+    second batch for the whole answer, and every answer is the one it gets alone."""
+    prompts = [[1, 5, 6, 7], [1, 9, 10, 11, 12, 13], [1, 20, 21], [1, 30, 31, 32, 33]]
+    # Padded on the right with the model's own pad token (2), which onnxruntime-genai masks.
+    alone = Batcher(engine, eos_ids={2}, pad_id=2, context_length=16384, gather_s=0.01)
+    alone.start()
+    try:
+        expected = []
+        for prompt in prompts:
+            tokens, done = answer(alone, prompt)
+            assert done.wait(30)
+            expected.append(tokens)
+    finally:
+        alone.stop()
+    held, sizes = _FirstPrefillWaits(engine), []
+    batcher = Batcher(held, eos_ids={2}, pad_id=2, context_length=16384, gather_s=0.01, on_batch=sizes.append)
+    batcher.start()
+    try:
+        answers = [answer(batcher, prompts[0])]
+        assert held.building.wait(30)  # the first request's batch is being built, alone
+        answers += [answer(batcher, prompt) for prompt in prompts[1:]]
+        held.go.set()
+        assert all(done.wait(30) for _, done in answers)
+        assert sizes == [4]
+        assert [tokens for tokens, _ in answers] == expected
+    finally:
+        batcher.stop()
