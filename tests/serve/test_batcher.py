@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,16 @@ def batcher(engine, sizes: list[int]) -> Iterator[Batcher]:
     running.start()
     yield running
     running.stop()
+
+
+@contextmanager
+def running_batcher(batcher: Batcher) -> Iterator[Batcher]:
+    """``batcher`` running for the block, stopped after it."""
+    batcher.start()
+    try:
+        yield batcher
+    finally:
+        batcher.stop()
 
 
 def send(batcher: Batcher, max_new_tokens: int = 4) -> threading.Event:
@@ -110,11 +121,9 @@ def test_a_request_waits_for_a_batch_that_ends_within_half_its_own_answer(
     would pass ``sync_max_s`` (the first two lift that cap).  A step here takes a fraction of
     a millisecond and a busy machine's pauses swing the pace severalfold, so the margins are
     wide: 100 steps left against half of 10000, 2500 against half of 1000."""
-    batcher = Batcher(
+    with running_batcher(Batcher(
         engine, eos_ids={2}, pad_id=0, context_length=16384, gather_s=0.01, join_s=0.01, sync_max_s=sync_max_s,
-    )  # fmt: skip
-    batcher.start()
-    try:
+    )) as batcher:  # fmt: skip
         events: dict[str, float] = {}
         produced = threading.Semaphore(0)
 
@@ -135,20 +144,16 @@ def test_a_request_waits_for_a_batch_that_ends_within_half_its_own_answer(
             time.sleep(0.01)
         new.cancel()
         assert (events["new first"] > events["running end"]) is waits
-    finally:
-        batcher.stop()
 
 
 def test_clients_of_an_answer_longer_than_the_memory_of_demand_come_back_as_one_batch(engine):
     """Demand is remembered ``recent_s``; a running batch renews it every step, so its clients,
     back after an answer longer than that, still start together."""
     sizes: list[int] = []
-    batcher = Batcher(
+    with running_batcher(Batcher(
         engine, eos_ids={2}, pad_id=0, context_length=16384, gather_s=5.0, join_s=5.0,
         recent_s=1.0, on_batch=sizes.append,
-    )  # fmt: skip
-    batcher.start()
-    try:
+    )) as batcher:  # fmt: skip
         started = time.monotonic()
         first = [send(batcher, max_new_tokens=4000) for _ in range(4)]
         assert all(done.wait(60) for done in first)
@@ -159,8 +164,6 @@ def test_clients_of_an_answer_longer_than_the_memory_of_demand_come_back_as_one_
             time.sleep(0.03)
         assert all(done.wait(30) for done in again)
         assert sizes == [4, 4]
-    finally:
-        batcher.stop()
 
 
 def test_a_request_that_waited_for_a_batch_gives_its_clients_time_to_come_back(engine):
@@ -169,12 +172,10 @@ def test_a_request_that_waited_for_a_batch_gives_its_clients_time_to_come_back(e
     requests came, it began a split that came back round after round (seen: batches of 1 and 7
     for 8 clients).  From the end it gives them ``gather_s``, and they start as one batch."""
     sizes: list[int] = []
-    batcher = Batcher(
+    with running_batcher(Batcher(
         engine, eos_ids={2}, pad_id=0, context_length=16384, gather_s=0.3, join_s=0.01,
         sync_max_s=600.0, on_batch=sizes.append,
-    )  # fmt: skip
-    batcher.start()
-    try:
+    )) as batcher:  # fmt: skip
         produced = threading.Semaphore(0)
         back: list[threading.Event] = []
 
@@ -195,8 +196,6 @@ def test_a_request_that_waited_for_a_batch_gives_its_clients_time_to_come_back(e
         while len(back) < 4 or not all(done.wait(0.1) for done in back):
             assert time.monotonic() < deadline
         assert sizes == [4, 5]
-    finally:
-        batcher.stop()
 
 
 class _FirstPrefillWaits:
@@ -230,20 +229,18 @@ def test_requests_that_come_during_a_batchs_prefill_join_it_and_answer_as_alone(
     second batch for the whole answer, and every answer is the one it gets alone."""
     prompts = [[1, 5, 6, 7], [1, 9, 10, 11, 12, 13], [1, 20, 21], [1, 30, 31, 32, 33]]
     # Padded on the right with the model's own pad token (2), which onnxruntime-genai masks.
-    alone = Batcher(engine, eos_ids={2}, pad_id=2, context_length=16384, gather_s=0.01)
-    alone.start()
-    try:
+    with running_batcher(
+        Batcher(engine, eos_ids={2}, pad_id=2, context_length=16384, gather_s=0.01)
+    ) as alone:
         expected = []
         for prompt in prompts:
             tokens, done = answer(alone, prompt)
             assert done.wait(30)
             expected.append(tokens)
-    finally:
-        alone.stop()
     held, sizes = _FirstPrefillWaits(engine), []
-    batcher = Batcher(held, eos_ids={2}, pad_id=2, context_length=16384, gather_s=0.01, on_batch=sizes.append)
-    batcher.start()
-    try:
+    with running_batcher(
+        Batcher(held, eos_ids={2}, pad_id=2, context_length=16384, gather_s=0.01, on_batch=sizes.append)
+    ) as batcher:
         answers = [answer(batcher, prompts[0])]
         assert held.building.wait(30)  # the first request's batch is being built, alone
         answers += [answer(batcher, prompt) for prompt in prompts[1:]]
@@ -251,5 +248,3 @@ def test_requests_that_come_during_a_batchs_prefill_join_it_and_answer_as_alone(
         assert all(done.wait(30) for _, done in answers)
         assert sizes == [4]
         assert [tokens for tokens, _ in answers] == expected
-    finally:
-        batcher.stop()
