@@ -265,14 +265,18 @@ class Batcher:
         groups = []
         free = self._free()
         while self.waiting and free > 0:
-            key = self.waiting[0].key
-            group = [s for s in self.waiting if s.key == key][:free]
-            for seq in group:
-                self.waiting.remove(seq)
+            group = self._take(self.waiting[0].key, free)
             groups.append(group)
-            self._starting += len(group)
             free -= len(group)
         return groups
+
+    def _take(self, key: tuple[Any, ...], count: int) -> list[Sequence]:
+        """The oldest ``count`` waiting requests of ``key``, out of the queue, their slots taken."""
+        group = [s for s in self.waiting if s.key == key and not s.cancelled][: max(0, count)]
+        for seq in group:
+            self.waiting.remove(seq)
+        self._starting += len(group)
+        return group
 
     def _due(self) -> bool:
         """Whether the waiting requests start now (see the module's notes): no batch ends within
@@ -365,11 +369,7 @@ class Batcher:
         (under the lock).  Its rows have no token yet, so prefilling them again with the
         newcomers answers exactly as before: a row prefilled again after tokens of its own may
         not continue as it would have (measured on a block-32 target: 20 of 30 did not)."""
-        group = [s for s in self.waiting if s.key == key and not s.cancelled][: max(0, self._free())]
-        for seq in group:
-            self.waiting.remove(seq)
-        self._starting += len(group)
-        return group
+        return self._take(key, self._free())
 
     def _step(self, batch: _Batch) -> None:
         try:
