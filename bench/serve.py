@@ -152,11 +152,20 @@ def load_rounds(url: str, model: str, args: argparse.Namespace) -> list[dict]:
 
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
     one_request(client, model, prompts(1)[0], 4)  # warm-up: the first call's allocations are not the load's
+
+    def round_of(clients: int) -> dict:
+        time.sleep(args.pause)  # an idle server: it no longer expects the last round's clients
+        return load_round(client, model, clients, args)
+
+    return interleaved(args, round_of)
+
+
+def interleaved(args: argparse.Namespace, round_of) -> list[dict]:
+    """``round_of(count)`` for every client count, ``--repeats`` times in turn, summarized per count."""
     rounds: dict[int, list[dict]] = {c: [] for c in args.clients}
     for _ in range(args.repeats):
         for clients in args.clients:
-            time.sleep(args.pause)  # an idle server: it no longer expects the last round's clients
-            rounds[clients].append(load_round(client, model, clients, args))
+            rounds[clients].append(round_of(clients))
     return [summarize(clients, rounds[clients]) for clients in args.clients]
 
 
@@ -223,18 +232,16 @@ def engine_rows(args: argparse.Namespace) -> dict[str, list[dict]]:
     target = args.targets[0]
     engine = GenaiEngine(args.output / "targets" / target)
     decode_batch(engine, args.clients[0], args.max_tokens)  # warm-up, not reported
-    rounds: dict[int, list[dict]] = {c: [] for c in args.clients}
-    for _ in range(args.repeats):
-        for batch in args.clients:
-            started = time.perf_counter()
-            walls = [decode_batch(engine, batch, args.max_tokens) for _ in range(args.requests)]
-            done = [
-                {"ttft_s": None, "latency_s": wall, "tokens": args.max_tokens}
-                for wall in walls
-                for _ in range(batch)
-            ]
-            rounds[batch].append({"wall_s": time.perf_counter() - started, "requests": done})
-    return {f"genai {target} (alone)": [summarize(c, rounds[c]) for c in args.clients]}
+
+    def round_of(batch: int) -> dict:
+        started = time.perf_counter()
+        walls = [decode_batch(engine, batch, args.max_tokens) for _ in range(args.requests)]
+        done = [
+            {"ttft_s": None, "latency_s": w, "tokens": args.max_tokens} for w in walls for _ in range(batch)
+        ]
+        return {"wall_s": time.perf_counter() - started, "requests": done}
+
+    return {f"genai {target} (alone)": interleaved(args, round_of)}
 
 
 def decode_batch(engine, batch: int, max_tokens: int) -> float:
