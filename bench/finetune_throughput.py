@@ -13,7 +13,10 @@ own process, one after the other.  Model loading is excluded: the clock covers
 * ``slmops``       -- slmops' train step with its defaults: completion-only loss with the LM
                       head computed at labelled positions only, padding to the longest row of
                       length-grouped batches;
-* ``slmops-dense`` -- slmops with full logits (ablation of the sparse LM head).
+* ``slmops-unshared`` -- slmops computing each row's prompt prefix again (ablation of the
+                      shared prefix, steps/train/shared_prefix.py);
+* ``slmops-dense`` -- slmops with full logits (ablation of the sparse LM head; the shared
+                      prefix needs the sparse head, so this one has neither).
 
 Reported: examples/s (the figure that decides wall time), real (non-padding) tokens/s, and
 the ratio of each variant's examples/s to ``plain``.
@@ -53,7 +56,10 @@ def run_plain(steps: int, batch: int, checkpointing: bool) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_slmops(steps: int, batch: int, sparse: bool) -> dict:
+ABLATIONS = {"sparse": "SLMOPS_DENSE_LOGITS", "shared_prefix": "SLMOPS_NO_SHARED_PREFIX"}
+
+
+def run_slmops(steps: int, batch: int, *, sparse: bool = True, shared_prefix: bool = True) -> dict:
     from transformers import AutoTokenizer
 
     from slmops_pipelines.specs import FineTuneJobSpec
@@ -84,12 +90,13 @@ def run_slmops(steps: int, batch: int, sparse: bool) -> dict:
         seed=42,
         cache_dir=work / "cache",
     )
-    env_flag = "SLMOPS_DENSE_LOGITS"
-    os.environ.pop(env_flag, None)
-    if not sparse:
-        os.environ[env_flag] = "1"
+    for on, flag in ((sparse, ABLATIONS["sparse"]), (shared_prefix, ABLATIONS["shared_prefix"])):
+        os.environ.pop(flag, None)
+        if not on:
+            os.environ[flag] = "1"
     result = run_training(TrainRequest(spec=spec, model_path=MODEL, data_dir=work / "data", work_dir=work))
-    os.environ.pop(env_flag, None)
+    for flag in ABLATIONS.values():
+        os.environ.pop(flag, None)
     return {"seconds": result.train_runtime_s, "examples": steps * batch, "real_tokens": result.tokens_seen}
 
 
@@ -104,18 +111,19 @@ def main() -> None:
     results = {
         "plain": run_plain(args.steps, args.batch, checkpointing=False),
         "plain+gc": run_plain(args.steps, args.batch, checkpointing=True),
-        "slmops": run_slmops(args.steps, args.batch, sparse=True),
+        "slmops": run_slmops(args.steps, args.batch),
+        "slmops-unshared": run_slmops(args.steps, args.batch, shared_prefix=False),
         "slmops-dense": run_slmops(args.steps, args.batch, sparse=False),
     }
     base = results["plain"]["examples"] / results["plain"]["seconds"]
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; steps {args.steps}, batch {args.batch}"
     )
-    print(f"{'variant':<14}{'train s':>9}{'examples/s':>12}{'real tok/s':>12}{'vs plain':>10}")
+    print(f"{'variant':<16}{'train s':>9}{'examples/s':>12}{'real tok/s':>12}{'vs plain':>10}")
     for name, r in results.items():
         eps = r["examples"] / r["seconds"]
         print(
-            f"{name:<14}{r['seconds']:>9.1f}{eps:>12.2f}{r['real_tokens'] / r['seconds']:>12.1f}{eps / base:>9.2f}x"
+            f"{name:<16}{r['seconds']:>9.1f}{eps:>12.2f}{r['real_tokens'] / r['seconds']:>12.1f}{eps / base:>9.2f}x"
         )
     print(json.dumps(results))
 

@@ -22,6 +22,7 @@ import torch
 from transformers import Trainer
 
 from slmops_pipelines.steps.train.losses import cross_entropy
+from slmops_pipelines.steps.train.shared_prefix import ModelCosts, can_share, pack_shared_prefix
 
 IGNORE_INDEX = -100
 
@@ -39,11 +40,14 @@ def sparse_causal_lm_loss(
     *,
     loss_fn=None,
     sparse: bool = True,
+    shared_prefix: ModelCosts | None = None,
 ) -> tuple[torch.Tensor, object]:
     """Next-token loss over the labelled positions; logits computed only there when ``sparse``.
 
     ``loss_fn(logits, targets)`` returns the summed loss (default: cross-entropy); a plug-in
-    loss (``training.loss``) takes its place, on either path.
+    loss (``training.loss``) takes its place, on either path.  With ``shared_prefix`` (the
+    model's costs) a sparse batch whose rows begin alike runs as one packed row, its shared
+    prefix computed once (:mod:`.shared_prefix`); the logits come in the same order.
     """
     labels = inputs["labels"]
     next_labels = labels[:, 1:]
@@ -51,7 +55,14 @@ def sparse_causal_lm_loss(
     keep[:, :-1] = next_labels != IGNORE_INDEX
     model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
     if sparse:
-        outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
+        keep_logits = keep
+        if shared_prefix is not None and set(model_inputs) <= {"input_ids", "attention_mask"}:
+            packed = pack_shared_prefix(
+                model_inputs["input_ids"], model_inputs.get("attention_mask"), keep, shared_prefix
+            )
+            if packed is not None:
+                model_inputs, keep_logits = packed.inputs, packed.keep
+        outputs = model(**model_inputs, logits_to_keep=keep_logits, use_cache=False)
         logits = outputs.logits.float()  # (labelled positions, vocab)
     else:
         outputs = model(**model_inputs, use_cache=False)
@@ -71,16 +82,25 @@ class SparseLogitsTrainer(Trainer):
     plug-in sees the same (positions, vocabulary) logits either way.
     """
 
-    def __init__(self, *args, sparse_logits: bool = True, loss_fn=None, **kwargs) -> None:
+    def __init__(
+        self, *args, sparse_logits: bool = True, shared_prefix: bool = True, loss_fn=None, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.sparse_logits = sparse_logits and supports_sparse_logits(self.model)
+        share = shared_prefix and self.sparse_logits and can_share(self.model)
+        self.shared_prefix = ModelCosts.of(self.model) if share else None
         self.loss_fn = loss_fn
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "labels" not in inputs or (not self.sparse_logits and self.loss_fn is None):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = sparse_causal_lm_loss(
-            model, inputs, num_items_in_batch, loss_fn=self.loss_fn, sparse=self.sparse_logits
+            model,
+            inputs,
+            num_items_in_batch,
+            loss_fn=self.loss_fn,
+            sparse=self.sparse_logits,
+            shared_prefix=self.shared_prefix,
         )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # As Trainer.compute_loss: num_items_in_batch was summed over processes, DDP averages gradients.

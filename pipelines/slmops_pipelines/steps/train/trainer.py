@@ -196,6 +196,8 @@ def train(request: TrainRequest) -> TrainResult | None:
         ),
         # SLMOPS_DENSE_LOGITS=1 turns the sparse LM head off (for benchmarks and debugging).
         sparse_logits=spec.dataset.loss_on_completion_only and not os.environ.get("SLMOPS_DENSE_LOGITS"),
+        # SLMOPS_NO_SHARED_PREFIX=1 computes each row's prefix again (for benchmarks).
+        shared_prefix=not os.environ.get("SLMOPS_NO_SHARED_PREFIX"),
         loss_fn=None if spec.training.loss == DEFAULT_LOSS else get_loss(spec.training.loss),
     )
     started = time.time()
