@@ -39,6 +39,9 @@ Figures per tool:
                    the activations: the base weights are frozen) over a matmul peak measured on
                    the spot (square, all threads, 2048 wide unless a call of that side would
                    overrun a few seconds), in the precision the tool trains in.
+                   It counts the tokens trained on, as model FLOPs utilization does, not the
+                   arithmetic done: slmops computes a batch's shared prompt prefix once
+                   (steps/train/shared_prefix.py), so its figure can pass 100%.
 
 The goals (issue 17): slmops' tokens/s at least 3x TRL's best.  The verdict is printed under
 the table.

@@ -161,6 +161,15 @@ def test_long_rows_with_a_short_prefix_stay_batches():
     assert pack_shared_prefix(rows, None, keep, costs) is None
 
 
+def test_rows_longer_than_a_sliding_window_stay_a_batch(model):
+    inputs = batch()
+    keep = keep_of(inputs)
+    window = ModelCosts(per_token=1e6, per_pair=1.0, window=15)  # the longest row has 16 tokens
+    assert pack_shared_prefix(inputs["input_ids"], inputs["attention_mask"], keep, window) is None
+    wider = ModelCosts(per_token=1e6, per_pair=1.0, window=16)
+    assert pack_shared_prefix(inputs["input_ids"], inputs["attention_mask"], keep, wider) is not None
+
+
 def test_dropout_or_another_attention_keeps_the_batch(tiny_model):
     from peft import LoraConfig, get_peft_model
 

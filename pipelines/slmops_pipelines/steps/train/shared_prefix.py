@@ -12,7 +12,8 @@ gradient is the sum of the rows' as it is there.  The batch's padding goes too.
 It applies when
 * no labelled position lies in the prefix (a loss on the completion only; a labelled prefix
   position would need one logit per row, since the rows' next tokens differ after it);
-* the model's attention takes a custom 4D boolean mask (SDPA, which the trainer sets);
+* the model takes position ids and a custom 4D boolean mask (SDPA, which the trainer sets),
+  and no row is longer than a sliding attention window (the custom mask has none);
 * no dropout is active (a shared prefix would share its dropout mask among the rows);
 * and it saves arithmetic: the packed row's attention grows with the square of its length,
   so a batch of long rows with little in common stays a batch (:func:`packed_cost`).
@@ -20,6 +21,7 @@ It applies when
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +40,7 @@ class ModelCosts:
 
     per_token: float  # multiply-adds of the linear layers, per token
     per_pair: float  # multiply-adds of attention (scores and values), per query-key pair
+    window: int | None = None  # a sliding attention window: longer rows stay a batch
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> ModelCosts:
@@ -47,7 +50,11 @@ class ModelCosts:
         heads_width = config.num_attention_heads * getattr(
             config, "head_dim", config.hidden_size // config.num_attention_heads
         )
-        return cls(per_token=float(linear), per_pair=2.0 * heads_width * config.num_hidden_layers)
+        return cls(
+            per_token=float(linear),
+            per_pair=2.0 * heads_width * config.num_hidden_layers,
+            window=getattr(config, "sliding_window", None) or None,
+        )
 
 
 @dataclass(frozen=True)
@@ -60,9 +67,12 @@ class PackedBatch:
 
 
 def can_share(model: torch.nn.Module) -> bool:
-    """Whether the model takes the packed row: a boolean 4D mask, and no dropout while training."""
+    """Whether the model takes the packed row: position ids, a boolean 4D mask, no dropout."""
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) not in BOOLEAN_MASK_ATTENTION:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if "position_ids" not in inspect.signature(base.forward).parameters:
         return False
     return not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
 
@@ -111,7 +121,7 @@ def pack_shared_prefix(
     rows = [ids[mask] for ids, mask in zip(input_ids, real, strict=True)]
     keeps = [k[mask] for k, mask in zip(keep, real, strict=True)]
     prefix = shared_prefix_length(rows, keeps)
-    if prefix == 0:
+    if prefix == 0 or (costs.window is not None and max(len(row) for row in rows) > costs.window):
         return None
     plain, packed = packed_cost(prefix, [len(row) for row in rows], costs)
     if packed > (1 - min_saving) * plain:
