@@ -326,7 +326,7 @@ SUMMARIES = {  # README's order: what each benchmark's headline is, and what it 
 
 
 def summary_table(results: dict) -> str:
-    """README's block: the headline of each benchmark's newest figures (bench/results/*.json)."""
+    """README's block: the headline of each benchmark's newest figures (bench/results/**.json)."""
     lines = ["| what | slmops | others |", "| --- | --- | --- |"]
     notes: list[str | None] = []
     sources = []
@@ -360,10 +360,19 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
 
 
 def figures_at(path: Path) -> dict:
-    """One script's figures, or for a folder every script's, by name (optimize.json -> "optimize")."""
-    if path.is_dir():
-        return {child.stem: json.loads(child.read_text()) for child in sorted(path.glob("*.json"))}
-    return json.loads(path.read_text())
+    """One script's figures, or for a folder each script's newest, by name (optimize.json -> "optimize").
+
+    A folder's subfolders hold runs on other machines (bench/results/epyc-avx2/); a script's
+    newest run by date is taken from any of them, the folder's own on the same date.
+    """
+    if not path.is_dir():
+        return json.loads(path.read_text())
+    newest: dict[str, dict] = {}
+    for child in sorted(path.rglob("*.json"), key=lambda c: len(c.relative_to(path).parts)):
+        figures = json.loads(child.read_text())
+        if child.stem not in newest or figures["date"] > newest[child.stem]["date"]:
+            newest[child.stem] = figures
+    return newest
 
 
 def rendered(text: str) -> str:

@@ -38,3 +38,24 @@ def test_readme_and_docs_carry_the_tables_of_every_benchmark_that_records_figure
     for name in ("finetune", "optimize", "int4_sweep", "serve", "operator"):
         assert f"<!-- table: {name} bench/results/{name}.json -->" in text, name
     assert "<!-- table: summary bench/results -->" in (REPO / "README.md").read_text()
+
+
+def test_readmes_summary_takes_each_benchmarks_newest_run_from_any_machine(tmp_path):
+    import json
+
+    (tmp_path / "other-cpu").mkdir()
+    runs = {
+        "finetune.json": "2026-12-05",
+        "other-cpu/finetune.json": "2026-12-07",  # newer: taken
+        "optimize.json": "2026-12-06",
+        "other-cpu/optimize.json": "2026-12-06",  # the same day: the folder's own is kept
+        "other-cpu/serve.json": "2026-12-01",  # only there
+    }
+    for name, date in runs.items():
+        (tmp_path / name).write_text(json.dumps({"date": date, "machine": name}))
+    newest = bench_tables().figures_at(tmp_path)
+    assert {stem: figures["machine"] for stem, figures in newest.items()} == {
+        "finetune": "other-cpu/finetune.json",
+        "optimize": "optimize.json",
+        "serve": "other-cpu/serve.json",
+    }
