@@ -177,3 +177,19 @@ def test_dropout_or_another_attention_keeps_the_batch(tiny_model):
     assert not can_share(eager)
     sdpa = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa")
     assert not can_share(get_peft_model(sdpa, LoraConfig(target_modules=["q_proj"], lora_dropout=0.1)))
+
+
+def test_the_bf16_trainings_attention_on_cpus_takes_the_packed_row(tiny_model):
+    from slmops_pipelines.steps.train.precision import attention_implementation
+    from tests.steps.test_precision import spec
+
+    name = attention_implementation(spec(precision="bf16"))  # SDPA computed in fp32
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16, attn_implementation=name)
+    assert can_share(model)
+    inputs = batch()
+    costs = ModelCosts.of(model)
+    assert pack_shared_prefix(inputs["input_ids"], inputs["attention_mask"], keep_of(inputs), costs)
+    with torch.no_grad():
+        plain, _ = sparse_causal_lm_loss(model, inputs, None)
+        shared, _ = sparse_causal_lm_loss(model, inputs, None, shared_prefix=costs)
+    torch.testing.assert_close(shared, plain, rtol=2e-2, atol=2e-2)
