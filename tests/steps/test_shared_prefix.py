@@ -97,22 +97,35 @@ def test_a_lora_adapters_gradients_match(tiny_model):
 
 
 def test_the_packed_row_holds_the_prefix_once_and_keeps_rows_apart(model):
+    """Rows of 16, 13 and 12 tokens; each row's last token feeds no label and is left out."""
     inputs = batch()
     packed = pack_shared_prefix(
         inputs["input_ids"], inputs["attention_mask"], keep_of(inputs), ModelCosts.of(model)
     )
     assert packed is not None and packed.prefix == PREFIX
     ids = packed.inputs["input_ids"][0]
-    assert len(ids) == PREFIX + (16 - PREFIX) + (13 - PREFIX) + (12 - PREFIX)
+    assert len(ids) == PREFIX + (15 - PREFIX) + (12 - PREFIX) + (11 - PREFIX)
     positions = packed.inputs["position_ids"][0].tolist()
-    assert positions == [*range(16), *range(PREFIX, 13), *range(PREFIX, 12)]
+    assert positions == [*range(15), *range(PREFIX, 12), *range(PREFIX, 11)]
     mask = packed.inputs["attention_mask"][0, 0]
-    first_of_row_2 = 16 + (13 - PREFIX)
+    first_of_row_2 = 15 + (12 - PREFIX)
     assert mask[first_of_row_2, :PREFIX].all()  # sees the prefix
     assert not mask[first_of_row_2, PREFIX:first_of_row_2].any()  # not the rows before it
     assert mask[first_of_row_2, first_of_row_2]
     assert not mask[PREFIX - 1, PREFIX:].any()  # causal
     assert int(packed.keep.sum()) == int(keep_of(inputs).sum())
+
+
+def test_a_row_without_labels_is_left_out(model):
+    inputs = batch()
+    inputs["labels"][1] = IGNORE_INDEX  # e.g. an answer cut off by maxSeqLength
+    packed = pack_shared_prefix(
+        inputs["input_ids"], inputs["attention_mask"], keep_of(inputs), ModelCosts.of(model)
+    )
+    assert packed is not None
+    assert packed.inputs["position_ids"][0].tolist() == [*range(15), *range(PREFIX, 11)]
+    loss, _ = sparse_causal_lm_loss(model, inputs, None, shared_prefix=ModelCosts.of(model))
+    torch.testing.assert_close(loss, sparse_causal_lm_loss(model, inputs, None)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_a_labelled_position_ends_the_prefix():
@@ -140,7 +153,7 @@ def test_batches_that_gain_nothing_stay_batches(model):
         pack_shared_prefix(loss_everywhere["input_ids"], loss_everywhere["attention_mask"], keep, costs)
         is None
     )
-    unrelated = batch(prefix=1, lengths=(16, 16, 16))  # no padding to drop either
+    unrelated = batch(prefix=1, lengths=(40, 40, 40))  # no padding to drop either
     assert (
         pack_shared_prefix(unrelated["input_ids"], unrelated["attention_mask"], keep_of(unrelated), costs)
         is None
@@ -164,9 +177,9 @@ def test_long_rows_with_a_short_prefix_stay_batches():
 def test_rows_longer_than_a_sliding_window_stay_a_batch(model):
     inputs = batch()
     keep = keep_of(inputs)
-    window = ModelCosts(per_token=1e6, per_pair=1.0, window=15)  # the longest row has 16 tokens
+    window = ModelCosts(per_token=1e6, per_pair=1.0, window=14)  # the longest row computes 15 tokens
     assert pack_shared_prefix(inputs["input_ids"], inputs["attention_mask"], keep, window) is None
-    wider = ModelCosts(per_token=1e6, per_pair=1.0, window=16)
+    wider = ModelCosts(per_token=1e6, per_pair=1.0, window=15)
     assert pack_shared_prefix(inputs["input_ids"], inputs["attention_mask"], keep, wider) is not None
 
 

@@ -7,7 +7,8 @@ the shared prefix once, then each row's own tokens, with position ids that go on
 prefix's and a 4D attention mask under which a row's tokens see the prefix and their own
 earlier tokens, nothing of the other rows.  Every row's hidden states, hence its logits and
 loss, are the ones it has in the plain batch (up to float rounding), and the prefix's
-gradient is the sum of the rows' as it is there.  The batch's padding goes too.
+gradient is the sum of the rows' as it is there.  What the loss does not depend on goes too:
+the batch's padding, and each row's tokens after its last labelled position.
 
 It applies when
 * no labelled position lies in the prefix (a loss on the completion only; a labelled prefix
@@ -95,13 +96,38 @@ def shared_prefix_length(rows: list[torch.Tensor], keeps: list[torch.Tensor]) ->
     return int(differs[0]) if len(differs) else limit
 
 
-def packed_cost(prefix: int, lengths: list[int], costs: ModelCosts) -> tuple[float, float]:
-    """Estimated arithmetic of the plain (padded) batch and of the packed row."""
-    longest = max(lengths)
-    plain = len(lengths) * (longest * costs.per_token + longest * longest * costs.per_pair)
+def packed_cost(
+    batch: tuple[int, int], prefix: int, lengths: list[int], costs: ModelCosts
+) -> tuple[float, float]:
+    """Estimated arithmetic of the plain batch (rows, width) and of the packed row of ``lengths``."""
+    rows, width = batch
+    plain = rows * (width * costs.per_token + width * width * costs.per_pair)
     packed_length = prefix + sum(n - prefix for n in lengths)
     packed = packed_length * costs.per_token + packed_length * packed_length * costs.per_pair
     return plain, packed
+
+
+def labelled_rows(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, keep: torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each row's real tokens up to its last labelled position: what its loss depends on.
+
+    A token after a row's last labelled position is neither labelled nor seen by one (the
+    batch computes each row's last token for nothing), and a row without labels adds nothing
+    to the loss; both are left out.
+    """
+    real = (
+        attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+    )
+    rows, keeps = [], []
+    for ids, labelled, mask in zip(input_ids, keep, real, strict=True):
+        ids, labelled = ids[mask], labelled[mask]
+        positions = torch.nonzero(labelled)
+        if len(positions):
+            end = int(positions[-1]) + 1
+            rows.append(ids[:end])
+            keeps.append(labelled[:end])
+    return rows, keeps
 
 
 def pack_shared_prefix(
@@ -112,18 +138,14 @@ def pack_shared_prefix(
     *,
     min_saving: float = MIN_SAVING,
 ) -> PackedBatch | None:
-    """The batch as one packed row, or None where its rows share too little to gain."""
-    if input_ids.shape[0] < 2:
+    """The batch as one packed row, or None where it would not save ``min_saving`` of the work."""
+    rows, keeps = labelled_rows(input_ids, attention_mask, keep)
+    if not rows or (costs.window is not None and max(len(row) for row in rows) > costs.window):
         return None
-    real = (
-        attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-    )
-    rows = [ids[mask] for ids, mask in zip(input_ids, real, strict=True)]
-    keeps = [k[mask] for k, mask in zip(keep, real, strict=True)]
     prefix = shared_prefix_length(rows, keeps)
-    if prefix == 0 or (costs.window is not None and max(len(row) for row in rows) > costs.window):
-        return None
-    plain, packed = packed_cost(prefix, [len(row) for row in rows], costs)
+    plain, packed = packed_cost(
+        (input_ids.shape[0], input_ids.shape[1]), prefix, [len(row) for row in rows], costs
+    )
     if packed > (1 - min_saving) * plain:
         return None
     device = input_ids.device
