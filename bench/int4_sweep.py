@@ -44,7 +44,6 @@ VARIANTS: dict[str, dict[str, str]] = {
     "default-asym-b32": {"int4_is_symmetric": "false"},
     "rtn-b32": {"int4_algo_config": "rtn"},
     "rtn-b64": {"int4_algo_config": "rtn", "int4_block_size": "64"},
-    "rtn-b128": {"int4_algo_config": "rtn", "int4_block_size": "128"},
     "rtn_last-b32": {"int4_algo_config": "rtn_last"},
     # k_quant's output layer shared with the embeddings does not load (onnxruntime-genai 0.13: its
     # GatherBlockQuantized names an initializer the quantizer called otherwise): not shared here
