@@ -206,3 +206,15 @@ def test_the_bf16_trainings_attention_on_cpus_takes_the_packed_row(tiny_model):
         plain, _ = sparse_causal_lm_loss(model, inputs, None)
         shared, _ = sparse_causal_lm_loss(model, inputs, None, shared_prefix=costs)
     torch.testing.assert_close(shared, plain, rtol=2e-2, atol=2e-2)
+
+
+def test_a_model_whose_config_says_too_little_keeps_the_batch(model):
+    class Wrapped(torch.nn.Module):  # e.g. a multimodal model: its text settings nested elsewhere
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+            self.config = type("Config", (), {"_attn_implementation": "sdpa"})()
+
+        def forward(self, input_ids=None, position_ids=None): ...
+
+    assert not can_share(Wrapped())

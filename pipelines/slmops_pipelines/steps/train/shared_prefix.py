@@ -33,6 +33,7 @@ from slmops_pipelines.steps.train.precision import CPU_BF16_ATTENTION
 # transformers' SDPA, and the trainer's SDPA in fp32 for bf16 on CPUs.
 BOOLEAN_MASK_ATTENTION = frozenset({"sdpa", CPU_BF16_ATTENTION})
 MIN_SAVING = 0.1  # share only when the estimate says a tenth of the batch's arithmetic goes
+COST_FIELDS = ("num_attention_heads", "num_hidden_layers", "hidden_size")  # what ModelCosts reads
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ def can_share(model: torch.nn.Module) -> bool:
     """Whether the model takes the packed row: position ids, a boolean 4D mask, no dropout."""
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) not in BOOLEAN_MASK_ATTENTION:
+        return False
+    if not all(hasattr(config, name) for name in COST_FIELDS):  # e.g. a multimodal config
         return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if "position_ids" not in inspect.signature(base.forward).parameters:
