@@ -218,3 +218,17 @@ def test_a_model_whose_config_says_too_little_keeps_the_batch(model):
         def forward(self, input_ids=None, position_ids=None): ...
 
     assert not can_share(Wrapped())
+
+
+def test_the_jobs_summary_says_how_many_positions_ran():
+    from slmops_pipelines.steps.report.finetune import summary_rows
+
+    def row(train: dict) -> object:
+        return dict(summary_rows({"train": train}))["positions computed"]
+
+    assert (
+        row({"tokens_seen": 33753, "positions_computed": 12600})
+        == "12,600 (37% of the tokens: shared prefix)"
+    )
+    assert row({"tokens_seen": 33753, "positions_computed": 40000}) is None  # padded batches: nothing to say
+    assert row({"tokens_seen": 33753}) is None  # a run from before the count

@@ -51,6 +51,8 @@ def test_adapter_methods_produce_a_loadable_adapter(method, tiny_model, data_dir
     assert result.global_step == 4 and result.world_size == 1 and result.output == "adapter"
     assert result.trainable_parameters < result.total_parameters
     assert result.train_loss is not None and result.eval_loss is not None and result.tokens_per_second > 0
+    # The rows begin alike (the chat template, "Tone of:"): their shared prefix ran once a batch.
+    assert 0 < result.positions_computed < result.tokens_seen
     config = PeftConfig.from_pretrained(tmp_path / "adapter")
     assert set(config.target_modules) == {
         "q_proj",
@@ -93,6 +95,7 @@ def test_two_processes_train_one_adapter(tiny_model, data_dir, tmp_path):
     # Both processes saw data: the token count is gathered over the world.
     one, _ = train(tiny_model, data_dir, tmp_path / "single")
     assert result.tokens_seen > one.tokens_seen
+    assert result.positions_computed > one.positions_computed  # summed over the processes too
 
 
 def test_error_in_the_training_process_comes_back_with_its_field(tiny_model, data_dir, tmp_path):

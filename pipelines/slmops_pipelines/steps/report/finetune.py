@@ -41,6 +41,14 @@ def plot_loss_curve(log_history: list[dict], out_path: Path, *, title: str) -> P
     return out_path
 
 
+def _positions_computed(train: dict[str, Any]) -> str | None:
+    """What the steps ran against the tokens they trained on, where a shared prefix made it fewer."""
+    computed, seen = train.get("positions_computed"), train.get("tokens_seen")
+    if not computed or not seen or computed >= seen:
+        return None
+    return f"{computed:,} ({computed / seen:.0%} of the tokens: shared prefix)"
+
+
 def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
     """The headline figures, shared by the CLI's table and the HTML report."""
     data, train, evaluation = (
@@ -59,6 +67,7 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
         ("train loss", train.get("train_loss")),
         ("eval loss", train.get("eval_loss")),
         ("tokens/s", train.get("tokens_per_second")),
+        ("positions computed", _positions_computed(train)),
         ("seconds/step", train.get("seconds_per_step")),
         ("peak memory (MB)", train.get("peak_memory_mb")),
         (

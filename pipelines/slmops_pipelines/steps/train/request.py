@@ -54,6 +54,9 @@ class TrainResult(BaseModel):
     train_runtime_s: float
     seconds_per_step: float | None = None
     tokens_seen: int
+    # Token positions the steps ran, all processes: padding included, a shared prefix once
+    # (steps/train/shared_prefix.py).  Fewer than tokens_seen where rows share a prefix.
+    positions_computed: int | None = None
     tokens_per_second: float | None = None
     peak_memory_mb: float
     trainable_parameters: int

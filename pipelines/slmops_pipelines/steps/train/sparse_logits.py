@@ -90,6 +90,15 @@ class SparseLogitsTrainer(Trainer):
         share = shared_prefix and self.sparse_logits and can_share(self.model)
         self.shared_prefix = ModelCosts.of(self.model) if share else None
         self.loss_fn = loss_fn
+        # Token positions the model ran while training (padding included, a shared prefix once),
+        # counted where the model is called, whichever loss called it.
+        self.positions_computed = 0
+        self.model.register_forward_pre_hook(self._count_positions, with_kwargs=True)
+
+    def _count_positions(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if module.training and isinstance(ids, torch.Tensor):
+            self.positions_computed += ids.numel()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "labels" not in inputs or (not self.sparse_logits and self.loss_fn is None):

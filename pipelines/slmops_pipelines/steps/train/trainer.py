@@ -274,6 +274,7 @@ def _result(
         train_runtime_s=runtime,
         seconds_per_step=runtime / steps_this_run if steps_this_run > 0 else None,
         tokens_seen=int(state.num_input_tokens_seen or 0),
+        positions_computed=_summed_over_processes(trainer, getattr(trainer, "positions_computed", None)),
         tokens_per_second=_tokens_per_second(state, runtime, resumed_from),
         peak_memory_mb=_peak_memory_mb(),
         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -292,6 +293,15 @@ class _WithoutLength:
 
     def __call__(self, features: list[dict]) -> dict:
         return self.collator([{k: v for k, v in f.items() if k != "length"} for f in features])
+
+
+def _summed_over_processes(trainer, value: int | None) -> int | None:
+    """A per-process count summed over the run's processes (itself without distribution)."""
+    if value is None:
+        return None
+    import torch
+
+    return int(trainer.accelerator.reduce(torch.tensor(value, device=trainer.args.device), reduction="sum"))
 
 
 def _finite(value: float | None) -> float | None:
