@@ -92,3 +92,22 @@ def test_cpu_bf16_attention_computes_what_sdpa_computes(tiny_model):
         with torch.no_grad():
             logits[implementation] = model(input_ids=ids).logits
     torch.testing.assert_close(logits["sdpa"], logits[name], rtol=1e-4, atol=1e-4)
+
+
+def test_the_cpu_bf16_attention_masks_left_padding(tiny_model):
+    """Registered with transformers' mask functions too: a padded row answers as it does alone."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    name = attention_implementation(spec(precision="bf16"))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=name)
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    padded = torch.tensor([[0, 0, 1, 5, 9, 13, 17, 21]])
+    with torch.no_grad():
+        alone = model(input_ids=ids).logits[0, -1]
+        left = model(
+            input_ids=padded,
+            attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]]),
+            position_ids=torch.tensor([[0, 0, 0, 1, 2, 3, 4, 5]]),
+        ).logits[0, -1]
+    torch.testing.assert_close(left, alone, rtol=1e-4, atol=1e-4)

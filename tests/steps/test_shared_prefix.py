@@ -10,6 +10,7 @@ from slmops_pipelines.steps.train.shared_prefix import (
     ModelCosts,
     can_share,
     pack_shared_prefix,
+    packs_exactly,
     shared_prefix_length,
 )
 from slmops_pipelines.steps.train.sparse_logits import IGNORE_INDEX, sparse_causal_lm_loss
@@ -232,3 +233,53 @@ def test_the_jobs_summary_says_how_many_positions_ran():
     )
     assert row({"tokens_seen": 33753, "positions_computed": 40000}) is None  # padded batches: nothing to say
     assert row({"tokens_seen": 33753}) is None  # a run from before the count
+
+
+def test_a_hybrid_models_convolution_reads_across_the_packed_row_so_it_keeps_the_batch():
+    """LFM2's short convolutions ignore the 4D mask: the load-time check finds the leak."""
+    from transformers import Lfm2Config
+
+    config = Lfm2Config(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        layer_types=["conv", "full_attention"],
+    )
+    assert not can_share(AutoModelForCausalLM.from_config(config, attn_implementation="sdpa"))
+
+
+def test_alibi_built_from_a_2d_mask_keeps_the_batch():
+    from transformers import FalconConfig
+
+    config = FalconConfig(
+        vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, alibi=True
+    )
+    assert not can_share(AutoModelForCausalLM.from_config(config, attn_implementation="sdpa"))
+
+
+def test_attention_dropout_keeps_the_batch(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_model, attn_implementation="sdpa", attention_dropout=0.1
+    )
+    assert not can_share(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_llama_passes_the_load_time_check(tiny_model, dtype):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=dtype, attn_implementation="sdpa")
+    assert can_share(model) and model.training is False  # from_pretrained's eval mode, restored
+    model.train()
+    assert packs_exactly(model) and model.training
+
+
+def test_left_padding_with_a_labelled_first_token(model):
+    """A left pad's logit that would predict a row's first token is no prediction: both paths drop it."""
+    inputs = batch("left")
+    inputs["labels"][2, 4] = inputs["input_ids"][2, 4]  # row 2 starts at 4, after 4 pads
+    costs = ModelCosts.of(model)
+    plain, _ = sparse_causal_lm_loss(model, inputs, None)
+    shared, _ = sparse_causal_lm_loss(model, inputs, None, shared_prefix=costs)
+    torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-6)

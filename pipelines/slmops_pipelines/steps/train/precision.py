@@ -73,8 +73,9 @@ def attention_implementation(spec: FineTuneJobSpec) -> str:
 
 def _register_cpu_bf16_attention() -> None:
     import torch
-    from transformers import AttentionInterface
+    from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import sdpa_mask
 
     def sdpa_in_fp32(module, query, key, value, attention_mask, **kwargs):
         dtype = query.dtype
@@ -85,3 +86,6 @@ def _register_cpu_bf16_attention() -> None:
         return out.to(dtype), weights
 
     AttentionInterface.register(CPU_BF16_ATTENTION, sdpa_in_fp32)
+    # The masks SDPA takes: without this, transformers builds none for an unknown name, and a
+    # left-padded row would attend to its padding.
+    AttentionMaskInterface.register(CPU_BF16_ATTENTION, sdpa_mask)

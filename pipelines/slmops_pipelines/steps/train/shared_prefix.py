@@ -69,7 +69,14 @@ class PackedBatch:
 
 
 def can_share(model: torch.nn.Module) -> bool:
-    """Whether the model takes the packed row: position ids, a boolean 4D mask, no dropout."""
+    """Whether the model takes the packed row and gives each row what the plain batch gives it.
+
+    The cheap refusals first (an attention that needs another mask, a config without the cost
+    model's fields, a forward without position ids, dropout), then :func:`packs_exactly`: a
+    model whose layers ignore the 4D mask (a convolution, a state-space or linear-attention
+    layer in a hybrid model, ALiBi built from a 2D mask, remote code) fails that check and
+    keeps its batches.
+    """
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) not in BOOLEAN_MASK_ATTENTION:
         return False
@@ -78,7 +85,65 @@ def can_share(model: torch.nn.Module) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if "position_ids" not in inspect.signature(base.forward).parameters:
         return False
-    return not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    if (getattr(config, "attention_dropout", 0.0) or 0.0) > 0:  # a float, not a Dropout module
+        return False
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        return False
+    return packs_exactly(model)
+
+
+def packs_exactly(model: torch.nn.Module) -> bool:
+    """Two short rows with a shared prefix, plain and packed: kept apart, and the same logits?
+
+    Run once when training starts (three forwards of a dozen tokens, in eval mode).  Kept
+    apart is exact: the gradient of the second row's logits with respect to the first row's
+    own tokens must be zero, which a masked attention gives and a layer that reads across the
+    packed row (a convolution, a state-space or linear-attention layer) does not, however
+    small its weights.  The same logits: up to the rounding of the model's dtype.  An error
+    counts as a no.
+    """
+    parameter = next(model.parameters())
+    device = parameter.device
+    vocab = model.get_input_embeddings().num_embeddings
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(vocab // 4, vocab // 2, (2, 12), generator=generator)
+    input_ids[1, :6] = input_ids[0, :6]  # a prefix of 6
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 10:] = 0  # right padding
+    keep = torch.zeros_like(input_ids, dtype=torch.bool)
+    keep[0, 7:11] = True  # the first row's own tokens: packed positions 6 to 10
+    keep[1, 7:9] = True
+    packed = pack_shared_prefix(
+        input_ids, attention_mask, keep, ModelCosts(per_token=1.0, per_pair=0.0), min_saving=float("-inf")
+    )
+    if packed is None:
+        return False
+    inputs = {name: tensor.to(device) for name, tensor in packed.inputs.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            plain = model(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                logits_to_keep=keep.to(device),
+                use_cache=False,
+            ).logits.float()
+            shared = model(**inputs, logits_to_keep=packed.keep.to(device), use_cache=False).logits.float()
+        embeds = model.get_input_embeddings()(inputs.pop("input_ids")).detach().requires_grad_(True)
+        logits = model(
+            inputs_embeds=embeds, **inputs, logits_to_keep=packed.keep.to(device), use_cache=False
+        ).logits
+        (gradient,) = torch.autograd.grad(logits[4:].float().sum(), embeds)  # the second row's 2 logits
+    except Exception:  # the model cannot take the packed row at all (e.g. ALiBi from a 2D mask)
+        return False
+    finally:
+        model.train(was_training)
+    apart = not gradient[0, 6:11].any()
+    rounding = 1e-4 if parameter.dtype == torch.float32 else 3e-2
+    scale = float(plain.abs().max()) or 1.0
+    same = shared.shape == plain.shape and bool(((shared - plain).abs() <= rounding * scale).all())
+    return apart and same
 
 
 def shared_prefix_length(rows: list[torch.Tensor], keeps: list[torch.Tensor]) -> int:

@@ -53,6 +53,9 @@ def sparse_causal_lm_loss(
     next_labels = labels[:, 1:]
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = next_labels != IGNORE_INDEX
+    if "attention_mask" in inputs and inputs["attention_mask"].dim() == 2:
+        # A left pad's logit before a labelled first token predicts from padding: not a prediction.
+        keep &= inputs["attention_mask"].bool()
     model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
     if sparse:
         keep_logits = keep
