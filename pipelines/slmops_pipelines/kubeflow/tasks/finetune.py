@@ -168,6 +168,7 @@ def train(
             "eval_loss": result.eval_loss,
             "steps": result.global_step,
             "tokens_per_second": result.tokens_per_second,
+            "positions_computed": result.positions_computed,
             "train_runtime_s": result.train_runtime_s,
             "peak_memory_mb": result.peak_memory_mb,
             "trainable_parameters": result.trainable_parameters,
