@@ -1,10 +1,11 @@
 """Evaluation of a fine-tune: does the model now produce the expected answers?
 
-For each eval prompt the model generates greedily (left-padded batches, stopping at
-end-of-turn) and the answer is compared with the expected one, trimmed and case-folded:
-``exact`` needs equality, ``startsWith`` accepts an answer that begins with the expected
-text.  The base model is evaluated the same way (the adapter switched off), so the report
-shows what fine-tuning gained.
+For each eval prompt the model generates greedily (batches that start from the prompts'
+shared prefix, computed once: steps/generation.py; stopping at end-of-turn) and the answer
+is compared with the expected one, trimmed and case-folded: ``exact`` needs equality,
+``startsWith`` accepts an answer that begins with the expected text.  The base model is
+evaluated the same way (the adapter switched off), so the report shows what fine-tuning
+gained.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 from slmops_pipelines.specs import FineTuneJobSpec
 from slmops_pipelines.steps.data import Example
+from slmops_pipelines.steps.generation import greedy_answers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -49,37 +51,6 @@ def is_match(generated: str, expected: str, mode: str) -> bool:
     return got == want if mode == "exact" else got.startswith(want)
 
 
-def generate_answers(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    *,
-    max_new_tokens: int,
-    batch_size: int,
-) -> list[str]:
-    import torch
-
-    tokenizer.padding_side = "left"
-    answers: list[str] = []
-    model.eval()
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(
-            prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
-        )
-        batch = batch.to(model.device)
-        with torch.inference_mode():
-            out = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        new_tokens = out[:, batch["input_ids"].shape[1] :]
-        answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    return answers
-
-
 def accuracy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -93,7 +64,7 @@ def accuracy(
     from slmops_pipelines.steps.metrics import compute_metrics
 
     started = time.time()
-    answers = generate_answers(
+    answers = greedy_answers(
         model,
         tokenizer,
         [e.prompt_text for e in examples],

@@ -45,8 +45,14 @@ class Engine(Protocol):
     ) -> list[int]:
         """Generate greedily; call ``on_token()`` after each new token."""
 
+    def greedy_all(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """:meth:`greedy` for each prompt, in order (an engine may batch them)."""
+
     def answer_nll(self, prompt_ids: list[int], answer_ids: list[int]) -> float:
         """Sum of -log p(answer token) given the prompt and the previous answer tokens."""
+
+    def answer_nlls(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+        """:meth:`answer_nll` of each (prompt, answer) pair, in order (an engine may batch them)."""
 
 
 @dataclass
@@ -96,11 +102,9 @@ def deltas(metrics: dict[str, Any], against: dict[str, Any]) -> dict[str, float]
 
 
 def generate_answers(engine: Engine, tokenizer, examples: list[Example], *, max_new_tokens: int) -> list[str]:
-    answers = []
-    for example in examples:
-        ids = tokenizer(example.prompt_text, add_special_tokens=False)["input_ids"]
-        answers.append(tokenizer.decode(engine.greedy(ids, max_new_tokens), skip_special_tokens=True).strip())
-    return answers
+    prompts = [tokenizer(e.prompt_text, add_special_tokens=False)["input_ids"] for e in examples]
+    answers = engine.greedy_all(prompts, max_new_tokens)
+    return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in answers]
 
 
 def score_answers(
@@ -152,15 +156,16 @@ def measure(
 
 
 def measure_perplexity(engine: Engine, tokenizer, examples: list[Example]) -> float:
-    nll, count = 0.0, 0
-    for example in examples:
-        prompt = tokenizer(example.prompt_text, add_special_tokens=False)["input_ids"]
-        answer = tokenizer(example.completion_text, add_special_tokens=False)["input_ids"]
-        if not answer:
-            continue
-        nll += engine.answer_nll(prompt, answer)
-        count += len(answer)
-    return math.exp(nll / count) if count else float("nan")
+    pairs = [
+        (
+            tokenizer(e.prompt_text, add_special_tokens=False)["input_ids"],
+            tokenizer(e.completion_text, add_special_tokens=False)["input_ids"],
+        )
+        for e in examples
+    ]
+    pairs = [(prompt, answer) for prompt, answer in pairs if answer]
+    count = sum(len(answer) for _, answer in pairs)
+    return math.exp(sum(engine.answer_nlls(pairs)) / count) if count else float("nan")
 
 
 def latency_prompt_ids(tokenizer, length: int = 32) -> list[int]:
