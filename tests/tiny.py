@@ -66,3 +66,20 @@ def build_tiny_llama(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def build_tiny_hybrid(**attention):
+    """A tiny LFM2 in memory: a short-convolution layer, then an attention layer (hybrid models
+    keep state outside the key-value cache)."""
+    from transformers import AutoModelForCausalLM, Lfm2Config
+
+    config = Lfm2Config(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        layer_types=["conv", "full_attention"],
+    )
+    return AutoModelForCausalLM.from_config(config, **attention)

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from slmops_pipelines.steps.generation import _Generator, answer_nlls, greedy_answers, shared_prefix_length
+from tests.tiny import build_tiny_hybrid
 
 INSTRUCTION = "What is the tone of this phrase? Answer with one word: happy, sad, angry, fearful or calm."
 PHRASES = [
@@ -123,18 +124,7 @@ def test_prompts_with_little_in_common_run_plain(model_and_tokenizer):
 
 def test_a_hybrid_models_convolution_state_runs_plain():
     """LFM2's convolutions keep a state that a padding token in the middle would enter."""
-    from transformers import Lfm2Config
-
-    config = Lfm2Config(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        layer_types=["conv", "full_attention"],
-    )
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = build_tiny_hybrid().eval()
     rows = [list(range(5, 15)) + [20 + i] * (1 + i % 2) for i in range(6)]
     generator = _Generator(model, 0, 1, 2)
     with torch.inference_mode():

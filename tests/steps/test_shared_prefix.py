@@ -14,6 +14,7 @@ from slmops_pipelines.steps.train.shared_prefix import (
     shared_prefix_length,
 )
 from slmops_pipelines.steps.train.sparse_logits import IGNORE_INDEX, sparse_causal_lm_loss
+from tests.tiny import build_tiny_hybrid
 
 PREFIX = 10
 
@@ -237,18 +238,7 @@ def test_the_jobs_summary_says_how_many_positions_ran():
 
 def test_a_hybrid_models_convolution_reads_across_the_packed_row_so_it_keeps_the_batch():
     """LFM2's short convolutions ignore the 4D mask: the load-time check finds the leak."""
-    from transformers import Lfm2Config
-
-    config = Lfm2Config(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        layer_types=["conv", "full_attention"],
-    )
-    assert not can_share(AutoModelForCausalLM.from_config(config, attn_implementation="sdpa"))
+    assert not can_share(build_tiny_hybrid(attn_implementation="sdpa"))
 
 
 def test_alibi_built_from_a_2d_mask_keeps_the_batch():
