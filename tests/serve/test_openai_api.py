@@ -95,6 +95,20 @@ def test_usage_and_completions_send_the_text_as_is(client):
     assert chat.usage.prompt_tokens > raw_tokens  # the chat template wraps the text; completions do not
 
 
+def test_stop_cuts_the_answer_before_the_stop_text_streaming_or_not(client, expected):
+    text = expected["alpha"]
+    assert len(text) >= 4, text
+    stop = text[2:4]
+    cut = text[: text.index(stop)]
+    assert ask(client, "alpha", stop=[stop]) == cut
+    stream = client.chat.completions.create(
+        model="alpha", messages=MESSAGES, max_tokens=TOKENS, temperature=0, stop=stop, stream=True
+    )
+    chunks = [c for c in stream if c.choices]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == cut
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
 def test_concurrent_requests_for_different_adapters_answer_as_each_alone(client, expected, server):
     models = ["alpha", "beta", "tiny", "alpha", "beta", "tiny", "alpha", "beta"]
     with concurrent.futures.ThreadPoolExecutor(len(models)) as pool:
@@ -117,7 +131,10 @@ def test_bad_requests_get_openais_errors_naming_the_parameter(client, server):
         client.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "word " * 20000}], max_tokens=4
         )
-    assert too_long.value.code == "context_length_exceeded"
+    assert too_long.value.code == "context_length_exceeded" and too_long.value.param == "messages"
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.completions.create(model="tiny", prompt="word " * 20000, max_tokens=4)
+    assert too_long.value.code == "context_length_exceeded" and too_long.value.param == "prompt"
     request = urllib.request.Request(server.url + "/v1/chat/completions", data=b"{not json", method="POST")
     with pytest.raises(urllib.error.HTTPError) as malformed:
         urllib.request.urlopen(request, timeout=10)

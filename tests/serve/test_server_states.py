@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
 import urllib.request
@@ -77,6 +78,7 @@ def test_a_target_that_is_not_there_is_one_line_before_listening(bad, tmp_path):
 def test_the_server_prefers_a_target_whose_adapters_are_separate():
     from slmops_pipelines.chat.targets import default_target
     from slmops_pipelines.specs import OptimizeJobSpec
+    from slmops_pipelines.specs.serve import ServeSpec
 
     spec = OptimizeJobSpec.model_validate(
         {
@@ -98,6 +100,11 @@ def test_the_server_prefers_a_target_whose_adapters_are_separate():
     assert default_target(spec, ["merged", "separate"])[0] == "merged"  # generate and chat: the first
     named, note = default_target(spec, ["merged", "separate"], prefer=["separate"])
     assert named == "separate" and "merged" in note
+    # spec.serve without a target: the operator's InferenceService serves what slmops serve would
+    served = spec.model_copy(update={"serve": ServeSpec()})
+    assert served.served_target().name == "separate"  # type: ignore[union-attr]
+    merged_only = served.model_copy(update={"targets": spec.targets[:1]})
+    assert merged_only.served_target().name == "merged"  # type: ignore[union-attr]
 
 
 def test_a_target_served_alone_renders_as_its_job_did(genai_target: Path, tmp_path: Path):
@@ -118,3 +125,36 @@ def test_a_target_served_alone_renders_as_its_job_did(genai_target: Path, tmp_pa
     assert text(model.chat_prompt(None, asked), skip_special_tokens=True).endswith("Tone of: see you soon")
     assert text(model.chat_prompt("alpha", asked), skip_special_tokens=True).endswith("Tone of: see you soon")
     assert text(model.chat_prompt("beta", asked), skip_special_tokens=True).endswith("SQL for: see you soon")
+
+
+async def test_a_fault_of_the_server_is_an_openai_error_not_a_traceback(genai_target: Path, caplog):
+    """An exception the handlers do not expect still answers 500 with OpenAI's error body."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from slmops_pipelines import jobs
+
+    server = Server(lambda: load_served(jobs.chat_target(str(genai_target)), base_id="tiny", threads=1))
+    await server.load()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the renderer broke")
+
+    server.model.chat_prompt = broken  # type: ignore[union-attr, method-assign]
+    client = TestClient(TestServer(server.application()))
+    await client.start_server()
+    try:
+        response = await client.post(
+            "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+        )
+        body = await response.json()
+        metrics = await (await client.get("/metrics")).text()
+    finally:
+        await client.close()
+        server.batcher.stop()  # type: ignore[union-attr]
+        server.model = server.batcher = None  # onnxruntime-genai frees the model with its last reference
+        gc.collect()
+    assert response.status == 500 and body["error"]["type"] == "server_error"
+    assert "the renderer broke" in body["error"]["message"]
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert "Traceback" not in caplog.text
+    assert 'slmops_serve_requests_total{model="tiny",status="500"} 1.0' in metrics

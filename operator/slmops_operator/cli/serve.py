@@ -22,7 +22,13 @@ from slmops_operator.cli.generate import one_line_errors
 OPTIONS: list[tuple[str, Any, Any, str]] = [
     ("--host", str, "127.0.0.1", "Address to listen on (0.0.0.0: every interface)."),
     ("--port", click.IntRange(0, 65535), 8000, "Port to listen on."),
-    ("--target", str, None, "Which target of an optimized output (default: the first this machine runs)."),
+    (
+        "--target",
+        str,
+        None,
+        "Which target of an optimized output (default: the first this machine runs that keeps its "
+        "adapters separate, else the first it runs).",
+    ),
     ("--name", str, None, "The base model's id (default: TARGET's last path segment)."),
     (
         "--threads",

@@ -101,6 +101,16 @@ class Server:
         except web.HTTPException as exc:  # aiohttp's own: 404 for an unknown path, 405...
             error = api.ApiError(exc.status, exc.reason, type="invalid_request_error")
             return web.json_response(error.body(), status=exc.status)
+        except Exception as exc:  # a fault of ours: still an error body OpenAI's clients can read
+            if request.get("streaming"):
+                raise  # the answer has begun: nothing else can be sent
+            log.error(
+                "500 %s %s: %s: %s", request.get("model_id") or "-", request.path, type(exc).__name__, exc
+            )
+            log.debug("the failure", exc_info=True)
+            error = api.ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+            self._refused(request, error)
+            return web.json_response(error.body(), status=500)
 
     def _refused(self, request: web.Request, exc: api.ApiError) -> None:
         """Count and log a request refused before it generated (one that generated is counted already)."""
@@ -193,7 +203,7 @@ class Server:
     def _sampling(self, req: Any, prompt: list[int]) -> Sampling:
         model = self.model
         assert model is not None
-        model.check_fits(prompt)
+        model.check_fits(prompt, param="messages" if isinstance(req, api.ChatCompletionRequest) else "prompt")
         room = model.context_length - len(prompt)
         wanted = req.token_limit
         if wanted is not None and wanted > room:
@@ -232,6 +242,9 @@ class Server:
             return web.json_response(api.answer(id_, req.model, text, finish, usage, chat=chat))
         except api.ApiError as exc:
             status = exc.status
+            raise
+        except Exception:
+            status = 500
             raise
         finally:
             answer.seq.cancel()  # a no-op for an answer that ended; frees the slot of one that did not
@@ -310,6 +323,7 @@ class Server:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
+        request["streaming"] = True
 
         async def send(event: dict[str, Any] | str) -> None:
             data = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))

@@ -64,13 +64,14 @@ class ServedModel:
         """The token ids of a completion prompt: the text as is (BOS where the model uses one)."""
         return self.renderers[None].token_ids(text)
 
-    def check_fits(self, prompt_ids: list[int]) -> None:
+    def check_fits(self, prompt_ids: list[int], *, param: str) -> None:
+        """``param``: the request field that brought the prompt (``messages`` or ``prompt``)."""
         if len(prompt_ids) >= self.context_length:
             raise ApiError(
                 400,
                 f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.context_length} "
                 "tokens, and the answer needs at least one",
-                param="messages",
+                param=param,
                 code="context_length_exceeded",
             )
 

@@ -432,12 +432,15 @@ class OptimizeJobSpec(JobSpecBase):
     )
 
     def served_target(self) -> OptimizeTarget | None:
-        """The target ``serve`` puts behind KServe: the one named, else the first the runtime runs."""
+        """The target ``serve`` puts behind KServe: the one named, else -- as ``slmops serve``
+        picks -- the first the runtime runs that keeps its adapters separate (one base, each
+        adapter a model id), else the first it runs."""
         if self.serve is None:
             return None
         runnable = [t for t in self.targets if t.provider == SERVED_PROVIDER]
-        wanted = self.serve.target
-        return next((t for t in runnable if wanted is None or t.name == wanted), None)
+        if self.serve.target is not None:
+            return next((t for t in runnable if t.name == self.serve.target), None)
+        return next((t for t in runnable if not t.merge_adapter), runnable[0] if runnable else None)
 
     @model_validator(mode="after")
     def _check_served_target(self) -> OptimizeJobSpec:

@@ -53,7 +53,8 @@ class ServeSpec(SpecModel):
 
     target: str | None = Field(
         default=None,
-        description=f"The target to serve (a {SERVED_PROVIDER} one); default: the first such target.",
+        description=f"The target to serve (a {SERVED_PROVIDER} one); default: the first such target "
+        "that keeps its adapters separate (mergeAdapter: false), else the first.",
     )
     name: str | None = Field(
         default=None,
