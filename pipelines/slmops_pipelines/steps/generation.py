@@ -1,4 +1,5 @@
-"""Greedy answers to many prompts with transformers, the prompts' shared prefix computed once.
+"""Greedy answers to many prompts, and their answers' likelihoods, with transformers: the
+prompts' shared prefix computed once.
 
 An evaluation's prompts mostly begin alike: the chat template's system prompt and the prompt
 template's instruction are the same tokens in every row (the demo: 49 of about 65), and a
@@ -12,8 +13,9 @@ masked out, and every answer is computed as it is there (up to float rounding).
 It applies when the prompts share a prefix worth the check below, the model's cache is the
 plain key-value kind (no linear-attention or convolution state, which a padding token in the
 middle would enter; no sliding window, which a long prompt would cross), and the model passes
-a check on two of the prompts: the first answer token's logits, from the cache and plain,
-must agree.  Elsewhere the prompts run as plain left-padded batches.  Either way prompts are
+a check on two of the prompts: the first answer token's logits from the cache (through
+``generate``, as answers are made, and through one forward, as likelihoods are) must agree
+with plain ``generate``'s.  Elsewhere the prompts run as plain left-padded batches.  Either way prompts are
 batched by length (less padding) and the answers come back in the prompts' order.
 """
 
