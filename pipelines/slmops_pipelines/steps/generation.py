@@ -15,8 +15,9 @@ plain key-value kind (no linear-attention or convolution state, which a padding 
 middle would enter; no sliding window, which a long prompt would cross), and the model passes
 a check on two of the prompts: the first answer token's logits from the cache (through
 ``generate``, as answers are made, and through one forward, as likelihoods are) must agree
-with plain ``generate``'s.  Elsewhere the prompts run as plain left-padded batches.  Either way prompts are
-batched by length (less padding) and the answers come back in the prompts' order.
+with plain ``generate``'s.  Elsewhere the prompts run as plain left-padded batches.  Either
+way prompts are batched by length (less padding) and the answers come back in the prompts'
+order.
 """
 
 from __future__ import annotations
@@ -45,11 +46,20 @@ def greedy_answers(
 ) -> list[str]:
     """The greedy answer to each prompt (special tokens dropped), in the prompts' order."""
     rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     answers = greedy_token_answers(
-        model, rows, pad=pad, eos=tokenizer.eos_token_id, max_new_tokens=max_new_tokens, batch_size=batch_size
+        model,
+        rows,
+        pad=pad_of(tokenizer),
+        eos=tokenizer.eos_token_id,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
     )
     return [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in answers]
+
+
+def pad_of(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token that pads a batch's rows: the tokenizer's, else its end token (masked out either way)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def greedy_token_answers(

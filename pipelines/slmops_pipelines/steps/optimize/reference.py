@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slmops_pipelines.steps.generation import answer_nlls, greedy_token_answers
+from slmops_pipelines.steps.generation import answer_nlls, greedy_token_answers, pad_of
 from slmops_pipelines.steps.optimize.measure import log_softmax_at
 
 BATCH = 16  # prompts answered together (the fine-tuning evaluation's default batch)
@@ -51,11 +51,10 @@ class TorchEngine:
     def greedy_all(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy answers to many prompts: batches that start from the prompts' shared prefix
         (steps/generation.py), each answer as :meth:`greedy` gives it."""
-        pad = self.tokenizer.pad_token_id
         return greedy_token_answers(
             self.model,
             prompts,
-            pad=self.tokenizer.eos_token_id if pad is None else pad,
+            pad=pad_of(self.tokenizer),
             eos=self.tokenizer.eos_token_id,
             max_new_tokens=max_new_tokens,
             batch_size=BATCH,
@@ -64,12 +63,11 @@ class TorchEngine:
     def answer_nlls(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
         """:meth:`answer_nll` of many (prompt, answer) pairs: batches from the prompts' shared
         prefix (steps/generation.py)."""
-        pad = self.tokenizer.pad_token_id
         return answer_nlls(
             self.model,
             [prompt for prompt, _ in pairs],
             [answer for _, answer in pairs],
-            pad=self.tokenizer.eos_token_id if pad is None else pad,
+            pad=pad_of(self.tokenizer),
             batch_size=BATCH,
         )
 
