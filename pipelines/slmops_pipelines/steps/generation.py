@@ -77,15 +77,19 @@ def greedy_token_answers(
 
     model.eval()
     generate = _Generator(model, pad, eos, max_new_tokens)
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     answers: list[list[int]] = [[] for _ in rows]
     with torch.inference_mode():
         prefix = generate.shared_prefix(rows)
-        for start in range(0, len(order), batch_size):
-            picked = order[start : start + batch_size]
+        for picked in _by_length(rows, batch_size):
             for i, tokens in zip(picked, generate([rows[i] for i in picked], prefix), strict=True):
                 answers[i] = _up_to_the_end(tokens, eos)
     return answers
+
+
+def _by_length(rows: list[list[int]], batch_size: int) -> list[list[int]]:
+    """The rows' indices in batches of similar length (less padding)."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def _up_to_the_end(tokens: list[int], eos: int | list[int] | None) -> list[int]:
@@ -112,12 +116,10 @@ def answer_nlls(
     model.eval()
     score = _Generator(model, pad, None, 0)
     rows = [p + a for p, a in zip(prompts, answers, strict=True)]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     nlls = [0.0] * len(rows)
     with torch.inference_mode():
         prefix = score.shared_prefix(prompts)
-        for start in range(0, len(order), batch_size):
-            picked = order[start : start + batch_size]
+        for picked in _by_length(rows, batch_size):
             keep = max(len(answers[i]) for i in picked) + 1  # the logits that predict the answers
             logits = score.last_logits([rows[i] for i in picked], prefix, keep)
             for b, i in enumerate(picked):
@@ -131,7 +133,7 @@ def _nll(logits: torch.Tensor, answer: list[int]) -> float:
 
     if not answer:
         return 0.0
-    predicting = logits[-len(answer) - 1 : -1].float()
+    predicting = logits[-len(answer) - 1 : -1].float().cpu()
     picked = torch.log_softmax(predicting, dim=-1)[torch.arange(len(answer)), torch.tensor(answer)]
     return -float(picked.double().sum())
 
