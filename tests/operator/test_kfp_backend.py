@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import time
 from pathlib import Path
@@ -40,6 +41,21 @@ def kfp_settings(tmp_path: Path, fake, **overrides) -> OperatorSettings:
             **overrides,
         }
     )
+
+
+class SlowExecutor(concurrent.futures.ThreadPoolExecutor):
+    """kopf's executor on a busy machine: each sync handler starts ``delay_s`` late."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(max_workers=4)
+        self.delay_s = delay_s
+
+    def submit(self, fn, /, *args, **kwargs):
+        def late():
+            time.sleep(self.delay_s)
+            return fn(*args, **kwargs)
+
+        return super().submit(late)
 
 
 def job(name: str, model: Path, **overrides) -> dict:
@@ -364,3 +380,36 @@ async def test_a_restarted_operator_waits_for_a_creation_its_predecessor_left_in
         assert time.monotonic() - started < 2.0 and len(fake.created) == 2
         await killed.close()
         await restarted.close()
+
+
+async def test_the_namespace_limit_holds_while_the_index_catches_up(kube, fake_kfp, tiny_model, tmp_path):
+    """One run at a time in a namespace, however the timers and the index interleave.
+
+    kopf hands a job's timer the body it just watched before the namespace's index of active
+    runs has taken it in (sync index functions run in kopf's executor); a queued job ticking
+    in that moment must still count the run.  A slow executor (a busy machine) widens that
+    moment; three jobs tick through it: a second run at any moment is the race.
+    """
+    settings = kfp_settings(tmp_path, fake_kfp, max_running_per_namespace=1, poll_seconds=0.05)
+    names = [f"q{i}" for i in range(3)]
+    async with running_operator(kube, settings) as operator:
+        operator.kopf_settings.execution.executor = SlowExecutor(delay_s=0.2)
+        for name in names:
+            await create(kube, "default", "finetunejobs", job(name, tiny_model))
+        for finished in range(len(names)):
+            await the_only_run(kube, fake_kfp, names, finished, tmp_path)
+
+
+async def the_only_run(kube, fake_kfp, names: list[str], finished: int, tmp_path: Path) -> None:
+    """With ``finished`` jobs done, one more run and no other; then it succeeds."""
+    await wait_until(lambda: len(fake_kfp.created) > finished, what=f"run {finished + 1}")
+    run = fake_kfp.created[finished]
+    owner = run["runtime_config"]["parameters"]["job"]["name"]
+    waiting = [n for n in names if phase(kube, n) not in ("Succeeded", "Running") and n != owner]
+    await wait_until(lambda: all(phase(kube, n) for n in waiting), what="the rest to be seen")
+    await asyncio.sleep(1.0)  # dozens of ticks of every queued job
+    assert len(fake_kfp.created) == finished + 1, "a second run started under a limit of 1"
+    assert {phase(kube, n) for n in waiting} <= {"Queued"}
+    publish_outputs(tmp_path / "outputs" / "default" / owner)
+    fake_kfp.set_state(run["run_id"], "SUCCEEDED")
+    await wait_until(lambda: phase(kube, owner) == "Succeeded", what=f"{owner} to succeed")

@@ -38,7 +38,7 @@ import kopf
 
 from slmops_operator.api.resources import GROUP, VERSION, Resource, resource_of, resources
 from slmops_operator.api.status import RunRef
-from slmops_operator.backends.base import JobRequest, status_run
+from slmops_operator.backends.base import JobRequest, RunState, status_run
 from slmops_operator.credentials import MissingCredentials, output_access
 from slmops_operator.handlers import finalizer, serving, validation
 from slmops_operator.handlers.conditions import FINISHED, condition_status
@@ -103,8 +103,22 @@ async def _reconcile(
         await _start(reconciler, request, job, active)
         return
     state = await reconciler.backend_call("state", reconciler.backend.state(run, request), uid=request.uid)
-    reconciler.release_slot(resource.namespace, request.run_name)  # seen: the index has it, or it ended
+    if _counted_elsewhere(reconciler, request.run_name, state, active):
+        reconciler.release_slot(resource.namespace, request.run_name)
     mirror(reconciler, request, run, state, job)
+
+
+def _counted_elsewhere(
+    reconciler: Reconciler, run_name: str, state: RunState, active: Callable[[], set[str]]
+) -> bool:
+    """Whether a submitted run may leave ``reconciler.submitting``: the namespace's index of
+    active runs holds it, or it ended (no limit: nothing counts it).
+
+    Not as soon as this pass sees ``status.run``: kopf hands a timer the fresh body before
+    the index has taken it in, and in that moment a queued job of the namespace would see
+    neither and take the slot.
+    """
+    return not reconciler.settings.max_running_per_namespace or state.finished or run_name in active()
 
 
 async def _finished(reconciler: Reconciler, job: JobPass) -> None:
