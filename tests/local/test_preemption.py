@@ -33,7 +33,7 @@ def start(tmp_path: Path, name: str, tiny_model: Path, **resources) -> tuple[Pat
     out = tmp_path / "runs"
     # saveSteps beyond maxSteps: without the SIGTERM checkpoint nothing would be saved at all.
     manifest = finetune_manifest(
-        name, tiny_model, training={"maxSteps": 400, "saveSteps": 1000, "loggingSteps": 5}
+        name, tiny_model, training={"maxSteps": 100, "saveSteps": 1000, "loggingSteps": 5}
     )
     if resources:
         manifest["spec"]["resources"] = resources
@@ -63,7 +63,7 @@ def test_sigterm_saves_the_step_reached_and_the_rerun_resumes_there(tiny_model, 
     assert time.monotonic() - sent < 30, "a SIGTERM must end the run well within a grace period"
     assert first.returncode != 0, output
     saved = complete_checkpoints(work)
-    assert len(saved) == 1 and 5 <= saved[0] < 400, (saved, output)
+    assert len(saved) == 1 and 5 <= saved[0] < 100, (saved, output)
     assert f"stopped by SIGTERM at step {saved[0]}" in output and "resume" in output, output
     assert not trainer_processes(str(work))
     assert not (work / "manifest.json").exists()
@@ -72,7 +72,7 @@ def test_sigterm_saves_the_step_reached_and_the_rerun_resumes_there(tiny_model, 
     assert f"resuming from checkpoint at step {saved[0]}" in output, output
     metrics = json.loads((work / "metrics.json").read_text())
     assert metrics["train"]["resumed_from_step"] == saved[0]
-    assert metrics["train"]["global_step"] == 400
+    assert metrics["train"]["global_step"] == 100
 
 
 def test_two_processes_agree_on_the_step_they_save_when_one_of_them_is_told_to_stop(tiny_model, tmp_path):
@@ -90,7 +90,7 @@ def test_two_processes_agree_on_the_step_they_save_when_one_of_them_is_told_to_s
     output, _ = first.communicate(timeout=90)
     assert first.returncode != 0, output
     saved = complete_checkpoints(work)
-    assert len(saved) == 1 and 5 <= saved[0] < 400, (saved, output)
+    assert len(saved) == 1 and 5 <= saved[0] < 100, (saved, output)
     assert f"at step {saved[0]}" in output, output
     checkpoint = work / "checkpoints" / f"checkpoint-{saved[0]}"
     assert (checkpoint / "rng_state_0.pth").exists() and (checkpoint / "rng_state_1.pth").exists()

@@ -2,7 +2,10 @@
 
 ``processesPerNode`` processes are started with ``torch.distributed.run --standalone``
 (a free rendezvous port, so parallel jobs do not collide).  Every process runs
-:mod:`slmops_pipelines.steps.train.__main__`.  The parent tails the event log and calls
+:mod:`slmops_pipelines.steps.train.__main__`.  One process on one node is started without
+torchrun: its launcher costs about 2 s of imports and a rendezvous, and on a GPU it would
+wrap the one process in DDP for nothing (the trainer reads rank 0 of 1 when torchrun's
+variables are absent).  The parent tails the event log and calls
 ``on_event`` for each new event: the CLI draws a progress bar from them, the operator will
 mirror them into ``status.progress``.  SIGTERM to this process asks the trainers to save the
 step they reach and stop (:mod:`.preemption`); the step then fails with the reason
@@ -62,7 +65,11 @@ class Rendezvous:
         )
 
 
-def torchrun_command(request_path: Path, processes: int, rendezvous: Rendezvous | None = None) -> list[str]:
+def training_command(request_path: Path, processes: int, rendezvous: Rendezvous | None = None) -> list[str]:
+    """The command that starts the training processes of this node."""
+    trainer = ["-m", "slmops_pipelines.steps.train", str(request_path)]
+    if rendezvous is None and processes == 1:
+        return [sys.executable, *trainer]
     if rendezvous is None:  # one node: a private rendezvous on a free port
         where = ["--standalone", "--nnodes=1"]
     else:
@@ -78,9 +85,7 @@ def torchrun_command(request_path: Path, processes: int, rendezvous: Rendezvous 
         "torch.distributed.run",
         *where,
         f"--nproc-per-node={processes}",
-        "-m",
-        "slmops_pipelines.steps.train",
-        str(request_path),
+        *trainer,
     ]
 
 
@@ -96,7 +101,7 @@ def _child_env(processes: int) -> dict[str, str]:
 
 
 def _die_with_parent() -> None:
-    """Have the kernel send SIGTERM to torchrun if the parent dies (even by SIGKILL).
+    """Have the kernel send SIGTERM to torchrun (or the one trainer) if the parent dies.
 
     torchrun forwards it to the workers; without this a killed ``slmops run`` would leave
     orphaned trainers writing into the output folder while a rerun resumes from it.
@@ -157,7 +162,7 @@ def run_training(
     log_path = logs / "train.log"
     with log_path.open("a") as log, sigterm_requests_stop(request.stop_path):
         proc = subprocess.Popen(
-            torchrun_command(request_path, processes, rendezvous),
+            training_command(request_path, processes, rendezvous),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=_child_env(processes),
