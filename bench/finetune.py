@@ -366,6 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--olive-venv", type=Path, default=OLIVE_VENV)
     parser.add_argument("--work", type=Path, help="keep logs and adapters here (default: a temp folder)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--peak-seconds",
+        type=float,
+        default=5.0,
+        help="time given to measuring each precision's matmul peak (the MFU's denominator)",
+    )
     args = parser.parse_args(argv)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = set(tools) - set(TOOLS)
@@ -382,7 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         f"work: {args.steps} steps x {args.batch} rows x <= {args.max_seq_len} tokens, LoRA r16 on {len(TARGETS)} modules"
     )
     params = model_parameters(args.model)
-    peaks = {name: matmul_peak(dtype) for name, dtype in (("fp32", "float32"), ("bf16", "bfloat16"))}
+    peaks = {
+        name: matmul_peak(dtype, budget_s=args.peak_seconds)
+        for name, dtype in (("fp32", "float32"), ("bf16", "bfloat16"))
+    }
     # Without bf16 instructions torch emulates the large bf16 matmul (about 1 GFLOP/s) while a
     # model's smaller ones may take a faster path (an MFU of 1.2 on an AVX2-only EPYC): what the
     # machine can do on bf16 numbers is never less than converting them and multiplying in fp32.

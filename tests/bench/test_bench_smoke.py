@@ -62,6 +62,8 @@ def finetune_run(tmp_path_factory, tiny_model: Path, olive: Path) -> tuple[Path,
             work,
             "--json",
             work / "figures.json",
+            "--peak-seconds",
+            0.5,
         ]
     )
     return work, out
