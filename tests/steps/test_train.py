@@ -11,7 +11,7 @@ import pytest
 from slmops_pipelines.errors import InputError
 from slmops_pipelines.specs import FineTuneJobSpec
 from slmops_pipelines.steps.data import prepare_data
-from slmops_pipelines.steps.train.launch import run_training
+from slmops_pipelines.steps.train.launch import Rendezvous, one_device, run_training, training_command
 from slmops_pipelines.steps.train.request import TrainRequest
 from tests.conftest import finetune_manifest
 
@@ -166,3 +166,21 @@ def test_training_speed_counts_the_whole_loop_and_not_the_final_evaluation_twice
     )
     assert result.train_runtime_s == 10.0 and result.tokens_per_second == 100.0
     assert result.seconds_per_step == 0.5
+
+
+def test_one_process_on_one_node_starts_without_torchrun(tmp_path):
+    request = tmp_path / "train_request.json"
+    alone = training_command(request, 1)
+    assert alone[1:] == ["-m", "slmops_pipelines.steps.train", str(request)]
+    assert "torch.distributed.run" in training_command(request, 2)
+    rendezvous = Rendezvous(nodes=2, node_rank=1, master_addr="trainer-0", master_port=29500)
+    joined = training_command(request, 1, rendezvous)  # one process per node, several nodes
+    assert "torch.distributed.run" in joined and "--node-rank=1" in joined
+
+
+@pytest.mark.parametrize(
+    ("visible", "seen"), [(None, "0"), ("2,3", "2"), ("GPU-a1b2, GPU-c3d4", "GPU-a1b2"), ("", "")]
+)
+def test_a_trainer_without_torchrun_sees_one_gpu(visible, seen):
+    """As torchrun's one process trains on cuda:0, not on every GPU through DataParallel."""
+    assert one_device(visible) == seen

@@ -89,15 +89,28 @@ def training_command(request_path: Path, processes: int, rendezvous: Rendezvous 
     ]
 
 
-def _child_env(processes: int) -> dict[str, str]:
+def _child_env(processes: int, *, torchrun: bool) -> dict[str, str]:
     env = dict(os.environ)
     threads = max(1, usable_cpus() // processes)  # the pod's CPU limit, not the node's cores
     env.setdefault("OMP_NUM_THREADS", str(threads))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not torchrun:
+        env["CUDA_VISIBLE_DEVICES"] = one_device(env.get("CUDA_VISIBLE_DEVICES"))
     # The parent may run from a source tree: make sure the children import the same code.
     src_paths = [str(Path(__file__).resolve().parents[3])]
     env["PYTHONPATH"] = os.pathsep.join([*src_paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
+
+
+def one_device(visible: str | None) -> str:
+    """The one GPU a trainer started without torchrun may see: the first of those visible.
+
+    Under torchrun one process trains on ``cuda:LOCAL_RANK``; alone, the Trainer would spread
+    it over every GPU it sees (``DataParallel``), which a 4-bit base refuses.  No GPU, none.
+    """
+    if visible is None:
+        return "0"
+    return visible.split(",")[0].strip()
 
 
 def _die_with_parent() -> None:
@@ -160,12 +173,13 @@ def run_training(
         stale.unlink(missing_ok=True)
     tail = _EventTail(request.events_path)
     log_path = logs / "train.log"
+    command = training_command(request_path, processes, rendezvous)
     with log_path.open("a") as log, sigterm_requests_stop(request.stop_path):
         proc = subprocess.Popen(
-            training_command(request_path, processes, rendezvous),
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=_child_env(processes),
+            env=_child_env(processes, torchrun="torch.distributed.run" in command),
             preexec_fn=_die_with_parent,
         )
         try:
