@@ -83,3 +83,20 @@ def build_tiny_hybrid(**attention):
         layer_types=["conv", "full_attention"],
     )
     return AutoModelForCausalLM.from_config(config, **attention)
+
+
+def greedy_alone(model, tokenizer, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """The answer's token ids as transformers gives them for one prompt alone: no padding,
+    no cache handed in, greedy (the reference the tests hold generation against)."""
+    import torch
+
+    ids = torch.tensor([prompt_ids])
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return out[0, len(prompt_ids) :].tolist()

@@ -29,6 +29,7 @@ from slmops_pipelines.steps import publish
 from slmops_pipelines.storage import open_store
 from tests.conftest import REPO, finetune_manifest
 from tests.optimize.test_adapters import make_adapter
+from tests.tiny import greedy_alone
 
 TOKENS = 8
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -118,7 +119,6 @@ def sessions(models):
 
 def peft_greedy(base: Path, adapter: Path | None, prompt_ids: list[int]) -> str:
     """What transformers (+PEFT) itself answers, greedily: the reference every engine must match."""
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -126,16 +126,7 @@ def peft_greedy(base: Path, adapter: Path | None, prompt_ids: list[int]) -> str:
     model = AutoModelForCausalLM.from_pretrained(base)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter)
-    ids = torch.tensor([prompt_ids])
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=TOKENS,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return tokenizer.decode(out[0, len(prompt_ids) :], skip_special_tokens=True)
+    return tokenizer.decode(greedy_alone(model, tokenizer, prompt_ids, TOKENS), skip_special_tokens=True)
 
 
 def test_adapter_folder_answers_as_peft_does_streaming_piece_by_piece(sessions, models, tiny_model):

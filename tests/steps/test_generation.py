@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from slmops_pipelines.steps.generation import _Generator, answer_nlls, greedy_answers, shared_prefix_length
-from tests.tiny import build_tiny_hybrid
+from tests.tiny import build_tiny_hybrid, greedy_alone
 
 INSTRUCTION = "What is the tone of this phrase? Answer with one word: happy, sad, angry, fearful or calm."
 PHRASES = [
@@ -39,19 +39,12 @@ def prompts_of(tokenizer, phrases=PHRASES) -> list[str]:
 
 def plain_answers(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
     """One prompt at a time, no padding, no cache given: what each answer is."""
-    answers = []
-    for prompt in prompts:
-        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+    return [
+        greedy_alone(
+            model, tokenizer, tokenizer(prompt, add_special_tokens=False)["input_ids"], max_new_tokens
         )
-        answers.append(out[0, ids.shape[1] :].tolist())
-    return answers
+        for prompt in prompts
+    ]
 
 
 def test_the_prefix_leaves_each_row_a_token_of_its_own():

@@ -65,10 +65,15 @@ class Rendezvous:
         )
 
 
+def under_torchrun(processes: int, rendezvous: Rendezvous | None) -> bool:
+    """Whether this node's trainers start under torchrun: all but one process on one node."""
+    return processes > 1 or rendezvous is not None
+
+
 def training_command(request_path: Path, processes: int, rendezvous: Rendezvous | None = None) -> list[str]:
     """The command that starts the training processes of this node."""
     trainer = ["-m", "slmops_pipelines.steps.train", str(request_path)]
-    if rendezvous is None and processes == 1:
+    if not under_torchrun(processes, rendezvous):
         return [sys.executable, *trainer]
     if rendezvous is None:  # one node: a private rendezvous on a free port
         where = ["--standalone", "--nnodes=1"]
@@ -173,13 +178,12 @@ def run_training(
         stale.unlink(missing_ok=True)
     tail = _EventTail(request.events_path)
     log_path = logs / "train.log"
-    command = training_command(request_path, processes, rendezvous)
     with log_path.open("a") as log, sigterm_requests_stop(request.stop_path):
         proc = subprocess.Popen(
-            command,
+            training_command(request_path, processes, rendezvous),
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=_child_env(processes, torchrun="torch.distributed.run" in command),
+            env=_child_env(processes, torchrun=under_torchrun(processes, rendezvous)),
             preexec_fn=_die_with_parent,
         )
         try:
