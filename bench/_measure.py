@@ -141,6 +141,7 @@ def provenance(argv: list[str] | None, *packages: str) -> dict[str, object]:
     command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
     return {
         "date": time.strftime("%Y-%m-%d"),
+        "time": time.strftime("%H:%M", time.gmtime()),  # UTC: which of one day's runs is the newest
         "machine": machine(),
         "command": command,
         "versions": versions(*packages),

@@ -20,6 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "pipelines"))
 
+from slmops_pipelines.steps.optimize.measure import OneAtATime  # noqa: E402
+
 
 class LlamaTokenizer:
     """The two calls measure() makes of a tokenizer, answered by llama.cpp's own."""
@@ -41,7 +43,7 @@ def last_logits(llm):
     return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(OneAtATime):
     """measure()'s Engine over llama.cpp: greedy decoding and answer log-likelihoods.
 
     Two contexts of one model file: decoding keeps the logits of the last position only, as a

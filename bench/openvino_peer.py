@@ -27,6 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "pipelines"))
 
+from slmops_pipelines.steps.optimize.measure import OneAtATime  # noqa: E402
+
 
 def _streamer(on_token):
     """A streamer that calls ``on_token()`` once per generated token and never stops the pipeline."""
@@ -54,7 +56,7 @@ def _scheduler_without_prefix_cache():
     return config
 
 
-class OpenVinoEngine:
+class OpenVinoEngine(OneAtATime):
     """measure()'s Engine over OpenVINO GenAI's LLMPipeline (and optimum-intel for log-likelihoods)."""
 
     def __init__(self, folder: Path, threads: int | None, eos: int) -> None:

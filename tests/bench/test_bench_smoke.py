@@ -169,6 +169,25 @@ def test_int4_sweep_builds_each_variant_and_measures_it_at_equal_threads(
     assert "| rtn-b32 | `int4_algo_config=rtn` |" in out and "| 1.00x |" in out
 
 
+@pytest.mark.parametrize(
+    ("script", "engine"), [("llamacpp_peer", "LlamaCppEngine"), ("openvino_peer", "OpenVinoEngine")]
+)
+def test_each_peer_engine_offers_every_call_measure_makes(script: str, engine: str):
+    """The peers run only where their venvs were built (not in CI): this keeps them in step with
+    measure()'s Engine protocol there too (they lacked greedy_all once, found only on a run)."""
+    import importlib.util
+    import inspect
+
+    from slmops_pipelines.steps.optimize.measure import Engine
+
+    spec = importlib.util.spec_from_file_location(script, BENCH / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # their engines' libraries are imported in the calls, not here
+    wanted = {name for name, _ in inspect.getmembers(Engine, inspect.isfunction) if not name.startswith("_")}
+    missing = {name for name in wanted if not callable(getattr(getattr(module, engine), name, None))}
+    assert wanted and not missing, f"{script}.{engine} lacks {sorted(missing)}"
+
+
 def test_optimize_bench_measures_llamacpp_where_it_is_built(finetune_run, tiny_model: Path, tmp_path):
     """llama.cpp builds from source for minutes (bench/setup_llamacpp.sh): not part of the setup."""
     venv = REPO / ".cache" / "bench" / "llamacpp-venv"

@@ -261,8 +261,10 @@ class TargetRuntime(SpecModel):
         description=(
             "Intra-op threads written into the target for whoever loads it. Default: none -- slmops' "
             "loaders use the CPUs they may use where they run (a pod's CPU limit), plain "
-            "onnxruntime_genai.Model gets onnxruntime's count of physical cores (often 1 on a 2-vCPU "
-            "VM: set your serving pods' CPUs here for those users); 0 writes onnxruntime's default."
+            "onnxruntime_genai.Model runs it with onnxruntime-genai's own thread setup (about one "
+            "thread's speed, measured on 2 vCPUs); 0 writes onnxruntime's default (one thread per "
+            "core of the loading machine: twice as fast there, but blind to a pod's CPU limit); a "
+            "count fits a fixed pod size."
         ),
     )
     spin: bool = Field(

@@ -55,6 +55,18 @@ class Engine(Protocol):
         """:meth:`answer_nll` of each (prompt, answer) pair, in order (an engine may batch them)."""
 
 
+class OneAtATime:
+    """:class:`Engine`'s list methods as one call per prompt, for engines that do not batch
+    (onnxruntime-genai here: a target's figures are those of its own batch of one; the
+    benchmarks' peers)."""
+
+    def greedy_all(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        return [self.greedy(prompt, max_new_tokens) for prompt in prompts]  # type: ignore[attr-defined]
+
+    def answer_nlls(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+        return [self.answer_nll(prompt, answer) for prompt, answer in pairs]  # type: ignore[attr-defined]
+
+
 @dataclass
 class Latency:
     prefill_ms_p50: float

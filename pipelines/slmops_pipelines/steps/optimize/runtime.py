@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from slmops_pipelines.steps.cpus import usable_cpus
-from slmops_pipelines.steps.optimize.measure import log_softmax_at
+from slmops_pipelines.steps.optimize.measure import OneAtATime, log_softmax_at
 
 
 def shipped_threads(folder: Path) -> int | None:
@@ -29,7 +29,7 @@ def shipped_threads(folder: Path) -> int | None:
     return int(count) if count else None
 
 
-class GenaiEngine:
+class GenaiEngine(OneAtATime):
     def __init__(
         self,
         folder: Path,
@@ -100,19 +100,12 @@ class GenaiEngine:
                 on_token()
         return out
 
-    def greedy_all(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        """One prompt at a time: the figures of a target are those of its own batch of one."""
-        return [self.greedy(prompt, max_new_tokens) for prompt in prompts]
-
     @cached_property
     def pruned(self) -> bool:
         """Whether the graph gives the last position's logits only (steps/optimize/logits.py)."""
         from slmops_pipelines.steps.optimize.logits import has_pruned_logits
 
         return has_pruned_logits(self.folder)
-
-    def answer_nlls(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
-        return [self.answer_nll(prompt, answer) for prompt, answer in pairs]
 
     def answer_nll(self, prompt_ids: list[int], answer_ids: list[int]) -> float:
         """The answer's negative log-likelihood given the prompt: one prefill of both where the

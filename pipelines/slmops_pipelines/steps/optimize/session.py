@@ -10,9 +10,13 @@ them, and so does the job's own evaluation, which loads every target exactly tha
   big build node's count oversubscribes a small serving pod.  Without one, slmops' own loaders
   (``serve``, ``generate``, ``chat``, the job's evaluation) size the pool where they load the
   folder (:class:`~slmops_pipelines.steps.optimize.runtime.GenaiEngine`: the CPUs the process
-  may use, its cgroup quota included), and plain ``onnxruntime_genai.Model`` gets
-  onnxruntime's default (its physical cores: one thread on a 2-vCPU VM, where the count of
-  the serving pod's CPUs in ``runtime.threads`` decodes faster -- docs/serving.md).
+  may use, its cgroup quota included), and plain ``onnxruntime_genai.Model`` runs it with
+  onnxruntime-genai's own thread setup, which decodes at about one thread's speed on 2 vCPUs
+  (the demo's int4 target: about 100 tokens/s, against about 200 with the count 2 written or
+  with 0, onnxruntime's default of one thread per core of the loading machine;
+  ``runtime.threads: 0`` writes that, and docs/serving.md says which to choose).  0 is not
+  the default because onnxruntime's count ignores a pod's CPU limit: a 2-CPU pod on a big
+  node would spin a thread per core of the node.
 * **spinning**: a decoded token is hundreds of kernels of tens of microseconds each; pool
   threads that sleep between them pay a wake-up per kernel (77 against 100 tokens/s here).
   Spinning is onnxruntime's default, written down so that it is visible and can be turned off
