@@ -59,3 +59,26 @@ def test_readmes_summary_takes_each_benchmarks_newest_run_from_any_machine(tmp_p
         "optimize": "optimize.json",
         "serve": "other-cpu/serve.json",
     }
+
+
+def test_of_two_runs_on_one_day_the_later_by_its_time_is_the_newest(tmp_path):
+    """Two machines measured the same day: the run that wrote the later time wins, whatever
+    the folders' order; a run without a time (older scripts) loses to one with it."""
+    import json
+
+    for folder in ("a-cpu", "b-cpu", "c-cpu"):
+        (tmp_path / folder).mkdir()
+    runs = {
+        "a-cpu/serve.json": {"time": "08:30"},  # first by name, yet earlier in the day
+        "b-cpu/serve.json": {},  # written before runs recorded their time
+        "c-cpu/serve.json": {"time": "19:01"},  # the later of the day: taken
+        "a-cpu/optimize.json": {},
+        "c-cpu/optimize.json": {"time": "00:05"},  # the only one with a time: taken
+    }
+    for name, when in runs.items():
+        (tmp_path / name).write_text(json.dumps({"date": "2026-12-07", **when, "machine": name}))
+    newest = bench_tables().figures_at(tmp_path)
+    assert {stem: figures["machine"] for stem, figures in newest.items()} == {
+        "serve": "c-cpu/serve.json",
+        "optimize": "c-cpu/optimize.json",
+    }
