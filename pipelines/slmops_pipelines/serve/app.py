@@ -141,11 +141,12 @@ class Server:
         batcher.start()
         self.model, self.batcher = model, batcher
         log.info(
-            "ready in %.1f s: %s (models: %s; %s threads; batches of up to %d)",
+            "ready in %.1f s: %s (models: %s; %s thread%s; batches of up to %d)",
             time.perf_counter() - started,
             model.description,
             ", ".join(model.ids),
             model.threads,
+            "" if model.threads == 1 else "s",
             s.max_batch,
         )
 
