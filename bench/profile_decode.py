@@ -3,7 +3,9 @@
     .venv/bin/python bench/profile_decode.py FOLDER [FOLDER ...] [--runs 5] [--threads N]
 
 Each folder is loaded as shipped (plain ``onnxruntime_genai.Model``; ``--threads`` overrides
-the intra-op threads, to compare at equal threads), with onnxruntime's profiler switched on
+the intra-op threads, to compare at equal threads), its adapter active where it ships one
+(the first ``*.onnx_adapter``: a separate adapter's LoRA branches do their arithmetic only
+then; ``--no-adapter`` profiles the base alone), with onnxruntime's profiler switched on
 through the same genai_config overlay a user would use.  The harness is bench/optimize.py's:
 a 32-token prompt, then 32 forced new tokens, ``--runs`` times after a warm-up.  Only the
 decode steps (one new token) are counted.  Printed per folder:
@@ -27,15 +29,21 @@ from pathlib import Path
 PROMPT = list(range(100, 132))
 
 
-def decode_runs(model, og, runs: int) -> float:
+def decode_runs(model, og, runs: int, adapter: Path | None = None) -> float:
     """Decode tokens/s (median over runs) of 32 forced tokens after a 32-token prompt."""
     import numpy as np
 
     rates = []
+    adapters = None
+    if adapter is not None:
+        adapters = og.Adapters(model)
+        adapters.load(str(adapter), adapter.stem)
     for run in range(runs + 1):
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=64, min_length=64, do_sample=False)
         generator = og.Generator(model, params)
+        if adapters is not None:
+            generator.set_active_adapter(adapters, adapter.stem)
         generator.append_tokens(np.asarray(PROMPT, dtype=np.int32))
         started = time.perf_counter()
         for _ in range(32):
@@ -45,7 +53,9 @@ def decode_runs(model, og, runs: int) -> float:
     return sorted(rates)[len(rates) // 2]
 
 
-def profile(folder: Path, *, runs: int, threads: int | None, out: Path) -> tuple[float, list[dict]]:
+def profile(
+    folder: Path, *, runs: int, threads: int | None, out: Path, adapter: Path | None
+) -> tuple[float, list[dict]]:
     import onnxruntime_genai as og
 
     options: dict = {"enable_profiling": str(out / "profile_")}
@@ -54,7 +64,7 @@ def profile(folder: Path, *, runs: int, threads: int | None, out: Path) -> tuple
     config = og.Config(str(folder))
     config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
     model = og.Model(config)
-    rate = decode_runs(model, og, runs)
+    rate = decode_runs(model, og, runs, adapter)
     del model  # the profile file is written when the session ends
     files = sorted(out.glob("profile_*.json"))
     return rate, json.loads(files[-1].read_text())
@@ -68,7 +78,10 @@ def decode_kernels(events: list[dict]) -> list[dict]:
             continue
         shapes = event["args"].get("input_type_shape") or [{}]
         dims = next(iter(shapes[0].values()), []) if shapes[0] else []
-        if len(dims) >= 2 and dims[-2] == 1:
+        positions = (
+            dims[1] if len(dims) >= 3 else dims[-2] if len(dims) == 2 else None
+        )  # [batch, positions, ...]
+        if positions == 1:
             kernels.append(event)
     return kernels
 
@@ -104,11 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", type=Path, nargs="+")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, help="override the intra-op threads (default: as shipped)")
+    parser.add_argument("--no-adapter", action="store_true", help="leave a folder's adapter inactive")
     args = parser.parse_args(argv)
     for folder in args.folders:
+        adapter = None if args.no_adapter else next(iter(sorted(folder.glob("*.onnx_adapter"))), None)
         with tempfile.TemporaryDirectory(prefix="slmops-profile-") as tmp:
-            rate, events = profile(folder, runs=args.runs, threads=args.threads, out=Path(tmp))
-        summarize(str(folder), rate, decode_kernels(events))
+            rate, events = profile(
+                folder, runs=args.runs, threads=args.threads, out=Path(tmp), adapter=adapter
+            )
+        name = f"{folder} (adapter {adapter.stem})" if adapter else str(folder)
+        summarize(name, rate, decode_kernels(events))
     return 0
 
 

@@ -94,21 +94,65 @@ def test_switching_adapters_switches_outputs_and_matches_pytorch(exported, adapt
     np.testing.assert_allclose(beta, torch_logits(tiny_model, adapters["beta"]), atol=1e-4)
 
 
-def test_int4_base_keeps_adapters_float(tiny_model, adapters, tmp_path, isolated_cache):
-    import onnx
-
+@pytest.fixture(scope="module")
+def exported_int4(tiny_model, adapters, tmp_path_factory, isolated_cache) -> Path:
     target = OptimizeTarget(
         name="multi4", provider="CPUExecutionProvider", precision="int4", merge_adapter=False
     )
-    folder = export_target(
-        target, tiny_model, tmp_path, cache_dir=isolated_cache / "b", adapters=adapters
-    ).path
+    out = tmp_path_factory.mktemp("multi4")
+    return export_target(target, tiny_model, out, cache_dir=isolated_cache / "b", adapters=adapters).path
+
+
+def int4_blocks(folder: Path) -> dict[str, int]:
+    """Each int4 node's block size, by node name."""
+    import onnx
+
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    return {
+        node.name: next(a.i for a in node.attribute if a.name == "block_size")
+        for node in graph.node
+        if node.op_type in ("MatMulNBits", "GatherBlockQuantized")
+    }
+
+
+def test_int4_base_keeps_adapters_float(exported_int4):
+    import onnx
+
+    graph = onnx.load(str(exported_int4 / "model.onnx"), load_external_data=False).graph
     assert any(n.op_type == "MatMulNBits" for n in graph.node)
     # 2 layers x (q/k/v fused, o, gate/up fused, down): each a graph input an adapter file sets
     assert sum("lora_A" in i.name for i in graph.input) == 2 * 4
-    alpha = genai_logits(folder, "alpha")
-    assert np.abs(alpha - genai_logits(folder, "beta")).max() > 0.1
+    alpha = genai_logits(exported_int4, "alpha")
+    assert np.abs(alpha - genai_logits(exported_int4, "beta")).max() > 0.1
+
+
+def test_the_output_layer_of_a_separate_adapters_base_is_a_merged_targets(
+    exported_int4, tiny_model, tmp_path, isolated_cache
+):
+    """LoRA adapts no output layer: it (and the embeddings tied to it) keeps the merged block
+    size, 64 on the CPU, quantized exactly as a merged target's, where the layers take 32."""
+    import onnx
+    from onnx import numpy_helper
+
+    blocks = int4_blocks(exported_int4)
+    head = "/lm_head/MatMul_Q4"
+    assert blocks.pop(head) == 64 and blocks.pop("/model/embed_tokens/GatherBlockQuantized") == 64
+    assert blocks and set(blocks.values()) == {32}
+    merged = OptimizeTarget(name="merged4", provider="CPUExecutionProvider", precision="int4")
+    merged_folder = export_target(merged, tiny_model, tmp_path, cache_dir=isolated_cache / "b").path
+    assert int4_blocks(merged_folder)[head] == 64
+
+    def head_arrays(folder: Path) -> list[np.ndarray]:
+        model = onnx.load(str(folder / "model.onnx"))
+        node = next(n for n in model.graph.node if n.name == head)
+        arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        return [arrays[name] for name in node.input[1:3]]
+
+    for ours, theirs in zip(head_arrays(exported_int4), head_arrays(merged_folder), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    # the embeddings read the new blocks (a block size that does not match fails at load)
+    base = genai_logits(exported_int4, None)
+    assert np.corrcoef(base, torch_logits(tiny_model, None))[0, 1] > 0.95
 
 
 def test_dora_adapters_cannot_be_kept_separate(tiny_model, tmp_path, isolated_cache):

@@ -107,8 +107,10 @@ def test_pairs_it_cannot_stack_exactly_are_left_alone(model):
     assert fuse_projections(model) == 0 and len(model.graph.node) == nodes
 
 
-def attention_inputs() -> onnx.ModelProto:
-    """q, k and v read one input (a separate adapter's graph keeps them apart); their sum out."""
+def attention_inputs(leading: tuple = (None,)) -> onnx.ModelProto:
+    """q, k and v read one input (a separate adapter's graph keeps them apart); their sum out.
+
+    ``leading``: the axes before the features (the builder's graphs: batch and sequence)."""
     rng = np.random.default_rng(2)
     made = [
         _nbits(name, rng, n=n, folder="attn") for name, n in (("q_proj", 64), ("k_proj", 32), ("v_proj", 32))
@@ -127,8 +129,8 @@ def attention_inputs() -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "attn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [*leading, K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*leading, 32])],
         [init for _, inits in made for init in inits] + consts,
     )
     opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
@@ -153,7 +155,7 @@ RANK = 4
 
 def attention_with_lora() -> onnx.ModelProto:
     """q, k, v with a separate adapter's LoRA branches (A and B graph inputs, rank 0 by default)."""
-    model = attention_inputs()
+    model = attention_inputs(leading=(None, None))
     graph = model.graph
     for node in list(graph.node):
         if node.op_type != "MatMulNBits":
@@ -201,17 +203,18 @@ def test_lora_branches_of_a_group_become_two_matmuls_with_the_same_numbers(fuse_
     from slmops_pipelines.steps.optimize.fuse import fuse_lora
 
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((3, K), dtype=np.float32)
+    x = rng.standard_normal((2, 3, K), dtype=np.float32)  # [batch, sequence, features]
     model = attention_with_lora()
-    # An adapter that adapts q and v, not k (k keeps rank 0: its block of the fused B is empty).
+    # An adapter that adapts q at rank 4 and v at rank 2, not k (its rows of the fused B are zeros).
     feeds = {}
     for member, n in ATTENTION:
-        if member != "k_proj":
+        rank = {"q_proj": RANK, "v_proj": RANK // 2}.get(member)
+        if rank:
             feeds[f"model.layers.0.attn.{member}.lora_A.MatMul.weight"] = rng.standard_normal(
-                (K, RANK), np.float32
+                (K, rank), np.float32
             )
             feeds[f"model.layers.0.attn.{member}.lora_B.MatMul.weight"] = rng.standard_normal(
-                (RANK, n), np.float32
+                (rank, n), np.float32
             )
     before, base_only = run_with(model, x, feeds), run_with(model, x, {})
     assert np.abs(before - base_only).max() > 0.1  # the adapter does something
@@ -224,7 +227,8 @@ def test_lora_branches_of_a_group_become_two_matmuls_with_the_same_numbers(fuse_
     graph_inputs = {name: ([K, RANK], 1) for pair in group.members for name in pair}
     fused_feeds = dict(feeds)
     _fuse_group(fused_feeds, group, graph_inputs)
-    assert fused_feeds[group.a].shape == (K, 2 * RANK) and fused_feeds[group.b].shape == (2 * RANK, 128)
+    # q's 64 columns are two blocks of k's and v's 32: four blocks of rank 4, no zero blocks between members
+    assert fused_feeds[group.a].shape == (K, 3 * RANK) and fused_feeds[group.b].shape == (4, RANK, 32)
     np.testing.assert_allclose(run_with(model, x, fused_feeds), before, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(
         run_with(model, x, {}), base_only, rtol=1e-6, atol=1e-6

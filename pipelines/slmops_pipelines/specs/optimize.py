@@ -175,8 +175,10 @@ class QuantizationSpec(SpecModel):
         default=None,
         description=(
             "Weights per int4 scale. Unset: the provider's measured best (64 on CPUExecutionProvider "
-            "with the adapter merged: faster than 32 at the same accuracy on the demo; 32 where adapters "
-            "stay separate, which lost 10 points at 64 on the demo; 32 elsewhere). Larger blocks decode "
+            "with the adapter merged: faster than 32 at the same accuracy on the demo; 32 for the layers "
+            "where adapters stay separate, which lost 10 points at 64 on the demo, while the output layer, "
+            "which LoRA does not adapt, keeps 64; 32 elsewhere). Set, it applies to every int4 layer, the "
+            "output layer included. Larger blocks decode "
             "batches faster but cost accuracy (the demo: 91% at 128 against 100% at 64); a block that "
             "does not divide the hidden size is padded."
         ),
@@ -323,6 +325,15 @@ class OptimizeTarget(SpecModel):
             return self.quantization.int4_block_size
         info = providers.PROVIDERS[self.provider]
         return info.int4_block_size if self.merge_adapter else info.int4_block_size_separate
+
+    @property
+    def int4_output_block_size(self) -> int:
+        """Weights per int4 scale in the output layer (and the embedding table tied to it):
+        ``quantization.int4BlockSize``, else the provider's merged default even where adapters
+        stay separate, since LoRA adapts no output layer (steps/optimize/output_layer.py)."""
+        if self.quantization.int4_block_size:
+            return self.quantization.int4_block_size
+        return providers.PROVIDERS[self.provider].int4_block_size
 
     @property
     def recipe(self) -> providers.Recipe:

@@ -34,7 +34,9 @@ class ProviderInfo:
     family: ImageFamily  # the image (and, for cuda, the GPUs) its targets are built and measured with
     int4_block_size: int = 32  # weights per int4 scale where the spec sets none (the builder's default)
     # ... and where adapters stay separate: an adapter trained on the unquantized base sits on
-    # the int4 base's rounding as it is, where a merged one is rounded with it.
+    # the int4 base's rounding as it is, where a merged one is rounded with it.  The layers
+    # only: the output layer, which LoRA does not adapt, keeps int4_block_size
+    # (steps/optimize/output_layer.py).
     int4_block_size_separate: int = 32
     # Projections that read one input (gate/up; q/k/v where adapters keep them apart) as one
     # MatMulNBits each: steps/optimize/fuse.py.  Measured on the CPU only.

@@ -132,8 +132,8 @@ def write_onnx_adapter(
     """Convert a PEFT adapter to ``.onnx_adapter``; return the number of parameters written.
 
     ``groups``: the LoRA branches the graph fused (steps/optimize/fuse.py), written as their
-    fused inputs: the members' A side by side, their B block diagonal, a member this adapter
-    does not adapt as rank 0.
+    fused inputs: the members' A side by side, their B in stacked column blocks, a member this
+    adapter does not adapt as zeros.
     """
     import onnxruntime as ort
     from safetensors.numpy import load_file
@@ -175,21 +175,30 @@ def write_onnx_adapter(
 
 
 def _fuse_group(arrays: dict[str, np.ndarray], group: LoraGroup, graph_inputs: dict) -> None:
-    """Replace a fused group's member arrays by the group's two (none if it adapts no member)."""
+    """Replace a fused group's member arrays by the group's two (none if it adapts no member).
+
+    The layout is fuse.LoraGroup's: A ``[in, members * r]``, B ``[blocks, r, block]``, with ``r``
+    this adapter's largest rank among the members and zeros where a member has less.
+    """
     if not any(a in arrays for a, _ in group.members):
         return
     features = graph_inputs[group.members[0][0]][0][0]
-    a_parts, b_parts = [], []
-    for (a_name, b_name), width in zip(group.members, group.widths, strict=True):
-        a_parts.append(arrays.pop(a_name, np.zeros((features, 0), np.float32)))
-        b_parts.append(arrays.pop(b_name, np.zeros((0, width), np.float32)))
-    ranks = [part.shape[1] for part in a_parts]
-    block = np.zeros((sum(ranks), sum(group.widths)), np.float32)
-    row = column = 0
-    for part, rank, width in zip(b_parts, ranks, group.widths, strict=True):
-        block[row : row + rank, column : column + width] = part
-        row, column = row + rank, column + width
-    arrays[group.a], arrays[group.b] = np.concatenate(a_parts, axis=1), block
+    pairs = [(arrays.pop(a, None), arrays.pop(b, None)) for a, b in group.members]
+    rank = max(a.shape[1] for a, _ in pairs if a is not None)
+    fused_a = np.zeros((features, len(pairs) * rank), np.float32)
+    fused_b = np.zeros((len(group.picks), rank, group.block), np.float32)
+    first_block = {member: group.picks.index(member) for member in set(group.picks)}
+    for member, (a, b) in enumerate(pairs):
+        if a is None or b is None:
+            continue  # not adapted: zeros
+        fused_a[:, member * rank : member * rank + a.shape[1]] = a
+    for index, member in enumerate(group.picks):
+        a, b = pairs[member]
+        if b is None:
+            continue
+        start = (index - first_block[member]) * group.block
+        fused_b[index, : b.shape[0], :] = b[:, start : start + group.block]
+    arrays[group.a], arrays[group.b] = fused_a, fused_b
 
 
 def union_of_modules(adapters: dict[str, Path], field: str) -> set[str]:

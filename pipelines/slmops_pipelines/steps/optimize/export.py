@@ -12,7 +12,9 @@
 For rtn int4 the output layer is int4 by default, sharing its weights with the (int4)
 embedding table: 100% on the demo like the int8 head, at 19% more decode tokens/s and 14%
 less size; ``lmHeadInt8: true`` keeps the int8 head (the builder's ``rtn_last``), which an
-earlier adapter needed (all-int4 lost it 4 points).
+earlier adapter needed (all-int4 lost it 4 points).  Where adapters stay separate, the layers
+take a smaller block than a merged target's (specs/providers.py) but the output layer keeps the
+merged one: it is quantized anew from the source weights (steps/optimize/output_layer.py).
 
 The builder runs in a subprocess: it is memory hungry and edits ``sys.path`` on import.
 Every target is written to ``<name>.partial`` and renamed when complete, so a crash never
@@ -233,8 +235,12 @@ def _quantize_nbits(
     _save_in_place(folder, quantizer.model.model)
 
 
-def _rewrite_graph(folder: Path, *, fuse: bool, prune: bool) -> list[LoraGroup]:
-    """The builder's graph, mended and made faster: tied int4 embeddings that read padded blocks
+def _rewrite_graph(
+    folder: Path, *, fuse: bool, prune: bool, output_layer: tuple[Path, int] | None = None
+) -> list[LoraGroup]:
+    """The builder's graph, mended and made faster: where ``output_layer`` (the source model's
+    folder, a block size), the int4 output layer quantized anew at that block size
+    (steps/optimize/output_layer.py); tied int4 embeddings that read padded blocks
     (steps/optimize/embeddings.py); where ``fuse``, projections that read one input as one
     kernel call each, and so their LoRA branches (steps/optimize/fuse.py); where ``prune``, the
     output layer for each row's last real token only (steps/optimize/logits.py).  Returns the
@@ -246,21 +252,44 @@ def _rewrite_graph(folder: Path, *, fuse: bool, prune: bool) -> list[LoraGroup]:
     from slmops_pipelines.steps.optimize.logits import prune_prefill_logits
 
     path = folder / "model.onnx"
-    if not fuse:  # the graph alone: the weights stay in their file, untouched
+    if not fuse and output_layer is None:  # the graph alone: the weights stay in their file, untouched
         graph_only = onnx.load(str(path), load_external_data=False)
         changed = [unpad_shared_embeddings(graph_only), prune and prune_prefill_logits(graph_only)]
         if any(changed):
             onnx.save_model(graph_only, str(path))
         return []
     model = onnx.load(str(path))  # with its external weights
+    requantized = output_layer is not None and _requantize_output_layer(model, *output_layer)
     unpadded = unpad_shared_embeddings(model)
-    fused = fuse_projections(model)
-    groups = fuse_lora(model)
-    packed = pack_attention(model)
+    fused = fuse and fuse_projections(model)
+    groups = fuse_lora(model) if fuse else []
+    packed = fuse and pack_attention(model)
     pruned = prune and prune_prefill_logits(model)
-    if unpadded or fused or groups or packed or pruned:
+    if requantized or unpadded or fused or groups or packed or pruned:
         _save_in_place(folder, model)
     return groups
+
+
+def _requantize_output_layer(model, model_dir: Path, block_size: int) -> bool:
+    from slmops_pipelines.steps.optimize.output_layer import (
+        output_node,
+        requantize_output_layer,
+        source_output_weights,
+    )
+
+    if output_node(model.graph) is None:
+        return False
+    return requantize_output_layer(model, source_output_weights(model_dir), block_size)
+
+
+def _output_layer_block(target: OptimizeTarget) -> int | None:
+    """The output layer's own block size, where it differs from the rest of an RTN int4 target's
+    (a separate adapter's base; an int8 output layer keeps the builder's)."""
+    q = target.quantization
+    if target.precision != "int4" or q.int4_algorithm != "rtn" or q.lm_head_int8:
+        return None
+    block = target.int4_output_block_size
+    return block if block != target.int4_block_size else None
 
 
 def _quantizer_class():
@@ -455,7 +484,13 @@ def export_target(
         graph_inputs = extract_lora_inputs(partial / "model.onnx")
     _post_pass(partial, target, lora_nodes or [], calibration)
     provider = PROVIDERS[target.provider]
-    groups = _rewrite_graph(partial, fuse=provider.fuse_projections, prune=provider.prune_prefill_logits)
+    output_block = _output_layer_block(target)
+    groups = _rewrite_graph(
+        partial,
+        fuse=provider.fuse_projections,
+        prune=provider.prune_prefill_logits,
+        output_layer=(model_dir, output_block) if output_block else None,
+    )
     if adapters:
         from slmops_pipelines.steps.optimize.adapters import write_onnx_adapter
 

@@ -11,11 +11,16 @@ row of a ``MatMulNBits`` weight is quantized on its own, so stacking changes no 
 
 A separate adapter's LoRA branches (``MatMul(MatMul(x, A), B)`` added to each projection,
 A and B graph inputs that each adapter file sets) are grouped the same way
-(:func:`fuse_lora`): the members' A side by side, ``[in, r1 + r2 + ...]``, and their B block
-diagonal, ``[r1 + r2 + ..., N1 + N2 + ...]``, so that a group costs two small MatMuls and one
-Add, added to the fused projection before its Split, instead of two MatMuls and an Add per
-member.  Adapter files are written in that layout (steps/optimize/adapters.py): the products
-are the members' own, since the off-diagonal blocks are zeros.
+(:func:`fuse_lora`), so that a group costs two small MatMuls and one Add, added to the fused
+projection before its Split, instead of two MatMuls and an Add per member.  The members' A
+go side by side, ``[in, members * r]``; their B are cut into column blocks of one width (the
+widths' greatest common divisor: q's 576 columns are three blocks of k's and v's 192) and
+stacked, ``[blocks, r, width]``, and one batched MatMul multiplies each block by the rank-r
+slice of ``x @ A`` that its member reads (a ``Reshape`` to ``[..., members, 1, r]``, a
+``Gather`` where a member has several blocks).  A block diagonal B would give the same
+products, but its zero blocks are bytes read on every token: a third of the LoRA weights of
+SmolLM2's q/k/v and gate/up groups.  Adapter files are written in this layout
+(steps/optimize/adapters.py).
 
 Last, attention that reads the fused query, key and value through a ``Split`` reads them packed
 instead (:func:`pack_attention`): ``GroupQueryAttention`` takes one ``[.., q + k + v]`` input,
@@ -27,6 +32,7 @@ Pure graph surgery on an ``onnx.ModelProto`` with its weights loaded; nothing is
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -131,13 +137,27 @@ def _drop_unread(graph: Any, names: set[str]) -> None:
 
 @dataclass(frozen=True)
 class LoraGroup:
-    """One fused LoRA branch: the graph inputs ``a`` ``[in, r1 + r2 + ...]`` and ``b`` (block
-    diagonal, ``[r1 + r2 + ..., N1 + N2 + ...]``) that stand for its members' A and B inputs."""
+    """One fused LoRA branch: the graph inputs that stand for its members' A and B inputs.
+
+    ``a`` is ``[in, members * r]``: each member's A in ``r`` columns, ``r`` the largest rank an
+    adapter gives the group's members (a smaller rank is padded with zero columns, a member the
+    adapter leaves alone is all zeros).  ``b`` is ``[len(picks), r, block]``: the members' B cut
+    into column blocks of ``block`` and stacked, in output order; ``picks[j]`` is the member
+    whose rows block ``j`` holds.
+    """
 
     a: str
     b: str
     members: tuple[tuple[str, str], ...]  # each member's (A input, B input), in output order
     widths: tuple[int, ...]  # each member's N
+
+    @property
+    def block(self) -> int:
+        return math.gcd(*self.widths)
+
+    @property
+    def picks(self) -> tuple[int, ...]:
+        return tuple(i for i, width in enumerate(self.widths) for _ in range(width // self.block))
 
 
 def _value_info(graph: Any, name: str) -> Any:
@@ -207,21 +227,22 @@ def _fused_inputs(graph: Any, branches: list[tuple[Any, Any, Any]], first: str, 
     dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
     stem = infos[0][0].name.split(f".{first}.lora_A.")[0]  # model.layers.N.attn
     a_name, b_name = f"{stem}.{fused}.lora_A.MatMul.weight", f"{stem}.{fused}.lora_B.MatMul.weight"
+    members = tuple((a.input[1], b.input[1]) for a, b, _ in branches)
+    group = LoraGroup(a_name, b_name, members, widths)
     rank = f"lora_r_{fused}"
     graph.input.extend(
         [
-            onnx.helper.make_tensor_value_info(a_name, elem_type, [features, rank]),
-            onnx.helper.make_tensor_value_info(b_name, elem_type, [rank, sum(widths)]),
+            onnx.helper.make_tensor_value_info(a_name, elem_type, [features, f"{len(members)}x{rank}"]),
+            onnx.helper.make_tensor_value_info(b_name, elem_type, [len(group.picks), rank, group.block]),
         ]
     )
     graph.initializer.extend(
         [
             numpy_helper.from_array(np.zeros((features, 0), dtype), a_name),
-            numpy_helper.from_array(np.zeros((0, sum(widths)), dtype), b_name),
+            numpy_helper.from_array(np.zeros((len(group.picks), 0, group.block), dtype), b_name),
         ]
     )
-    members = tuple((a.input[1], b.input[1]) for a, b, _ in branches)
-    return LoraGroup(a_name, b_name, members, widths)
+    return group
 
 
 def _fused_nodes(
@@ -238,11 +259,7 @@ def _fused_nodes(
     from onnx import numpy_helper
 
     x = branches[0][0].input[0]
-    low, delta = f"{prefix}{fused}/lora_A/MatMul/output_0", f"{prefix}{fused}/lora_B/MatMul/output_0"
-    new = [
-        onnx.helper.make_node("MatMul", [x, group.a], [low], name=f"{prefix}{fused}/lora_A/MatMul"),
-        onnx.helper.make_node("MatMul", [low, group.b], [delta], name=f"{prefix}{fused}/lora_B/MatMul"),
-    ]
+    new, delta = _batched_branch(graph, f"{prefix}{fused}", x, group)
     bases = [next(i for i in add.input if i != b.output[0]) for _, b, add in branches]
     split = producers.get(bases[0])
     if split is not None and split.op_type == "Split" and list(split.output) == bases:
@@ -266,6 +283,51 @@ def _fused_nodes(
         )
     )
     return new, [node for a, b, _ in branches for node in (a, b)]
+
+
+def _batched_branch(graph: Any, stem: str, x: str, group: LoraGroup) -> tuple[list[Any], str]:
+    """The nodes of ``(x @ a)`` times each block of ``b``, and the name of the ``[.., N]`` delta.
+
+    Activations are ``[batch, sequence, features]`` in the builder's decoder graphs: the
+    Reshapes keep those two axes (a 0 copies the input's) and split or join the last.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    members, blocks = len(group.members), len(group.picks)
+    constants = {
+        f"{stem}.lora.split_shape": [0, 0, members, 1, -1],
+        f"{stem}.lora.join_shape": [0, 0, sum(group.widths)],
+    }
+    low = f"{stem}/lora_A/MatMul/output_0"
+    split = f"{stem}/lora_A/Reshape/output_0"
+    nodes = [
+        onnx.helper.make_node("MatMul", [x, group.a], [low], name=f"{stem}/lora_A/MatMul"),
+        onnx.helper.make_node(
+            "Reshape", [low, f"{stem}.lora.split_shape"], [split], name=f"{stem}/lora_A/Reshape"
+        ),
+    ]
+    if blocks > members:  # a member with several blocks: its slice, once per block
+        constants[f"{stem}.lora.picks"] = list(group.picks)
+        picked = f"{stem}/lora_A/Gather/output_0"
+        nodes.append(
+            onnx.helper.make_node(
+                "Gather", [split, f"{stem}.lora.picks"], [picked], name=f"{stem}/lora_A/Gather", axis=2
+            )
+        )
+        split = picked
+    products, delta = f"{stem}/lora_B/MatMul/output_0", f"{stem}/lora_B/Reshape/output_0"
+    nodes += [
+        onnx.helper.make_node("MatMul", [split, group.b], [products], name=f"{stem}/lora_B/MatMul"),
+        onnx.helper.make_node(
+            "Reshape", [products, f"{stem}.lora.join_shape"], [delta], name=f"{stem}/lora_B/Reshape"
+        ),
+    ]
+    graph.initializer.extend(
+        numpy_helper.from_array(np.array(values, np.int64), name) for name, values in constants.items()
+    )
+    return nodes, delta
 
 
 def pack_attention(model: Any) -> int:
