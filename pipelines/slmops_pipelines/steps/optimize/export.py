@@ -250,6 +250,7 @@ def _rewrite_graph(
     from slmops_pipelines.steps.optimize.embeddings import unpad_shared_embeddings
     from slmops_pipelines.steps.optimize.fuse import fuse_lora, fuse_projections, pack_attention
     from slmops_pipelines.steps.optimize.logits import prune_prefill_logits
+    from slmops_pipelines.steps.optimize.output_layer import requantize_from_source
 
     path = folder / "model.onnx"
     if not fuse and output_layer is None:  # the graph alone: the weights stay in their file, untouched
@@ -259,7 +260,7 @@ def _rewrite_graph(
             onnx.save_model(graph_only, str(path))
         return []
     model = onnx.load(str(path))  # with its external weights
-    requantized = output_layer is not None and _requantize_output_layer(model, *output_layer)
+    requantized = output_layer is not None and requantize_from_source(model, *output_layer)
     unpadded = unpad_shared_embeddings(model)
     fused = fuse and fuse_projections(model)
     groups = fuse_lora(model) if fuse else []
@@ -268,28 +269,6 @@ def _rewrite_graph(
     if requantized or unpadded or fused or groups or packed or pruned:
         _save_in_place(folder, model)
     return groups
-
-
-def _requantize_output_layer(model, model_dir: Path, block_size: int) -> bool:
-    from slmops_pipelines.steps.optimize.output_layer import (
-        output_node,
-        requantize_output_layer,
-        source_output_weights,
-    )
-
-    if output_node(model.graph) is None:
-        return False
-    return requantize_output_layer(model, source_output_weights(model_dir), block_size)
-
-
-def _output_layer_block(target: OptimizeTarget) -> int | None:
-    """The output layer's own block size, where it differs from the rest of an RTN int4 target's
-    (a separate adapter's base; an int8 output layer keeps the builder's)."""
-    q = target.quantization
-    if target.precision != "int4" or q.int4_algorithm != "rtn" or q.lm_head_int8:
-        return None
-    block = target.int4_output_block_size
-    return block if block != target.int4_block_size else None
 
 
 def _quantizer_class():
@@ -484,7 +463,9 @@ def export_target(
         graph_inputs = extract_lora_inputs(partial / "model.onnx")
     _post_pass(partial, target, lora_nodes or [], calibration)
     provider = PROVIDERS[target.provider]
-    output_block = _output_layer_block(target)
+    from slmops_pipelines.steps.optimize.output_layer import output_layer_block
+
+    output_block = output_layer_block(target)
     groups = _rewrite_graph(
         partial,
         fuse=provider.fuse_projections,

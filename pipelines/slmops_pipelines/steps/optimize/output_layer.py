@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from slmops_pipelines.specs.optimize import OptimizeTarget
+
 OUTPUT = "/lm_head/MatMul"
 SHARED_READERS = ("MatMulNBits", "GatherBlockQuantized")
 
@@ -125,3 +127,20 @@ def requantize_output_layer(model: Any, weight: np.ndarray, block_size: int) -> 
     for init in [i for i in graph.initializer if i.name in (old_weight, old_scales) and i.name not in read]:
         graph.initializer.remove(init)
     return True
+
+
+def output_layer_block(target: OptimizeTarget) -> int | None:
+    """The output layer's own block size, where it differs from the rest of an RTN int4 target's
+    (a separate adapter's base); None where the builder's output layer stays (an int8 one too)."""
+    q = target.quantization
+    if target.precision != "int4" or q.int4_algorithm != "rtn" or q.lm_head_int8:
+        return None
+    block = target.int4_output_block_size
+    return block if block != target.int4_block_size else None
+
+
+def requantize_from_source(model: Any, model_dir: Path, block_size: int) -> bool:
+    """:func:`requantize_output_layer` with the weights of the source model in ``model_dir``."""
+    if output_node(model.graph) is None:
+        return False
+    return requantize_output_layer(model, source_output_weights(model_dir), block_size)
