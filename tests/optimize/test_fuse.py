@@ -228,7 +228,7 @@ def test_lora_branches_of_a_group_become_two_matmuls_with_the_same_numbers(fuse_
     fused_feeds = dict(feeds)
     _fuse_group(fused_feeds, group, graph_inputs)
     # q's 64 columns are two blocks of k's and v's 32: four blocks of rank 4, no zero blocks between members
-    assert fused_feeds[group.a].shape == (K, 3 * RANK) and fused_feeds[group.b].shape == (4, RANK, 32)
+    assert fused_feeds[group.a].shape == (3, K, RANK) and fused_feeds[group.b].shape == (4, RANK, 32)
     np.testing.assert_allclose(run_with(model, x, fused_feeds), before, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(
         run_with(model, x, {}), base_only, rtol=1e-6, atol=1e-6

@@ -177,7 +177,7 @@ def write_onnx_adapter(
 def _fuse_group(arrays: dict[str, np.ndarray], group: LoraGroup, graph_inputs: dict) -> None:
     """Replace a fused group's member arrays by the group's two (none if it adapts no member).
 
-    The layout is fuse.LoraGroup's: A ``[in, members * r]``, B ``[blocks, r, block]``, with ``r``
+    The layout is fuse.LoraGroup's: A ``[members, in, r]``, B ``[blocks, r, block]``, with ``r``
     this adapter's largest rank among the members and zeros where a member has less.
     """
     if not any(a in arrays for a, _ in group.members):
@@ -185,13 +185,13 @@ def _fuse_group(arrays: dict[str, np.ndarray], group: LoraGroup, graph_inputs: d
     features = graph_inputs[group.members[0][0]][0][0]
     pairs = [(arrays.pop(a, None), arrays.pop(b, None)) for a, b in group.members]
     rank = max(a.shape[1] for a, _ in pairs if a is not None)
-    fused_a = np.zeros((features, len(pairs) * rank), np.float32)
+    fused_a = np.zeros((len(pairs), features, rank), np.float32)
     fused_b = np.zeros((len(group.picks), rank, group.block), np.float32)
     first_block = {member: group.picks.index(member) for member in set(group.picks)}
     for member, (a, b) in enumerate(pairs):
         if a is None or b is None:
             continue  # not adapted: zeros
-        fused_a[:, member * rank : member * rank + a.shape[1]] = a
+        fused_a[member, :, : a.shape[1]] = a
     for index, member in enumerate(group.picks):
         a, b = pairs[member]
         if b is None:

@@ -12,14 +12,17 @@ row of a ``MatMulNBits`` weight is quantized on its own, so stacking changes no 
 A separate adapter's LoRA branches (``MatMul(MatMul(x, A), B)`` added to each projection,
 A and B graph inputs that each adapter file sets) are grouped the same way
 (:func:`fuse_lora`), so that a group costs two small MatMuls and one Add, added to the fused
-projection before its Split, instead of two MatMuls and an Add per member.  The members' A
-go side by side, ``[in, members * r]``; their B are cut into column blocks of one width (the
-widths' greatest common divisor: q's 576 columns are three blocks of k's and v's 192) and
-stacked, ``[blocks, r, width]``, and one batched MatMul multiplies each block by the rank-r
-slice of ``x @ A`` that its member reads (a ``Reshape`` to ``[..., members, 1, r]``, a
-``Gather`` where a member has several blocks).  A block diagonal B would give the same
-products, but its zero blocks are bytes read on every token: a third of the LoRA weights of
-SmolLM2's q/k/v and gate/up groups.  Adapter files are written in this layout
+projection before its Split, instead of two MatMuls and an Add per member.  Both MatMuls are
+batched, one product per member or block: the members' A are stacked, ``[members, in, r]``,
+and ``x`` (unsqueezed to ``[..., 1, 1, in]``) times them gives each member's rank-r slice,
+``[..., members, 1, r]``; their B are cut into column blocks of one width (the widths'
+greatest common divisor: q's 576 columns are three blocks of k's and v's 192) and stacked,
+``[blocks, r, width]``, each block multiplied by its member's slice (a ``Gather`` repeats the
+slice of a member with several blocks), and a ``Reshape`` joins the blocks.  A block
+diagonal B would give the same products, but its zero blocks are bytes read on every token:
+a third of the LoRA weights of SmolLM2's q/k/v and gate/up groups; and batched products are
+what onnxruntime's thread pool splits between threads, where one ``[in, members * r]``
+product is too small to split.  Adapter files are written in this layout
 (steps/optimize/adapters.py).
 
 Last, attention that reads the fused query, key and value through a ``Split`` reads them packed
@@ -139,9 +142,9 @@ def _drop_unread(graph: Any, names: set[str]) -> None:
 class LoraGroup:
     """One fused LoRA branch: the graph inputs that stand for its members' A and B inputs.
 
-    ``a`` is ``[in, members * r]``: each member's A in ``r`` columns, ``r`` the largest rank an
-    adapter gives the group's members (a smaller rank is padded with zero columns, a member the
-    adapter leaves alone is all zeros).  ``b`` is ``[len(picks), r, block]``: the members' B cut
+    ``a`` is ``[members, in, r]``: each member's A, ``r`` the largest rank an adapter gives the
+    group's members (a smaller rank is padded with zero columns, a member the adapter leaves
+    alone is all zeros).  ``b`` is ``[len(picks), r, block]``: the members' B cut
     into column blocks of ``block`` and stacked, in output order; ``picks[j]`` is the member
     whose rows block ``j`` holds.
     """
@@ -232,13 +235,13 @@ def _fused_inputs(graph: Any, branches: list[tuple[Any, Any, Any]], first: str, 
     rank = f"lora_r_{fused}"
     graph.input.extend(
         [
-            onnx.helper.make_tensor_value_info(a_name, elem_type, [features, f"{len(members)}x{rank}"]),
+            onnx.helper.make_tensor_value_info(a_name, elem_type, [len(members), features, rank]),
             onnx.helper.make_tensor_value_info(b_name, elem_type, [len(group.picks), rank, group.block]),
         ]
     )
     graph.initializer.extend(
         [
-            numpy_helper.from_array(np.zeros((features, 0), dtype), a_name),
+            numpy_helper.from_array(np.zeros((len(members), features, 0), dtype), a_name),
             numpy_helper.from_array(np.zeros((len(group.picks), 0, group.block), dtype), b_name),
         ]
     )
@@ -286,10 +289,11 @@ def _fused_nodes(
 
 
 def _batched_branch(graph: Any, stem: str, x: str, group: LoraGroup) -> tuple[list[Any], str]:
-    """The nodes of ``(x @ a)`` times each block of ``b``, and the name of the ``[.., N]`` delta.
+    """The nodes of each member's ``x @ A`` times each block of ``b``, and the name of the
+    ``[.., N]`` delta.
 
-    Activations are ``[batch, sequence, features]`` in the builder's decoder graphs: the
-    Reshapes keep those two axes (a 0 copies the input's) and split or join the last.
+    Activations are ``[batch, sequence, features]`` in the builder's decoder graphs: the last
+    Reshape keeps those two axes (a 0 copies the input's) and joins the blocks.
     """
     import numpy as np
     import onnx
@@ -297,16 +301,14 @@ def _batched_branch(graph: Any, stem: str, x: str, group: LoraGroup) -> tuple[li
 
     members, blocks = len(group.members), len(group.picks)
     constants = {
-        f"{stem}.lora.split_shape": [0, 0, members, 1, -1],
+        f"{stem}.lora.axes": [-3, -2],  # [..., in] -> [..., 1, 1, in]: a row per member's product
         f"{stem}.lora.join_shape": [0, 0, sum(group.widths)],
     }
-    low = f"{stem}/lora_A/MatMul/output_0"
-    split = f"{stem}/lora_A/Reshape/output_0"
+    rows = f"{stem}/lora_A/Unsqueeze/output_0"
+    split = f"{stem}/lora_A/MatMul/output_0"  # [..., members, 1, r]
     nodes = [
-        onnx.helper.make_node("MatMul", [x, group.a], [low], name=f"{stem}/lora_A/MatMul"),
-        onnx.helper.make_node(
-            "Reshape", [low, f"{stem}.lora.split_shape"], [split], name=f"{stem}/lora_A/Reshape"
-        ),
+        onnx.helper.make_node("Unsqueeze", [x, f"{stem}.lora.axes"], [rows], name=f"{stem}/lora_A/Unsqueeze"),
+        onnx.helper.make_node("MatMul", [rows, group.a], [split], name=f"{stem}/lora_A/MatMul"),
     ]
     if blocks > members:  # a member with several blocks: its slice, once per block
         constants[f"{stem}.lora.picks"] = list(group.picks)
