@@ -132,7 +132,7 @@ def write_onnx_adapter(
     """Convert a PEFT adapter to ``.onnx_adapter``; return the number of parameters written.
 
     ``groups``: the LoRA branches the graph fused (steps/optimize/fuse.py), written as their
-    fused inputs: the members' A side by side, their B in stacked column blocks, a member this
+    fused inputs: the members' A stacked, their B in stacked column blocks, a member this
     adapter does not adapt as zeros.
     """
     import onnxruntime as ort
