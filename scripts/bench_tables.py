@@ -187,6 +187,30 @@ def lora_kernels_table(figures: dict) -> str:
     return _with_source(lines, figures)
 
 
+def lora_prepacked_table(figures: dict) -> str:
+    """bench/lora_prepacked.py: a separate adapter as shipped against copies with it baked in."""
+    decode = figures["decode"]
+    counts = list(decode)
+    names = list(decode[counts[0]])
+    heads = [f"{count} thread{'s' if count != '1' else ''}" for count in counts]
+    lines = [
+        "| model | "
+        + " | ".join(f"{h}, tok/s | vs merged" for h in heads)
+        + " | same greedy token | max logit diff |",
+        "| --- |" + " ---: | ---: |" * len(counts) + " ---: | ---: |",
+    ]
+    for name in names:
+        cells = []
+        for count in counts:
+            row, merged = decode[count][name], decode[count]["merged"]["tokens_per_s"]
+            cells += [f"{row['tokens_per_s']:.1f}", f"{row['tokens_per_s'] / merged:.2f}x"]
+        check = figures["checks"].get(name)
+        same = f"{check['same_greedy_token']:.0%}" if check else "-"
+        diff = f"{check['max_abs_logit_diff']:.2f}" if check else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {same} | {diff} |")
+    return _with_source(lines, figures)
+
+
 def int4_sweep_table(figures: dict) -> str:
     """bench/int4_sweep.py: the model builder's int4 settings side by side, at equal threads."""
     variants = figures["variants"]
@@ -357,6 +381,7 @@ def summary_table(results: dict) -> str:
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "batch_kernels": batch_kernels_table,
     "lora_kernels": lora_kernels_table,
+    "lora_prepacked": lora_prepacked_table,
     "int4_sweep": int4_sweep_table,
     "summary": summary_table,
     "operator": operator_table,

@@ -311,3 +311,17 @@ def test_lora_kernels_times_every_group_with_every_kernel(tmp_path):
     run([sys.executable, BENCH / "lora_kernels.py", "--copies", "2", "--repeats", "1", "--json", figures])
     rows = json.loads(figures.read_text())["rows"]
     assert len(rows) == 12 and all(r["us_per_call"] > 0 for r in rows)
+
+
+def test_lora_prepacked_bakes_the_adapter_in_and_measures_each_copy(genai_target: Path, tmp_path):
+    """bench/lora_prepacked.py on the tiny target: both copies give the shipped target's tokens."""
+    figures = tmp_path / "prepacked.json"
+    command = [sys.executable, BENCH / "lora_prepacked.py", genai_target, "--merged", genai_target]
+    run([*command, "--rounds", "1", "--tokens", "4", "--work", tmp_path / "work", "--json", figures])
+    found = json.loads(figures.read_text())
+    assert found["branches"] > 0 and found["adapter"] in ("alpha", "beta")
+    for name in ("baked fp32", "baked int8"):
+        assert found["checks"][name]["same_greedy_token"] >= 0.75, found["checks"]
+    for rows in found["decode"].values():
+        assert set(rows) == {"merged", "separate (as shipped)", "baked fp32", "baked int8"}
+        assert all(r["tokens_per_s"] > 0 for r in rows.values())
