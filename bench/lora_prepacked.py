@@ -6,11 +6,13 @@
 onnxruntime-genai binds an adapter's LoRA weights per request as graph inputs, and onnxruntime
 prepacks initializers only: every token streams the adapter as fp32 through small unpacked
 kernels, and an 8-bit ``MatMulNBits`` over weights that arrive as inputs dequantizes them on
-every call (bench/lora_kernels.py).  This copies a separate-adapter target twice with its
-first adapter baked in as constants, each LoRA branch as two 2-D ``MatMul``s and the ``Add``
-(the members' A side by side, B block diagonal):
+every call (bench/lora_kernels.py).  This copies a separate-adapter target three times with
+its first adapter as constants:
 
-* ``baked fp32``: the weights as initializers, which onnxruntime's ``MatMul`` prepacks;
+* ``constants, graph as shipped``: the same graph, the adapter's weights initializers rather
+  than graph inputs;
+* ``baked fp32``: each LoRA branch as two 2-D ``MatMul``s and the ``Add`` (the members' A side
+  by side, B block diagonal), its weights initializers, which onnxruntime's ``MatMul`` prepacks;
 * ``baked int8``: the same quantized by onnxruntime to ``MatMulNBits`` at 8 bits in blocks of 32,
   int8 activations, packed at load: a quarter of the bytes.
 
@@ -92,8 +94,38 @@ def two_dimensional(a, b, picks) -> tuple:
     return np.concatenate(list(a), axis=1), diagonal
 
 
+def as_constants(folder: Path, out: Path) -> int:
+    """``folder`` with its first adapter's weights as initializers in ``out``, the graph as it is
+    (the weights no longer graph inputs): returns the weights so made."""
+    import onnx
+    from onnx import numpy_helper
+
+    _, weights = adapter_weights(folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    graph = model.graph
+    kept = [i for i in graph.initializer if i.name not in weights]
+    graph.ClearField("initializer")
+    graph.initializer.extend([*kept, *(numpy_helper.from_array(v, k) for k, v in weights.items())])
+    inputs = [i for i in graph.input if i.name not in weights]
+    graph.ClearField("input")
+    graph.input.extend(inputs)
+    _save(folder, out, model)
+    return len(weights)
+
+
+def _save(folder: Path, out: Path, model) -> None:
+    """``model`` in ``out`` beside a copy of ``folder``'s other files (its adapters left out)."""
+    import onnx
+
+    shutil.rmtree(out, ignore_errors=True)
+    ignored = shutil.ignore_patterns("*.onnx_adapter", "model.onnx", "model.onnx.data")
+    shutil.copytree(folder, out, ignore=ignored)
+    onnx.save(model, str(out / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+
+
 def bake(folder: Path, out: Path, *, int8: bool) -> int:
-    """``folder`` with its first adapter as constants in ``out``; returns the branches baked."""
+    """``folder`` with its first adapter as constants in ``out``, each branch as two 2-D
+    ``MatMul``s; returns the branches baked."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
@@ -161,10 +193,7 @@ def bake(folder: Path, out: Path, *, int8: bool) -> int:
         )
         quantizer.process()
         model = quantizer.model.model
-    shutil.rmtree(out, ignore_errors=True)
-    ignored = shutil.ignore_patterns("*.onnx_adapter", "model.onnx", "model.onnx.data")
-    shutil.copytree(folder, out, ignore=ignored)
-    onnx.save(model, str(out / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    _save(folder, out, model)
     return len(baked) // 2
 
 
@@ -252,16 +281,20 @@ def main(argv: list[str] | None = None) -> int:
     from slmops_pipelines.steps.cpus import usable_cpus
 
     args = parse(argv)
-    copies = {"baked fp32": args.work / "baked-fp32", "baked int8": args.work / "baked-int8"}
-    branches = 0
-    for name, out in copies.items():
-        branches = bake(args.target, out, int8=name.endswith("int8"))
+    copies = {
+        "constants, graph as shipped": args.work / "constants",
+        "baked fp32": args.work / "baked-fp32",
+        "baked int8": args.work / "baked-int8",
+    }
+    as_constants(args.target, copies["constants, graph as shipped"])
+    branches = bake(args.target, copies["baked fp32"], int8=False)
+    bake(args.target, copies["baked int8"], int8=True)
     shipped = engine(args.target, 1)
     prompts = [prompt_ids(shipped, text) for text in PROMPTS]
     checks = {name: check(shipped, out, prompts) for name, out in copies.items()}
     prompt = prompt_ids(shipped, PROMPTS[1], 33)
     del shipped
-    folders = {"merged": args.merged, "separate (as shipped)": args.target, **copies}
+    folders = {"merged": args.merged, "separate (adapter per request)": args.target, **copies}
     speeds = {
         str(threads): decode_rounds(folders, threads, args.rounds, args.tokens, prompt)
         for threads in sorted({1, usable_cpus()})
