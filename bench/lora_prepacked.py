@@ -106,11 +106,16 @@ def as_constants(folder: Path, out: Path) -> int:
     kept = [i for i in graph.initializer if i.name not in weights]
     graph.ClearField("initializer")
     graph.initializer.extend([*kept, *(numpy_helper.from_array(v, k) for k, v in weights.items())])
-    inputs = [i for i in graph.input if i.name not in weights]
-    graph.ClearField("input")
-    graph.input.extend(inputs)
+    _drop_inputs(graph, set(weights))
     _save(folder, out, model)
     return len(weights)
+
+
+def _drop_inputs(graph, names: set[str]) -> None:
+    """The graph without the inputs ``names`` (the adapter's weights, now constants)."""
+    inputs = [i for i in graph.input if i.name not in names]
+    graph.ClearField("input")
+    graph.input.extend(inputs)
 
 
 def _save(folder: Path, out: Path, model) -> None:
@@ -168,9 +173,7 @@ def bake(folder: Path, out: Path, *, int8: bool) -> int:
         ordered += replacing.get(node.name, []) if node.name in dropped else [node]
     graph.ClearField("node")
     graph.node.extend(ordered)
-    inputs = [i for i in graph.input if i.name not in weights]
-    graph.ClearField("input")
-    graph.input.extend(inputs)
+    _drop_inputs(graph, set(weights))
     read = {i for n in graph.node for i in n.input}
     kept = [i for i in graph.initializer if i.name in read]
     graph.ClearField("initializer")
